@@ -1,0 +1,1 @@
+"""HTTP <-> core: the raw ASGI application serving the OCI /v2/ API."""

@@ -1,0 +1,633 @@
+"""The metadata store on SQLite: repositories, blob links, manifests, tags, uploads, events.
+
+Methods here are synchronous and run in worker threads (``Database.run``): the sqlite3
+module blocks, and trio must not. Each thread keeps its own connection. Every change a
+client makes is one ``BEGIN IMMEDIATE`` transaction that also appends its event rows, so
+the event log never misses or invents a change (DESIGN.md 3.6). Several processes may
+share the file: WAL mode lets readers run beside one writer, and ``busy_timeout`` makes a
+writer wait for another process's write.
+
+Schema (one migration so far; ``PRAGMA user_version`` records the applied count)::
+
+    repositories(id, name UNIQUE, created)
+    blobs(digest PK, size, created)                       bytes are in the storage driver
+    repository_blobs(repository_id, digest, linked)       which blobs a repository may serve
+    manifests(repository_id, digest, media_type, artifact_type, subject, size, payload,
+              annotations, pushed)
+    manifest_references(repository_id, manifest_digest, child_digest, kind)
+    tags(repository_id, name, digest, pushed, pulled)
+    uploads(id, repository, algorithm, received, hash_state, driver_state, lease,
+            lease_expires, started, touched)
+    events(id AUTOINCREMENT, ts, action, repository, digest, media_type, size, tag, body)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import trio
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE repositories (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL
+    );
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE repository_blobs (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id),
+        digest TEXT NOT NULL REFERENCES blobs(digest),
+        linked REAL NOT NULL,
+        PRIMARY KEY (repository_id, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX repository_blobs_by_digest ON repository_blobs(digest);
+    CREATE TABLE manifests (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id),
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        artifact_type TEXT,
+        subject TEXT,
+        size INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        annotations TEXT,
+        pushed REAL NOT NULL,
+        PRIMARY KEY (repository_id, digest)
+    );
+    CREATE INDEX manifests_by_subject ON manifests(repository_id, subject)
+        WHERE subject IS NOT NULL;
+    CREATE TABLE manifest_references (
+        repository_id INTEGER NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        child_digest TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('blob', 'manifest')),
+        PRIMARY KEY (repository_id, manifest_digest, child_digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX manifest_references_by_child ON manifest_references(child_digest);
+    CREATE TABLE tags (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id),
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        pushed REAL NOT NULL,
+        pulled REAL,
+        PRIMARY KEY (repository_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_by_digest ON tags(repository_id, digest);
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        repository TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        hash_state BLOB,
+        driver_state TEXT NOT NULL,
+        lease TEXT,
+        lease_expires REAL,
+        started REAL NOT NULL,
+        touched REAL NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        action TEXT NOT NULL,
+        repository TEXT,
+        digest TEXT,
+        media_type TEXT,
+        size INTEGER,
+        tag TEXT,
+        body TEXT NOT NULL
+    );
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the event log, before it has an id."""
+
+    action: str
+    repository: str
+    digest: str | None = None
+    media_type: str | None = None
+    size: int | None = None
+    tag: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    ts: float
+    action: str
+    repository: str | None
+    digest: str | None
+    media_type: str | None
+    size: int | None
+    tag: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    size: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRecord:
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    id: str
+    repository: str
+    algorithm: str
+    offset: int
+    hash_state: bytes | None
+    driver_state: dict[str, Any]
+    lease: str | None
+    lease_expires: float | None
+    started: float
+    touched: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewManifest:
+    repository: str
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    subject: str | None
+    payload: bytes
+    annotations: dict[str, str] | None
+    blob_refs: Sequence[str]
+    manifest_refs: Sequence[str]
+    tags: Sequence[str]
+
+
+class Conflict(Exception):
+    """A conditional update found the row changed (lost a race)."""
+
+
+class SQLiteMeta:
+    def __init__(self, path: Path, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._clock = clock
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # -- connections and transactions
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def migrate(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {i}")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+    # -- helpers
+
+    def _repo_id(self, conn: sqlite3.Connection, name: str, create: bool = False) -> int | None:
+        row = conn.execute("SELECT id FROM repositories WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        if not create:
+            return None
+        cur = conn.execute(
+            "INSERT INTO repositories (name, created) VALUES (?, ?)", (name, self._clock())
+        )
+        return int(cur.lastrowid or 0)
+
+    def _append(self, conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+        now = self._clock()
+        conn.executemany(
+            "INSERT INTO events (ts, action, repository, digest, media_type, size, tag, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    e.ts or now,
+                    e.action,
+                    e.repository,
+                    e.digest,
+                    e.media_type,
+                    e.size,
+                    e.tag,
+                    json.dumps(e.body, separators=(",", ":")),
+                )
+                for e in events
+            ],
+        )
+
+    # -- repositories
+
+    def repository_exists(self, name: str) -> bool:
+        return self._repo_id(self._conn(), name) is not None
+
+    def list_repositories(self, last: str | None, limit: int) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+            (last or "", limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- blobs
+
+    def blob_size(self, digest: str) -> int | None:
+        row = self._conn().execute("SELECT size FROM blobs WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        row = self._conn().execute(
+            "SELECT b.size FROM repository_blobs rb"
+            " JOIN repositories r ON r.id = rb.repository_id"
+            " JOIN blobs b ON b.digest = rb.digest"
+            " WHERE r.name = ? AND rb.digest = ?",
+            (repository, digest),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def repositories_linking(self, digest: str, limit: int = 100) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id"
+            " WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
+            (digest, limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def link_blob(
+        self, repository: str, digest: str, size: int, events: Sequence[Event],
+        finished_upload: str | None = None,
+    ) -> None:
+        """Record a stored blob and link it to ``repository`` (idempotent)."""
+        with self._write() as conn:
+            now = self._clock()
+            conn.execute(
+                "INSERT INTO blobs (digest, size, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (digest) DO NOTHING",
+                (digest, size, now),
+            )
+            repo_id = self._repo_id(conn, repository, create=True)
+            conn.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, linked) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (repo_id, digest, now),
+            )
+            if finished_upload is not None:
+                conn.execute("DELETE FROM uploads WHERE id = ?", (finished_upload,))
+            self._append(conn, events)
+
+    def unlink_blob(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
+        with self._write() as conn:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return False
+            cur = conn.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+                (repo_id, digest),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._append(conn, events)
+            return True
+
+    # -- manifests and tags
+
+    def linked_blobs(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
+        """Of ``digests``, those linked to ``repository``, with their sizes."""
+        if not digests:
+            return {}
+        conn = self._conn()
+        out: dict[str, int] = {}
+        for start in range(0, len(digests), 500):
+            part = digests[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                "SELECT b.digest, b.size FROM repository_blobs rb"
+                " JOIN repositories r ON r.id = rb.repository_id"
+                " JOIN blobs b ON b.digest = rb.digest"
+                f" WHERE r.name = ? AND rb.digest IN ({marks})",
+                (repository, *part),
+            ).fetchall()
+            out.update({d: int(s) for d, s in rows})
+        return out
+
+    def existing_manifests(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
+        if not digests:
+            return {}
+        conn = self._conn()
+        out: dict[str, int] = {}
+        for start in range(0, len(digests), 500):
+            part = digests[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                "SELECT m.digest, m.size FROM manifests m JOIN repositories r"
+                f" ON r.id = m.repository_id WHERE r.name = ? AND m.digest IN ({marks})",
+                (repository, *part),
+            ).fetchall()
+            out.update({d: int(s) for d, s in rows})
+        return out
+
+    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
+        with self._write() as conn:
+            now = self._clock()
+            repo_id = self._repo_id(conn, m.repository, create=True)
+            conn.execute(
+                "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject,"
+                " size, payload, annotations, pushed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (repository_id, digest) DO NOTHING",
+                (
+                    repo_id,
+                    m.digest,
+                    m.media_type,
+                    m.artifact_type,
+                    m.subject,
+                    len(m.payload),
+                    m.payload,
+                    json.dumps(m.annotations) if m.annotations else None,
+                    now,
+                ),
+            )
+            refs = [(repo_id, m.digest, d, "blob") for d in m.blob_refs]
+            refs += [(repo_id, m.digest, d, "manifest") for d in m.manifest_refs]
+            conn.executemany(
+                "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest,"
+                " kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                refs,
+            )
+            conn.executemany(
+                "INSERT INTO tags (repository_id, name, digest, pushed) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,"
+                " pushed = excluded.pushed",
+                [(repo_id, t, m.digest, now) for t in m.tags],
+            )
+            self._append(conn, events)
+
+    def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
+        row = self._conn().execute(
+            "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m"
+            " JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
+            (repository, digest),
+        ).fetchone()
+        return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
+
+    def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
+        row = self._conn().execute(
+            "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t"
+            " JOIN repositories r ON r.id = t.repository_id"
+            " JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest"
+            " WHERE r.name = ? AND t.name = ?",
+            (repository, tag),
+        ).fetchone()
+        return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
+
+    def delete_manifest(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
+        """Delete a manifest and every tag of it in ``repository``."""
+        with self._write() as conn:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return False
+            cur = conn.execute(
+                "DELETE FROM manifests WHERE repository_id = ? AND digest = ?", (repo_id, digest)
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.execute(
+                "DELETE FROM manifest_references WHERE repository_id = ? AND manifest_digest = ?",
+                (repo_id, digest),
+            )
+            conn.execute(
+                "DELETE FROM tags WHERE repository_id = ? AND digest = ?", (repo_id, digest)
+            )
+            self._append(conn, events)
+            return True
+
+    def delete_tag(self, repository: str, tag: str, make_events: Callable[[str], Sequence[Event]]) -> str | None:
+        """Delete one tag; returns the digest it pointed to, or None if there was no tag."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT t.digest, r.id FROM tags t JOIN repositories r ON r.id = t.repository_id"
+                " WHERE r.name = ? AND t.name = ?",
+                (repository, tag),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "DELETE FROM tags WHERE repository_id = ? AND name = ?", (row[1], tag)
+            )
+            self._append(conn, make_events(row[0]))
+            return str(row[0])
+
+    def list_tags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
+        conn = self._conn()
+        repo_id = self._repo_id(conn, repository)
+        if repo_id is None:
+            return None
+        rows = conn.execute(
+            "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
+            (repo_id, last or "", limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def referrers(
+        self, repository: str, subject: str, artifact_type: str | None, last: str | None, limit: int
+    ) -> list[ReferrerRecord]:
+        sql = (
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations"
+            " FROM manifests m JOIN repositories r ON r.id = m.repository_id"
+            " WHERE r.name = ? AND m.subject = ? AND m.digest > ?"
+        )
+        args: list[Any] = [repository, subject, last or ""]
+        if artifact_type is not None:
+            sql += " AND m.artifact_type = ?"
+            args.append(artifact_type)
+        sql += " ORDER BY m.digest LIMIT ?"
+        args.append(limit)
+        rows = self._conn().execute(sql, args).fetchall()
+        return [
+            ReferrerRecord(d, mt, int(s), at, json.loads(a) if a else None)
+            for d, mt, s, at, a in rows
+        ]
+
+    # -- uploads
+
+    def create_upload(
+        self, upload_id: str, repository: str, algorithm: str, driver_state: dict[str, Any]
+    ) -> None:
+        now = self._clock()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO uploads (id, repository, algorithm, received, hash_state, driver_state,"
+                " started, touched) VALUES (?, ?, ?, 0, NULL, ?, ?, ?)",
+                (upload_id, repository, algorithm, json.dumps(driver_state), now, now),
+            )
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = self._conn().execute(
+            "SELECT id, repository, algorithm, received, hash_state, driver_state, lease,"
+            " lease_expires, started, touched FROM uploads WHERE id = ?",
+            (upload_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return UploadRecord(
+            row[0], row[1], row[2], int(row[3]), None if row[4] is None else bytes(row[4]),
+            json.loads(row[5]), row[6], row[7], row[8], row[9],
+        )
+
+    def claim_upload(self, upload_id: str, offset: int, lease: str, seconds: float) -> bool:
+        """Take the upload for one request if it is at ``offset`` and nobody holds it."""
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE uploads SET lease = ?, lease_expires = ?, touched = ?"
+                " WHERE id = ? AND received = ? AND (lease IS NULL OR lease_expires < ?)",
+                (lease, now + seconds, now, upload_id, offset, now),
+            )
+            return cur.rowcount == 1
+
+    def renew_lease(self, upload_id: str, lease: str, seconds: float) -> bool:
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE uploads SET lease_expires = ?, touched = ? WHERE id = ? AND lease = ?",
+                (now + seconds, now, upload_id, lease),
+            )
+            return cur.rowcount == 1
+
+    def save_upload(
+        self, upload_id: str, lease: str, offset: int, hash_state: bytes | None,
+        driver_state: dict[str, Any],
+    ) -> None:
+        """Record progress and release the lease."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE uploads SET received = ?, hash_state = ?, driver_state = ?, lease = NULL,"
+                " lease_expires = NULL, touched = ? WHERE id = ? AND lease = ?",
+                (offset, hash_state, json.dumps(driver_state), self._clock(), upload_id, lease),
+            )
+            if cur.rowcount != 1:
+                raise Conflict(upload_id)
+
+    def release_upload(self, upload_id: str, lease: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE uploads SET lease = NULL, lease_expires = NULL WHERE id = ? AND lease = ?",
+                (upload_id, lease),
+            )
+
+    def release_leases_of(self, prefix: str) -> int:
+        """Free leases a previous run of this instance held (it cannot still be writing)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE uploads SET lease = NULL, lease_expires = NULL WHERE lease LIKE ?",
+                (prefix.replace("%", "") + "%",),
+            )
+            return cur.rowcount
+
+    def delete_upload(self, upload_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount == 1
+
+    def stale_uploads(self, touched_before: float) -> list[UploadRecord]:
+        rows = self._conn().execute(
+            "SELECT id FROM uploads WHERE touched < ? AND (lease IS NULL OR lease_expires < ?)",
+            (touched_before, self._clock()),
+        ).fetchall()
+        out = [self.get_upload(r[0]) for r in rows]
+        return [u for u in out if u is not None]
+
+    def upload_ids(self) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT id FROM uploads").fetchall()}
+
+    # -- events
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        if events:
+            with self._write() as conn:
+                self._append(conn, events)
+
+    def events_after(self, after: int, limit: int) -> list[StoredEvent]:
+        rows = self._conn().execute(
+            "SELECT id, ts, action, repository, digest, media_type, size, tag, body FROM events"
+            " WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [
+            StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
+            for r in rows
+        ]
+
+
+class Database:
+    """Runs SQLiteMeta calls in worker threads through one bounded limiter."""
+
+    def __init__(self, meta: SQLiteMeta, threads: int) -> None:
+        self.meta = meta
+        self._limiter = trio.CapacityLimiter(threads)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await trio.to_thread.run_sync(
+            lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
+        )
+
+    def statistics(self) -> trio.CapacityLimiterStatistics:
+        return self._limiter.statistics()

@@ -1,0 +1,1 @@
+"""Pure OCI logic: digests, names, media types, manifest parsing. No I/O."""

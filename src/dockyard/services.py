@@ -1,0 +1,125 @@
+"""The composition root: builds everything from settings, owns the background tasks.
+
+Nothing is built at import time. ``build`` wires one registry process; ``create_app`` is
+the entry point hypercorn workers load (``dockyard.services:create_app()``), reading the
+same settings the ``dockyard serve`` parent validated (config file path in
+``DOCKYARD_CONFIG``, overrides in ``DOCKYARD_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from dockyard.auth import AllowAll
+from dockyard.config import Settings, load
+from dockyard.core.registry import Registry
+from dockyard.events.pulls import PullEventWriter
+from dockyard.http.asgi import RegistryApp
+from dockyard.meta.sqlite import Database, SQLiteMeta
+from dockyard.storage.base import BlobStore
+from dockyard.storage.filesystem import FilesystemStore
+from dockyard.storage.memory import MemoryStore
+
+log = logging.getLogger("dockyard")
+
+
+def instance_name(settings: Settings) -> str:
+    return settings.server.instance or socket.gethostname()
+
+
+def build_storage(settings: Settings) -> BlobStore:
+    if settings.storage.driver == "memory":
+        return MemoryStore()
+    return FilesystemStore(settings.storage.root)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    meta: SQLiteMeta
+    db: Database
+    storage: BlobStore
+    pulls: PullEventWriter
+    registry: Registry
+    app: RegistryApp
+
+    async def ready(self) -> bool:
+        try:
+            await self.db.run(self.meta.repository_exists, "")
+        except Exception:
+            return False
+        return True
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.pulls.run)
+        nursery.start_soon(self._janitor)
+
+    async def stop(self) -> None:
+        """Flush pull events; the caller then cancels the nursery."""
+        self.pulls.close()
+        with trio.move_on_after(5):
+            while self.pulls.statistics().queued:
+                await trio.sleep(0.01)
+        await self.storage.aclose()
+
+    async def _janitor(self) -> None:
+        while True:
+            try:
+                purged = await self.registry.purge_stale_uploads(self.settings.uploads.max_idle)
+                if purged:
+                    log.info("purged %d stale uploads", purged)
+            except Exception:
+                log.exception("purging stale uploads failed; will retry")
+            await trio.sleep(self.settings.uploads.purge_interval)
+
+
+def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
+    meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout, clock)
+    meta.migrate()
+    db = Database(meta, settings.database.threads)
+    storage = build_storage(settings)
+    pulls = PullEventWriter(
+        db, settings.events.pull_buffer, settings.events.pull_flush_interval,
+        enabled=settings.events.record_pulls,
+    )
+    registry = Registry(
+        db, storage, pulls, instance=instance_name(settings),
+        lease_seconds=settings.uploads.lease_seconds, clock=clock,
+    )
+    services: Services
+
+    async def ready() -> bool:
+        return await services.ready()
+
+    async def lifespan(nursery: trio.Nursery) -> None:
+        await services.start(nursery)
+
+    async def shutdown() -> None:
+        await services.stop()
+
+    app = RegistryApp(
+        registry,
+        AllowAll(),
+        max_manifest_bytes=settings.limits.max_manifest_bytes,
+        default_page_size=settings.limits.default_page_size,
+        max_page_size=settings.limits.max_page_size,
+        ready=ready,
+        lifespan=lifespan,
+        on_shutdown=shutdown,
+        access=settings.log.access,
+    )
+    services = Services(settings, meta, db, storage, pulls, registry, app)
+    return services
+
+
+def create_app() -> RegistryApp:
+    """Entry point for each hypercorn worker process."""
+    settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
+    return build(settings).app
