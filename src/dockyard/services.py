@@ -86,12 +86,18 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     db = Database(meta, settings.database.threads)
     storage = build_storage(settings)
     pulls = PullEventWriter(
-        db, settings.events.pull_buffer, settings.events.pull_flush_interval,
+        db,
+        settings.events.pull_buffer,
+        settings.events.pull_flush_interval,
         enabled=settings.events.record_pulls,
     )
     registry = Registry(
-        db, storage, pulls, instance=instance_name(settings),
-        lease_seconds=settings.uploads.lease_seconds, clock=clock,
+        db,
+        storage,
+        pulls,
+        instance=instance_name(settings),
+        lease_seconds=settings.uploads.lease_seconds,
+        clock=clock,
     )
     services: Services
 

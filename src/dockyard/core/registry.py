@@ -158,8 +158,13 @@ class Registry:
         return size
 
     async def read_blob(
-        self, ctx: RequestInfo, repository: str, digest: str, size: int,
-        start: int = 0, length: int | None = None,
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        digest: str,
+        size: int,
+        start: int = 0,
+        length: int | None = None,
     ) -> Body:
         """Stream a blob already checked with ``blob_size``; records a pull event."""
         self.pulls.record(
@@ -188,7 +193,8 @@ class Registry:
         """
         _parse_digest(digest)
         candidates = (
-            [source] if source is not None
+            [source]
+            if source is not None
             else await self.db.run(self.meta.repositories_linking, digest)
         )
         for candidate in candidates:
@@ -244,7 +250,9 @@ class Registry:
         # Recovery path: the state was not saved (blake3) or another algorithm is asked
         # for at PUT. Re-read what is stored.
         hasher = new_hasher(algorithm)
-        async for chunk in self.storage.read_upload(record.id, record.driver_state, record.received):
+        async for chunk in self.storage.read_upload(
+            record.id, record.driver_state, record.received
+        ):
             hasher.update(chunk)
         return hasher
 
@@ -260,9 +268,7 @@ class Registry:
             current = await self.db.run(self.meta.get_upload, record.id)
             if current is None:
                 raise UploadUnknown(f"upload {record.id} was cancelled or finished")
-            raise UploadOutOfOrder(
-                "another request is writing this upload", current.received
-            )
+            raise UploadOutOfOrder("another request is writing this upload", current.received)
         return lease
 
     async def _release(self, upload_id: str, lease: str) -> None:
@@ -270,7 +276,11 @@ class Registry:
             await self.db.run(self.meta.release_upload, upload_id, lease)
 
     async def _stream(
-        self, record: UploadRecord, lease: str, progress: _Progress, body: Body,
+        self,
+        record: UploadRecord,
+        lease: str,
+        progress: _Progress,
+        body: Body,
         expected: int | None,
     ) -> None:
         """Hash and write ``body`` after the upload's saved bytes."""
@@ -291,13 +301,15 @@ class Registry:
                 progress.last_renew = now
                 await self.db.run(self.meta.renew_lease, record.id, lease, self.lease_seconds)
         if expected is not None and progress.written != expected:
-            raise SizeInvalid(
-                f"body has {progress.written} bytes, {expected} were announced"
-            )
+            raise SizeInvalid(f"body has {progress.written} bytes, {expected} were announced")
 
     async def write_chunk(
-        self, repository: str, upload_id: str, body: Body,
-        start: int | None = None, expected: int | None = None,
+        self,
+        repository: str,
+        upload_id: str,
+        body: Body,
+        start: int | None = None,
+        expected: int | None = None,
     ) -> UploadStatus:
         """Append a chunk (PATCH). ``start`` is Content-Range's first byte, if given."""
         record = await self._get_upload(repository, upload_id)
@@ -335,8 +347,14 @@ class Registry:
             self._live_hashers.popitem(last=False)
 
     async def finish_upload(
-        self, ctx: RequestInfo, repository: str, upload_id: str, digest: str, body: Body,
-        start: int | None = None, expected: int | None = None,
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        upload_id: str,
+        digest: str,
+        body: Body,
+        start: int | None = None,
+        expected: int | None = None,
     ) -> str:
         """Complete an upload (PUT), with an optional last chunk; returns the digest."""
         want = _parse_digest(digest)
@@ -372,8 +390,14 @@ class Registry:
             raise
 
     async def _commit(
-        self, ctx: RequestInfo, repository: str, upload_id: str | None, state: dict[str, Any],
-        size: int, digest: str, storage_id: str | None = None,
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        upload_id: str | None,
+        state: dict[str, Any],
+        size: int,
+        digest: str,
+        storage_id: str | None = None,
     ) -> None:
         sid = storage_id or upload_id
         assert sid is not None
@@ -463,13 +487,20 @@ class Registry:
         if record_pull:
             tag = None if isinstance(ref, Digest) else ref
             self.pulls.record(
-                self._event(ctx, "pull", repository, found.digest, found.media_type, found.size, tag)
+                self._event(
+                    ctx, "pull", repository, found.digest, found.media_type, found.size, tag
+                )
             )
         return found
 
     async def put_manifest(
-        self, ctx: RequestInfo, repository: str, reference: str, payload: bytes,
-        content_type: str | None, extra_tags: list[str],
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        reference: str,
+        payload: bytes,
+        content_type: str | None,
+        extra_tags: list[str],
     ) -> PushedManifest:
         try:
             ref = parse_reference(reference)
@@ -520,16 +551,30 @@ class Registry:
         subject = str(manifest.subject.digest) if manifest.subject else None
         artifact_type = referrer_artifact_type(manifest)
         event = self._event(
-            ctx, "push", repository, str(digest), manifest.media_type, len(payload),
-            tags[0] if tags else None, tags=tags or None, artifactType=artifact_type,
+            ctx,
+            "push",
+            repository,
+            str(digest),
+            manifest.media_type,
+            len(payload),
+            tags[0] if tags else None,
+            tags=tags or None,
+            artifactType=artifact_type,
             subject=subject,
         )
         await self.db.run(
             self.meta.put_manifest,
             NewManifest(
-                repository, str(digest), manifest.media_type, artifact_type, subject, payload,
+                repository,
+                str(digest),
+                manifest.media_type,
+                artifact_type,
+                subject,
+                payload,
                 manifest.annotations or None,
-                [str(d.digest) for d in manifest.blobs], children, tags,
+                [str(d.digest) for d in manifest.blobs],
+                children,
+                tags,
             ),
             [event],
         )

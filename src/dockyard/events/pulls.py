@@ -26,7 +26,9 @@ class PullEventStatistics:
 
 
 class PullEventWriter:
-    def __init__(self, db: Database, buffer: int, flush_interval: float, enabled: bool = True) -> None:
+    def __init__(
+        self, db: Database, buffer: int, flush_interval: float, enabled: bool = True
+    ) -> None:
         self._db = db
         self._enabled = enabled
         self._send, self._receive = trio.open_memory_channel[Event](buffer)

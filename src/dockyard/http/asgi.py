@@ -105,7 +105,9 @@ class Response:
         self.length = len(body) if length is None else length
 
 
-def json_response(status: int, doc: object, headers: list[tuple[str, str]] | None = None) -> Response:
+def json_response(
+    status: int, doc: object, headers: list[tuple[str, str]] | None = None
+) -> Response:
     body = json.dumps(doc, separators=(",", ":")).encode()
     return Response(status, [("content-type", "application/json"), *(headers or [])], body)
 
@@ -181,7 +183,9 @@ class Page_:
             raise err.Unsupported(f"n must be a non-negative integer, not {raw_n[:20]!r}")
         self.last = req.arg("last")
 
-    def link(self, path: str, last: str | None, extra: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    def link(
+        self, path: str, last: str | None, extra: dict[str, str] | None = None
+    ) -> list[tuple[str, str]]:
         if last is None:
             return []
         query = urlencode({**(extra or {}), "n": str(self.n), "last": last})
@@ -279,16 +283,20 @@ class RegistryApp:
 
     async def _http(self, scope: Scope_, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-        }
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            key, value = k.decode("latin-1").lower(), v.decode("latin-1")
+            # Repeated headers (clients send several Accept lines) combine per RFC 9110.
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         client = scope.get("client")
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
         req = Request(
             method=method,
             path=scope["path"],
-            query=parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True),
+            query=parse_qs(
+                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+            ),
             headers=headers,
             receive=receive,
             client=client[0] if client else "",
@@ -308,7 +316,16 @@ class RegistryApp:
         except Exception:
             log.exception("unhandled error in %s %s", method, scope["path"][:200])
             response = json_response(
-                500, {"errors": [{"code": "UNKNOWN", "message": "internal error", "detail": {"request": request_id}}]}
+                500,
+                {
+                    "errors": [
+                        {
+                            "code": "UNKNOWN",
+                            "message": "internal error",
+                            "detail": {"request": request_id},
+                        }
+                    ]
+                },
             )
         await self._send(send, response, head=method == "HEAD", request_id=request_id)
         if self._access:
@@ -362,7 +379,9 @@ class RegistryApp:
                 return Response(
                     405,
                     [("allow", allow), ("content-type", "application/json")],
-                    error_body("UNSUPPORTED", f"{req.method} is not supported here (allowed: {allow})"),
+                    error_body(
+                        "UNSUPPORTED", f"{req.method} is not supported here (allowed: {allow})"
+                    ),
                 )
             params = match.groupdict()
             name = params.get("name")
@@ -370,7 +389,8 @@ class RegistryApp:
                 raise err.NameInvalid(f"invalid repository name {name[:100]!r}")
             return await handler(req, params)
         return Response(
-            404, [("content-type", "application/json")],
+            404,
+            [("content-type", "application/json")],
             error_body("NOT_FOUND", f"no endpoint at {path[:100]!r}"),
         )
 
@@ -611,7 +631,11 @@ class RegistryApp:
         )
         manifests = []
         for r in found:
-            entry: dict[str, object] = {"mediaType": r.media_type, "digest": r.digest, "size": r.size}
+            entry: dict[str, object] = {
+                "mediaType": r.media_type,
+                "digest": r.digest,
+                "size": r.size,
+            }
             if r.artifact_type:
                 entry["artifactType"] = r.artifact_type
             if r.annotations:

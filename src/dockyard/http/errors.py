@@ -30,7 +30,7 @@ ERROR_TABLE: dict[type[e.RegistryError], tuple[str, int]] = {
 def status_and_code(error: e.RegistryError) -> tuple[str, int]:
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return ("UNKNOWN", 500)
 
 

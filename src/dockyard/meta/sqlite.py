@@ -164,7 +164,7 @@ class UploadRecord:
     id: str
     repository: str
     algorithm: str
-    offset: int
+    received: int
     hash_state: bytes | None
     driver_state: dict[str, Any]
     lease: str | None
@@ -192,7 +192,9 @@ class Conflict(Exception):
 
 
 class SQLiteMeta:
-    def __init__(self, path: Path, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self._busy_timeout = busy_timeout
         self._local = threading.local()
@@ -283,10 +285,14 @@ class SQLiteMeta:
         return self._repo_id(self._conn(), name) is not None
 
     def list_repositories(self, last: str | None, limit: int) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
-            (last or "", limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+                (last or "", limit),
+            )
+            .fetchall()
+        )
         return [r[0] for r in rows]
 
     # -- blobs
@@ -296,25 +302,37 @@ class SQLiteMeta:
         return None if row is None else int(row[0])
 
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
-        row = self._conn().execute(
-            "SELECT b.size FROM repository_blobs rb"
-            " JOIN repositories r ON r.id = rb.repository_id"
-            " JOIN blobs b ON b.digest = rb.digest"
-            " WHERE r.name = ? AND rb.digest = ?",
-            (repository, digest),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT b.size FROM repository_blobs rb"
+                " JOIN repositories r ON r.id = rb.repository_id"
+                " JOIN blobs b ON b.digest = rb.digest"
+                " WHERE r.name = ? AND rb.digest = ?",
+                (repository, digest),
+            )
+            .fetchone()
+        )
         return None if row is None else int(row[0])
 
     def repositories_linking(self, digest: str, limit: int = 100) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id"
-            " WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
-            (digest, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id"
+                " WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
+                (digest, limit),
+            )
+            .fetchall()
+        )
         return [r[0] for r in rows]
 
     def link_blob(
-        self, repository: str, digest: str, size: int, events: Sequence[Event],
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        events: Sequence[Event],
         finished_upload: str | None = None,
     ) -> None:
         """Record a stored blob and link it to ``repository`` (idempotent)."""
@@ -422,21 +440,29 @@ class SQLiteMeta:
             self._append(conn, events)
 
     def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
-        row = self._conn().execute(
-            "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m"
-            " JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
-            (repository, digest),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m"
+                " JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
+                (repository, digest),
+            )
+            .fetchone()
+        )
         return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
 
     def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
-        row = self._conn().execute(
-            "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t"
-            " JOIN repositories r ON r.id = t.repository_id"
-            " JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest"
-            " WHERE r.name = ? AND t.name = ?",
-            (repository, tag),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t"
+                " JOIN repositories r ON r.id = t.repository_id"
+                " JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest"
+                " WHERE r.name = ? AND t.name = ?",
+                (repository, tag),
+            )
+            .fetchone()
+        )
         return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
 
     def delete_manifest(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
@@ -460,7 +486,9 @@ class SQLiteMeta:
             self._append(conn, events)
             return True
 
-    def delete_tag(self, repository: str, tag: str, make_events: Callable[[str], Sequence[Event]]) -> str | None:
+    def delete_tag(
+        self, repository: str, tag: str, make_events: Callable[[str], Sequence[Event]]
+    ) -> str | None:
         """Delete one tag; returns the digest it pointed to, or None if there was no tag."""
         with self._write() as conn:
             row = conn.execute(
@@ -470,9 +498,7 @@ class SQLiteMeta:
             ).fetchone()
             if row is None:
                 return None
-            conn.execute(
-                "DELETE FROM tags WHERE repository_id = ? AND name = ?", (row[1], tag)
-            )
+            conn.execute("DELETE FROM tags WHERE repository_id = ? AND name = ?", (row[1], tag))
             self._append(conn, make_events(row[0]))
             return str(row[0])
 
@@ -521,16 +547,28 @@ class SQLiteMeta:
             )
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
-        row = self._conn().execute(
-            "SELECT id, repository, algorithm, received, hash_state, driver_state, lease,"
-            " lease_expires, started, touched FROM uploads WHERE id = ?",
-            (upload_id,),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id, repository, algorithm, received, hash_state, driver_state, lease,"
+                " lease_expires, started, touched FROM uploads WHERE id = ?",
+                (upload_id,),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         return UploadRecord(
-            row[0], row[1], row[2], int(row[3]), None if row[4] is None else bytes(row[4]),
-            json.loads(row[5]), row[6], row[7], row[8], row[9],
+            row[0],
+            row[1],
+            row[2],
+            int(row[3]),
+            None if row[4] is None else bytes(row[4]),
+            json.loads(row[5]),
+            row[6],
+            row[7],
+            row[8],
+            row[9],
         )
 
     def claim_upload(self, upload_id: str, offset: int, lease: str, seconds: float) -> bool:
@@ -554,7 +592,11 @@ class SQLiteMeta:
             return cur.rowcount == 1
 
     def save_upload(
-        self, upload_id: str, lease: str, offset: int, hash_state: bytes | None,
+        self,
+        upload_id: str,
+        lease: str,
+        offset: int,
+        hash_state: bytes | None,
         driver_state: dict[str, Any],
     ) -> None:
         """Record progress and release the lease."""
@@ -588,10 +630,14 @@ class SQLiteMeta:
             return conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount == 1
 
     def stale_uploads(self, touched_before: float) -> list[UploadRecord]:
-        rows = self._conn().execute(
-            "SELECT id FROM uploads WHERE touched < ? AND (lease IS NULL OR lease_expires < ?)",
-            (touched_before, self._clock()),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id FROM uploads WHERE touched < ? AND (lease IS NULL OR lease_expires < ?)",
+                (touched_before, self._clock()),
+            )
+            .fetchall()
+        )
         out = [self.get_upload(r[0]) for r in rows]
         return [u for u in out if u is not None]
 
@@ -606,11 +652,15 @@ class SQLiteMeta:
                 self._append(conn, events)
 
     def events_after(self, after: int, limit: int) -> list[StoredEvent]:
-        rows = self._conn().execute(
-            "SELECT id, ts, action, repository, digest, media_type, size, tag, body FROM events"
-            " WHERE id > ? ORDER BY id LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, ts, action, repository, digest, media_type, size, tag, body FROM events"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+            .fetchall()
+        )
         return [
             StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
             for r in rows

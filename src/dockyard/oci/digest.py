@@ -88,7 +88,11 @@ def _load_libcrypto() -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     for name in ("SHA256", "SHA512"):
         getattr(lib, f"{name}_Init").argtypes = [ctypes.c_void_p]
-        getattr(lib, f"{name}_Update").argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        getattr(lib, f"{name}_Update").argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
         getattr(lib, f"{name}_Final").argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         for suffix in ("Init", "Update", "Final"):
             getattr(lib, f"{name}_{suffix}").restype = ctypes.c_int

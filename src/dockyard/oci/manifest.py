@@ -57,8 +57,10 @@ class Descriptor:
     @property
     def non_distributable(self) -> bool:
         """Content the registry is not expected to hold (foreign layers)."""
-        return bool(self.urls) or "nondistributable" in self.media_type or (
-            self.media_type == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        return (
+            bool(self.urls)
+            or "nondistributable" in self.media_type
+            or (self.media_type == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,12 +165,14 @@ def parse_manifest(payload: bytes, content_type: str | None) -> Manifest:
     declared = doc.get("mediaType")
     if declared is not None and not isinstance(declared, str):
         raise ManifestError("mediaType must be a string")
-    if content_type in DOCKER_SCHEMA1 or declared in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
+    if (
+        content_type in DOCKER_SCHEMA1
+        or declared in DOCKER_SCHEMA1
+        or doc.get("schemaVersion") == 1
+    ):
         raise UnsupportedManifest("Docker schema1 manifests are not supported")
     if declared and content_type and declared != content_type:
-        raise ManifestError(
-            f"mediaType {declared!r} does not match Content-Type {content_type!r}"
-        )
+        raise ManifestError(f"mediaType {declared!r} does not match Content-Type {content_type!r}")
     media_type = declared or content_type
     if media_type is None:
         # No declaration at all: infer the OCI kind from the shape, as the image-spec allows.
@@ -183,9 +187,10 @@ def parse_manifest(payload: bytes, content_type: str | None) -> Manifest:
     subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
     annotations = _annotations(doc.get("annotations"), "annotations")
 
+    blobs: tuple[Descriptor, ...] = ()
+    children: tuple[Descriptor, ...] = ()
     if media_type in INDEX_TYPES:
         children = _descriptor_list(doc, "manifests", required=True)
-        blobs = ()
         if media_type == DOCKER_LIST and (subject or artifact_type):
             raise ManifestError("a Docker manifest list has no subject or artifactType")
     else:
@@ -194,7 +199,6 @@ def parse_manifest(payload: bytes, content_type: str | None) -> Manifest:
         config = _descriptor(doc["config"], "config")
         layers = _descriptor_list(doc, "layers", required=media_type == DOCKER_MANIFEST)
         blobs = (config, *layers)
-        children = ()
         if media_type == DOCKER_MANIFEST and (subject or artifact_type):
             raise ManifestError("a Docker schema2 manifest has no subject or artifactType")
     return Manifest(media_type, blobs, children, subject, artifact_type, annotations)

@@ -73,7 +73,9 @@ class BlobStore(Protocol):
 
     async def create_upload(self, upload_id: str) -> DriverState: ...
 
-    async def open_writer(self, upload_id: str, offset: int, state: DriverState) -> UploadWriter: ...
+    async def open_writer(
+        self, upload_id: str, offset: int, state: DriverState
+    ) -> UploadWriter: ...
 
     def read_upload(self, upload_id: str, state: DriverState, length: int) -> AsyncIterator[bytes]:
         """The first ``length`` bytes of an upload (to re-hash when state was lost)."""

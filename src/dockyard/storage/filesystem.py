@@ -136,7 +136,9 @@ class FilesystemStore:
         os.close(fd)
         return {}
 
-    async def open_writer(self, upload_id: str, offset: int, state: DriverState) -> FilesystemWriter:
+    async def open_writer(
+        self, upload_id: str, offset: int, state: DriverState
+    ) -> FilesystemWriter:
         return FilesystemWriter(self._upload_path(upload_id), offset)
 
     async def read_upload(

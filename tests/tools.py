@@ -1,0 +1,25 @@
+"""External tools the tests need: skip with an install hint on a laptop, fail in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+INSTALL_HINTS = {
+    "skopeo": "apt-get install -y skopeo",
+    "umoci": "apt-get install -y umoci",
+    "chromium": "apt-get install -y chromium",
+}
+
+
+def require_tool(name: str) -> str:
+    """Path of ``name``; skips the test (fails it when CI is set) if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed: {INSTALL_HINTS.get(name, 'install ' + name)}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must install every tool the suite needs)")
+        pytest.skip(message)
+    return path
