@@ -65,8 +65,7 @@ class Services:
         """Flush pull events; the caller then cancels the nursery."""
         self.pulls.close()
         with trio.move_on_after(5):
-            while self.pulls.statistics().queued:
-                await trio.sleep(0.01)
+            await self.pulls.wait_finished()
         await self.storage.aclose()
 
     async def _janitor(self) -> None:

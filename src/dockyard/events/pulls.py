@@ -35,6 +35,7 @@ class PullEventWriter:
         self._flush_interval = flush_interval
         self._written = 0
         self._dropped = 0
+        self._finished = trio.Event()
 
     def record(self, event: Event) -> None:
         if not self._enabled:
@@ -69,9 +70,14 @@ class PullEventWriter:
                 with trio.CancelScope(shield=True):
                     await self._db.run(self._db.meta.append_events, batch)
                 self._written += len(batch)
+        self._finished.set()
 
     def close(self) -> None:
         self._send.close()
+
+    async def wait_finished(self) -> None:
+        """Wait until ``run`` has written everything queued before ``close``."""
+        await self._finished.wait()
 
     def statistics(self) -> PullEventStatistics:
         return PullEventStatistics(

@@ -319,7 +319,8 @@ class SQLiteMeta:
         rows = (
             self._conn()
             .execute(
-                "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id"
+                "SELECT r.name FROM repository_blobs rb"
+                " JOIN repositories r ON r.id = rb.repository_id"
                 " WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
                 (digest, limit),
             )
@@ -541,8 +542,8 @@ class SQLiteMeta:
         now = self._clock()
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO uploads (id, repository, algorithm, received, hash_state, driver_state,"
-                " started, touched) VALUES (?, ?, ?, 0, NULL, ?, ?, ?)",
+                "INSERT INTO uploads (id, repository, algorithm, received, hash_state,"
+                " driver_state, started, touched) VALUES (?, ?, ?, 0, NULL, ?, ?, ?)",
                 (upload_id, repository, algorithm, json.dumps(driver_state), now, now),
             )
 
