@@ -1,0 +1,33 @@
+"""Developer sessions: `nox -s tests lint mypy`, `nox -s e2e`, `nox -s perf`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "mypy", "tests"]
+PATHS = ["src", "tests", "perf", "noxfile.py"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "e2e", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", *PATHS)
+    session.run("ruff", "format", "--check", *PATHS)
+
+
+@nox.session
+def mypy(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy")
