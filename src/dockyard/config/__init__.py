@@ -185,8 +185,10 @@ def load(
                 doc = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {os.fspath(path)!r}: {e}") from None
+        except OSError as e:  # a directory, no permission, ...
+            raise ConfigError(f"config file {os.fspath(path)!r}: {e.strerror}") from None
         for section, values in doc.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table")
@@ -200,7 +202,10 @@ def load(
         rest = var[len("DOCKYARD_") :].lower()
         for section in sections:
             if rest.startswith(section + "_"):
-                _apply(settings, section, rest[len(section) + 1 :], value, from_env=True)
+                try:
+                    _apply(settings, section, rest[len(section) + 1 :], value, from_env=True)
+                except ConfigError as e:
+                    raise ConfigError(f"{var}: {e}") from None
                 break
         else:
             raise ConfigError(f"{var}: unknown setting (form: DOCKYARD_<SECTION>_<KEY>)")

@@ -9,6 +9,9 @@ Contract (checked by ``tests/storage_conformance.py`` for every driver):
   continues it at ``offset``, discarding anything a crashed writer left past it; the
   writer's ``close`` returns the driver state to save with the upload session (object
   stores keep multipart ids and part tags there; the filesystem needs none).
+- Asking for bytes that are not there is a ``StorageError``: reading a blob or an upload
+  past its end, opening a writer at an offset beyond what the upload holds, creating an
+  upload whose id exists.
 - Nothing here knows repositories, manifests or SQL: which blob a repository may serve
   is metadata.
 

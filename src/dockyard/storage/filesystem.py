@@ -47,6 +47,9 @@ class FilesystemWriter:
             self._fd = os.open(path, os.O_WRONLY)
         except FileNotFoundError:
             raise UploadNotFound(path) from None
+        if os.fstat(self._fd).st_size < offset:
+            os.close(self._fd)
+            raise StorageError(f"upload {path} holds fewer than {offset} bytes")
         # Anything past offset was written by a request that did not finish: drop it.
         os.ftruncate(self._fd, offset)
         os.lseek(self._fd, offset, os.SEEK_SET)
@@ -78,12 +81,27 @@ class FilesystemStore:
 
     def _blob_path(self, digest: str) -> str:
         algorithm, _, encoded = digest.partition(":")
-        if not encoded or "/" in digest or "." in digest:
+        # Each part becomes one path component: ASCII only (digests are), no separators,
+        # dots, NULs or over-long names (those escape the layout or raise OSError/ValueError).
+        if (
+            not algorithm
+            or not encoded
+            or len(digest) > 255
+            or not digest.isascii()
+            or any(c in digest for c in "/.\0")
+        ):
             raise BlobNotFound(digest)
         return str(self._blobs / algorithm / encoded[:2] / encoded)
 
     def _upload_path(self, upload_id: str) -> str:
-        if not upload_id or "/" in upload_id or upload_id.startswith("."):
+        if (
+            not upload_id
+            or len(upload_id) > 255
+            or not upload_id.isascii()
+            or "/" in upload_id
+            or "\0" in upload_id
+            or upload_id.startswith(".")
+        ):
             raise UploadNotFound(upload_id)
         return str(self._uploads / upload_id)
 
@@ -132,7 +150,12 @@ class FilesystemStore:
             yield digest
 
     async def create_upload(self, upload_id: str) -> DriverState:
-        fd = os.open(self._upload_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            fd = os.open(
+                self._upload_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640
+            )
+        except FileExistsError:
+            raise StorageError(f"upload {upload_id} already exists") from None
         os.close(fd)
         return {}
 

@@ -48,6 +48,8 @@ class MemoryStore:
         if blob is None:
             raise BlobNotFound(digest)
         end = len(blob) if length is None else offset + length
+        if end > len(blob) or offset < 0:
+            raise StorageError(f"{digest} has {len(blob)} bytes, cannot read to {end}")
         for start in range(offset, end, READ_CHUNK):
             yield blob[start : min(start + READ_CHUNK, end)]
 
@@ -65,11 +67,15 @@ class MemoryStore:
             raise UploadNotFound(upload_id) from None
 
     async def create_upload(self, upload_id: str) -> DriverState:
+        if upload_id in self._uploads:
+            raise StorageError(f"upload {upload_id} already exists")
         self._uploads[upload_id] = (bytearray(), time.time())
         return {}
 
     async def open_writer(self, upload_id: str, offset: int, state: DriverState) -> MemoryWriter:
         buf = self._upload(upload_id)
+        if len(buf) < offset:
+            raise StorageError(f"upload {upload_id} holds fewer than {offset} bytes")
         self._uploads[upload_id] = (buf, time.time())
         return MemoryWriter(buf, offset)
 
@@ -77,6 +83,8 @@ class MemoryStore:
         self, upload_id: str, state: DriverState, length: int
     ) -> AsyncIterator[bytes]:
         buf = self._upload(upload_id)
+        if length > len(buf):
+            raise StorageError(f"upload {upload_id} holds {len(buf)} bytes, not {length}")
         for start in range(0, length, READ_CHUNK):
             yield bytes(buf[start : min(start + READ_CHUNK, length)])
 
