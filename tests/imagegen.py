@@ -243,12 +243,13 @@ def build_image(
 
 def build_index(images: Sequence[Image], *, docker: bool = False) -> Index:
     """An OCI index (or, with ``docker``, a Docker manifest list) of ``images``."""
+    media_type = DOCKER_LIST if docker else OCI_INDEX
     doc = {
         "schemaVersion": 2,
-        "mediaType": DOCKER_LIST if docker else OCI_INDEX,
+        "mediaType": media_type,
         "manifests": [image.manifest.descriptor(platform=image.platform()) for image in images],
     }
-    return Index(Blob(doc["mediaType"], canonical_json(doc)), tuple(images))
+    return Index(Blob(media_type, canonical_json(doc)), tuple(images))
 
 
 class OCILayout:
@@ -280,9 +281,7 @@ class OCILayout:
 
     def tag(self, tag: str, manifest: Blob, platform: dict[str, str] | None = None) -> None:
         """Name ``manifest`` ``tag`` in ``index.json`` (replacing an earlier use of it)."""
-        self._entries = [
-            e for e in self._entries if e.get("annotations", {}).get(REF_NAME) != tag
-        ]
+        self._entries = [e for e in self._entries if e.get("annotations", {}).get(REF_NAME) != tag]
         entry = manifest.descriptor(annotations={REF_NAME: tag})
         if platform is not None:
             entry["platform"] = platform
@@ -313,6 +312,20 @@ def write_dir_image(root: Path, image: Image) -> Path:
     (root / "manifest.json").write_bytes(image.manifest.data)
     for blob in [image.config, *(layer.blob for layer in image.layers)]:
         (root / blob.digest.removeprefix("sha256:")).write_bytes(blob.data)
+    return root
+
+
+def write_dir_index(root: Path, index: Index) -> Path:
+    """``index`` with all its images in ``dir:`` format (push with ``--all``): the list
+    is ``manifest.json``, each image manifest ``<hex>.manifest.json``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "version").write_text("Directory Transport Version: 1.1\n")
+    (root / "manifest.json").write_bytes(index.manifest.data)
+    for image in index.images:
+        hex_ = image.digest.removeprefix("sha256:")
+        (root / f"{hex_}.manifest.json").write_bytes(image.manifest.data)
+        for blob in [image.config, *(layer.blob for layer in image.layers)]:
+            (root / blob.digest.removeprefix("sha256:")).write_bytes(blob.data)
     return root
 
 

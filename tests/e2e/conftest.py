@@ -1,0 +1,143 @@
+"""Fixtures for the end-to-end tests: real ``dockyard serve`` processes and real clients.
+
+One server per test module (start-up takes about a second, tests use distinct repository
+names so they do not see each other's content). At teardown the server log must hold no
+traceback: an unhandled exception on the server is a bug even when the client retried
+its way around it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from dockyard.meta.sqlite import SQLiteMeta, StoredEvent
+from tests.serverproc import DockyardServer
+from tests.tools import require_tool
+
+TOOL_TIMEOUT = 120.0
+
+
+def _fail(
+    what: Sequence[str], rc: int, stdout: bytes, stderr: bytes, server: DockyardServer
+) -> None:
+    pytest.fail(
+        f"{' '.join(what)} exited with {rc}\n"
+        f"--- stdout\n{stdout.decode(errors='replace')[-3000:]}\n"
+        f"--- stderr\n{stderr.decode(errors='replace')[-6000:]}\n"
+        f"--- dockyard log\n{server.log()}",
+        pytrace=False,
+    )
+
+
+class Skopeo:
+    """The skopeo CLI against one dockyard server (plain HTTP, no signature policy)."""
+
+    def __init__(self, path: str, server: DockyardServer) -> None:
+        self.path = path
+        self.server = server
+
+    def docker(self, ref: str) -> str:
+        """``docker://127.0.0.1:PORT/<ref>``."""
+        return f"docker://{self.server.host}/{ref}"
+
+    def command(self, *args: str, debug: bool = False) -> list[str]:
+        # --insecure-policy: a laptop may have no /etc/containers/policy.json.
+        return [self.path, "--insecure-policy", *(["--debug"] if debug else []), *args]
+
+    def __call__(
+        self, *args: str, debug: bool = False, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        cmd = self.command(*args, debug=debug)
+        done = subprocess.run(cmd, capture_output=True, timeout=TOOL_TIMEOUT, check=False)
+        if check and done.returncode != 0:
+            _fail(cmd, done.returncode, done.stdout, done.stderr, self.server)
+        return done
+
+    async def run(self, *args: str, debug: bool = False) -> subprocess.CompletedProcess[bytes]:
+        """The same from trio, so several copies can run at once."""
+        cmd = self.command(*args, debug=debug)
+        with trio.fail_after(TOOL_TIMEOUT):
+            done = await trio.run_process(
+                cmd, capture_stdout=True, capture_stderr=True, check=False
+            )
+        if done.returncode != 0:
+            _fail(cmd, done.returncode, done.stdout, done.stderr, self.server)
+        return done
+
+    def copy(self, src: str, dst: str, *flags: str, debug: bool = False) -> str:
+        """``skopeo copy``; returns its stderr (the --debug log goes there)."""
+        done = self(
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            *flags,
+            src,
+            dst,
+            debug=debug,
+        )
+        return done.stderr.decode(errors="replace")
+
+    def raw(self, ref: str) -> bytes:
+        """The manifest bytes exactly as the registry serves them."""
+        return self("inspect", "--tls-verify=false", "--raw", self.docker(ref)).stdout
+
+
+def run_tool(cmd: Sequence[str], server: DockyardServer, cwd: Path | None = None) -> str:
+    """Run any other client (umoci); its stdout, or a failure with both logs."""
+    done = subprocess.run(
+        list(cmd), capture_output=True, timeout=TOOL_TIMEOUT, check=False, cwd=cwd
+    )
+    if done.returncode != 0:
+        _fail(cmd, done.returncode, done.stdout, done.stderr, server)
+    return done.stdout.decode()
+
+
+def server_events(server: DockyardServer) -> list[StoredEvent]:
+    """The server's durable event log (what the websocket feed and webhooks read)."""
+    meta = SQLiteMeta(server.data_dir / "dockyard.sqlite3")
+    try:
+        return meta.events_after(0, 1_000_000)
+    finally:
+        meta.close()
+
+
+def _serve(root: Path, workers: int, env: dict[str, str] | None = None) -> Iterator[DockyardServer]:
+    server = DockyardServer(root / "data", workers=workers, env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    text = server.log_path.read_text(errors="replace")
+    if "Traceback" in text:
+        pytest.fail(f"dockyard logged an unhandled error:\n{text[-8000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    """A one-worker ``dockyard serve`` on loopback, shared by the tests of a module."""
+    yield from _serve(tmp_path_factory.mktemp("dockyard"), workers=1)
+
+
+@pytest.fixture(scope="module")
+def registry2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    """``dockyard serve --workers 2``: two processes on one data directory."""
+    yield from _serve(tmp_path_factory.mktemp("dockyard2"), workers=2)
+
+
+@pytest.fixture(scope="module")
+def registry_small_pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    """A server whose tag lists, catalog and referrers come in pages of two by default,
+    so clients must follow ``Link`` headers to see everything."""
+    env = {"DOCKYARD_LIMITS_DEFAULT_PAGE_SIZE": "2"}
+    yield from _serve(tmp_path_factory.mktemp("dockyard-pages"), workers=1, env=env)
+
+
+@pytest.fixture
+def skopeo(registry: DockyardServer) -> Skopeo:
+    return Skopeo(require_tool("skopeo"), registry)
