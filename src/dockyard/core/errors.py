@@ -17,6 +17,7 @@ The HTTP layer maps each class to one OCI error code and status (``http/errors.p
     +-- ManifestTooLarge       over limits.max_manifest_bytes
     +-- TagInvalid             a tag breaks the grammar
     +-- RangeNotSatisfiable    a blob Range outside the blob (carries the size)
+    +-- PaginationInvalid      a page size (n=) that is not a non-negative integer
     +-- Unsupported            the operation or parameter is not supported
     +-- Denied                 the authorizer refused the scope
 """
@@ -89,6 +90,10 @@ class RangeNotSatisfiable(RegistryError):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+
+class PaginationInvalid(RegistryError):
+    pass
 
 
 class Unsupported(RegistryError):

@@ -54,6 +54,33 @@ class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
 
 
+class _BodyStream:
+    """A request body as an async iterator of chunks.
+
+    A plain iterator rather than an async generator: handlers stop reading half-way on bad
+    input (too long, wrong size), and an abandoned async generator is a resource leak that
+    trio warns about when it is garbage collected.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._done = False
+
+    def __aiter__(self) -> _BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            self._done = not message.get("more_body", False)
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                return chunk
+        raise StopAsyncIteration
+
+
 @dataclass
 class Request:
     method: str
@@ -69,16 +96,8 @@ class Request:
         values = self.query.get(key)
         return values[0] if values else None
 
-    async def body(self) -> AsyncIterator[bytes]:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            chunk = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
+    def body(self) -> AsyncIterator[bytes]:
+        return _BodyStream(self.receive)
 
     def content_length(self) -> int | None:
         raw = self.headers.get("content-length")
@@ -149,9 +168,10 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
         n = min(n, size)
         return size - n, n
     start = int(match[1])
+    if match[2] and int(match[2]) < start:
+        return None  # "b-a" is invalid: ignore it
     end = int(match[2]) if match[2] else size - 1
-    if end < start:
-        return None
+    # An open range "a-" past the end is unsatisfiable (416), not invalid (RFC 9110 14.1.2).
     if start >= size:
         raise err.RangeNotSatisfiable(f"range {value[:60]!r} starts past the end", size)
     end = min(end, size - 1)
@@ -180,7 +200,7 @@ class Page_:
         elif raw_n.isdigit():
             self.n = min(int(raw_n), maximum)
         else:
-            raise err.Unsupported(f"n must be a non-negative integer, not {raw_n[:20]!r}")
+            raise err.PaginationInvalid(f"n must be a non-negative integer, not {raw_n[:20]!r}")
         self.last = req.arg("last")
 
     def link(
@@ -545,13 +565,14 @@ class RegistryApp:
     async def get_manifest(self, req: Request, p: dict[str, str]) -> Response:
         name = p["name"]
         await self._authorize(req, Scope("pull", name))
+        accept = req.headers.get("accept")
         found = await self.registry.get_manifest(
-            req.info, name, p["reference"], record_pull=req.method == "GET"
+            req.info,
+            name,
+            p["reference"],
+            record_pull=req.method == "GET",
+            accepts=lambda media_type: _accepts(accept, media_type),
         )
-        if not _accepts(req.headers.get("accept"), found.media_type):
-            raise err.ManifestUnknown(
-                f"manifest is {found.media_type}, which the Accept header does not list"
-            )
         headers = [
             ("content-type", found.media_type),
             ("docker-content-digest", found.digest),

@@ -1,0 +1,385 @@
+"""Shared fixtures and helpers for the in-process HTTP tests.
+
+``services`` builds the whole registry from settings (filesystem storage and SQLite under
+``tmp_path``) and runs its background tasks in a trio nursery; ``client`` is an
+``httpx.AsyncClient`` talking to the ASGI app in process through ``ASGITransport`` below
+(request bodies stream chunk by chunk; see its docstring for why not httpx's own).
+
+Helpers (import them with ``from tests.conftest import ...``): random blob bytes and
+digests, pushing a blob or a whole image, building manifests, checking OCI error bodies
+and reading the event log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+import pytest
+import trio
+
+from dockyard.config import Settings, load
+from dockyard.meta.sqlite import StoredEvent
+from dockyard.services import Services, build
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+BASE_URL = "http://registry"
+
+
+# -- settings and the running registry
+
+
+def make_settings(root: Path, **environ: str) -> Settings:
+    """Settings for a test registry under ``root``; ``environ`` adds DOCKYARD_* overrides."""
+    env = {
+        "DOCKYARD_STORAGE_ROOT": str(root),
+        "DOCKYARD_SERVER_INSTANCE": "test",
+        "DOCKYARD_EVENTS_PULL_FLUSH_INTERVAL": "0.02",
+        "DOCKYARD_UPLOADS_PURGE_INTERVAL": "3600",
+        **environ,
+    }
+    return load(environ=env)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def settings_root(settings: Settings) -> Path:
+    """The data directory: blobs, uploads and the SQLite file."""
+    return Path(settings.storage.root)
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """A built registry with its background tasks running, as ``dockyard serve`` runs it."""
+    svc = build(settings)
+    try:
+        async with trio.open_nursery() as nursery:
+            await svc.start(nursery)
+            yield svc
+            await svc.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        svc.meta.close()
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with open_services(settings) as svc:
+        yield svc
+
+
+ASGIMessage = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [ASGIMessage, Callable[[], Awaitable[ASGIMessage]], Callable[[ASGIMessage], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+class ASGITransport(httpx.AsyncBaseTransport):
+    """An httpx transport that calls an ASGI app in process, under trio.
+
+    Like ``httpx.ASGITransport``, with one difference that matters here: when the app
+    answers before reading the whole request body (a bad length, a rejected chunk), the
+    rest of the body is still sent, as a real client would. httpx's transport leaves its
+    body generator half-consumed, which trio reports as a ResourceWarning (an error
+    under this suite's warning filter).
+    """
+
+    def __init__(self, app: ASGIApp, client: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
+        self.app = app
+        self.client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        scope: ASGIMessage = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+            "scheme": request.url.scheme,
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query,
+            "server": (request.url.host, request.url.port),
+            "client": self.client,
+            "root_path": "",
+        }
+        body = request.stream.__aiter__()
+        request_done = False
+        response_done = trio.Event()
+        status: int | None = None
+        headers: list[tuple[bytes, bytes]] = []
+        parts: list[bytes] = []
+
+        async def receive() -> ASGIMessage:
+            nonlocal request_done
+            if request_done:
+                await response_done.wait()
+                return {"type": "http.disconnect"}
+            try:
+                chunk = await body.__anext__()
+            except StopAsyncIteration:
+                request_done = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": chunk, "more_body": True}
+
+        async def send(message: ASGIMessage) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                assert status is None, "response started twice"
+                status = message["status"]
+                headers.extend(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                assert status is not None, "body before http.response.start"
+                assert not response_done.is_set(), "body after the response ended"
+                parts.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    response_done.set()
+
+        await self.app(scope, receive, send)
+        if not request_done:
+            async for _ in body:
+                pass
+        assert response_done.is_set(), "the app returned without finishing its response"
+        assert status is not None
+        if request.method == "HEAD":
+            assert b"".join(parts) == b"", "a HEAD response must not have a body"
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(parts)))
+
+
+def make_client(svc: Services) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=ASGITransport(svc.app), base_url=BASE_URL)
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(services) as c:
+        yield c
+
+
+# -- bytes and digests
+
+
+def random_blob(size: int = 1024) -> bytes:
+    return os.urandom(size)
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    if algorithm == "blake3":
+        return f"blake3:{blake3.blake3(data).hexdigest()}"
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def fake_digest(algorithm: str = "sha256") -> str:
+    """A well-formed digest of content nobody pushed."""
+    return digest_of(os.urandom(32), algorithm)
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    """A streamed request body (httpx sends it chunked, without Content-Length)."""
+    for part in parts:
+        yield part
+
+
+# -- checks
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is an OCI error body with ``code``; returns the first error."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json"
+    doc = response.json()
+    assert isinstance(doc, dict) and list(doc) == ["errors"], doc
+    errors = doc["errors"]
+    assert isinstance(errors, list) and errors, doc
+    for entry in errors:
+        assert isinstance(entry["code"], str)
+        assert isinstance(entry["message"], str) and entry["message"]
+    first = errors[0]
+    assert first["code"] == code, doc
+    assert isinstance(first, dict)
+    return first
+
+
+def parse_link(value: str) -> str:
+    """The URL of a ``Link: <url>; rel="next"`` header."""
+    url, _, rel = value.partition(";")
+    assert rel.strip() == 'rel="next"', value
+    url = url.strip()
+    assert url.startswith("<") and url.endswith(">"), value
+    return url[1:-1]
+
+
+# -- pushing content
+
+
+async def push_blob(
+    client: httpx.AsyncClient, repo: str, data: bytes, algorithm: str = "sha256"
+) -> str:
+    """Push ``data`` with a single POST ?digest=; returns its digest."""
+    digest = digest_of(data, algorithm)
+    r = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
+    assert r.status_code == 201, r.text
+    assert r.headers["docker-content-digest"] == digest
+    return digest
+
+
+async def start_upload(client: httpx.AsyncClient, repo: str, **params: str) -> str:
+    """POST a new upload session; returns its Location."""
+    r = await client.post(f"/v2/{repo}/blobs/uploads/", params=params)
+    assert r.status_code == 202, r.text
+    location = r.headers["location"]
+    assert location.startswith(f"/v2/{repo}/blobs/uploads/")
+    return location
+
+
+def descriptor(
+    media_type: str, content: bytes, algorithm: str = "sha256", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": digest_of(content, algorithm),
+        "size": len(content),
+        **extra,
+    }
+
+
+def data_descriptor(media_type: str, content: bytes, **extra: Any) -> dict[str, Any]:
+    """A descriptor that carries ``content`` in its ``data`` field (need not be pushed)."""
+    return descriptor(media_type, content, data=base64.b64encode(content).decode(), **extra)
+
+
+def to_json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=2).encode()
+
+
+def image_manifest(
+    config: dict[str, Any],
+    layers: Sequence[dict[str, Any]],
+    media_type: str = OCI_MANIFEST,
+    **extra: Any,
+) -> bytes:
+    return to_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": config,
+            "layers": list(layers),
+            **extra,
+        }
+    )
+
+
+def index_manifest(
+    manifests: Sequence[dict[str, Any]], media_type: str = OCI_INDEX, **extra: Any
+) -> bytes:
+    return to_json(
+        {"schemaVersion": 2, "mediaType": media_type, "manifests": list(manifests), **extra}
+    )
+
+
+async def put_manifest(
+    client: httpx.AsyncClient,
+    repo: str,
+    reference: str,
+    payload: bytes,
+    media_type: str | None = OCI_MANIFEST,
+    params: dict[str, str | list[str]] | None = None,
+) -> httpx.Response:
+    headers = {"content-type": media_type} if media_type else {}
+    return await client.put(
+        f"/v2/{repo}/manifests/{reference}", content=payload, headers=headers, params=params
+    )
+
+
+@dataclass
+class Image:
+    repo: str
+    digest: str
+    payload: bytes
+    media_type: str
+    config: bytes
+    layers: list[bytes] = field(default_factory=list)
+
+    @property
+    def descriptor(self) -> dict[str, Any]:
+        return descriptor(self.media_type, self.payload)
+
+
+async def push_image(
+    client: httpx.AsyncClient,
+    repo: str,
+    tag: str | None = None,
+    *,
+    layers: int = 2,
+    media_type: str = OCI_MANIFEST,
+    config_type: str | None = None,
+    layer_type: str | None = None,
+    **extra: Any,
+) -> Image:
+    """Push config and layer blobs, then the manifest (by tag, else by digest)."""
+    docker = media_type == DOCKER_MANIFEST
+    config = json.dumps({"architecture": "amd64", "os": "linux", "n": os.urandom(8).hex()})
+    config_bytes = config.encode()
+    layer_blobs = [random_blob(512 + i) for i in range(layers)]
+    await push_blob(client, repo, config_bytes)
+    for layer in layer_blobs:
+        await push_blob(client, repo, layer)
+    payload = image_manifest(
+        descriptor(config_type or (DOCKER_CONFIG if docker else OCI_CONFIG), config_bytes),
+        [descriptor(layer_type or (DOCKER_LAYER if docker else OCI_LAYER), b) for b in layer_blobs],
+        media_type,
+        **extra,
+    )
+    digest = digest_of(payload)
+    r = await put_manifest(client, repo, tag or digest, payload, media_type)
+    assert r.status_code == 201, r.text
+    assert r.headers["docker-content-digest"] == digest
+    return Image(repo, digest, payload, media_type, config_bytes, layer_blobs)
+
+
+# -- the event log
+
+
+def events(svc: Services, after: int = 0) -> list[StoredEvent]:
+    return svc.meta.events_after(after, 1000)
+
+
+def last_event_id(svc: Services) -> int:
+    found = events(svc)
+    return found[-1].id if found else 0
+
+
+async def wait_for_events(
+    svc: Services, after: int, count: int, timeout: float = 5.0
+) -> list[StoredEvent]:
+    """Wait until at least ``count`` events follow ``after`` (pull events are batched)."""
+    with trio.fail_after(timeout):
+        while True:
+            found = events(svc, after)
+            if len(found) >= count:
+                return found
+            await trio.sleep(0.01)
