@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from dockyard import __version__
@@ -55,9 +56,11 @@ def _serve(args: argparse.Namespace) -> int:
     config.bind = [f"{settings.server.host}:{settings.server.port}"]
     config.application_path = "dockyard.services:create_app()"
     config.worker_class = "trio"
-    # hypercorn runs in-process with workers=0; one process per worker above that.
-    config.workers = 0 if settings.server.workers == 1 else settings.server.workers
+    # One process per worker, even for one: hypercorn's supervising process turns SIGTERM
+    # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
+    config.workers = settings.server.workers
     config.graceful_timeout = settings.server.graceful_timeout
+    config.websocket_ping_interval = settings.events.heartbeat
     config.accesslog = None
     config.errorlog = "-"
     print(
@@ -66,6 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # Workers inherit this and stop when the supervisor tells them to, so a SIGTERM sent to
+    # the whole process group (systemd, kill -- -pgid) is graceful too.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return run(config)
 
 

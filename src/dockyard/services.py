@@ -20,8 +20,10 @@ import trio
 from dockyard.auth import AllowAll
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
+from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.websocket import FEED_PATH, EventFeed
 from dockyard.meta.sqlite import Database, SQLiteMeta
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
@@ -48,6 +50,7 @@ class Services:
     storage: BlobStore
     pulls: PullEventWriter
     registry: Registry
+    hub: EventHub
     app: RegistryApp
 
     async def ready(self) -> bool:
@@ -58,6 +61,11 @@ class Services:
         return True
 
     async def start(self, nursery: trio.Nursery) -> None:
+        token = trio.lowlevel.current_trio_token()
+        hub = self.hub
+        # Called in database worker threads; run_sync_soon is the thread-safe way in.
+        self.meta.on_events_committed = lambda: token.run_sync_soon(hub.notify)
+        await nursery.start(self.hub.run)
         await nursery.start(self.pulls.run)
         nursery.start_soon(self._janitor)
 
@@ -66,6 +74,7 @@ class Services:
         self.pulls.close()
         with trio.move_on_after(5):
             await self.pulls.wait_finished()
+        self.meta.on_events_committed = None
         await self.storage.aclose()
 
     async def _janitor(self) -> None:
@@ -120,7 +129,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         on_shutdown=shutdown,
         access=settings.log.access,
     )
-    services = Services(settings, meta, db, storage, pulls, registry, app)
+    hub = EventHub(db, settings.events.poll_interval)
+    app.websockets[FEED_PATH] = EventFeed(
+        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat
+    )
+    services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     return services
 
 

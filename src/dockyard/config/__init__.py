@@ -76,6 +76,12 @@ class EventsSettings:
     pull_buffer: int = 10000
     # Longest a pull event waits before its batch is written, in seconds.
     pull_flush_interval: float = 0.5
+    # How often each worker looks for events written by other workers, in seconds.
+    poll_interval: float = 0.05
+    # Events a websocket subscriber may fall behind before it is disconnected.
+    feed_buffer: int = 1000
+    # Idle seconds before the feed sends a heartbeat message (and a websocket ping).
+    heartbeat: float = 15.0
 
 
 @dataclass
@@ -169,6 +175,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("limits.default_page_size: must be between 1 and limits.max_page_size")
     if s.events.pull_buffer < 1:
         raise ConfigError("events.pull_buffer: must be at least 1")
+    if s.events.feed_buffer < 1:
+        raise ConfigError("events.feed_buffer: must be at least 1")
+    if s.events.poll_interval <= 0 or s.events.heartbeat <= 0:
+        raise ConfigError("events.poll_interval and events.heartbeat: must be positive")
     if s.log.level not in LOG_LEVELS:
         raise ConfigError(f"log.level: choose one of {', '.join(LOG_LEVELS)}")
 

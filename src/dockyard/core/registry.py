@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import OrderedDict
@@ -168,13 +169,15 @@ class Registry:
     ) -> Body:
         """Stream a blob already checked with ``blob_size``; records a pull event."""
         self.pulls.record(
-            self._event(ctx, "pull", repository, digest, "application/octet-stream", size)
+            self._event(
+                ctx, "pull", repository, digest, "application/octet-stream", size, kind="blob"
+            )
         )
         return self.storage.read(digest, start, length)
 
     async def delete_blob(self, ctx: RequestInfo, repository: str, digest: str) -> None:
         _parse_digest(digest)
-        event = self._event(ctx, "delete", repository, digest)
+        event = self._event(ctx, "delete", repository, digest, kind="blob")
         if not await self.db.run(self.meta.unlink_blob, repository, digest, [event]):
             raise BlobUnknown(f"blob {digest} is not in {repository}")
 
@@ -206,7 +209,16 @@ class Registry:
             size = await self.db.run(self.meta.linked_blob_size, candidate, digest)
             if size is None or not await may_read(candidate):
                 continue
-            event = self._event(ctx, "mount", repository, digest, size=size, **{"from": candidate})
+            event = self._event(
+                ctx,
+                "mount",
+                repository,
+                digest,
+                "application/octet-stream",
+                size,
+                kind="blob",
+                **{"from": candidate},
+            )
             await self.db.run(self.meta.link_blob, repository, digest, size, [event])
             return True
         return False
@@ -242,7 +254,9 @@ class Registry:
     async def _resume_hasher(self, record: UploadRecord, algorithm: str) -> Hasher:
         if algorithm == record.algorithm and record.hash_state is not None:
             return new_hasher(algorithm, record.hash_state)
-        live = self._live_hashers.get(record.id)
+        # Taken out, not just read: the request updates this hasher in place, so if it
+        # fails half-way the hasher holds bytes the upload does not; success puts it back.
+        live = self._live_hashers.pop(record.id, None)
         if algorithm == record.algorithm and live is not None and live[0] == record.received:
             return live[1]
         if algorithm == record.algorithm and record.received == 0:
@@ -288,9 +302,15 @@ class Registry:
             if not chunk:
                 continue
             if progress.writer is None:
-                progress.writer = await self.storage.open_writer(
-                    record.id, record.received, record.driver_state
-                )
+                try:
+                    progress.writer = await self.storage.open_writer(
+                        record.id, record.received, record.driver_state
+                    )
+                except UploadNotFound:
+                    # A crash after the commit moved the bytes, before the session went.
+                    with trio.CancelScope(shield=True):
+                        await self.db.run(self.meta.delete_upload, record.id)
+                    raise UploadUnknown(f"upload {record.id} lost its bytes; start again") from None
             progress.hasher.update(chunk)
             await progress.writer.write(chunk)
             progress.written += len(chunk)
@@ -364,6 +384,14 @@ class Registry:
             progress = _Progress(await self._resume_hasher(record, want.algorithm))
             try:
                 await self._stream(record, lease, progress, body, expected)
+                if progress.writer is None:
+                    # No last chunk: still drop what a failed request left past the saved
+                    # offset, since the commit takes the whole upload.
+                    # If the bytes are gone, _commit checks whether a crashed attempt stored them.
+                    with contextlib.suppress(UploadNotFound):
+                        progress.writer = await self.storage.open_writer(
+                            record.id, record.received, record.driver_state
+                        )
                 state = record.driver_state
                 if progress.writer is not None:
                     state = await progress.writer.close()
@@ -407,7 +435,9 @@ class Registry:
             # A previous attempt committed the bytes and died before linking them.
             if await self.storage.stat(digest) != size:
                 raise
-        event = self._event(ctx, "push", repository, digest, "application/octet-stream", size)
+        event = self._event(
+            ctx, "push", repository, digest, "application/octet-stream", size, kind="blob"
+        )
         await self.db.run(
             self.meta.link_blob, repository, digest, size, [event], finished_upload=upload_id
         )
@@ -468,8 +498,15 @@ class Registry:
     # -- manifests
 
     async def get_manifest(
-        self, ctx: RequestInfo, repository: str, reference: str, record_pull: bool
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        reference: str,
+        record_pull: bool,
+        accepts: Callable[[str], bool] | None = None,
     ) -> ManifestRecord:
+        """The manifest ``reference`` names; ``accepts`` (the client's Accept header) may
+        refuse its media type, which is "unknown" to that client and records no pull."""
         try:
             ref = parse_reference(reference)
         except DigestError as e:
@@ -484,11 +521,22 @@ class Registry:
             if not await self.db.run(self.meta.repository_exists, repository):
                 raise NameUnknown(f"repository {repository} is not known")
             raise ManifestUnknown(f"no manifest {reference} in {repository}")
+        if accepts is not None and not accepts(found.media_type):
+            raise ManifestUnknown(
+                f"manifest is {found.media_type}, which the Accept header does not list"
+            )
         if record_pull:
             tag = None if isinstance(ref, Digest) else ref
             self.pulls.record(
                 self._event(
-                    ctx, "pull", repository, found.digest, found.media_type, found.size, tag
+                    ctx,
+                    "pull",
+                    repository,
+                    found.digest,
+                    found.media_type,
+                    found.size,
+                    tag,
+                    kind="manifest",
                 )
             )
         return found
@@ -558,6 +606,7 @@ class Registry:
             manifest.media_type,
             len(payload),
             tags[0] if tags else None,
+            kind="manifest",
             tags=tags or None,
             artifactType=artifact_type,
             subject=subject,
@@ -588,13 +637,13 @@ class Registry:
         except ReferenceError_:
             raise ManifestUnknown(f"no manifest {reference[:80]!r} in {repository}") from None
         if isinstance(ref, Digest):
-            event = self._event(ctx, "delete", repository, str(ref))
+            event = self._event(ctx, "delete", repository, str(ref), kind="manifest")
             if not await self.db.run(self.meta.delete_manifest, repository, str(ref), [event]):
                 raise ManifestUnknown(f"no manifest {ref} in {repository}")
             return
 
         def untag_event(digest: str) -> list[Event]:
-            return [self._event(ctx, "untag", repository, digest, tag=ref)]
+            return [self._event(ctx, "untag", repository, digest, tag=ref, kind="manifest")]
 
         if await self.db.run(self.meta.delete_tag, repository, ref, untag_event) is None:
             raise ManifestUnknown(f"no tag {ref} in {repository}")
@@ -618,7 +667,8 @@ class Registry:
             self.meta.referrers, repository, digest, artifact_type, last, n + 1
         )
         if len(found) > n:
-            return found[:n], found[n - 1].digest
+            # n=0 asks for nothing and gets no next page (found[-1] would skip a referrer).
+            return found[:n], found[n - 1].digest if n else None
         return found, None
 
 

@@ -240,6 +240,8 @@ class RegistryApp:
         self._lifespan = lifespan
         self._on_shutdown = on_shutdown
         self._access = access
+        # Websocket endpoints by path (the event feed), added by the composition root.
+        self.websockets: dict[str, Callable[[Scope_, Receive, Send], Awaitable[None]]] = {}
         name = r"(?P<name>[^?#]+?)"
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/v2/?"), {"GET": self.base, "HEAD": self.base}),
@@ -280,7 +282,13 @@ class RegistryApp:
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._run_lifespan(receive, send)
-        # websocket: not served yet (the events issue adds the feed)
+        elif scope["type"] == "websocket":
+            handler = self.websockets.get(scope["path"])
+            if handler is None:
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008, "reason": "no such feed"})
+                return
+            await handler(scope, receive, send)
 
     async def _run_lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

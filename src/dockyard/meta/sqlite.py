@@ -201,6 +201,9 @@ class SQLiteMeta:
         self._clock = clock
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Called (from the worker thread) after a transaction that appended events commits:
+        # the event hub uses it to look at the log at once instead of at its next poll.
+        self.on_events_committed: Callable[[], None] | None = None
 
     # -- connections and transactions
 
@@ -222,6 +225,7 @@ class SQLiteMeta:
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
+        self._local.appended = False
         try:
             yield conn
         except BaseException:
@@ -229,6 +233,8 @@ class SQLiteMeta:
             raise
         else:
             conn.execute("COMMIT")
+            if self._local.appended and self.on_events_committed is not None:
+                self.on_events_committed()
 
     def migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +266,9 @@ class SQLiteMeta:
         return int(cur.lastrowid or 0)
 
     def _append(self, conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        self._local.appended = True
         now = self._clock()
         conn.executemany(
             "INSERT INTO events (ts, action, repository, digest, media_type, size, tag, body)"
@@ -651,6 +660,10 @@ class SQLiteMeta:
         if events:
             with self._write() as conn:
                 self._append(conn, events)
+
+    def last_event_id(self) -> int:
+        row = self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        return int(row[0])
 
     def events_after(self, after: int, limit: int) -> list[StoredEvent]:
         rows = (

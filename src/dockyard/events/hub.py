@@ -1,0 +1,160 @@
+"""Live fan-out of the event log to subscribers in this process.
+
+Every worker process runs one ``EventHub``. It tails the ``events`` table by id: it wakes
+at once when this process appended events (``notify``) and otherwise polls every
+``poll_interval`` seconds, which is how events written by other workers or instances
+arrive. Each subscriber has a bounded channel; one that falls ``buffer`` events behind is
+dropped and told the last id it processed (``SubscriberLagged``), so a slow consumer never
+slows the registry or grows memory.
+
+Replay then live, with no gap and no duplicate: a subscriber with ``since`` first reads the
+log from the database until it reaches the hub's cursor, and registers for live events in
+the same step (no await in between), so every later event reaches it through the channel;
+ids it already saw are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from dockyard.events.schema import EventFilter
+from dockyard.meta.sqlite import Database, StoredEvent
+
+PAGE = 500
+
+
+class SubscriberLagged(Exception):
+    """The subscriber fell too far behind; resume with ``since=last_id``."""
+
+    def __init__(self, last_id: int) -> None:
+        super().__init__(f"subscriber fell behind after event {last_id}")
+        self.last_id = last_id
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatistics:
+    cursor: int
+    subscribers: int
+    dispatched: int
+    lagged: int
+
+
+class Subscription:
+    def __init__(self, hub: EventHub, event_filter: EventFilter, since: int, buffer: int) -> None:
+        self.filter = event_filter
+        self.last_id = since
+        self._hub = hub
+        self._send, self._receive = trio.open_memory_channel[StoredEvent](buffer)
+        self.lagged = False
+
+    def _offer(self, event: StoredEvent) -> bool:
+        """Queue ``event`` if it matches; False if this subscriber is too far behind."""
+        if event.id <= self.last_id or not self.filter.matches(event):
+            return True
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.lagged = True
+            self._send.close()
+            return False
+        return True
+
+    async def _replay(self) -> AsyncGenerator[StoredEvent, None]:
+        db = self._hub.db
+        while True:
+            rows = await db.run(db.meta.events_after, self.last_id, PAGE)
+            for row in rows:
+                self.last_id = row.id
+                if self.filter.matches(row):
+                    yield row
+            if len(rows) < PAGE and self.last_id >= self._hub.cursor:
+                self._hub._register(self)  # same step as the check: nothing slips between
+                return
+
+    def __aiter__(self) -> AsyncGenerator[StoredEvent, None]:
+        return self.events()
+
+    async def events(self) -> AsyncGenerator[StoredEvent, None]:
+        """Replayed events, then live ones; close it (``aclosing``) if you stop early."""
+        async with aclosing(self._replay()) as replay:
+            async for event in replay:
+                yield event
+        async for event in self._receive:
+            if event.id <= self.last_id:
+                continue
+            self.last_id = event.id
+            yield event
+        if self.lagged:
+            raise SubscriberLagged(self.last_id)
+
+    def close(self) -> None:
+        self._hub._unregister(self)
+        self._send.close()
+        self._receive.close()
+
+
+class EventHub:
+    def __init__(self, db: Database, poll_interval: float = 0.05) -> None:
+        self.db = db
+        self.poll_interval = poll_interval
+        self.cursor = 0
+        self._subscribers: set[Subscription] = set()
+        self._wake = trio.Event()
+        self._started = trio.Event()
+        self._dispatched = 0
+        self._lagged = 0
+
+    def notify(self) -> None:
+        """This process appended events: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.cursor = await self.db.run(self.db.meta.last_event_id)
+        self._started.set()
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            while True:
+                rows = await self.db.run(self.db.meta.events_after, self.cursor, PAGE)
+                for row in rows:
+                    self._dispatch(row)
+                if len(rows) < PAGE:
+                    break
+
+    def _dispatch(self, event: StoredEvent) -> None:
+        self.cursor = event.id
+        self._dispatched += 1
+        for sub in list(self._subscribers):
+            if not sub._offer(event):
+                self._subscribers.discard(sub)
+                self._lagged += 1
+
+    def _register(self, sub: Subscription) -> None:
+        self._subscribers.add(sub)
+
+    def _unregister(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, event_filter: EventFilter, since: int | None = None, buffer: int = 1000
+    ) -> AsyncIterator[Subscription]:
+        """A subscription to events after ``since`` (None: from now on).
+
+        Iterate it for events; iteration raises ``SubscriberLagged`` if it falls behind.
+        """
+        await self._started.wait()
+        sub = Subscription(self, event_filter, self.cursor if since is None else since, buffer)
+        try:
+            yield sub
+        finally:
+            sub.close()
+
+    def statistics(self) -> HubStatistics:
+        return HubStatistics(self.cursor, len(self._subscribers), self._dispatched, self._lagged)

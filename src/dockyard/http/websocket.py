@@ -1,0 +1,170 @@
+"""The live event feed: a websocket at ``/v2/_dockyard/events``.
+
+Protocol (documented for users in ``docs/events.md``):
+
+- Subscribe with query parameters ``since=<id>``, ``repository=<glob>``, ``action=<a>``,
+  ``mediaType=<type>`` (the last three repeatable or comma-separated). With no query
+  parameters the server waits up to ``SUBSCRIBE_WAIT`` seconds for a first text message
+  ``{"type": "subscribe", "since": 17, "repository": ["team/*"], "action": ["push"]}``.
+- The server sends ``{"type": "welcome", "last_id": N, ...}``, then one
+  ``{"type": "event", "event": {...}}`` per matching event (replayed ones first when
+  ``since`` is given, then live ones, with no gap and no duplicate at the seam), and
+  ``{"type": "heartbeat", "last_id": N}`` after ``heartbeat`` idle seconds.
+- A subscriber that falls ``buffer`` events behind gets ``{"type": "lagged", "last_id":
+  N}`` and close code 4008; it resumes with ``since=N``. A bad subscription gets close
+  code 4400 with the reason. Protocol-level pings (hypercorn's ``websocket_ping_interval``)
+  notice dead connections.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+
+from dockyard.auth import Authorizer, Scope
+from dockyard.events.hub import EventHub, SubscriberLagged
+from dockyard.events.schema import EventFilter, FilterError, native
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+FEED_PATH = "/v2/_dockyard/events"
+SUBSCRIBE_WAIT = 1.0
+CLOSE_LAGGED = 4008
+CLOSE_BAD_REQUEST = 4400
+CLOSE_DENIED = 4403
+
+
+class BadSubscription(ValueError):
+    pass
+
+
+def parse_subscription(params: dict[str, list[str]]) -> tuple[EventFilter, int | None]:
+    try:
+        event_filter = EventFilter.parse(params)
+    except FilterError as e:
+        raise BadSubscription(str(e)) from None
+    since: int | None = None
+    raw = params.get("since")
+    if raw:
+        if not raw[0].isdigit():
+            raise BadSubscription(f"since must be an event id, not {raw[0][:20]!r}")
+        since = int(raw[0])
+    return event_filter, since
+
+
+def _message_params(text: str) -> dict[str, list[str]]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        raise BadSubscription("the first message must be a JSON subscribe message") from None
+    if not isinstance(doc, dict) or doc.get("type") != "subscribe":
+        raise BadSubscription('the first message must have "type": "subscribe"')
+    params: dict[str, list[str]] = {}
+    for key in ("repository", "action", "mediaType"):
+        value = doc.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadSubscription(f"{key} must be a string or a list of strings")
+        params[key] = value
+    since = doc.get("since")
+    if since is not None:
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise BadSubscription("since must be a non-negative integer")
+        params["since"] = [str(since)]
+    return params
+
+
+class EventFeed:
+    def __init__(
+        self, hub: EventHub, authorizer: Authorizer, buffer: int = 1000, heartbeat: float = 15.0
+    ) -> None:
+        self.hub = hub
+        self.authorizer = authorizer
+        self.buffer = buffer
+        self.heartbeat = heartbeat
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        identity = await self.authorizer.authenticate(headers)
+        await send({"type": "websocket.accept"})
+        if not await self.authorizer.allowed(identity, Scope("catalog")):
+            await send({"type": "websocket.close", "code": CLOSE_DENIED, "reason": "denied"})
+            return
+        params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            if not params:
+                with trio.move_on_after(SUBSCRIBE_WAIT):
+                    first = await receive()
+                    if first["type"] == "websocket.disconnect":
+                        return
+                    params = _message_params(first.get("text") or "")
+            event_filter, since = parse_subscription(params)
+        except BadSubscription as e:
+            reason = str(e)[:120]
+            await send({"type": "websocket.close", "code": CLOSE_BAD_REQUEST, "reason": reason})
+            return
+        lock = trio.Lock()
+        last_sent = trio.current_time()
+
+        async def send_json(doc: dict[str, Any]) -> None:
+            nonlocal last_sent
+            async with lock:
+                text = json.dumps(doc, separators=(",", ":"))
+                await send({"type": "websocket.send", "text": text})
+                last_sent = trio.current_time()
+
+        async with self.hub.subscribe(event_filter, since, self.buffer) as sub:
+            await send_json(
+                {
+                    "type": "welcome",
+                    "last_id": self.hub.cursor,
+                    "since": sub.last_id,
+                    "filter": event_filter.to_json(),
+                }
+            )
+
+            async def pump() -> None:
+                try:
+                    async with aclosing(sub.events()) as events:
+                        async for event in events:
+                            await send_json({"type": "event", "event": native(event)})
+                except SubscriberLagged as e:
+                    await send_json({"type": "lagged", "last_id": e.last_id})
+                    async with lock:
+                        await send(
+                            {
+                                "type": "websocket.close",
+                                "code": CLOSE_LAGGED,
+                                "reason": f"lagged; resume with since={e.last_id}",
+                            }
+                        )
+                nursery.cancel_scope.cancel()
+
+            async def beat() -> None:
+                while True:
+                    await trio.sleep_until(last_sent + self.heartbeat)
+                    if trio.current_time() >= last_sent + self.heartbeat:
+                        await send_json({"type": "heartbeat", "last_id": sub.last_id})
+
+            async def read() -> None:
+                while True:
+                    incoming = await receive()
+                    if incoming["type"] == "websocket.disconnect":
+                        nursery.cancel_scope.cancel()
+                        return
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                nursery.start_soon(beat)
+                nursery.start_soon(read)
