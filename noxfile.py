@@ -31,3 +31,14 @@ def lint(session: nox.Session) -> None:
 def mypy(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("mypy")
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """dockyard against Debian's docker-registry (perf/README.md); appends to perf/RESULTS.md.
+
+    Arguments go to ``python -m perf.run`` (default ``all --compare``), for example
+    ``nox -s perf -- all --compare --quick`` for a smoke run that records nothing.
+    """
+    session.install("-e", ".")
+    session.run("python", "-m", "perf.run", *(session.posargs or ["all", "--compare"]))

@@ -1,0 +1,26 @@
+"""dockyard's perf suite: a load generator and scenario runner for OCI registries.
+
+Any registry that speaks the OCI distribution API over plain HTTP on loopback can be
+measured; ``compare`` runs the same scenarios against two registries alternately
+(A, B, B, A, ...) and reports each figure as median and min-max over the repeats, plus
+the A/B ratio of every repeat. See ``perf/README.md`` for the commands.
+
+Modules::
+
+    httpclient  blocking HTTP/1.1 keep-alive connection on a raw socket: bodies sent
+                from memory (or a repeated block), downloads drained into one reused
+                buffer (no copy into Python objects, no hashing)
+    rate        request-rate engine: epoll loops over raw sockets in several processes,
+                requests pre-built as bytes; optionally wrk (GET only)
+    load        runs a list of tasks on C keep-alive connections (threads, optionally
+                forked processes) between a start barrier and a deadline
+    procstat    server CPU seconds (/proc/<pid>/stat) and resident memory
+                (/proc/<pid>/status) summed over a process tree
+    data        pre-generated, pre-hashed blobs and OCI image manifests
+    oci         the client side of the OCI push/pull flows
+    scenarios   blob-push, blob-pull, manifest-rps, ci-storm, pull-storm, catalog, big-blob
+    servers     dockyard and Distribution (docker-registry) started on loopback
+    discard     a registry-shaped server that stores nothing: the client's own ceiling
+    report      aggregation, tables, perf/RESULTS.md sections
+    run         the command line (``python -m perf.run --help``)
+"""

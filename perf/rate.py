@@ -1,0 +1,395 @@
+"""Request-rate engines for small responses (manifest HEAD/GET).
+
+``py``: an epoll loop over C raw keep-alive sockets per process, ``procs`` forked
+processes. Requests are built as bytes before the clock starts; a response is complete
+when its head (and Content-Length or chunked body) has arrived; per-request work is a
+``recv``, a ``find`` and a ``send``. Each process stops issuing at the deadline or after
+its share of ``max_requests``; requests in flight then finish (bounded by ``drain``).
+
+``wrk``: Debian's wrk 4.1 driven by a generated Lua script (GET only: wrk 4.1 waits for
+a body after a HEAD response that has a Content-Length, so HEAD hangs). Lighter than
+Python per request; use it to check that the ``py`` engine is not the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier as MpBarrier
+from typing import Any
+
+
+@dataclass
+class RateResult:
+    started: float = 0.0
+    ended: float = 0.0
+    ok: int = 0
+    failed: int = 0  # status >= 400, protocol errors, closed connections
+    received: int = 0  # response bytes including heads
+    client_cpu_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds (py engine)
+    p50_s: float | None = None  # wrk's own percentiles
+    p99_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+    engine: str = "py"
+
+    @property
+    def elapsed(self) -> float:
+        return max(self.ended - self.started, 1e-9)
+
+    def merge(self, other: RateResult) -> None:
+        self.ended = max(self.ended, other.ended)
+        self.ok += other.ok
+        self.failed += other.failed
+        self.received += other.received
+        self.client_cpu_s += other.client_cpu_s
+        self.latencies += other.latencies
+        self.errors += other.errors[: max(0, 5 - len(self.errors))]
+
+
+def build_requests(
+    host: str, port: int, method: str, targets: Sequence[str], headers: Sequence[tuple[str, str]]
+) -> list[bytes]:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return [
+        f"{method} {t} HTTP/1.1\r\nhost: {host}:{port}\r\n{extra}\r\n".encode("latin-1")
+        for t in targets
+    ]
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class _Conn:
+    __slots__ = ("buf", "close", "need", "next", "sock", "t0")
+
+    def __init__(self, sock: socket.socket, start: int) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.need = 0  # 0: head not parsed; >0: total bytes; -1: chunked
+        self.close = False  # the server said Connection: close
+        self.next = start
+        self.t0 = 0.0
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    return sock
+
+
+def _loop(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    head: bool,
+    conns: int,
+    max_requests: int,
+    duration: float,
+    drain: float,
+    wait: Any,
+    offset: int,
+) -> RateResult:
+    result = RateResult()
+    lat = array("d")
+    ep = select.epoll()
+    states: dict[int, _Conn] = {}
+    try:
+        for i in range(conns):
+            sock = _connect(host, port)
+            states[sock.fileno()] = _Conn(sock, (offset + i * 7) % len(requests))
+            ep.register(sock.fileno(), select.EPOLLIN)
+        wait()
+        cpu0 = _cpu()
+        result.started = now = time.monotonic()
+        deadline = now + duration
+        hard_deadline = deadline + drain
+        issued = 0
+        inflight = 0
+        nreq = len(requests)
+        perf = time.perf_counter
+        for st in states.values():
+            if issued >= max_requests:
+                break
+            st.t0 = perf()
+            st.sock.send(requests[st.next])
+            issued += 1
+            inflight += 1
+        while inflight > 0:
+            events = ep.poll(0.5)
+            if time.monotonic() > hard_deadline:
+                result.failed += inflight
+                result.errors.append(f"{inflight} requests still open after the drain time")
+                break
+            for fd, _ in events:
+                st = states[fd]
+                try:
+                    data = st.sock.recv(65536)
+                except OSError as e:
+                    data = b""
+                    if len(result.errors) < 5:
+                        result.errors.append(str(e)[:200])
+                if not data:
+                    result.failed += 1
+                    inflight -= 1
+                    if len(result.errors) < 5:
+                        result.errors.append("connection closed by the server")
+                    ep.unregister(fd)
+                    st.sock.close()
+                    del states[fd]
+                    continue
+                buf = st.buf
+                buf += data
+                if st.need == 0:
+                    h = buf.find(b"\r\n\r\n")
+                    if h < 0:
+                        continue
+                    block = bytes(buf[:h]).lower()
+                    st.close = b"\r\nconnection: close" in block
+                    if head:
+                        st.need = h + 4
+                    else:
+                        i = block.find(b"\r\ncontent-length:")
+                        if i >= 0:
+                            j = block.find(b"\r\n", i + 2)
+                            st.need = h + 4 + int(block[i + 17 : j if j >= 0 else None])
+                        elif b"chunked" in block:
+                            st.need = -1
+                        else:
+                            st.need = len(buf)  # no body framing: take what came
+                if st.need > 0:
+                    if len(buf) < st.need:
+                        continue
+                elif not buf.endswith(b"\r\n0\r\n\r\n"):
+                    continue
+                t1 = perf()
+                status = int(buf[9:12])
+                result.received += len(buf)
+                if 200 <= status < 400:
+                    result.ok += 1
+                    lat.append(t1 - st.t0)
+                else:
+                    result.failed += 1
+                    if len(result.errors) < 5:
+                        result.errors.append(bytes(buf[:200]).decode("latin-1"))
+                if st.close:
+                    # The server will close this connection: continue on a new one.
+                    ep.unregister(fd)
+                    st.sock.close()
+                    del states[fd]
+                    st.sock = _connect(host, port)
+                    states[st.sock.fileno()] = st
+                    ep.register(st.sock.fileno(), select.EPOLLIN)
+                st.buf = bytearray()
+                st.need = 0
+                if issued < max_requests and time.monotonic() < deadline:
+                    st.next = (st.next + 1) % nreq
+                    st.t0 = perf()
+                    st.sock.send(requests[st.next])
+                    issued += 1
+                else:
+                    inflight -= 1
+        result.ended = time.monotonic()
+        result.client_cpu_s = _cpu() - cpu0
+    finally:
+        for st in states.values():
+            st.sock.close()
+        ep.close()
+    result.latencies = lat.tolist()
+    return result
+
+
+def _child(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    head: bool,
+    conns: int,
+    max_requests: int,
+    duration: float,
+    drain: float,
+    offset: int,
+    barrier: MpBarrier,
+    out: Any,
+) -> None:
+    try:
+        out.put(
+            _loop(
+                host,
+                port,
+                requests,
+                head,
+                conns,
+                max_requests,
+                duration,
+                drain,
+                barrier.wait,
+                offset,
+            )
+        )
+    except BaseException as e:
+        failed = RateResult(failed=1, errors=[f"{type(e).__name__}: {e}"])
+        failed.ended = time.monotonic()
+        out.put(failed)
+        with contextlib.suppress(Exception):
+            barrier.abort()  # do not leave the parent waiting for this process
+
+
+def run_py(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    head: bool,
+    connections: int,
+    duration: float,
+    max_requests: int,
+    procs: int = 1,
+    drain: float = 10.0,
+) -> RateResult:
+    procs = max(1, min(procs, connections))
+    if procs == 1 or threading.active_count() > 1:
+        return _loop(
+            host, port, requests, head, connections, max_requests, duration, drain, lambda: None, 0
+        )
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(procs + 1)
+    out = ctx.SimpleQueue()
+    children = []
+    for p in range(procs):
+        n = connections // procs + (1 if p < connections % procs else 0)
+        share = max_requests // procs + (1 if p < max_requests % procs else 0)
+        args = (host, port, requests, head, n, share, duration, drain, p * 131, barrier, out)
+        children.append(ctx.Process(target=_child, args=args, daemon=True))
+    for c in children:
+        c.start()
+    result = RateResult()
+    try:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=60)
+        result.started = time.monotonic()
+        for _ in children:
+            result.merge(out.get())
+    finally:
+        for c in children:
+            c.join(timeout=duration + drain + 30)
+            if c.is_alive():
+                c.kill()
+                c.join()
+    return result
+
+
+WRK_SCRIPT = """
+local targets = %(targets)s
+local headers = %(headers)s
+local limit = %(limit)d
+local reqs = {}
+local n = 0
+local i = 0
+function init(args)
+  for k, t in ipairs(targets) do reqs[k] = wrk.format("GET", t, headers) end
+  i = math.random(#reqs)
+end
+function request()
+  n = n + 1
+  if n > limit then wrk.thread:stop() end
+  i = i %% #reqs + 1
+  return reqs[i]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%%d,"duration_us":%%d,"bytes":%%d,"connect":%%d,"read":%%d,' ..
+    '"write":%%d,"status":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _lua_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_wrk(
+    host: str,
+    port: int,
+    targets: Sequence[str],
+    headers: Sequence[tuple[str, str]],
+    *,
+    connections: int,
+    duration: float,
+    max_requests: int,
+    threads: int = 2,
+) -> RateResult:
+    """GET ``targets`` round-robin with wrk; raises FileNotFoundError without wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise FileNotFoundError("wrk is not installed (apt-get install -y wrk)")
+    threads = max(1, min(threads, connections))
+    script = WRK_SCRIPT % {
+        "targets": "{" + ",".join(_lua_string(t) for t in targets) + "}",
+        "headers": "{" + ",".join(f"[{_lua_string(k)}]={_lua_string(v)}" for k, v in headers) + "}",
+        "limit": max(1, max_requests // threads),
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        proc = subprocess.run(
+            [
+                wrk,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                f.name,
+                f"http://{host}:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=False,
+        )
+        ended = time.monotonic()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        os.unlink(f.name)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr[-500:]}")
+    doc = json.loads(line[len("WRKJSON ") :])
+    failed = sum(doc[k] for k in ("connect", "read", "write", "status", "timeout"))
+    result = RateResult(
+        started=started,
+        ended=started + doc["duration_us"] / 1e6 if doc["duration_us"] else ended,
+        ok=doc["requests"] - doc["status"],
+        failed=failed,
+        received=doc["bytes"],
+        client_cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        p50_s=doc["p50_us"] / 1e6,
+        p99_s=doc["p99_us"] / 1e6,
+        engine="wrk",
+    )
+    if failed:
+        result.errors.append(f"wrk errors: {doc}")
+    return result

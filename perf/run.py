@@ -1,0 +1,314 @@
+"""The perf suite's command line.
+
+The documented full comparison (also ``nox -s perf``)::
+
+    python -m perf.run all --compare
+
+installs Debian's docker-registry if missing, starts dockyard (``--workers`` one per
+core) and docker-registry on loopback with temporary data directories, runs every
+scenario once against the discard server (the client's ceiling), then 5 alternated
+repeats against both (A, B, B, A, ...), stops both by pid, and appends a dated section to
+``perf/RESULTS.md`` with the raw JSON lines in ``perf/results/``.
+
+Other uses::
+
+    python -m perf.run all --compare --quick          # tiny sizes, 1 repeat, no record
+    python -m perf.run blob-push catalog --compare --repeats 3 --big-size 256M
+    python -m perf.run manifest-rps --url http://127.0.0.1:5000 --pid 1234
+    python -m perf.run all --compare --a http://127.0.0.1:5000 --a-pid 11 \\
+                                     --b http://127.0.0.1:5001 --b-pid 22
+    python -m perf.run all --ceiling                  # only the discard server
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from perf import report
+from perf.scenarios import SCENARIOS, Params, Record, Scenario, Target
+from perf.servers import DiscardServer, Distribution, Dockyard, Server
+
+HERE = Path(__file__).resolve().parent
+ORDER = list(SCENARIOS)
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def summary(record: Record) -> str:
+    keys = report.HEADLINES.get(record.scenario, ())
+    skip = report.SKIP.get((record.scenario, record.case), ())
+    parts = [f"{k}={report.fmt(record.figures[k])}" for k in keys if k in record.figures]
+    parts = [p for p in parts if p.split("=")[0] not in skip]
+    fails = (
+        f" FAILURES={record.failures} {record.info.get('errors', '')}" if record.failures else ""
+    )
+    return (
+        f"  {record.scenario}/{record.case} {record.label}={record.server} "
+        f"r{record.repeat}: {' '.join(parts)}{fails}"
+    )
+
+
+def run_scenarios(
+    names: Sequence[str],
+    params: Params,
+    targets: Sequence[Target],
+    repeats: int,
+    ceiling: Target | None = None,
+    sink: Callable[[Record], None] = lambda r: None,
+    log: TextIO = sys.stdout,
+    settle: float = 0.5,
+) -> list[Record]:
+    """Run scenarios: setup everywhere, one ceiling pass, then alternated repeats."""
+    records: list[Record] = []
+
+    def keep(recs: list[Record]) -> None:
+        for r in recs:
+            records.append(r)
+            sink(r)
+            print(summary(r), file=log, flush=True)
+
+    for name in names:
+        scenario: Scenario = SCENARIOS[name](params)
+        print(f"== {name}", file=log, flush=True)
+        everywhere = ([ceiling] if ceiling else []) + list(targets)
+        for t in everywhere:
+            t0 = time.monotonic()
+            scenario.setup(t)
+            print(f"  setup on {t.name}: {time.monotonic() - t0:.1f} s", file=log, flush=True)
+        prepared = -1
+        if ceiling is not None:
+            scenario.prepare(0)
+            prepared = 0
+            keep(scenario.run(ceiling, 0))
+        for r in range(repeats):
+            if prepared != r:
+                scenario.prepare(r)
+                prepared = r
+            order = list(targets) if r % 2 == 0 else list(reversed(targets))
+            for t in order:
+                time.sleep(settle)
+                keep(scenario.run(t, r))
+    return records
+
+
+def results_section(
+    command: str,
+    started: dt.datetime,
+    info: dict[str, Any],
+    records: Sequence[Record],
+    names: dict[str, str],
+    jsonl: Path,
+    notes: Sequence[str],
+) -> str:
+    m = info["machine"]
+    shown = jsonl.relative_to(HERE.parent) if jsonl.is_relative_to(HERE.parent) else jsonl
+    lines = [
+        f"## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`",
+        "",
+        f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
+        f"Linux {m['kernel']}, Python {m['python']}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}, at end "
+        f"{', '.join(f'{x:.2f}' for x in info.get('loadavg_end', ()))}.",
+    ]
+    for label in ("A", "B"):
+        if label in names:
+            lines.append(f"- {label}: {info['descriptions'].get(label, names[label])}")
+    lines += [
+        f"- Repeats: {info['repeats']} alternated (A, B, B, A, ...); figures are median "
+        "[min-max] over the repeats, A/B ratios per repeat.",
+        f"- Raw JSON lines: `{shown}`",
+        *[f"- {n}" for n in notes],
+        "",
+        report.table(records, names),
+        "",
+        "Server CPU per unit of work beside Distribution 3.1's (from the perf issue):",
+        "",
+        report.reference_table(records, names),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.run",
+        description="Load-test OCI registries; compare two alternately.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("scenarios", nargs="*", default=["all"], help=f"all or {', '.join(ORDER)}")
+    parser.add_argument(
+        "--compare", action="store_true", help="compare A and B (started here unless --a/--b)"
+    )
+    parser.add_argument("--url", help="a single registry to measure (label A)")
+    parser.add_argument("--pid", type=int, action="append", default=[], help="its server pid(s)")
+    parser.add_argument("--name", default="registry", help="its name in reports")
+    parser.add_argument("--a", help="registry A's URL (compare with running registries)")
+    parser.add_argument("--a-pid", type=int, action="append", default=[])
+    parser.add_argument("--a-name", default="A")
+    parser.add_argument("--b", help="registry B's URL")
+    parser.add_argument("--b-pid", type=int, action="append", default=[])
+    parser.add_argument("--b-name", default="B")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="dockyard workers (default: one per core)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="alternated repeats (default 5; --quick 1)"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    parser.add_argument(
+        "--big-size", type=parse_size, default=None, help="big-blob size, e.g. 4G or 256M"
+    )
+    parser.add_argument("--rps-engine", choices=["py", "wrk"], default=None)
+    parser.add_argument(
+        "--procs", type=int, default=None, help="client processes for request-heavy phases"
+    )
+    parser.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run once against the discard server (default: on with --compare)",
+    )
+    parser.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append to perf/RESULTS.md (default: on for a started, non-quick compare)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="raw JSON lines file (default perf/results/<time>.jsonl)"
+    )
+    parser.add_argument(
+        "--no-install", action="store_true", help="never apt-get install docker-registry"
+    )
+    parser.add_argument(
+        "--note", action="append", default=[], help="a line to add to the RESULTS.md section"
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+
+    names = ORDER if "all" in args.scenarios else args.scenarios
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; known: {ORDER}")
+    params = Params.quick() if args.quick else Params()
+    params = params.with_overrides(
+        big_size=args.big_size, rps_engine=args.rps_engine, procs=args.procs
+    )
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    managed = args.compare and not (args.a or args.b)
+    if args.compare and not managed and not (args.a and args.b):
+        parser.error("--compare with running registries needs both --a and --b")
+    ceiling_on = args.ceiling if args.ceiling is not None else args.compare
+    if not args.compare and not args.url and not ceiling_on:
+        parser.error("give --compare, --url URL or --ceiling")
+    record = args.record if args.record is not None else (managed and not args.quick)
+    workers = args.workers or len(os.sched_getaffinity(0))
+
+    started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out_path: Path = args.out or (
+        HERE / "results" / f"{stamp}.jsonl"
+        if record
+        else Path("/tmp") / f"dockyard-perf-{stamp}.jsonl"
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m perf.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+    servers: list[Server] = []
+    targets: list[Target] = []
+    descriptions: dict[str, str] = {}
+    notes: list[str] = list(args.note)
+    ceiling: Target | None = None
+    try:
+        if managed:
+            dockyard = Dockyard(workers=workers)
+            distribution = Distribution(install=not args.no_install)
+            for server in (dockyard, distribution):
+                servers.append(server)
+                server.start()
+            targets = [
+                Target("A", "dockyard", dockyard.url, [dockyard.pid]),
+                Target("B", "distribution", distribution.url, [distribution.pid]),
+            ]
+            descriptions = {"A": dockyard.description, "B": distribution.description}
+            notes.append(
+                f"dockyard runs {workers} hypercorn worker(s) (`--workers {workers}`, one per "
+                "core); its CPU is summed over the serve process and all its workers."
+            )
+        elif args.compare:
+            targets = [
+                Target("A", args.a_name, args.a, args.a_pid),
+                Target("B", args.b_name, args.b, args.b_pid),
+            ]
+        elif args.url:
+            targets = [Target("A", args.name, args.url, args.pid)]
+        if ceiling_on:
+            discard = DiscardServer()
+            servers.append(discard)
+            discard.start()
+            ceiling = Target("ceiling", "discard", discard.url, [discard.pid])
+        for t in targets:
+            print(f"{t.label}: {t.name} at {t.url} pids {t.pids}", flush=True)
+            if not t.pids:
+                print(f"  (no pid for {t.name}: server CPU figures will read 0)", flush=True)
+        if managed:
+            print(f"dockyard runs with --workers {workers} (one per core)", flush=True)
+        names_map = {t.label: t.name for t in targets}
+        info: dict[str, Any] = {
+            "type": "run",
+            "command": command,
+            "started": started.isoformat(),
+            "machine": report.machine(),
+            "repeats": repeats,
+            "scenarios": list(names),
+            "params": params.as_dict(),
+            "targets": [t.__dict__ for t in targets],
+            "descriptions": descriptions or names_map,
+        }
+        with open(out_path, "w") as out:
+            out.write(json.dumps(info, default=str) + "\n")
+
+            def sink(r: Record) -> None:
+                out.write(report.record_json(r) + "\n")
+                out.flush()
+
+            records = run_scenarios(names, params, targets, repeats, ceiling, sink)
+    finally:
+        for s in reversed(servers):
+            s.stop()
+    info["loadavg_end"] = os.getloadavg()
+    print()
+    print(report.table(records, names_map))
+    if len(targets) == 2:
+        print()
+        print(report.reference_table(records, names_map))
+    print(f"\nraw JSON lines: {out_path}")
+    if record:
+        section = results_section(command, started, info, records, names_map, out_path, notes)
+        with open(HERE / "RESULTS.md", "a") as f:
+            f.write("\n" + section)
+        print(f"appended a section to {HERE / 'RESULTS.md'}")
+    failures = sum(r.failures for r in records)
+    if failures:
+        print(f"{failures} failed operations: see the FAILED rows and the raw JSON lines")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Registries (and the discard server) started on loopback with temporary data.
+
+Each server is a child process in its own session; ``pids`` are the processes whose CPU
+and memory the scenarios read (a server's whole process tree is resolved at measurement
+time, so hypercorn's workers count). ``stop`` signals the process group of the pid it
+started (SIGTERM, then SIGKILL after a timeout) and removes the temporary directory.
+
+Distribution is Debian's ``docker-registry`` package (2.8.2): :func:`ensure_distribution`
+installs it with apt-get when missing. It is started as ``docker-registry serve
+CONFIG.yml`` with our own config (never its systemd service): filesystem root in the
+temporary directory, loopback address, access log off and log level ``error`` (dockyard
+logs no access lines by default either), the in-memory blob descriptor cache Debian's
+default config enables, delete enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from perf.httpclient import Connection, HTTPError
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+  secret: perf-suite-secret
+health:
+  storagedriver:
+    enabled: false
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ensure_distribution(install: bool = True) -> str:
+    """Path of ``docker-registry``; installs Debian's package if missing and allowed."""
+    found = shutil.which("docker-registry")
+    if found:
+        return found
+    if not install:
+        raise FileNotFoundError(
+            "docker-registry is not installed (apt-get install docker-registry)"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "install", "-y", "-qq", "docker-registry"]
+    if subprocess.run(apt, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(apt, env=env, check=True)
+    # The package enables a systemd service; we never use it (no systemd here anyway).
+    found = shutil.which("docker-registry")
+    if not found:
+        raise FileNotFoundError("docker-registry still missing after apt-get install")
+    return found
+
+
+def distribution_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+class Server:
+    """A child process serving HTTP on 127.0.0.1:<port>."""
+
+    name = "server"
+
+    def __init__(self, port: int | None = None, keep: bool = False) -> None:
+        self.port = port or free_port()
+        self.keep = keep
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"perf-{self.name}-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.description = self.name
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready_path(self) -> str:
+        return "/v2/"
+
+    def start(self, timeout: float = 30.0) -> Server:
+        log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.tmp,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                text = self.log()
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with {code}:\n{text}")
+            try:
+                with Connection("127.0.0.1", self.port, timeout=2) as conn:
+                    if conn.request("GET", self.ready_path()).status == 200:
+                        return self
+            except (OSError, HTTPError):
+                pass
+            time.sleep(0.05)
+        text = self.log()
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready in {timeout} s:\n{text}")
+
+    def log(self) -> str:
+        try:
+            return (self.tmp / "server.log").read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class Dockyard(Server):
+    """``dockyard serve --workers N`` with its data directory in the temporary dir."""
+
+    name = "dockyard"
+
+    def __init__(self, workers: int = 2, port: int | None = None, keep: bool = False) -> None:
+        super().__init__(port, keep)
+        self.workers = workers
+        from dockyard import __version__
+
+        self.description = f"dockyard {__version__} (--workers {workers})"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "dockyard.cli", "serve",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers), "--data-dir", str(self.tmp / "data"),
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+
+    def ready_path(self) -> str:
+        return "/readyz"
+
+
+class Distribution(Server):
+    """Debian's docker-registry (CNCF Distribution 2.8.2) with a loopback config."""
+
+    name = "distribution"
+
+    def __init__(self, port: int | None = None, keep: bool = False, install: bool = True) -> None:
+        super().__init__(port, keep)
+        self.binary = ensure_distribution(install)
+        self.description = distribution_version(self.binary)
+        config = DISTRIBUTION_CONFIG.format(root=self.tmp / "data", port=self.port)
+        (self.tmp / "config.yml").write_text(config)
+
+    def command(self) -> list[str]:
+        return [self.binary, "serve", str(self.tmp / "config.yml")]
+
+
+class DiscardServer(Server):
+    name = "discard"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "perf.discard", "--port", str(self.port)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        return env

@@ -1,0 +1,285 @@
+"""Quick tests of the perf suite (``perf/``): tiny scenarios against a real dockyard.
+
+They check that the load generator moves exactly the bytes it says, counts every
+request, notices failures, reads server CPU from /proc and aggregates compare runs
+correctly. No docker-registry is needed; speed is not asserted (the perf suite measures
+it, DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from perf import oci, report
+from perf.data import MiB, blob, image, streamed_blob
+from perf.httpclient import Connection, RepeatedBody, split_url
+from perf.load import run_tasks
+from perf.procstat import MemorySampler, cpu_seconds, process_tree
+from perf.rate import build_requests, run_py
+from perf.run import main as perf_main
+from perf.run import results_section, run_scenarios
+from perf.scenarios import Params, Record, Target
+from perf.servers import DiscardServer
+
+from tests.serverproc import DockyardServer
+
+TINY = Params.quick().with_overrides(
+    push_count=3,
+    push_size=1 * MiB + 17,
+    push_chunk=256 * 1024,
+    pull_count=2,
+    pull_size=2 * MiB,
+    range_size=256 * 1024,
+    range_requests=20,
+    rps_tags=3,
+    rps_connections=(4,),
+    rps_duration=0.3,
+    rps_max_requests=3000,
+    storm_images=4,
+    storm_concurrency=2,
+    storm_base_size=512 * 1024,
+    storm_layer_size=16 * 1024,
+    pullstorm_clients=2,
+    catalog_tags=25,
+    catalog_repos=6,
+    catalog_page=10,
+    big_size=16 * MiB,
+    time_limit=60.0,
+)
+
+
+@pytest.fixture(scope="module")
+def dockyard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    server = DockyardServer(tmp_path_factory.mktemp("perf") / "data", workers=1)
+    server.start()
+    try:
+        assert server.proc is not None
+        yield Target("A", "dockyard", server.url, [server.proc.pid])
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def discard() -> Iterator[Target]:
+    with DiscardServer() as server:
+        yield Target("ceiling", "discard", server.url, [server.pid])
+
+
+def by_case(records: list[Record]) -> dict[str, Record]:
+    return {f"{r.scenario}/{r.case}": r for r in records}
+
+
+def test_scenarios_against_dockyard(dockyard: Target) -> None:
+    records = run_scenarios(
+        ["blob-push", "blob-pull", "manifest-rps", "ci-storm", "pull-storm", "catalog", "big-blob"],
+        TINY,
+        [dockyard],
+        repeats=1,
+        log=io.StringIO(),
+        settle=0,
+    )
+    got = by_case(records)
+    for name, r in got.items():
+        assert r.failures == 0, (name, r.info)
+        assert r.label == "A" and r.server == "dockyard" and r.repeat == 0
+        assert r.figures.get("server_cpu_s", 0) >= 0
+
+    for mode in ("mono", "chunked"):
+        push = got[f"blob-push/{mode}"].figures
+        assert push["ok"] == TINY.push_count
+        assert push["sent_mib"] == pytest.approx(TINY.push_count * (1 * MiB + 17) / MiB)
+        assert push["sent_mib"] == pytest.approx(push["logical_mib"])
+        assert push["mib_s"] > 0 and push["blob_p99_ms"] >= push["blob_p50_ms"] > 0
+    # POST + PUT per blob; POST + 5 PATCHes + PUT per chunked blob.
+    assert got["blob-push/mono"].figures["requests"] == 2 * TINY.push_count
+    assert got["blob-push/chunked"].figures["requests"] == 7 * TINY.push_count
+
+    full = got["blob-pull/full"].figures
+    assert full["received_mib"] == TINY.pull_count * TINY.pull_rounds * 2
+    assert full["requests"] == TINY.pull_count * TINY.pull_rounds
+    ranged = got["blob-pull/ranged"].figures
+    assert ranged["requests"] == ranged["ok"] == TINY.range_requests
+    assert ranged["received_mib"] == pytest.approx(TINY.range_requests / 4)
+
+    for case in ("head-tag-c4", "head-digest-c4", "get-tag-c4", "get-digest-c4"):
+        rps = got[f"manifest-rps/{case}"].figures
+        assert rps["failed"] == 0 and rps["ok"] == rps["requests"] > 0
+        assert rps["req_s"] > 0 and rps["p99_ms"] >= rps["p50_ms"] > 0
+        assert rps["server_cpu_us_per_req"] > 0  # dockyard did the work, and /proc saw it
+
+    storm = got["ci-storm/push"].figures
+    assert storm["ok"] == TINY.storm_images
+    # Every unique layer and config, each manifest; the shared base layer only by mount.
+    unique = TINY.storm_images * TINY.storm_layers * TINY.storm_layer_size
+    assert unique / MiB < storm["uploaded_mib"] < (unique + 64 * 1024) / MiB
+    assert storm["logical_mib"] > storm["uploaded_mib"] + TINY.storm_base_size / MiB
+
+    pull = got["pull-storm/pull"].figures
+    assert pull["ok"] == TINY.pullstorm_clients * TINY.pullstorm_per_client
+    assert pull["images_s"] > 0
+
+    tags, repos = got["catalog/tags"].figures, got["catalog/repositories"].figures
+    assert tags["items"] == TINY.catalog_tags and tags["pages"] == 3
+    assert repos["items"] >= TINY.catalog_repos + 1
+    assert 0 < tags["seconds"] < 30
+
+    big = got["big-blob/upload"].figures
+    assert big["sent_mib"] == pytest.approx(big["size_mib"])
+    assert 15 < big["size_mib"] <= 16
+    assert big["server_cpu_s"] > 0
+    assert 0 <= big["peak_rss_growth_mib"] < 256  # sanity: a bounded-memory upload
+    assert got["big-blob/upload"].info["rss_samples"] > 0
+
+
+def test_failures_are_counted(dockyard: Target) -> None:
+    host, port = split_url(dockyard.url)
+    missing = "sha256:" + "0" * 64
+    tasks = [
+        lambda c: oci.get_blob(c, "perf/none", missing),
+        lambda c: oci.get_manifest(c, "perf/none", "latest"),
+        lambda c: c.request("GET", "/v2/"),
+    ]
+    res = run_tasks(host, port, tasks, 2)
+    assert (res.ok, res.failed, res.requests) == (1, 2, 3)
+    assert any("404" in e for e in res.errors)
+
+    requests = build_requests(host, port, "HEAD", ["/v2/perf/none/manifests/x"], [])
+    rate = run_py(host, port, requests, head=True, connections=2, duration=5, max_requests=10)
+    assert rate.ok == 0 and rate.failed == 10
+
+    # A bounded phase: the deadline leaves tasks unrun instead of running on.
+    slow = [lambda c: time.sleep(0.3)] * 6
+    t0 = time.monotonic()
+    res = run_tasks(host, port, slow, 1, time_limit=0.1)
+    assert res.ok + res.not_run == 6 and res.not_run >= 5  # at most one started in time
+    assert time.monotonic() - t0 < 5
+
+
+def test_client_against_discard(discard: Target) -> None:
+    host, port = split_url(discard.url)
+    with Connection(host, port) as conn:
+        b = blob("client", 3 * MiB + 1)
+        oci.upload_monolithic(conn, "c/x", b)
+        oci.upload_chunked(conn, "c/x", blob("chunks", 1 * MiB), 300_000)
+        assert oci.blob_exists(conn, "c/x", b.digest)
+        assert oci.get_blob(conn, "c/x", b.digest) == b.size
+        assert oci.get_blob(conn, "c/x", b.digest, (10, 1033)) == 1024
+        streamed = streamed_blob("streamed", 20 * MiB)
+        assert isinstance(streamed.data, RepeatedBody)
+        oci.upload_monolithic(conn, "c/x", streamed)
+        img = image("img", [b])
+        oci.push_image(conn, "c/x", "t", img)
+        assert oci.pull_image(conn, "c/x", "t") == img.config.size + b.size
+        assert conn.counters.reconnects == 0
+        sent = b.size + 1 * MiB + streamed.size + b.size + img.config.size + len(img.manifest)
+        assert conn.counters.sent == sent
+
+    requests = build_requests(host, port, "GET", ["/v2/c/x/manifests/t"], [])
+    rate = run_py(
+        host, port, requests, head=False, connections=4, duration=0.3, max_requests=50_000, procs=2
+    )
+    assert rate.failed == 0 and rate.ok > 100
+    assert len(rate.latencies) == rate.ok
+
+
+def test_ceiling_run_through_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "ceiling.jsonl"
+    code = perf_main(
+        ["blob-push", "manifest-rps", "--ceiling", "--quick", "--no-record", "--out", str(out)]
+    )
+    assert code == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines[0]["type"] == "run" and lines[0]["machine"]["nproc"] >= 1
+    recs = report.records_from_jsonl(out.read_text().splitlines())
+    assert {r.label for r in recs} == {"ceiling"}
+    mono = next(r for r in recs if r.case == "mono").figures
+    assert mono["sent_mib"] == pytest.approx(mono["logical_mib"])
+    heads = [r for r in recs if r.scenario == "manifest-rps"]
+    assert heads and all(r.figures["req_s"] > 100 and r.failures == 0 for r in heads)
+
+
+def test_compare_alternates_and_aggregates(discard: Target) -> None:
+    params = TINY.with_overrides(rps_duration=0.1, rps_connections=(2,))
+    a = Target("A", "one", discard.url, discard.pids)
+    b = Target("B", "two", discard.url, discard.pids)
+    recs = run_scenarios(["manifest-rps"], params, [a, b], repeats=3, log=io.StringIO(), settle=0)
+    order = [r.label for r in recs if r.case == "head-tag-c2"]
+    assert order == ["A", "B", "B", "A", "A", "B"]
+
+    fake = [
+        Record("blob-push", "mono", label, "x", rep, {"mib_s": v, "server_cpu_s_per_gib": 2.0})
+        for label, rep, v in [
+            ("A", 0, 300.0), ("B", 0, 100.0), ("B", 1, 200.0),
+            ("A", 1, 300.0), ("A", 2, 330.0), ("B", 2, 300.0),
+        ]
+    ]  # fmt: skip
+    row = next(r for r in report.build_rows(fake) if r.figure == "mib_s")
+    assert row.ratios == [3.0, 1.5, 1.1]
+    assert report.median(row.a) == 300 and row.cell(row.b) == "200 [100-300]"
+    assert row.verdict() == "met"  # median ratio 1.5 >= 1.5
+    fake[3].figures["mib_s"] = 250.0
+    assert report.build_rows(fake)[0].verdict() == "SHORT"
+    table = report.table(fake, {"A": "dockyard", "B": "distribution"})
+    assert "A: dockyard" in table and ">= 1.5x" in table and "SHORT" in table
+
+    section = results_section(
+        "python -m perf.run all --compare",
+        dt.datetime(2030, 1, 2, 3, 4),
+        {
+            "machine": report.machine(),
+            "descriptions": {"A": "dockyard 0.1.0 (--workers 2)", "B": "docker-registry 2.8.2"},
+            "repeats": 3,
+            "loadavg_end": (0.5, 0.4, 0.3),
+        },
+        fake,
+        {"A": "dockyard", "B": "distribution"},
+        Path("/tmp/x.jsonl"),
+        ["a note"],
+    )
+    assert section.startswith("## 2030-01-02 03:04 UTC: `python -m perf.run all --compare`")
+    assert "nproc" in section and "docker-registry 2.8.2" in section and "- a note" in section
+    assert "2.1-2.3 CPU-s/GiB" in section  # Distribution 3.1's reference beside ours
+
+
+def test_procstat_reads_a_process_tree(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import os, time
+        if os.fork() == 0:
+            time.sleep(30)
+        else:
+            while time.process_time() < 0.4:
+                pass
+            grown = b"x" * (48 << 20)
+            time.sleep(30)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(process_tree([proc.pid])) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        tree = process_tree([proc.pid])
+        assert len(tree) == 2 and proc.pid in tree
+        with MemorySampler(tree, interval=0.01) as sampler:
+            while cpu_seconds(tree) < 0.4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.3)  # the 48 MiB allocation follows the busy loop
+        assert cpu_seconds(tree) >= 0.4
+        growth = sampler.result()
+        assert growth.samples >= 5 and set(growth.baseline_kib) == set(tree)
+        assert 40 <= growth.max_growth_mib < 200
+        assert growth.total_growth_mib >= growth.max_growth_mib
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
