@@ -15,6 +15,7 @@ ids it already saw are skipped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from dockyard.events.schema import EventFilter
 from dockyard.meta.sqlite import Database, StoredEvent
 
 PAGE = 500
+RETRY_AFTER = 1.0  # seconds between reads of the log after one failed
+
+log = logging.getLogger("dockyard.events")
 
 
 class SubscriberLagged(Exception):
@@ -41,6 +45,7 @@ class HubStatistics:
     subscribers: int
     dispatched: int
     lagged: int
+    read_failures: int = 0  # polls of the log that failed (and were retried)
 
 
 class Subscription:
@@ -105,8 +110,10 @@ class EventHub:
         self._subscribers: set[Subscription] = set()
         self._wake = trio.Event()
         self._started = trio.Event()
+        self._advanced = trio.Event()  # set (and replaced) when the cursor moves
         self._dispatched = 0
         self._lagged = 0
+        self._read_failures = 0
 
     def notify(self) -> None:
         """This process appended events: look now rather than at the next poll."""
@@ -120,12 +127,27 @@ class EventHub:
             with trio.move_on_after(self.poll_interval):
                 await self._wake.wait()
             self._wake = trio.Event()
-            while True:
-                rows = await self.db.run(self.db.meta.events_after, self.cursor, PAGE)
-                for row in rows:
-                    self._dispatch(row)
-                if len(rows) < PAGE:
-                    break
+            before = self.cursor
+            failed = False
+            try:
+                while True:
+                    rows = await self.db.run(self.db.meta.events_after, self.cursor, PAGE)
+                    for row in rows:
+                        self._dispatch(row)
+                    if len(rows) < PAGE:
+                        break
+            except Exception:
+                # A failed read (database busy or unavailable) must not end the hub: it
+                # runs in the worker's lifespan nursery, beside the pull-event writer.
+                # The cursor only moves past dispatched events, so a retry misses nothing.
+                log.exception("reading the event log failed; retrying")
+                self._read_failures += 1
+                failed = True
+            if self.cursor != before:
+                self._advanced.set()
+                self._advanced = trio.Event()
+            if failed:
+                await trio.sleep(RETRY_AFTER)
 
     def _dispatch(self, event: StoredEvent) -> None:
         self.cursor = event.id
@@ -134,6 +156,17 @@ class EventHub:
             if not sub._offer(event):
                 self._subscribers.discard(sub)
                 self._lagged += 1
+
+    async def wait_past(self, event_id: int) -> int:
+        """Wait until the hub has seen an event after ``event_id``; returns its cursor.
+
+        A wake-up for readers that tail the log themselves (webhook delivery): they learn
+        of new events as soon as subscribers do, without a subscription's buffer.
+        """
+        await self._started.wait()
+        while self.cursor <= event_id:
+            await self._advanced.wait()
+        return self.cursor
 
     def _register(self, sub: Subscription) -> None:
         self._subscribers.add(sub)
@@ -157,4 +190,6 @@ class EventHub:
             sub.close()
 
     def statistics(self) -> HubStatistics:
-        return HubStatistics(self.cursor, len(self._subscribers), self._dispatched, self._lagged)
+        return HubStatistics(
+            self.cursor, len(self._subscribers), self._dispatched, self._lagged, self._read_failures
+        )

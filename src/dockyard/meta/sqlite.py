@@ -7,7 +7,8 @@ the event log never misses or invents a change (DESIGN.md 3.6). Several processe
 share the file: WAL mode lets readers run beside one writer, and ``busy_timeout`` makes a
 writer wait for another process's write.
 
-Schema (one migration so far; ``PRAGMA user_version`` records the applied count)::
+Schema (``MIGRATIONS``, appended to, never edited; ``PRAGMA user_version`` records the
+applied count)::
 
     repositories(id, name UNIQUE, created)
     blobs(digest PK, size, created)                       bytes are in the storage driver
@@ -19,6 +20,12 @@ Schema (one migration so far; ``PRAGMA user_version`` records the applied count)
     uploads(id, repository, algorithm, received, hash_state, driver_state, lease,
             lease_expires, started, touched)
     events(id AUTOINCREMENT, ts, action, repository, digest, media_type, size, tag, body)
+    webhook_cursors(name PK, cursor, lease, lease_expires, created, delivered)
+                                                          last event id handled per endpoint;
+                                                          the lease says who delivers now
+    webhook_failures(name, event_id, attempts, last_error, failed, redeliver)
+                                                          events given up on; redeliver=1
+                                                          asks the deliverer to try again
 """
 
 from __future__ import annotations
@@ -112,6 +119,28 @@ MIGRATIONS: tuple[str, ...] = (
         body TEXT NOT NULL
     );
     """,
+    # 2: webhook delivery state (events/webhooks.py).
+    """
+    CREATE TABLE webhook_cursors (
+        name TEXT PRIMARY KEY,
+        cursor INTEGER NOT NULL,
+        lease TEXT,
+        lease_expires REAL,
+        created REAL NOT NULL,
+        delivered REAL
+    );
+    CREATE TABLE webhook_failures (
+        name TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        failed REAL NOT NULL,
+        redeliver INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_failures_to_redeliver ON webhook_failures(name, event_id)
+        WHERE redeliver = 1;
+    """,
 )
 
 
@@ -160,6 +189,44 @@ class ReferrerRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RepositorySummary:
+    """One repository as the dashboard lists it. ``size`` counts the linked blobs and the
+    manifests once each (a blob shared with other repositories counts in each of them)."""
+
+    name: str
+    tags: int
+    manifests: int
+    size: int
+    updated: float  # last manifest push, or the repository's creation
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityCount:
+    """Events of one action in one group (a time bucket or a repository)."""
+
+    key: str | int  # bucket number (ts // bucket) or repository name
+    action: str
+    count: int
+    size: int  # the events' sizes added up (bytes moved, for pushes and pulls)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRecord:
+    """What the dashboard loads, read in one transaction: the counts cover exactly the
+    events up to ``last_id``, so a reader adds live events after it without gap or double."""
+
+    last_id: int
+    repositories: list[RepositorySummary]
+    repository_count: int
+    tag_count: int
+    manifest_count: int
+    blob_count: int
+    blob_bytes: int
+    by_bucket: list[ActivityCount]
+    by_repository: list[ActivityCount]
+
+
+@dataclass(frozen=True, slots=True)
 class UploadRecord:
     id: str
     repository: str
@@ -185,6 +252,27 @@ class NewManifest:
     blob_refs: Sequence[str]
     manifest_refs: Sequence[str]
     tags: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCursor:
+    name: str
+    cursor: int
+    lease: str | None
+    lease_expires: float | None
+    created: float
+    delivered: float | None
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookFailure:
+    name: str
+    event_id: int
+    attempts: int
+    last_error: str
+    failed: float
+    redeliver: bool
 
 
 class Conflict(Exception):
@@ -654,6 +742,96 @@ class SQLiteMeta:
     def upload_ids(self) -> set[str]:
         return {r[0] for r in self._conn().execute("SELECT id FROM uploads").fetchall()}
 
+    # -- dashboard statistics
+
+    def _first_event_at(self, conn: sqlite3.Connection, ts: float) -> int:
+        """The id of the first event at or after ``ts``, by bisection on the id.
+
+        ``events`` has no index on ``ts``, but ids grow with time (pull events are written
+        up to a flush interval late, and instances' clocks differ a little: callers ask
+        for a time somewhat earlier than they need and filter on ``ts`` too). Costs
+        O(log n) primary-key lookups instead of a scan of the whole log.
+        """
+        low, high = conn.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+        if low is None:
+            return 1
+        low, high = int(low), int(high) + 1
+        while low < high:
+            mid = (low + high) // 2
+            row = conn.execute(
+                "SELECT id, ts FROM events WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+            ).fetchone()
+            if row is not None and row[1] < ts:
+                low = int(row[0]) + 1
+            else:
+                high = mid
+        return low
+
+    def stats(
+        self, since: float, bucket: float, repositories: int, slack: float = 120.0
+    ) -> StatsRecord:
+        """Repositories (most recently pushed first, at most ``repositories``), totals,
+        and the events since ``since`` counted per action by ``bucket``-second time
+        bucket (bucket number ``ts // bucket``) and per repository."""
+        conn = self._conn()
+        conn.execute("BEGIN")  # one read snapshot for every query below
+        try:
+            last_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+            rows = conn.execute(
+                "WITH m AS (SELECT repository_id, COUNT(*) AS n, SUM(size) AS bytes,"
+                " MAX(pushed) AS last FROM manifests GROUP BY repository_id),"
+                " t AS (SELECT repository_id, COUNT(*) AS n FROM tags GROUP BY repository_id),"
+                " b AS (SELECT rb.repository_id, SUM(bl.size) AS bytes FROM repository_blobs rb"
+                " JOIN blobs bl ON bl.digest = rb.digest GROUP BY rb.repository_id)"
+                " SELECT r.name, COALESCE(t.n, 0), COALESCE(m.n, 0),"
+                " COALESCE(b.bytes, 0) + COALESCE(m.bytes, 0), COALESCE(m.last, r.created)"
+                " FROM repositories r LEFT JOIN m ON m.repository_id = r.id"
+                " LEFT JOIN t ON t.repository_id = r.id LEFT JOIN b ON b.repository_id = r.id"
+                " ORDER BY 5 DESC, r.name LIMIT ?",
+                (repositories,),
+            ).fetchall()
+            summaries = [
+                RepositorySummary(n, int(t), int(m), int(s), float(u)) for n, t, m, s, u in rows
+            ]
+            (repository_count,) = conn.execute("SELECT COUNT(*) FROM repositories").fetchone()
+            (tag_count,) = conn.execute("SELECT COUNT(*) FROM tags").fetchone()
+            (manifest_count,) = conn.execute("SELECT COUNT(*) FROM manifests").fetchone()
+            blob_count, blob_bytes = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs"
+            ).fetchone()
+            first = self._first_event_at(conn, since - slack)
+            window = "FROM events WHERE id >= ? AND id <= ? AND ts >= ?"
+            args = (first, last_id, since)
+            by_bucket = [
+                ActivityCount(int(k), a, int(c), int(s))
+                for k, a, c, s in conn.execute(
+                    "SELECT CAST(ts / ? AS INTEGER) AS k, action, COUNT(*),"
+                    f" COALESCE(SUM(size), 0) {window} GROUP BY k, action ORDER BY k",
+                    (bucket, *args),
+                )
+            ]
+            by_repository = [
+                ActivityCount(str(k), a, int(c), int(s))
+                for k, a, c, s in conn.execute(
+                    "SELECT COALESCE(repository, ''), action, COUNT(*), COALESCE(SUM(size), 0)"
+                    f" {window} GROUP BY repository, action",
+                    args,
+                )
+            ]
+        finally:
+            conn.execute("COMMIT")
+        return StatsRecord(
+            last_id,
+            summaries,
+            int(repository_count),
+            int(tag_count),
+            int(manifest_count),
+            int(blob_count),
+            int(blob_bytes),
+            by_bucket,
+            by_repository,
+        )
+
     # -- events
 
     def append_events(self, events: Sequence[Event]) -> None:
@@ -679,6 +857,175 @@ class SQLiteMeta:
             StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
             for r in rows
         ]
+
+    def event(self, event_id: int) -> StoredEvent | None:
+        found = self.events_after(event_id - 1, 1)
+        return found[0] if found and found[0].id == event_id else None
+
+    # -- webhook delivery state: a cursor and a lease per endpoint, failed events.
+    # Every write by the deliverer is conditional on holding the endpoint's lease, so a
+    # process that lost it (it stalled past lease_expires and another took over) changes
+    # nothing.
+
+    def webhook_init(self, names: Sequence[str]) -> None:
+        """Give endpoints seen for the first time a cursor at the current end of the log."""
+        with self._write() as conn:
+            end = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            conn.executemany(
+                "INSERT INTO webhook_cursors (name, cursor, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                [(n, end, self._clock()) for n in names],
+            )
+
+    def webhook_acquire(self, name: str, lease: str, seconds: float) -> int | None:
+        """Take (or keep) the endpoint's lease if it is free or expired; its cursor, or None."""
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE webhook_cursors SET lease = ?, lease_expires = ? WHERE name = ?"
+                " AND (lease IS NULL OR lease = ? OR lease_expires < ?) RETURNING cursor",
+                (lease, now + seconds, name, lease, now),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+    def webhook_lease_free(self, name: str, lease: str) -> bool:
+        """Whether ``webhook_acquire`` could succeed now (a read: cheap to ask often)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM webhook_cursors WHERE name = ?"
+                " AND (lease IS NULL OR lease = ? OR lease_expires < ?)",
+                (name, lease, self._clock()),
+            )
+            .fetchone()
+        )
+        return row is not None
+
+    def webhook_renew(self, name: str, lease: str, seconds: float) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE webhook_cursors SET lease_expires = ? WHERE name = ? AND lease = ?",
+                (self._clock() + seconds, name, lease),
+            )
+            return cur.rowcount == 1
+
+    def webhook_advance(self, name: str, lease: str, cursor: int, delivered: bool) -> bool:
+        """Move the cursor to ``cursor`` (every event up to it is handled)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE webhook_cursors SET cursor = MAX(cursor, ?),"
+                " delivered = CASE WHEN ? THEN ? ELSE delivered END"
+                " WHERE name = ? AND lease = ?",
+                (cursor, delivered, self._clock(), name, lease),
+            )
+            return cur.rowcount == 1
+
+    def webhook_release(self, name: str, lease: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhook_cursors SET lease = NULL, lease_expires = NULL"
+                " WHERE name = ? AND lease = ?",
+                (name, lease),
+            )
+
+    def webhook_release_leases_of(self, prefix: str) -> int:
+        """Free webhook leases a previous run of this instance held."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE webhook_cursors SET lease = NULL, lease_expires = NULL"
+                " WHERE substr(lease, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            return cur.rowcount
+
+    def webhook_failed(
+        self,
+        name: str,
+        lease: str,
+        event_id: int,
+        attempts: int,
+        error: str,
+        advance: bool,
+    ) -> bool:
+        """Record that ``event_id`` failed ``attempts`` more times; with ``advance`` move
+        the cursor past it in the same transaction."""
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE webhook_cursors SET cursor = CASE WHEN ? THEN MAX(cursor, ?) ELSE cursor"
+                " END WHERE name = ? AND lease = ?",
+                (advance, event_id, name, lease),
+            )
+            if cur.rowcount != 1:
+                return False
+            conn.execute(
+                "INSERT INTO webhook_failures (name, event_id, attempts, last_error, failed,"
+                " redeliver) VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (name, event_id) DO UPDATE"
+                " SET attempts = attempts + excluded.attempts, last_error = excluded.last_error,"
+                " failed = excluded.failed, redeliver = 0",
+                (name, event_id, attempts, error[:2000], now),
+            )
+            return True
+
+    def webhook_redelivered(self, name: str, lease: str, event_id: int) -> bool:
+        """A failed event was delivered after all: forget the failure."""
+        with self._write() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM webhook_cursors WHERE name = ? AND lease = ?", (name, lease)
+            ).fetchone()
+            if held is None:
+                return False
+            conn.execute(
+                "DELETE FROM webhook_failures WHERE name = ? AND event_id = ?", (name, event_id)
+            )
+            return True
+
+    def webhook_to_redeliver(self, name: str, limit: int) -> list[int]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT event_id FROM webhook_failures WHERE name = ? AND redeliver = 1"
+                " ORDER BY event_id LIMIT ?",
+                (name, limit),
+            )
+            .fetchall()
+        )
+        return [int(r[0]) for r in rows]
+
+    def webhook_mark_redeliver(self, name: str, event_id: int | None) -> int:
+        """Ask the deliverer to send failed events again (one, or all of the endpoint's)."""
+        with self._write() as conn:
+            if event_id is None:
+                cur = conn.execute(
+                    "UPDATE webhook_failures SET redeliver = 1 WHERE name = ?", (name,)
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE webhook_failures SET redeliver = 1 WHERE name = ? AND event_id = ?",
+                    (name, event_id),
+                )
+            return cur.rowcount
+
+    def webhook_cursors(self) -> list[WebhookCursor]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT c.name, c.cursor, c.lease, c.lease_expires, c.created, c.delivered,"
+                " (SELECT COUNT(*) FROM webhook_failures f WHERE f.name = c.name)"
+                " FROM webhook_cursors c ORDER BY c.name"
+            )
+            .fetchall()
+        )
+        return [WebhookCursor(*r) for r in rows]
+
+    def webhook_failures(self, name: str | None = None) -> list[WebhookFailure]:
+        sql = "SELECT name, event_id, attempts, last_error, failed, redeliver FROM webhook_failures"
+        args: tuple[Any, ...] = ()
+        if name is not None:
+            sql += " WHERE name = ?"
+            args = (name,)
+        rows = self._conn().execute(sql + " ORDER BY name, event_id", args).fetchall()
+        return [WebhookFailure(r[0], int(r[1]), int(r[2]), r[3], r[4], bool(r[5])) for r in rows]
 
 
 class Database:
