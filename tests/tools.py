@@ -10,7 +10,8 @@ import pytest
 INSTALL_HINTS = {
     "skopeo": "apt-get install -y skopeo",
     "umoci": "apt-get install -y umoci",
-    "chromium": "apt-get install -y chromium",
+    "chromium": "apt-get install -y chromium chromium-driver",
+    "chromedriver": "apt-get install -y chromium chromium-driver",
 }
 
 

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from dockyard import __version__
+from dockyard import __version__, cli_webhooks
 from dockyard.config import ConfigError, Settings, as_dict, load
 
 
@@ -48,6 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
     meta.migrate()
     # Upload leases held by an earlier run of this instance can no longer be in use.
     released = meta.release_leases_of(instance_name(settings) + "/")
+    # So are its webhook leases: the new workers take the endpoints over at once.
+    meta.webhook_release_leases_of(instance_name(settings) + "/")
     meta.close()
     if released:
         logging.getLogger("dockyard").info("released %d upload leases of a previous run", released)
@@ -60,7 +62,11 @@ def _serve(args: argparse.Namespace) -> int:
     # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
     config.workers = settings.server.workers
     config.graceful_timeout = settings.server.graceful_timeout
-    config.websocket_ping_interval = settings.events.heartbeat
+    # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each
+    # closed websocket's task alive until its next ping (a graceful stop then waits the
+    # whole graceful_timeout). The event feed's own heartbeat messages keep connections
+    # busy instead, and a client notices a silent server by their absence.
+    config.websocket_ping_interval = None
     config.accesslog = None
     config.errorlog = "-"
     print(
@@ -77,9 +83,66 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    print(json.dumps(as_dict(settings), indent=2))
+    print(json.dumps(as_dict(settings, redact=True), indent=2))
     print("configuration OK", file=sys.stderr)
     return 0
+
+
+def _events_tail(args: argparse.Namespace) -> int:
+    from dockyard.events.schema import EventFilter, FilterError
+    from dockyard.events.tail import TailOptions, default_url, run
+
+    try:
+        event_filter = EventFilter.parse(
+            {"repository": args.repo, "action": args.action, "mediaType": args.media_type}
+        )
+    except FilterError as e:
+        print(f"dockyard events tail: {e}", file=sys.stderr)
+        return 2
+    if args.since is not None and args.since < 0:
+        print("dockyard events tail: --since must be an event id (0 or more)", file=sys.stderr)
+        return 2
+    url = args.url
+    if url is None:
+        settings = _settings(args)
+        url = default_url(settings.server.host, settings.server.port)
+    return run(TailOptions(url, args.since, event_filter, args.json))
+
+
+def _add_tail_parser(events_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = events_sub.add_parser(
+        "tail",
+        help="print the live event feed; reconnects and resumes by itself",
+        description="Print events from the registry's websocket feed as they happen, one"
+        " line each. Reconnects after a restart or a lost connection and resumes after the"
+        " last event printed, so nothing is missed or printed twice. See docs/events.md.",
+    )
+    tail.add_argument("--config", "-c", help="TOML config file (the default URL is its server)")
+    tail.add_argument(
+        "--url", help="registry URL (http://host:port or ws://...); default: server.host/port"
+    )
+    tail.add_argument(
+        "--since", type=int, metavar="ID", help="first replay the events after this id"
+    )
+    tail.add_argument(
+        "--repo", action="append", default=[], metavar="GLOB", help="repository glob (repeatable)"
+    )
+    tail.add_argument(
+        "--action",
+        action="append",
+        default=[],
+        metavar="A",
+        help="push, pull, mount, delete or untag (repeatable)",
+    )
+    tail.add_argument(
+        "--media-type",
+        action="append",
+        default=[],
+        metavar="T",
+        help="media type, or type/* (repeatable)",
+    )
+    tail.add_argument("--json", action="store_true", help="print each event as its JSON")
+    tail.set_defaults(func=_events_tail)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     check = config_sub.add_parser("check", help="validate and print the effective configuration")
     check.add_argument("--config", "-c", help="TOML config file")
     check.set_defaults(func=_config_check)
+
+    # `dockyard events ...`: the event log's tools. One group shared by several commands
+    # (`events webhooks ...` here; `events tail` belongs in it too): add subcommands to
+    # events_sub rather than creating a second "events" parser.
+    events = sub.add_parser("events", help="event log tools: tail, webhooks")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    cli_webhooks.add_parsers(events_sub, _settings)
+    _add_tail_parser(events_sub)
 
     args = parser.parse_args(argv)
     try:

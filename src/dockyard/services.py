@@ -20,9 +20,12 @@ import trio
 from dockyard.auth import AllowAll
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
+from dockyard.core.stats import Statistics
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
+from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.web import build_web
 from dockyard.http.websocket import FEED_PATH, EventFeed
 from dockyard.meta.sqlite import Database, SQLiteMeta
 from dockyard.storage.base import BlobStore
@@ -52,6 +55,7 @@ class Services:
     registry: Registry
     hub: EventHub
     app: RegistryApp
+    webhooks: WebhookDeliverer | None = None
 
     async def ready(self) -> bool:
         try:
@@ -66,6 +70,8 @@ class Services:
         # Called in database worker threads; run_sync_soon is the thread-safe way in.
         self.meta.on_events_committed = lambda: token.run_sync_soon(hub.notify)
         await nursery.start(self.hub.run)
+        if self.webhooks is not None:
+            await nursery.start(self.webhooks.run)
         await nursery.start(self.pulls.run)
         nursery.start_soon(self._janitor)
 
@@ -128,12 +134,23 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         lifespan=lifespan,
         on_shutdown=shutdown,
         access=settings.log.access,
+        statistics=Statistics(db, clock),
+        web=build_web(),
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
         hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
+    if settings.webhooks:
+        services.webhooks = WebhookDeliverer(
+            db,
+            hub,
+            settings.webhooks,
+            instance=instance_name(settings),
+            base_url=settings.base_url,
+            lease_seconds=settings.events.webhook_lease_seconds,
+        )
     return services
 
 

@@ -18,6 +18,7 @@ The HTTP layer maps each class to one OCI error code and status (``http/errors.p
     +-- TagInvalid             a tag breaks the grammar
     +-- RangeNotSatisfiable    a blob Range outside the blob (carries the size)
     +-- PaginationInvalid      a page size (n=) that is not a non-negative integer
+    +-- ParameterInvalid       another query parameter out of its range (stats window=)
     +-- Unsupported            the operation or parameter is not supported
     +-- Denied                 the authorizer refused the scope
 """
@@ -93,6 +94,10 @@ class RangeNotSatisfiable(RegistryError):
 
 
 class PaginationInvalid(RegistryError):
+    pass
+
+
+class ParameterInvalid(RegistryError):
     pass
 
 

@@ -15,7 +15,11 @@ Routes (``<name>`` may contain slashes)::
     GET|HEAD|DELETE      /v2/<name>/blobs/<digest>
     POST       /v2/<name>/blobs/uploads/    ?digest= | ?mount= [&from=] | ?digest-algorithm=
     GET|PATCH|PUT|DELETE /v2/<name>/blobs/uploads/<id>       PUT: ?digest=
+    GET        /v2/_dockyard/stats          ?window= &bucket= &repositories= (the dashboard's)
     GET        /healthz  /readyz
+
+Every other path (the dashboard at ``/dashboard/``) goes to the Quart-trio app ``web``
+(``http/web.py``); this app's ASGI lifespan starts and stops it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, urlencode
 
 import trio
@@ -35,6 +39,7 @@ import trio
 from dockyard.auth import Authorizer, Identity, Scope
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
+from dockyard.core.stats import DEFAULT_BUCKET, DEFAULT_REPOSITORIES, DEFAULT_WINDOW, Statistics
 from dockyard.http.errors import error_body, status_and_code
 from dockyard.oci.manifest import MANIFEST_TYPES, OCI_INDEX
 from dockyard.oci.names import is_valid_name
@@ -50,8 +55,29 @@ access_log = logging.getLogger("dockyard.access")
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 
 
+class WebApp(Protocol):
+    """The app for paths outside ``/v2/`` (``http/web.py``), with its lifespan hooks."""
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None: ...
+
+    async def startup(self, nursery: trio.Nursery) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+def _is_registry_path(path: str) -> bool:
+    return path.startswith("/v2/") or path in ("/v2", "/healthz", "/readyz")
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
+
+
+async def _discard_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
 
 
 class _BodyStream:
@@ -230,6 +256,8 @@ class RegistryApp:
         lifespan: Callable[[trio.Nursery], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         access: bool = False,
+        statistics: Statistics | None = None,
+        web: WebApp | None = None,
     ) -> None:
         self.registry = registry
         self.authorizer = authorizer
@@ -240,12 +268,15 @@ class RegistryApp:
         self._lifespan = lifespan
         self._on_shutdown = on_shutdown
         self._access = access
+        self.statistics = statistics
+        self.web = web
         # Websocket endpoints by path (the event feed), added by the composition root.
         self.websockets: dict[str, Callable[[Scope_, Receive, Send], Awaitable[None]]] = {}
         name = r"(?P<name>[^?#]+?)"
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/v2/?"), {"GET": self.base, "HEAD": self.base}),
             (re.compile(r"/v2/_catalog"), {"GET": self.catalog}),
+            (re.compile(r"/v2/_dockyard/stats"), {"GET": self.stats}),
             (re.compile(rf"/v2/{name}/tags/list"), {"GET": self.tags}),
             (
                 re.compile(rf"/v2/{name}/manifests/(?P<reference>[^/]+)"),
@@ -278,6 +309,10 @@ class RegistryApp:
     # -- ASGI plumbing
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        web = self.web
+        if web is not None and scope["type"] != "lifespan" and not _is_registry_path(scope["path"]):
+            await web(scope, receive, send)
+            return
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -298,8 +333,14 @@ class RegistryApp:
             async with trio.open_nursery() as nursery:
                 if self._lifespan is not None:
                     await self._lifespan(nursery)
-                await send({"type": "lifespan.startup.complete"})
-                message = await receive()
+                # The web app's own nursery: its shutdown may put a deadline on it.
+                async with trio.open_nursery() as web_nursery:
+                    if self.web is not None:
+                        await self.web.startup(web_nursery)
+                    await send({"type": "lifespan.startup.complete"})
+                    message = await receive()
+                    if self.web is not None:
+                        await self.web.shutdown()
                 if self._on_shutdown is not None:
                     await self._on_shutdown()
                 nursery.cancel_scope.cancel()
@@ -319,6 +360,15 @@ class RegistryApp:
         client = scope.get("client")
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
+        body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+
+        async def receive_tracked() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                body_pending = False
+            return message
+
         req = Request(
             method=method,
             path=scope["path"],
@@ -326,7 +376,7 @@ class RegistryApp:
                 scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
             ),
             headers=headers,
-            receive=receive,
+            receive=receive_tracked,
             client=client[0] if client else "",
             info=RequestInfo(
                 request_id,
@@ -355,7 +405,15 @@ class RegistryApp:
                     ]
                 },
             )
-        await self._send(send, response, head=method == "HEAD", request_id=request_id)
+        if not body_pending:
+            await self._send(send, response, head=method == "HEAD", request_id=request_id)
+        else:
+            # An early answer (an error before the body was read). hypercorn queues only a
+            # few body chunks and, once the response is sent, waits for room to post
+            # http.disconnect: unless the rest is drained, the connection hangs for good.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_discard_body, receive_tracked)
+                await self._send(send, response, head=method == "HEAD", request_id=request_id)
         if self._access:
             access_log.info(
                 json.dumps(
@@ -445,6 +503,28 @@ class RegistryApp:
         if await self._ready():
             return json_response(200, {"status": "ready"})
         return json_response(503, {"status": "not ready"})
+
+    # -- dashboard statistics
+
+    async def stats(self, req: Request, p: dict[str, str]) -> Response:
+        await self._authorize(req, Scope("catalog"))
+        if self.statistics is None:
+            raise err.Unsupported("statistics are not enabled")
+
+        def number(key: str, default: int) -> int:
+            raw = req.arg(key)
+            if raw is None or raw == "":
+                return default
+            if not raw.isdigit() or len(raw) > 9:
+                raise err.ParameterInvalid(f"{key} must be a whole number, not {raw[:20]!r}")
+            return int(raw)
+
+        snapshot = await self.statistics.snapshot(
+            number("window", DEFAULT_WINDOW),
+            number("bucket", DEFAULT_BUCKET),
+            number("repositories", DEFAULT_REPOSITORIES),
+        )
+        return json_response(200, snapshot.to_json(), [("cache-control", "no-store")])
 
     # -- blobs
 

@@ -23,6 +23,7 @@ ERROR_TABLE: dict[type[e.RegistryError], tuple[str, int]] = {
     e.TagInvalid: ("TAG_INVALID", 400),
     e.RangeNotSatisfiable: ("RANGE_INVALID", 416),  # not in the spec list; clearer than any that is
     e.PaginationInvalid: ("PAGINATION_NUMBER_INVALID", 400),  # distribution's code
+    e.ParameterInvalid: ("PARAMETER_INVALID", 400),  # dockyard's own endpoints
     e.Unsupported: ("UNSUPPORTED", 405),
     e.Denied: ("DENIED", 403),
 }

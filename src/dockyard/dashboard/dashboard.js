@@ -1,0 +1,744 @@
+// dockyard live dashboard: plain JavaScript, no libraries, no build step, works offline.
+//
+// Data flow (docs/dashboard.md):
+//   1. GET ../v2/_dockyard/stats gives a snapshot: repositories, totals, and the last
+//      minutes of activity per time bucket, covering exactly the events up to `last_id`.
+//   2. The websocket feed ../v2/_dockyard/events?since=N streams events. Events after the
+//      snapshot's last_id are added to the counters and the chart; earlier ones (the short
+//      replay that fills the stream on load) are only listed.
+//   3. After a drop the page reconnects with since=<last id received>: the server replays
+//      what was missed, then continues live, so nothing is lost or counted twice.
+//   4. Changes (push, mount, delete, untag) trigger a fresh snapshot (debounced), which
+//      updates the repository list; live events newer than it are applied again on top.
+(function () {
+  "use strict";
+
+  const WINDOW = 900; // seconds of activity shown
+  const BUCKET = 10; // seconds per chart bucket
+  const REPLAY = 200; // events replayed into the stream on load
+  const STREAM_MAX = 500; // events kept in the stream
+  const RECENT_MAX = 5000; // live events kept to re-apply on top of a new snapshot
+  const REFRESH_DELAY = 1000; // ms after a change before the snapshot is reloaded
+  const REFRESH_EVERY = 60000; // ms between routine snapshot reloads
+  const ACTIONS = ["push", "pull", "mount", "delete", "untag"];
+  const COLORS = { push: "#2dd4bf", pull: "#60a5fa" };
+
+  const $ = (id) => document.getElementById(id);
+  const statsUrl = new URL(`../v2/_dockyard/stats?window=${WINDOW}&bucket=${BUCKET}`, location.href);
+  const feedUrl = new URL("../v2/_dockyard/events", location.href);
+  feedUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+
+  const state = {
+    offset: 0, // server clock minus this browser's clock, in seconds
+    buckets: new Map(), // bucket start (epoch s) -> counts
+    top: new Map(), // repository -> counts in the window
+    countedThrough: -1, // the snapshot's last_id: events up to it are in the counts
+    lastId: 0, // the newest event id received from the feed
+    recent: [], // live events counted on top of the snapshot
+    stream: [], // events listed, oldest first
+    repos: [],
+    totals: { repositories: 0, tags: 0, manifests: 0, blobs: 0, blob_bytes: 0 },
+    truncated: false,
+    sort: { key: "updated", dir: -1 },
+    filter: { regex: null, action: "" },
+    paused: false,
+    socket: null,
+    retry: 0,
+    refreshTimer: null,
+    refreshing: false,
+    refreshAgain: false,
+    dirty: true,
+    changedRepos: new Set(),
+    changeId: 0, // the newest change (not a pull) that a snapshot must cover
+  };
+
+  // -- formatting
+
+  function formatBytes(n) {
+    if (!n) return "0 B";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let i = 0;
+    let v = n;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i += 1;
+    }
+    return `${v >= 100 || i === 0 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
+  }
+
+  function formatCount(n) {
+    return n.toLocaleString("en-US");
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, "0");
+  }
+
+  function clock(date) {
+    return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+  }
+
+  function ago(seconds) {
+    const s = Math.max(0, Math.round(nowServer() - seconds));
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+
+  function shortDigest(d) {
+    if (!d) return "";
+    const [alg, hex] = d.split(":");
+    return hex ? `${alg}:${hex.slice(0, 12)}` : d.slice(0, 19);
+  }
+
+  function nowServer() {
+    return Date.now() / 1000 + state.offset;
+  }
+
+  // Shell-style glob, as the feed's repository filter: * ? [abc] [!abc]; * crosses "/".
+  function globToRegex(glob) {
+    let out = "";
+    for (let i = 0; i < glob.length; i++) {
+      const c = glob[i];
+      if (c === "*") out += ".*";
+      else if (c === "?") out += ".";
+      else if (c === "[") {
+        const end = glob.indexOf("]", i + 2);
+        if (end === -1) {
+          out += "\\[";
+        } else {
+          let body = glob.slice(i + 1, end).replace(/\\/g, "\\\\");
+          if (body[0] === "!") body = "^" + body.slice(1);
+          out += `[${body}]`;
+          i = end;
+        }
+      } else out += c.replace(/[.+^${}()|\\\]]/g, "\\$&");
+    }
+    return new RegExp(`^${out}$`);
+  }
+
+  // -- counting
+
+  function emptyCounts() {
+    const c = { bytes_in: 0, bytes_out: 0 };
+    for (const a of ACTIONS) c[a] = 0;
+    return c;
+  }
+
+  function addTo(counts, action, size) {
+    counts[action] = (counts[action] || 0) + 1;
+    if (action === "push") counts.bytes_in += size;
+    if (action === "pull") counts.bytes_out += size;
+  }
+
+  function count(ev) {
+    const ts = Date.parse(ev.timestamp) / 1000;
+    const start = Math.floor(ts / BUCKET) * BUCKET;
+    const size = ev.target.size || 0;
+    let b = state.buckets.get(start);
+    if (!b) {
+      const first = Math.floor((nowServer() - WINDOW) / BUCKET) * BUCKET + BUCKET;
+      if (start < first) return; // older than the window
+      b = emptyCounts();
+      state.buckets.set(start, b);
+    }
+    addTo(b, ev.action, size);
+    const repo = ev.target.repository || "";
+    let t = state.top.get(repo);
+    if (!t) {
+      t = emptyCounts();
+      state.top.set(repo, t);
+    }
+    addTo(t, ev.action, size);
+    state.dirty = true;
+  }
+
+  function roll() {
+    const last = Math.floor(nowServer() / BUCKET) * BUCKET;
+    const first = last - (WINDOW / BUCKET - 1) * BUCKET;
+    for (const start of state.buckets.keys()) {
+      if (start < first) state.buckets.delete(start);
+    }
+    for (let s = first; s <= last; s += BUCKET) {
+      if (!state.buckets.has(s)) state.buckets.set(s, emptyCounts());
+    }
+    state.recent = state.recent.filter((ev) => Date.parse(ev.timestamp) / 1000 >= first - 60);
+  }
+
+  function applySnapshot(snap) {
+    state.offset = snap.now - Date.now() / 1000;
+    state.buckets = new Map();
+    for (const b of snap.activity.buckets) {
+      const c = emptyCounts();
+      for (const k of Object.keys(c)) c[k] = b[k] || 0;
+      state.buckets.set(b.start, c);
+    }
+    state.top = new Map();
+    for (const t of snap.activity.top) {
+      const c = emptyCounts();
+      for (const k of Object.keys(c)) c[k] = t[k] || 0;
+      state.top.set(t.repository, c);
+    }
+    state.repos = snap.repositories;
+    state.totals = snap.totals;
+    state.truncated = snap.repositories_truncated;
+    state.countedThrough = snap.last_id;
+    // Live events the snapshot does not cover yet go on top of it.
+    state.recent = state.recent.filter((ev) => ev.id > snap.last_id);
+    for (const ev of state.recent) count(ev);
+    roll();
+    document.body.dataset.statsId = String(snap.last_id);
+    state.dirty = true;
+    renderRepos();
+    // A snapshot cached by the server may predate the change that asked for it.
+    if (snap.last_id < state.changeId) scheduleRefresh(REFRESH_DELAY);
+  }
+
+  // -- the snapshot
+
+  async function refresh() {
+    if (state.refreshing) {
+      state.refreshAgain = true;
+      return;
+    }
+    state.refreshing = true;
+    try {
+      const r = await fetch(statsUrl, { cache: "no-store", headers: { accept: "application/json" } });
+      if (!r.ok) throw new Error(`stats: HTTP ${r.status}`);
+      applySnapshot(await r.json());
+      showError("");
+    } catch (e) {
+      showError(`Could not load statistics (${e.message}); retrying.`);
+      scheduleRefresh(5000);
+    } finally {
+      state.refreshing = false;
+      if (state.refreshAgain) {
+        state.refreshAgain = false;
+        scheduleRefresh(REFRESH_DELAY);
+      }
+    }
+  }
+
+  function scheduleRefresh(delay) {
+    if (state.refreshTimer !== null) return;
+    state.refreshTimer = setTimeout(() => {
+      state.refreshTimer = null;
+      refresh();
+    }, delay);
+  }
+
+  function showError(text) {
+    const el = $("error");
+    el.textContent = text;
+    el.hidden = !text;
+  }
+
+  // -- the feed
+
+  function setFeed(status, text) {
+    const el = $("feed-status");
+    el.dataset.state = status;
+    $("feed-status-text").textContent = text;
+    document.body.dataset.feed = status;
+  }
+
+  function connect(since) {
+    const url = new URL(feedUrl);
+    url.searchParams.set("since", String(since));
+    document.body.dataset.since = String(since);
+    const ws = new WebSocket(url);
+    state.socket = ws;
+    let lagged = null;
+    ws.onmessage = (m) => {
+      let msg;
+      try {
+        msg = JSON.parse(m.data);
+      } catch (e) {
+        return;
+      }
+      if (msg.type === "welcome") {
+        state.retry = 0;
+        setFeed("live", "live");
+      } else if (msg.type === "event") {
+        onEvent(msg.event);
+      } else if (msg.type === "heartbeat") {
+        // Nothing new: the connection is alive.
+      } else if (msg.type === "lagged") {
+        lagged = msg.last_id;
+      }
+    };
+    ws.onclose = () => {
+      if (state.socket !== ws) return;
+      state.socket = null;
+      const resume = lagged !== null ? Math.max(lagged, state.lastId) : state.lastId;
+      const delay = lagged !== null ? 0 : Math.min(10000, 500 * 2 ** state.retry);
+      state.retry = Math.min(state.retry + 1, 5);
+      setFeed("reconnecting", `reconnecting (resume after #${resume})`);
+      setTimeout(() => {
+        connect(resume);
+        scheduleRefresh(REFRESH_DELAY); // the repository list may have changed meanwhile
+      }, delay);
+    };
+  }
+
+  function onEvent(ev) {
+    if (ev.id <= state.lastId) return; // never list or count an event twice
+    state.lastId = ev.id;
+    $("last-id").textContent = `#${ev.id}`;
+    if (ev.id > state.countedThrough && state.countedThrough >= 0) {
+      count(ev);
+      state.recent.push(ev);
+      if (state.recent.length > RECENT_MAX) state.recent.splice(0, state.recent.length - RECENT_MAX);
+      if (ev.action !== "pull") {
+        state.changeId = ev.id;
+        state.changedRepos.add(ev.target.repository);
+        scheduleRefresh(REFRESH_DELAY);
+      }
+      bump(ev.action);
+    }
+    state.stream.push(ev);
+    if (state.stream.length > STREAM_MAX) state.stream.splice(0, state.stream.length - STREAM_MAX);
+    if (!state.paused && matches(ev)) {
+      const list = $("stream");
+      list.prepend(eventRow(ev, true));
+      while (list.childElementCount > STREAM_MAX) list.lastElementChild.remove();
+    }
+    updateStreamCount();
+  }
+
+  function bump(action) {
+    const id = action === "pull" ? "count-pull" : action === "push" ? "count-push" : null;
+    if (!id) return;
+    const card = $(id).parentElement;
+    card.classList.remove("bump");
+    void card.offsetWidth; // restart the animation
+    card.classList.add("bump");
+  }
+
+  // -- the event stream
+
+  function matches(ev) {
+    const f = state.filter;
+    if (f.action && ev.action !== f.action) return false;
+    if (f.regex && !f.regex.test(ev.target.repository || "")) return false;
+    return true;
+  }
+
+  function span(cls, text) {
+    const el = document.createElement("span");
+    el.className = cls;
+    el.textContent = text;
+    return el;
+  }
+
+  function eventRow(ev, fresh) {
+    const t = ev.target;
+    const row = document.createElement("div");
+    row.className = fresh ? "ev fresh" : "ev";
+    row.dataset.eventId = String(ev.id);
+    row.dataset.action = ev.action;
+    row.dataset.repository = t.repository || "";
+    row.dataset.kind = t.kind || "";
+    if (t.digest) row.dataset.digest = t.digest;
+    if (t.tag) row.dataset.tag = t.tag;
+    const when = new Date(Date.parse(ev.timestamp));
+    const time = span("time", clock(when));
+    time.title = ev.timestamp;
+    row.append(time);
+    const badge = document.createElement("span");
+    badge.append(span(`badge ${ev.action}`, ev.action));
+    row.append(badge);
+    const what = span("what", "");
+    what.append(document.createTextNode(t.repository || ""));
+    if (t.tag) {
+      what.append(span("ref", ":"));
+      what.append(span("tag", t.tag));
+    } else if (t.digest) {
+      what.append(span("ref mono", `@${shortDigest(t.digest)}`));
+    }
+    if (t.from) what.append(span("ref", ` from ${t.from}`));
+    const who = [ev.request && ev.request.addr, ev.request && ev.request.useragent]
+      .filter(Boolean)
+      .join(" · ");
+    what.title = `${t.repository || ""}${t.digest ? "@" + t.digest : ""}${t.mediaType ? "\n" + t.mediaType : ""}${who ? "\n" + who : ""}`;
+    row.append(what);
+    const kind = span("kind", t.kind === "manifest" ? manifestLabel(t) : t.kind || "");
+    if (t.mediaType) kind.title = t.mediaType;
+    row.append(kind);
+    row.append(span("size", t.size !== undefined ? formatBytes(t.size) : ""));
+    return row;
+  }
+
+  const MANIFEST_LABELS = {
+    "application/vnd.oci.image.manifest.v1+json": "OCI manifest",
+    "application/vnd.oci.image.index.v1+json": "OCI index",
+    "application/vnd.docker.distribution.manifest.v2+json": "Docker manifest",
+    "application/vnd.docker.distribution.manifest.list.v2+json": "Docker list",
+  };
+
+  const IMAGE_CONFIGS = new Set([
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+  ]);
+
+  function manifestLabel(t) {
+    if (t.subject) return "referrer";
+    // artifactType is the config's media type for plain images (referrers API rules).
+    if (t.artifactType && !IMAGE_CONFIGS.has(t.artifactType)) return "artifact";
+    return MANIFEST_LABELS[t.mediaType] || "manifest";
+  }
+
+  function renderStream() {
+    const list = $("stream");
+    const rows = [];
+    for (let i = state.stream.length - 1; i >= 0; i--) {
+      if (matches(state.stream[i])) rows.push(eventRow(state.stream[i], false));
+    }
+    list.replaceChildren(...rows);
+    updateStreamCount();
+  }
+
+  function updateStreamCount() {
+    const shown = $("stream").childElementCount;
+    const total = state.stream.length;
+    $("stream-count").textContent =
+      shown === total ? `${formatCount(total)} events` : `${formatCount(shown)} of ${formatCount(total)} events`;
+    $("stream-empty").hidden = shown > 0;
+    $("stream-empty").textContent = total ? "No event matches the filters." : "Waiting for events…";
+  }
+
+  // -- counters, top repositories, repositories
+
+  function setValue(id, value, text) {
+    const el = $(id);
+    el.dataset.value = String(value);
+    el.textContent = text;
+  }
+
+  function renderCounters() {
+    let push = 0;
+    let pull = 0;
+    let bin = 0;
+    let bout = 0;
+    const recent = emptyCounts();
+    const minuteAgo = nowServer() - 60;
+    for (const [start, b] of state.buckets) {
+      push += b.push;
+      pull += b.pull;
+      bin += b.bytes_in;
+      bout += b.bytes_out;
+      if (start + BUCKET > minuteAgo) {
+        recent.push += b.push;
+        recent.pull += b.pull;
+        recent.bytes_in += b.bytes_in;
+        recent.bytes_out += b.bytes_out;
+      }
+    }
+    setValue("count-push", push, formatCount(push));
+    setValue("count-pull", pull, formatCount(pull));
+    setValue("bytes-in", bin, formatBytes(bin));
+    setValue("bytes-out", bout, formatBytes(bout));
+    $("rate-push").textContent = `${formatCount(recent.push)} in the last min`;
+    $("rate-pull").textContent = `${formatCount(recent.pull)} in the last min`;
+    $("rate-in").textContent = `${formatBytes(recent.bytes_in / 60)}/s over the last min`;
+    $("rate-out").textContent = `${formatBytes(recent.bytes_out / 60)}/s over the last min`;
+    $("legend-push").textContent = formatCount(push);
+    $("legend-pull").textContent = formatCount(pull);
+    const t = state.totals;
+    setValue("total-repositories", t.repositories, formatCount(t.repositories));
+    setValue("total-tags", t.tags, formatCount(t.tags));
+    setValue("total-manifests", t.manifests, formatCount(t.manifests));
+    setValue("total-stored", t.blob_bytes, formatBytes(t.blob_bytes));
+    setValue("total-blobs", t.blobs, formatCount(t.blobs));
+  }
+
+  function renderTop() {
+    const entries = [...state.top.entries()]
+      .map(([repo, c]) => [repo, c, ACTIONS.reduce((n, a) => n + c[a], 0)])
+      .filter((e) => e[2] > 0)
+      .sort((a, b) => b[2] - a[2] || a[0].localeCompare(b[0]))
+      .slice(0, 10);
+    const max = entries.length ? entries[0][2] : 1;
+    const items = entries.map(([repo, c, total]) => {
+      const li = document.createElement("li");
+      li.dataset.repository = repo;
+      li.append(span("repo", repo));
+      const parts = [`${formatCount(c.push)} push`, `${formatCount(c.pull)} pull`];
+      const other = total - c.push - c.pull;
+      if (other) parts.push(`${formatCount(other)} other`);
+      parts.push(formatBytes(c.bytes_in + c.bytes_out));
+      li.append(span("count", parts.join(" · ")));
+      const bar = span("bar", "");
+      for (const [cls, n] of [["push", c.push], ["pull", c.pull], ["other", other]]) {
+        if (!n) continue;
+        const seg = document.createElement("span");
+        seg.className = cls;
+        seg.style.width = `${(100 * n) / max}%`;
+        bar.append(seg);
+      }
+      li.append(bar);
+      return li;
+    });
+    $("top-repos").replaceChildren(...items);
+    $("top-empty").hidden = items.length > 0;
+  }
+
+  function renderRepos() {
+    const key = state.sort.key;
+    const dir = state.sort.dir;
+    const repos = [...state.repos].sort((a, b) => {
+      const x = a[key];
+      const y = b[key];
+      const c = typeof x === "string" ? x.localeCompare(y) : x - y;
+      return c * dir || a.name.localeCompare(b.name);
+    });
+    const rows = repos.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.repository = r.name;
+      if (state.changedRepos.has(r.name)) tr.className = "fresh";
+      const cells = [
+        [r.name, r.name, ""],
+        [formatCount(r.tags), r.tags, "num"],
+        [formatCount(r.manifests), r.manifests, "num"],
+        [formatBytes(r.size), r.size, "num"],
+        [ago(r.updated), r.updated, "num"],
+      ];
+      const names = ["name", "tags", "manifests", "size", "updated"];
+      cells.forEach(([text, value, cls], i) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        td.dataset.col = names[i];
+        td.dataset.value = String(value);
+        if (cls) td.className = cls;
+        if (i === 0) td.title = r.name;
+        if (i === 3) td.title = `${formatCount(r.size)} bytes`;
+        if (i === 4) td.title = new Date(r.updated * 1000).toString();
+        tr.append(td);
+      });
+      return tr;
+    });
+    state.changedRepos.clear();
+    document.querySelector("#repos tbody").replaceChildren(...rows);
+    $("repos-empty").hidden = rows.length > 0;
+    const n = state.totals.repositories;
+    $("repos-note").textContent = state.truncated
+      ? `${formatCount(repos.length)} most recently pushed of ${formatCount(n)}`
+      : `${formatCount(n)}`;
+    for (const th of document.querySelectorAll("#repos th")) {
+      const on = th.dataset.sort === key;
+      th.classList.toggle("sorted", on);
+      th.classList.toggle("asc", on && dir > 0);
+      th.classList.toggle("desc", on && dir < 0);
+    }
+  }
+
+  // -- the chart (canvas)
+
+  const chart = { points: [], hover: -1 };
+
+  // A whole-number gridline step for four gridlines that cover `peak`.
+  function niceStep(peak) {
+    const raw = peak / 4;
+    if (raw <= 1) return 1;
+    const p = 10 ** Math.floor(Math.log10(raw));
+    for (const m of [1, 2, 2.5, 5, 10]) {
+      if (m * p >= raw && Number.isInteger(m * p)) return m * p;
+    }
+    return 10 * p;
+  }
+
+  function drawChart() {
+    const canvas = $("rate-chart");
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth;
+    const h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    const starts = [...state.buckets.keys()].sort((a, b) => a - b);
+    const n = Math.max(starts.length, 1);
+    const pad = { l: 40, r: 8, t: 10, b: 24 };
+    const pw = w - pad.l - pad.r;
+    const ph = h - pad.t - pad.b;
+    const slot = pw / n; // one time bucket: a push bar and a pull bar
+    let peak = 0;
+    for (const s of starts) {
+      const b = state.buckets.get(s);
+      peak = Math.max(peak, b.push, b.pull);
+    }
+    const step = niceStep(peak);
+    const top = step * 4;
+    const y = (v) => pad.t + ph - (v / top) * ph;
+
+    if (chart.hover >= 0 && chart.hover < starts.length) {
+      ctx.fillStyle = "rgba(139, 154, 187, 0.14)";
+      ctx.fillRect(pad.l + chart.hover * slot, pad.t, slot, ph);
+    }
+
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.lineWidth = 1;
+    ctx.strokeStyle = "#24314f";
+    ctx.fillStyle = "#8b9abb";
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (let i = 0; i <= 4; i++) {
+      const yy = Math.round(y(step * i)) + 0.5;
+      ctx.beginPath();
+      ctx.moveTo(pad.l, yy);
+      ctx.lineTo(w - pad.r, yy);
+      ctx.stroke();
+      ctx.fillText(formatCount(step * i), pad.l - 6, yy);
+    }
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    const labelEvery = Math.max(1, Math.round(180 / BUCKET)); // a time label every 3 minutes
+    starts.forEach((s, i) => {
+      if (s % (labelEvery * BUCKET) !== 0) return;
+      const d = new Date(s * 1000);
+      const xx = Math.round(pad.l + i * slot) + 0.5;
+      ctx.strokeStyle = "#1a2540";
+      ctx.beginPath();
+      ctx.moveTo(xx, pad.t);
+      ctx.lineTo(xx, pad.t + ph);
+      ctx.stroke();
+      ctx.fillStyle = "#8b9abb";
+      ctx.fillText(`${pad2(d.getHours())}:${pad2(d.getMinutes())}`, xx, pad.t + ph + 6);
+    });
+
+    const gap = Math.max(1, slot * 0.2);
+    const bar = Math.max(1, (slot - gap) / 2);
+    starts.forEach((s, i) => {
+      const b = state.buckets.get(s);
+      [["push", 0], ["pull", 1]].forEach(([action, k]) => {
+        const v = b[action];
+        if (!v) return;
+        const x0 = pad.l + i * slot + gap / 2 + k * bar;
+        const y0 = y(v);
+        ctx.fillStyle = COLORS[action];
+        ctx.fillRect(x0, y0, Math.max(1, bar - 0.5), pad.t + ph - y0);
+      });
+    });
+    ctx.strokeStyle = "#3a4a6d";
+    ctx.beginPath();
+    ctx.moveTo(pad.l, pad.t + ph + 0.5);
+    ctx.lineTo(w - pad.r, pad.t + ph + 0.5);
+    ctx.stroke();
+
+    chart.points = starts.map((s, i) => ({ x: pad.l + (i + 0.5) * slot, start: s }));
+  }
+
+  function pad2(n) {
+    return pad(n);
+  }
+
+  function onChartHover(e) {
+    const canvas = $("rate-chart");
+    const tip = $("chart-tip");
+    const rect = canvas.getBoundingClientRect();
+    const mx = e.clientX - rect.left;
+    let best = -1;
+    let dist = Infinity;
+    chart.points.forEach((p, i) => {
+      const d = Math.abs(p.x - mx);
+      if (d < dist) {
+        dist = d;
+        best = i;
+      }
+    });
+    if (best < 0) return;
+    chart.hover = best;
+    const start = chart.points[best].start;
+    const b = state.buckets.get(start);
+    if (!b) return;
+    tip.textContent = "";
+    tip.append(
+      span("", `${clock(new Date(start * 1000))} – ${clock(new Date((start + BUCKET) * 1000))}`),
+      document.createElement("br"),
+      span("", `push ${b.push} (${formatBytes(b.bytes_in)}) · pull ${b.pull} (${formatBytes(b.bytes_out)})`),
+    );
+    tip.hidden = false;
+    const left = Math.min(Math.max(chart.points[best].x + 10, 0), rect.width - tip.offsetWidth - 4);
+    tip.style.left = `${left}px`;
+    tip.style.top = "8px";
+    state.dirty = true;
+  }
+
+  function onChartLeave() {
+    chart.hover = -1;
+    $("chart-tip").hidden = true;
+    state.dirty = true;
+  }
+
+  // -- wiring
+
+  function render() {
+    if (!state.dirty) return;
+    state.dirty = false;
+    renderCounters();
+    renderTop();
+    drawChart();
+  }
+
+  function start() {
+    $("filter-repo").addEventListener("input", (e) => {
+      const glob = e.target.value.trim();
+      state.filter.regex = glob ? globToRegex(glob) : null;
+      renderStream();
+    });
+    $("filter-action").addEventListener("change", (e) => {
+      state.filter.action = e.target.value;
+      renderStream();
+    });
+    $("pause").addEventListener("click", (e) => {
+      state.paused = !state.paused;
+      e.target.setAttribute("aria-pressed", String(state.paused));
+      e.target.textContent = state.paused ? "Resume" : "Pause";
+      if (!state.paused) renderStream();
+    });
+    for (const th of document.querySelectorAll("#repos th")) {
+      th.addEventListener("click", () => {
+        const key = th.dataset.sort;
+        if (state.sort.key === key) state.sort.dir = -state.sort.dir;
+        else state.sort = { key, dir: key === "name" ? 1 : -1 };
+        renderRepos();
+      });
+    }
+    const canvas = $("rate-chart");
+    canvas.addEventListener("mousemove", onChartHover);
+    canvas.addEventListener("mouseleave", onChartLeave);
+    window.addEventListener("resize", () => {
+      state.dirty = true;
+    });
+    setInterval(() => {
+      roll();
+      state.dirty = true;
+    }, 1000);
+    setInterval(() => scheduleRefresh(0), REFRESH_EVERY);
+    const frame = () => {
+      render();
+      requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+    // Headless or hidden tabs may not run animation frames: render on a timer as well.
+    setInterval(render, 500);
+
+    (async () => {
+      await refresh();
+      while (state.countedThrough < 0) {
+        await new Promise((r) => setTimeout(r, 1000));
+        if (state.countedThrough < 0) await refresh();
+      }
+      state.lastId = Math.max(0, state.countedThrough - REPLAY);
+      connect(state.lastId);
+    })();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

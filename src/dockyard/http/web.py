@@ -1,0 +1,145 @@
+"""The Quart-trio application for everything outside ``/v2/``: the live dashboard.
+
+``RegistryApp`` keeps ``/v2/`` and the health endpoints on its raw ASGI path and hands
+every other request here; its ASGI lifespan starts and stops this app (``startup``,
+``shutdown``, and the nursery Quart runs background tasks in).
+
+Routes::
+
+    GET  /dashboard            308 to dashboard/ (relative, so a path prefix survives)
+    GET  /dashboard/           index.html
+    GET  /dashboard/<file>     the page's assets (CSS, JS, icon)
+
+The page's files are plain static files shipped in the package (``dockyard/dashboard/``),
+read once when the app is built; they need no build step and load nothing from elsewhere.
+The page gets its data from ``GET /v2/_dockyard/stats`` and the websocket feed
+``/v2/_dockyard/events`` (``docs/dashboard.md``). Anything else is a 404 with an OCI
+error body, as on ``/v2/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from dockyard.http.errors import error_body
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+# The page loads only its own files and talks only to its own origin (ws: included).
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HTTP_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED"}
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def load_dashboard_assets() -> dict[str, Asset]:
+    """The dashboard's files from the installed package, by file name."""
+    root = resources.files("dockyard") / "dashboard"
+    assets: dict[str, Asset] = {}
+    for entry in root.iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        if entry.is_file() and suffix in CONTENT_TYPES:
+            body = entry.read_bytes()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            assets[entry.name] = Asset(body, CONTENT_TYPES[suffix], etag)
+    if "index.html" not in assets:
+        raise RuntimeError(f"the dashboard's index.html is missing from {root}")
+    return assets
+
+
+def create_web_app(assets: Mapping[str, Asset]) -> QuartTrio:
+    app = QuartTrio(__name__, static_folder=None, template_folder=None)
+
+    def serve(name: str) -> Response:
+        asset = assets.get(name)
+        if asset is None:
+            return _error(404, f"no dashboard file {name[:100]!r}")
+        headers = {
+            "cache-control": "no-cache",  # revalidate: an upgrade shows at once
+            "etag": asset.etag,
+            "x-content-type-options": "nosniff",
+        }
+        if asset.content_type.startswith("text/html"):
+            headers["content-security-policy"] = CSP
+            headers["referrer-policy"] = "no-referrer"
+        if asset.etag in request.headers.get("if-none-match", ""):
+            return Response(b"", 304, headers)
+        return Response(asset.body, 200, headers, content_type=asset.content_type)
+
+    @app.route("/dashboard", methods=["GET", "HEAD"])
+    async def dashboard_slash() -> Response:
+        return Response(b"", 308, {"location": "dashboard/"})
+
+    @app.route("/dashboard/", methods=["GET", "HEAD"])
+    async def dashboard_index() -> Response:
+        return serve("index.html")
+
+    @app.route("/dashboard/<path:name>", methods=["GET", "HEAD"])
+    async def dashboard_file(name: str) -> Response:
+        return serve(name)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        if status == 404:
+            return _error(404, f"no endpoint at {request.path[:100]!r}")
+        return _error(status, e.description or "error")
+
+    return app
+
+
+def _error(status: int, message: str) -> Response:
+    code = HTTP_CODES.get(status, "UNKNOWN")
+    return Response(
+        error_body(code, message),
+        status,
+        {"docker-distribution-api-version": "registry/2.0"},
+        content_type="application/json",
+    )
+
+
+class QuartWeb:
+    """The Quart app with the interface ``RegistryApp`` drives (ASGI calls, lifespan)."""
+
+    def __init__(self, app: QuartTrio) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    async def startup(self, nursery: trio.Nursery) -> None:
+        """Start serving: Quart's before-serving hooks; background tasks go in ``nursery``."""
+        self.app.nursery = nursery
+        await self.app.startup()
+
+    async def shutdown(self) -> None:
+        """Quart's after-serving hooks; background tasks get its shutdown timeout."""
+        await self.app.shutdown()
+
+
+def build_web(assets: Mapping[str, Asset] | None = None) -> QuartWeb:
+    return QuartWeb(create_web_app(load_dashboard_assets() if assets is None else assets))
+
+
+__all__ = ["CSP", "Asset", "QuartWeb", "build_web", "create_web_app", "load_dashboard_assets"]
