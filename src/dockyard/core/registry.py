@@ -177,7 +177,11 @@ class Registry:
 
     async def delete_blob(self, ctx: RequestInfo, repository: str, digest: str) -> None:
         _parse_digest(digest)
-        event = self._event(ctx, "delete", repository, digest, kind="blob")
+        # Like every blob event, it names the media type and size (a digest has one size).
+        size = await self.db.run(self.meta.blob_size, digest)
+        event = self._event(
+            ctx, "delete", repository, digest, "application/octet-stream", size, kind="blob"
+        )
         if not await self.db.run(self.meta.unlink_blob, repository, digest, [event]):
             raise BlobUnknown(f"blob {digest} is not in {repository}")
 
@@ -636,14 +640,39 @@ class Registry:
             raise DigestInvalid(str(e)) from None
         except ReferenceError_:
             raise ManifestUnknown(f"no manifest {reference[:80]!r} in {repository}") from None
+        # Delete and untag events name the manifest's media type and size, as pushes and
+        # pulls do (so mediaType filters see them). Read before the change: a digest names
+        # one content, so what was read describes what is deleted.
         if isinstance(ref, Digest):
-            event = self._event(ctx, "delete", repository, str(ref), kind="manifest")
+            found = await self.db.run(self.meta.get_manifest, repository, str(ref))
+            event = self._event(
+                ctx,
+                "delete",
+                repository,
+                str(ref),
+                found.media_type if found else None,
+                found.size if found else None,
+                kind="manifest",
+            )
             if not await self.db.run(self.meta.delete_manifest, repository, str(ref), [event]):
                 raise ManifestUnknown(f"no manifest {ref} in {repository}")
             return
+        tagged = await self.db.run(self.meta.get_tagged_manifest, repository, ref)
 
         def untag_event(digest: str) -> list[Event]:
-            return [self._event(ctx, "untag", repository, digest, tag=ref, kind="manifest")]
+            known = tagged if tagged is not None and tagged.digest == digest else None
+            return [
+                self._event(
+                    ctx,
+                    "untag",
+                    repository,
+                    digest,
+                    known.media_type if known else None,
+                    known.size if known else None,
+                    ref,
+                    kind="manifest",
+                )
+            ]
 
         if await self.db.run(self.meta.delete_tag, repository, ref, untag_event) is None:
             raise ManifestUnknown(f"no tag {ref} in {repository}")

@@ -8,6 +8,9 @@ Layout under ``root``::
 Commit is ``fsync(upload)``, ``link(upload, blob)``, ``unlink(upload)``, ``fsync(dir)``:
 the blob path appears only once its bytes are durable, and ``link`` fails on an existing
 blob, which is how a second upload of the same digest dedupes instead of overwriting.
+A crash between ``link`` and ``unlink`` leaves an upload file that is also the blob (two
+links): a writer continuing that upload first replaces it by a private copy
+(``uploads/<upload id>.copy``, renamed over it), so a blob never changes.
 
 Chunk writes and reads happen inline on the event loop (DESIGN.md 3.2: a page-cache write
 of 64 KiB costs less than a thread hop); fsync and directory walks go to a thread.
@@ -37,6 +40,29 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _private_copy(path: str, length: int) -> None:
+    """Replace ``path`` by a new file (inode) holding its first ``length`` bytes."""
+    temporary = f"{path}.copy"
+    source = os.open(path, os.O_RDONLY)
+    try:
+        target = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            copied = 0
+            while copied < length:
+                chunk = os.pread(source, min(READ_CHUNK, length - copied), copied)
+                if not chunk:
+                    break  # shorter than length: FilesystemWriter reports it
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target, view) :]
+                copied += len(chunk)
+        finally:
+            os.close(target)
+        os.replace(temporary, path)
+    finally:
+        os.close(source)
 
 
 class FilesystemWriter:
@@ -151,9 +177,7 @@ class FilesystemStore:
 
     async def create_upload(self, upload_id: str) -> DriverState:
         try:
-            fd = os.open(
-                self._upload_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640
-            )
+            fd = os.open(self._upload_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             raise StorageError(f"upload {upload_id} already exists") from None
         os.close(fd)
@@ -162,7 +186,16 @@ class FilesystemStore:
     async def open_writer(
         self, upload_id: str, offset: int, state: DriverState
     ) -> FilesystemWriter:
-        return FilesystemWriter(self._upload_path(upload_id), offset)
+        path = self._upload_path(upload_id)
+        try:
+            shared = os.stat(path).st_nlink > 1
+        except FileNotFoundError:
+            shared = False  # the writer reports it
+        if shared:
+            # A commit died between link() and unlink(): this file is also a stored blob,
+            # which must never change. Continue on a private copy of the saved bytes.
+            await trio.to_thread.run_sync(_private_copy, path, offset)
+        return FilesystemWriter(path, offset)
 
     async def read_upload(
         self, upload_id: str, state: DriverState, length: int
