@@ -65,6 +65,14 @@ class Subscription:
         except trio.WouldBlock:
             self.lagged = True
             self._send.close()
+            # Drop what it has not taken: it is told to resume after the last event it
+            # did take, at once (not after draining a buffer it is too slow for), and a
+            # stalled client holds no buffer of events in memory meanwhile.
+            while True:
+                try:
+                    self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
             return False
         return True
 
@@ -183,7 +191,12 @@ class EventHub:
         Iterate it for events; iteration raises ``SubscriberLagged`` if it falls behind.
         """
         await self._started.wait()
-        sub = Subscription(self, event_filter, self.cursor if since is None else since, buffer)
+        if since is None:
+            # After everything committed, not only what this hub has dispatched: events
+            # another worker wrote since the last poll (or this one's still on their way
+            # to the hub) were made before the subscription and are not "from now on".
+            since = max(self.cursor, await self.db.run(self.db.meta.last_event_id))
+        sub = Subscription(self, event_filter, since, buffer)
         try:
             yield sub
         finally:

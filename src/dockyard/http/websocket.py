@@ -4,16 +4,19 @@ Protocol (documented for users in ``docs/events.md``):
 
 - Subscribe with query parameters ``since=<id>``, ``repository=<glob>``, ``action=<a>``,
   ``mediaType=<type>`` (the last three repeatable or comma-separated). With no query
-  parameters the server waits up to ``SUBSCRIBE_WAIT`` seconds for a first text message
-  ``{"type": "subscribe", "since": 17, "repository": ["team/*"], "action": ["push"]}``.
-- The server sends ``{"type": "welcome", "last_id": N, ...}``, then one
-  ``{"type": "event", "event": {...}}`` per matching event (replayed ones first when
-  ``since`` is given, then live ones, with no gap and no duplicate at the seam), and
-  ``{"type": "heartbeat", "last_id": N}`` after ``heartbeat`` idle seconds.
+  string the server waits up to ``SUBSCRIBE_WAIT`` seconds for a first text message
+  ``{"type": "subscribe", "since": 17, "repository": ["team/*"], "action": ["push"]}``
+  (without one it subscribes to everything from now on).
+- The server sends ``{"type": "welcome", "last_id": N, "since": S, "filter": {...},
+  "heartbeat": H}``, then one ``{"type": "event", "event": {...}}`` per matching event
+  (replayed ones first when ``since`` is given, then live ones, with no gap and no
+  duplicate at the seam), and ``{"type": "heartbeat", "last_id": N}`` after ``heartbeat``
+  idle seconds. There are no websocket pings: a client that hears nothing for about two
+  heartbeats takes the connection for dead.
 - A subscriber that falls ``buffer`` events behind gets ``{"type": "lagged", "last_id":
-  N}`` and close code 4008; it resumes with ``since=N``. A bad subscription gets close
-  code 4400 with the reason. Protocol-level pings (hypercorn's ``websocket_ping_interval``)
-  notice dead connections.
+  N}`` and close code 4008; it resumes with ``since=N``. A bad subscription (unknown
+  parameter or key, unknown action, ``since`` that is not an event id) gets close code
+  4400 with the reason.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ SUBSCRIBE_WAIT = 1.0
 CLOSE_LAGGED = 4008
 CLOSE_BAD_REQUEST = 4400
 CLOSE_DENIED = 4403
+# Event ids are SQLite integers: a larger ``since`` is not an id (and would overflow).
+MAX_EVENT_ID = 2**63 - 1
+SUBSCRIPTION_KEYS = ("since", "repository", "action", "mediaType")
 
 
 class BadSubscription(ValueError):
@@ -46,6 +52,12 @@ class BadSubscription(ValueError):
 
 
 def parse_subscription(params: dict[str, list[str]]) -> tuple[EventFilter, int | None]:
+    # A misspelt key (``repo=``) would otherwise subscribe to everything, silently.
+    unknown = sorted(set(params) - set(SUBSCRIPTION_KEYS))
+    if unknown:
+        raise BadSubscription(
+            f"unknown parameter {unknown[0][:40]!r} (known: {', '.join(SUBSCRIPTION_KEYS)})"
+        )
     try:
         event_filter = EventFilter.parse(params)
     except FilterError as e:
@@ -53,7 +65,10 @@ def parse_subscription(params: dict[str, list[str]]) -> tuple[EventFilter, int |
     since: int | None = None
     raw = params.get("since")
     if raw:
-        if not raw[0].isdigit():
+        if len(raw) > 1:
+            raise BadSubscription("since given more than once")
+        # str.isdigit() accepts digits int() refuses ("²"): only ASCII digits are ids.
+        if not (raw[0].isascii() and raw[0].isdigit()) or int(raw[0]) > MAX_EVENT_ID:
             raise BadSubscription(f"since must be an event id, not {raw[0][:20]!r}")
         since = int(raw[0])
     return event_filter, since
@@ -66,6 +81,9 @@ def _message_params(text: str) -> dict[str, list[str]]:
         raise BadSubscription("the first message must be a JSON subscribe message") from None
     if not isinstance(doc, dict) or doc.get("type") != "subscribe":
         raise BadSubscription('the first message must have "type": "subscribe"')
+    unknown = sorted(set(doc) - {"type", *SUBSCRIPTION_KEYS})
+    if unknown:
+        raise BadSubscription(f"unknown key {unknown[0][:40]!r} in the subscribe message")
     params: dict[str, list[str]] = {}
     for key in ("repository", "action", "mediaType"):
         value = doc.get(key, [])
@@ -76,8 +94,8 @@ def _message_params(text: str) -> dict[str, list[str]]:
         params[key] = value
     since = doc.get("since")
     if since is not None:
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-            raise BadSubscription("since must be a non-negative integer")
+        if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= MAX_EVENT_ID:
+            raise BadSubscription("since must be an event id (a non-negative integer)")
         params["since"] = [str(since)]
     return params
 
@@ -101,9 +119,10 @@ class EventFeed:
         if not await self.authorizer.allowed(identity, Scope("catalog")):
             await send({"type": "websocket.close", "code": CLOSE_DENIED, "reason": "denied"})
             return
-        params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = scope.get("query_string", b"").decode("latin-1")
+        params = parse_qs(query, keep_blank_values=True)
         try:
-            if not params:
+            if not query:
                 with trio.move_on_after(SUBSCRIBE_WAIT):
                     first = await receive()
                     if first["type"] == "websocket.disconnect":
@@ -131,6 +150,7 @@ class EventFeed:
                     "last_id": self.hub.cursor,
                     "since": sub.last_id,
                     "filter": event_filter.to_json(),
+                    "heartbeat": self.heartbeat,
                 }
             )
 
