@@ -327,6 +327,40 @@ class Registry:
         if expected is not None and progress.written != expected:
             raise SizeInvalid(f"body has {progress.written} bytes, {expected} were announced")
 
+    async def _receive(
+        self,
+        record: UploadRecord,
+        lease: str,
+        body: Body,
+        expected: int | None,
+        algorithm: str,
+        finishing: bool,
+    ) -> tuple[_Progress, dict[str, Any]]:
+        """Hash and append ``body`` to a claimed upload; the progress and new driver state.
+
+        If anything fails, what this request wrote is forgotten (the writer aborts).
+        """
+        progress = _Progress(await self._resume_hasher(record, algorithm))
+        try:
+            await self._stream(record, lease, progress, body, expected)
+            if progress.writer is None and finishing:
+                # No last chunk: still drop what a failed request left past the saved
+                # offset, since the commit takes the whole upload. If the bytes are gone,
+                # _commit checks whether a crashed attempt stored them.
+                with contextlib.suppress(UploadNotFound):
+                    progress.writer = await self.storage.open_writer(
+                        record.id, record.received, record.driver_state
+                    )
+            state = record.driver_state
+            if progress.writer is not None:
+                state = await progress.writer.close()
+        except BaseException:
+            if progress.writer is not None:
+                with trio.CancelScope(shield=True):
+                    await progress.writer.abort()
+            raise
+        return progress, state
+
     async def write_chunk(
         self,
         repository: str,
@@ -339,17 +373,9 @@ class Registry:
         record = await self._get_upload(repository, upload_id)
         lease = await self._claim(record, start)
         try:
-            progress = _Progress(await self._resume_hasher(record, record.algorithm))
-            try:
-                await self._stream(record, lease, progress, body, expected)
-                state = record.driver_state
-                if progress.writer is not None:
-                    state = await progress.writer.close()
-            except BaseException:
-                if progress.writer is not None:
-                    with trio.CancelScope(shield=True):
-                        await progress.writer.abort()
-                raise
+            progress, state = await self._receive(
+                record, lease, body, expected, record.algorithm, finishing=False
+            )
             offset = record.received + progress.written
             with trio.CancelScope(shield=True):
                 await self.db.run(
@@ -385,25 +411,9 @@ class Registry:
         record = await self._get_upload(repository, upload_id)
         lease = await self._claim(record, start)
         try:
-            progress = _Progress(await self._resume_hasher(record, want.algorithm))
-            try:
-                await self._stream(record, lease, progress, body, expected)
-                if progress.writer is None:
-                    # No last chunk: still drop what a failed request left past the saved
-                    # offset, since the commit takes the whole upload.
-                    # If the bytes are gone, _commit checks whether a crashed attempt stored them.
-                    with contextlib.suppress(UploadNotFound):
-                        progress.writer = await self.storage.open_writer(
-                            record.id, record.received, record.driver_state
-                        )
-                state = record.driver_state
-                if progress.writer is not None:
-                    state = await progress.writer.close()
-            except BaseException:
-                if progress.writer is not None:
-                    with trio.CancelScope(shield=True):
-                        await progress.writer.abort()
-                raise
+            progress, state = await self._receive(
+                record, lease, body, expected, want.algorithm, finishing=True
+            )
             size = record.received + progress.written
             got = progress.hasher.digest()
             if got != want:

@@ -467,40 +467,38 @@ class SQLiteMeta:
 
     # -- manifests and tags
 
-    def linked_blobs(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
-        """Of ``digests``, those linked to ``repository``, with their sizes."""
-        if not digests:
-            return {}
+    def _sizes_in(self, sql: str, repository: str, digests: Sequence[str]) -> dict[str, int]:
+        """Run ``sql`` (a query of (digest, size) with ``{marks}`` for the digest list) in
+        batches that stay under SQLite's bound-parameter limit."""
         conn = self._conn()
         out: dict[str, int] = {}
         for start in range(0, len(digests), 500):
             part = digests[start : start + 500]
-            marks = ",".join("?" * len(part))
             rows = conn.execute(
-                "SELECT b.digest, b.size FROM repository_blobs rb"
-                " JOIN repositories r ON r.id = rb.repository_id"
-                " JOIN blobs b ON b.digest = rb.digest"
-                f" WHERE r.name = ? AND rb.digest IN ({marks})",
-                (repository, *part),
+                sql.format(marks=",".join("?" * len(part))), (repository, *part)
             ).fetchall()
             out.update({d: int(s) for d, s in rows})
         return out
 
+    def linked_blobs(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
+        """Of ``digests``, those linked to ``repository``, with their sizes."""
+        return self._sizes_in(
+            "SELECT b.digest, b.size FROM repository_blobs rb"
+            " JOIN repositories r ON r.id = rb.repository_id"
+            " JOIN blobs b ON b.digest = rb.digest"
+            " WHERE r.name = ? AND rb.digest IN ({marks})",
+            repository,
+            digests,
+        )
+
     def existing_manifests(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
-        if not digests:
-            return {}
-        conn = self._conn()
-        out: dict[str, int] = {}
-        for start in range(0, len(digests), 500):
-            part = digests[start : start + 500]
-            marks = ",".join("?" * len(part))
-            rows = conn.execute(
-                "SELECT m.digest, m.size FROM manifests m JOIN repositories r"
-                f" ON r.id = m.repository_id WHERE r.name = ? AND m.digest IN ({marks})",
-                (repository, *part),
-            ).fetchall()
-            out.update({d: int(s) for d, s in rows})
-        return out
+        """Of ``digests``, the manifests stored in ``repository``, with their sizes."""
+        return self._sizes_in(
+            "SELECT m.digest, m.size FROM manifests m JOIN repositories r"
+            " ON r.id = m.repository_id WHERE r.name = ? AND m.digest IN ({marks})",
+            repository,
+            digests,
+        )
 
     def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
         with self._write() as conn:
