@@ -56,9 +56,18 @@ class DockyardServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "dockyard.cli", "serve",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(self.workers), "--data-dir", str(self.data_dir),
+                sys.executable,
+                "-m",
+                "dockyard.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--data-dir",
+                str(self.data_dir),
             ],
             env=env,
             stdout=log,

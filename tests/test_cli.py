@@ -46,9 +46,7 @@ def test_config_check_names_an_unknown_key(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_bad_value_before_listening(tmp_path: Path) -> None:
-    result = run(
-        "serve", "--data-dir", str(tmp_path), env={"DOCKYARD_STORAGE_DRIVER": "floppy"}
-    )
+    result = run("serve", "--data-dir", str(tmp_path), env={"DOCKYARD_STORAGE_DRIVER": "floppy"})
     assert result.returncode == 2
     assert "storage.driver" in result.stderr and "floppy" in result.stderr
     assert not (tmp_path / "dockyard.sqlite3").exists()
