@@ -73,11 +73,15 @@ class FilesystemWriter:
             self._fd = os.open(path, os.O_WRONLY)
         except FileNotFoundError:
             raise UploadNotFound(path) from None
-        if os.fstat(self._fd).st_size < offset:
+        size = os.fstat(self._fd).st_size
+        if size < offset:
             os.close(self._fd)
             raise StorageError(f"upload {path} holds fewer than {offset} bytes")
-        # Anything past offset was written by a request that did not finish: drop it.
-        os.ftruncate(self._fd, offset)
+        if size > offset:
+            # Anything past offset was written by a request that did not finish: drop it.
+            # Only then: ext4 flushes a file on close() after it was truncated to zero
+            # (auto_da_alloc), which cost 0.5 s per GiB uploaded when done every time.
+            os.ftruncate(self._fd, offset)
         os.lseek(self._fd, offset, os.SEEK_SET)
 
     async def write(self, data: bytes) -> None:
