@@ -62,6 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
     # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
     config.workers = settings.server.workers
     config.graceful_timeout = settings.server.graceful_timeout
+    # Body chunks queued per request: with server.read_size this bounds memory per upload.
+    config.max_app_queue_size = 4
     # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each
     # closed websocket's task alive until its next ping (a graceful stop then waits the
     # whole graceful_timeout). The event feed's own heartbeat messages keep connections

@@ -40,6 +40,9 @@ class ServerSettings:
     # URL clients use to reach this registry (target URLs in webhook bodies); empty means
     # http://<host>:<port>.
     public_url: str = ""
+    # Bytes read from a connection at a time: the largest request-body chunk handled at
+    # once. Memory per upload is at most 4 such chunks (hypercorn's app queue).
+    read_size: int = 256 * 1024
 
 
 @dataclass
@@ -315,6 +318,8 @@ def _validate(s: Settings) -> None:
         )
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
+    if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
+        raise ConfigError("server.read_size: must be between 16384 and 16777216 bytes")
     if s.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
     if s.database.threads < 1:
