@@ -7,6 +7,11 @@ bytes, and serves downloads from one zero buffer with flow control. Running a sc
 against it measures the client (and this trivial server) on the same machine: when that
 ceiling is far above a registry's figure, the client was not what limited it.
 
+It also serves an event feed shaped like dockyard's (``/v2/_dockyard/events``, a
+websocket): a welcome message on connect, then, after each manifest PUT has been
+answered, one ``event`` message to every subscriber (no filters, no log, no replay), so
+the events scenario's subscribers have a ceiling too.
+
 Run alone: ``python -m perf.discard --port 5999`` (loopback only). One process, asyncio.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -27,6 +33,20 @@ UPLOADS = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?")
 UPLOAD = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<id>[^/?]+)")
 MANIFEST = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)")
 TAGS = re.compile(r"/v2/(?P<name>.+)/tags/list")
+FEED_PATH = "/v2/_dockyard/events"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(text: bytes) -> bytes:
+    """An unmasked final text frame (server to client)."""
+    n = len(text)
+    if n < 126:
+        head = bytes([0x81, n])
+    elif n < 1 << 16:
+        head = bytes([0x81, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 127]) + n.to_bytes(8, "big")
+    return head + text
 
 
 class State:
@@ -36,6 +56,8 @@ class State:
         self.manifests: dict[str, tuple[str, bytes]] = {}  # digest -> (type, bytes)
         self.tags: dict[tuple[str, str], str] = {}  # (repo, tag) -> digest
         self.repos: set[str] = set()
+        self.subscribers: set[Discard] = set()  # event feed websockets
+        self.events = 0
 
 
 class Discard(asyncio.BufferedProtocol):
@@ -51,6 +73,7 @@ class Discard(asyncio.BufferedProtocol):
         self.paused: asyncio.Event | None = None
         self.sending = False
         self.queue: list[tuple[bytes, int]] = []  # (head, body length) waiting to go
+        self.websocket = False  # upgraded to the event feed: input is ignored
 
     # -- asyncio protocol
 
@@ -72,6 +95,8 @@ class Discard(asyncio.BufferedProtocol):
         self.paused.set()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.websocket:
+            return  # a subscriber's close frame or pong: nothing to answer
         data = self.view[:nbytes]
         while len(data):
             if self.remaining < 0:
@@ -86,6 +111,8 @@ class Discard(asyncio.BufferedProtocol):
                 self.head = self.head[:end]
                 self._start_request(bytes(self.head))
                 self.head = bytearray()
+                if self.websocket:
+                    return
                 if self.remaining < 0:
                     if self.transport is None or self.transport.is_closing():
                         return
@@ -131,6 +158,8 @@ class Discard(asyncio.BufferedProtocol):
         s = self.state
         if path in ("/v2/", "/v2"):
             return self._respond(200, b"{}")
+        if path == FEED_PATH and headers.get("upgrade", "").lower() == "websocket":
+            return self._upgrade(headers)
         if path == "/v2/_catalog":
             body = json.dumps({"repositories": sorted(s.repos)}).encode()
             return self._respond(200, body)
@@ -190,7 +219,8 @@ class Discard(asyncio.BufferedProtocol):
                 s.repos.add(name)
                 if not ref.startswith("sha256:"):
                     s.tags[(name, ref)] = digest
-                return self._respond(201, b"", [("docker-content-digest", digest)])
+                self._respond(201, b"", [("docker-content-digest", digest)])
+                return self._publish(name, ref, digest, media, len(payload))
             digest = ref if ref.startswith("sha256:") else s.tags.get((name, ref), "")
             found = s.manifests.get(digest)
             if found is None:
@@ -198,6 +228,35 @@ class Discard(asyncio.BufferedProtocol):
             hdrs = [("content-type", found[0]), ("docker-content-digest", digest)]
             return self._respond(200, found[1], hdrs, head=method == "HEAD")
         return self._respond(404, b"")
+
+    # -- the event feed
+
+    def _upgrade(self, headers: dict[str, str]) -> None:
+        key = headers.get("sec-websocket-key", "").encode("latin-1")
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+        head = (
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+            f"connection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        ).encode("latin-1")
+        n = self.state.events
+        welcome = {"type": "welcome", "last_id": n, "since": n, "filter": {}, "heartbeat": 0}
+        assert self.transport is not None
+        self.transport.write(head + ws_frame(json.dumps(welcome).encode()))
+        self.websocket = True
+        self.state.subscribers.add(self)
+
+    def _publish(self, name: str, ref: str, digest: str, media: str, size: int) -> None:
+        s = self.state
+        if not s.subscribers:
+            return
+        s.events += 1
+        target: dict[str, object] = {"kind": "manifest", "repository": name, "digest": digest}
+        target.update(mediaType=media, size=size, tag=ref)
+        doc = {"type": "event", "event": {"id": s.events, "action": "push", "target": target}}
+        frame = ws_frame(json.dumps(doc, separators=(",", ":")).encode())
+        for sub in list(s.subscribers):
+            if sub.transport is not None and not sub.transport.is_closing():
+                sub.transport.write(frame)
 
     # -- responses
 
@@ -256,6 +315,7 @@ class Discard(asyncio.BufferedProtocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.state.subscribers.discard(self)
         self.queue.clear()
         if self.paused is not None:
             self.paused.set()

@@ -6,6 +6,10 @@ the ratio cancels slow drifts of a shared machine) and its median is what a goal
 judged on. Rates (names ending in ``mib_s``, ``req_s``, ``images_s``) are better higher;
 times, latencies, CPU per unit, memory growth and the upload ratio are better lower;
 counts (items, pages, MiB moved) are neither.
+
+A case that did not run against a registry (the events scenario against one without the
+websocket feed) has a record with no figures and ``info["skipped"]``: its cells say
+"not run" and the reason follows the table, so no figure is made up for it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from perf.scenarios import Record
 
-HIGHER = ("mib_s", "req_s", "images_s", "blobs_s")
+HIGHER = ("mib_s", "req_s", "images_s", "blobs_s", "on_off_ratio")
 
 # Headline figures per scenario (others stay in the raw JSON lines).
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -53,13 +57,45 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "pull-storm": ("images_s", "mib_s", "image_p99_ms", "server_cpu_s_per_gib"),
     "catalog": ("seconds", "items", "pages", "server_cpu_s"),
     "big-blob": ("mib_s", "peak_rss_growth_mib", "server_cpu_s_per_gib"),
+    "events": (
+        # delivery
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "min_ms",
+        "subscribers",
+        "complete_subscribers",
+        "lost_events",
+        "lagged",
+        "disconnected",
+        "server_cpu_ms_per_push",
+        # pulls-*: pull events on versus off
+        "on_req_s",
+        "off_req_s",
+        "on_mib_s",
+        "off_mib_s",
+        "on_off_ratio",
+        "pull_events_cost_pct",
+        "on_server_cpu_us_per_req",
+        "off_server_cpu_us_per_req",
+        "cpu_cost_pct",
+    ),
 }
 # Per case, figures that mean nothing there.
 SKIP = {
     ("blob-pull", "full"): ("req_s", "p50_ms", "p99_ms", "server_cpu_ms_per_req"),
     ("blob-pull", "ranged"): ("blob_p99_ms", "server_cpu_s_per_gib"),
 }
-NEUTRAL = ("items", "pages", "uploaded_mib", "logical_mib", "client_cpu_us_per_req")
+NEUTRAL = (
+    "items",
+    "pages",
+    "uploaded_mib",
+    "logical_mib",
+    "client_cpu_us_per_req",
+    "subscribers",
+    "complete_subscribers",
+    "min_ms",  # below zero when an event beat its push response: information, not a goal
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +126,8 @@ GOALS = (
     Goal("pull-storm", None, "images_s", "ratio_min", 1.0),
     Goal("catalog", None, "seconds", "abs_max", 0.2),
     Goal("big-blob", None, "peak_rss_growth_mib", "abs_max", 64.0),
+    Goal("events", "delivery", "p99_ms", "abs_max", 100.0),
+    Goal("events", None, "pull_events_cost_pct", "abs_max", 10.0),
 )
 
 # Distribution 3.1's server CPU per unit of work, as measured for the issue (its medians).
@@ -139,6 +177,10 @@ class Row:
     ratios: list[float]
     ceiling: float | None
     failures: int
+    b_skipped: str | None = None  # why the case did not run against B
+
+    def b_cell(self) -> str:
+        return "not run" if self.b_skipped and not self.b else self.cell(self.b)
 
     def cell(self, values: list[float]) -> str:
         if not values:
@@ -188,6 +230,7 @@ def build_rows(records: Iterable[Record]) -> list[Row]:
         runs = by_key[(scenario, case)]
         a, b, ceiling = runs.get("A", {}), runs.get("B", {}), runs.get("ceiling", {})
         failures = sum(r.failures for r in [*a.values(), *b.values()])
+        b_skipped = next((r.skipped for r in b.values() if r.skipped), None)
         skip = SKIP.get((scenario, case), ())
         for figure in HEADLINES.get(scenario, ()):
             if figure in skip:
@@ -202,15 +245,32 @@ def build_rows(records: Iterable[Record]) -> list[Row]:
                 if figure in a[k].figures and b[k].figures.get(figure)
             ]
             ceil = next(iter(ceiling.values())).figures.get(figure) if ceiling else None
-            rows.append(Row(scenario, case, figure, av, bv, ratios, ceil, failures))
+            rows.append(Row(scenario, case, figure, av, bv, ratios, ceil, failures, b_skipped))
             failures = 0  # report a case's failures once
     return rows
+
+
+def skipped_notes(records: Sequence[Record], names: dict[str, str]) -> list[str]:
+    """One line per scenario and registry that a case was not run against, and why."""
+    seen: dict[tuple[str, str], tuple[list[str], str]] = {}
+    for r in records:
+        why = r.skipped
+        if why is None:
+            continue
+        cases, _ = seen.setdefault((r.scenario, r.label), ([], why))
+        if r.case not in cases:
+            cases.append(r.case)
+    return [
+        f"- {scenario} ({', '.join(cases)}) not run against {label} "
+        f"({names.get(label, label)}): {why}"
+        for (scenario, label), (cases, why) in seen.items()
+    ]
 
 
 def table(records: Sequence[Record], names: dict[str, str]) -> str:
     """A Markdown table of headline figures; ``names`` maps labels to server names."""
     rows = build_rows(records)
-    compare = any(r.b for r in rows)
+    compare = any(r.b or r.b_skipped for r in rows)
     has_ceiling = any(r.ceiling is not None for r in rows)
     has_a = any(r.a for r in rows)
     head = ["scenario", "case", "figure"]
@@ -232,12 +292,15 @@ def table(records: Sequence[Record], names: dict[str, str]) -> str:
             if row.ratios:
                 ratio = f"{fmt(median(row.ratios))} [{', '.join(fmt(x) for x in row.ratios)}]"
             t = row.target()
-            cells += [row.cell(row.b), ratio, t.describe() if t else "", row.verdict()]
+            cells += [row.b_cell(), ratio, t.describe() if t else "", row.verdict()]
         elif row.failures:
             cells[-1] += f" FAILED x{row.failures}"
         if has_ceiling:
             cells.append(fmt(row.ceiling) if row.ceiling is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    notes = skipped_notes(records, names)
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 

@@ -8,13 +8,18 @@ installs Debian's docker-registry if missing, starts dockyard (``--workers`` one
 core) and docker-registry on loopback with temporary data directories, runs every
 scenario once against the discard server (the client's ceiling), then 5 alternated
 repeats against both (A, B, B, A, ...), stops both by pid, and appends a dated section to
-``perf/RESULTS.md`` with the raw JSON lines in ``perf/results/``.
+``perf/RESULTS.md`` with the raw JSON lines in ``perf/results/``. The events scenario runs
+last and against dockyard only (Distribution has no event feed): for it a second
+dockyard with pull events off is started, compared with the first (on, off, off, on, ...)
+and stopped again.
 
 Other uses::
 
     python -m perf.run all --compare --quick          # tiny sizes, 1 repeat, no record
     python -m perf.run blob-push catalog --compare --repeats 3 --big-size 256M
     python -m perf.run manifest-rps --url http://127.0.0.1:5000 --pid 1234
+    python -m perf.run events --url http://127.0.0.1:5000 --pid 1234 \\
+        --pulls-off-url http://127.0.0.1:5001 --pulls-off-pid 5678
     python -m perf.run all --compare --a http://127.0.0.1:5000 --a-pid 11 \\
                                      --b http://127.0.0.1:5001 --b-pid 22
     python -m perf.run all --ceiling                  # only the discard server
@@ -30,12 +35,13 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 from perf import report
 from perf.scenarios import SCENARIOS, Params, Record, Scenario, Target
-from perf.servers import DiscardServer, Distribution, Dockyard, Server
+from perf.servers import PULL_EVENTS_OFF, DiscardServer, Distribution, Dockyard, Server
 
 HERE = Path(__file__).resolve().parent
 ORDER = list(SCENARIOS)
@@ -50,6 +56,11 @@ def parse_size(text: str) -> int:
 
 
 def summary(record: Record) -> str:
+    if record.skipped:
+        return (
+            f"  {record.scenario}/{record.case} {record.label}={record.server} "
+            f"r{record.repeat}: not run: {record.skipped}"
+        )
     keys = report.HEADLINES.get(record.scenario, ())
     skip = report.SKIP.get((record.scenario, record.case), ())
     parts = [f"{k}={report.fmt(record.figures[k])}" for k in keys if k in record.figures]
@@ -125,9 +136,9 @@ def results_section(
         f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}, at end "
         f"{', '.join(f'{x:.2f}' for x in info.get('loadavg_end', ()))}.",
     ]
-    for label in ("A", "B"):
-        if label in names:
-            lines.append(f"- {label}: {info['descriptions'].get(label, names[label])}")
+    for label in ("A", "A-off", "B"):
+        if label in names or label in info["descriptions"]:
+            lines.append(f"- {label}: {info['descriptions'].get(label, names.get(label))}")
     lines += [
         f"- Repeats: {info['repeats']} alternated (A, B, B, A, ...); figures are median "
         "[min-max] over the repeats, A/B ratios per repeat.",
@@ -136,12 +147,32 @@ def results_section(
         "",
         report.table(records, names),
         "",
+        *events_notes(records),
         "Server CPU per unit of work beside Distribution 3.1's (from the perf issue):",
         "",
         report.reference_table(records, names),
         "",
     ]
     return "\n".join(lines)
+
+
+def events_notes(records: Sequence[Record]) -> list[str]:
+    """How the events figures were measured, when the scenario ran (RESULTS.md)."""
+    if not any(r.scenario == "events" and not r.skipped for r in records):
+        return []
+    return [
+        "events: `delivery` latency is, per subscriber and push, the subscriber's arrival "
+        "time of the event (CLOCK_MONOTONIC right after the `recv` that completed its "
+        "websocket frame, in the subscriber processes) minus the time the PUT's 201 "
+        "response reached this host (its kernel receive timestamp, SO_TIMESTAMPNS, moved "
+        "to CLOCK_MONOTONIC); negative when an event beat its push response (`min_ms`). "
+        "`pulls-*` run the same workload against dockyard with pull events on and a twin "
+        "with `DOCKYARD_EVENTS_RECORD_PULLS=false` (same workers), alternately; "
+        "`pull_events_cost_pct` is 100 x (1 - on/off) of req/s per repeat, `cpu_cost_pct` "
+        "the same for server CPU per request (read until the batched pull-event writes "
+        "after the workload are done). No subscriber is connected during the pulls.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b", help="registry B's URL")
     parser.add_argument("--b-pid", type=int, action="append", default=[])
     parser.add_argument("--b-name", default="B")
+    parser.add_argument(
+        "--pulls-off-url",
+        help="events: A's twin with pull events off (started here in a managed --compare)",
+    )
+    parser.add_argument("--pulls-off-pid", type=int, action="append", default=[])
+    parser.add_argument(
+        "--subscribers", type=int, default=None, help="events: websocket subscribers (1000)"
+    )
+    parser.add_argument(
+        "--subscriber-procs", type=int, default=None, help="events: subscriber processes (2)"
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="dockyard workers (default: one per core)"
     )
@@ -205,9 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {ORDER}")
+    # events last: in a managed compare it starts (and then stops) a second dockyard.
+    names = [n for n in names if n != "events"] + [n for n in names if n == "events"]
     params = Params.quick() if args.quick else Params()
     params = params.with_overrides(
-        big_size=args.big_size, rps_engine=args.rps_engine, procs=args.procs
+        big_size=args.big_size,
+        rps_engine=args.rps_engine,
+        procs=args.procs,
+        events_subscribers=args.subscribers,
+        events_procs=args.subscriber_procs,
     )
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     managed = args.compare and not (args.a or args.b)
@@ -218,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --compare, --url URL or --ceiling")
     record = args.record if args.record is not None else (managed and not args.quick)
     workers = args.workers or len(os.sched_getaffinity(0))
+    if args.pulls_off_url and managed:
+        parser.error("--pulls-off-url is for registries already running (--url or --a)")
 
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -257,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
         elif args.url:
             targets = [Target("A", args.name, args.url, args.pid)]
+        if args.pulls_off_url and targets:
+            targets[0].pulls_off = Target(
+                "A-off", f"{targets[0].name} (pull events off)", args.pulls_off_url,
+                args.pulls_off_pid,
+            )  # fmt: skip
         if ceiling_on:
             discard = DiscardServer()
             servers.append(discard)
@@ -277,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": repeats,
             "scenarios": list(names),
             "params": params.as_dict(),
-            "targets": [t.__dict__ for t in targets],
+            "targets": [asdict(t) for t in targets],
             "descriptions": descriptions or names_map,
         }
         with open(out_path, "w") as out:
@@ -287,7 +342,23 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(report.record_json(r) + "\n")
                 out.flush()
 
-            records = run_scenarios(names, params, targets, repeats, ceiling, sink)
+            first = [n for n in names if n != "events"]
+            records = run_scenarios(first, params, targets, repeats, ceiling, sink)
+            if "events" in names:
+                twin: Dockyard | None = None
+                if managed:
+                    twin = Dockyard(workers=workers, settings=PULL_EVENTS_OFF)
+                    servers.append(twin)
+                    twin.start()
+                    targets[0].pulls_off = Target(
+                        "A-off", "dockyard (pull events off)", twin.url, [twin.pid]
+                    )
+                    descriptions["A-off"] = twin.description
+                    print(f"A-off: {twin.description} at {twin.url} pid {twin.pid}", flush=True)
+                records += run_scenarios(["events"], params, targets, repeats, ceiling, sink)
+                if twin is not None:
+                    twin.stop()
+                    servers.remove(twin)
     finally:
         for s in reversed(servers):
             s.stop()

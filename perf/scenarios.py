@@ -24,14 +24,21 @@ catalog        a repository with 10,000 tags and a catalog of 1,000 repositories
 big-blob       one upload of 4 GiB (``--big-size``), server peak RSS growth sampled from
                /proc. The same content every repeat (the second is deduplicated at
                commit by both registries, after all bytes were received and hashed).
+events         dockyard only (a registry without the websocket feed is skipped and
+               reported so): ``delivery``, N websocket subscribers (``feed.py``) and M
+               manifest pushes by tag, paced; per subscriber and push the time from the
+               PUT response to the event's arrival. ``pulls-blob-full`` and
+               ``pulls-get-tag-c16``: the blob-pull full and manifest GET workloads
+               against the target and its twin with pull events off
+               (``Target.pulls_off``), alternately (on, off, off, on, ...).
 =============  ==========================================================================
-
-Not here: ``events`` (push-to-websocket latency, pull events on/off). dockyard has no
-live event feed yet; the scenario comes with the events issue.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +46,8 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
-from perf import oci
-from perf.data import ACCEPT, Blob, GiB, Image, MiB, blob, image, streamed_blob
+from perf import feed, oci
+from perf.data import ACCEPT, OCI_MANIFEST, Blob, GiB, Image, MiB, blob, image, streamed_blob
 from perf.httpclient import Connection, split_url
 from perf.load import LoadResult, Task, run_tasks
 from perf.procstat import MemorySampler, cpu_seconds, process_tree
@@ -86,6 +93,14 @@ class Params:
     catalog_page: int = 1_000
     catalog_passes: int = 3
     big_size: int = 4 * GiB
+    events_subscribers: int = 1000
+    events_pushes: int = 50
+    events_rate: float = 10.0  # pushes per second
+    events_procs: int = 2  # subscriber processes (epoll loops)
+    events_grace: float = 10.0  # how long after the last push events may still arrive
+    events_setup_timeout: float = 120.0  # to connect and welcome every subscriber
+    events_pull_connections: int = 16  # the manifest GET half of the on/off comparison
+    events_flush_wait: float = 0.6  # after a pull workload: pull events reach the log
     procs: int = 2  # client processes for request-heavy phases
     time_limit: float = 600.0  # per timed phase
     setup_concurrency: int = 8
@@ -124,6 +139,10 @@ class Params:
             catalog_page=50,
             catalog_passes=1,
             big_size=64 * MiB,
+            events_subscribers=50,
+            events_pushes=5,
+            events_grace=5.0,
+            events_setup_timeout=30.0,
             time_limit=120.0,
         )
 
@@ -136,12 +155,17 @@ class Params:
 
 @dataclass
 class Target:
-    """A registry under test: ``label`` is A, B or ``ceiling``; ``pids`` its processes."""
+    """A registry under test: ``label`` is A, B or ``ceiling``; ``pids`` its processes.
+
+    ``pulls_off``: the same registry (build, workers) with pull events off, for the
+    events scenario's on/off comparison.
+    """
 
     label: str
     name: str
     url: str
     pids: list[int] = field(default_factory=list)
+    pulls_off: Target | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -165,6 +189,12 @@ class Record:
     @property
     def failures(self) -> int:
         return int(self.figures.get("failed", 0) + self.figures.get("not_run", 0))
+
+    @property
+    def skipped(self) -> str | None:
+        """Why this case did not run against this registry (no figures then)."""
+        why = self.info.get("skipped")
+        return str(why) if why else None
 
 
 def measured(target: Target, fn: Callable[[], T]) -> tuple[T, float]:
@@ -691,6 +721,308 @@ class BigBlob(Scenario):
         return [self.record("upload", target, repeat, figures, info)]
 
 
+def _ms(values: Sequence[float], q: float) -> float:
+    return 1000 * percentile(values, q)
+
+
+class Events(Scenario):
+    """Push-to-subscriber latency with N websocket subscribers; pull events on vs off.
+
+    ``delivery``: N subscribers (``feed.Subscribers``: raw websocket clients in epoll
+    loops, ``events_procs`` processes) subscribe to ``repository=perf/events&action=push``
+    and each gets its welcome before anything is pushed; then M small manifests, unique
+    by an annotation, are PUT by tag at ``events_rate`` per second on one keep-alive
+    connection. For each push t0 is when its 201 response reached this host (the kernel's
+    receive timestamp, ``feed.TimedConnection``), and each subscriber's arrival is the
+    CLOCK_MONOTONIC time right after the ``recv`` that completed the event's frame (events
+    are matched by digest). Latency = arrival - t0 over every subscriber x push; an event
+    that arrives before its push response counts as negative (the server may fan out
+    before its response is on the wire). Lost events (a subscriber without the event
+    ``events_grace`` s after the last push), duplicates and failed pushes are failures.
+    Server CPU is read from the first push to the last arrival.
+
+    ``pulls-blob-full`` and ``pulls-get-tag-c16``: the blob-pull full workload and
+    manifest GETs by tag at ``events_pull_connections`` for ``rps_duration`` s, each run
+    against the target (pull events on) and ``target.pulls_off`` (off), on then off in
+    even repeats, off then on in odd ones, with no subscriber connected. Server CPU is read
+    from the workload's start until ``events_flush_wait`` s after its end, so the batched
+    pull-event writes that follow the last requests are counted. The log's newest id
+    (the ``since`` of a feed welcome) before and after each half says how many events it
+    recorded: every pull with events on, none with them off, or the case failed.
+    """
+
+    name = "events"
+    REPO = "perf/events"
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.base = _small_image("events-base")
+        self.nonce = os.urandom(4).hex()
+        self.images: list[Image] = []
+        self.unsupported: dict[str, str] = {}
+        self._pull = BlobPull(params)
+        self._rps = ManifestRps(params)
+        self.pull_cases = ("pulls-blob-full", f"pulls-get-tag-c{params.events_pull_connections}")
+
+    @property
+    def resource(self) -> str:
+        return f"{feed.FEED_PATH}?repository={self.REPO}&action=push"
+
+    def setup(self, target: Target) -> None:
+        host, port = target.address
+        try:
+            feed.welcome(host, port, self.resource)
+        except feed.FeedUnavailable as e:
+            self.unsupported[target.url] = f"no websocket event feed at {feed.FEED_PATH} ({e})"
+            return
+        base = self.base
+        _setup(target, [lambda c: oci.push_image(c, self.REPO, "base", base)], self.p, "events")
+        twin = self._twin(target)
+        for t in [target] + ([twin] if twin is not None and twin is not target else []):
+            self._pull.setup(t)
+            self._rps.setup(t)
+
+    def prepare(self, repeat: int) -> None:
+        self._pull.prepare(repeat)  # frees the pushed blobs' memory
+        base = json.loads(self.base.manifest)
+        self.images = []
+        for i in range(self.p.events_pushes):
+            doc = dict(base, annotations={"perf.events.push": f"{self.nonce}-r{repeat}-{i}"})
+            raw = json.dumps(doc, separators=(",", ":")).encode()
+            digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+            config, layers = self.base.config, self.base.layers
+            self.images.append(Image(f"events-{i}", config, layers, raw, digest))
+
+    def _twin(self, target: Target) -> Target | None:
+        # The discard server has no pull events to turn off: both halves run against it,
+        # and its on/off difference is the measurement's own noise.
+        return target.pulls_off or (target if target.label == "ceiling" else None)
+
+    def run(self, target: Target, repeat: int) -> list[Record]:
+        why = self.unsupported.get(target.url)
+        if why is not None:
+            cases = ("delivery", *self.pull_cases)
+            return [self.record(c, target, repeat, {}, {"skipped": why}) for c in cases]
+        out = [self._delivery(target, repeat)]
+        twin = self._twin(target)
+        if twin is None:
+            why = "no registry with pull events off to compare with (--pulls-off-url)"
+            return out + [
+                self.record(c, target, repeat, {}, {"skipped": why}) for c in self.pull_cases
+            ]
+        return out + self._pulls(target, twin, repeat)
+
+    # -- delivery
+
+    def _delivery(self, target: Target, repeat: int) -> Record:
+        p = self.p
+        host, port = target.address
+        subs = feed.Subscribers(
+            host,
+            port,
+            self.resource,
+            p.events_subscribers,
+            p.events_procs,
+            setup_timeout=p.events_setup_timeout,
+            time_limit=p.time_limit,
+        )
+        pushed: list[tuple[str, feed.Timed]] = []
+        push_failed = not_run = 0
+        errors: list[str] = []
+        with subs:
+            ready = subs.start()
+            errors += ready.errors
+            pids = process_tree(target.pids)
+            cpu0 = cpu_seconds(pids)
+            conn = feed.TimedConnection(host, port)
+            headers = [("content-type", OCI_MANIFEST), ("user-agent", "dockyard-perf")]
+            start = time.monotonic()
+            try:
+                for i, im in enumerate(self.images):
+                    due = start + i / p.events_rate
+                    if due > start + p.time_limit:
+                        not_run += 1
+                        continue
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    try:
+                        timed = conn.request(
+                            "PUT", f"/v2/{self.REPO}/manifests/p{i}", headers, im.manifest
+                        )
+                    except (OSError, ValueError) as e:
+                        push_failed += 1
+                        errors.append(f"PUT p{i}: {type(e).__name__}: {e}")
+                        continue
+                    if timed.status != 201:
+                        push_failed += 1
+                        errors.append(f"PUT p{i}: HTTP {timed.status} {timed.body[:120]!r}")
+                        continue
+                    pushed.append((im.digest, timed))
+            finally:
+                conn.close()
+            result = subs.finish([d for d, _ in pushed], time.monotonic() + p.events_grace)
+            cpu = cpu_seconds(pids) - cpu0
+            errors += result.errors
+        lat: list[float] = []
+        from_request: list[float] = []
+        complete = duplicates = lagged = disconnected = heartbeats = 0
+        for sub in result.subs:
+            arrivals = sub["arrivals"]
+            got = 0
+            for digest, timed in pushed:
+                t = arrivals.get(digest)
+                if t is not None:
+                    got += 1
+                    lat.append(t - timed.arrived)
+                    from_request.append(t - timed.sent)
+            complete += got == len(pushed)
+            duplicates += sub["dups"]
+            heartbeats += sub["heartbeats"]
+            if sub["lagged"] is not None:
+                lagged += 1
+            elif sub["eof"] or sub["close_code"] is not None:
+                disconnected += 1
+        expected = p.events_subscribers * len(pushed)
+        lost = expected - len(lat)
+        rtt = [t.arrived - t.sent for _, t in pushed]
+        pusher_lag = [t.read - t.arrived for _, t in pushed]
+        figures = {
+            "subscribers": p.events_subscribers,
+            "welcomed": ready.welcomed,
+            "connect_failures": ready.failed,
+            "connect_s": ready.connect_s,
+            "pushes": len(pushed),
+            "events_expected": expected,
+            "events_received": len(lat),
+            "lost_events": lost,
+            "duplicates": duplicates,
+            "complete_subscribers": complete,
+            "lagged": lagged,
+            "disconnected": disconnected,
+            "heartbeats": heartbeats,
+            "p50_ms": _ms(lat, 50),
+            "p99_ms": _ms(lat, 99),
+            "max_ms": 1000 * max(lat) if lat else float("nan"),
+            "min_ms": 1000 * min(lat) if lat else float("nan"),
+            "early_events": sum(1 for x in lat if x < 0),
+            "from_request_p50_ms": _ms(from_request, 50),
+            "from_request_p99_ms": _ms(from_request, 99),
+            "from_request_min_ms": 1000 * min(from_request) if from_request else float("nan"),
+            "push_rtt_p50_ms": _ms(rtt, 50),
+            "pusher_lag_p99_ms": _ms(pusher_lag, 99),
+            "server_cpu_s": cpu,
+            "server_cpu_ms_per_push": 1000 * cpu / max(len(pushed), 1),
+            "server_cpu_us_per_event": 1e6 * cpu / max(len(lat), 1),
+            "client_cpu_s": result.client_cpu_s,
+            "failed": lost + duplicates + push_failed,
+            "not_run": not_run,
+        }
+        info: dict[str, Any] = {
+            "procs": subs.procs,
+            "rate": p.events_rate,
+            "resource": self.resource,
+            "kernel_stamps": all(t.kernel_stamp for _, t in pushed),
+            "clock": "t0: kernel receive time of the PUT response (SO_TIMESTAMPNS) on "
+            "CLOCK_MONOTONIC; arrival: CLOCK_MONOTONIC after the recv completing the frame",
+        }
+        if errors:
+            info["errors"] = errors[:5]
+        return self.record("delivery", target, repeat, figures, info)
+
+    # -- pull events on versus off
+
+    def _log_position(self, target: Target) -> int | None:
+        host, port = target.address
+        since = feed.welcome(host, port, self.resource).get("since")
+        return since if isinstance(since, int) else None
+
+    def _half(self, target: Target, case: str, repeat: int) -> tuple[dict[str, float], list[str]]:
+        p = self.p
+        host, port = target.address
+        before = self._log_position(target)
+        pids = process_tree(target.pids)
+        cpu0 = cpu_seconds(pids)
+        if case == "pulls-blob-full":
+            tasks: list[Task] = []
+            for _ in range(p.pull_rounds):
+                tasks += [
+                    partial(oci.get_blob, repo=BlobPull.REPO, digest=d)
+                    for d, _ in self._pull.digests
+                ]
+            res = run_tasks(host, port, tasks, p.pull_concurrency, time_limit=p.time_limit)
+            ok, failed, not_run, requests = res.ok, res.failed, res.not_run, res.requests
+            received, elapsed, errors = res.received, res.elapsed, res.errors
+            p99 = percentile(res.latencies, 99)
+        else:
+            headers = [("accept", ACCEPT), ("user-agent", "dockyard-perf")]
+            refs = [f"/v2/{ManifestRps.REPO}/manifests/t{i}" for i in range(p.rps_tags)]
+            rate = self._rps._rate(target, "GET", refs, p.events_pull_connections, headers)
+            ok, failed, not_run, requests = rate.ok, rate.failed, 0, rate.ok + rate.failed
+            received, elapsed, errors = rate.received, rate.elapsed, rate.errors
+            p99 = rate.p99_s if rate.p99_s is not None else percentile(rate.latencies, 99)
+        time.sleep(p.events_flush_wait)
+        cpu = cpu_seconds(pids) - cpu0
+        after = self._log_position(target)
+        recorded = after - before if before is not None and after is not None else float("nan")
+        return {
+            "req_s": ok / elapsed,
+            "mib_s": received / MiB / elapsed,
+            "requests": requests,
+            "p99_ms": 1000 * p99,
+            "server_cpu_s": cpu,
+            "server_cpu_us_per_req": 1e6 * cpu / max(requests, 1),
+            "events_recorded": recorded,
+            "failed": failed,
+            "not_run": not_run,
+        }, list(errors)
+
+    def _pulls(self, target: Target, twin: Target, repeat: int) -> list[Record]:
+        out = []
+        halves = [("on", target), ("off", twin)]
+        if repeat % 2:
+            halves.reverse()
+        for case in self.pull_cases:
+            got: dict[str, dict[str, float]] = {}
+            errors: list[str] = []
+            for which, t in halves:
+                got[which], errs = self._half(t, case, repeat)
+                errors += [f"{which}: {e}" for e in errs]
+            on, off = got["on"], got["off"]
+            failed = on["failed"] + off["failed"]
+            if twin is not target:  # a registry with an event log: check what it recorded
+                if not on["events_recorded"] >= 1:
+                    failed += 1
+                    errors.append(f"on: {on['events_recorded']} events recorded for the pulls")
+                if off["events_recorded"] != 0:
+                    failed += 1
+                    errors.append(f"off: {off['events_recorded']} events recorded, expected 0")
+            ratio = on["req_s"] / off["req_s"] if off["req_s"] else float("nan")
+            cpu_ratio = (
+                on["server_cpu_us_per_req"] / off["server_cpu_us_per_req"]
+                if off["server_cpu_us_per_req"]
+                else float("nan")
+            )
+            figures = {f"{which}_{k}": v for which in ("on", "off") for k, v in got[which].items()}
+            figures.update(
+                on_off_ratio=ratio,
+                pull_events_cost_pct=100 * (1 - ratio),
+                cpu_cost_pct=100 * (cpu_ratio - 1),
+                failed=failed,
+                not_run=on["not_run"] + off["not_run"],
+            )
+            for k in ("on_failed", "off_failed", "on_not_run", "off_not_run"):
+                figures.pop(k)
+            info: dict[str, Any] = {
+                "order": [w for w, _ in halves],
+                "off": twin.name,
+                "flush_wait_s": self.p.events_flush_wait,
+            }
+            if errors:
+                info["errors"] = errors[:5]
+            out.append(self.record(case, target, repeat, figures, info))
+        return out
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
-    cls.name: cls for cls in (BlobPush, BlobPull, ManifestRps, CiStorm, PullStorm, Catalog, BigBlob)
+    cls.name: cls
+    for cls in (BlobPush, BlobPull, ManifestRps, CiStorm, PullStorm, Catalog, BigBlob, Events)
 }

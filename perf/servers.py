@@ -5,6 +5,9 @@ and memory the scenarios read (a server's whole process tree is resolved at meas
 time, so hypercorn's workers count). ``stop`` signals the process group of the pid it
 started (SIGTERM, then SIGKILL after a timeout) and removes the temporary directory.
 
+For the events scenario a second dockyard runs with ``DOCKYARD_EVENTS_RECORD_PULLS=false``
+(:data:`PULL_EVENTS_OFF`): same build and workers, its own temporary data directory.
+
 Distribution is Debian's ``docker-registry`` package (2.8.2): :func:`ensure_distribution`
 installs it with apt-get when missing. It is started as ``docker-registry serve
 CONFIG.yml`` with our own config (never its systemd service): filesystem root in the
@@ -178,12 +181,20 @@ class Dockyard(Server):
 
     name = "dockyard"
 
-    def __init__(self, workers: int = 2, port: int | None = None, keep: bool = False) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        port: int | None = None,
+        keep: bool = False,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(port, keep)
         self.workers = workers
+        self.settings = dict(settings or {})  # DOCKYARD_* variables, e.g. pull events off
         from dockyard import __version__
 
-        self.description = f"dockyard {__version__} (--workers {workers})"
+        extra = "".join(f", {k}={v}" for k, v in sorted(self.settings.items()))
+        self.description = f"dockyard {__version__} (--workers {workers}{extra})"
 
     def command(self) -> list[str]:
         return [
@@ -193,10 +204,15 @@ class Dockyard(Server):
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+        env.update(self.settings)
+        return env
 
     def ready_path(self) -> str:
         return "/readyz"
+
+
+PULL_EVENTS_OFF = {"DOCKYARD_EVENTS_RECORD_PULLS": "false"}
 
 
 class Distribution(Server):
