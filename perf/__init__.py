@@ -18,7 +18,10 @@ Modules::
                 (/proc/<pid>/status) summed over a process tree
     data        pre-generated, pre-hashed blobs and OCI image manifests
     oci         the client side of the OCI push/pull flows
-    scenarios   blob-push, blob-pull, manifest-rps, ci-storm, pull-storm, catalog, big-blob
+    feed        websocket subscribers of the event feed (raw clients in epoll loops in
+                several processes) and PUTs timed by kernel receive stamps
+    scenarios   blob-push, blob-pull, manifest-rps, ci-storm, pull-storm, catalog,
+                big-blob, events
     servers     dockyard and Distribution (docker-registry) started on loopback
     discard     a registry-shaped server that stores nothing: the client's own ceiling
     report      aggregation, tables, perf/RESULTS.md sections

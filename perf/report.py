@@ -63,6 +63,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
         "p99_ms",
         "max_ms",
         "min_ms",
+        "client_lag_p99_ms",  # how long events waited for the client: its own share
         "subscribers",
         "complete_subscribers",
         "lost_events",

@@ -365,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = os.getloadavg()
     print()
     print(report.table(records, names_map))
-    if len(targets) == 2:
+    reference = report.reference_table(records, names_map)
+    if len(targets) == 2 and len(reference.splitlines()) > 2:
         print()
-        print(report.reference_table(records, names_map))
+        print(reference)
     print(f"\nraw JSON lines: {out_path}")
     if record:
         section = results_section(command, started, info, records, names_map, out_path, notes)

@@ -339,8 +339,12 @@ class BlobPull(Scenario):
         tasks = [partial(oci.upload_monolithic, repo=self.REPO, blob=b) for b in self._blobs]
         _setup(target, tasks, p, "blob-pull blobs")
 
+    def release(self) -> None:
+        """Pushed everywhere by now (setup is done): free the blobs' memory."""
+        self._blobs = []
+
     def prepare(self, repeat: int) -> None:
-        self._blobs = []  # pushed everywhere by now: free the memory
+        self.release()
         rng = random.Random(repeat)
         size = self.p.range_size
         self._ranges = []
@@ -739,7 +743,10 @@ class Events(Scenario):
     that arrives before its push response counts as negative (the server may fan out
     before its response is on the wire). Lost events (a subscriber without the event
     ``events_grace`` s after the last push), duplicates and failed pushes are failures.
-    Server CPU is read from the first push to the last arrival.
+    Server CPU is read from the first push to the last arrival. The subscribers' sockets
+    have kernel receive stamps too: ``wire_*`` is latency up to the subscriber host's
+    kernel (what the server and loopback took), ``client_lag_*`` how long events waited
+    in the subscribers' sockets for the client (its own share of the latency).
 
     ``pulls-blob-full`` and ``pulls-get-tag-c16``: the blob-pull full workload and
     manifest GETs by tag at ``events_pull_connections`` for ``rps_duration`` s, each run
@@ -783,7 +790,7 @@ class Events(Scenario):
             self._rps.setup(t)
 
     def prepare(self, repeat: int) -> None:
-        self._pull.prepare(repeat)  # frees the pushed blobs' memory
+        self._pull.release()
         base = json.loads(self.base.manifest)
         self.images = []
         for i in range(self.p.events_pushes):
@@ -864,16 +871,21 @@ class Events(Scenario):
             errors += result.errors
         lat: list[float] = []
         from_request: list[float] = []
+        wire: list[float] = []  # the subscriber's kernel stamp - t0: before client delays
+        client_lag: list[float] = []  # arrival - the subscriber's kernel stamp
         complete = duplicates = lagged = disconnected = heartbeats = 0
         for sub in result.subs:
             arrivals = sub["arrivals"]
             got = 0
             for digest, timed in pushed:
-                t = arrivals.get(digest)
-                if t is not None:
+                arrival = arrivals.get(digest)
+                if arrival is not None:
+                    t, kernel = arrival
                     got += 1
                     lat.append(t - timed.arrived)
                     from_request.append(t - timed.sent)
+                    wire.append(kernel - timed.arrived)
+                    client_lag.append(t - kernel)
             complete += got == len(pushed)
             duplicates += sub["dups"]
             heartbeats += sub["heartbeats"]
@@ -907,6 +919,10 @@ class Events(Scenario):
             "from_request_p50_ms": _ms(from_request, 50),
             "from_request_p99_ms": _ms(from_request, 99),
             "from_request_min_ms": 1000 * min(from_request) if from_request else float("nan"),
+            "wire_p50_ms": _ms(wire, 50),
+            "wire_p99_ms": _ms(wire, 99),
+            "client_lag_p99_ms": _ms(client_lag, 99),
+            "client_lag_max_ms": 1000 * max(client_lag) if client_lag else float("nan"),
             "push_rtt_p50_ms": _ms(rtt, 50),
             "pusher_lag_p99_ms": _ms(pusher_lag, 99),
             "server_cpu_s": cpu,

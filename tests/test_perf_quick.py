@@ -9,18 +9,21 @@ it, DESIGN.md section 6).
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import io
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from perf import oci, report
+from perf import feed, oci, report
 from perf.data import MiB, blob, image, streamed_blob
 from perf.httpclient import Connection, RepeatedBody, split_url
 from perf.load import run_tasks
@@ -28,8 +31,8 @@ from perf.procstat import MemorySampler, cpu_seconds, process_tree
 from perf.rate import build_requests, run_py
 from perf.run import main as perf_main
 from perf.run import results_section, run_scenarios
-from perf.scenarios import Params, Record, Target
-from perf.servers import DiscardServer
+from perf.scenarios import Events, Params, Record, Target
+from perf.servers import PULL_EVENTS_OFF, DiscardServer
 
 from tests.serverproc import DockyardServer
 
@@ -283,3 +286,143 @@ def test_procstat_reads_a_process_tree(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+# -- events: websocket delivery latency, pull events on versus off
+
+
+@pytest.fixture(scope="module")
+def pulls_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """A dockyard like ``dockyard`` with pull events off."""
+    data = tmp_path_factory.mktemp("perf-off") / "data"
+    server = DockyardServer(data, workers=1, env=PULL_EVENTS_OFF)
+    server.start()
+    try:
+        assert server.proc is not None
+        yield Target("A-off", "dockyard (pull events off)", server.url, [server.proc.pid])
+    finally:
+        server.stop()
+
+
+def test_events_through_the_command_line(
+    dockyard: Target, pulls_off: Target, tmp_path: Path
+) -> None:
+    out = tmp_path / "events.jsonl"
+    args = ["events", "--url", dockyard.url, "--pid", str(dockyard.pids[0])]
+    args += ["--pulls-off-url", pulls_off.url, "--pulls-off-pid", str(pulls_off.pids[0])]
+    args += ["--ceiling", "--quick", "--subscriber-procs", "2", "--no-record", "--out", str(out)]
+    assert perf_main(args) == 0
+    recs = report.records_from_jsonl(out.read_text().splitlines())
+    got = {(r.label, r.case): r for r in recs}
+    quick = Params.quick()
+    n, pushes = quick.events_subscribers, quick.events_pushes
+    assert set(got) == {
+        (label, case)
+        for label in ("ceiling", "A")
+        for case in ("delivery", "pulls-blob-full", "pulls-get-tag-c16")
+    }
+    for (label, case), r in got.items():
+        assert r.failures == 0 and not r.skipped, (label, case, r.info)
+
+    for label in ("A", "ceiling"):  # dockyard, and the discard server's feed
+        d = got[(label, "delivery")].figures
+        assert d["subscribers"] == d["welcomed"] == d["complete_subscribers"] == n
+        assert d["pushes"] == pushes
+        assert d["events_received"] == d["events_expected"] == n * pushes
+        assert d["lost_events"] == d["duplicates"] == d["lagged"] == d["disconnected"] == 0
+        for key in ("p50_ms", "p99_ms", "max_ms", "min_ms", "from_request_min_ms"):
+            assert math.isfinite(d[key]), key
+        # After its request was sent, always; after its response: dockyard may fan an event
+        # out before the response is on the wire (min_ms < 0 then), not typically.
+        assert d["from_request_min_ms"] > 0
+        assert 0 < d["p50_ms"] <= d["p99_ms"] <= d["max_ms"] < 10_000
+        assert d["min_ms"] <= d["p50_ms"]
+    assert got[("A", "delivery")].info["kernel_stamps"] is True
+
+    a = got[("A", "pulls-get-tag-c16")].figures
+    assert a["on_requests"] > 0 and a["off_requests"] > 0
+    assert a["on_req_s"] > 0 and a["off_req_s"] > 0
+    assert a["on_off_ratio"] == pytest.approx(a["on_req_s"] / a["off_req_s"])
+    assert a["pull_events_cost_pct"] == pytest.approx(100 * (1 - a["on_off_ratio"]))
+    # Every pull made one event with pull events on, none with them off.
+    assert a["on_events_recorded"] == a["on_requests"]
+    assert a["off_events_recorded"] == 0
+    full = got[("A", "pulls-blob-full")].figures
+    assert full["on_requests"] == full["off_requests"] == quick.pull_count * quick.pull_rounds
+    assert full["on_mib_s"] > 0 and full["on_events_recorded"] == full["on_requests"]
+    assert got[("A", "pulls-blob-full")].info["order"] == ["on", "off"]
+
+    table = report.table(recs, {"A": "dockyard"})
+    assert "| events | delivery | p99_ms ↓ |" in table
+    assert "pull_events_cost_pct" in table
+
+
+class _DeafEvents(Events):
+    """Subscribes to a repository nothing is pushed to: every event is lost."""
+
+    @property
+    def resource(self) -> str:
+        return f"{feed.FEED_PATH}?repository=perf/elsewhere&action=push"
+
+
+def test_lost_events_are_failures(dockyard: Target) -> None:
+    params = Params.quick().with_overrides(
+        events_subscribers=6, events_pushes=2, events_procs=1, events_grace=0.5
+    )
+    scenario = _DeafEvents(params)
+    scenario.setup(dockyard)
+    scenario.prepare(0)
+    r, *pulls = scenario.run(dockyard, 0)
+    assert r.case == "delivery"
+    f = r.figures
+    assert f["welcomed"] == 6 and f["pushes"] == 2
+    assert f["events_received"] == 0 and f["lost_events"] == 12 and f["complete_subscribers"] == 0
+    assert r.failures == 12 and math.isnan(f["p99_ms"])
+    # The pull comparison needs a twin with pull events off: without one it says so.
+    assert [x.skipped for x in pulls] == [
+        "no registry with pull events off to compare with (--pulls-off-url)"
+    ] * 2
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_events_skip_a_registry_without_the_feed() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        b = Target("B", "distribution", f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(feed.FeedUnavailable):
+            feed.welcome(*b.address, feed.FEED_PATH)
+        scenario = Events(Params.quick())
+        scenario.setup(b)
+        scenario.prepare(0)
+        skipped = scenario.run(b, 0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r.case for r in skipped] == ["delivery", "pulls-blob-full", "pulls-get-tag-c16"]
+    assert all(r.figures == {} and r.failures == 0 for r in skipped)
+    assert all("no websocket event feed" in (r.skipped or "") for r in skipped)
+
+    a = [
+        Record("events", "delivery", "A", "dockyard", rep, {"p99_ms": v, "lost_events": 0})
+        for rep, v in [(0, 40.0), (1, 120.0), (2, 60.0)]
+    ]
+    recs = a + [Record(**{**r.__dict__, "repeat": rep}) for rep in range(3) for r in skipped]
+    names = {"A": "dockyard", "B": "distribution"}
+    table = report.table(recs, names)
+    row = next(line for line in table.splitlines() if "| p99_ms" in line)
+    # B's cells say "not run" (no number), the goal is judged on A alone: median 60 < 100.
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:] == ["60 [40-120]", "not run", "-", "< 100", "met"], row
+    assert "events (delivery, pulls-blob-full, pulls-get-tag-c16) not run against B" in table
+    assert "no websocket event feed" in table

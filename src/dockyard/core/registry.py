@@ -153,7 +153,7 @@ class Registry:
 
     async def blob_size(self, repository: str, digest: str) -> int:
         _parse_digest(digest)
-        size = await self.db.run(self.meta.linked_blob_size, repository, digest)
+        size = await self.db.read(self.meta.linked_blob_size, repository, digest)
         if size is None:
             raise BlobUnknown(f"blob {digest} is not in {repository}")
         return size
@@ -528,9 +528,9 @@ class Registry:
         except ReferenceError_:
             raise ManifestUnknown(f"no manifest {reference[:80]!r} in {repository}") from None
         if isinstance(ref, Digest):
-            found = await self.db.run(self.meta.get_manifest, repository, str(ref))
+            found = await self.db.read(self.meta.get_manifest, repository, str(ref))
         else:
-            found = await self.db.run(self.meta.get_tagged_manifest, repository, ref)
+            found = await self.db.read(self.meta.get_tagged_manifest, repository, ref)
         if found is None:
             if not await self.db.run(self.meta.repository_exists, repository):
                 raise NameUnknown(f"repository {repository} is not known")
