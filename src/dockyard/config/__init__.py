@@ -90,7 +90,7 @@ class EventsSettings:
     # Longest a pull event waits before its batch is written, in seconds.
     pull_flush_interval: float = 0.5
     # How often each worker looks for events written by other workers, in seconds.
-    poll_interval: float = 0.05
+    poll_interval: float = 0.025
     # Events a websocket subscriber may fall behind before it is disconnected.
     feed_buffer: int = 1000
     # Idle seconds before the feed sends a heartbeat message (clients take a silence of
