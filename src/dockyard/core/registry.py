@@ -521,16 +521,8 @@ class Registry:
     ) -> ManifestRecord:
         """The manifest ``reference`` names; ``accepts`` (the client's Accept header) may
         refuse its media type, which is "unknown" to that client and records no pull."""
-        try:
-            ref = parse_reference(reference)
-        except DigestError as e:
-            raise DigestInvalid(str(e)) from None
-        except ReferenceError_:
-            raise ManifestUnknown(f"no manifest {reference[:80]!r} in {repository}") from None
-        if isinstance(ref, Digest):
-            found = await self.db.read(self.meta.get_manifest, repository, str(ref))
-        else:
-            found = await self.db.read(self.meta.get_tagged_manifest, repository, ref)
+        ref = _manifest_reference(repository, reference)
+        found = await self._find_manifest(repository, ref)
         if found is None:
             if not await self.db.run(self.meta.repository_exists, repository):
                 raise NameUnknown(f"repository {repository} is not known")
@@ -554,6 +546,11 @@ class Registry:
                 )
             )
         return found
+
+    async def _find_manifest(self, repository: str, ref: Digest | str) -> ManifestRecord | None:
+        if isinstance(ref, Digest):
+            return await self.db.read(self.meta.get_manifest, repository, str(ref))
+        return await self.db.read(self.meta.get_tagged_manifest, repository, ref)
 
     async def put_manifest(
         self,
@@ -644,17 +641,12 @@ class Registry:
         return PushedManifest(str(digest), tuple(tags), subject)
 
     async def delete_manifest(self, ctx: RequestInfo, repository: str, reference: str) -> None:
-        try:
-            ref = parse_reference(reference)
-        except DigestError as e:
-            raise DigestInvalid(str(e)) from None
-        except ReferenceError_:
-            raise ManifestUnknown(f"no manifest {reference[:80]!r} in {repository}") from None
+        ref = _manifest_reference(repository, reference)
         # Delete and untag events name the manifest's media type and size, as pushes and
         # pulls do (so mediaType filters see them). Read before the change: a digest names
         # one content, so what was read describes what is deleted.
         if isinstance(ref, Digest):
-            found = await self.db.run(self.meta.get_manifest, repository, str(ref))
+            found = await self._find_manifest(repository, ref)
             event = self._event(
                 ctx,
                 "delete",
@@ -667,7 +659,7 @@ class Registry:
             if not await self.db.run(self.meta.delete_manifest, repository, str(ref), [event]):
                 raise ManifestUnknown(f"no manifest {ref} in {repository}")
             return
-        tagged = await self.db.run(self.meta.get_tagged_manifest, repository, ref)
+        tagged = await self._find_manifest(repository, ref)
 
         def untag_event(digest: str) -> list[Event]:
             known = tagged if tagged is not None and tagged.digest == digest else None
@@ -709,6 +701,16 @@ class Registry:
             # n=0 asks for nothing and gets no next page (found[-1] would skip a referrer).
             return found[:n], found[n - 1].digest if n else None
         return found, None
+
+
+def _manifest_reference(repository: str, reference: str) -> Digest | str:
+    """A manifest reference to look up: a malformed tag names no manifest (404)."""
+    try:
+        return parse_reference(reference)
+    except DigestError as e:
+        raise DigestInvalid(str(e)) from None
+    except ReferenceError_:
+        raise ManifestUnknown(f"no manifest {reference[:80]!r} in {repository}") from None
 
 
 def _parse_digest(text: str) -> Digest:
