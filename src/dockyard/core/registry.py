@@ -35,7 +35,6 @@ from dockyard.core.errors import (
     ManifestInvalid,
     ManifestUnknown,
     NameUnknown,
-    RangeNotSatisfiable,
     SizeInvalid,
     TagInvalid,
     UploadInvalid,
@@ -55,7 +54,7 @@ from dockyard.meta.sqlite import (
 from dockyard.oci.digest import CANONICAL, Digest, DigestError, Hasher, digest_of, new_hasher
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
 from dockyard.oci.names import ReferenceError_, is_valid_tag, parse_reference
-from dockyard.storage.base import BlobStore, StorageError, UploadNotFound, UploadWriter
+from dockyard.storage.base import BlobStore, UploadNotFound, UploadWriter
 
 Body = AsyncIterator[bytes]
 
@@ -726,13 +725,4 @@ def _page(items: list[str], n: int) -> Page:
     return Page(items, None)
 
 
-__all__ = [
-    "Body",
-    "Page",
-    "PushedManifest",
-    "RangeNotSatisfiable",
-    "Registry",
-    "RequestInfo",
-    "StorageError",
-    "UploadStatus",
-]
+__all__ = ["Body", "Page", "PushedManifest", "Registry", "RequestInfo", "UploadStatus"]

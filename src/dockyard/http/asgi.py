@@ -41,7 +41,7 @@ from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import DEFAULT_BUCKET, DEFAULT_REPOSITORIES, DEFAULT_WINDOW, Statistics
 from dockyard.http.errors import error_body, status_and_code
-from dockyard.oci.manifest import MANIFEST_TYPES, OCI_INDEX
+from dockyard.oci.manifest import OCI_INDEX
 from dockyard.oci.names import is_valid_name
 
 Scope_ = MutableMapping[str, Any]
@@ -767,4 +767,4 @@ class RegistryApp:
         return Response(200, headers, body)
 
 
-__all__ = ["MANIFEST_TYPES", "ClientDisconnected", "RegistryApp"]
+__all__ = ["ClientDisconnected", "RegistryApp"]

@@ -280,6 +280,27 @@ class WebhookFailure:
 INLINE_BUSY_TIMEOUT = 0.05
 
 
+_UPLOAD_SELECT = (
+    "SELECT id, repository, algorithm, received, hash_state, driver_state, lease,"
+    " lease_expires, started, touched FROM uploads"
+)
+
+
+def _upload_record(row: tuple[Any, ...]) -> UploadRecord:
+    return UploadRecord(
+        row[0],
+        row[1],
+        row[2],
+        int(row[3]),
+        None if row[4] is None else bytes(row[4]),
+        json.loads(row[5]),
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+    )
+
+
 class Conflict(Exception):
     """A conditional update found the row changed (lost a race)."""
 
@@ -661,29 +682,8 @@ class SQLiteMeta:
             )
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT id, repository, algorithm, received, hash_state, driver_state, lease,"
-                " lease_expires, started, touched FROM uploads WHERE id = ?",
-                (upload_id,),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        return UploadRecord(
-            row[0],
-            row[1],
-            row[2],
-            int(row[3]),
-            None if row[4] is None else bytes(row[4]),
-            json.loads(row[5]),
-            row[6],
-            row[7],
-            row[8],
-            row[9],
-        )
+        row = self._conn().execute(f"{_UPLOAD_SELECT} WHERE id = ?", (upload_id,)).fetchone()
+        return None if row is None else _upload_record(row)
 
     def claim_upload(self, upload_id: str, offset: int, lease: str, seconds: float) -> bool:
         """Take the upload for one request if it is at ``offset`` and nobody holds it."""
@@ -747,13 +747,12 @@ class SQLiteMeta:
         rows = (
             self._conn()
             .execute(
-                "SELECT id FROM uploads WHERE touched < ? AND (lease IS NULL OR lease_expires < ?)",
+                f"{_UPLOAD_SELECT} WHERE touched < ? AND (lease IS NULL OR lease_expires < ?)",
                 (touched_before, self._clock()),
             )
             .fetchall()
         )
-        out = [self.get_upload(r[0]) for r in rows]
-        return [u for u in out if u is not None]
+        return [_upload_record(row) for row in rows]
 
     def upload_ids(self) -> set[str]:
         return {r[0] for r in self._conn().execute("SELECT id FROM uploads").fetchall()}
