@@ -13,18 +13,17 @@ keeps a client doing many small requests off a single core's GIL.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import os
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Barrier as MpBarrier
 from typing import Any
 
+from perf.forked import run_forked
 from perf.httpclient import Connection
+from perf.procstat import own_cpu_seconds
 
 Task = Callable[[Connection], object]
 
@@ -60,11 +59,6 @@ class LoadResult:
         self.reconnects += other.reconnects
         self.client_cpu_s += other.client_cpu_s
         self.errors += other.errors[: max(0, 5 - len(self.errors))]
-
-
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 class _Queue:
@@ -146,7 +140,7 @@ def _run_threads(
     queue: _Queue,
     time_limit: float,
     timeout: float,
-    before_start: Callable[[], None] | None,
+    before_start: Callable[[], Any] | None,
 ) -> LoadResult:
     result = LoadResult()
     lock = threading.Lock()
@@ -167,40 +161,14 @@ def _run_threads(
     ready.wait()  # every lane connected
     if before_start is not None:
         before_start()
-    cpu0 = _cpu()
+    cpu0 = own_cpu_seconds()
     result.started = time.monotonic()
     deadline[0] = result.started + time_limit
     go.set()
     for t in threads:
         t.join()
-    result.client_cpu_s = _cpu() - cpu0
+    result.client_cpu_s = own_cpu_seconds() - cpu0
     return result
-
-
-def _child(
-    host: str,
-    port: int,
-    tasks: Sequence[Task],
-    lanes: int,
-    queue: _Queue,
-    time_limit: float,
-    timeout: float,
-    barrier: MpBarrier,
-    out: Any,
-) -> None:
-    try:
-
-        def wait_parent() -> None:
-            barrier.wait()
-
-        result = _run_threads(host, port, tasks, lanes, queue, time_limit, timeout, wait_parent)
-        out.put(result)
-    except BaseException:
-        failed = LoadResult(failed=1, errors=[traceback.format_exc(limit=3)])
-        failed.ended = time.monotonic()
-        out.put(failed)
-        with contextlib.suppress(Exception):
-            barrier.abort()  # do not leave the parent waiting for this process
 
 
 def run_tasks(
@@ -224,33 +192,18 @@ def run_tasks(
         return _run_threads(
             host, port, tasks, concurrency, _Queue(len(tasks)), time_limit, timeout, None
         )
-    ctx = multiprocessing.get_context("fork")
-    shared = ctx.Value("q", 0)
+    shared = multiprocessing.get_context("fork").Value("q", 0)
     queue = _Queue(len(tasks), shared)
-    barrier = ctx.Barrier(procs + 1)
-    out = ctx.SimpleQueue()
     split = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
-    children = [
-        ctx.Process(
-            target=_child,
-            args=(host, port, tasks, n, queue, time_limit, timeout, barrier, out),
-            daemon=True,
+
+    def work(index: int, wait_for_start: Callable[[], Any]) -> LoadResult:
+        return _run_threads(
+            host, port, tasks, split[index], queue, time_limit, timeout, wait_for_start
         )
-        for n in split
-    ]
-    for c in children:
-        c.start()
-    result = LoadResult()
-    try:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=60)
-        result.started = time.monotonic()
-        for _ in children:
-            result.merge(out.get())
-    finally:
-        for c in children:
-            c.join(timeout=timeout)
-            if c.is_alive():
-                c.kill()
-                c.join()
-    return result
+
+    def failed(e: BaseException) -> LoadResult:
+        result = LoadResult(failed=1, errors=[traceback.format_exc(limit=3)])
+        result.ended = time.monotonic()
+        return result
+
+    return run_forked(procs, work, failed, LoadResult(), join_timeout=timeout)

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU of this process so far (the client's own cost)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

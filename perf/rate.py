@@ -13,9 +13,7 @@ Python per request; use it to check that the ``py`` engine is not the limit.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
 import os
 import resource
 import select
@@ -26,10 +24,12 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Barrier as MpBarrier
 from typing import Any
+
+from perf.forked import run_forked
+from perf.procstat import own_cpu_seconds
 
 
 @dataclass
@@ -70,11 +70,6 @@ def build_requests(
     ]
 
 
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 class _Conn:
     __slots__ = ("buf", "close", "need", "next", "sock", "t0")
 
@@ -103,7 +98,7 @@ def _loop(
     max_requests: int,
     duration: float,
     drain: float,
-    wait: Any,
+    wait: Callable[[], Any],
     offset: int,
 ) -> RateResult:
     result = RateResult()
@@ -116,7 +111,7 @@ def _loop(
             states[sock.fileno()] = _Conn(sock, (offset + i * 7) % len(requests))
             ep.register(sock.fileno(), select.EPOLLIN)
         wait()
-        cpu0 = _cpu()
+        cpu0 = own_cpu_seconds()
         result.started = now = time.monotonic()
         deadline = now + duration
         hard_deadline = deadline + drain
@@ -206,49 +201,13 @@ def _loop(
                 else:
                     inflight -= 1
         result.ended = time.monotonic()
-        result.client_cpu_s = _cpu() - cpu0
+        result.client_cpu_s = own_cpu_seconds() - cpu0
     finally:
         for st in states.values():
             st.sock.close()
         ep.close()
     result.latencies = lat.tolist()
     return result
-
-
-def _child(
-    host: str,
-    port: int,
-    requests: Sequence[bytes],
-    head: bool,
-    conns: int,
-    max_requests: int,
-    duration: float,
-    drain: float,
-    offset: int,
-    barrier: MpBarrier,
-    out: Any,
-) -> None:
-    try:
-        out.put(
-            _loop(
-                host,
-                port,
-                requests,
-                head,
-                conns,
-                max_requests,
-                duration,
-                drain,
-                barrier.wait,
-                offset,
-            )
-        )
-    except BaseException as e:
-        failed = RateResult(failed=1, errors=[f"{type(e).__name__}: {e}"])
-        failed.ended = time.monotonic()
-        out.put(failed)
-        with contextlib.suppress(Exception):
-            barrier.abort()  # do not leave the parent waiting for this process
 
 
 def run_py(
@@ -268,31 +227,20 @@ def run_py(
         return _loop(
             host, port, requests, head, connections, max_requests, duration, drain, lambda: None, 0
         )
-    ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(procs + 1)
-    out = ctx.SimpleQueue()
-    children = []
-    for p in range(procs):
-        n = connections // procs + (1 if p < connections % procs else 0)
-        share = max_requests // procs + (1 if p < max_requests % procs else 0)
-        args = (host, port, requests, head, n, share, duration, drain, p * 131, barrier, out)
-        children.append(ctx.Process(target=_child, args=args, daemon=True))
-    for c in children:
-        c.start()
-    result = RateResult()
-    try:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=60)
-        result.started = time.monotonic()
-        for _ in children:
-            result.merge(out.get())
-    finally:
-        for c in children:
-            c.join(timeout=duration + drain + 30)
-            if c.is_alive():
-                c.kill()
-                c.join()
-    return result
+
+    def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
+        n = connections // procs + (1 if index < connections % procs else 0)
+        share = max_requests // procs + (1 if index < max_requests % procs else 0)
+        return _loop(
+            host, port, requests, head, n, share, duration, drain, wait_for_start, index * 131
+        )
+
+    def failed(e: BaseException) -> RateResult:
+        result = RateResult(failed=1, errors=[f"{type(e).__name__}: {e}"])
+        result.ended = time.monotonic()
+        return result
+
+    return run_forked(procs, work, failed, RateResult(), join_timeout=duration + drain + 30)
 
 
 WRK_SCRIPT = """
