@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -71,9 +72,11 @@ def settings_root(settings: Settings) -> Path:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Services]:
     """A built registry with its background tasks running, as ``dockyard serve`` runs it."""
-    svc = build(settings)
+    svc = build(settings, clock=clock)
     try:
         async with trio.open_nursery() as nursery:
             await svc.start(nursery)

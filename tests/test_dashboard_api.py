@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,13 @@ import trio
 from dockyard.config import Settings
 from dockyard.http.web import CSP, QuartWeb
 from dockyard.meta.sqlite import Event, SQLiteMeta
-from dockyard.services import Services, build
+from dockyard.services import build
 from tests.conftest import (
     assert_error,
     digest_of,
     last_event_id,
     make_client,
+    open_services,
     push_image,
     put_manifest,
     wait_for_events,
@@ -41,19 +40,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@asynccontextmanager
-async def open_clocked(settings: Settings, clock: Clock) -> AsyncIterator[Services]:
-    svc = build(settings, clock=clock)
-    try:
-        async with trio.open_nursery() as nursery:
-            await svc.start(nursery)
-            yield svc
-            await svc.stop()
-            nursery.cancel_scope.cancel()
-    finally:
-        svc.meta.close()
 
 
 # -- the page's files
@@ -131,7 +117,7 @@ async def test_stats_of_an_empty_registry(client: httpx.AsyncClient) -> None:
 
 async def test_stats_count_repositories_and_activity(settings: Settings) -> None:
     clock = Clock(T0)
-    async with open_clocked(settings, clock) as svc, make_client(svc) as client:
+    async with open_services(settings, clock) as svc, make_client(svc) as client:
         app = await push_image(client, "team/app", "v1")  # 3 blob pushes, 1 manifest push
         clock.now = T0 + 30
         lib = await push_image(client, "team/lib", "1.0", layers=1)  # 3 pushes
