@@ -69,6 +69,16 @@ def _is_registry_path(path: str) -> bool:
     return path.startswith("/v2/") or path in ("/v2", "/healthz", "/readyz")
 
 
+def scope_headers(scope: Scope_) -> dict[str, str]:
+    """An ASGI scope's headers by lower-case name."""
+    headers: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        key, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        # Repeated headers (clients send several Accept lines) combine per RFC 9110.
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
 
@@ -352,11 +362,7 @@ class RegistryApp:
 
     async def _http(self, scope: Scope_, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        headers: dict[str, str] = {}
-        for k, v in scope["headers"]:
-            key, value = k.decode("latin-1").lower(), v.decode("latin-1")
-            # Repeated headers (clients send several Accept lines) combine per RFC 9110.
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        headers = scope_headers(scope)
         client = scope.get("client")
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
@@ -767,4 +773,4 @@ class RegistryApp:
         return Response(200, headers, body)
 
 
-__all__ = ["ClientDisconnected", "RegistryApp"]
+__all__ = ["ClientDisconnected", "RegistryApp", "scope_headers"]

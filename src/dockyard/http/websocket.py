@@ -33,6 +33,7 @@ import trio
 from dockyard.auth import Authorizer, Scope
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter, FilterError, native
+from dockyard.http.asgi import scope_headers
 from dockyard.meta.sqlite import StoredEvent
 
 Message = MutableMapping[str, Any]
@@ -129,8 +130,7 @@ class EventFeed:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        identity = await self.authorizer.authenticate(headers)
+        identity = await self.authorizer.authenticate(scope_headers(scope))
         await send({"type": "websocket.accept"})
         if not await self.authorizer.allowed(identity, Scope("catalog")):
             await send({"type": "websocket.close", "code": CLOSE_DENIED, "reason": "denied"})
