@@ -29,7 +29,7 @@ import pytest
 import trio
 
 from dockyard.config import Settings, load
-from dockyard.meta.sqlite import StoredEvent
+from dockyard.meta.records import StoredEvent
 from dockyard.services import Services, build
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from dockyard.meta.sqlite import StoredEvent
+from dockyard.meta.records import StoredEvent
 from dockyard.services import Services
 from tests.conftest import (
     DOCKER_MANIFEST,

@@ -16,7 +16,8 @@ import trio
 
 from dockyard.config import Settings
 from dockyard.http.web import CSP, QuartWeb
-from dockyard.meta.sqlite import Event, SQLiteMeta
+from dockyard.meta.records import Event
+from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.services import build
 from tests.conftest import (
     assert_error,

@@ -36,7 +36,8 @@ from dockyard.http.websocket import (
     FEED_PATH,
     SUBSCRIPTION_KEYS,
 )
-from dockyard.meta.sqlite import Event, SQLiteMeta, StoredEvent
+from dockyard.meta.records import Event, StoredEvent
+from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.services import Services
 from tests.conftest import (
     OCI_CONFIG,

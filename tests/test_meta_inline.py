@@ -6,7 +6,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from dockyard.meta.sqlite import Database, SQLiteMeta
+from dockyard.meta.sqlite import SQLiteMeta
+from dockyard.meta.store import Database
 
 
 async def test_inline_read_runs_on_the_calling_thread(tmp_path: Path) -> None:

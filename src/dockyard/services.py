@@ -27,7 +27,8 @@ from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.web import build_web
 from dockyard.http.websocket import FEED_PATH, EventFeed
-from dockyard.meta.sqlite import Database, SQLiteMeta
+from dockyard.meta.sqlite import SQLiteMeta
+from dockyard.meta.store import Database
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from dockyard.meta.sqlite import SQLiteMeta, StoredEvent
+from dockyard.meta.records import StoredEvent
+from dockyard.meta.sqlite import SQLiteMeta
 from tests.serverproc import DockyardServer
 from tests.tools import require_tool
 

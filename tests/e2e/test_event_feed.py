@@ -27,7 +27,8 @@ import pytest
 import trio
 
 from dockyard.events.schema import native
-from dockyard.meta.sqlite import Event, SQLiteMeta
+from dockyard.meta.records import Event
+from dockyard.meta.sqlite import SQLiteMeta
 from tests.conftest import fake_digest, random_blob
 from tests.e2e.conftest import server_events
 from tests.e2e.test_workers import fresh_request, serving_pid

@@ -42,15 +42,15 @@ from dockyard.core.errors import (
     UploadUnknown,
 )
 from dockyard.events.pulls import PullEventWriter
-from dockyard.meta.sqlite import (
+from dockyard.meta.records import (
     Conflict,
-    Database,
     Event,
     ManifestRecord,
     NewManifest,
     ReferrerRecord,
     UploadRecord,
 )
+from dockyard.meta.store import Database
 from dockyard.oci.digest import CANONICAL, Digest, DigestError, Hasher, digest_of, new_hasher
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
 from dockyard.oci.names import ReferenceError_, is_valid_tag, parse_reference

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.core.errors import ParameterInvalid
-from dockyard.meta.sqlite import Database, RepositorySummary
+from dockyard.meta.records import RepositorySummary
+from dockyard.meta.store import Database
 
 ACTIONS = ("push", "pull", "mount", "delete", "untag")
 DEFAULT_WINDOW = 900

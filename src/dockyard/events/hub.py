@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import trio
 
 from dockyard.events.schema import EventFilter
-from dockyard.meta.sqlite import Database, StoredEvent
+from dockyard.meta.records import StoredEvent
+from dockyard.meta.store import Database
 
 PAGE = 500
 RETRY_AFTER = 1.0  # seconds between reads of the log after one failed

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import trio
 
-from dockyard.meta.sqlite import Database, Event
+from dockyard.meta.records import Event
+from dockyard.meta.store import Database
 
 MAX_BATCH = 1000
 

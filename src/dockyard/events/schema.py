@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dockyard.meta.sqlite import StoredEvent
+from dockyard.meta.records import StoredEvent
 
 ACTIONS = ("push", "pull", "mount", "delete", "untag")
 DISTRIBUTION_MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"

@@ -59,7 +59,8 @@ from dockyard.events.schema import (
     distribution_envelope,
     native,
 )
-from dockyard.meta.sqlite import Database, StoredEvent
+from dockyard.meta.records import StoredEvent
+from dockyard.meta.store import Database
 
 log = logging.getLogger("dockyard.webhooks")
 

@@ -34,7 +34,7 @@ from dockyard.auth import Authorizer, Scope
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter, FilterError, native
 from dockyard.http.asgi import scope_headers
-from dockyard.meta.sqlite import StoredEvent
+from dockyard.meta.records import StoredEvent
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

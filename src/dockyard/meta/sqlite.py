@@ -36,14 +36,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-import trio
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from dockyard.meta.records import (
+    ActivityCount,
+    Conflict,
+    Event,
+    ManifestRecord,
+    NewManifest,
+    ReferrerRecord,
+    RepositorySummary,
+    StatsRecord,
+    StoreBusy,
+    StoredEvent,
+    UploadRecord,
+    WebhookCursor,
+    WebhookFailure,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -144,137 +154,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One row of the event log, before it has an id."""
-
-    action: str
-    repository: str
-    digest: str | None = None
-    media_type: str | None = None
-    size: int | None = None
-    tag: str | None = None
-    body: dict[str, Any] = field(default_factory=dict)
-    ts: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    id: int
-    ts: float
-    action: str
-    repository: str | None
-    digest: str | None
-    media_type: str | None
-    size: int | None
-    tag: str | None
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestRecord:
-    digest: str
-    media_type: str
-    size: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ReferrerRecord:
-    digest: str
-    media_type: str
-    size: int
-    artifact_type: str | None
-    annotations: dict[str, str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class RepositorySummary:
-    """One repository as the dashboard lists it. ``size`` counts the linked blobs and the
-    manifests once each (a blob shared with other repositories counts in each of them)."""
-
-    name: str
-    tags: int
-    manifests: int
-    size: int
-    updated: float  # last manifest push, or the repository's creation
-
-
-@dataclass(frozen=True, slots=True)
-class ActivityCount:
-    """Events of one action in one group (a time bucket or a repository)."""
-
-    key: str | int  # bucket number (ts // bucket) or repository name
-    action: str
-    count: int
-    size: int  # the events' sizes added up (bytes moved, for pushes and pulls)
-
-
-@dataclass(frozen=True, slots=True)
-class StatsRecord:
-    """What the dashboard loads, read in one transaction: the counts cover exactly the
-    events up to ``last_id``, so a reader adds live events after it without gap or double."""
-
-    last_id: int
-    repositories: list[RepositorySummary]
-    repository_count: int
-    tag_count: int
-    manifest_count: int
-    blob_count: int
-    blob_bytes: int
-    by_bucket: list[ActivityCount]
-    by_repository: list[ActivityCount]
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRecord:
-    id: str
-    repository: str
-    algorithm: str
-    received: int
-    hash_state: bytes | None
-    driver_state: dict[str, Any]
-    lease: str | None
-    lease_expires: float | None
-    started: float
-    touched: float
-
-
-@dataclass(frozen=True, slots=True)
-class NewManifest:
-    repository: str
-    digest: str
-    media_type: str
-    artifact_type: str | None
-    subject: str | None
-    payload: bytes
-    annotations: dict[str, str] | None
-    blob_refs: Sequence[str]
-    manifest_refs: Sequence[str]
-    tags: Sequence[str]
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookCursor:
-    name: str
-    cursor: int
-    lease: str | None
-    lease_expires: float | None
-    created: float
-    delivered: float | None
-    failed: int
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookFailure:
-    name: str
-    event_id: int
-    attempts: int
-    last_error: str
-    failed: float
-    redeliver: bool
-
-
 # Seconds an inline read (on the event loop) waits for a lock before it is retried in a
 # worker thread; in WAL mode readers almost never wait at all.
 INLINE_BUSY_TIMEOUT = 0.05
@@ -299,10 +178,6 @@ def _upload_record(row: tuple[Any, ...]) -> UploadRecord:
         row[8],
         row[9],
     )
-
-
-class Conflict(Exception):
-    """A conditional update found the row changed (lost a race)."""
 
 
 class SQLiteMeta:
@@ -345,6 +220,8 @@ class SQLiteMeta:
         self._local.inline = True
         try:
             yield
+        except sqlite3.OperationalError as e:  # locked or busy: the caller retries
+            raise StoreBusy(str(e)) from e
         finally:
             self._local.inline = False
 
@@ -1041,35 +918,3 @@ class SQLiteMeta:
             args = (name,)
         rows = self._conn().execute(sql + " ORDER BY name, event_id", args).fetchall()
         return [WebhookFailure(r[0], int(r[1]), int(r[2]), r[3], r[4], bool(r[5])) for r in rows]
-
-
-class Database:
-    """Runs SQLiteMeta calls in worker threads through one bounded limiter."""
-
-    def __init__(self, meta: SQLiteMeta, threads: int) -> None:
-        self.meta = meta
-        self._limiter = trio.CapacityLimiter(threads)
-
-    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await trio.to_thread.run_sync(
-            lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
-        )
-
-    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """A point read (one indexed lookup) run right here on the event loop thread.
-
-        For the hottest requests (manifest and blob GET/HEAD) a thread hop costs more
-        than the query: inline, a manifest HEAD cost 538 instead of 1084 server CPU-us
-        (``python -m perf.floor``, one worker, same run; hypercorn-trio's own floor is
-        about 430).
-        ``fn`` must only read. If SQLite is busy, the call is retried in a worker thread,
-        where waiting does not stall the event loop.
-        """
-        try:
-            with self.meta.inline_reads():
-                return fn(*args, **kwargs)
-        except sqlite3.OperationalError:
-            return await self.run(fn, *args, **kwargs)
-
-    def statistics(self) -> trio.CapacityLimiterStatistics:
-        return self._limiter.statistics()

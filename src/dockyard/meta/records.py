@@ -1,0 +1,160 @@
+"""The records the metadata store reads and writes: plain frozen dataclasses, no I/O.
+
+Every store (``meta/sqlite.py`` today, PostgreSQL next) returns these, and ``core/``,
+``events/`` and ``http/`` use them without knowing which store made them.
+
+Errors::
+
+    StoreError                  anything a store raises on purpose
+    ├── Conflict                a conditional update found the row changed (lost a race)
+    └── StoreBusy               an inline read met a lock; retry it off the event loop
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreError(Exception):
+    """Base of the errors a metadata store raises on purpose."""
+
+
+class Conflict(StoreError):
+    """A conditional update found the row changed (lost a race)."""
+
+
+class StoreBusy(StoreError):
+    """An inline read (``MetadataStore.inline_reads``) met a lock it must not wait for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the event log, before it has an id."""
+
+    action: str
+    repository: str
+    digest: str | None = None
+    media_type: str | None = None
+    size: int | None = None
+    tag: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    ts: float
+    action: str
+    repository: str | None
+    digest: str | None
+    media_type: str | None
+    size: int | None
+    tag: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    size: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRecord:
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RepositorySummary:
+    """One repository as the dashboard lists it. ``size`` counts the linked blobs and the
+    manifests once each (a blob shared with other repositories counts in each of them)."""
+
+    name: str
+    tags: int
+    manifests: int
+    size: int
+    updated: float  # last manifest push, or the repository's creation
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityCount:
+    """Events of one action in one group (a time bucket or a repository)."""
+
+    key: str | int  # bucket number (ts // bucket) or repository name
+    action: str
+    count: int
+    size: int  # the events' sizes added up (bytes moved, for pushes and pulls)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRecord:
+    """What the dashboard loads, read in one transaction: the counts cover exactly the
+    events up to ``last_id``, so a reader adds live events after it without gap or double."""
+
+    last_id: int
+    repositories: list[RepositorySummary]
+    repository_count: int
+    tag_count: int
+    manifest_count: int
+    blob_count: int
+    blob_bytes: int
+    by_bucket: list[ActivityCount]
+    by_repository: list[ActivityCount]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    id: str
+    repository: str
+    algorithm: str
+    received: int
+    hash_state: bytes | None
+    driver_state: dict[str, Any]
+    lease: str | None
+    lease_expires: float | None
+    started: float
+    touched: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewManifest:
+    repository: str
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    subject: str | None
+    payload: bytes
+    annotations: dict[str, str] | None
+    blob_refs: Sequence[str]
+    manifest_refs: Sequence[str]
+    tags: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCursor:
+    name: str
+    cursor: int
+    lease: str | None
+    lease_expires: float | None
+    created: float
+    delivered: float | None
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookFailure:
+    name: str
+    event_id: int
+    attempts: int
+    last_error: str
+    failed: float
+    redeliver: bool
