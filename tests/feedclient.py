@@ -21,7 +21,7 @@ import trio_websocket
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dockyard.http.websocket import FEED_PATH
+from dockyard.events.feed import FEED_PATH
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

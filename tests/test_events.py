@@ -26,16 +26,16 @@ import trio_websocket
 
 from dockyard.cli import main as cli_main
 from dockyard.config import EventsSettings
-from dockyard.events.hub import SubscriberLagged
-from dockyard.events.schema import ACTIONS, EventFilter, native
-from dockyard.events.tail import FeedRejected, Tail, TailOptions, default_url, feed_url
-from dockyard.http.websocket import (
+from dockyard.events.feed import (
     CLOSE_BAD_REQUEST,
     CLOSE_DENIED,
     CLOSE_LAGGED,
     FEED_PATH,
     SUBSCRIPTION_KEYS,
 )
+from dockyard.events.hub import SubscriberLagged
+from dockyard.events.schema import ACTIONS, EventFilter, native
+from dockyard.events.tail import FeedRejected, Tail, TailOptions, default_url, feed_url
 from dockyard.meta.records import Event, StoredEvent
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.services import Services

@@ -21,12 +21,13 @@ from dockyard.auth import AllowAll
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
 from dockyard.core.stats import Statistics
+from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.web import build_web
-from dockyard.http.websocket import FEED_PATH, EventFeed
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.storage.base import BlobStore

@@ -1,13 +1,14 @@
 """``dockyard events tail``: print the live event feed, resuming by itself.
 
-A client of the websocket feed (``/v2/_dockyard/events``, see ``docs/events.md``) built on
-trio-websocket. It subscribes with a first ``subscribe`` message carrying the filters
-and ``since``, prints one line per event, and keeps the id of the last event it printed
-(its cursor). Whenever the connection ends (the server restarted, the network failed,
-nothing arrived for a while, or the server cut it off as lagged with close code 4008)
-it connects again, after a growing pause unless the close was a lag, and subscribes with
-``since=<cursor>``: the server replays what the log holds after that id, so nothing is
-lost and nothing is printed twice.
+A client of the websocket feed (``/v2/_dockyard/events``, protocol in
+``events/feed.py``, user guide in ``docs/events.md``) built on trio-websocket. It
+subscribes with a first ``subscribe`` message carrying the filters and ``since``, prints
+one line per event, and keeps the id of the last event it printed (its cursor). Whenever
+the connection ends (the server restarted, the network failed, nothing arrived for a
+while, or the server cut it off as lagged with close code 4008) it connects again, after
+a growing pause unless the close was a lag, and subscribes with ``since=<cursor>``: the
+server replays what the log holds after that id, so nothing is lost and nothing is
+printed twice.
 
 Started without ``--since``, it takes the id the server announces in its first welcome as
 the cursor, so events made while it reconnects are still printed.
@@ -33,8 +34,14 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 import trio_websocket
 
+from dockyard.events.feed import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_DENIED,
+    CLOSE_LAGGED,
+    FEED_PATH,
+    subscribe_message,
+)
 from dockyard.events.schema import EventFilter
-from dockyard.http.websocket import CLOSE_BAD_REQUEST, CLOSE_DENIED, CLOSE_LAGGED, FEED_PATH
 
 # Codes after which reconnecting cannot help: the subscription itself is refused, or the
 # server has no feed at this path.
@@ -164,12 +171,6 @@ class Tail:
         self._err = err
         self._max_backoff = max_backoff
 
-    def _subscribe_message(self) -> str:
-        doc: dict[str, Any] = {"type": "subscribe", **self.options.event_filter.to_json()}
-        if self.cursor is not None:
-            doc["since"] = self.cursor
-        return json.dumps(doc)
-
     async def run(self) -> None:
         """Print events until cancelled; raises ``FeedRejected`` if refused."""
         backoff = FIRST_BACKOFF
@@ -237,7 +238,7 @@ class Tail:
                         nursery, stream, parts.netloc, resource
                     )
                 try:
-                    await ws.send_message(self._subscribe_message())
+                    await ws.send_message(subscribe_message(self.options.event_filter, self.cursor))
                     await self._read(ws)
                 finally:
                     with trio.move_on_after(2) as cleanup:

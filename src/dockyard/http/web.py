@@ -14,7 +14,7 @@ The page's files are plain static files shipped in the package (``dockyard/dashb
 read once when the app is built; they need no build step and load nothing from elsewhere.
 The page gets its data from ``GET /v2/_dockyard/stats`` and the websocket feed
 ``/v2/_dockyard/events`` (``docs/dashboard.md``). Anything else is a 404 with an OCI
-error body, as on ``/v2/``.
+error body from the one error table (``http/errors.py``), as on ``/v2/``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from dockyard.http.errors import error_body
+from dockyard.http.errors import error_body, for_status
+from dockyard.http.request import API_VERSION
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -43,7 +44,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-HTTP_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED"}
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,11 @@ def create_web_app(assets: Mapping[str, Asset]) -> QuartTrio:
 
 
 def _error(status: int, message: str) -> Response:
-    code = HTTP_CODES.get(status, "UNKNOWN")
+    entry = for_status(status)
     return Response(
-        error_body(code, message),
-        status,
-        {"docker-distribution-api-version": "registry/2.0"},
+        error_body(entry.code, message),
+        entry.status,
+        {API_VERSION[0]: API_VERSION[1]},
         content_type="application/json",
     )
 
