@@ -141,7 +141,14 @@ async def fresh_request(
         pid = None
         if sys.platform == "linux":
             stream = r.extensions["network_stream"]
-            pid = serving_pid(server, stream.get_extra_info("client_addr")[1])
+            try:
+                client_port = stream.get_extra_info("client_addr")[1]
+            except OSError:
+                # An early answer (416 before the body was read) ends the connection, and
+                # httpcore has closed its socket by now: who served it cannot be told.
+                client_port = None
+            if client_port is not None:
+                pid = serving_pid(server, client_port)
         return r, pid
 
 
