@@ -67,7 +67,8 @@ def _is_registry_path(path: str) -> bool:
 
 
 class RegistryApp:
-    """The ASGI application. Its lifespan runs background tasks (``lifespan``)."""
+    """The ASGI application; its ASGI lifespan runs ``lifespan`` (the services' background
+    tasks, in the lifespan's nursery) and starts and stops the web app."""
 
     def __init__(
         self,
