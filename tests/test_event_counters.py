@@ -1,8 +1,9 @@
 """The pull-event writer and the event hub keep running through failures, and count
-what they drop in their ``statistics()``."""
+what they drop in their ``statistics()``; the one list of event actions."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dockyard.actions import ACTIONS
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.schema import EventFilter
@@ -119,3 +121,10 @@ async def test_hub_counts_the_events_a_cut_off_subscriber_never_got(meta: SQLite
                 nursery.cancel_scope.cancel()
     finally:
         meta.close()
+
+
+def test_the_dashboard_lists_the_same_actions() -> None:
+    import dockyard
+
+    script = (Path(dockyard.__file__).parent / "dashboard" / "dashboard.js").read_text()
+    assert f"const ACTIONS = {json.dumps(list(ACTIONS))};" in script

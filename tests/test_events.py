@@ -24,10 +24,11 @@ import pytest
 import trio
 import trio_websocket
 
+from dockyard.actions import ACTIONS
 from dockyard.cli import main as cli_main
 from dockyard.config import EventsSettings
 from dockyard.events.hub import SubscriberLagged
-from dockyard.events.schema import ACTIONS, EventFilter, native
+from dockyard.events.schema import EventFilter, native
 from dockyard.events.tail import FeedRejected, Tail, TailOptions, default_url, feed_url
 from dockyard.http.websocket import (
     CLOSE_BAD_REQUEST,
