@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio_websocket
 
+from dockyard.actions import ACTIONS
 from dockyard.cli import main as cli_main
 from dockyard.config import EventsSettings
 from dockyard.events.feed import (
@@ -34,7 +35,7 @@ from dockyard.events.feed import (
     SUBSCRIPTION_KEYS,
 )
 from dockyard.events.hub import SubscriberLagged
-from dockyard.events.schema import ACTIONS, EventFilter, native
+from dockyard.events.schema import EventFilter, native
 from dockyard.events.tail import FeedRejected, Tail, TailOptions, default_url, feed_url
 from dockyard.meta.records import Event, StoredEvent
 from dockyard.meta.sqlite import SQLiteMeta

@@ -34,9 +34,14 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.run import run
 
     from dockyard.meta.sqlite import SQLiteMeta
-    from dockyard.services import instance_name
+    from dockyard.services import check_read_size_hook, instance_name
 
     settings = _settings(args)
+    try:
+        check_read_size_hook()  # before any worker starts (each would fail the same way)
+    except RuntimeError as e:
+        print(f"dockyard: {e}", file=sys.stderr)
+        return 2
     # Make relative paths absolute once, so every worker sees the same directory.
     os.environ["DOCKYARD_STORAGE_ROOT"] = os.path.abspath(settings.storage.root)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)

@@ -167,7 +167,27 @@ def set_read_size(read_size: int) -> None:
     """
     import hypercorn.trio.tcp_server
 
+    check_read_size_hook()
     hypercorn.trio.tcp_server.MAX_RECV = read_size
+
+
+def check_read_size_hook() -> None:
+    """Fail fast if hypercorn no longer has the constant ``set_read_size`` replaces.
+
+    Setting a missing module attribute would succeed silently and change nothing: uploads
+    would quietly cost half again as much CPU. ``dockyard serve`` checks before it starts
+    workers, and each worker again before it sets the constant.
+    """
+    from importlib.metadata import version
+
+    import hypercorn.trio.tcp_server
+
+    if not isinstance(getattr(hypercorn.trio.tcp_server, "MAX_RECV", None), int):
+        raise RuntimeError(
+            f"hypercorn {version('hypercorn')} has no hypercorn.trio.tcp_server.MAX_RECV, "
+            "the socket read size dockyard sets (server.read_size); install a hypercorn "
+            "version that has it (see constraints.txt) or update dockyard.services.set_read_size"
+        )
 
 
 def create_app() -> RegistryApp:

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockyard.actions import ACTIONS
 from dockyard.core.errors import ParameterInvalid
 from dockyard.meta.records import RepositorySummary
 from dockyard.meta.store import Database
 
-ACTIONS = ("push", "pull", "mount", "delete", "untag")
 DEFAULT_WINDOW = 900
 DEFAULT_BUCKET = 10
 DEFAULT_REPOSITORIES = 500

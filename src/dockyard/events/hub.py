@@ -45,8 +45,11 @@ class HubStatistics:
     cursor: int
     subscribers: int
     dispatched: int
-    lagged: int
+    lagged: int  # subscribers cut off for falling behind
     read_failures: int = 0  # polls of the log that failed (and were retried)
+    # Events cut-off subscribers never got: those queued for them, and the one that did
+    # not fit (they resume from their last id, so the events are not lost to them).
+    dropped: int = 0
 
 
 class Subscription:
@@ -56,6 +59,7 @@ class Subscription:
         self._hub = hub
         self._send, self._receive = trio.open_memory_channel[StoredEvent](buffer)
         self.lagged = False
+        self.dropped = 0  # events discarded when it was cut off
 
     def _offer(self, event: StoredEvent) -> bool:
         """Queue ``event`` if it matches; False if this subscriber is too far behind."""
@@ -65,6 +69,7 @@ class Subscription:
             self._send.send_nowait(event)
         except trio.WouldBlock:
             self.lagged = True
+            self.dropped += 1  # this one
             self._send.close()
             # Drop what it has not taken: it is told to resume after the last event it
             # did take, at once (not after draining a buffer it is too slow for), and a
@@ -74,6 +79,7 @@ class Subscription:
                     self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+                self.dropped += 1
             return False
         return True
 
@@ -123,6 +129,7 @@ class EventHub:
         self._dispatched = 0
         self._lagged = 0
         self._read_failures = 0
+        self._dropped = 0
 
     def notify(self) -> None:
         """This process appended events: look now rather than at the next poll."""
@@ -171,6 +178,7 @@ class EventHub:
             if not sub._offer(event):
                 self._subscribers.discard(sub)
                 self._lagged += 1
+                self._dropped += sub.dropped
 
     async def wait_past(self, event_id: int) -> int:
         """Wait until the hub has seen an event after ``event_id``; returns its cursor.
@@ -211,5 +219,10 @@ class EventHub:
 
     def statistics(self) -> HubStatistics:
         return HubStatistics(
-            self.cursor, len(self._subscribers), self._dispatched, self._lagged, self._read_failures
+            self.cursor,
+            len(self._subscribers),
+            self._dispatched,
+            self._lagged,
+            self._read_failures,
+            self._dropped,
         )

@@ -5,10 +5,16 @@ high-volume kind (a CI farm pulls thousands of layers a minute), so a pull only 
 event on a bounded channel and returns. One task writes whatever has accumulated in one
 transaction every ``flush_interval`` seconds. When the channel is full, events are
 dropped and counted (``statistics().dropped``) rather than slowing pulls or growing memory.
+
+A failed write (the database locked or unavailable) never ends ``run``: it runs in the
+worker's lifespan nursery, so its death would fail the worker's lifespan and hypercorn
+would kill the worker. The failure is logged and counted (``write_failures``, and the
+batch's events in ``failed``), and the writer waits ``RETRY_AFTER`` before the next batch.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import trio
@@ -17,13 +23,18 @@ from dockyard.meta.records import Event
 from dockyard.meta.store import Database
 
 MAX_BATCH = 1000
+RETRY_AFTER = 1.0  # seconds before the next write after one failed
+
+log = logging.getLogger("dockyard.events")
 
 
 @dataclass(frozen=True, slots=True)
 class PullEventStatistics:
-    queued: int
+    queued: int  # waiting in the channel
     written: int
-    dropped: int
+    dropped: int  # refused: the channel was full, or the writer closed
+    write_failures: int = 0  # transactions that failed
+    failed: int = 0  # events lost with those transactions
 
 
 class PullEventWriter:
@@ -36,6 +47,8 @@ class PullEventWriter:
         self._flush_interval = flush_interval
         self._written = 0
         self._dropped = 0
+        self._write_failures = 0
+        self._failed = 0
         self._finished = trio.Event()
         self._closed = trio.Event()
 
@@ -77,11 +90,30 @@ class PullEventWriter:
                 except trio.EndOfChannel:
                     done = True
                     break
-            if batch:
-                with trio.CancelScope(shield=True):
-                    await self._db.run(self._db.meta.append_events, batch)
-                self._written += len(batch)
+            if batch and not await self._write(batch) and not done:
+                # Give a locked or unavailable database a moment (cut short by close).
+                with trio.move_on_after(RETRY_AFTER):
+                    await self._closed.wait()
         self._finished.set()
+
+    async def _write(self, batch: list[Event]) -> bool:
+        """Append ``batch`` in one transaction; False (logged and counted) if that failed.
+
+        A failed batch is dropped, not retried: pull events are best-effort (a full channel
+        drops them too), they record no change, and holding a batch for a database that
+        keeps failing would only grow memory while the channel fills and drops anyway.
+        Pushes, mounts and deletes are different: their events commit with the change.
+        """
+        try:
+            with trio.CancelScope(shield=True):
+                await self._db.run(self._db.meta.append_events, batch)
+        except Exception:
+            log.exception("writing %d pull events failed; they are dropped", len(batch))
+            self._write_failures += 1
+            self._failed += len(batch)
+            return False
+        self._written += len(batch)
+        return True
 
     def close(self) -> None:
         self._send.close()
@@ -93,5 +125,9 @@ class PullEventWriter:
 
     def statistics(self) -> PullEventStatistics:
         return PullEventStatistics(
-            self._receive.statistics().current_buffer_used, self._written, self._dropped
+            self._receive.statistics().current_buffer_used,
+            self._written,
+            self._dropped,
+            self._write_failures,
+            self._failed,
         )

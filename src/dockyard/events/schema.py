@@ -21,15 +21,14 @@ unchanged; ``cloudevent`` renders one event as a CloudEvents 1.0 structured JSON
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dockyard.actions import ACTIONS
 from dockyard.meta.records import StoredEvent
 
-ACTIONS = ("push", "pull", "mount", "delete", "untag")
 DISTRIBUTION_MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents+json"
 
@@ -59,10 +58,6 @@ def native(e: StoredEvent) -> dict[str, Any]:
         "actor": {"name": body.get("actor", {}).get("name")},
         "source": body.get("source", {}),
     }
-
-
-def encode(e: StoredEvent) -> str:
-    return json.dumps(native(e), separators=(",", ":"))
 
 
 def _distribution_event(e: StoredEvent, base_url: str) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Webhook delivery: at-least-once, from the durable event log (DESIGN.md 3.6).
+"""Webhook delivery: at-least-once, from the durable event log.
+
+Deliveries read the ``events`` table, not an in-memory queue: every change commits its
+event with the change, so what the log holds is exactly what happened, and a restart or
+a crash loses no event that an endpoint has not yet received.
 
 Every worker process runs one task per configured endpoint. The tasks of one endpoint, in
 every worker and every instance sharing the database, compete for the endpoint's lease

@@ -13,10 +13,6 @@ TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 MAX_NAME_LENGTH = 255
 
 
-class NameError_(ValueError):
-    """A repository name does not match the spec's grammar."""
-
-
 class ReferenceError_(ValueError):
     """A reference is neither a valid tag nor a valid digest."""
 
@@ -45,7 +41,6 @@ def parse_reference(ref: str) -> Digest | str:
 __all__ = [
     "MAX_NAME_LENGTH",
     "DigestError",
-    "NameError_",
     "ReferenceError_",
     "is_valid_name",
     "is_valid_tag",

@@ -12,8 +12,9 @@ A crash between ``link`` and ``unlink`` leaves an upload file that is also the b
 links): a writer continuing that upload first replaces it by a private copy
 (``uploads/<upload id>.copy``, renamed over it), so a blob never changes.
 
-Chunk writes and reads happen inline on the event loop (DESIGN.md 3.2: a page-cache write
-of 64 KiB costs less than a thread hop); fsync and directory walks go to a thread.
+Chunk writes and reads happen inline on the event loop: a page-cache write of one body
+chunk costs less than the hop to a worker thread and back; fsync (which waits on the
+disk) and directory walks go to a thread.
 """
 
 from __future__ import annotations

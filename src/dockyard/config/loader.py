@@ -1,0 +1,154 @@
+"""Loading settings: embedded defaults < TOML file < ``DOCKYARD_*`` environment variables.
+
+An environment variable names a key as ``DOCKYARD_<SECTION>_<KEY>`` in upper case, for
+example ``DOCKYARD_SERVER_PORT=5001``. Values are coerced to the model's field types
+(from strings only for the environment: the TOML file has types of its own); unknown
+sections or keys and values of the wrong type raise ``ConfigError`` naming the key.
+Webhook endpoints are ``[[webhooks]]`` tables in the file only (``DOCKYARD_WEBHOOKS_*``
+is refused). ``load`` validates the result (``validate.validate``) before returning it:
+no caller ever sees settings that did not pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any, get_type_hints
+
+from dockyard.config.model import ConfigError, Settings, WebhookSettings
+from dockyard.config.validate import validate
+
+
+def _coerce(key: str, kind: Any, value: Any, from_env: bool) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_env and isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _apply(settings: Settings, section: str, key: str, value: Any, from_env: bool) -> None:
+    name = f"{section}.{key}"
+    section_obj = getattr(settings, section, None)
+    if section_obj is None or not dataclasses.is_dataclass(section_obj):
+        raise ConfigError(f"unknown section [{section}] (sections: {', '.join(_sections())})")
+    hints = get_type_hints(type(section_obj))
+    if key not in hints:
+        known = ", ".join(hints)
+        raise ConfigError(f"unknown key {name} (keys of [{section}]: {known})")
+    setattr(section_obj, key, _coerce(name, hints[key], value, from_env))
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings)]
+
+
+def _strings(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return list(value)
+
+
+def _webhooks(value: Any) -> list[WebhookSettings]:
+    """Parse the ``[[webhooks]]`` array of tables (types here, values in ``validate``)."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("webhooks: expected [[webhooks]] tables (an array of tables)")
+    hints = get_type_hints(WebhookSettings)
+    out: list[WebhookSettings] = []
+    for i, table in enumerate(value):
+        hook = WebhookSettings()
+        for key, item in table.items():
+            name = f"webhooks[{i}].{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown key {name} (keys of [[webhooks]]: {', '.join(hints)})")
+            if key == "headers":
+                if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+                    raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
+                hook.headers = dict(item)
+            elif key in ("repositories", "actions", "media_types"):
+                setattr(hook, key, _strings(name, item))
+            else:
+                setattr(hook, key, _coerce(name, hints[key], item, from_env=False))
+        out.append(hook)
+    return out
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings from defaults, then the TOML file at ``path``, then ``environ``."""
+    settings = Settings()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {os.fspath(path)!r}: {e}") from None
+        except OSError as e:  # a directory, no permission, ...
+            raise ConfigError(f"config file {os.fspath(path)!r}: {e.strerror}") from None
+        for section, values in doc.items():
+            if section == "webhooks":
+                settings.webhooks = _webhooks(values)
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: expected a [{section}] table")
+            for key, value in values.items():
+                _apply(settings, section, key, value, from_env=False)
+    env = os.environ if environ is None else environ
+    sections = sorted(_sections(), key=len, reverse=True)
+    for var, value in env.items():
+        if not var.startswith("DOCKYARD_") or var in ("DOCKYARD_CONFIG",):
+            continue
+        rest = var[len("DOCKYARD_") :].lower()
+        if rest.startswith("webhooks_"):
+            raise ConfigError(
+                f"{var}: webhooks are configured only in the config file ([[webhooks]] tables)"
+            )
+        for section in sections:
+            if rest.startswith(section + "_"):
+                try:
+                    _apply(settings, section, rest[len(section) + 1 :], value, from_env=True)
+                except ConfigError as e:
+                    raise ConfigError(f"{var}: {e}") from None
+                break
+        else:
+            raise ConfigError(f"{var}: unknown setting (form: DOCKYARD_<SECTION>_<KEY>)")
+    validate(settings)
+    return settings
+
+
+def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
+    """The settings as plain data; ``redact`` hides webhook secrets and header values."""
+    d = dataclasses.asdict(settings)
+    if redact:
+        for hook in d["webhooks"]:
+            if hook["secret"]:
+                hook["secret"] = "<redacted>"
+            hook["headers"] = dict.fromkeys(hook["headers"], "<redacted>")
+    return d

@@ -1,0 +1,161 @@
+"""The settings model: one dataclass per config-file section, with their defaults.
+
+The defaults here are the embedded defaults (the lowest layer, below the TOML file and
+the ``DOCKYARD_*`` environment; see ``loader``); ``conf/dockyard.toml`` documents every
+key. A field's type is the type the loader accepts for it: its annotation is read at load
+time, so a field must keep a plain ``bool``, ``int``, ``float``, ``str``, list or dict
+type. Nothing here checks values; ``validate`` does.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and how to fix it."""
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 1
+    # Name of this instance in events and upload leases; empty means the host name.
+    instance: str = ""
+    # Seconds to let in-flight requests finish on shutdown.
+    graceful_timeout: float = 10.0
+    # URL clients use to reach this registry (target URLs in webhook bodies); empty means
+    # http://<host>:<port>.
+    public_url: str = ""
+    # Bytes read from a connection at a time: the largest request-body chunk handled at
+    # once. Memory per upload is at most 4 such chunks (hypercorn's app queue).
+    read_size: int = 256 * 1024
+
+
+@dataclass
+class StorageSettings:
+    driver: str = "filesystem"
+    # Data directory: blobs (filesystem driver) and the embedded database live here.
+    root: str = "./data"
+
+
+@dataclass
+class DatabaseSettings:
+    # SQLite file; empty means <storage.root>/dockyard.sqlite3.
+    path: str = ""
+    # Worker threads that run database calls: calls beyond this many wait their turn, so
+    # a burst of requests cannot open a thread (and a SQLite connection) each.
+    threads: int = 4
+    # Seconds a writer waits for another process's write lock.
+    busy_timeout: float = 10.0
+
+
+@dataclass
+class LimitsSettings:
+    # Largest manifest accepted (the spec asks registries to accept at least 4 MiB).
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    # Page size of tag lists, catalog and referrers when the client gives no n.
+    default_page_size: int = 1000
+    max_page_size: int = 10000
+
+
+@dataclass
+class UploadsSettings:
+    # An upload untouched for this many seconds is purged with its bytes.
+    max_idle: float = 24 * 3600.0
+    # How often the janitor looks for stale uploads.
+    purge_interval: float = 600.0
+    # A PATCH holds its upload for at most this long without progress.
+    lease_seconds: float = 60.0
+
+
+@dataclass
+class EventsSettings:
+    # Record pull events (batched off the request path).
+    record_pulls: bool = True
+    # Pull events waiting to be written; beyond this they are dropped and counted.
+    pull_buffer: int = 10000
+    # Longest a pull event waits before its batch is written, in seconds.
+    pull_flush_interval: float = 0.5
+    # How often each worker looks for events written by other workers, in seconds.
+    poll_interval: float = 0.025
+    # Events a websocket subscriber may fall behind before it is disconnected.
+    feed_buffer: int = 1000
+    # Idle seconds before the feed sends a heartbeat message (clients take a silence of
+    # about two heartbeats for a dead connection).
+    heartbeat: float = 15.0
+    # One process delivers to each webhook endpoint at a time; it holds a lease in the
+    # database for this many seconds, renewed while it delivers.
+    webhook_lease_seconds: float = 30.0
+
+
+@dataclass
+class LogSettings:
+    level: str = "info"
+    # Log each request (method, path, status, duration) as a JSON line.
+    access: bool = False
+
+
+WEBHOOK_FORMATS = ("distribution", "cloudevents", "dockyard")
+
+
+@dataclass
+class WebhookSettings:
+    """One ``[[webhooks]]`` endpoint; ``name`` and ``url`` are required."""
+
+    name: str = ""
+    url: str = ""
+    # Extra request headers (for example Authorization).
+    headers: dict[str, str] = field(default_factory=dict)
+    # Seconds one delivery attempt may take, connection included.
+    timeout: float = 5.0
+    # "distribution" (CNCF Distribution envelope), "cloudevents" or "dockyard" (native).
+    format: str = "distribution"
+    # When set, X-Dockyard-Signature: sha256=<HMAC-SHA256 of the body with this key>.
+    secret: str = ""
+    # Filters (empty: everything): repository globs, actions, media types (or "type/*").
+    repositories: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    media_types: list[str] = field(default_factory=list)
+    # Attempts per event before it is recorded as failed and the endpoint moves on.
+    max_attempts: int = 10
+    # Seconds before the first retry; each retry doubles it, up to backoff_max.
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    uploads: UploadsSettings = field(default_factory=UploadsSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    webhooks: list[WebhookSettings] = field(default_factory=list)
+
+    @property
+    def database_path(self) -> Path:
+        if self.database.path:
+            return Path(self.database.path)
+        return Path(self.storage.root) / "dockyard.sqlite3"
+
+    @property
+    def base_url(self) -> str:
+        """The registry's URL as clients see it: server.public_url, else from host:port."""
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        host = self.server.host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.server.port}"
+
+
+STORAGE_DRIVERS = ("filesystem", "memory")
+LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -1,0 +1,118 @@
+"""Validation of loaded settings: values in range, known names, well-formed webhooks.
+
+``validate`` runs once, on the fully layered settings (so a value from the file and one
+from the environment are checked together, for example default_page_size against
+max_page_size). Each failure raises ``ConfigError`` with the key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from dockyard.actions import ACTIONS
+from dockyard.config.model import (
+    LOG_LEVELS,
+    STORAGE_DRIVERS,
+    WEBHOOK_FORMATS,
+    ConfigError,
+    Settings,
+    WebhookSettings,
+)
+
+_WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Headers dockyard sets itself on every delivery.
+_RESERVED_HEADERS = ("content-type", "content-length", "host", "transfer-encoding")
+
+
+def _validate_webhooks(hooks: list[WebhookSettings]) -> None:
+    seen: set[str] = set()
+    for i, h in enumerate(hooks):
+        key = f"webhooks[{i}]"
+        if not h.name:
+            raise ConfigError(f"{key}.name: every [[webhooks]] endpoint needs a name")
+        if not _WEBHOOK_NAME.fullmatch(h.name):
+            raise ConfigError(
+                f"{key}.name: {h.name!r} is not a valid name (letters, digits, '.', '_', '-';"
+                " at most 64)"
+            )
+        if h.name in seen:
+            raise ConfigError(f"{key}.name: duplicate endpoint name {h.name!r}")
+        seen.add(h.name)
+        key = f"{key} ({h.name})"
+        if not h.url:
+            raise ConfigError(f"{key}.url: every [[webhooks]] endpoint needs a url")
+        try:
+            url = urlsplit(h.url)
+            url.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"{key}.url: {h.url!r} is not an http:// or https:// URL")
+        for header in h.headers:
+            lower = header.lower()
+            if lower in _RESERVED_HEADERS or lower.startswith("x-dockyard-"):
+                raise ConfigError(f"{key}.headers: {header!r} is set by dockyard itself")
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+                raise ConfigError(f"{key}.headers: {header!r} is not a valid header name")
+        for header, header_value in h.headers.items():
+            if any(c in header_value for c in "\r\n\0"):
+                raise ConfigError(f"{key}.headers: the value of {header!r} has a line break")
+        if h.format not in WEBHOOK_FORMATS:
+            raise ConfigError(
+                f"{key}.format: unknown format {h.format!r} "
+                f"(choose one of: {', '.join(WEBHOOK_FORMATS)})"
+            )
+        for action in h.actions:
+            if action not in ACTIONS:
+                raise ConfigError(
+                    f"{key}.actions: unknown action {action!r} (actions: {', '.join(ACTIONS)})"
+                )
+        for media_type in h.media_types:
+            if "*" in media_type and not (media_type.endswith("/*") and media_type.count("*") == 1):
+                raise ConfigError(
+                    f"{key}.media_types: {media_type!r}: give an exact media type or 'type/*'"
+                )
+        if h.timeout <= 0:
+            raise ConfigError(f"{key}.timeout: must be positive")
+        if h.max_attempts < 1:
+            raise ConfigError(f"{key}.max_attempts: must be at least 1")
+        if h.backoff_initial <= 0 or h.backoff_max < h.backoff_initial:
+            raise ConfigError(
+                f"{key}.backoff_initial, backoff_max: need 0 < backoff_initial <= backoff_max"
+            )
+
+
+def validate(s: Settings) -> None:
+    if s.storage.driver not in STORAGE_DRIVERS:
+        raise ConfigError(
+            f"storage.driver: unknown driver {s.storage.driver!r} "
+            f"(choose one of: {', '.join(STORAGE_DRIVERS)})"
+        )
+    if not 0 <= s.server.port <= 65535:
+        raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
+    if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
+        raise ConfigError("server.read_size: must be between 16384 and 16777216 bytes")
+    if s.server.workers < 1:
+        raise ConfigError("server.workers: must be at least 1")
+    if s.database.threads < 1:
+        raise ConfigError("database.threads: must be at least 1")
+    if s.limits.max_manifest_bytes < 4 * 1024 * 1024:
+        raise ConfigError("limits.max_manifest_bytes: the spec requires at least 4194304")
+    if not 1 <= s.limits.default_page_size <= s.limits.max_page_size:
+        raise ConfigError("limits.default_page_size: must be between 1 and limits.max_page_size")
+    if s.events.pull_buffer < 1:
+        raise ConfigError("events.pull_buffer: must be at least 1")
+    if s.events.feed_buffer < 1:
+        raise ConfigError("events.feed_buffer: must be at least 1")
+    if s.events.poll_interval <= 0 or s.events.heartbeat <= 0:
+        raise ConfigError("events.poll_interval and events.heartbeat: must be positive")
+    if s.log.level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: choose one of {', '.join(LOG_LEVELS)}")
+    if s.events.webhook_lease_seconds <= 0:
+        raise ConfigError("events.webhook_lease_seconds: must be positive")
+    if s.server.public_url:
+        url = urlsplit(s.server.public_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ConfigError(f"server.public_url: {s.server.public_url!r} is not an http(s) URL")
+    _validate_webhooks(s.webhooks)

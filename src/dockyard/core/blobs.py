@@ -1,0 +1,103 @@
+"""Committed blobs: size, download, delete, cross-repository mount.
+
+Invariant: a blob is served from a repository only while ``repository_blobs`` links it
+there. Every read checks the link first (``blob_size``), so a blob stored for another
+repository, or committed but never linked (a crash before the link), is unknown here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from dockyard.core.common import Body, EventMaker, RequestInfo, parse_digest
+from dockyard.core.errors import BlobUnknown
+from dockyard.events.pulls import PullEventWriter
+from dockyard.meta.store import Database
+from dockyard.storage.base import BlobStore
+
+
+class Blobs:
+    def __init__(
+        self, db: Database, storage: BlobStore, pulls: PullEventWriter, events: EventMaker
+    ) -> None:
+        self.db = db
+        self.meta = db.meta
+        self.storage = storage
+        self.pulls = pulls
+        self._event = events
+
+    async def blob_size(self, repository: str, digest: str) -> int:
+        parse_digest(digest)
+        size = await self.db.read(self.meta.linked_blob_size, repository, digest)
+        if size is None:
+            raise BlobUnknown(f"blob {digest} is not in {repository}")
+        return size
+
+    async def read_blob(
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        digest: str,
+        size: int,
+        start: int = 0,
+        length: int | None = None,
+    ) -> Body:
+        """Stream a blob already checked with ``blob_size``; records a pull event."""
+        self.pulls.record(
+            self._event(
+                ctx, "pull", repository, digest, "application/octet-stream", size, kind="blob"
+            )
+        )
+        return self.storage.read(digest, start, length)
+
+    async def delete_blob(self, ctx: RequestInfo, repository: str, digest: str) -> None:
+        parse_digest(digest)
+        # Like every blob event, it names the media type and size (a digest has one size).
+        size = await self.db.run(self.meta.blob_size, digest)
+        event = self._event(
+            ctx, "delete", repository, digest, "application/octet-stream", size, kind="blob"
+        )
+        if not await self.db.run(self.meta.unlink_blob, repository, digest, [event]):
+            raise BlobUnknown(f"blob {digest} is not in {repository}")
+
+    async def mount_blob(
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        digest: str,
+        source: str | None,
+        may_read: Callable[[str], Awaitable[bool]],
+    ) -> bool:
+        """Link a blob readable elsewhere into ``repository``; False if none is readable.
+
+        With ``source`` only that repository is considered; without it, any repository
+        holding the blob that ``may_read`` allows.
+        """
+        parse_digest(digest)
+        candidates = (
+            [source]
+            if source is not None
+            else await self.db.run(self.meta.repositories_linking, digest)
+        )
+        for candidate in candidates:
+            if candidate == repository:
+                size = await self.db.run(self.meta.linked_blob_size, repository, digest)
+                if size is not None:
+                    return True
+                continue
+            size = await self.db.run(self.meta.linked_blob_size, candidate, digest)
+            if size is None or not await may_read(candidate):
+                continue
+            event = self._event(
+                ctx,
+                "mount",
+                repository,
+                digest,
+                "application/octet-stream",
+                size,
+                kind="blob",
+                **{"from": candidate},
+            )
+            await self.db.run(self.meta.link_blob, repository, digest, size, [event])
+            return True
+        return False

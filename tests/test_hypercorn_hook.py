@@ -1,0 +1,39 @@
+"""The socket read size dockyard sets in hypercorn (services.set_read_size) is a hypercorn
+module constant: start-up fails, naming the hypercorn version, if a release drops it."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import hypercorn.trio.tcp_server
+import pytest
+
+from dockyard.cli import main
+from dockyard.services import check_read_size_hook, set_read_size
+
+
+def test_the_installed_hypercorn_has_the_constant() -> None:
+    before = hypercorn.trio.tcp_server.MAX_RECV
+    try:
+        check_read_size_hook()
+        set_read_size(128 * 1024)
+        assert hypercorn.trio.tcp_server.MAX_RECV == 128 * 1024
+    finally:
+        hypercorn.trio.tcp_server.MAX_RECV = before
+
+
+def test_a_hypercorn_without_it_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delattr(hypercorn.trio.tcp_server, "MAX_RECV")
+    # `serve` puts its overrides in the environment (for the workers): restore it after.
+    monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("DOCKYARD_SERVER_PORT", "0")
+    with pytest.raises(RuntimeError, match=f"hypercorn {version('hypercorn')} has no .*MAX_RECV"):
+        set_read_size(256 * 1024)
+    assert not hasattr(hypercorn.trio.tcp_server, "MAX_RECV")  # nothing set in its place
+    # `dockyard serve` says so before it touches the data directory or starts workers.
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
+    assert "MAX_RECV" in capsys.readouterr().err
+    assert not (tmp_path / "dockyard.sqlite3").exists()
