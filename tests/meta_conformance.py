@@ -395,7 +395,6 @@ class MetaConformance:
         assert u is not None and (u.lease, u.lease_expires) == (None, None)
         assert store.claim_upload("u1", 0, "i/b", 60) is True
 
-    @pytest.mark.xfail(strict=True, reason="release_leases_of matches with LIKE (fixed next)")
     def test_release_leases_of_matches_the_instance_exactly(self, store: MetadataStore) -> None:
         # Lease tokens are "<instance>/<random>". Only the named instance's leases are
         # freed: no wildcard characters, no case folding, no longer or nested names.
@@ -621,7 +620,6 @@ class MetaConformance:
         assert (c.cursor, c.delivered) == (5, T0 + 1)
         assert store.webhook_acquire("hook", "i/a", 30) == 5
 
-    @pytest.mark.xfail(strict=True, reason="release_leases_of matches with LIKE (fixed next)")
     def test_webhook_release_leases_of_matches_the_instance_exactly(
         self, store: MetadataStore
     ) -> None:

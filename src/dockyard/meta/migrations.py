@@ -15,7 +15,7 @@ Schema after the last migration::
     manifest_references(repository_id, manifest_digest, child_digest, kind)
     tags(repository_id, name, digest, pushed, pulled)
     uploads(id, repository, algorithm, received, hash_state, driver_state, lease,
-            lease_expires, started, touched)
+            lease_expires, started, touched)              lease: see meta/leases.py
     events(id AUTOINCREMENT, ts, action, repository, digest, media_type, size, tag, body)
     webhook_cursors(name PK, cursor, lease, lease_expires, created, delivered)
                                                           last event id handled per endpoint;

@@ -7,9 +7,10 @@
     stats.py      the dashboard snapshot
     webhooks.py   webhook cursors, leases and failures
 
-The schema is in ``meta/migrations.py``. Each domain class derives from ``SQLiteCore``
-and adds methods only, so a call on ``SQLiteMeta`` is a plain method call: the hot point
-reads (manifests and blob sizes, run inline on the event loop) pay for no extra layer.
+The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
+in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
+only, so a call on ``SQLiteMeta`` is a plain method call: the hot point reads (manifests
+and blob sizes, run inline on the event loop) pay for no extra layer.
 """
 
 from __future__ import annotations

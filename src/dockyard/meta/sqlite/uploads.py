@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dockyard.meta import leases
+from dockyard.meta.leases import UPLOADS
 from dockyard.meta.records import Conflict, UploadRecord
 from dockyard.meta.sqlite.core import SQLiteCore
 
@@ -54,21 +56,21 @@ class UploadStore(SQLiteCore):
         """Take the upload for one request if it is at ``offset`` and nobody holds it."""
         now = self._clock()
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE uploads SET lease = ?, lease_expires = ?, touched = ?"
-                " WHERE id = ? AND received = ? AND (lease IS NULL OR lease_expires < ?)",
-                (lease, now + seconds, now, upload_id, offset, now),
+            cur = leases.take(
+                conn,
+                UPLOADS,
+                upload_id,
+                lease,
+                seconds,
+                now,
+                where=" AND received = ?",
+                args=(offset,),
             )
             return cur.rowcount == 1
 
     def renew_lease(self, upload_id: str, lease: str, seconds: float) -> bool:
-        now = self._clock()
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE uploads SET lease_expires = ?, touched = ? WHERE id = ? AND lease = ?",
-                (now + seconds, now, upload_id, lease),
-            )
-            return cur.rowcount == 1
+            return leases.renew(conn, UPLOADS, upload_id, lease, seconds, self._clock())
 
     def save_upload(
         self,
@@ -90,19 +92,13 @@ class UploadStore(SQLiteCore):
 
     def release_upload(self, upload_id: str, lease: str) -> None:
         with self._write() as conn:
-            conn.execute(
-                "UPDATE uploads SET lease = NULL, lease_expires = NULL WHERE id = ? AND lease = ?",
-                (upload_id, lease),
-            )
+            leases.release(conn, UPLOADS, upload_id, lease)
 
-    def release_leases_of(self, prefix: str) -> int:
-        """Free leases a previous run of this instance held (it cannot still be writing)."""
+    def release_leases_of(self, instance: str) -> int:
+        """Free the upload leases an earlier run of ``instance`` held (it cannot still be
+        writing): exactly that instance's, see ``leases.release_of``."""
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE uploads SET lease = NULL, lease_expires = NULL WHERE lease LIKE ?",
-                (prefix.replace("%", "") + "%",),
-            )
-            return cur.rowcount
+            return leases.release_of(conn, UPLOADS, instance)
 
     def delete_upload(self, upload_id: str) -> bool:
         with self._write() as conn:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dockyard.meta import leases
+from dockyard.meta.leases import WEBHOOKS
 from dockyard.meta.records import WebhookCursor, WebhookFailure
 from dockyard.meta.sqlite.core import SQLiteCore
 
@@ -26,35 +28,20 @@ class WebhookStore(SQLiteCore):
 
     def webhook_acquire(self, name: str, lease: str, seconds: float) -> int | None:
         """Take (or keep) the endpoint's lease if it is free or expired; its cursor, or None."""
-        now = self._clock()
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE webhook_cursors SET lease = ?, lease_expires = ? WHERE name = ?"
-                " AND (lease IS NULL OR lease = ? OR lease_expires < ?) RETURNING cursor",
-                (lease, now + seconds, name, lease, now),
-            ).fetchone()
+            cur = leases.take(
+                conn, WEBHOOKS, name, lease, seconds, self._clock(), returning="cursor"
+            )
+            row = cur.fetchone()
             return None if row is None else int(row[0])
 
     def webhook_lease_free(self, name: str, lease: str) -> bool:
         """Whether ``webhook_acquire`` could succeed now (a read: cheap to ask often)."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT 1 FROM webhook_cursors WHERE name = ?"
-                " AND (lease IS NULL OR lease = ? OR lease_expires < ?)",
-                (name, lease, self._clock()),
-            )
-            .fetchone()
-        )
-        return row is not None
+        return leases.takeable(self._conn(), WEBHOOKS, name, lease, self._clock())
 
     def webhook_renew(self, name: str, lease: str, seconds: float) -> bool:
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE webhook_cursors SET lease_expires = ? WHERE name = ? AND lease = ?",
-                (self._clock() + seconds, name, lease),
-            )
-            return cur.rowcount == 1
+            return leases.renew(conn, WEBHOOKS, name, lease, seconds, self._clock())
 
     def webhook_advance(self, name: str, lease: str, cursor: int, delivered: bool) -> bool:
         """Move the cursor to ``cursor`` (every event up to it is handled)."""
@@ -69,21 +56,13 @@ class WebhookStore(SQLiteCore):
 
     def webhook_release(self, name: str, lease: str) -> None:
         with self._write() as conn:
-            conn.execute(
-                "UPDATE webhook_cursors SET lease = NULL, lease_expires = NULL"
-                " WHERE name = ? AND lease = ?",
-                (name, lease),
-            )
+            leases.release(conn, WEBHOOKS, name, lease)
 
-    def webhook_release_leases_of(self, prefix: str) -> int:
-        """Free webhook leases a previous run of this instance held."""
+    def webhook_release_leases_of(self, instance: str) -> int:
+        """Free the webhook leases an earlier run of ``instance`` held (exactly that
+        instance's, see ``leases.release_of``)."""
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE webhook_cursors SET lease = NULL, lease_expires = NULL"
-                " WHERE substr(lease, 1, ?) = ?",
-                (len(prefix), prefix),
-            )
-            return cur.rowcount
+            return leases.release_of(conn, WEBHOOKS, instance)
 
     def webhook_failed(
         self,
