@@ -13,7 +13,7 @@ Schema after the last migration::
     manifests(repository_id, digest, media_type, artifact_type, subject, size, payload,
               annotations, pushed)
     manifest_references(repository_id, manifest_digest, child_digest, kind)
-    tags(repository_id, name, digest, pushed, pulled)
+    tags(repository_id, name, digest, pushed)
     uploads(id, repository, algorithm, received, hash_state, driver_state, lease,
             lease_expires, started, touched)              lease: see meta/leases.py
     events(id AUTOINCREMENT, ts, action, repository, digest, media_type, size, tag, body)
@@ -124,6 +124,11 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX webhook_failures_to_redeliver ON webhook_failures(name, event_id)
         WHERE redeliver = 1;
+    """,
+    # 3: tags.pulled was never written. DROP COLUMN needs SQLite 3.35 (Debian bookworm,
+    # the container's base, has 3.40).
+    """
+    ALTER TABLE tags DROP COLUMN pulled;
     """,
 )
 
