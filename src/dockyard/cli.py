@@ -52,9 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout)
     meta.migrate()
     # Upload leases held by an earlier run of this instance can no longer be in use.
-    released = meta.release_leases_of(instance_name(settings) + "/")
+    released = meta.release_leases_of(instance_name(settings))
     # So are its webhook leases: the new workers take the endpoints over at once.
-    meta.webhook_release_leases_of(instance_name(settings) + "/")
+    meta.webhook_release_leases_of(instance_name(settings))
     meta.close()
     if released:
         logging.getLogger("dockyard").info("released %d upload leases of a previous run", released)

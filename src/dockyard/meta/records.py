@@ -1,6 +1,6 @@
 """The records the metadata store reads and writes: plain frozen dataclasses, no I/O.
 
-Every store (``meta/sqlite.py`` today, PostgreSQL next) returns these, and ``core/``,
+Every store (``meta/sqlite/`` today, PostgreSQL next) returns these, and ``core/``,
 ``events/`` and ``http/`` use them without knowing which store made them.
 
 Errors::

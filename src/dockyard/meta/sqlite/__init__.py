@@ -1,0 +1,28 @@
+"""The metadata store on SQLite: ``SQLiteMeta``, one class composed of a module per domain.
+
+    core.py       connections, write transactions, the event append, ``migrate``
+    content.py    repositories, blob links, manifests, tags, referrers
+    uploads.py    upload sessions and their leases
+    events.py     the event log
+    stats.py      the dashboard snapshot
+    webhooks.py   webhook cursors, leases and failures
+
+The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
+in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
+only, so a call on ``SQLiteMeta`` is a plain method call: the hot point reads (manifests
+and blob sizes, run inline on the event loop) pay for no extra layer.
+"""
+
+from __future__ import annotations
+
+from dockyard.meta.sqlite.content import ContentStore
+from dockyard.meta.sqlite.events import EventStore
+from dockyard.meta.sqlite.stats import StatsStore
+from dockyard.meta.sqlite.uploads import UploadStore
+from dockyard.meta.sqlite.webhooks import WebhookStore
+
+__all__ = ["SQLiteMeta"]
+
+
+class SQLiteMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore):
+    """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
