@@ -19,7 +19,8 @@ Driver-specific hooks a subclass may extend:
   driver walks its root for leftover files, an object store lists its bucket).
 - ``assert_contained(store)``: nothing was written outside the driver's own space (the
   filesystem driver checks the directory around its root). The default checks nothing.
-- ``max_read_chunk``: the largest chunk ``read`` may yield (DESIGN.md 3.3: bounded reads).
+- ``max_read_chunk``: the largest chunk ``read`` may yield (reads are bounded: see
+  ``docs/architecture.md``, Requests).
 
 The suite treats the driver as a black box: it never checks digests itself (storage does
 not verify content), so tests may commit arbitrary bytes under a digest to tell copies

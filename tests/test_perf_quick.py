@@ -3,7 +3,7 @@
 They check that the load generator moves exactly the bytes it says, counts every
 request, notices failures, reads server CPU from /proc and aggregates compare runs
 correctly. No docker-registry is needed; speed is not asserted (the perf suite measures
-it, DESIGN.md section 6).
+it: ``perf/README.md``).
 """
 
 from __future__ import annotations

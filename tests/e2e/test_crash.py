@@ -1,10 +1,10 @@
 """Crash safety of a real ``dockyard serve``: SIGKILL mid-upload and mid-commit, SIGTERM.
 
-The promise under test (DESIGN.md 5; ``core/registry.py``; ``storage/filesystem.py``): a
-crash at any moment never leaves a partial or unverified blob visible, never loses a blob
-whose push was acknowledged (201), and ``dockyard serve`` restarts cleanly on the same data
-directory, freeing its dead run's upload leases, so an unfinished chunked upload continues
-from its last saved offset.
+The promise under test (``docs/architecture.md``, A blob push; ``core/uploads.py``;
+``storage/filesystem.py``): a crash at any moment never leaves a partial or unverified
+blob visible, never loses a blob whose push was acknowledged (201), and ``dockyard serve``
+restarts cleanly on the same data directory, freeing its dead run's upload leases, so an
+unfinished chunked upload continues from its last saved offset.
 
 Kills are real ``SIGKILL``s of the server's process group while real HTTP requests stream
 over loopback. Two crash points are narrow (between the filesystem commit's ``link`` and

@@ -3,8 +3,8 @@
 Parallel skopeo pushes of images that share layers race on the same blobs across both
 processes; a chunked upload whose requests each come on a new connection moves between
 processes, so its offset and saved hash state must travel through the database
-(DESIGN.md 3.4). Which process served a request is read from /proc (Linux): the test
-checks that the upload did change process, not just that it may have.
+(``docs/architecture.md``, A blob push). Which process served a request is read from /proc
+(Linux): the test checks that the upload did change process, not just that it may have.
 """
 
 from __future__ import annotations
