@@ -60,7 +60,14 @@ async def test_dashboard_files_are_served(client: httpx.AsyncClient) -> None:
     assert "<title>dockyard · live dashboard</title>" in html
     # Every file the page loads is served from the package, with its type; nothing else.
     assets = re.findall(r'(?:href|src)="([^"]+)"', html)
-    assert sorted(assets) == ["dashboard.css", "dashboard.js", "favicon.svg", "favicon.svg"]
+    assert sorted(assets) == [
+        "chart.js",
+        "dashboard.css",
+        "dashboard.js",
+        "favicon.svg",
+        "favicon.svg",
+        "format.js",
+    ]
     types = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
     for name in set(assets):
         r = await client.get(f"/dashboard/{name}")
@@ -71,10 +78,12 @@ async def test_dashboard_files_are_served(client: httpx.AsyncClient) -> None:
         assert again.status_code == 304
         assert again.content == b""
     script = (await client.get("/dashboard/dashboard.js")).text
+    scripts = [(await client.get(f"/dashboard/{n}")).text for n in assets if n.endswith(".js")]
     # The page finds the API relative to itself and resumes the feed with since=.
     assert "../v2/_dockyard/stats" in script and "../v2/_dockyard/events" in script
     assert 'searchParams.set("since"' in script
-    assert "http://" not in script and "https://" not in script  # loads nothing from elsewhere
+    for text in scripts:  # loads nothing from elsewhere
+        assert "http://" not in text and "https://" not in text
 
 
 async def test_unknown_paths_outside_v2_are_oci_errors(client: httpx.AsyncClient) -> None:

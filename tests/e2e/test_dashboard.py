@@ -13,6 +13,7 @@ resumed with ``since=`` (no event lost, none listed twice). The page is saved as
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -22,6 +23,7 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -287,6 +289,16 @@ def test_dashboard_shows_pushes_live(
             "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;"
         )
         assert chart_pixels > 1000, "the rate chart drew nothing"
+        # Hovering over the newest bucket shows its counts; leaving the chart hides them.
+        canvas = browser.find_element(By.ID, "rate-chart")
+        tip = browser.find_element(By.ID, "chart-tip")
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, canvas.size["width"] // 2 - 12, 0
+        ).perform()
+        page.wait("the chart's tooltip", lambda: tip.is_displayed())
+        assert re.search(r"push \d+ \(.+\) · pull \d+ \(.+\)", tip.text), tip.text
+        ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "header")).perform()
+        page.wait("the tooltip to hide", lambda: not tip.is_displayed())
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))

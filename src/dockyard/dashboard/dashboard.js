@@ -52,70 +52,14 @@
     changeId: 0, // the newest change (not a pull) that a snapshot must cover
   };
 
-  // -- formatting
-
-  function formatBytes(n) {
-    if (!n) return "0 B";
-    const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let i = 0;
-    let v = n;
-    while (v >= 1024 && i < units.length - 1) {
-      v /= 1024;
-      i += 1;
-    }
-    return `${v >= 100 || i === 0 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
-  }
-
-  function formatCount(n) {
-    return n.toLocaleString("en-US");
-  }
-
-  function pad(n) {
-    return String(n).padStart(2, "0");
-  }
-
-  function clock(date) {
-    return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
-  }
-
-  function ago(seconds) {
-    const s = Math.max(0, Math.round(nowServer() - seconds));
-    if (s < 60) return `${s} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-    return `${Math.floor(s / 86400)} d ago`;
-  }
-
-  function shortDigest(d) {
-    if (!d) return "";
-    const [alg, hex] = d.split(":");
-    return hex ? `${alg}:${hex.slice(0, 12)}` : d.slice(0, 19);
-  }
+  const { formatBytes, formatCount, clock, shortDigest, globToRegex, span } = window.dockyardFormat;
 
   function nowServer() {
     return Date.now() / 1000 + state.offset;
   }
 
-  // Shell-style glob, as the feed's repository filter: * ? [abc] [!abc]; * crosses "/".
-  function globToRegex(glob) {
-    let out = "";
-    for (let i = 0; i < glob.length; i++) {
-      const c = glob[i];
-      if (c === "*") out += ".*";
-      else if (c === "?") out += ".";
-      else if (c === "[") {
-        const end = glob.indexOf("]", i + 2);
-        if (end === -1) {
-          out += "\\[";
-        } else {
-          let body = glob.slice(i + 1, end).replace(/\\/g, "\\\\");
-          if (body[0] === "!") body = "^" + body.slice(1);
-          out += `[${body}]`;
-          i = end;
-        }
-      } else out += c.replace(/[.+^${}()|\\\]]/g, "\\$&");
-    }
-    return new RegExp(`^${out}$`);
+  function ago(seconds) {
+    return window.dockyardFormat.ago(seconds, nowServer());
   }
 
   // -- counting
@@ -325,13 +269,6 @@
     return true;
   }
 
-  function span(cls, text) {
-    const el = document.createElement("span");
-    el.className = cls;
-    el.textContent = text;
-    return el;
-  }
-
   function eventRow(ev, fresh) {
     const t = ev.target;
     const row = document.createElement("div");
@@ -533,156 +470,16 @@
     }
   }
 
-  // -- the chart (canvas)
-
-  const chart = { points: [], hover: -1 };
-
-  // A whole-number gridline step for four gridlines that cover `peak`.
-  function niceStep(peak) {
-    const raw = peak / 4;
-    if (raw <= 1) return 1;
-    const p = 10 ** Math.floor(Math.log10(raw));
-    for (const m of [1, 2, 2.5, 5, 10]) {
-      if (m * p >= raw && Number.isInteger(m * p)) return m * p;
-    }
-    return 10 * p;
-  }
-
-  function drawChart() {
-    const canvas = $("rate-chart");
-    const dpr = window.devicePixelRatio || 1;
-    const w = canvas.clientWidth;
-    const h = canvas.clientHeight;
-    if (!w || !h) return;
-    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
-      canvas.width = Math.round(w * dpr);
-      canvas.height = Math.round(h * dpr);
-    }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
-    const starts = [...state.buckets.keys()].sort((a, b) => a - b);
-    const n = Math.max(starts.length, 1);
-    const pad = { l: 40, r: 8, t: 10, b: 24 };
-    const pw = w - pad.l - pad.r;
-    const ph = h - pad.t - pad.b;
-    const slot = pw / n; // one time bucket: a push bar and a pull bar
-    let peak = 0;
-    for (const s of starts) {
-      const b = state.buckets.get(s);
-      peak = Math.max(peak, b.push, b.pull);
-    }
-    const step = niceStep(peak);
-    const top = step * 4;
-    const y = (v) => pad.t + ph - (v / top) * ph;
-
-    if (chart.hover >= 0 && chart.hover < starts.length) {
-      ctx.fillStyle = "rgba(139, 154, 187, 0.14)";
-      ctx.fillRect(pad.l + chart.hover * slot, pad.t, slot, ph);
-    }
-
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.lineWidth = 1;
-    ctx.strokeStyle = "#24314f";
-    ctx.fillStyle = "#8b9abb";
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i++) {
-      const yy = Math.round(y(step * i)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(pad.l, yy);
-      ctx.lineTo(w - pad.r, yy);
-      ctx.stroke();
-      ctx.fillText(formatCount(step * i), pad.l - 6, yy);
-    }
-    ctx.textAlign = "center";
-    ctx.textBaseline = "top";
-    const labelEvery = Math.max(1, Math.round(180 / BUCKET)); // a time label every 3 minutes
-    starts.forEach((s, i) => {
-      if (s % (labelEvery * BUCKET) !== 0) return;
-      const d = new Date(s * 1000);
-      const xx = Math.round(pad.l + i * slot) + 0.5;
-      ctx.strokeStyle = "#1a2540";
-      ctx.beginPath();
-      ctx.moveTo(xx, pad.t);
-      ctx.lineTo(xx, pad.t + ph);
-      ctx.stroke();
-      ctx.fillStyle = "#8b9abb";
-      ctx.fillText(`${pad2(d.getHours())}:${pad2(d.getMinutes())}`, xx, pad.t + ph + 6);
-    });
-
-    const gap = Math.max(1, slot * 0.2);
-    const bar = Math.max(1, (slot - gap) / 2);
-    starts.forEach((s, i) => {
-      const b = state.buckets.get(s);
-      [["push", 0], ["pull", 1]].forEach(([action, k]) => {
-        const v = b[action];
-        if (!v) return;
-        const x0 = pad.l + i * slot + gap / 2 + k * bar;
-        const y0 = y(v);
-        ctx.fillStyle = COLORS[action];
-        ctx.fillRect(x0, y0, Math.max(1, bar - 0.5), pad.t + ph - y0);
-      });
-    });
-    ctx.strokeStyle = "#3a4a6d";
-    ctx.beginPath();
-    ctx.moveTo(pad.l, pad.t + ph + 0.5);
-    ctx.lineTo(w - pad.r, pad.t + ph + 0.5);
-    ctx.stroke();
-
-    chart.points = starts.map((s, i) => ({ x: pad.l + (i + 0.5) * slot, start: s }));
-  }
-
-  function pad2(n) {
-    return pad(n);
-  }
-
-  function onChartHover(e) {
-    const canvas = $("rate-chart");
-    const tip = $("chart-tip");
-    const rect = canvas.getBoundingClientRect();
-    const mx = e.clientX - rect.left;
-    let best = -1;
-    let dist = Infinity;
-    chart.points.forEach((p, i) => {
-      const d = Math.abs(p.x - mx);
-      if (d < dist) {
-        dist = d;
-        best = i;
-      }
-    });
-    if (best < 0) return;
-    chart.hover = best;
-    const start = chart.points[best].start;
-    const b = state.buckets.get(start);
-    if (!b) return;
-    tip.textContent = "";
-    tip.append(
-      span("", `${clock(new Date(start * 1000))} – ${clock(new Date((start + BUCKET) * 1000))}`),
-      document.createElement("br"),
-      span("", `push ${b.push} (${formatBytes(b.bytes_in)}) · pull ${b.pull} (${formatBytes(b.bytes_out)})`),
-    );
-    tip.hidden = false;
-    const left = Math.min(Math.max(chart.points[best].x + 10, 0), rect.width - tip.offsetWidth - 4);
-    tip.style.left = `${left}px`;
-    tip.style.top = "8px";
-    state.dirty = true;
-  }
-
-  function onChartLeave() {
-    chart.hover = -1;
-    $("chart-tip").hidden = true;
-    state.dirty = true;
-  }
-
   // -- wiring
+
+  let chart = null; // the rate chart (chart.js), made in start()
 
   function render() {
     if (!state.dirty) return;
     state.dirty = false;
     renderCounters();
     renderTop();
-    drawChart();
+    chart.draw();
   }
 
   function start() {
@@ -709,9 +506,14 @@
         renderRepos();
       });
     }
-    const canvas = $("rate-chart");
-    canvas.addEventListener("mousemove", onChartHover);
-    canvas.addEventListener("mouseleave", onChartLeave);
+    chart = window.dockyardChart.createChart($("rate-chart"), $("chart-tip"), {
+      bucket: BUCKET,
+      colors: COLORS,
+      buckets: () => state.buckets,
+      changed: () => {
+        state.dirty = true;
+      },
+    });
     window.addEventListener("resize", () => {
       state.dirty = true;
     });
