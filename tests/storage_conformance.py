@@ -1,7 +1,7 @@
 """The storage-driver conformance suite: the ``BlobStore`` contract, written once.
 
-A driver is done when this suite passes against it and leaves nothing behind (CONVENTIONS
-4, after distribution's ``registry/storage/driver/testsuites``). To run it against a
+A driver is done when this suite passes against it and leaves nothing behind (after
+CNCF distribution's ``registry/storage/driver/testsuites``). To run it against a
 driver, subclass ``StorageConformance`` in a ``test_*.py`` module and provide a ``store``
 fixture that yields a fresh, empty driver and closes it afterwards::
 
