@@ -14,10 +14,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
-from dockyard.auth import AllowAll
+from dockyard.auth import AllowAll, Authorizer
+from dockyard.auth.authorizer import AccessAuthorizer, basic_challenge
+from dockyard.auth.htpasswd import Users
+from dockyard.auth.rules import AccessRule, AccessRules
+from dockyard.auth.tickets import FeedTickets, load_or_create_key
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
 from dockyard.core.stats import Statistics
@@ -45,6 +50,25 @@ def build_storage(settings: Settings) -> BlobStore:
     if settings.storage.driver == "memory":
         return MemoryStore()
     return FilesystemStore(settings.storage.root)
+
+
+def build_authorizer(settings: Settings) -> Authorizer:
+    """``AllowAll`` for ``auth.mode = "none"``, else the users file and the rules.
+
+    Raises ``HtpasswdError`` if the users file is unusable (start-up stops)."""
+    auth = settings.auth
+    if auth.mode == "none":
+        return AllowAll()
+    rules = AccessRules(
+        [AccessRule.of(r.users, r.repositories, r.actions) for r in settings.access]
+    )
+    users = Users(auth.htpasswd, auth.cache_seconds)
+    return AccessAuthorizer(rules, users=users, challenge=basic_challenge(auth.realm))
+
+
+def ticket_key_path(settings: Settings) -> Path:
+    """The feed-ticket key every worker (and instance) sharing the data directory uses."""
+    return Path(settings.storage.root) / "feed-ticket.key"
 
 
 @dataclass
@@ -126,9 +150,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def shutdown() -> None:
         await services.stop()
 
+    tickets = FeedTickets(load_or_create_key(ticket_key_path(settings)))
     app = RegistryApp(
         registry,
-        AllowAll(),
+        build_authorizer(settings),
         max_manifest_bytes=settings.limits.max_manifest_bytes,
         default_page_size=settings.limits.default_page_size,
         max_page_size=settings.limits.max_page_size,
@@ -138,10 +163,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         access=settings.log.access,
         statistics=Statistics(db, clock),
         web=build_web(),
+        tickets=tickets,
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
-        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat
+        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat, tickets
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     if settings.webhooks:

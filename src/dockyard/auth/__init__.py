@@ -1,51 +1,125 @@
 """Who is asking and what they may do.
 
-Every route states the scope it needs and asks one ``Authorizer``. This issue ships
-``AllowAll``; basic and token auth fill the same seam later.
+Every route names the ``Scope`` it needs (``http/routing.py``) and asks one ``Authorizer``:
+``AllowAll`` when ``auth.mode = "none"``, else ``authorizer.AccessAuthorizer`` built from the
+users file (``htpasswd``), the ``[[access]]`` rules (``rules``) and, for ``mode = "token"``,
+a bearer-token authenticator. Refusals are the exceptions below; the HTTP layer turns them
+into 401 (with a challenge) and 403 answers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Action = Literal["pull", "push", "delete", "catalog"]
+# Repository actions of the [[access]] rules (and token scopes).
+ACCESS_ACTIONS = ("pull", "push", "delete", "admin")
+# "login": any authenticated caller (the /v2/ probe); "catalog": the registry's repository
+# list; "public": nothing asked (health checks); the rest act on a repository, or with
+# repository None on the registry (the dashboard's "admin").
+Action = Literal["pull", "push", "delete", "admin", "catalog", "login", "public"]
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """``repository`` is None for registry-wide scopes (catalog)."""
+    """``repository`` is None for registry-wide scopes (catalog, login, admin, public)."""
 
     action: Action
     repository: str | None = None
 
     def __str__(self) -> str:
         if self.repository is None:
-            return "registry:catalog:*"
+            return f"registry:{self.action}:*"
         return f"repository:{self.repository}:{self.action}"
+
+
+PUBLIC = Scope("public")
+LOGIN = Scope("login")
+CATALOG = Scope("catalog")
+ADMIN = Scope("admin")
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    name: str | None  # None: anonymous
+    """The caller. ``name`` None is anonymous; ``method`` says how it was established
+    ("anonymous", "basic", "token", "certificate"). ``granted`` is set for a bearer token:
+    the actions it grants per repository name, which replace the rules for this caller."""
+
+    name: str | None
+    method: str = "anonymous"
+    granted: tuple[tuple[str, frozenset[str]], ...] | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.name is None
 
 
 ANONYMOUS = Identity(None)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What authentication and the checks see of a request."""
+
+    headers: Mapping[str, str]  # by lower-case name
+    client: str = ""  # the client's address
+
+
+class AuthError(Exception):
+    """The caller may not go on (subclasses say whether logging in could help)."""
+
+
+class Unauthenticated(AuthError):
+    """No or bad credentials where credentials would help: 401 with ``challenge``
+    (the ``WWW-Authenticate`` value)."""
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class Forbidden(AuthError):
+    """A known caller asked for what it may not do: 403."""
+
+
+class Check(Protocol):
+    """One step run after authentication for every request (network lists, rate limits):
+    returns normally or raises an ``AuthError`` (or a subclass of its own)."""
+
+    async def __call__(self, caller: Caller, identity: Identity, scope: Scope) -> None: ...
+
+
 class Authorizer(Protocol):
-    async def authenticate(self, headers: dict[str, str]) -> Identity:
-        """Who sent these request headers (raises Denied for bad credentials)."""
+    async def authenticate(self, caller: Caller) -> Identity:
+        """Who sent this request (raises ``Unauthenticated`` for bad credentials)."""
         ...
 
-    async def allowed(self, identity: Identity, scope: Scope) -> bool: ...
+    async def authorize(self, caller: Caller, identity: Identity, scope: Scope) -> None:
+        """Return if ``identity`` has ``scope``, else raise an ``AuthError``."""
+        ...
+
+    def may(self, identity: Identity, repository: str | None, action: str) -> bool:
+        """Whether ``identity`` may do ``action`` on ``repository`` (None: on some
+        repository): the cheap question filters ask per item (catalog, feed, mounts)."""
+        ...
+
+    def sees_everything(self, identity: Identity) -> bool:
+        """Whether ``identity`` may pull every repository (filters can be skipped)."""
+        ...
 
 
 class AllowAll:
-    """Everyone may do everything: the default until auth is configured."""
+    """Everyone may do everything: ``auth.mode = "none"``."""
 
-    async def authenticate(self, headers: dict[str, str]) -> Identity:
+    async def authenticate(self, caller: Caller) -> Identity:
         return ANONYMOUS
 
-    async def allowed(self, identity: Identity, scope: Scope) -> bool:
+    async def authorize(self, caller: Caller, identity: Identity, scope: Scope) -> None:
+        return None
+
+    def may(self, identity: Identity, repository: str | None, action: str) -> bool:
+        return True
+
+    def sees_everything(self, identity: Identity) -> bool:
         return True

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
-from dockyard.config.model import ConfigError, Settings, WebhookSettings
+from dockyard.config.model import AccessSettings, ConfigError, Settings, WebhookSettings
 from dockyard.config.validate import validate
 
 
@@ -96,6 +96,23 @@ def _webhooks(value: Any) -> list[WebhookSettings]:
     return out
 
 
+def _access(value: Any) -> list[AccessSettings]:
+    """Parse the ``[[access]]`` array of tables (every value is a list of strings)."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("access: expected [[access]] tables (an array of tables)")
+    keys = [f.name for f in dataclasses.fields(AccessSettings)]
+    out: list[AccessSettings] = []
+    for i, table in enumerate(value):
+        rule = AccessSettings()
+        for key, item in table.items():
+            name = f"access[{i}].{key}"
+            if key not in keys:
+                raise ConfigError(f"unknown key {name} (keys of [[access]]: {', '.join(keys)})")
+            setattr(rule, key, _strings(name, item))
+        out.append(rule)
+    return out
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -116,6 +133,9 @@ def load(
             if section == "webhooks":
                 settings.webhooks = _webhooks(values)
                 continue
+            if section == "access":
+                settings.access = _access(values)
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table")
             for key, value in values.items():
@@ -126,9 +146,10 @@ def load(
         if not var.startswith("DOCKYARD_") or var in ("DOCKYARD_CONFIG",):
             continue
         rest = var[len("DOCKYARD_") :].lower()
-        if rest.startswith("webhooks_"):
+        if rest.startswith(("webhooks_", "access_")):
+            table = rest.partition("_")[0]
             raise ConfigError(
-                f"{var}: webhooks are configured only in the config file ([[webhooks]] tables)"
+                f"{var}: {table} are configured only in the config file ([[{table}]] tables)"
             )
         for section in sections:
             if rest.startswith(section + "_"):

@@ -99,6 +99,35 @@ class LogSettings:
     access: bool = False
 
 
+AUTH_MODES = ("none", "basic", "token")
+
+
+@dataclass
+class AuthSettings:
+    # "none": everyone may do everything; "basic": users of the htpasswd file and the
+    # [[access]] rules; "token": bearer tokens (the token service).
+    mode: str = "none"
+    # The users file (bcrypt entries, as `htpasswd -B` and `dockyard users` write).
+    htpasswd: str = ""
+    # The realm of the Basic challenge (clients may show it when asking for a password).
+    realm: str = "dockyard"
+    # Seconds a verified user name and password are remembered (as a keyed hash), so
+    # clients that send them with every request cost one bcrypt per period.
+    cache_seconds: float = 60.0
+
+
+@dataclass
+class AccessSettings:
+    """One ``[[access]]`` rule: these users may do these actions on these repositories."""
+
+    # User names, "anonymous" (no credentials) or "*" (any authenticated user).
+    users: list[str] = field(default_factory=list)
+    # Repository globs; "*" matches "/" too.
+    repositories: list[str] = field(default_factory=list)
+    # pull, push, delete, admin; "*" for all.
+    actions: list[str] = field(default_factory=list)
+
+
 WEBHOOK_FORMATS = ("distribution", "cloudevents", "dockyard")
 
 
@@ -136,7 +165,9 @@ class Settings:
     uploads: UploadsSettings = field(default_factory=UploadsSettings)
     events: EventsSettings = field(default_factory=EventsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     webhooks: list[WebhookSettings] = field(default_factory=list)
+    access: list[AccessSettings] = field(default_factory=list)
 
     @property
     def database_path(self) -> Path:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from dockyard.actions import ACTIONS
 from dockyard.config.model import (
+    AUTH_MODES,
     LOG_LEVELS,
     STORAGE_DRIVERS,
     WEBHOOK_FORMATS,
@@ -83,6 +84,49 @@ def _validate_webhooks(hooks: list[WebhookSettings]) -> None:
             )
 
 
+# The [[access]] actions (auth.ACCESS_ACTIONS; config sits below auth, so spelled here).
+ACCESS_ACTIONS = ("pull", "push", "delete", "admin")
+
+
+def _validate_auth(s: Settings) -> None:
+    auth = s.auth
+    if auth.mode not in AUTH_MODES:
+        raise ConfigError(f"auth.mode: choose one of {', '.join(AUTH_MODES)}, not {auth.mode!r}")
+    if auth.mode == "token":
+        # The token service is another part of this issue; until it is merged:
+        raise ConfigError('auth.mode: "token" is not available in this build yet')
+    if auth.mode == "basic" and not auth.htpasswd:
+        raise ConfigError(
+            'auth.htpasswd: auth.mode = "basic" needs a users file (create one with'
+            " `dockyard users add NAME --htpasswd PATH`)"
+        )
+    if auth.cache_seconds < 0:
+        raise ConfigError("auth.cache_seconds: must be 0 or more")
+    if any(c in auth.realm for c in '"\\\r\n'):
+        raise ConfigError("auth.realm: no quotes, backslashes or line breaks")
+    if s.access and auth.mode == "none":
+        raise ConfigError(
+            '[[access]] rules are set but auth.mode is "none", which lets everyone do'
+            ' everything: set auth.mode = "basic" (or remove the rules)'
+        )
+    for i, rule in enumerate(s.access):
+        key = f"access[{i}]"
+        if not rule.users or not rule.repositories or not rule.actions:
+            raise ConfigError(f"{key}: every [[access]] rule needs users, repositories and actions")
+        for action in rule.actions:
+            if action != "*" and action not in ACCESS_ACTIONS:
+                raise ConfigError(
+                    f"{key}.actions: unknown action {action!r}"
+                    f' (actions: {", ".join(ACCESS_ACTIONS)}, or "*")'
+                )
+        for user in rule.users:
+            if not user or ":" in user or not user.isprintable():
+                raise ConfigError(f"{key}.users: {user!r} is not a user name")
+        for glob in rule.repositories:
+            if not glob:
+                raise ConfigError(f"{key}.repositories: an empty glob matches nothing")
+
+
 def validate(s: Settings) -> None:
     if s.storage.driver not in STORAGE_DRIVERS:
         raise ConfigError(
@@ -116,3 +160,4 @@ def validate(s: Settings) -> None:
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigError(f"server.public_url: {s.server.public_url!r} is not an http(s) URL")
     _validate_webhooks(s.webhooks)
+    _validate_auth(s)

@@ -80,13 +80,15 @@ class Blobs:
             else await self.db.run(self.meta.repositories_linking, digest)
         )
         for candidate in candidates:
+            if not await may_read(candidate):
+                continue
             if candidate == repository:
                 size = await self.db.run(self.meta.linked_blob_size, repository, digest)
                 if size is not None:
                     return True
                 continue
             size = await self.db.run(self.meta.linked_blob_size, candidate, digest)
-            if size is None or not await may_read(candidate):
+            if size is None:
                 continue
             event = self._event(
                 ctx,

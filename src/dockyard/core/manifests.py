@@ -39,6 +39,9 @@ from dockyard.oci.digest import Digest, DigestError, digest_of
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
 from dockyard.oci.names import ReferenceError_, is_valid_tag, parse_reference
 
+# Names read at a time when the catalog is filtered (a caller who may pull few of many).
+CATALOG_BATCH = 500
+
 
 class Manifests:
     def __init__(self, db: Database, pulls: PullEventWriter, events: EventMaker) -> None:
@@ -223,8 +226,22 @@ class Manifests:
             raise NameUnknown(f"repository {repository} is not known")
         return page(tags, n)
 
-    async def catalog(self, n: int, last: str | None) -> Page:
-        return page(await self.db.run(self.meta.list_repositories, last, n + 1), n)
+    async def catalog(
+        self, n: int, last: str | None, visible: Callable[[str], bool] | None = None
+    ) -> Page:
+        """Repository names after ``last``; with ``visible``, only those it accepts: the
+        store is read batch by batch until the page (and one more, for its Link) is full."""
+        if visible is None:
+            return page(await self.db.run(self.meta.list_repositories, last, n + 1), n)
+        found: list[str] = []
+        batch = max(n + 1, CATALOG_BATCH)
+        while len(found) <= n:
+            names = await self.db.run(self.meta.list_repositories, last, batch)
+            found += [name for name in names if visible(name)]
+            if len(names) < batch:
+                break
+            last = names[-1]
+        return page(found[: n + 1], n)
 
     async def referrers(
         self, repository: str, digest: str, artifact_type: str | None, n: int, last: str | None

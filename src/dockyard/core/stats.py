@@ -17,6 +17,7 @@ dashboards that refresh after each push cost one query.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -156,9 +157,11 @@ class Statistics:
         window: int = DEFAULT_WINDOW,
         bucket: int = DEFAULT_BUCKET,
         repositories: int = DEFAULT_REPOSITORIES,
+        visible: Callable[[str], bool] | None = None,
     ) -> Snapshot:
         """Repositories, totals and the last ``window`` seconds in ``bucket``-second
-        buckets (the window is rounded up to whole buckets)."""
+        buckets (the window is rounded up to whole buckets). With ``visible``, only the
+        repositories it accepts are named (see ``filtered``)."""
         if not 1 <= bucket <= MAX_BUCKET:
             raise ParameterInvalid(f"bucket must be 1 to {MAX_BUCKET} seconds, not {bucket}")
         if not bucket <= window <= MAX_WINDOW:
@@ -174,6 +177,10 @@ class Statistics:
             raise ParameterInvalid(
                 f"repositories must be 1 to {MAX_REPOSITORIES}, not {repositories}"
             )
+        if visible is not None:
+            # Read every repository (up to the maximum) so the filter keeps enough.
+            full = await self.snapshot(window, bucket, MAX_REPOSITORIES)
+            return filtered(full, visible, repositories)
         key = (count, bucket, repositories)
         cached = self._cached
         if (
@@ -234,3 +241,18 @@ class Statistics:
             bytes_out=bytes_out,
             top=top[:TOP_REPOSITORIES],
         )
+
+
+def filtered(snap: Snapshot, visible: Callable[[str], bool], limit: int) -> Snapshot:
+    """``snap`` as a caller who may see only some repositories sees it: the repository
+    list, its totals and the most active repositories cover those alone. The activity
+    buckets and blob totals stay registry-wide counts: they name no repository."""
+    shown = [r for r in snap.repositories if visible(r.name)]
+    totals = dataclasses.replace(
+        snap.totals,
+        repositories=len(shown),
+        tags=sum(r.tags for r in shown),
+        manifests=sum(r.manifests for r in shown),
+    )
+    top = [a for a in snap.top if visible(a.repository)]
+    return dataclasses.replace(snap, repositories=shown[:limit], totals=totals, top=top)

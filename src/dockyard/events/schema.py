@@ -20,13 +20,13 @@ unchanged; ``cloudevent`` renders one event as a CloudEvents 1.0 structured JSON
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from dockyard.actions import ACTIONS
+from dockyard.globs import any_glob_matches
 from dockyard.meta.records import StoredEvent
 
 DISTRIBUTION_MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
@@ -161,9 +161,7 @@ class EventFilter:
     def matches(self, e: StoredEvent) -> bool:
         if self.actions and e.action not in self.actions:
             return False
-        if self.repositories and not any(
-            fnmatch.fnmatchcase(e.repository or "", g) for g in self.repositories
-        ):
+        if self.repositories and not any_glob_matches(e.repository or "", self.repositories):
             return False
         if self.media_types:
             media_type = e.media_type or ""

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import trio
 
 from dockyard.auth import Authorizer
+from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
@@ -84,6 +85,7 @@ class RegistryApp:
         access: bool = False,
         statistics: Statistics | None = None,
         web: WebApp | None = None,
+        tickets: FeedTickets | None = None,
     ) -> None:
         self.registry = registry
         self.authorizer = authorizer
@@ -93,14 +95,16 @@ class RegistryApp:
         self.web = web
         # Websocket endpoints by path (the event feed), added by the composition root.
         self.websockets: dict[str, Callable[[Scope_, Receive, Send], Awaitable[None]]] = {}
+        health = Health(authorizer, ready, statistics, tickets)
         self.router = Router(
             registry_routes(
-                Health(authorizer, ready, statistics),
+                health,
                 Blobs(registry, authorizer),
                 Uploads(registry, authorizer),
                 Manifests(registry, authorizer, max_manifest_bytes),
                 Listing(registry, authorizer, default_page_size, max_page_size),
-            )
+            ),
+            health.authorize,
         )
         # Bound once: the request path calls the router's method with no lookup between.
         self._dispatch = self.router.dispatch

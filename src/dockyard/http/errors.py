@@ -40,6 +40,7 @@ class Code(StrEnum):
     PARAMETER_INVALID = "PARAMETER_INVALID"
     UNSUPPORTED = "UNSUPPORTED"
     DENIED = "DENIED"
+    UNAUTHORIZED = "UNAUTHORIZED"
     # No such endpoint (distribution's answer to an unknown path).
     NOT_FOUND = "NOT_FOUND"
     UNKNOWN = "UNKNOWN"
@@ -58,6 +59,11 @@ def _upload_offset(error: e.RegistryError) -> Headers:
 def _blob_size(error: e.RegistryError) -> Headers:
     assert isinstance(error, e.RangeNotSatisfiable)
     return [("content-range", f"bytes */{error.size}")]
+
+
+def _challenge(error: e.RegistryError) -> Headers:
+    assert isinstance(error, e.Unauthorized)
+    return [("www-authenticate", error.challenge)]
 
 
 class Entry(NamedTuple):
@@ -86,6 +92,7 @@ ERROR_TABLE: dict[type[e.RegistryError], Entry] = {
     e.ParameterInvalid: Entry(Code.PARAMETER_INVALID, 400),
     e.Unsupported: Entry(Code.UNSUPPORTED, 405),
     e.Denied: Entry(Code.DENIED, 403),
+    e.Unauthorized: Entry(Code.UNAUTHORIZED, 401, _challenge),
 }
 # Answers no core error stands for.
 NO_ENDPOINT = Entry(Code.NOT_FOUND, 404)

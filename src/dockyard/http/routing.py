@@ -5,27 +5,37 @@ slashes, so ``blobs/uploads/`` comes before ``blobs/<digest>``, and the name gro
 non-greedy. Handlers are bound methods of the per-resource classes in ``http/handlers/``,
 bound once when the table is built: dispatch calls them directly.
 
+Every method of every route names the scope it needs (``Need``): dispatch authorizes it
+(``Resource.authorize``) before the handler runs, so no handler can forget to.
+
 Routes (``<name>`` may contain slashes)::
 
-    GET|HEAD   /v2/
-    GET        /v2/_catalog                                  ?n= &last=
-    GET        /v2/_dockyard/stats          ?window= &bucket= &repositories= (the dashboard's)
-    GET        /v2/<name>/tags/list                          ?n= &last=
-    GET|HEAD|PUT|DELETE  /v2/<name>/manifests/<reference>    PUT: ?tag= (repeatable)
-    GET        /v2/<name>/referrers/<digest>                 ?artifactType= &n= &last=
-    POST       /v2/<name>/blobs/uploads/    ?digest= | ?mount= [&from=] | ?digest-algorithm=
-    GET|PATCH|PUT|DELETE /v2/<name>/blobs/uploads/<id>       PUT: ?digest=
-    GET|HEAD|DELETE      /v2/<name>/blobs/<digest>
-    GET|HEAD   /healthz  /readyz
+    GET|HEAD   /v2/                                          login
+    GET        /v2/_catalog                  ?n= &last=      catalog (lists what may be pulled)
+    GET        /v2/_dockyard/stats  ?window= &bucket= &repositories=   admin (the dashboard's)
+    GET        /v2/_dockyard/ticket                          admin (a ticket for the feed)
+    GET        /v2/<name>/tags/list          ?n= &last=      pull
+    GET|HEAD   /v2/<name>/manifests/<reference>              pull
+    PUT        /v2/<name>/manifests/<reference>  ?tag=       push
+    DELETE     /v2/<name>/manifests/<reference>              delete
+    GET        /v2/<name>/referrers/<digest>  ?artifactType= &n= &last=   pull
+    POST       /v2/<name>/blobs/uploads/  ?digest= | ?mount= [&from=] | ?digest-algorithm=  push
+    GET|PATCH|PUT|DELETE /v2/<name>/blobs/uploads/<id>  PUT: ?digest=    push
+    GET|HEAD   /v2/<name>/blobs/<digest>                     pull
+    DELETE     /v2/<name>/blobs/<digest>                     delete
+    GET|HEAD   /healthz  /readyz                             public
 
-The websocket feed (``/v2/_dockyard/events``) is routed by exact path in ``http/asgi.py``.
+The websocket feed (``/v2/_dockyard/events``) is routed by exact path in ``http/asgi.py``
+and authorizes itself (``admin``, ``http/handlers/feed.py``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from dockyard.auth import ADMIN, CATALOG, LOGIN, PUBLIC, Action, Scope
 from dockyard.core import errors as err
 from dockyard.http.errors import METHOD_NOT_ALLOWED, NO_ENDPOINT, error_body
 from dockyard.http.handlers.blobs import Blobs
@@ -37,50 +47,83 @@ from dockyard.http.request import Request, Response
 from dockyard.oci.names import is_valid_name
 
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
-Route = tuple[re.Pattern[str], dict[str, Handler]]
+Authorize = Callable[[Request, Scope], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """The scope a route needs: a fixed one, or an action on the route's repository."""
+
+    fixed: Scope | None = None
+    action: Action | None = None
+
+    def scope(self, params: dict[str, str]) -> Scope:
+        if self.fixed is not None:
+            return self.fixed
+        assert self.action is not None
+        return Scope(self.action, params["name"])
+
+
+def on_repository(action: Action) -> Need:
+    return Need(action=action)
+
+
+def registry_wide(scope: Scope) -> Need:
+    return Need(fixed=scope)
+
+
+Endpoint = tuple[Handler, Need]
+Route = tuple[re.Pattern[str], dict[str, Endpoint]]
 
 
 def registry_routes(
     health: Health, blobs: Blobs, uploads: Uploads, manifests: Manifests, listing: Listing
 ) -> list[Route]:
     name = r"(?P<name>[^?#]+?)"
+    pull, push, delete = on_repository("pull"), on_repository("push"), on_repository("delete")
+    public, admin = registry_wide(PUBLIC), registry_wide(ADMIN)
     return [
-        (re.compile(r"/v2/?"), {"GET": health.base, "HEAD": health.base}),
-        (re.compile(r"/v2/_catalog"), {"GET": listing.catalog}),
-        (re.compile(r"/v2/_dockyard/stats"), {"GET": health.stats}),
-        (re.compile(rf"/v2/{name}/tags/list"), {"GET": listing.tags}),
+        (re.compile(r"/v2/?"), {m: (health.base, registry_wide(LOGIN)) for m in ("GET", "HEAD")}),
+        (re.compile(r"/v2/_catalog"), {"GET": (listing.catalog, registry_wide(CATALOG))}),
+        (re.compile(r"/v2/_dockyard/stats"), {"GET": (health.stats, admin)}),
+        (re.compile(r"/v2/_dockyard/ticket"), {"GET": (health.ticket, admin)}),
+        (re.compile(rf"/v2/{name}/tags/list"), {"GET": (listing.tags, pull)}),
         (
             re.compile(rf"/v2/{name}/manifests/(?P<reference>[^/]+)"),
             {
-                "GET": manifests.get,
-                "HEAD": manifests.get,
-                "PUT": manifests.put,
-                "DELETE": manifests.delete,
+                "GET": (manifests.get, pull),
+                "HEAD": (manifests.get, pull),
+                "PUT": (manifests.put, push),
+                "DELETE": (manifests.delete, delete),
             },
         ),
-        (re.compile(rf"/v2/{name}/referrers/(?P<digest>[^/]+)"), {"GET": listing.referrers}),
-        (re.compile(rf"/v2/{name}/blobs/uploads/?"), {"POST": uploads.start}),
+        (
+            re.compile(rf"/v2/{name}/referrers/(?P<digest>[^/]+)"),
+            {"GET": (listing.referrers, pull)},
+        ),
+        (re.compile(rf"/v2/{name}/blobs/uploads/?"), {"POST": (uploads.start, push)}),
         (
             re.compile(rf"/v2/{name}/blobs/uploads/(?P<upload>[^/]+)"),
             {
-                "GET": uploads.status,
-                "PATCH": uploads.patch,
-                "PUT": uploads.finish,
-                "DELETE": uploads.cancel,
+                "GET": (uploads.status, push),
+                "PATCH": (uploads.patch, push),
+                "PUT": (uploads.finish, push),
+                "DELETE": (uploads.cancel, push),
             },
         ),
         (
             re.compile(rf"/v2/{name}/blobs/(?P<digest>[^/]+)"),
-            {"GET": blobs.get, "HEAD": blobs.get, "DELETE": blobs.delete},
+            {"GET": (blobs.get, pull), "HEAD": (blobs.get, pull), "DELETE": (blobs.delete, delete)},
         ),
-        (re.compile(r"/healthz"), {"GET": health.healthz, "HEAD": health.healthz}),
-        (re.compile(r"/readyz"), {"GET": health.readyz, "HEAD": health.readyz}),
+        (re.compile(r"/healthz"), {m: (health.healthz, public) for m in ("GET", "HEAD")}),
+        (re.compile(r"/readyz"), {m: (health.readyz, public) for m in ("GET", "HEAD")}),
     ]
 
 
 class Router:
-    def __init__(self, routes: list[Route]) -> None:
+    def __init__(self, routes: list[Route], authorize: Authorize) -> None:
         self.routes = routes
+        self.authorize = authorize
 
     async def dispatch(self, req: Request) -> Response:
         """The handler's response; 404 or 405 without one. Raises core errors."""
@@ -89,8 +132,8 @@ class Router:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
-            handler = methods.get(req.method)
-            if handler is None:
+            endpoint = methods.get(req.method)
+            if endpoint is None:
                 allow = ", ".join(methods)
                 return Response(
                     METHOD_NOT_ALLOWED.status,
@@ -104,6 +147,8 @@ class Router:
             name = params.get("name")
             if name is not None and not is_valid_name(name):
                 raise err.NameInvalid(f"invalid repository name {name[:100]!r}")
+            handler, need = endpoint
+            await self.authorize(req, need.scope(params))
             return await handler(req, params)
         return Response(
             NO_ENDPOINT.status,

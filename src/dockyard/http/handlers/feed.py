@@ -4,6 +4,10 @@ The protocol (subscription, messages, close codes) is ``events/feed.py``; the fa
 the worker's ``EventHub``. Each connection runs three tasks: one sends the subscriber's
 events, one sends a heartbeat after ``heartbeat`` quiet seconds, one reads until the
 client leaves. A subscriber that falls ``buffer`` events behind is cut off (4008).
+
+The feed needs ``admin`` and sends only events of repositories the caller may pull. A
+caller proves who it is with an ``Authorization`` header or, from a browser, which cannot
+set one, a ``ticket`` query parameter from ``GET /v2/_dockyard/ticket`` (``auth/tickets``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from contextlib import aclosing
 
 import trio
 
-from dockyard.auth import Authorizer, Scope
+from dockyard.auth import ADMIN, Authorizer, Caller, Identity
+from dockyard.auth.tickets import FeedTickets
+from dockyard.core import errors as err
 from dockyard.events.feed import (
     CLOSE_BAD_REQUEST,
     CLOSE_DENIED,
@@ -31,6 +37,7 @@ from dockyard.events.feed import (
 )
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter
+from dockyard.http.handlers.resource import check
 from dockyard.http.request import Receive, Scope_, Send, scope_headers
 from dockyard.http.websocket import Disconnected, WebSocket
 from dockyard.meta.records import StoredEvent
@@ -38,12 +45,33 @@ from dockyard.meta.records import StoredEvent
 MESSAGE_CACHE = 4096  # encoded event messages kept per worker
 
 
+def _take_ticket(query: str) -> tuple[str, str | None]:
+    """The query without its ``ticket`` parameter, and the ticket."""
+    ticket = None
+    kept = []
+    for part in query.split("&"):
+        if part.startswith("ticket="):
+            ticket = part[len("ticket=") :]
+        elif part:
+            kept.append(part)
+    return "&".join(kept), ticket
+
+
 class EventFeed:
+    # The scope the feed needs (the route-enumeration test reads it).
+    scope = ADMIN
+
     def __init__(
-        self, hub: EventHub, authorizer: Authorizer, buffer: int = 1000, heartbeat: float = 15.0
+        self,
+        hub: EventHub,
+        authorizer: Authorizer,
+        buffer: int = 1000,
+        heartbeat: float = 15.0,
+        tickets: FeedTickets | None = None,
     ) -> None:
         self.hub = hub
         self.authorizer = authorizer
+        self.tickets = tickets
         self.buffer = buffer
         self.heartbeat = heartbeat
         # The event message text by event id: a live event goes to every subscriber of
@@ -64,13 +92,22 @@ class EventFeed:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        identity = await self.authorizer.authenticate(scope_headers(scope))
+        query, ticket = _take_ticket(scope.get("query_string", b"").decode("latin-1"))
+        client = scope.get("client")
+        caller = Caller(scope_headers(scope), client[0] if client else "")
         ws = WebSocket(receive, send)
         await ws.accept()
-        if not await self.authorizer.allowed(identity, Scope("catalog")):
-            await ws.close(CLOSE_DENIED, "denied")
+        identity: Identity | None = None
+        if ticket is not None:
+            identity = self.tickets.redeem(ticket) if self.tickets is not None else None
+            if identity is None:
+                await ws.close(CLOSE_DENIED, "invalid or expired ticket")
+                return
+        try:
+            identity = await check(self.authorizer, caller, identity, self.scope)
+        except (err.Unauthorized, err.Denied) as e:
+            await ws.close(CLOSE_DENIED, e.message[:120])
             return
-        query = scope.get("query_string", b"").decode("latin-1")
         try:
             subscription = await self._subscription(ws, query)
         except Disconnected:
@@ -78,7 +115,10 @@ class EventFeed:
         except BadSubscription as e:
             await ws.close(CLOSE_BAD_REQUEST, str(e)[:120])
             return
-        await self._serve(ws, *subscription)
+        visible = None
+        if not self.authorizer.sees_everything(identity):
+            visible = identity
+        await self._serve(ws, *subscription, visible)
 
     async def _subscription(self, ws: WebSocket, query: str) -> Subscription:
         if query:
@@ -87,7 +127,16 @@ class EventFeed:
         text = await ws.first_text(SUBSCRIBE_WAIT)
         return parse_query("") if text is None else parse_subscribe_message(text)
 
-    async def _serve(self, ws: WebSocket, event_filter: EventFilter, since: int | None) -> None:
+    async def _serve(
+        self,
+        ws: WebSocket,
+        event_filter: EventFilter,
+        since: int | None,
+        restricted_to: Identity | None = None,
+    ) -> None:
+        """Send the events; with ``restricted_to``, only those of repositories that
+        identity may pull."""
+        authorizer = self.authorizer
         async with self.hub.subscribe(event_filter, since, self.buffer) as sub:
             await ws.send_text(
                 welcome_message(self.hub.cursor, sub.last_id, event_filter, self.heartbeat)
@@ -97,6 +146,10 @@ class EventFeed:
                 try:
                     async with aclosing(sub.events()) as events:
                         async for event in events:
+                            if restricted_to is not None and not authorizer.may(
+                                restricted_to, event.repository or "", "pull"
+                            ):
+                                continue
                             await ws.send_text(self._event_message(event))
                 except SubscriberLagged as e:
                     await ws.send_text(lagged_message(e.last_id))

@@ -1,11 +1,12 @@
-"""``/v2/`` (the API version check), ``/healthz``, ``/readyz`` and the dashboard's
-statistics (``/v2/_dockyard/stats``)."""
+"""``/v2/`` (the API version check), ``/healthz``, ``/readyz``, the dashboard's
+statistics (``/v2/_dockyard/stats``) and its feed tickets (``/v2/_dockyard/ticket``)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from dockyard.auth import Authorizer, Scope
+from dockyard.auth import Authorizer
+from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.stats import DEFAULT_BUCKET, DEFAULT_REPOSITORIES, DEFAULT_WINDOW, Statistics
 from dockyard.http.handlers.resource import Resource
@@ -18,14 +19,22 @@ class Health(Resource):
         authorizer: Authorizer,
         ready: Callable[[], Awaitable[bool]],
         statistics: Statistics | None,
+        tickets: FeedTickets | None = None,
     ) -> None:
         super().__init__(authorizer)
         self._ready = ready
         self.statistics = statistics
+        self.tickets = tickets
 
     async def base(self, req: Request, p: dict[str, str]) -> Response:
-        req.identity = await self.authorizer.authenticate(req.headers)
         return json_response(200, {})
+
+    async def ticket(self, req: Request, p: dict[str, str]) -> Response:
+        if self.tickets is None:
+            raise err.Unsupported("feed tickets are not enabled")
+        assert req.identity is not None
+        doc = {"ticket": self.tickets.issue(req.identity), "expires_in": self.tickets.lifetime}
+        return json_response(200, doc, [("cache-control", "no-store")])
 
     async def healthz(self, req: Request, p: dict[str, str]) -> Response:
         return json_response(200, {"status": "ok"})
@@ -36,7 +45,6 @@ class Health(Resource):
         return json_response(503, {"status": "not ready"})
 
     async def stats(self, req: Request, p: dict[str, str]) -> Response:
-        await self.authorize(req, Scope("catalog"))
         if self.statistics is None:
             raise err.Unsupported("statistics are not enabled")
 
@@ -52,5 +60,14 @@ class Health(Resource):
             number("window", DEFAULT_WINDOW),
             number("bucket", DEFAULT_BUCKET),
             number("repositories", DEFAULT_REPOSITORIES),
+            visible=self._visible(req),
         )
         return json_response(200, snapshot.to_json(), [("cache-control", "no-store")])
+
+    def _visible(self, req: Request) -> Callable[[str], bool] | None:
+        """None when the caller may pull everything, else the filter of what it may."""
+        identity = req.identity
+        assert identity is not None
+        if self.authorizer.sees_everything(identity):
+            return None
+        return lambda repository: self.authorizer.may(identity, repository, "pull")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from dockyard.auth import Authorizer, Scope
+from dockyard.auth import Authorizer
 from dockyard.core.registry import Registry
 from dockyard.http.handlers.resource import Resource
 from dockyard.http.request import Page, Request, Response, json_response
@@ -31,7 +31,6 @@ class Listing(Resource):
 
     async def tags(self, req: Request, p: dict[str, str]) -> Response:
         name = p["name"]
-        await self.authorize(req, Scope("pull", name))
         page = Page(req, self.default_page_size, self.max_page_size)
         result = await self.registry.list_tags(name, page.n, page.last)
         return json_response(
@@ -41,16 +40,19 @@ class Listing(Resource):
         )
 
     async def catalog(self, req: Request, p: dict[str, str]) -> Response:
-        await self.authorize(req, Scope("catalog"))
         page = Page(req, self.default_page_size, self.max_page_size)
-        result = await self.registry.catalog(page.n, page.last)
+        identity = req.identity
+        assert identity is not None
+        visible = None
+        if not self.authorizer.sees_everything(identity):
+            visible = lambda repository: self.authorizer.may(identity, repository, "pull")  # noqa: E731
+        result = await self.registry.catalog(page.n, page.last, visible)
         return json_response(
             200, {"repositories": result.items}, page.link("/v2/_catalog", result.next_last)
         )
 
     async def referrers(self, req: Request, p: dict[str, str]) -> Response:
         name, digest = p["name"], p["digest"]
-        await self.authorize(req, Scope("pull", name))
         page = Page(req, self.default_page_size, self.max_page_size)
         artifact_type = req.arg("artifactType") or None
         found, next_last = await self.registry.referrers(

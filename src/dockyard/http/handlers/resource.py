@@ -1,10 +1,33 @@
-"""The base of the per-resource handler classes: the authorize step every route takes."""
+"""Authorization of a request: the one place the HTTP layer asks the Authorizer.
+
+The router calls ``authorize`` with the scope its route table names for the route before
+the handler runs; handlers that need a second scope (a mount's source) ask ``may``.
+"""
 
 from __future__ import annotations
 
-from dockyard.auth import Authorizer, Scope
+from dockyard.auth import Authorizer, Caller, Forbidden, Identity, Scope, Unauthenticated
 from dockyard.core import errors as err
 from dockyard.http.request import Request
+
+
+def caller_of(req: Request) -> Caller:
+    return Caller(req.headers, req.client)
+
+
+async def check(
+    authorizer: Authorizer, caller: Caller, identity: Identity | None, scope: Scope
+) -> Identity:
+    """Authenticate (unless ``identity`` is known) and authorize; core errors on refusal."""
+    try:
+        if identity is None:
+            identity = await authorizer.authenticate(caller)
+        await authorizer.authorize(caller, identity, scope)
+    except Unauthenticated as e:
+        raise err.Unauthorized(str(e), e.challenge) from None
+    except Forbidden as e:
+        raise err.Denied(str(e)) from None
+    return identity
 
 
 class Resource:
@@ -12,8 +35,11 @@ class Resource:
         self.authorizer = authorizer
 
     async def authorize(self, req: Request, scope: Scope) -> None:
-        """Raise ``Denied`` unless the caller (authenticated once per request) has ``scope``."""
-        if req.identity is None:
-            req.identity = await self.authorizer.authenticate(req.headers)
-        if not await self.authorizer.allowed(req.identity, scope):
-            raise err.Denied(f"access to {scope} denied")
+        """Raise ``Unauthorized`` or ``Denied`` unless the caller (authenticated once per
+        request) has ``scope``."""
+        req.identity = await check(self.authorizer, caller_of(req), req.identity, scope)
+
+    def may(self, req: Request, repository: str | None, action: str) -> bool:
+        """After ``authorize``: whether the caller may also do ``action`` there."""
+        assert req.identity is not None, "authorize first"
+        return self.authorizer.may(req.identity, repository, action)

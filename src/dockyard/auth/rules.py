@@ -1,0 +1,71 @@
+"""``[[access]]`` rules: which users may do which actions on which repositories.
+
+A rule names ``users`` (user names, ``"anonymous"`` for callers without credentials,
+``"*"`` for any authenticated user), ``repositories`` (globs in which ``*`` also matches
+``/``, as in the event feed's filters) and ``actions`` (``pull``, ``push``, ``delete``,
+``admin``; ``"*"`` for all four). A caller may do what any rule that names it allows;
+what no rule allows is denied. Actions are independent: ``push`` does not imply ``pull``,
+and ``admin`` (the dashboard, its statistics and the event feed) implies neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from dockyard.auth import ACCESS_ACTIONS, Identity
+from dockyard.globs import any_glob_matches
+
+ANONYMOUS_USER = "anonymous"
+ANY_USER = "*"
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    users: frozenset[str]
+    repositories: tuple[str, ...]
+    actions: frozenset[str]
+
+    @classmethod
+    def of(
+        cls, users: Iterable[str], repositories: Iterable[str], actions: Iterable[str]
+    ) -> AccessRule:
+        wanted = set(actions)
+        if "*" in wanted:
+            wanted = set(ACCESS_ACTIONS)
+        return cls(frozenset(users), tuple(repositories), frozenset(wanted))
+
+    def names(self, identity: Identity) -> bool:
+        if identity.name is None:
+            return ANONYMOUS_USER in self.users
+        return ANY_USER in self.users or identity.name in self.users
+
+
+class AccessRules:
+    def __init__(self, rules: Sequence[AccessRule]) -> None:
+        self.rules = tuple(rules)
+
+    def _rules_for(self, identity: Identity) -> list[AccessRule]:
+        return [r for r in self.rules if r.names(identity)]
+
+    def allowed_actions(self, identity: Identity, repository: str) -> frozenset[str]:
+        """Every action some rule lets ``identity`` do on ``repository``."""
+        actions: set[str] = set()
+        for rule in self._rules_for(identity):
+            if any_glob_matches(repository, rule.repositories):
+                actions |= rule.actions
+        return frozenset(actions)
+
+    def allows(self, identity: Identity, repository: str | None, action: str) -> bool:
+        """Whether ``identity`` may do ``action`` on ``repository``; with None, on at
+        least one repository (the registry-wide scopes: catalog, admin)."""
+        for rule in self._rules_for(identity):
+            if action in rule.actions and (
+                repository is None or any_glob_matches(repository, rule.repositories)
+            ):
+                return True
+        return False
+
+    def covers_all(self, identity: Identity, action: str) -> bool:
+        """Whether a rule lets ``identity`` do ``action`` on every repository (``*``)."""
+        return any(action in r.actions and "*" in r.repositories for r in self._rules_for(identity))
