@@ -1,4 +1,4 @@
-"""``dockyard serve | config check | --version``."""
+"""``dockyard serve | config check | events ... | users ... | --version``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from dockyard import __version__, cli_webhooks
+from dockyard import __version__, cli_users, cli_webhooks
 from dockyard.config import ConfigError, Settings, as_dict, load
 
 
@@ -45,6 +45,14 @@ def _serve(args: argparse.Namespace) -> int:
     # Make relative paths absolute once, so every worker sees the same directory.
     os.environ["DOCKYARD_STORAGE_ROOT"] = os.path.abspath(settings.storage.root)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
+    if settings.auth.mode == "basic":
+        from dockyard.auth.htpasswd import HtpasswdError, Users
+
+        try:
+            Users(settings.auth.htpasswd)  # every worker would refuse it the same way
+        except HtpasswdError as e:
+            print(f"dockyard: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=settings.log.level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     events_sub = events.add_subparsers(dest="events_command", required=True)
     cli_webhooks.add_parsers(events_sub, _settings)
     _add_tail_parser(events_sub)
+    cli_users.add_parsers(sub, _settings)
 
     args = parser.parse_args(argv)
     try:
