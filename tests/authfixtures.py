@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import bcrypt
+import httpx
+import pytest
 
 from dockyard.config import Settings, load
+from dockyard.services import Services
+from tests.conftest import make_client, make_settings
 
 # Every test that logs in uses these users; "root" may do everything.
 PASSWORDS = {"root": "root-pw", "alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
@@ -55,3 +60,21 @@ def auth_settings(root: Path, rules: list[dict[str, list[str]]], **environ: str)
         **environ,
     }
     return load(config, environ=env)
+
+
+# Import both into a test module (as they are named) to run its tests twice: without auth,
+# and with basic auth as "root", who may do everything.
+
+
+@pytest.fixture(name="settings", params=["auth-none", "auth-basic"])
+def settings_with_and_without_auth(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "auth-none":
+        return make_settings(tmp_path / "data")
+    return auth_settings(tmp_path / "data", [ROOT_RULE])
+
+
+@pytest.fixture(name="client")
+async def client_logged_in(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    headers = basic("root") if services.settings.auth.mode == "basic" else None
+    async with make_client(services, headers) as c:
+        yield c

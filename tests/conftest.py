@@ -173,8 +173,9 @@ class ASGITransport(httpx.AsyncBaseTransport):
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(parts)))
 
 
-def make_client(svc: Services) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=ASGITransport(svc.app), base_url=BASE_URL)
+def make_client(svc: Services, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client of ``svc``'s app; ``headers`` go on every request (credentials)."""
+    return httpx.AsyncClient(transport=ASGITransport(svc.app), base_url=BASE_URL, headers=headers)
 
 
 @pytest.fixture

@@ -176,11 +176,13 @@ async def open_feed(
     receive_buffer: int | None = None,
     welcome: bool = True,
     path: str = FEED_PATH,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[Feed]:
     """One subscriber on 127.0.0.1:``port``, filtered by ``query`` parameters or by a
     first ``subscribe`` message (its "type" is added). With ``receive_buffer`` the
     client socket gets that SO_RCVBUF (a reader that stops reading then stalls the
-    server's sends after a few KiB). With ``welcome`` the welcome message is read."""
+    server's sends after a few KiB). With ``welcome`` the welcome message is read.
+    ``headers`` go on the handshake (credentials)."""
     sock = trio.socket.socket()
     # The socket is ours (wrap_client_stream): closed here on every path, also when the
     # handshake is refused or the server closed first.
@@ -193,7 +195,12 @@ async def open_feed(
         stream = trio.SocketStream(sock)
         async with trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", feed_resource(query, path), message_queue_size=1
+                nursery,
+                stream,
+                "127.0.0.1",
+                feed_resource(query, path),
+                message_queue_size=1,
+                extra_headers=list((headers or {}).items()),
             )
             try:
                 feed = Feed(ws, local_port=sock.getsockname()[1])

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from dockyard.services import Services
+from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
 from tests.conftest import (
     assert_error,
     chunks,
@@ -591,7 +592,7 @@ async def test_upload_survives_a_new_app_on_the_same_data(
     assert (await client.patch(location, content=head)).status_code == 202
     other = build(services.settings)
     try:
-        async with make_client(other) as second:
+        async with make_client(other, dict(client.headers)) as second:
             assert_upload_headers(await second.get(location), location, 70_000)
             r = await second.put(location, params={"digest": digest_of(head + tail)}, content=tail)
             assert r.status_code == 201, r.text

@@ -30,6 +30,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from dockyard.auth import PUBLIC, Scope
 from dockyard.http.errors import error_body, for_status
 from dockyard.http.request import API_VERSION
 
@@ -44,6 +45,15 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+# The scope of every route below: the page and its files hold no registry data (that comes
+# from /v2/_dockyard/, which needs admin), so anybody may load them.
+WEB_SCOPES: dict[str, Scope] = {
+    "/dashboard": PUBLIC,
+    "/dashboard/": PUBLIC,
+    "/dashboard/<path:name>": PUBLIC,
+}
 
 
 @dataclass(frozen=True)
@@ -143,4 +153,12 @@ def build_web(assets: Mapping[str, Asset] | None = None) -> QuartWeb:
     return QuartWeb(create_web_app(load_dashboard_assets() if assets is None else assets))
 
 
-__all__ = ["CSP", "Asset", "QuartWeb", "build_web", "create_web_app", "load_dashboard_assets"]
+__all__ = [
+    "CSP",
+    "WEB_SCOPES",
+    "Asset",
+    "QuartWeb",
+    "build_web",
+    "create_web_app",
+    "load_dashboard_assets",
+]

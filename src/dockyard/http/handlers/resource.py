@@ -6,6 +6,8 @@ the handler runs; handlers that need a second scope (a mount's source) ask ``may
 
 from __future__ import annotations
 
+import dataclasses
+
 from dockyard.auth import Authorizer, Caller, Forbidden, Identity, Scope, Unauthenticated
 from dockyard.core import errors as err
 from dockyard.http.request import Request
@@ -37,7 +39,11 @@ class Resource:
     async def authorize(self, req: Request, scope: Scope) -> None:
         """Raise ``Unauthorized`` or ``Denied`` unless the caller (authenticated once per
         request) has ``scope``."""
-        req.identity = await check(self.authorizer, caller_of(req), req.identity, scope)
+        known = req.identity
+        req.identity = await check(self.authorizer, caller_of(req), known, scope)
+        if known is None and req.identity.name is not None:
+            # Events name who caused them (the actor of docs/events.md).
+            req.info = dataclasses.replace(req.info, actor=req.identity.name)
 
     def may(self, req: Request, repository: str | None, action: str) -> bool:
         """After ``authorize``: whether the caller may also do ``action`` there."""
