@@ -200,7 +200,7 @@ async def open_feed(
                 "127.0.0.1",
                 feed_resource(query, path),
                 message_queue_size=1,
-                extra_headers=list((headers or {}).items()),
+                extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()],
             )
             try:
                 feed = Feed(ws, local_port=sock.getsockname()[1])
