@@ -77,6 +77,7 @@ def test_no_rules_deny_everything() -> None:
         (base64.b64encode(b"alice:").decode(), ("alice", "")),
         (base64.b64encode(b"nocolon").decode(), None),
         (base64.b64encode(b":pw").decode(), None),
+        (base64.b64encode(b":").decode(), ("", "")),
         ("!!!not base64!!!", None),
         ("YWxpY2U6cHc", None),  # missing padding
         (base64.b64encode(b"\xff\xfe:pw").decode(), None),  # not UTF-8
@@ -98,6 +99,8 @@ CHALLENGE = 'Basic realm="my registry", charset="UTF-8"'
 
 async def test_authenticate(authorizer: AccessAuthorizer) -> None:
     assert await authorizer.authenticate(Caller({})) == ANON
+    # Empty credentials are how skopeo and podman say they have none.
+    assert await authorizer.authenticate(Caller({"authorization": "Basic Og=="})) == ANON
     alice = await authorizer.authenticate(Caller(basic("alice")))
     assert alice == ALICE
     for headers in (

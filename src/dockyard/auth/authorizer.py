@@ -44,13 +44,14 @@ def basic_challenge(realm: str) -> Challenge:
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
-    """(user, password) of a ``Basic`` credential; None if it is malformed."""
+    """(user, password) of a ``Basic`` credential; None if it is malformed. ``:`` (both
+    empty) parses as ("", "")."""
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
         return None
     user, colon, password = decoded.partition(":")
-    if not colon or not user:
+    if not colon or (not user and password):
         return None
     return user, password
 
@@ -89,6 +90,10 @@ class AccessAuthorizer:
             if parsed is None:
                 raise self._refuse("malformed Basic credentials", Scope("login"))
             user, password = parsed
+            if not user:
+                # Empty credentials (":"): what containers/image (skopeo, podman) sends
+                # after a Basic challenge when it has none. They mean anonymous.
+                return Identity(None)
             if not await self.users.verify(user, password):
                 raise self._refuse("wrong user name or password", Scope("login"))
             return Identity(user, "basic")
