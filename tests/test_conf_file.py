@@ -6,7 +6,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from dockyard.config import Settings, WebhookSettings, as_dict, load
+from dockyard.config import AccessSettings, Settings, WebhookSettings, as_dict, load
 
 CONF = Path(__file__).parent.parent / "conf" / "dockyard.toml"
 
@@ -18,7 +18,7 @@ def test_shipped_config_equals_the_defaults() -> None:
 def test_shipped_config_names_every_key() -> None:
     doc = tomllib.loads(CONF.read_text())
     for section in dataclasses.fields(Settings):
-        if section.name == "webhooks":  # an array of tables, shown commented out below
+        if section.name in ("webhooks", "access"):  # arrays of tables, shown commented out
             continue
         keys = {f.name for f in dataclasses.fields(getattr(Settings(), section.name))}
         assert section.name in doc, f"[{section.name}] is missing from {CONF.name}"
@@ -47,3 +47,18 @@ def test_shipped_config_documents_every_webhook_key(tmp_path: Path) -> None:
     (loaded,) = load(path, environ={}).webhooks
     shown = dataclasses.replace(loaded, name="", url="", headers={})
     assert shown == WebhookSettings()
+
+
+def test_shipped_config_access_examples_are_valid(tmp_path: Path) -> None:
+    lines = CONF.read_text().splitlines()
+    example: list[str] = []
+    for line in lines[lines.index("# [[access]]") :]:
+        if not line.startswith("#"):
+            break
+        example.append(line[2:])
+    path = tmp_path / "access.toml"
+    path.write_text("\n".join(example) + '\n[auth]\nmode = "basic"\nhtpasswd = "users"\n')
+    assert load(path, environ={}).access == [
+        AccessSettings(["ci"], ["team/*"], ["pull", "push"]),
+        AccessSettings(["anonymous"], ["public/*"], ["pull"]),
+    ]

@@ -16,9 +16,12 @@ public names; it depends on nothing outside ``config`` but the leaf ``dockyard.a
 
 from dockyard.config.loader import as_dict, load
 from dockyard.config.model import (
+    AUTH_MODES,
     LOG_LEVELS,
     STORAGE_DRIVERS,
     WEBHOOK_FORMATS,
+    AccessSettings,
+    AuthSettings,
     ConfigError,
     DatabaseSettings,
     EventsSettings,
@@ -32,9 +35,12 @@ from dockyard.config.model import (
 )
 
 __all__ = [
+    "AUTH_MODES",
     "LOG_LEVELS",
     "STORAGE_DRIVERS",
     "WEBHOOK_FORMATS",
+    "AccessSettings",
+    "AuthSettings",
     "ConfigError",
     "DatabaseSettings",
     "EventsSettings",

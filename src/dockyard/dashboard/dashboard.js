@@ -10,6 +10,9 @@
 //      what was missed, then continues live, so nothing is lost or counted twice.
 //   4. Changes (push, mount, delete, untag) trigger a fresh snapshot (debounced), which
 //      updates the repository list; live events newer than it are applied again on top.
+//   5. With auth on, a websocket cannot carry the browser's credentials: before each
+//      connection the page gets a single-use ticket from GET ../v2/_dockyard/ticket (an
+//      ordinary request, which does) and passes it as ?ticket= (docs/security.md).
 (function () {
   "use strict";
 
@@ -27,6 +30,7 @@
   const statsUrl = new URL(`../v2/_dockyard/stats?window=${WINDOW}&bucket=${BUCKET}`, location.href);
   const feedUrl = new URL("../v2/_dockyard/events", location.href);
   feedUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  const ticketUrl = new URL("../v2/_dockyard/ticket", location.href);
 
   const state = {
     offset: 0, // server clock minus this browser's clock, in seconds
@@ -187,9 +191,25 @@
     document.body.dataset.feed = status;
   }
 
+  async function feedTicket() {
+    // Short-lived and good for one connection; null if the server gives none.
+    try {
+      const r = await fetch(ticketUrl, { cache: "no-store", headers: { accept: "application/json" } });
+      if (r.ok) return (await r.json()).ticket || null;
+    } catch (e) {
+      // The connection attempt below fails and is retried like any other drop.
+    }
+    return null;
+  }
+
   function connect(since) {
+    feedTicket().then((ticket) => openFeed(since, ticket));
+  }
+
+  function openFeed(since, ticket) {
     const url = new URL(feedUrl);
     url.searchParams.set("since", String(since));
+    if (ticket) url.searchParams.set("ticket", ticket);
     document.body.dataset.since = String(since);
     const ws = new WebSocket(url);
     state.socket = ws;
