@@ -9,10 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from dockyard.auth import PUBLIC, Scope
 from dockyard.config import Settings
 from dockyard.events.feed import CLOSE_DENIED
+from dockyard.events.tail import FeedRejected, Tail, TailOptions
 from dockyard.http.web import WEB_SCOPES
 from dockyard.services import Services
 from tests.authfixtures import ROOT_RULE, auth_settings, basic
@@ -27,6 +29,7 @@ from tests.conftest import (
     random_blob,
 )
 from tests.feedclient import open_feed, serve_app
+from tests.test_events import run_tail
 
 RULES = [
     ROOT_RULE,
@@ -283,3 +286,20 @@ async def test_every_route_names_its_scope(services: Services) -> None:
     assert rules == set(WEB_SCOPES), "every web path is listed in WEB_SCOPES"
     assert all(scope == PUBLIC for scope in WEB_SCOPES.values())
     assert not any(re.search("stats|events|ticket", rule) for rule in rules)
+
+
+async def test_events_tail_logs_in(services: Services, root: httpx.AsyncClient) -> None:
+    await push_blob(root, "team/t", random_blob())
+    async with serve_app(services.app) as server:
+        printed: list[str] = []
+        tail = Tail(
+            TailOptions(server.url, since=0, authorization=basic("carol")["authorization"]),
+            printed.append,
+            lambda _: None,
+        )
+        await run_tail(tail, lambda: len(printed) >= 1)
+        assert "team/t@sha256:" in printed[0]
+        refused = Tail(TailOptions(server.url), lambda _: None, lambda _: None)
+        with pytest.raises(FeedRejected) as e, trio.fail_after(10):
+            await refused.run()
+        assert e.value.code == CLOSE_DENIED

@@ -121,7 +121,17 @@ def _events_tail(args: argparse.Namespace) -> int:
     if url is None:
         settings = _settings(args)
         url = default_url(settings.server.host, settings.server.port)
-    return run(TailOptions(url, args.since, event_filter, args.json))
+    authorization = None
+    if args.user is not None:
+        import base64
+        import getpass
+
+        password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+        if password is None:
+            password = getpass.getpass(f"Password for {args.user}: ")
+        token = base64.b64encode(f"{args.user}:{password}".encode()).decode()
+        authorization = f"Basic {token}"
+    return run(TailOptions(url, args.since, event_filter, args.json, authorization))
 
 
 def _add_tail_parser(events_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -157,6 +167,10 @@ def _add_tail_parser(events_sub: argparse._SubParsersAction[argparse.ArgumentPar
         help="media type, or type/* (repeatable)",
     )
     tail.add_argument("--json", action="store_true", help="print each event as its JSON")
+    tail.add_argument("--user", help="log in as this user (a registry with auth.mode basic)")
+    tail.add_argument(
+        "--password-stdin", action="store_true", help="with --user: read the password from stdin"
+    )
     tail.set_defaults(func=_events_tail)
 
 

@@ -82,6 +82,8 @@ class TailOptions:
     since: int | None = None
     event_filter: EventFilter = field(default_factory=EventFilter)
     json_output: bool = False
+    # The Authorization header value (Basic credentials) for a registry with auth on.
+    authorization: str | None = None
 
 
 def feed_url(url: str) -> str:
@@ -234,8 +236,13 @@ class Tail:
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(CONNECT_TIMEOUT):
+                    auth = self.options.authorization
                     ws = await trio_websocket.wrap_client_stream(
-                        nursery, stream, parts.netloc, resource
+                        nursery,
+                        stream,
+                        parts.netloc,
+                        resource,
+                        extra_headers=[(b"authorization", auth.encode())] if auth else None,
                     )
                 try:
                     await ws.send_message(subscribe_message(self.options.event_filter, self.cursor))
