@@ -210,6 +210,7 @@
     const url = new URL(feedUrl);
     url.searchParams.set("since", String(since));
     if (ticket) url.searchParams.set("ticket", ticket);
+    document.body.dataset.feedTicket = ticket ? "yes" : "no";
     document.body.dataset.since = String(since);
     const ws = new WebSocket(url);
     state.socket = ws;
