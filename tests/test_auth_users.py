@@ -237,3 +237,25 @@ def test_cli_prompts_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     answers = iter(["same", "same"])
     assert main(["users", "add", "alice", "--htpasswd", str(path)]) == 0
     assert bcrypt.checkpw(b"same", path.read_text().split(":", 1)[1].strip().encode())
+
+
+def test_config_check_and_serve_refuse_a_bad_users_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in [v for v in os.environ if v.startswith("DOCKYARD_")]:
+        monkeypatch.delenv(var)
+    # main() puts its settings in the environment (for hypercorn's workers): undo after.
+    for var in ("DOCKYARD_CONFIG", "DOCKYARD_STORAGE_ROOT", "DOCKYARD_SERVER_PORT"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    users = tmp_path / "htpasswd"
+    users.write_text("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")
+    config = tmp_path / "dockyard.toml"
+    config.write_text(f'[auth]\nmode = "basic"\nhtpasswd = "{users}"\n')
+    data = str(tmp_path / "data")
+    assert main(["config", "check", "--config", str(config)]) == 2
+    assert f"{users}, line 1" in capsys.readouterr().err
+    assert main(["serve", "--config", str(config), "--data-dir", data, "--port", "0"]) == 2
+    assert "only bcrypt entries are accepted" in capsys.readouterr().err
+    write_htpasswd(users)
+    assert main(["config", "check", "--config", str(config)]) == 0

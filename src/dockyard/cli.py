@@ -29,6 +29,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load(os.environ.get("DOCKYARD_CONFIG") or None)
 
 
+def _users_file_ok(settings: Settings) -> bool:
+    """With basic auth, whether the users file can be used (else say why on stderr)."""
+    if settings.auth.mode != "basic":
+        return True
+    from dockyard.auth.htpasswd import HtpasswdError, Users
+
+    try:
+        Users(settings.auth.htpasswd)
+    except HtpasswdError as e:
+        print(f"dockyard: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run
@@ -45,14 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Make relative paths absolute once, so every worker sees the same directory.
     os.environ["DOCKYARD_STORAGE_ROOT"] = os.path.abspath(settings.storage.root)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
-    if settings.auth.mode == "basic":
-        from dockyard.auth.htpasswd import HtpasswdError, Users
-
-        try:
-            Users(settings.auth.htpasswd)  # every worker would refuse it the same way
-        except HtpasswdError as e:
-            print(f"dockyard: {e}", file=sys.stderr)
-            return 2
+    if not _users_file_ok(settings):  # every worker would refuse it the same way
+        return 2
     logging.basicConfig(
         level=settings.log.level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -99,6 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(json.dumps(as_dict(settings, redact=True), indent=2))
+    if not _users_file_ok(settings):
+        return 2
     print("configuration OK", file=sys.stderr)
     return 0
 
