@@ -19,6 +19,7 @@ never cached. Concurrent checks of the same pair share one bcrypt run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -39,9 +40,14 @@ BCRYPT_PREFIXES = (b"$2y$", b"$2b$", b"$2a$")
 # bcrypt looks at the first 72 bytes only; longer passwords are refused, not truncated.
 MAX_PASSWORD_BYTES = 72
 CACHE_ENTRIES = 10_000
-# A well-formed hash nobody's password matches: unknown users cost one bcrypt too, so
-# timing does not tell which names exist.
-_DUMMY_HASH = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(12))
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """A hash no password matches: unknown users cost one bcrypt too, so timing does not
+    tell which names exist. Made on first use (a quarter second), not at import."""
+    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(12))
+
 
 CheckPassword = Callable[[bytes, bytes], bool]
 
@@ -205,7 +211,7 @@ class Users:
             ok = await trio.to_thread.run_sync(
                 self._check_password,
                 secret,
-                hashed if hashed is not None else _DUMMY_HASH,
+                hashed if hashed is not None else _dummy_hash(),
                 limiter=self._limiter,
             )
             if ok and hashed is not None:

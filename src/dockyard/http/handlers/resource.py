@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from dockyard.auth import Authorizer, Caller, Forbidden, Identity, Scope, Unauthenticated
+from dockyard.auth import (
+    AuthError,
+    Authorizer,
+    Caller,
+    Forbidden,
+    Identity,
+    Scope,
+    Unauthenticated,
+)
 from dockyard.core import errors as err
 from dockyard.http.request import Request
 
@@ -29,6 +37,8 @@ async def check(
         raise err.Unauthorized(str(e), e.challenge) from None
     except Forbidden as e:
         raise err.Denied(str(e)) from None
+    except AuthError as e:  # a check's own refusal without an answer of its own: 403
+        raise err.Denied(str(e) or "denied") from None
     return identity
 
 
