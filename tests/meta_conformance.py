@@ -556,6 +556,17 @@ class MetaConformance:
             ("b", "pull", 2, 120),
             ("b", "push", 1, 7),
         ]
+        assert snap.by_bucket_and_repository == []  # only when asked for
+        detailed = store.stats(since=T0 - 60, bucket=60, repositories=10, per_repository=True)
+        assert sorted(
+            (d.bucket, d.repository, d.action, d.count, d.size)
+            for d in detailed.by_bucket_and_repository
+        ) == [
+            (k, "a", "push", 1, 5),
+            (k, "a", "push-blob", 1, 100),
+            (k + 2, "b", "pull", 2, 120),
+            (k + 2, "b", "push", 1, 7),
+        ]
         top = store.stats(since=T0 + 60, bucket=60, repositories=1)
         assert [r.name for r in top.repositories] == ["c"]
         assert sorted((c.action, c.count) for c in top.by_bucket) == [("pull", 2), ("push", 1)]

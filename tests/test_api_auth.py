@@ -232,6 +232,14 @@ async def test_stats_need_admin_and_show_what_may_be_pulled(
     assert sorted(x["name"] for x in doc["repositories"]) == ["team/a", "team/b"]
     assert doc["totals"]["repositories"] == 2 and doc["totals"]["tags"] == 2
     assert {t["repository"] for t in doc["activity"]["top"]} == {"team/a", "team/b"}
+    # The activity counts their events only: 2 images of 4 pushes (config, 2 layers,
+    # manifest) and their bytes, where root sees 3.
+    everything = (await root.get("/v2/_dockyard/stats")).json()["activity"]
+    assert everything["actions"]["push"] == 12
+    assert doc["activity"]["actions"]["push"] == 8
+    assert sum(b["push"] for b in doc["activity"]["buckets"]) == 8
+    assert 0 < doc["activity"]["bytes_in"] < everything["bytes_in"]
+    assert sum(b["bytes_in"] for b in doc["activity"]["buckets"]) == doc["activity"]["bytes_in"]
 
 
 async def test_feed_needs_admin_and_sends_only_pullable_events(

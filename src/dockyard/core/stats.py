@@ -26,7 +26,7 @@ from typing import Any
 
 from dockyard.actions import ACTIONS
 from dockyard.core.errors import ParameterInvalid
-from dockyard.meta.records import RepositorySummary
+from dockyard.meta.records import BucketActivity, RepositorySummary
 from dockyard.meta.store import Database
 
 DEFAULT_WINDOW = 900
@@ -85,6 +85,8 @@ class Snapshot:
     bytes_in: int
     bytes_out: int
     top: list[RepositoryActivity]  # most events in the window first
+    # Events per bucket and repository, read only to filter (not part of the JSON).
+    detail: list[BucketActivity] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,7 +152,7 @@ class Statistics:
         self.db = db
         self._clock = clock
         self._cache_seconds = cache_seconds
-        self._cached: tuple[tuple[int, int, int], float, Snapshot] | None = None
+        self._cached: tuple[tuple[int, int, int, bool], float, Snapshot] | None = None
 
     async def snapshot(
         self,
@@ -178,10 +180,16 @@ class Statistics:
                 f"repositories must be 1 to {MAX_REPOSITORIES}, not {repositories}"
             )
         if visible is not None:
-            # Read every repository (up to the maximum) so the filter keeps enough.
-            full = await self.snapshot(window, bucket, MAX_REPOSITORIES)
+            # Every repository (up to the maximum) and the activity per repository, so
+            # the filter keeps enough and can count what it keeps.
+            full = await self._snapshot(count, bucket, MAX_REPOSITORIES, detailed=True)
             return filtered(full, visible, repositories)
-        key = (count, bucket, repositories)
+        return await self._snapshot(count, bucket, repositories, detailed=False)
+
+    async def _snapshot(
+        self, count: int, bucket: int, repositories: int, detailed: bool
+    ) -> Snapshot:
+        key = (count, bucket, repositories, detailed)
         cached = self._cached
         if (
             cached is not None
@@ -189,39 +197,23 @@ class Statistics:
             and time.monotonic() - cached[1] < self._cache_seconds
         ):
             return cached[2]
-        snap = await self._read(count, bucket, repositories)
+        snap = await self._read(count, bucket, repositories, detailed)
         self._cached = (key, time.monotonic(), snap)
         return snap
 
-    async def _read(self, count: int, bucket: int, repositories: int) -> Snapshot:
+    async def _read(self, count: int, bucket: int, repositories: int, detailed: bool) -> Snapshot:
         now = self._clock()
         last = math.floor(now / bucket)  # the current bucket
         first = last - count + 1
-        record = await self.db.run(self.db.meta.stats, first * bucket, bucket, repositories)
-        buckets = [Bucket((first + i) * bucket) for i in range(count)]
-        actions = _counts()
-        bytes_in = bytes_out = 0
+        record = await self.db.run(
+            self.db.meta.stats, first * bucket, bucket, repositories, per_repository=detailed
+        )
+        activity = _Activity(first, count, bucket)
         for c in record.by_bucket:
             assert isinstance(c.key, int)
-            # Events stamped after `now` (another instance's clock) go in the last bucket.
-            index = min(max(c.key - first, 0), count - 1)
-            b = buckets[index]
-            b.counts[c.action] = b.counts.get(c.action, 0) + c.count
-            moved_in, moved_out = _bytes(c.action, c.size)
-            b.bytes_in += moved_in
-            b.bytes_out += moved_out
-            actions[c.action] = actions.get(c.action, 0) + c.count
-            bytes_in += moved_in
-            bytes_out += moved_out
-        by_repository: dict[str, RepositoryActivity] = {}
+            activity.add_to_bucket(c.key, c.action, c.count, c.size)
         for c in record.by_repository:
-            name = str(c.key)
-            a = by_repository.setdefault(name, RepositoryActivity(name))
-            a.counts[c.action] = a.counts.get(c.action, 0) + c.count
-            moved_in, moved_out = _bytes(c.action, c.size)
-            a.bytes_in += moved_in
-            a.bytes_out += moved_out
-        top = sorted(by_repository.values(), key=lambda a: (-a.events, a.repository))
+            activity.add_to_repository(str(c.key), c.action, c.count, c.size)
         return Snapshot(
             now=now,
             last_id=record.last_id,
@@ -235,18 +227,53 @@ class Statistics:
                 record.blob_count,
                 record.blob_bytes,
             ),
-            buckets=buckets,
-            actions=actions,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            top=top[:TOP_REPOSITORIES],
+            buckets=activity.buckets,
+            actions=activity.actions,
+            bytes_in=activity.bytes_in,
+            bytes_out=activity.bytes_out,
+            top=activity.top(),
+            detail=record.by_bucket_and_repository,
         )
 
 
+class _Activity:
+    """Event counts of a window added up per bucket and per repository."""
+
+    def __init__(self, first: int, count: int, bucket: int) -> None:
+        self.first, self.count = first, count
+        self.buckets = [Bucket((first + i) * bucket) for i in range(count)]
+        self.actions = _counts()
+        self.bytes_in = self.bytes_out = 0
+        self.by_repository: dict[str, RepositoryActivity] = {}
+
+    def add_to_bucket(self, key: int, action: str, count: int, size: int) -> None:
+        # Events stamped after `now` (another instance's clock) go in the last bucket.
+        b = self.buckets[min(max(key - self.first, 0), self.count - 1)]
+        b.counts[action] = b.counts.get(action, 0) + count
+        moved_in, moved_out = _bytes(action, size)
+        b.bytes_in += moved_in
+        b.bytes_out += moved_out
+        self.actions[action] = self.actions.get(action, 0) + count
+        self.bytes_in += moved_in
+        self.bytes_out += moved_out
+
+    def add_to_repository(self, name: str, action: str, count: int, size: int) -> None:
+        a = self.by_repository.setdefault(name, RepositoryActivity(name))
+        a.counts[action] = a.counts.get(action, 0) + count
+        moved_in, moved_out = _bytes(action, size)
+        a.bytes_in += moved_in
+        a.bytes_out += moved_out
+
+    def top(self) -> list[RepositoryActivity]:
+        ranked = sorted(self.by_repository.values(), key=lambda a: (-a.events, a.repository))
+        return ranked[:TOP_REPOSITORIES]
+
+
 def filtered(snap: Snapshot, visible: Callable[[str], bool], limit: int) -> Snapshot:
-    """``snap`` as a caller who may see only some repositories sees it: the repository
-    list, its totals and the most active repositories cover those alone. The activity
-    buckets and blob totals stay registry-wide counts: they name no repository."""
+    """``snap`` (read with its ``detail``) as a caller who may see only some repositories
+    sees it: the repository list and its totals, the activity and the most active
+    repositories count those alone. Blob totals stay registry-wide (blobs are shared
+    between repositories; the numbers name none)."""
     shown = [r for r in snap.repositories if visible(r.name)]
     totals = dataclasses.replace(
         snap.totals,
@@ -254,5 +281,19 @@ def filtered(snap: Snapshot, visible: Callable[[str], bool], limit: int) -> Snap
         tags=sum(r.tags for r in shown),
         manifests=sum(r.manifests for r in shown),
     )
-    top = [a for a in snap.top if visible(a.repository)]
-    return dataclasses.replace(snap, repositories=shown[:limit], totals=totals, top=top)
+    activity = _Activity(snap.buckets[0].start // snap.bucket, len(snap.buckets), snap.bucket)
+    for d in snap.detail:
+        if visible(d.repository):
+            activity.add_to_bucket(d.bucket, d.action, d.count, d.size)
+            activity.add_to_repository(d.repository, d.action, d.count, d.size)
+    return dataclasses.replace(
+        snap,
+        repositories=shown[:limit],
+        totals=totals,
+        buckets=activity.buckets,
+        actions=activity.actions,
+        bytes_in=activity.bytes_in,
+        bytes_out=activity.bytes_out,
+        top=activity.top(),
+        detail=[],
+    )

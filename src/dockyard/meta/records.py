@@ -96,6 +96,17 @@ class ActivityCount:
 
 
 @dataclass(frozen=True, slots=True)
+class BucketActivity:
+    """Events of one action on one repository in one time bucket."""
+
+    bucket: int  # ts // bucket length
+    repository: str
+    action: str
+    count: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsRecord:
     """What the dashboard loads, read in one transaction: the counts cover exactly the
     events up to ``last_id``, so a reader adds live events after it without gap or double."""
@@ -109,6 +120,8 @@ class StatsRecord:
     blob_bytes: int
     by_bucket: list[ActivityCount]
     by_repository: list[ActivityCount]
+    # Only when asked for (a caller who may see some repositories only).
+    by_bucket_and_repository: list[BucketActivity] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,9 +155,15 @@ class EventLog(Protocol):
 
 class Statistics(Protocol):
     def stats(
-        self, since: float, bucket: float, repositories: int, slack: float = 120.0
+        self,
+        since: float,
+        bucket: float,
+        repositories: int,
+        slack: float = 120.0,
+        per_repository: bool = False,
     ) -> StatsRecord:
-        """Repositories, totals and event counts per action, read in one snapshot."""
+        """Repositories, totals and event counts per action, read in one snapshot; with
+        ``per_repository`` also per bucket and repository."""
 
 
 class Webhooks(Protocol):

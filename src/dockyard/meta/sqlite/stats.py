@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 
-from dockyard.meta.records import ActivityCount, RepositorySummary, StatsRecord
+from dockyard.meta.records import (
+    ActivityCount,
+    BucketActivity,
+    RepositorySummary,
+    StatsRecord,
+)
 from dockyard.meta.sqlite.core import SQLiteCore
 
 
@@ -35,7 +40,12 @@ class StatsStore(SQLiteCore):
         return low
 
     def stats(
-        self, since: float, bucket: float, repositories: int, slack: float = 120.0
+        self,
+        since: float,
+        bucket: float,
+        repositories: int,
+        slack: float = 120.0,
+        per_repository: bool = False,
     ) -> StatsRecord:
         """Repositories (most recently pushed first, at most ``repositories``), totals,
         and the events since ``since`` counted per action by ``bucket``-second time
@@ -85,6 +95,17 @@ class StatsStore(SQLiteCore):
                     args,
                 )
             ]
+            detail = []
+            if per_repository:
+                detail = [
+                    BucketActivity(int(k), str(r), a, int(c), int(s))
+                    for k, r, a, c, s in conn.execute(
+                        "SELECT CAST(ts / ? AS INTEGER) AS k, COALESCE(repository, ''), action,"
+                        f" COUNT(*), COALESCE(SUM(size), 0) {window}"
+                        " GROUP BY k, repository, action",
+                        (bucket, *args),
+                    )
+                ]
         finally:
             conn.execute("COMMIT")
         return StatsRecord(
@@ -97,4 +118,5 @@ class StatsStore(SQLiteCore):
             int(blob_bytes),
             by_bucket,
             by_repository,
+            detail,
         )
