@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ import trio
 from dockyard.auth.htpasswd import HtpasswdError, Users, parse_htpasswd
 from dockyard.cli import main
 from tests.authfixtures import bcrypt_entry, write_htpasswd
+from tests.tools import require_tool
 
 
 class CountingCheck:
@@ -259,3 +261,30 @@ def test_config_check_and_serve_refuse_a_bad_users_file(
     assert "only bcrypt entries are accepted" in capsys.readouterr().err
     write_htpasswd(users)
     assert main(["config", "check", "--config", str(config)]) == 0
+
+
+def test_files_written_by_apache_htpasswd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    htpasswd = require_tool("htpasswd")
+    path = tmp_path / "htpasswd"
+    for name, password in (("alice", "a-pw"), ("bob", "b pw")):
+        flags = ["-c"] if not path.exists() else []
+        subprocess.run(
+            [htpasswd, "-B", "-C", "5", "-b", *flags, str(path), name, password], check=True
+        )
+    assert trio.run(Users(path).verify, "alice", "a-pw")
+    assert trio.run(Users(path).verify, "bob", "b pw")
+    assert not trio.run(Users(path).verify, "bob", "a-pw")
+    # dockyard users edits the same file and keeps the other entries as they are.
+    bob_line = path.read_text().splitlines()[1]
+    assert (
+        _users(monkeypatch, "new\n", "passwd", "alice", "--password-stdin", "--htpasswd", str(path))
+        == 0
+    )
+    assert path.read_text().splitlines()[1] == bob_line
+    assert trio.run(Users(path).verify, "alice", "new")
+    # htpasswd's default (MD5) is refused, naming the line.
+    subprocess.run([htpasswd, "-b", str(path), "carol", "c-pw"], check=True)
+    with pytest.raises(HtpasswdError, match=r"line 3: user 'carol' has MD5"):
+        Users(path)

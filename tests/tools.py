@@ -12,6 +12,7 @@ INSTALL_HINTS = {
     "umoci": "apt-get install -y umoci",
     "chromium": "apt-get install -y chromium chromium-driver",
     "chromedriver": "apt-get install -y chromium chromium-driver",
+    "htpasswd": "apt-get install -y apache2-utils",
 }
 
 
