@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
 from tests.conftest import assert_error, fake_digest, push_blob, random_blob
 
 

@@ -8,6 +8,7 @@ import trio
 
 from dockyard.meta.records import StoredEvent
 from dockyard.services import Services
+from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
 from tests.conftest import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
 from tests.conftest import (
     assert_error,
     make_client,

@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
 from tests.conftest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
