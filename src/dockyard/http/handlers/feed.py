@@ -13,6 +13,7 @@ set one, a ``ticket`` query parameter from ``GET /v2/_dockyard/ticket`` (``auth/
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import aclosing
 
 import trio
@@ -37,7 +38,7 @@ from dockyard.events.feed import (
 )
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter
-from dockyard.http.handlers.resource import check
+from dockyard.http.handlers.resource import check, pull_filter
 from dockyard.http.request import Receive, Scope_, Send, scope_headers
 from dockyard.http.websocket import Disconnected, WebSocket
 from dockyard.meta.records import StoredEvent
@@ -115,10 +116,7 @@ class EventFeed:
         except BadSubscription as e:
             await ws.close(CLOSE_BAD_REQUEST, str(e)[:120])
             return
-        visible = None
-        if not self.authorizer.sees_everything(identity):
-            visible = identity
-        await self._serve(ws, *subscription, visible)
+        await self._serve(ws, *subscription, pull_filter(self.authorizer, identity))
 
     async def _subscription(self, ws: WebSocket, query: str) -> Subscription:
         if query:
@@ -132,11 +130,9 @@ class EventFeed:
         ws: WebSocket,
         event_filter: EventFilter,
         since: int | None,
-        restricted_to: Identity | None = None,
+        visible: Callable[[str], bool] | None = None,
     ) -> None:
-        """Send the events; with ``restricted_to``, only those of repositories that
-        identity may pull."""
-        authorizer = self.authorizer
+        """Send the events; with ``visible``, only those of repositories it accepts."""
         async with self.hub.subscribe(event_filter, since, self.buffer) as sub:
             await ws.send_text(
                 welcome_message(self.hub.cursor, sub.last_id, event_filter, self.heartbeat)
@@ -146,9 +142,7 @@ class EventFeed:
                 try:
                     async with aclosing(sub.events()) as events:
                         async for event in events:
-                            if restricted_to is not None and not authorizer.may(
-                                restricted_to, event.repository or "", "pull"
-                            ):
+                            if visible is not None and not visible(event.repository or ""):
                                 continue
                             await ws.send_text(self._event_message(event))
                 except SubscriberLagged as e:

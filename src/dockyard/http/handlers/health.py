@@ -60,14 +60,6 @@ class Health(Resource):
             number("window", DEFAULT_WINDOW),
             number("bucket", DEFAULT_BUCKET),
             number("repositories", DEFAULT_REPOSITORIES),
-            visible=self._visible(req),
+            visible=self.pull_filter(req),
         )
         return json_response(200, snapshot.to_json(), [("cache-control", "no-store")])
-
-    def _visible(self, req: Request) -> Callable[[str], bool] | None:
-        """None when the caller may pull everything, else the filter of what it may."""
-        identity = req.identity
-        assert identity is not None
-        if self.authorizer.sees_everything(identity):
-            return None
-        return lambda repository: self.authorizer.may(identity, repository, "pull")

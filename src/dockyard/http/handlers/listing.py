@@ -41,12 +41,7 @@ class Listing(Resource):
 
     async def catalog(self, req: Request, p: dict[str, str]) -> Response:
         page = Page(req, self.default_page_size, self.max_page_size)
-        identity = req.identity
-        assert identity is not None
-        visible = None
-        if not self.authorizer.sees_everything(identity):
-            visible = lambda repository: self.authorizer.may(identity, repository, "pull")  # noqa: E731
-        result = await self.registry.catalog(page.n, page.last, visible)
+        result = await self.registry.catalog(page.n, page.last, self.pull_filter(req))
         return json_response(
             200, {"repositories": result.items}, page.link("/v2/_catalog", result.next_last)
         )

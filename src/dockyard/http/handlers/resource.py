@@ -7,6 +7,7 @@ the handler runs; handlers that need a second scope (a mount's source) ask ``may
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from dockyard.auth import (
     AuthError,
@@ -42,6 +43,14 @@ async def check(
     return identity
 
 
+def pull_filter(authorizer: Authorizer, identity: Identity) -> Callable[[str], bool] | None:
+    """What listings of many repositories show ``identity``: None when it may pull every
+    repository (nothing to filter), else the test of a repository name."""
+    if authorizer.sees_everything(identity):
+        return None
+    return lambda repository: authorizer.may(identity, repository, "pull")
+
+
 class Resource:
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
@@ -54,6 +63,11 @@ class Resource:
         if known is None and req.identity.name is not None:
             # Events name who caused them (the actor of docs/events.md).
             req.info = dataclasses.replace(req.info, actor=req.identity.name)
+
+    def pull_filter(self, req: Request) -> Callable[[str], bool] | None:
+        """After ``authorize``: ``pull_filter`` of the caller."""
+        assert req.identity is not None, "authorize first"
+        return pull_filter(self.authorizer, req.identity)
 
     def may(self, req: Request, repository: str | None, action: str) -> bool:
         """After ``authorize``: whether the caller may also do ``action`` there."""
