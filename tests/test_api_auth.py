@@ -170,10 +170,11 @@ async def test_catalog_lists_only_what_the_caller_may_pull(
     assert flat(await catalog_pages(root, 1000)) == sorted(names)
     async with as_user(services, "bob") as bob:
         pages = await catalog_pages(bob, 2)
-    visible = sorted([n for n in names if n.startswith("team/")] + ["library"])
+    # team/* by rule, library as any user, public/* as anybody (the anonymous rule).
+    visible = sorted([n for n in names if n.startswith("team/")] + ["library", "public/p"])
     assert flat(pages) == visible
     # Every page is full but the last: the filter runs inside the paging loop.
-    assert [len(p) for p in pages] == [2, 2, 2]
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
     assert flat(await catalog_pages(anonymous, 1)) == ["public/p"]
     async with as_user(services, "carol") as carol:  # admin everywhere, pull in team/*
         assert flat(await catalog_pages(carol, 3)) == visible

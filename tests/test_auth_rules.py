@@ -23,7 +23,7 @@ RULES = AccessRules(
     [
         AccessRule.of(["alice"], ["team/*"], ["pull", "push"]),
         AccessRule.of(["*"], ["public/*", "library"], ["pull"]),
-        AccessRule.of(["anonymous"], ["public/*"], ["pull"]),
+        AccessRule.of(["anonymous"], ["public/*", "open"], ["pull"]),
         AccessRule.of(["bob"], ["*/base"], ["*"]),
     ]
 )
@@ -43,6 +43,8 @@ RULES = AccessRules(
         (BOB, "team/app", set()),
         (ANON, "public/x", {"pull"}),
         (ANON, "library", set()),  # "*" does not include anonymous
+        (ANON, "open", {"pull"}),
+        (ALICE, "open", {"pull"}),  # but what anonymous may do, everybody may
         (ANON, "team/app", set()),
     ],
 )

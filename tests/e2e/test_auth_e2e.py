@@ -160,6 +160,9 @@ def test_anonymous_pull_where_a_rule_allows_it(
 ) -> None:
     skopeo.copy(layout.ref("v1"), skopeo.docker("public/tools:v1"), "--dest-creds", creds("root"))
     skopeo.copy(skopeo.docker("public/tools:v1"), f"oci:{tmp_path / 'anon'}:v1")
+    # Logged in, alice may pull it too; but not what no rule gives her (403, not 401).
+    assert status(server, "GET", "/v2/public/tools/manifests/v1", "alice") == 200
+    assert status(server, "GET", "/v2/other/manifests/v1", "alice") == 403
     r = httpx.get(f"{server.url}/v2/_catalog")
     assert r.status_code == 200 and r.json()["repositories"] == ["public/tools"]
     done = skopeo(

@@ -1,7 +1,8 @@
 """``[[access]]`` rules: which users may do which actions on which repositories.
 
-A rule names ``users`` (user names, ``"anonymous"`` for callers without credentials,
-``"*"`` for any authenticated user), ``repositories`` (globs in which ``*`` also matches
+A rule names ``users`` (user names; ``"anonymous"`` for callers without credentials,
+which covers every caller: logging in never takes a right away; ``"*"`` for any
+authenticated user), ``repositories`` (globs in which ``*`` also matches
 ``/``, as in the event feed's filters) and ``actions`` (``pull``, ``push``, ``delete``,
 ``admin``; ``"*"`` for all four). A caller may do what any rule that names it allows;
 what no rule allows is denied. Actions are independent: ``push`` does not imply ``pull``,
@@ -36,8 +37,10 @@ class AccessRule:
         return cls(frozenset(users), tuple(repositories), frozenset(wanted))
 
     def names(self, identity: Identity) -> bool:
+        if ANONYMOUS_USER in self.users:
+            return True  # what anonymous callers may do, everybody may
         if identity.name is None:
-            return ANONYMOUS_USER in self.users
+            return False
         return ANY_USER in self.users or identity.name in self.users
 
 
