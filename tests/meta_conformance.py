@@ -190,6 +190,8 @@ class MetaConformance:
         store.link_blob("e", digest("other"), 1, [])
         assert store.repositories_linking(digest("shared")) == ["a", "b", "c", "d"]
         assert store.repositories_linking(digest("shared"), limit=2) == ["a", "b"]
+        assert store.repositories_linking(digest("shared"), limit=2, after="b") == ["c", "d"]
+        assert store.repositories_linking(digest("shared"), after="d") == []
         assert store.repositories_linking(digest("none")) == []
 
     def test_linked_blobs_many(self, store: MetadataStore) -> None:

@@ -189,9 +189,17 @@ async def test_catalog_needs_some_pull(services: Services) -> None:
 
 
 async def test_mount_needs_pull_on_the_source(
-    services: Services, root: httpx.AsyncClient, alice: httpx.AsyncClient
+    services: Services,
+    root: httpx.AsyncClient,
+    alice: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Candidates of a mount without from= are read two at a time here: the unreadable
+    # secret/* ones fill the first pages, and must not hide team/src behind them.
+    monkeypatch.setattr("dockyard.core.blobs.MOUNT_CANDIDATES", 2)
     secret = random_blob()
+    for name in ("secret/y", "secret/z"):
+        await push_blob(root, name, secret)
     digest = await push_blob(root, "secret/x", secret)
     unknown = digest_of(random_blob())
     # From a repository alice may not pull: a plain upload, as for a blob nobody has.

@@ -15,6 +15,9 @@ from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.store import Database
 from dockyard.storage.base import BlobStore
 
+# Repositories holding a blob read at a time when a mount without ``from`` looks for one.
+MOUNT_CANDIDATES = 100
+
 
 class Blobs:
     def __init__(
@@ -71,35 +74,49 @@ class Blobs:
         """Link a blob readable elsewhere into ``repository``; False if none is readable.
 
         With ``source`` only that repository is considered; without it, any repository
-        holding the blob that ``may_read`` allows.
+        holding the blob that ``may_read`` allows (read page by page, so repositories the
+        caller may not read cannot hide one it may).
         """
         parse_digest(digest)
-        candidates = (
-            [source]
-            if source is not None
-            else await self.db.run(self.meta.repositories_linking, digest)
-        )
-        for candidate in candidates:
-            if not await may_read(candidate):
-                continue
-            if candidate == repository:
-                size = await self.db.run(self.meta.linked_blob_size, repository, digest)
-                if size is not None:
-                    return True
-                continue
-            size = await self.db.run(self.meta.linked_blob_size, candidate, digest)
-            if size is None:
-                continue
-            event = self._event(
-                ctx,
-                "mount",
-                repository,
-                digest,
-                "application/octet-stream",
-                size,
-                kind="blob",
-                **{"from": candidate},
+        if source is not None:
+            return await self._mount_from(ctx, repository, digest, source, may_read)
+        after: str | None = None
+        while True:
+            page = await self.db.run(
+                self.meta.repositories_linking, digest, MOUNT_CANDIDATES, after
             )
-            await self.db.run(self.meta.link_blob, repository, digest, size, [event])
-            return True
-        return False
+            for candidate in page:
+                if await self._mount_from(ctx, repository, digest, candidate, may_read):
+                    return True
+            if len(page) < MOUNT_CANDIDATES:
+                return False
+            after = page[-1]
+
+    async def _mount_from(
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        digest: str,
+        candidate: str,
+        may_read: Callable[[str], Awaitable[bool]],
+    ) -> bool:
+        if not await may_read(candidate):
+            return False
+        if candidate == repository:
+            size = await self.db.run(self.meta.linked_blob_size, repository, digest)
+            return size is not None
+        size = await self.db.run(self.meta.linked_blob_size, candidate, digest)
+        if size is None:
+            return False
+        event = self._event(
+            ctx,
+            "mount",
+            repository,
+            digest,
+            "application/octet-stream",
+            size,
+            kind="blob",
+            **{"from": candidate},
+        )
+        await self.db.run(self.meta.link_blob, repository, digest, size, [event])
+        return True

@@ -60,7 +60,10 @@ class BlobLinks(Protocol):
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
         """The blob's size if ``repository`` may serve it (it is linked there)."""
 
-    def repositories_linking(self, digest: str, limit: int = 100) -> list[str]: ...
+    def repositories_linking(
+        self, digest: str, limit: int = 100, after: str | None = None
+    ) -> list[str]:
+        """Names of the repositories that link ``digest``, in byte order, after ``after``."""
 
     def link_blob(
         self,

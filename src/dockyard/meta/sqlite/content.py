@@ -55,14 +55,16 @@ class ContentStore(SQLiteCore):
         )
         return None if row is None else int(row[0])
 
-    def repositories_linking(self, digest: str, limit: int = 100) -> list[str]:
+    def repositories_linking(
+        self, digest: str, limit: int = 100, after: str | None = None
+    ) -> list[str]:
         rows = (
             self._conn()
             .execute(
                 "SELECT r.name FROM repository_blobs rb"
                 " JOIN repositories r ON r.id = rb.repository_id"
-                " WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
-                (digest, limit),
+                " WHERE rb.digest = ? AND r.name > ? ORDER BY r.name LIMIT ?",
+                (digest, after or "", limit),
             )
             .fetchall()
         )
