@@ -26,6 +26,7 @@ from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
@@ -138,10 +139,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         access=settings.log.access,
         statistics=Statistics(db, clock),
         web=build_web(),
+        guard=build_guard(settings),
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
-        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat
+        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat, app.guard
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     if settings.webhooks:

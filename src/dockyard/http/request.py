@@ -39,6 +39,12 @@ def scope_headers(scope: Scope_) -> dict[str, str]:
     return headers
 
 
+def peer_address(scope: Scope_) -> str:
+    """The TCP peer's address ("" when hypercorn has none, as on a unix socket)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
 
