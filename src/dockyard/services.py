@@ -140,6 +140,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         statistics=Statistics(db, clock),
         web=build_web(),
         guard=build_guard(settings),
+        client_user=settings.tls.client_user if settings.tls.client_auth != "none" else None,
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
@@ -192,8 +193,19 @@ def check_read_size_hook() -> None:
         )
 
 
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at ``log.level``: in ``dockyard serve`` and again in each worker, a
+    spawned process that inherits no logging set-up (without this the access log and the
+    workers' warnings went nowhere)."""
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
 def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
+    configure_logging(settings)
     set_read_size(settings.server.read_size)
     return build(settings).app

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from dockyard.auth import Authorizer
+from dockyard.auth import Authorizer, Identity
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
@@ -41,6 +41,7 @@ from dockyard.http.request import (
     Response,
     Scope_,
     Send,
+    certificate_user,
     discard_body,
     peer_address,
     scope_headers,
@@ -87,9 +88,12 @@ class RegistryApp:
         statistics: Statistics | None = None,
         web: WebApp | None = None,
         guard: Guard | None = None,
+        client_user: str | None = None,
     ) -> None:
         self.registry = registry
         self.guard = guard or open_guard()
+        # Subject attribute naming the user of a verified client certificate (None: no mTLS).
+        self._client_user = client_user
         self.authorizer = authorizer
         self._lifespan = lifespan
         self._on_shutdown = on_shutdown
@@ -168,6 +172,7 @@ class RegistryApp:
                 body_pending = False
             return message
 
+        user = certificate_user(scope, self._client_user) if self._client_user else None
         req = Request(
             method=method,
             path=scope["path"],
@@ -183,6 +188,7 @@ class RegistryApp:
                 headers.get("user-agent", "")[:256],
                 method,
             ),
+            identity=Identity(user) if user is not None else None,
         )
         try:
             response = await self._dispatch(req)
@@ -216,6 +222,7 @@ class RegistryApp:
                         "status": response.status,
                         "ms": round((time.perf_counter() - started) * 1000, 3),
                         "client": req.client,
+                        "user": req.identity.name if req.identity is not None else None,
                     }
                 )
             )
