@@ -43,6 +43,16 @@ def _serve(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2
+    if settings.tls.cert:
+        from dockyard.tls import check_tls_hook, server_context
+
+        try:
+            server_context(settings)  # a bad certificate or key stops start-up here, once
+            if settings.tls.client_auth != "none":
+                check_tls_hook()
+        except (OSError, ssl.SSLError, RuntimeError) as e:
+            print(f"dockyard: TLS: {e}", file=sys.stderr)
+            return 2
     # Make relative paths absolute once, so every worker sees the same directory.
     os.environ["DOCKYARD_STORAGE_ROOT"] = os.path.abspath(settings.storage.root)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
@@ -59,15 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = Config()
     if settings.tls.cert:
-        from dockyard.tls import TLSConfig, check_tls_hook, server_context
+        from dockyard.tls import TLSConfig
 
-        try:
-            server_context(settings)  # a bad certificate or key stops start-up here, once
-            if settings.tls.client_auth != "none":
-                check_tls_hook()
-        except (OSError, ssl.SSLError, RuntimeError) as e:
-            print(f"dockyard: TLS: {e}", file=sys.stderr)
-            return 2
         config = TLSConfig()
         config.dockyard_settings = settings
         # hypercorn serves the bind addresses with TLS when both are set.
