@@ -16,9 +16,10 @@ from dockyard.auth.network import (
     parse_address,
     parse_networks,
 )
-from dockyard.config import ConfigError
+from dockyard.config import ConfigError, load
 from dockyard.http.guard import action_class
 from tests.conftest import BASE_URL, ASGITransport, assert_error, make_settings, open_services
+from tests.feedclient import open_feed, serve_app
 
 # -- parsing
 
@@ -170,3 +171,41 @@ async def test_push_refused_outside_the_allow_list_via_trusted_proxy(tmp_path: P
             # Nothing was created by the refused requests.
             r = await proxy.get("/v2/_catalog")
             assert r.json() == {"repositories": []}
+
+
+async def test_event_feed_refused_by_the_network_list(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", DOCKYARD_NETWORK_PULL_DENY="127.0.0.0/8")
+    async with open_services(settings) as svc, serve_app(svc.app) as server:
+        async with open_feed(server.port, {"since": 0}, welcome=False) as feed:
+            close, before = await feed.closed()
+        assert before == []
+        assert close.code == 4403
+        assert close.reason is not None and "pull is not allowed from 127.0.0.1" in close.reason
+        assert svc.hub.statistics().subscribers == 0
+
+
+def test_network_and_limits_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "dockyard.toml"
+    path.write_text(
+        "[server]\ntrusted_proxies = ['10.0.0.0/8']\n"
+        "[network.delete]\nallow = ['192.0.2.0/24']\ndeny = ['192.0.2.9']\n"
+        "[rate_limits.push]\nrate = 2\nburst = 10\n"
+        "[rate_limits.login]\nuser_burst = 9\n"
+    )
+    settings = load(path, environ={"DOCKYARD_NETWORK_DELETE_DENY": "192.0.2.8, 192.0.2.7"})
+    assert settings.server.trusted_proxies == ["10.0.0.0/8"]
+    assert settings.network.delete.allow == ["192.0.2.0/24"]
+    assert settings.network.delete.deny == ["192.0.2.8", "192.0.2.7"]  # the environment wins
+    assert settings.network.pull.allow == []
+    assert (settings.rate_limits.push.rate, settings.rate_limits.push.burst) == (2.0, 10)
+    assert settings.rate_limits.login.user_burst == 9
+    assert settings.rate_limits.login.burst == 5  # the default stays
+    for text, message in (
+        ("[network.pull]\nallow = '10.0.0.0/8'\n", r"network\.pull\.allow: expected a list"),
+        ("[network.pull]\npermit = []\n", r"unknown key network\.pull\.permit"),
+        ("[network]\npull = 5\n", r"network\.pull: expected a \[network\.pull\] table"),
+        ("[rate_limits.pull]\nrate = 'fast'\n", r"rate_limits\.pull\.rate: expected float"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load(path, environ={})

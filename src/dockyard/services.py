@@ -127,6 +127,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def shutdown() -> None:
         await services.stop()
 
+    client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
     app = RegistryApp(
         registry,
         AllowAll(),
@@ -140,11 +141,16 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         statistics=Statistics(db, clock),
         web=build_web(),
         guard=build_guard(settings),
-        client_user=settings.tls.client_user if settings.tls.client_auth != "none" else None,
+        client_user=client_user,
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
-        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat, app.guard
+        hub,
+        app.authorizer,
+        settings.events.feed_buffer,
+        settings.events.heartbeat,
+        app.guard,
+        client_user,
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     if settings.webhooks:

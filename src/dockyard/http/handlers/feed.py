@@ -13,7 +13,7 @@ from contextlib import aclosing
 
 import trio
 
-from dockyard.auth import Authorizer, Scope
+from dockyard.auth import Authorizer, Identity, Scope
 from dockyard.core import errors as err
 from dockyard.events.feed import (
     CLOSE_BAD_REQUEST,
@@ -33,7 +33,14 @@ from dockyard.events.feed import (
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter
 from dockyard.http.guard import Guard, action_class, open_guard
-from dockyard.http.request import Receive, Scope_, Send, peer_address, scope_headers
+from dockyard.http.request import (
+    Receive,
+    Scope_,
+    Send,
+    certificate_user,
+    peer_address,
+    scope_headers,
+)
 from dockyard.http.websocket import Disconnected, WebSocket
 from dockyard.meta.records import StoredEvent
 
@@ -48,10 +55,13 @@ class EventFeed:
         buffer: int = 1000,
         heartbeat: float = 15.0,
         guard: Guard | None = None,
+        client_user: str | None = None,
     ) -> None:
         self.hub = hub
         self.authorizer = authorizer
         self.guard = guard or open_guard()
+        # As RegistryApp's: the subject attribute naming a client certificate's user.
+        self.client_user = client_user
         self.buffer = buffer
         self.heartbeat = heartbeat
         # The event message text by event id: a live event goes to every subscriber of
@@ -73,7 +83,11 @@ class EventFeed:
         if message["type"] != "websocket.connect":
             return
         headers = scope_headers(scope)
-        identity = await self.authorizer.authenticate(headers)
+        user = certificate_user(scope, self.client_user) if self.client_user else None
+        if user is not None:
+            identity = Identity(user)
+        else:
+            identity = await self.authorizer.authenticate(headers)
         ws = WebSocket(receive, send)
         await ws.accept()
         try:
