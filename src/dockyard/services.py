@@ -128,6 +128,8 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         await services.stop()
 
     client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
+    # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
+    guard = build_guard(settings)
     app = RegistryApp(
         registry,
         AllowAll(),
@@ -140,7 +142,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         access=settings.log.access,
         statistics=Statistics(db, clock),
         web=build_web(),
-        guard=build_guard(settings),
+        guard=guard,
         client_user=client_user,
     )
     hub = EventHub(db, settings.events.poll_interval)

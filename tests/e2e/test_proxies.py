@@ -233,6 +233,11 @@ def test_dockyard_direct_429_from_a_real_server(dockyard: DockyardServer) -> Non
     ) as client:
         statuses = [client.get("/v2/_catalog").status_code for _ in range(61)]
     assert statuses[:60] == [200] * 60 and statuses[60] == 429
-    entries = [e for e in access_log(dockyard) if e["client"] == "127.0.0.40"]
+    deadline = time.monotonic() + 5
+    while True:  # the access log line is written just after the answer is sent
+        entries = [e for e in access_log(dockyard) if e["client"] == "127.0.0.40"]
+        if len(entries) == 61 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(entries) == 61
     assert entries[-1]["status"] == 429
