@@ -101,6 +101,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Workers inherit this and stop when the supervisor tells them to, so a SIGTERM sent to
     # the whole process group (systemd, kill -- -pgid) is graceful too.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Likewise SIGHUP, which hypercorn's supervisor answers by restarting the workers
+    # gracefully (they read the TLS certificate again): a worker must not die of it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run(config)
 
 

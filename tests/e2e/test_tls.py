@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -255,3 +257,28 @@ def test_replaced_certificate_is_used_by_new_connections_only(
         with pytest.raises(ssl.SSLCertVerificationError):
             peer_cert(old.client_context(), server.port)
         held.close()
+
+
+def test_sighup_restarts_workers_with_the_new_certificate(tmp_path: Path) -> None:
+    old = server_files(tmp_path / "certs")
+    env = {**tls_env(old), "DOCKYARD_TLS_RELOAD_INTERVAL": "0"}  # no file watch: SIGHUP only
+    server = DockyardServer(tmp_path / "data", workers=2, env=env, ssl_context=old.client_context())
+    for _ in serve(server):
+        assert server.proc is not None
+        new_ca = trustme.CA()
+        write_server_cert(new_ca.issue_cert("127.0.0.1"), old.cert, old.key)
+        new_context = ssl.create_default_context(cadata=new_ca.cert_pem.bytes().decode())
+        peer_cert(old.client_context(), server.port)  # not watched: still the old one
+        # To the whole process group, as a service manager's reload may send it.
+        os.killpg(server.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        seen_new = 0
+        while seen_new < 6:
+            assert time.monotonic() < deadline, "no worker serves the new certificate"
+            assert server.proc.poll() is None, server.log()
+            try:
+                peer_cert(new_context, server.port)
+                seen_new += 1
+            except (ssl.SSLError, OSError):
+                seen_new = 0
+                time.sleep(0.1)
