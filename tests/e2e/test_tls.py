@@ -96,11 +96,11 @@ def https_registry(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterat
 
 @pytest.fixture(scope="module")
 def mtls_registry(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[DockyardServer]:
-    """HTTPS that refuses clients without a certificate from its CA."""
+    """HTTPS that refuses clients without a certificate from its CA, and TLS 1.2."""
     root = tmp_path_factory.mktemp("dockyard-mtls")
     server = DockyardServer(
         root / "data",
-        env=tls_env(pki.files, "required"),
+        env={**tls_env(pki.files, "required"), "DOCKYARD_TLS_MIN_VERSION": "1.3"},
         ssl_context=pki.files.client_context(pki.alice),
     )
     yield from serve(server)
@@ -196,6 +196,10 @@ def test_required_client_certificate(mtls_registry: DockyardServer, pki: PKI) ->
     for context in (pki.files.client_context(), pki.files.client_context(pki.stranger)):
         with httpx.Client(verify=context) as client, pytest.raises(httpx.TransportError):
             client.get(f"{mtls_registry.url}/v2/", headers={"x-request-id": "refused"})
+    tls12 = pki.files.client_context(pki.alice)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2  # below tls.min_version
+    with httpx.Client(verify=tls12) as client, pytest.raises(httpx.TransportError):
+        client.get(f"{mtls_registry.url}/v2/", headers={"x-request-id": "refused"})
     with httpx.Client(verify=pki.files.client_context(pki.alice), http2=True) as client:
         r = client.get(f"{mtls_registry.url}/v2/_catalog", headers={"x-request-id": "mtls-ok"})
         assert r.status_code == 200 and r.http_version == "HTTP/2"
