@@ -12,6 +12,8 @@ INSTALL_HINTS = {
     "umoci": "apt-get install -y umoci",
     "chromium": "apt-get install -y chromium chromium-driver",
     "chromedriver": "apt-get install -y chromium chromium-driver",
+    "nginx": "apt-get install -y nginx",
+    "haproxy": "apt-get install -y haproxy",
 }
 
 

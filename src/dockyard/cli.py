@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 
 from dockyard import __version__, cli_webhooks
@@ -34,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.run import run
 
     from dockyard.meta.sqlite import SQLiteMeta
-    from dockyard.services import check_read_size_hook, instance_name
+    from dockyard.services import check_read_size_hook, configure_logging, instance_name
 
     settings = _settings(args)
     try:
@@ -42,13 +43,20 @@ def _serve(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2
+    if settings.tls.cert:
+        from dockyard.tls import check_tls_hook, server_context
+
+        try:
+            server_context(settings)  # a bad certificate or key stops start-up here, once
+            if settings.tls.client_auth != "none":
+                check_tls_hook()
+        except (OSError, ssl.SSLError, RuntimeError) as e:
+            print(f"dockyard: TLS: {e}", file=sys.stderr)
+            return 2
     # Make relative paths absolute once, so every worker sees the same directory.
     os.environ["DOCKYARD_STORAGE_ROOT"] = os.path.abspath(settings.storage.root)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings)
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout)
     meta.migrate()
     # Upload leases held by an earlier run of this instance can no longer be in use.
@@ -60,6 +68,13 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("dockyard").info("released %d upload leases of a previous run", released)
 
     config = Config()
+    if settings.tls.cert:
+        from dockyard.tls import TLSConfig
+
+        config = TLSConfig()
+        config.dockyard_settings = settings
+        # hypercorn serves the bind addresses with TLS when both are set.
+        config.certfile, config.keyfile = settings.tls.cert, settings.tls.key
     config.bind = [f"{settings.server.host}:{settings.server.port}"]
     config.application_path = "dockyard.services:create_app()"
     config.worker_class = "trio"
@@ -77,7 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
     config.accesslog = None
     config.errorlog = "-"
     print(
-        f"dockyard {__version__} serving on http://{settings.server.host}:{settings.server.port}"
+        f"dockyard {__version__} serving on {'https' if settings.tls.cert else 'http'}://"
+        f"{settings.server.host}:{settings.server.port}"
         f" (data: {settings.storage.root}, workers: {settings.server.workers})",
         file=sys.stderr,
         flush=True,
@@ -85,6 +101,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Workers inherit this and stop when the supervisor tells them to, so a SIGTERM sent to
     # the whole process group (systemd, kill -- -pgid) is graceful too.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Likewise SIGHUP, which hypercorn's supervisor answers by restarting the workers
+    # gracefully (they read the TLS certificate again): a worker must not die of it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run(config)
 
 

@@ -26,6 +26,7 @@ from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
@@ -126,6 +127,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def shutdown() -> None:
         await services.stop()
 
+    client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
+    # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
+    guard = build_guard(settings)
     app = RegistryApp(
         registry,
         AllowAll(),
@@ -138,10 +142,17 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         access=settings.log.access,
         statistics=Statistics(db, clock),
         web=build_web(),
+        guard=guard,
+        client_user=client_user,
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
-        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat
+        hub,
+        app.authorizer,
+        settings.events.feed_buffer,
+        settings.events.heartbeat,
+        app.guard,
+        client_user,
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     if settings.webhooks:
@@ -190,8 +201,19 @@ def check_read_size_hook() -> None:
         )
 
 
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at ``log.level``: in ``dockyard serve`` and again in each worker, a
+    spawned process that inherits no logging set-up (without this the access log and the
+    workers' warnings went nowhere)."""
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
 def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
+    configure_logging(settings)
     set_read_size(settings.server.read_size)
     return build(settings).app

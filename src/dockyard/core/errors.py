@@ -20,7 +20,8 @@ The HTTP layer maps each class to one OCI error code and status (``http/errors.p
     +-- PaginationInvalid      a page size (n=) that is not a non-negative integer
     +-- ParameterInvalid       another query parameter out of its range (stats window=)
     +-- Unsupported            the operation or parameter is not supported
-    +-- Denied                 the authorizer refused the scope
+    +-- Denied                 the authorizer refused the scope (or the client's network)
+    +-- TooManyRequests        over a rate limit (carries the seconds to wait)
 """
 
 from __future__ import annotations
@@ -107,3 +108,9 @@ class Unsupported(RegistryError):
 
 class Denied(RegistryError):
     pass
+
+
+class TooManyRequests(RegistryError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

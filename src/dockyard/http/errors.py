@@ -9,6 +9,7 @@ member of ``Code``, spelt once.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from enum import StrEnum, unique
 from typing import NamedTuple
@@ -40,6 +41,7 @@ class Code(StrEnum):
     PARAMETER_INVALID = "PARAMETER_INVALID"
     UNSUPPORTED = "UNSUPPORTED"
     DENIED = "DENIED"
+    TOOMANYREQUESTS = "TOOMANYREQUESTS"
     # No such endpoint (distribution's answer to an unknown path).
     NOT_FOUND = "NOT_FOUND"
     UNKNOWN = "UNKNOWN"
@@ -58,6 +60,12 @@ def _upload_offset(error: e.RegistryError) -> Headers:
 def _blob_size(error: e.RegistryError) -> Headers:
     assert isinstance(error, e.RangeNotSatisfiable)
     return [("content-range", f"bytes */{error.size}")]
+
+
+def _retry_after(error: e.RegistryError) -> Headers:
+    # Whole seconds (RFC 9110 10.2.3), rounded up so a client that waits is let in.
+    assert isinstance(error, e.TooManyRequests)
+    return [("retry-after", str(max(1, math.ceil(error.retry_after))))]
 
 
 class Entry(NamedTuple):
@@ -86,6 +94,7 @@ ERROR_TABLE: dict[type[e.RegistryError], Entry] = {
     e.ParameterInvalid: Entry(Code.PARAMETER_INVALID, 400),
     e.Unsupported: Entry(Code.UNSUPPORTED, 405),
     e.Denied: Entry(Code.DENIED, 403),
+    e.TooManyRequests: Entry(Code.TOOMANYREQUESTS, 429, _retry_after),
 }
 # Answers no core error stands for.
 NO_ENDPOINT = Entry(Code.NOT_FOUND, 404)

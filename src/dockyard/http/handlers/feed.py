@@ -13,7 +13,8 @@ from contextlib import aclosing
 
 import trio
 
-from dockyard.auth import Authorizer, Scope
+from dockyard.auth import Authorizer, Identity, Scope
+from dockyard.core import errors as err
 from dockyard.events.feed import (
     CLOSE_BAD_REQUEST,
     CLOSE_DENIED,
@@ -31,7 +32,15 @@ from dockyard.events.feed import (
 )
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter
-from dockyard.http.request import Receive, Scope_, Send, scope_headers
+from dockyard.http.guard import Guard, action_class, open_guard
+from dockyard.http.request import (
+    Receive,
+    Scope_,
+    Send,
+    certificate_user,
+    peer_address,
+    scope_headers,
+)
 from dockyard.http.websocket import Disconnected, WebSocket
 from dockyard.meta.records import StoredEvent
 
@@ -40,10 +49,19 @@ MESSAGE_CACHE = 4096  # encoded event messages kept per worker
 
 class EventFeed:
     def __init__(
-        self, hub: EventHub, authorizer: Authorizer, buffer: int = 1000, heartbeat: float = 15.0
+        self,
+        hub: EventHub,
+        authorizer: Authorizer,
+        buffer: int = 1000,
+        heartbeat: float = 15.0,
+        guard: Guard | None = None,
+        client_user: str | None = None,
     ) -> None:
         self.hub = hub
         self.authorizer = authorizer
+        self.guard = guard or open_guard()
+        # As RegistryApp's: the subject attribute naming a client certificate's user.
+        self.client_user = client_user
         self.buffer = buffer
         self.heartbeat = heartbeat
         # The event message text by event id: a live event goes to every subscriber of
@@ -64,9 +82,20 @@ class EventFeed:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        identity = await self.authorizer.authenticate(scope_headers(scope))
+        headers = scope_headers(scope)
+        user = certificate_user(scope, self.client_user) if self.client_user else None
+        if user is not None:
+            identity = Identity(user)
+        else:
+            identity = await self.authorizer.authenticate(headers)
         ws = WebSocket(receive, send)
         await ws.accept()
+        try:
+            client = self.guard.proxies.client_address(peer_address(scope), headers)
+            self.guard.check(client, identity, action_class(Scope("catalog")))
+        except (err.Denied, err.TooManyRequests) as e:
+            await ws.close(CLOSE_DENIED, e.message[:120])
+            return
         if not await self.authorizer.allowed(identity, Scope("catalog")):
             await ws.close(CLOSE_DENIED, "denied")
             return
