@@ -25,6 +25,7 @@ from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
+from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.web import build_web
@@ -194,4 +195,5 @@ def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     set_read_size(settings.server.read_size)
+    edge.install()  # refuse ambiguous framing and invalid request lines (http/edge.py)
     return build(settings).app
