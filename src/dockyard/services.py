@@ -195,5 +195,6 @@ def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     set_read_size(settings.server.read_size)
-    edge.install()  # refuse ambiguous framing and invalid request lines (http/edge.py)
+    # Refuse ambiguous framing, invalid request lines and slow heads (http/edge.py).
+    edge.install(settings.server.header_timeout, settings.server.max_header_bytes)
     return build(settings).app

@@ -7,6 +7,8 @@ request smuggled behind them is never answered. See docs/security.md "The HTTP e
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -108,3 +110,41 @@ def test_valid_requests_are_served(registry: DockyardServer, host: bytes) -> Non
     assert exchange(registry, raw, wait=1.0)[0] == [200]
     raw = b"GET /v2/ HTTP/1.0\r\n\r\n"
     assert exchange(registry, raw, wait=1.0)[0] == [200]
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    root = tmp_path_factory.mktemp("edge") / "data"
+    env = {"DOCKYARD_SERVER_HEADER_TIMEOUT": "1.5", "DOCKYARD_SERVER_MAX_HEADER_BYTES": "4096"}
+    with DockyardServer(root, env=env) as server:
+        yield server
+
+
+def test_slowloris_head_is_cut_off(impatient: DockyardServer) -> None:
+    """A head trickled a byte at a time is cut off after header_timeout, not held."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        answer = b""
+        try:
+            for _ in range(40):
+                time.sleep(0.25)
+                sock.sendall(b"X-A: b\r\n")
+        except OSError:
+            pass  # the server closed the connection under us
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert time.monotonic() - started < 8, "the trickling client was held"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+def test_header_bytes_are_bounded(impatient: DockyardServer) -> None:
+    raw = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n"
+    statuses, closed = exchange(impatient, raw)
+    assert statuses and 400 <= statuses[0] < 500, statuses
+    assert closed
+    assert exchange(impatient, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", wait=1.0)[0] == [200]

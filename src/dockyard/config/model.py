@@ -33,6 +33,12 @@ class ServerSettings:
     # Bytes read from a connection at a time: the largest request-body chunk handled at
     # once. Memory per upload is at most 4 such chunks (hypercorn's app queue).
     read_size: int = 256 * 1024
+    # The HTTP edge (docs/security.md): seconds a request head (line and headers) may take
+    # in all, however it trickles in; seconds one read may wait for data (a silent client,
+    # a stalled body; 0 disables); and bytes a request head may have (h11's limit).
+    header_timeout: float = 10.0
+    read_timeout: int = 60
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass

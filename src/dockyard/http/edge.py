@@ -15,6 +15,7 @@ would otherwise route ``http://host/v2/`` as a path.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,10 +34,19 @@ def _refuse(reason: str, status: int = 400) -> h11.RemoteProtocolError:
     return h11.RemoteProtocolError(reason, error_status_hint=status)
 
 
+# How h11 finds the end of a head (it accepts bare LF line endings too).
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+
+def head_length(raw: bytes) -> int:
+    """Bytes of the first request head in ``raw`` (all of ``raw`` if it is incomplete)."""
+    match = _HEAD_END.search(raw)
+    return match.end() if match else len(raw)
+
+
 def _count_lengths(head: bytes) -> int:
     """How many Content-Length values the raw request head carries (h11 collapses them)."""
-    end = head.find(b"\r\n\r\n")
-    block = head if end < 0 else head[:end]
+    block = head[: head_length(head)]
     return sum(len(m.group(1).split(b",")) for m in _CONTENT_LENGTH_LINE.finditer(block))
 
 
@@ -73,10 +83,27 @@ def check_request(request: h11.Request, raw_head: bytes) -> h11.Request:
 
 
 class StrictServerConnection(h11.Connection):
-    """hypercorn's server-side h11 connection, refusing ambiguous or invalid requests."""
+    """hypercorn's server-side h11 connection, refusing ambiguous or invalid requests.
+
+    It also bounds the time a request head may take in all: hypercorn's read_timeout
+    is per read, so a client trickling a byte at a time (slowloris) would hold the
+    connection for as long as it likes.
+    """
+
+    header_timeout = 10.0
+    # h11's max_incomplete_event_size only bounds a head still incomplete: one that
+    # arrives whole in a single read passes at any size. This bounds every head.
+    max_header_bytes = 16 * 1024
+    _head_started: float | None = None
 
     def next_event(self) -> Any:
         raw_head = self.trailing_data[0] if self.their_state is h11.IDLE else b""
+        if raw_head:
+            now = time.monotonic()
+            if self._head_started is None:
+                self._head_started = now
+            elif now - self._head_started > self.header_timeout:
+                raise _refuse("request head took too long", 408)
         try:
             event = super().next_event()
         except h11.RemoteProtocolError as e:
@@ -86,12 +113,17 @@ class StrictServerConnection(h11.Connection):
                 raise _refuse(str(e)) from None
             raise
         if isinstance(event, h11.Request):
+            self._head_started = None
+            if head_length(raw_head) > self.max_header_bytes:
+                raise _refuse("request head too large", 431)
             return check_request(event, raw_head)
         return event
 
 
-def install() -> None:
+def install(header_timeout: float = 10.0, max_header_bytes: int = 16 * 1024) -> None:
     """Make hypercorn's HTTP/1 protocol use ``StrictServerConnection`` (once per process)."""
+    StrictServerConnection.header_timeout = header_timeout
+    StrictServerConnection.max_header_bytes = max_header_bytes
     from hypercorn.protocol import h11 as hypercorn_h11
 
     protocol = hypercorn_h11.H11Protocol
