@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
     config.workers = settings.server.workers
     config.graceful_timeout = settings.server.graceful_timeout
-    # The HTTP edge: a silent client or stalled body is cut off after read_timeout;
+    # The HTTP edge: a stalled body is cut off after read_timeout (0: off, see docs);
     # http/edge.py bounds the whole request head (header_timeout), which hypercorn does not.
     config.read_timeout = settings.server.read_timeout or None
     config.h11_max_incomplete_size = settings.server.max_header_bytes

@@ -148,3 +148,17 @@ def test_header_bytes_are_bounded(impatient: DockyardServer) -> None:
     assert statuses and 400 <= statuses[0] < 500, statuses
     assert closed
     assert exchange(impatient, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", wait=1.0)[0] == [200]
+
+
+def test_silent_partial_head_is_cut_off(impatient: DockyardServer) -> None:
+    """Part of a head and then silence: closed (hypercorn's idle timer), not held."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
+        sock.settimeout(15)
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+    assert time.monotonic() - started < 12, "the silent client was held"

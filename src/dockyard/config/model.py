@@ -37,7 +37,9 @@ class ServerSettings:
     # in all, however it trickles in; seconds one read may wait for data (a silent client,
     # a stalled body; 0 disables); and bytes a request head may have (h11's limit).
     header_timeout: float = 10.0
-    read_timeout: int = 60
+    # read_timeout is off by default: it applies to websockets too, and feed clients send
+    # nothing for long stretches (the server sends the heartbeats).
+    read_timeout: int = 0
     max_header_bytes: int = 16 * 1024
 
 
