@@ -82,6 +82,10 @@ def _serve(args: argparse.Namespace) -> int:
     # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
     config.workers = settings.server.workers
     config.graceful_timeout = settings.server.graceful_timeout
+    # The HTTP edge: a stalled body is cut off after read_timeout (0: off, see docs);
+    # http/edge.py bounds the whole request head (header_timeout), which hypercorn does not.
+    config.read_timeout = settings.server.read_timeout or None
+    config.h11_max_incomplete_size = settings.server.max_header_bytes
     # Body chunks queued per request: with server.read_size this bounds memory per upload.
     config.max_app_queue_size = 4
     # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each

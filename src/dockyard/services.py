@@ -25,6 +25,7 @@ from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
+from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
@@ -216,4 +217,6 @@ def create_app() -> RegistryApp:
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     configure_logging(settings)
     set_read_size(settings.server.read_size)
+    # Refuse ambiguous framing, invalid request lines and slow heads (http/edge.py).
+    edge.install(settings.server.header_timeout, settings.server.max_header_bytes)
     return build(settings).app

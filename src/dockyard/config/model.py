@@ -36,6 +36,14 @@ class ServerSettings:
     # Peers (CIDRs) allowed to name the client in Forwarded / X-Forwarded-For: the reverse
     # proxies in front of dockyard. Empty: the peer is always the client.
     trusted_proxies: list[str] = field(default_factory=list)
+    # The HTTP edge (docs/security.md): seconds a request head (line and headers) may take
+    # in all, however it trickles in; seconds one read may wait for data (a silent client,
+    # a stalled body; 0 disables); and bytes a request head may have (h11's limit).
+    header_timeout: float = 10.0
+    # read_timeout is off by default: it applies to websockets too, and feed clients send
+    # nothing for long stretches (the server sends the heartbeats).
+    read_timeout: int = 0
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass

@@ -154,6 +154,12 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
         raise ConfigError("server.read_size: must be between 16384 and 16777216 bytes")
+    if not 0 < s.server.header_timeout <= 3600:
+        raise ConfigError("server.header_timeout: must be more than 0 and at most 3600 seconds")
+    if not 0 <= s.server.read_timeout <= 86400:
+        raise ConfigError("server.read_timeout: must be between 0 (off) and 86400 seconds")
+    if not 1024 <= s.server.max_header_bytes <= 1024 * 1024:
+        raise ConfigError("server.max_header_bytes: must be between 1024 and 1048576 bytes")
     if s.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
     if s.database.threads < 1:

@@ -105,8 +105,5 @@ class Router:
             if name is not None and not is_valid_name(name):
                 raise err.NameInvalid(f"invalid repository name {name[:100]!r}")
             return await handler(req, params)
-        return Response(
-            NO_ENDPOINT.status,
-            [("content-type", "application/json")],
-            error_body(NO_ENDPOINT.code, f"no endpoint at {path[:100]!r}"),
-        )
+        # No spec code means "no such endpoint": the bare status.
+        return Response(NO_ENDPOINT.status, [], error_body(NO_ENDPOINT.code, ""))
