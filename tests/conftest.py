@@ -211,8 +211,36 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
 # -- checks
 
 
+# The error-code table of the OCI distribution spec: a 4xx body may carry no other code.
+OCI_ERROR_CODES = frozenset(
+    {
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "SIZE_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+    }
+)
+
+
+def assert_bare(response: httpx.Response, status: int) -> None:
+    """The response is ``status`` without a body: no spec error code fits it."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.content == b"", response.text
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is an OCI error body with ``code``; returns the first error."""
+    assert code in OCI_ERROR_CODES, code
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"] == "application/json"
     doc = response.json()
@@ -220,7 +248,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     errors = doc["errors"]
     assert isinstance(errors, list) and errors, doc
     for entry in errors:
-        assert isinstance(entry["code"], str)
+        assert entry["code"] in OCI_ERROR_CODES, doc
         assert isinstance(entry["message"], str) and entry["message"]
     first = errors[0]
     assert first["code"] == code, doc

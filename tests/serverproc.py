@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +26,9 @@ class DockyardServer:
     """``dockyard serve`` in a child process; ``url`` is http://127.0.0.1:<port>.
 
     ``kill()`` sends SIGKILL (a crash); ``stop()`` a graceful SIGTERM; ``start()`` again
-    restarts on the same data directory and port.
+    restarts on the same data directory and port. With ``ssl_context`` (the client side:
+    the CA to trust, a client certificate) the server is expected to speak HTTPS (set
+    DOCKYARD_TLS_* in ``env``) and ``url`` is https://.
     """
 
     def __init__(
@@ -34,11 +37,13 @@ class DockyardServer:
         workers: int = 1,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.workers = workers
         self.port = port or free_port()
         self.env = env or {}
+        self.ssl_context = ssl_context
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"dockyard-{self.port}.log"
 
@@ -48,7 +53,7 @@ class DockyardServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}"
 
     def start(self, timeout: float = 20.0) -> DockyardServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
@@ -80,7 +85,8 @@ class DockyardServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dockyard exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                verify = self.ssl_context or True
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

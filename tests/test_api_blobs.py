@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
-from tests.conftest import assert_error, fake_digest, push_blob, random_blob
+from tests.conftest import assert_bare, assert_error, fake_digest, push_blob, random_blob
 
 
 def assert_blob_headers(r: httpx.Response, digest: str, length: int) -> None:
@@ -42,7 +42,7 @@ async def test_zero_byte_blob(client: httpx.AsyncClient) -> None:
     assert r.content == b""
     # Nothing to select in an empty blob.
     r = await client.get(f"/v2/empty/blobs/{digest}", headers={"range": "bytes=0-"})
-    assert_error(r, 416, "RANGE_INVALID")
+    assert_bare(r, 416)
     assert r.headers["content-range"] == "bytes */0"
 
 
@@ -75,7 +75,7 @@ async def test_unsatisfiable_range(client: httpx.AsyncClient, range_header: str)
     data = random_blob(1000)
     digest = await push_blob(client, "ranged", data)
     r = await client.get(f"/v2/ranged/blobs/{digest}", headers={"range": range_header})
-    assert_error(r, 416, "RANGE_INVALID")
+    assert_bare(r, 416)
     assert r.headers["content-range"] == "bytes */1000"
 
 

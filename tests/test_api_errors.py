@@ -17,7 +17,9 @@ from tests.authfixtures import (  # noqa: F401
     settings_with_and_without_auth,
 )
 from tests.conftest import (
+    OCI_ERROR_CODES,
     OCI_MANIFEST,
+    assert_bare,
     assert_error,
     digest_of,
     fake_digest,
@@ -65,7 +67,7 @@ async def test_request_id(client: httpx.AsyncClient) -> None:
 async def test_unknown_endpoint(client: httpx.AsyncClient) -> None:
     for path in ("/", "/v1/", "/v2/repo", "/v2/repo/unknown/thing", "/v2/repo/blobs/"):
         r = await client.get(path)
-        assert_error(r, 404, "NOT_FOUND")
+        assert_bare(r, 404)
         assert r.headers["docker-distribution-api-version"] == "registry/2.0"
 
 
@@ -236,12 +238,11 @@ async def test_bad_digests_everywhere(client: httpx.AsyncClient, bad: str) -> No
             continue  # without ':' it is a (valid) tag, covered elsewhere
         r = await client.request(method, path, **kwargs)
         assert r.status_code in (400, 404), (method, path, r.status_code, r.text)
-        if method != "HEAD":
+        if method != "HEAD" and r.content:  # no body: no such endpoint
             assert r.json()["errors"][0]["code"] in (
                 "DIGEST_INVALID",
                 "BLOB_UNKNOWN",
                 "MANIFEST_UNKNOWN",
-                "NOT_FOUND",
             ), (method, path, r.text)
     # The upload session and the image survived the bad requests.
     assert (await client.get(location)).status_code == 204
@@ -313,8 +314,9 @@ async def test_error_body_shape(client: httpx.AsyncClient) -> None:
         await client.get("/v2/repo/blobs/uploads/nope"),
         await client.put("/v2/repo/manifests/v1", content=b"{"),
         await client.post("/v2/repo/blobs/uploads/", params={"digest": "x"}),
-        await client.post("/v2/repo/blobs/", content=b""),
     ]
+    # No spec code means "no such endpoint": the bare status.
+    assert_bare(await client.post("/v2/repo/blobs/", content=b""), 404)
     for r in responses:
         assert 400 <= r.status_code < 500, r.text
         doc = json.loads(r.content)
@@ -322,7 +324,7 @@ async def test_error_body_shape(client: httpx.AsyncClient) -> None:
         assert len(doc["errors"]) == 1
         entry = doc["errors"][0]
         assert set(entry) <= {"code", "message", "detail"}
-        assert entry["code"].isupper() or "_" in entry["code"]
+        assert entry["code"] in OCI_ERROR_CODES, doc
         assert isinstance(entry["message"], str) and entry["message"]
         assert r.headers["content-length"] == str(len(r.content))
 

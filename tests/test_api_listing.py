@@ -10,6 +10,7 @@ import pytest
 
 from tests.authfixtures import client_logged_in, settings_with_and_without_auth  # noqa: F401
 from tests.conftest import (
+    assert_bare,
     assert_error,
     make_client,
     make_settings,
@@ -106,10 +107,8 @@ async def test_tags_last_and_n_zero(client: httpx.AsyncClient) -> None:
 async def test_tags_invalid_n(client: httpx.AsyncClient, n: str) -> None:
     await push_tags(client, "repo", ["a"])
     r = await client.get("/v2/repo/tags/list", params={"n": n})
-    assert_error(r, 400, "PAGINATION_NUMBER_INVALID")
-    assert_error(
-        await client.get("/v2/_catalog", params={"n": n}), 400, "PAGINATION_NUMBER_INVALID"
-    )
+    assert_bare(r, 400)
+    assert_bare(await client.get("/v2/_catalog", params={"n": n}), 400)
 
 
 async def test_tags_of_repository_without_tags(client: httpx.AsyncClient) -> None:

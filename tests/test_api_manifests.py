@@ -16,6 +16,7 @@ from tests.conftest import (
     OCI_LAYER,
     OCI_MANIFEST,
     Image,
+    assert_bare,
     assert_error,
     chunks,
     descriptor,
@@ -133,7 +134,7 @@ async def test_put_with_invalid_tag_parameter_stores_nothing(client: httpx.Async
     payload = image_manifest(descriptor(OCI_CONFIG, config), [descriptor(OCI_LAYER, layer)])
     digest = digest_of(payload)
     r = await put_manifest(client, "repo", digest, payload, params={"tag": ["ok", "-bad"]})
-    assert_error(r, 400, "TAG_INVALID")
+    assert_bare(r, 400)
     await assert_no_manifest(client, "repo", digest)
     await assert_no_manifest(client, "repo", "ok")
 
@@ -146,7 +147,7 @@ async def test_put_invalid_tag(client: httpx.AsyncClient, tag: str) -> None:
     if "/" in tag:  # becomes part of the path: no such endpoint, or an invalid name
         assert r.status_code in (400, 404)
     else:
-        assert_error(r, 400, "TAG_INVALID")
+        assert_bare(r, 400)
     await assert_no_manifest(client, "repo", digest_of(payload))
 
 

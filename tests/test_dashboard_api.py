@@ -20,6 +20,7 @@ from dockyard.meta.records import Event
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.services import build
 from tests.conftest import (
+    assert_bare,
     assert_error,
     digest_of,
     last_event_id,
@@ -89,13 +90,13 @@ async def test_dashboard_files_are_served(client: httpx.AsyncClient) -> None:
 async def test_unknown_paths_outside_v2_are_oci_errors(client: httpx.AsyncClient) -> None:
     for path in ("/dashboard/nope.js", "/dashboard/sub/dashboard.js", "/favicon.ico", "/v1/"):
         r = await client.get(path)
-        assert_error(r, 404, "NOT_FOUND")
+        assert_bare(r, 404)
         assert r.headers["docker-distribution-api-version"] == "registry/2.0"
     r = await client.post("/dashboard/")
     assert_error(r, 405, "UNSUPPORTED")
     # /v2/ and the health endpoints stay on the raw ASGI path.
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert_error(await client.get("/v2/_dockyard/nothing"), 404, "NOT_FOUND")
+    assert_bare(await client.get("/v2/_dockyard/nothing"), 404)
 
 
 # -- GET /v2/_dockyard/stats
@@ -237,7 +238,7 @@ async def test_stats_count_repositories_and_activity(settings: Settings) -> None
 )
 async def test_stats_parameters_are_checked(client: httpx.AsyncClient, query: str) -> None:
     r = await client.get(f"/v2/_dockyard/stats?{query}")
-    assert_error(r, 400, "PARAMETER_INVALID")
+    assert_bare(r, 400)
 
 
 # -- the SQL behind it

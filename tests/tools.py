@@ -13,6 +13,8 @@ INSTALL_HINTS = {
     "chromium": "apt-get install -y chromium chromium-driver",
     "chromedriver": "apt-get install -y chromium chromium-driver",
     "htpasswd": "apt-get install -y apache2-utils",
+    "nginx": "apt-get install -y nginx",
+    "haproxy": "apt-get install -y haproxy",
 }
 
 

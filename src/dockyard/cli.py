@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 
 from dockyard import __version__, cli_users, cli_webhooks
@@ -48,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.run import run
 
     from dockyard.meta.sqlite import SQLiteMeta
-    from dockyard.services import check_read_size_hook, instance_name
+    from dockyard.services import check_read_size_hook, configure_logging, instance_name
 
     settings = _settings(args)
     try:
@@ -56,15 +57,22 @@ def _serve(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2
+    if settings.tls.cert:
+        from dockyard.tls import check_tls_hook, server_context
+
+        try:
+            server_context(settings)  # a bad certificate or key stops start-up here, once
+            if settings.tls.client_auth != "none":
+                check_tls_hook()
+        except (OSError, ssl.SSLError, RuntimeError) as e:
+            print(f"dockyard: TLS: {e}", file=sys.stderr)
+            return 2
     # Make relative paths absolute once, so every worker sees the same directory.
     os.environ["DOCKYARD_STORAGE_ROOT"] = os.path.abspath(settings.storage.root)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     if not _users_file_ok(settings):  # every worker would refuse it the same way
         return 2
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings)
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout)
     meta.migrate()
     # Upload leases held by an earlier run of this instance can no longer be in use.
@@ -76,6 +84,13 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("dockyard").info("released %d upload leases of a previous run", released)
 
     config = Config()
+    if settings.tls.cert:
+        from dockyard.tls import TLSConfig
+
+        config = TLSConfig()
+        config.dockyard_settings = settings
+        # hypercorn serves the bind addresses with TLS when both are set.
+        config.certfile, config.keyfile = settings.tls.cert, settings.tls.key
     config.bind = [f"{settings.server.host}:{settings.server.port}"]
     config.application_path = "dockyard.services:create_app()"
     config.worker_class = "trio"
@@ -83,6 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
     # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
     config.workers = settings.server.workers
     config.graceful_timeout = settings.server.graceful_timeout
+    # The HTTP edge: a stalled body is cut off after read_timeout (0: off, see docs);
+    # http/edge.py bounds the whole request head (header_timeout), which hypercorn does not.
+    config.read_timeout = settings.server.read_timeout or None
+    config.h11_max_incomplete_size = settings.server.max_header_bytes
     # Body chunks queued per request: with server.read_size this bounds memory per upload.
     config.max_app_queue_size = 4
     # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each
@@ -93,7 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
     config.accesslog = None
     config.errorlog = "-"
     print(
-        f"dockyard {__version__} serving on http://{settings.server.host}:{settings.server.port}"
+        f"dockyard {__version__} serving on {'https' if settings.tls.cert else 'http'}://"
+        f"{settings.server.host}:{settings.server.port}"
         f" (data: {settings.storage.root}, workers: {settings.server.workers})",
         file=sys.stderr,
         flush=True,
@@ -101,6 +121,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Workers inherit this and stop when the supervisor tells them to, so a SIGTERM sent to
     # the whole process group (systemd, kill -- -pgid) is graceful too.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Likewise SIGHUP, which hypercorn's supervisor answers by restarting the workers
+    # gracefully (they read the TLS certificate again): a worker must not die of it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run(config)
 
 

@@ -21,6 +21,7 @@ import trio
 from dockyard.auth import AllowAll, Authorizer
 from dockyard.auth.authorizer import AccessAuthorizer, basic_challenge
 from dockyard.auth.htpasswd import Users
+from dockyard.auth.limits import LoginLimiter
 from dockyard.auth.rules import AccessRule, AccessRules
 from dockyard.auth.tickets import FeedTickets, load_or_create_key
 from dockyard.config import Settings, load
@@ -30,7 +31,9 @@ from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
+from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
@@ -52,7 +55,7 @@ def build_storage(settings: Settings) -> BlobStore:
     return FilesystemStore(settings.storage.root)
 
 
-def build_authorizer(settings: Settings) -> Authorizer:
+def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> Authorizer:
     """``AllowAll`` for ``auth.mode = "none"``, else the users file and the rules.
 
     Raises ``HtpasswdError`` if the users file is unusable (start-up stops)."""
@@ -63,7 +66,9 @@ def build_authorizer(settings: Settings) -> Authorizer:
         [AccessRule.of(r.users, r.repositories, r.actions) for r in settings.access]
     )
     users = Users(auth.htpasswd, auth.cache_seconds)
-    return AccessAuthorizer(rules, users=users, challenge=basic_challenge(auth.realm))
+    return AccessAuthorizer(
+        rules, users=users, challenge=basic_challenge(auth.realm), logins=logins
+    )
 
 
 def ticket_key_path(settings: Settings) -> Path:
@@ -151,9 +156,12 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         await services.stop()
 
     tickets = FeedTickets(load_or_create_key(ticket_key_path(settings)))
+    client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
+    # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
+    guard = build_guard(settings)
     app = RegistryApp(
         registry,
-        build_authorizer(settings),
+        build_authorizer(settings, guard.logins),
         max_manifest_bytes=settings.limits.max_manifest_bytes,
         default_page_size=settings.limits.default_page_size,
         max_page_size=settings.limits.max_page_size,
@@ -164,10 +172,18 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         statistics=Statistics(db, clock),
         web=build_web(),
         tickets=tickets,
+        guard=guard,
+        client_user=client_user,
     )
     hub = EventHub(db, settings.events.poll_interval)
     app.websockets[FEED_PATH] = EventFeed(
-        hub, app.authorizer, settings.events.feed_buffer, settings.events.heartbeat, tickets
+        hub,
+        app.authorizer,
+        settings.events.feed_buffer,
+        settings.events.heartbeat,
+        tickets,
+        app.guard,
+        client_user,
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     if settings.webhooks:
@@ -216,8 +232,21 @@ def check_read_size_hook() -> None:
         )
 
 
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at ``log.level``: in ``dockyard serve`` and again in each worker, a
+    spawned process that inherits no logging set-up (without this the access log and the
+    workers' warnings went nowhere)."""
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
 def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
+    configure_logging(settings)
     set_read_size(settings.server.read_size)
+    # Refuse ambiguous framing, invalid request lines and slow heads (http/edge.py).
+    edge.install(settings.server.header_timeout, settings.server.max_header_bytes)
     return build(settings).app

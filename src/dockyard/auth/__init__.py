@@ -83,6 +83,15 @@ class Forbidden(AuthError):
     """A known caller asked for what it may not do: 403."""
 
 
+class Throttled(AuthError):
+    """Too many failed logins from this address for this user: 429 after ``retry_after``
+    seconds (auth/limits.py's LoginLimiter decides)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Check(Protocol):
     """One step run after authentication for every request (network lists, rate limits):
     returns normally or raises an ``AuthError`` (or a subclass of its own)."""

@@ -22,9 +22,11 @@ from dockyard.auth import (
     Forbidden,
     Identity,
     Scope,
+    Throttled,
     Unauthenticated,
 )
 from dockyard.auth.htpasswd import Users
+from dockyard.auth.limits import LoginLimiter
 from dockyard.auth.rules import AccessRules
 from dockyard.globs import glob_matches
 
@@ -65,8 +67,11 @@ class AccessAuthorizer:
         challenge: Challenge,
         bearer: BearerAuthenticator | None = None,
         checks: Sequence[Check] = (),
+        logins: LoginLimiter | None = None,
     ) -> None:
         self.rules = rules
+        # Failed logins per (address, user) and per user: password guessing gets 429.
+        self.logins = logins
         self.users = users
         self.challenge = challenge
         self.bearer = bearer
@@ -94,7 +99,13 @@ class AccessAuthorizer:
                 # Empty credentials (":"): what containers/image (skopeo, podman) sends
                 # after a Basic challenge when it has none. They mean anonymous.
                 return Identity(None)
+            if self.logins is not None:
+                wait = self.logins.check(caller.client, user)
+                if wait is not None:
+                    raise Throttled("too many failed logins; retry later", wait)
             if not await self.users.verify(user, password):
+                if self.logins is not None:
+                    self.logins.failed(caller.client, user)
                 raise self._refuse("wrong user name or password", Scope("login"))
             return Identity(user, "basic")
         if scheme == "bearer" and self.bearer is not None:

@@ -47,19 +47,41 @@ def _coerce(key: str, kind: Any, value: Any, from_env: bool) -> Any:
                 pass
     elif kind is str and isinstance(value, str):
         return value
+    elif kind == list[str]:
+        if from_env and isinstance(value, str):  # comma-separated in the environment
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return _strings(key, value)
     raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
 
 
 def _apply(settings: Settings, section: str, key: str, value: Any, from_env: bool) -> None:
-    name = f"{section}.{key}"
     section_obj = getattr(settings, section, None)
     if section_obj is None or not dataclasses.is_dataclass(section_obj):
         raise ConfigError(f"unknown section [{section}] (sections: {', '.join(_sections())})")
-    hints = get_type_hints(type(section_obj))
+    _apply_to(section_obj, section, key, value, from_env)
+
+
+def _apply_to(obj: Any, section: str, key: str, value: Any, from_env: bool) -> None:
+    """Set ``key`` of one section, or of a sub-table such as ``[network.pull]``."""
+    name = f"{section}.{key}"
+    hints = get_type_hints(type(obj))
+    if key not in hints and from_env:
+        # DOCKYARD_NETWORK_PULL_ALLOW: the sub-table's name is a prefix of the key.
+        for sub, kind in hints.items():
+            if dataclasses.is_dataclass(kind) and key.startswith(sub + "_"):
+                _apply_to(getattr(obj, sub), f"{section}.{sub}", key[len(sub) + 1 :], value, True)
+                return
     if key not in hints:
         known = ", ".join(hints)
         raise ConfigError(f"unknown key {name} (keys of [{section}]: {known})")
-    setattr(section_obj, key, _coerce(name, hints[key], value, from_env))
+    kind = hints[key]
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a [{name}] table, got {value!r}")
+        for sub_key, sub_value in value.items():
+            _apply_to(getattr(obj, key), name, sub_key, sub_value, from_env)
+        return
+    setattr(obj, key, _coerce(name, kind, value, from_env))
 
 
 def _sections() -> list[str]:

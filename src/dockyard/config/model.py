@@ -33,6 +33,17 @@ class ServerSettings:
     # Bytes read from a connection at a time: the largest request-body chunk handled at
     # once. Memory per upload is at most 4 such chunks (hypercorn's app queue).
     read_size: int = 256 * 1024
+    # Peers (CIDRs) allowed to name the client in Forwarded / X-Forwarded-For: the reverse
+    # proxies in front of dockyard. Empty: the peer is always the client.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # The HTTP edge (docs/security.md): seconds a request head (line and headers) may take
+    # in all, however it trickles in; seconds one read may wait for data (a silent client,
+    # a stalled body; 0 disables); and bytes a request head may have (h11's limit).
+    header_timeout: float = 10.0
+    # read_timeout is off by default: it applies to websockets too, and feed clients send
+    # nothing for long stretches (the server sends the heartbeats).
+    read_timeout: int = 0
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass
@@ -156,6 +167,77 @@ class WebhookSettings:
     backoff_max: float = 60.0
 
 
+TLS_VERSIONS = ("1.2", "1.3")
+CLIENT_AUTH_MODES = ("none", "optional", "required")
+# Action classes of network lists and rate limits (auth/network.py, auth/limits.py).
+ACTION_CLASSES = ("pull", "push", "delete", "admin", "metrics")
+
+
+@dataclass
+class TLSSettings:
+    # PEM certificate chain and private key; both set means the server speaks only HTTPS.
+    cert: str = ""
+    key: str = ""
+    # Oldest TLS version accepted: "1.2" or "1.3".
+    min_version: str = "1.2"
+    # Client certificates: "none", "optional" (verified when sent) or "required".
+    client_auth: str = "none"
+    # PEM bundle of the CAs client certificates must chain to.
+    client_ca: str = ""
+    # Subject attribute of a verified client certificate that becomes the user name
+    # ("CN", "emailAddress", "UID", ...).
+    client_user: str = "CN"
+    # Seconds between looks at cert and key for a replaced certificate (0: never).
+    reload_interval: float = 5.0
+
+
+@dataclass
+class NetworkRule:
+    # CIDRs; deny wins over allow, and an empty allow list allows every address.
+    allow: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NetworkSettings:
+    pull: NetworkRule = field(default_factory=NetworkRule)
+    push: NetworkRule = field(default_factory=NetworkRule)
+    delete: NetworkRule = field(default_factory=NetworkRule)
+    admin: NetworkRule = field(default_factory=NetworkRule)
+    metrics: NetworkRule = field(default_factory=NetworkRule)
+
+
+@dataclass
+class RateLimit:
+    # Requests per second refilled, and the bucket size; rate 0 means no limit.
+    rate: float = 0.0
+    burst: int = 0
+
+
+@dataclass
+class LoginLimit:
+    # Failed logins per (client address, user name): strict, so guessing from one place
+    # is slow.
+    rate: float = 0.1
+    burst: int = 5
+    # Failed logins per user name from anywhere: looser, so an attack spread over many
+    # addresses is slowed while the real user elsewhere waits a second at most.
+    user_rate: float = 1.0
+    user_burst: int = 50
+
+
+@dataclass
+class RateLimitSettings:
+    pull: RateLimit = field(default_factory=RateLimit)
+    push: RateLimit = field(default_factory=RateLimit)
+    delete: RateLimit = field(default_factory=RateLimit)
+    admin: RateLimit = field(default_factory=RateLimit)
+    metrics: RateLimit = field(default_factory=RateLimit)
+    login: LoginLimit = field(default_factory=LoginLimit)
+    # Buckets kept per process at most; the least recently used go first beyond it.
+    max_buckets: int = 100000
+
+
 @dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -166,6 +248,9 @@ class Settings:
     events: EventsSettings = field(default_factory=EventsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     webhooks: list[WebhookSettings] = field(default_factory=list)
     access: list[AccessSettings] = field(default_factory=list)
 
@@ -185,7 +270,8 @@ class Settings:
             host = socket.gethostname()
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.server.port}"
+        scheme = "https" if self.tls.cert else "http"
+        return f"{scheme}://{host}:{self.server.port}"
 
 
 STORAGE_DRIVERS = ("filesystem", "memory")

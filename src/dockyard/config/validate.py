@@ -7,14 +7,19 @@ max_page_size). Each failure raises ``ConfigError`` with the key and how to fix 
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from urllib.parse import urlsplit
 
 from dockyard.actions import ACTIONS
 from dockyard.config.model import (
+    ACTION_CLASSES,
     AUTH_MODES,
+    CLIENT_AUTH_MODES,
     LOG_LEVELS,
     STORAGE_DRIVERS,
+    TLS_VERSIONS,
     WEBHOOK_FORMATS,
     ConfigError,
     Settings,
@@ -127,6 +132,62 @@ def _validate_auth(s: Settings) -> None:
                 raise ConfigError(f"{key}.repositories: an empty glob matches nothing")
 
 
+def _validate_cidrs(key: str, cidrs: list[str]) -> None:
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{key}: {cidr!r} is not an address or CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)"
+            ) from None
+
+
+def _validate_file(key: str, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: {path!r} is not a readable file")
+
+
+def _validate_tls(s: Settings) -> None:
+    tls = s.tls
+    if bool(tls.cert) != bool(tls.key):
+        raise ConfigError("tls.cert, tls.key: give both (HTTPS) or neither (plain HTTP)")
+    if tls.cert:
+        _validate_file("tls.cert", tls.cert)
+        _validate_file("tls.key", tls.key)
+    if tls.min_version not in TLS_VERSIONS:
+        raise ConfigError(f"tls.min_version: choose one of {', '.join(TLS_VERSIONS)}")
+    if tls.client_auth not in CLIENT_AUTH_MODES:
+        raise ConfigError(f"tls.client_auth: choose one of {', '.join(CLIENT_AUTH_MODES)}")
+    if tls.client_auth != "none":
+        if not tls.cert:
+            raise ConfigError("tls.client_auth: client certificates need tls.cert and tls.key")
+        if not tls.client_ca:
+            raise ConfigError("tls.client_ca: client_auth needs the CA bundle to verify with")
+        _validate_file("tls.client_ca", tls.client_ca)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,63}", tls.client_user):
+        raise ConfigError("tls.client_user: a subject attribute name such as CN or emailAddress")
+    if tls.reload_interval < 0:
+        raise ConfigError("tls.reload_interval: must be 0 (never) or positive")
+
+
+def _validate_network_and_limits(s: Settings) -> None:
+    _validate_cidrs("server.trusted_proxies", s.server.trusted_proxies)
+    for action_class in ACTION_CLASSES:
+        rule = getattr(s.network, action_class)
+        _validate_cidrs(f"network.{action_class}.allow", rule.allow)
+        _validate_cidrs(f"network.{action_class}.deny", rule.deny)
+        limit = getattr(s.rate_limits, action_class)
+        if limit.rate < 0 or (limit.rate > 0 and limit.burst < 1):
+            raise ConfigError(
+                f"rate_limits.{action_class}: rate must be >= 0, and burst >= 1 when rate > 0"
+            )
+    login = s.rate_limits.login
+    if min(login.rate, login.user_rate) <= 0 or min(login.burst, login.user_burst) < 1:
+        raise ConfigError("rate_limits.login: rates must be positive and bursts at least 1")
+    if s.rate_limits.max_buckets < 1000:
+        raise ConfigError("rate_limits.max_buckets: must be at least 1000")
+
+
 def validate(s: Settings) -> None:
     if s.storage.driver not in STORAGE_DRIVERS:
         raise ConfigError(
@@ -137,6 +198,12 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
         raise ConfigError("server.read_size: must be between 16384 and 16777216 bytes")
+    if not 0 < s.server.header_timeout <= 3600:
+        raise ConfigError("server.header_timeout: must be more than 0 and at most 3600 seconds")
+    if not 0 <= s.server.read_timeout <= 86400:
+        raise ConfigError("server.read_timeout: must be between 0 (off) and 86400 seconds")
+    if not 1024 <= s.server.max_header_bytes <= 1024 * 1024:
+        raise ConfigError("server.max_header_bytes: must be between 1024 and 1048576 bytes")
     if s.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
     if s.database.threads < 1:
@@ -159,5 +226,7 @@ def validate(s: Settings) -> None:
         url = urlsplit(s.server.public_url)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigError(f"server.public_url: {s.server.public_url!r} is not an http(s) URL")
+    _validate_tls(s)
+    _validate_network_and_limits(s)
     _validate_webhooks(s.webhooks)
     _validate_auth(s)

@@ -22,6 +22,7 @@ The HTTP layer maps each class to one OCI error code and status (``http/errors.p
     +-- Unsupported            the operation or parameter is not supported
     +-- Denied                 the authorizer refused the scope to a known caller
     +-- Unauthorized           no or bad credentials (carries the WWW-Authenticate challenge)
+    +-- TooManyRequests        over a rate limit (carries the seconds to wait)
 """
 
 from __future__ import annotations
@@ -114,3 +115,9 @@ class Unauthorized(RegistryError):
     def __init__(self, message: str, challenge: str) -> None:
         super().__init__(message)
         self.challenge = challenge
+
+
+class TooManyRequests(RegistryError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

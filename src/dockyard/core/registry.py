@@ -48,12 +48,6 @@ class Registry:
         lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db = db
-        self.meta = db.meta
-        self.storage = storage
-        self.pulls = pulls
-        self.instance = instance
-        self.lease_seconds = lease_seconds
         events = EventMaker(instance, clock)
         self.blobs = Blobs(db, storage, pulls, events)
         self.uploads = Uploads(

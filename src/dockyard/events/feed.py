@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 
 from dockyard.events.schema import EventFilter, FilterError, native
 from dockyard.meta.records import StoredEvent
+from dockyard.oci import strictjson
 
 FEED_PATH = "/v2/_dockyard/events"
 SUBSCRIBE_WAIT = 1.0
@@ -77,9 +78,9 @@ def parse_query(query: str) -> Subscription:
 def parse_subscribe_message(text: str) -> Subscription:
     """The subscription in a first ``subscribe`` message."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        raise BadSubscription("the first message must be a JSON subscribe message") from None
+        doc = strictjson.loads(text)
+    except strictjson.StrictJSONError as e:
+        raise BadSubscription(f"the first message must be a JSON subscribe message: {e}") from None
     if not isinstance(doc, dict) or doc.get("type") != "subscribe":
         raise BadSubscription('the first message must have "type": "subscribe"')
     unknown = sorted(set(doc) - {"type", *SUBSCRIPTION_KEYS})

@@ -21,12 +21,13 @@ from urllib.parse import parse_qs
 
 import trio
 
-from dockyard.auth import Authorizer
+from dockyard.auth import Authorizer, Identity
 from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
 from dockyard.http.errors import INTERNAL, internal_error_body, render
+from dockyard.http.guard import Guard, open_guard
 from dockyard.http.handlers.blobs import Blobs
 from dockyard.http.handlers.health import Health
 from dockyard.http.handlers.listing import Listing
@@ -41,7 +42,9 @@ from dockyard.http.request import (
     Response,
     Scope_,
     Send,
+    certificate_user,
     discard_body,
+    peer_address,
     scope_headers,
 )
 from dockyard.http.routing import Router, registry_routes
@@ -86,8 +89,13 @@ class RegistryApp:
         statistics: Statistics | None = None,
         web: WebApp | None = None,
         tickets: FeedTickets | None = None,
+        guard: Guard | None = None,
+        client_user: str | None = None,
     ) -> None:
         self.registry = registry
+        self.guard = guard or open_guard()
+        # Subject attribute naming the user of a verified client certificate (None: no mTLS).
+        self._client_user = client_user
         self.authorizer = authorizer
         self._lifespan = lifespan
         self._on_shutdown = on_shutdown
@@ -96,16 +104,16 @@ class RegistryApp:
         # Websocket endpoints by path (the event feed), added by the composition root.
         self.websockets: dict[str, Callable[[Scope_, Receive, Send], Awaitable[None]]] = {}
         health = Health(authorizer, ready, statistics, tickets)
-        self.router = Router(
-            registry_routes(
-                health,
-                Blobs(registry, authorizer),
-                Uploads(registry, authorizer),
-                Manifests(registry, authorizer, max_manifest_bytes),
-                Listing(registry, authorizer, default_page_size, max_page_size),
-            ),
-            health.authorize,
+        resources = (
+            health,
+            Blobs(registry, authorizer),
+            Uploads(registry, authorizer),
+            Manifests(registry, authorizer, max_manifest_bytes),
+            Listing(registry, authorizer, default_page_size, max_page_size),
         )
+        for resource in resources:
+            resource.guard = self.guard
+        self.router = Router(registry_routes(*resources), health.authorize)
         # Bound once: the request path calls the router's method with no lookup between.
         self._dispatch = self.router.dispatch
 
@@ -155,7 +163,7 @@ class RegistryApp:
     async def _http(self, scope: Scope_, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         headers = scope_headers(scope)
-        client = scope.get("client")
+        client = self.guard.proxies.client_address(peer_address(scope), headers)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
         body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
@@ -167,6 +175,7 @@ class RegistryApp:
                 body_pending = False
             return message
 
+        user = certificate_user(scope, self._client_user) if self._client_user else None
         req = Request(
             method=method,
             path=scope["path"],
@@ -175,13 +184,14 @@ class RegistryApp:
             ),
             headers=headers,
             receive=receive_tracked,
-            client=client[0] if client else "",
+            client=client,
             info=RequestInfo(
                 request_id,
-                client[0] if client else "",
+                client,
                 headers.get("user-agent", "")[:256],
                 method,
             ),
+            identity=Identity(user) if user is not None else None,
         )
         try:
             response = await self._dispatch(req)
@@ -215,6 +225,7 @@ class RegistryApp:
                         "status": response.status,
                         "ms": round((time.perf_counter() - started) * 1000, 3),
                         "client": req.client,
+                        "user": req.identity.name if req.identity is not None else None,
                     }
                 )
             )

@@ -4,11 +4,17 @@ Every error answer of the server goes through here: core errors raised by any ``
 route (``ERROR_TABLE``), the router's own answers (no such endpoint, method not allowed,
 internal error) and the dashboard app's HTTP errors (``for_status``). Each OCI code is a
 member of ``Code``, spelt once.
+
+``Code`` holds only the codes of the OCI distribution spec's error-code table (plus UNKNOWN,
+used only for the 500 body): clients match on them. Where no spec code fits (a bad tag, a
+``Range`` past the end, a bad ``n=`` or ``window=``, no such endpoint) the entry's code is
+None and the answer is the bare status, without a body.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from enum import StrEnum, unique
 from typing import NamedTuple
@@ -31,18 +37,11 @@ class Code(StrEnum):
     MANIFEST_UNKNOWN = "MANIFEST_UNKNOWN"
     MANIFEST_INVALID = "MANIFEST_INVALID"
     MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
-    TAG_INVALID = "TAG_INVALID"
-    # Not in the spec's list; clearer than any code that is.
-    RANGE_INVALID = "RANGE_INVALID"
-    # CNCF distribution's code for a bad n=.
-    PAGINATION_NUMBER_INVALID = "PAGINATION_NUMBER_INVALID"
-    # dockyard's own endpoints (the statistics' window=).
-    PARAMETER_INVALID = "PARAMETER_INVALID"
-    UNSUPPORTED = "UNSUPPORTED"
-    DENIED = "DENIED"
     UNAUTHORIZED = "UNAUTHORIZED"
-    # No such endpoint (distribution's answer to an unknown path).
-    NOT_FOUND = "NOT_FOUND"
+    DENIED = "DENIED"
+    UNSUPPORTED = "UNSUPPORTED"
+    TOOMANYREQUESTS = "TOOMANYREQUESTS"
+    # Only in the 500 body, never in a 4xx one.
     UNKNOWN = "UNKNOWN"
 
 
@@ -66,8 +65,14 @@ def _challenge(error: e.RegistryError) -> Headers:
     return [("www-authenticate", error.challenge)]
 
 
+def _retry_after(error: e.RegistryError) -> Headers:
+    # Whole seconds (RFC 9110 10.2.3), rounded up so a client that waits is let in.
+    assert isinstance(error, e.TooManyRequests)
+    return [("retry-after", str(max(1, math.ceil(error.retry_after))))]
+
+
 class Entry(NamedTuple):
-    code: Code
+    code: Code | None  # None: no spec code fits, the answer has no body
     status: int
     headers: Callable[[e.RegistryError], Headers] = _no_headers
 
@@ -86,16 +91,17 @@ ERROR_TABLE: dict[type[e.RegistryError], Entry] = {
     e.ManifestInvalid: Entry(Code.MANIFEST_INVALID, 400),
     e.ManifestBlobUnknown: Entry(Code.MANIFEST_BLOB_UNKNOWN, 400),
     e.ManifestTooLarge: Entry(Code.SIZE_INVALID, 413),
-    e.TagInvalid: Entry(Code.TAG_INVALID, 400),
-    e.RangeNotSatisfiable: Entry(Code.RANGE_INVALID, 416, _blob_size),
-    e.PaginationInvalid: Entry(Code.PAGINATION_NUMBER_INVALID, 400),
-    e.ParameterInvalid: Entry(Code.PARAMETER_INVALID, 400),
+    e.TagInvalid: Entry(None, 400),
+    e.RangeNotSatisfiable: Entry(None, 416, _blob_size),
+    e.PaginationInvalid: Entry(None, 400),
+    e.ParameterInvalid: Entry(None, 400),
     e.Unsupported: Entry(Code.UNSUPPORTED, 405),
     e.Denied: Entry(Code.DENIED, 403),
     e.Unauthorized: Entry(Code.UNAUTHORIZED, 401, _challenge),
+    e.TooManyRequests: Entry(Code.TOOMANYREQUESTS, 429, _retry_after),
 }
 # Answers no core error stands for.
-NO_ENDPOINT = Entry(Code.NOT_FOUND, 404)
+NO_ENDPOINT = Entry(None, 404)
 METHOD_NOT_ALLOWED = Entry(Code.UNSUPPORTED, 405)
 INTERNAL = Entry(Code.UNKNOWN, 500)
 _BY_STATUS = {entry.status: entry for entry in (NO_ENDPOINT, METHOD_NOT_ALLOWED, INTERNAL)}
@@ -111,10 +117,13 @@ def entry_for(error: e.RegistryError) -> Entry:
 
 def for_status(status: int) -> Entry:
     """The entry for an HTTP error status that comes without a core error (the web app's)."""
-    return _BY_STATUS.get(status) or Entry(Code.UNKNOWN, status)
+    return _BY_STATUS.get(status) or Entry(Code.UNKNOWN if status >= 500 else None, status)
 
 
-def error_body(code: Code, message: str, detail: object = None) -> bytes:
+def error_body(code: Code | None, message: str, detail: object = None) -> bytes:
+    """The OCI error document; empty when there is no spec code to send."""
+    if code is None:
+        return b""
     entry: dict[str, object] = {"code": code.value, "message": message}
     if detail is not None:
         entry["detail"] = detail
@@ -124,7 +133,9 @@ def error_body(code: Code, message: str, detail: object = None) -> bytes:
 def render(error: e.RegistryError) -> tuple[int, Headers, bytes]:
     """Status, headers (``content-type`` first) and body of the answer to ``error``."""
     entry = entry_for(error)
-    headers = [("content-type", "application/json"), *entry.headers(error)]
+    headers = entry.headers(error)
+    if entry.code is not None:
+        headers = [("content-type", "application/json"), *headers]
     return entry.status, headers, error_body(entry.code, error.message, error.detail)
 
 

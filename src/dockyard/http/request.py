@@ -39,6 +39,40 @@ def scope_headers(scope: Scope_) -> dict[str, str]:
     return headers
 
 
+# dockyard's addition to the ASGI tls extension (dockyard/tls.py fills it in): the
+# verified client certificate's subject as [[attribute, value], ...] pairs.
+CLIENT_SUBJECT = "dockyard.client_subject"
+
+
+# Python's ssl names subject attributes in long form; config and RFC 4514 use these.
+SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "userId": "UID",
+    "emailAddress": "emailAddress",
+}
+
+
+def certificate_user(scope: Scope_, attribute: str) -> str | None:
+    """The ``attribute`` (CN, emailAddress, ...) of the verified client certificate."""
+    tls = scope.get("extensions", {}).get("tls") or {}
+    for name, value in tls.get(CLIENT_SUBJECT, ()):
+        if attribute in (name, SHORT_NAMES.get(name)):
+            return str(value)
+    return None
+
+
+def peer_address(scope: Scope_) -> str:
+    """The TCP peer's address ("" when hypercorn has none, as on a unix socket)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
 

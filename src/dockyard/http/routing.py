@@ -150,8 +150,5 @@ class Router:
             handler, need = endpoint
             await self.authorize(req, need.scope(params))
             return await handler(req, params)
-        return Response(
-            NO_ENDPOINT.status,
-            [("content-type", "application/json")],
-            error_body(NO_ENDPOINT.code, f"no endpoint at {path[:100]!r}"),
-        )
+        # No spec code means "no such endpoint": the bare status.
+        return Response(NO_ENDPOINT.status, [], error_body(NO_ENDPOINT.code, ""))

@@ -122,6 +122,8 @@ def create_web_app(assets: Mapping[str, Asset]) -> QuartTrio:
 
 def _error(status: int, message: str) -> Response:
     entry = for_status(status)
+    if entry.code is None:  # no spec code fits: the bare status
+        return Response(b"", entry.status, {API_VERSION[0]: API_VERSION[1]})
     return Response(
         error_body(entry.code, message),
         entry.status,

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockyard.oci import strictjson
 from dockyard.oci.digest import Digest, DigestError, digest_of
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -157,9 +157,9 @@ def parse_manifest(payload: bytes, content_type: str | None) -> Manifest:
     are given they must agree.
     """
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"manifest is not valid JSON: {e}") from None
+        doc = strictjson.loads(payload)
+    except strictjson.StrictJSONError as e:
+        raise ManifestError(f"manifest is {e}") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
     declared = doc.get("mediaType")

@@ -38,8 +38,16 @@ from dockyard.events.feed import (
 )
 from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.schema import EventFilter
+from dockyard.http.guard import Guard, action_class, open_guard
 from dockyard.http.handlers.resource import check, pull_filter
-from dockyard.http.request import Receive, Scope_, Send, scope_headers
+from dockyard.http.request import (
+    Receive,
+    Scope_,
+    Send,
+    certificate_user,
+    peer_address,
+    scope_headers,
+)
 from dockyard.http.websocket import Disconnected, WebSocket
 from dockyard.meta.records import StoredEvent
 
@@ -69,10 +77,15 @@ class EventFeed:
         buffer: int = 1000,
         heartbeat: float = 15.0,
         tickets: FeedTickets | None = None,
+        guard: Guard | None = None,
+        client_user: str | None = None,
     ) -> None:
         self.hub = hub
         self.authorizer = authorizer
         self.tickets = tickets
+        self.guard = guard or open_guard()
+        # As RegistryApp's: the subject attribute naming a client certificate's user.
+        self.client_user = client_user
         self.buffer = buffer
         self.heartbeat = heartbeat
         # The event message text by event id: a live event goes to every subscriber of
@@ -94,19 +107,24 @@ class EventFeed:
         if message["type"] != "websocket.connect":
             return
         query, ticket = _take_ticket(scope.get("query_string", b"").decode("latin-1"))
-        client = scope.get("client")
-        caller = Caller(scope_headers(scope), client[0] if client else "")
+        headers = scope_headers(scope)
+        client = self.guard.proxies.client_address(peer_address(scope), headers)
+        caller = Caller(headers, client)
         ws = WebSocket(receive, send)
         await ws.accept()
         identity: Identity | None = None
-        if ticket is not None:
+        user = certificate_user(scope, self.client_user) if self.client_user else None
+        if user is not None:
+            identity = Identity(user, "certificate")
+        elif ticket is not None:
             identity = self.tickets.redeem(ticket) if self.tickets is not None else None
             if identity is None:
                 await ws.close(CLOSE_DENIED, "invalid or expired ticket")
                 return
         try:
             identity = await check(self.authorizer, caller, identity, self.scope)
-        except (err.Unauthorized, err.Denied) as e:
+            self.guard.check(client, identity, action_class(self.scope))
+        except (err.Unauthorized, err.Denied, err.TooManyRequests) as e:
             await ws.close(CLOSE_DENIED, e.message[:120])
             return
         try:

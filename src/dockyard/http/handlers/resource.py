@@ -16,9 +16,11 @@ from dockyard.auth import (
     Forbidden,
     Identity,
     Scope,
+    Throttled,
     Unauthenticated,
 )
 from dockyard.core import errors as err
+from dockyard.http.guard import Guard, action_class, open_guard
 from dockyard.http.request import Request
 
 
@@ -38,6 +40,8 @@ async def check(
         raise err.Unauthorized(str(e), e.challenge) from None
     except Forbidden as e:
         raise err.Denied(str(e)) from None
+    except Throttled as e:
+        raise err.TooManyRequests(str(e), e.retry_after) from None
     except AuthError as e:  # a check's own refusal without an answer of its own: 403
         raise err.Denied(str(e) or "denied") from None
     return identity
@@ -54,12 +58,15 @@ def pull_filter(authorizer: Authorizer, identity: Identity) -> Callable[[str], b
 class Resource:
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
+        # Network lists and rate limits; RegistryApp puts the configured one here.
+        self.guard: Guard = open_guard()
 
     async def authorize(self, req: Request, scope: Scope) -> None:
         """Raise ``Unauthorized`` or ``Denied`` unless the caller (authenticated once per
         request) has ``scope``."""
         known = req.identity
         req.identity = await check(self.authorizer, caller_of(req), known, scope)
+        self.guard.check(req.client, req.identity, action_class(scope))
         if known is None and req.identity.name is not None:
             # Events name who caused them (the actor of docs/events.md).
             req.info = dataclasses.replace(req.info, actor=req.identity.name)

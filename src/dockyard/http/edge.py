@@ -1,0 +1,144 @@
+"""The HTTP/1 edge: refuse what h11 accepts but must not, before hypercorn sees the request.
+
+h11 lets ``Transfer-Encoding`` win over a ``Content-Length`` sent with it, collapses
+duplicated equal lengths (``Content-Length: 0, 0`` or the header twice) into one, accepts
+any token as a method and any ``HTTP/d.d`` as the version, and does not check ``Host``'s
+grammar. Checks in the ASGI app come too late: the request was framed by then, and what
+follows it on the connection is already being read. So ``install`` swaps the h11
+connection hypercorn's HTTP/1 protocol makes for ``StrictServerConnection``, whose
+``next_event`` raises h11's own RemoteProtocolError for such a request; hypercorn then
+answers its status (400 or 505) with ``Connection: close`` and reads nothing more.
+Absolute-form targets (RFC 9112 3.2.2) are rewritten to their path here too: hypercorn
+would otherwise route ``http://host/v2/`` as a path.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"}
+)
+VERSIONS = frozenset({b"1.0", b"1.1"})
+# RFC 3986 host (reg-name, IPv4 or [IPv6]) with an optional port.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]{1,5})?")
+_CONTENT_LENGTH_LINE = re.compile(rb"^content-length[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+def _refuse(reason: str, status: int = 400) -> h11.RemoteProtocolError:
+    return h11.RemoteProtocolError(reason, error_status_hint=status)
+
+
+# How h11 finds the end of a head (it accepts bare LF line endings too).
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+
+def head_length(raw: bytes) -> int:
+    """Bytes of the first request head in ``raw`` (all of ``raw`` if it is incomplete)."""
+    match = _HEAD_END.search(raw)
+    return match.end() if match else len(raw)
+
+
+def _count_lengths(head: bytes) -> int:
+    """How many Content-Length values the raw request head carries (h11 collapses them)."""
+    block = head[: head_length(head)]
+    return sum(len(m.group(1).split(b",")) for m in _CONTENT_LENGTH_LINE.finditer(block))
+
+
+def check_request(request: h11.Request, raw_head: bytes) -> h11.Request:
+    """The request to serve (absolute-form made origin-form); raises for one to refuse."""
+    if request.http_version not in VERSIONS:
+        raise _refuse("HTTP version not supported", 505)
+    if request.method not in METHODS:
+        raise _refuse("unknown method")
+    names = [name for name, _ in request.headers]
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise _refuse("both Content-Length and Transfer-Encoding")
+    if b"content-length" in names and _count_lengths(raw_head) != 1:
+        raise _refuse("duplicated Content-Length")
+    hosts = [value for name, value in request.headers if name == b"host"]
+    if len(hosts) > 1 or (hosts and not _HOST.fullmatch(hosts[0])):
+        raise _refuse("malformed Host")
+    target = request.target
+    if not target.startswith(b"/") and target != b"*":
+        if request.method == b"CONNECT":
+            raise _refuse("CONNECT is not served")
+        parts = urlsplit(target)
+        if parts.scheme.lower() not in (b"http", b"https") or not parts.netloc:
+            raise _refuse("malformed request target")
+        path = parts.path or b"/"
+        target = path + (b"?" + parts.query if parts.query else b"")
+        return h11.Request(
+            method=request.method,
+            target=target,
+            headers=request.headers,
+            http_version=request.http_version,
+        )
+    return request
+
+
+class StrictServerConnection(h11.Connection):
+    """hypercorn's server-side h11 connection, refusing ambiguous or invalid requests.
+
+    It also bounds the time a request head may take in all: hypercorn's read_timeout
+    is per read, so a client trickling a byte at a time (slowloris) would hold the
+    connection for as long as it likes.
+    """
+
+    header_timeout = 10.0
+    # h11's max_incomplete_event_size only bounds a head still incomplete: one that
+    # arrives whole in a single read passes at any size. This bounds every head.
+    max_header_bytes = 16 * 1024
+    _head_started: float | None = None
+
+    def next_event(self) -> Any:
+        raw_head = self.trailing_data[0] if self.their_state is h11.IDLE else b""
+        if raw_head:
+            now = time.monotonic()
+            if self._head_started is None:
+                self._head_started = now
+            elif now - self._head_started > self.header_timeout:
+                raise _refuse("request head took too long", 408)
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as e:
+            # h11 hints 501 for a transfer coding other than chunked: framing it cannot
+            # follow is a bad request like any other ambiguous framing.
+            if e.error_status_hint == 501:
+                raise _refuse(str(e)) from None
+            raise
+        if isinstance(event, h11.Request):
+            self._head_started = None
+            if head_length(raw_head) > self.max_header_bytes:
+                raise _refuse("request head too large", 431)
+            return check_request(event, raw_head)
+        return event
+
+
+def install(header_timeout: float = 10.0, max_header_bytes: int = 16 * 1024) -> None:
+    """Make hypercorn's HTTP/1 protocol use ``StrictServerConnection`` (once per process)."""
+    StrictServerConnection.header_timeout = header_timeout
+    StrictServerConnection.max_header_bytes = max_header_bytes
+    from hypercorn.protocol import h11 as hypercorn_h11
+
+    protocol = hypercorn_h11.H11Protocol
+    if getattr(protocol, "_dockyard_strict", False):
+        return
+    original_init = protocol.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.connection = StrictServerConnection(
+            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
+        )
+
+    protocol.__init__ = init  # type: ignore[method-assign]
+    protocol._dockyard_strict = True  # type: ignore[attr-defined]
+
+
+__all__ = ["METHODS", "VERSIONS", "StrictServerConnection", "check_request", "install"]

@@ -1,0 +1,221 @@
+"""HTTPS for ``dockyard serve``: the SSLContext, certificate reloads and client certificates.
+
+hypercorn builds its SSLContext once per worker (``Config.create_ssl_context``), so
+dockyard owns it instead (``TLSConfig``): TLS 1.2 or newer, ALPN h2 and http/1.1, and a
+task in each worker that looks at the certificate and key every ``tls.reload_interval``
+seconds and, when they changed, loads them into the same context. New handshakes get the
+new certificate; connections already open keep theirs.
+
+hypercorn 0.18 does not pass the client certificate to the app (no ASGI ``tls``
+extension). With client certificates on, each worker replaces the connection class
+hypercorn's trio worker uses (``hypercorn.trio.run.TCPServer``, a private name) by a
+subclass that finishes the handshake first and adds ``scope["extensions"]["tls"]``
+(the ASGI TLS extension's fields, plus the verified subject) to every request of the
+connection. ``check_tls_hook`` fails start-up if that name is gone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+
+from dockyard.config import Settings
+from dockyard.http.request import CLIENT_SUBJECT, SHORT_NAMES
+
+log = logging.getLogger("dockyard.tls")
+
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+VERIFY_MODES = {"optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+STARTUP_ATTEMPTS = 10
+# TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are all fine).
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+FileState = tuple[tuple[int, int, int], ...]
+
+
+def file_state(paths: tuple[str, ...]) -> FileState:
+    states = []
+    for path in paths:
+        st = os.stat(path)
+        states.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(states)
+
+
+def load_cert_chain_safely(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load ``cert`` and ``key`` into a live context, or raise and leave it as it was.
+
+    A half-replaced pair (new certificate, old key) must not reach the live context:
+    OpenSSL may already have swapped the certificate when the key is refused. So the pair
+    is copied once (both files read at the same moment), tried on a scratch context, and
+    only then loaded from the same copies.
+    """
+    with tempfile.TemporaryDirectory(prefix="dockyard-tls-") as scratch:
+        cert_copy = shutil.copyfile(cert, os.path.join(scratch, "cert.pem"))
+        key_copy = shutil.copyfile(key, os.path.join(scratch, "key.pem"))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_copy, key_copy)
+        context.load_cert_chain(cert_copy, key_copy)
+
+
+async def watch_certificate(
+    context: ssl.SSLContext, cert: str, key: str, interval: float, seen: FileState
+) -> None:
+    """Reload cert and key into ``context`` whenever either file changes from ``seen``
+    (their state from before the context first loaded them).
+
+    Runs in the worker's trio thread, the one doing every handshake on this context, so
+    a reload never races a handshake.
+    """
+    paths = (cert, key)
+    while True:
+        await trio.sleep(interval)
+        try:
+            state = file_state(paths)
+            if state == seen:
+                continue
+            load_cert_chain_safely(context, cert, key)
+        except (OSError, ssl.SSLError) as e:
+            # Mid-replacement (key not yet written) or broken: keep serving the old one.
+            log.warning("TLS certificate not reloaded (will retry): %s", e)
+            continue
+        seen = state
+        log.info("TLS certificate reloaded from %s", cert)
+
+
+def server_context(settings: Settings) -> ssl.SSLContext:
+    tls = settings.tls
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 9.2.1 (and CRIME)
+    context.set_ciphers(CIPHERS)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    load_cert_chain_safely(context, tls.cert, tls.key)
+    if tls.client_auth in VERIFY_MODES:
+        context.load_verify_locations(cafile=tls.client_ca)
+        context.verify_mode = VERIFY_MODES[tls.client_auth]
+    return context
+
+
+def tls_extension(stream: Any) -> dict[str, Any]:
+    """The ASGI tls extension of a connection whose handshake is done."""
+    der = stream.getpeercert(binary_form=True)
+    subject = stream.getpeercert().get("subject", ()) if der else ()
+    pairs = [[name, value] for rdn in subject for name, value in rdn]
+    version = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}.get(stream.version() or "")
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_name": ",".join(f"{SHORT_NAMES.get(n, n)}={v}" for n, v in reversed(pairs))
+        or None,
+        "client_cert_error": None,
+        "tls_version": version,
+        "cipher_suite": None,
+        CLIENT_SUBJECT: pairs,
+    }
+
+
+def _tcp_server_class() -> type[Any]:
+    import hypercorn.trio.run
+
+    cls: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+    return cls
+
+
+def check_tls_hook() -> None:
+    """Fail fast if hypercorn no longer has the connection class client certificates need."""
+    from importlib.metadata import version
+
+    try:
+        cls = _tcp_server_class()
+        params = list(inspect.signature(cls.__init__).parameters)
+        ok = inspect.iscoroutinefunction(cls.run) and "app" in params and "stream" in params
+    except (ImportError, AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"hypercorn {version('hypercorn')} has no hypercorn.trio.run.TCPServer(app, ...,"
+            " stream) with async run(), which client certificates (tls.client_auth) rely on;"
+            " install the hypercorn version in constraints.txt or update dockyard.tls"
+        )
+
+
+def install_client_certificate_hook() -> None:
+    """Make this worker's connections put the client certificate into each request scope."""
+    import hypercorn.trio.run
+
+    check_tls_hook()
+    base = _tcp_server_class()
+    if getattr(base, "dockyard_tls_hook", False):
+        return
+
+    class ClientCertificateTCPServer(base):  # type: ignore[misc,valid-type]
+        dockyard_tls_hook = True
+
+        async def run(self) -> None:
+            if isinstance(self.stream, trio.SSLStream):
+                try:
+                    with trio.fail_after(self.config.ssl_handshake_timeout):
+                        await self.stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError):
+                    await self.stream.aclose()
+                    return
+                # hypercorn's run() does the (now finished) handshake again: a no-op.
+                app: Any = getattr(self, "app")  # noqa: B009 - typed by hypercorn only
+                self.app = _with_tls_scope(app, tls_extension(self.stream))
+            await super().run()
+
+    setattr(hypercorn.trio.run, "TCPServer", ClientCertificateTCPServer)  # noqa: B010
+
+
+def _with_tls_scope(app: Any, extension: dict[str, Any]) -> Callable[..., Any]:
+    async def call(scope: dict[str, Any], *args: Any) -> None:
+        scope.setdefault("extensions", {})["tls"] = extension
+        await app(scope, *args)
+
+    return call
+
+
+class TLSConfig(Config):
+    """hypercorn's Config with dockyard's SSLContext (pickled into every worker)."""
+
+    dockyard_settings: Settings
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        settings = self.dockyard_settings
+        tls = settings.tls
+        if not tls.cert:
+            return None
+        # The files' state is taken before they are read: a replacement that lands
+        # between the two is then seen as a change, and loaded.
+        for attempt in range(STARTUP_ATTEMPTS):
+            seen = file_state((tls.cert, tls.key))
+            try:
+                context = server_context(settings)
+                break
+            except (OSError, ssl.SSLError):
+                if attempt == STARTUP_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1)  # caught half-way through a replacement: try again
+        if settings.tls.client_auth != "none":
+            install_client_certificate_hook()
+        if settings.tls.reload_interval > 0:
+            # Called inside the worker's trio run, before it starts serving.
+            trio.lowlevel.spawn_system_task(
+                watch_certificate,
+                context,
+                settings.tls.cert,
+                settings.tls.key,
+                settings.tls.reload_interval,
+                seen,
+            )
+        return context

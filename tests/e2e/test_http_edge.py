@@ -1,0 +1,164 @@
+"""The HTTP/1 edge of a real ``dockyard serve`` (hypercorn + h11), over raw sockets.
+
+Ambiguous framing and invalid request lines are refused and the connection closed: the
+request smuggled behind them is never answered. See docs/security.md "The HTTP edge".
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.serverproc import DockyardServer
+
+pytestmark = pytest.mark.e2e
+
+SMUGGLED = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+UPLOAD = b"POST /v2/edge/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+
+
+def exchange(server: DockyardServer, raw: bytes, wait: float = 3.0) -> tuple[list[int], bool]:
+    """The statuses answered to ``raw`` on one connection and whether the server closed it."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(wait)
+        sock.sendall(raw)
+        received = b""
+        closed = False
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+            closed = True
+        except TimeoutError:
+            pass
+    statuses = [
+        int(line.split()[1])
+        for line in received.split(b"\r\n")
+        if line.startswith(b"HTTP/1.") and len(line.split()) >= 2
+    ]
+    return statuses, closed
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(UPLOAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", id="cl-te"),
+        pytest.param(UPLOAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", id="te-cl"),
+        pytest.param(UPLOAD + b"Content-Length: 0\r\nContent-Length: 0\r\n", id="cl-twice"),
+        pytest.param(UPLOAD + b"Content-Length: 0, 0\r\n", id="cl-list"),
+        pytest.param(UPLOAD + b"Content-Length: 0\r\nContent-Length: 5\r\n", id="cl-conflict"),
+        pytest.param(UPLOAD + b"Content-Length: +0\r\n", id="cl-sign"),
+        pytest.param(UPLOAD + b"Content-Length: 0x0\r\n", id="cl-hex"),
+        pytest.param(UPLOAD + b"Content-Length: 99999999999999999999999\r\n", id="cl-over-64-bit"),
+        pytest.param(UPLOAD + b"Transfer-Encoding: gzip\r\n", id="te-gzip"),
+        pytest.param(UPLOAD + b"Transfer-Encoding: gzip, chunked\r\n", id="te-list"),
+        pytest.param(UPLOAD + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n", id="te-2"),
+    ],
+)
+def test_ambiguous_framing_is_400_and_closes(registry: DockyardServer, head: bytes) -> None:
+    statuses, closed = exchange(registry, head + b"\r\n0\r\n\r\n" + SMUGGLED)
+    assert statuses == [400], statuses
+    assert closed
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"get /v2/ HTTP/1.1", 400),
+        (b"Get /v2/ HTTP/1.1", 400),
+        (b"FOO /v2/ HTTP/1.1", 400),
+        (b"BREW /v2/ HTTP/1.1", 400),
+        (b"GET /v2/ HTTP/1.2", 505),
+        (b"GET /v2/ HTTP/2.0", 505),
+        (b"GET /v2/ HTTP/0.9", 505),
+        (b"GET /v2/ HTTP/9.9", 505),
+        (b"GET /v2/ HTTP/1", 400),
+        (b"GET /v2/ http/1.1", 400),
+        (b"GET  /v2/ HTTP/1.1", 400),
+    ],
+)
+def test_invalid_request_line_is_refused(
+    registry: DockyardServer, line: bytes, status: int
+) -> None:
+    statuses, closed = exchange(registry, line + b"\r\nHost: x\r\n\r\n" + SMUGGLED)
+    assert statuses == [status], statuses
+    assert closed
+
+
+@pytest.mark.parametrize(
+    "host", [b"a b", b"x/y", b"x@y", b"[::1", b"x:port", b"x:123456", b""], ids=repr
+)
+def test_malformed_host_is_400(registry: DockyardServer, host: bytes) -> None:
+    statuses, closed = exchange(registry, b"GET /v2/ HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert statuses == [400], statuses
+    assert closed
+
+
+def test_absolute_form_is_served_as_its_path(registry: DockyardServer) -> None:
+    raw = b"GET http://127.0.0.1/v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    assert exchange(registry, raw, wait=1.0)[0] == [200]
+    # Not a path dockyard serves once the absolute form is taken apart: 404, not 200.
+    raw = b"GET http://127.0.0.1/v3/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    assert exchange(registry, raw, wait=1.0)[0] == [404]
+
+
+@pytest.mark.parametrize("host", [b"[::1]:5000", b"127.0.0.1", b"registry.example:443"])
+def test_valid_requests_are_served(registry: DockyardServer, host: bytes) -> None:
+    raw = b"GET /v2/ HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    assert exchange(registry, raw, wait=1.0)[0] == [200]
+    raw = b"GET /v2/ HTTP/1.0\r\n\r\n"
+    assert exchange(registry, raw, wait=1.0)[0] == [200]
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    root = tmp_path_factory.mktemp("edge") / "data"
+    env = {"DOCKYARD_SERVER_HEADER_TIMEOUT": "1.5", "DOCKYARD_SERVER_MAX_HEADER_BYTES": "4096"}
+    with DockyardServer(root, env=env) as server:
+        yield server
+
+
+def test_slowloris_head_is_cut_off(impatient: DockyardServer) -> None:
+    """A head trickled a byte at a time is cut off after header_timeout, not held."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        answer = b""
+        try:
+            for _ in range(40):
+                time.sleep(0.25)
+                sock.sendall(b"X-A: b\r\n")
+        except OSError:
+            pass  # the server closed the connection under us
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert time.monotonic() - started < 8, "the trickling client was held"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+def test_header_bytes_are_bounded(impatient: DockyardServer) -> None:
+    raw = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n"
+    statuses, closed = exchange(impatient, raw)
+    assert statuses and 400 <= statuses[0] < 500, statuses
+    assert closed
+    assert exchange(impatient, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", wait=1.0)[0] == [200]
+
+
+def test_silent_partial_head_is_cut_off(impatient: DockyardServer) -> None:
+    """Part of a head and then silence: closed (hypercorn's idle timer), not held."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
+        sock.settimeout(15)
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+    assert time.monotonic() - started < 12, "the silent client was held"
