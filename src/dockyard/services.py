@@ -14,10 +14,16 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from dockyard.auth import AllowAll
+from dockyard.auth.issuer import Grant, TokenIssuer, UserExists
+from dockyard.auth.jwks import KeyRing, jwks_source
+from dockyard.auth.keys import load_or_generate
+from dockyard.auth.tokens import TokenAuth
+from dockyard.auth.verifier import TokenVerifier, load_roots
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
 from dockyard.core.stats import Statistics
@@ -27,6 +33,8 @@ from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.handlers.feed import EventFeed
+from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
+from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
@@ -154,6 +162,64 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             lease_seconds=settings.events.webhook_lease_seconds,
         )
     return services
+
+
+def build_token_auth(
+    settings: Settings,
+    *,
+    grant: Grant,
+    user_exists: UserExists,
+    clock: Callable[[], float] = time.time,
+) -> TokenAuth:
+    """The token verifier and, with ``auth.token.builtin``, the issuer, from settings.
+
+    ``grant`` (what the access rules allow an identity on one resource) and
+    ``user_exists`` come from the access rules and the users file.
+    """
+    t = settings.auth.token
+    key = load_or_generate(t.key, Path(settings.storage.root)) if t.builtin else None
+    static = {key.kid: key.private.public_key()} if key else {}
+    ring = KeyRing(
+        static,
+        jwks_source(t.jwks) if t.jwks else None,
+        refresh=t.jwks_refresh,
+        min_interval=t.jwks_min_interval,
+    )
+    verifier = TokenVerifier(
+        issuer=t.issuer,
+        audience=t.audience,
+        algorithms=[*t.algorithms, *([key.algorithm] if key else [])],
+        leeway=t.leeway,
+        keys=ring,
+        roots=load_roots(t.root_certificates) if t.root_certificates else None,
+        clock=clock,
+    )
+    issuer = None
+    if key is not None:
+        issuer = TokenIssuer(
+            key,
+            issuer=t.issuer,
+            service=t.audience,
+            expiry=t.expiry,
+            refresh_expiry=t.refresh_expiry,
+            leeway=t.leeway,
+            grant=grant,
+            user_exists=user_exists,
+            clock=clock,
+        )
+    realm = t.realm or settings.base_url + t.path
+    return TokenAuth(verifier, issuer, realm, t.audience, key)
+
+
+def mount_token_endpoint(
+    app: RegistryApp, settings: Settings, tokens: TokenAuth, verify_password: VerifyPassword
+) -> None:
+    """Serve the built-in token service (auth.token.path) and its JWKS from ``app``."""
+    if tokens.issuer is None:
+        return
+    endpoint = TokenEndpoint(tokens.issuer, verify_password, tokens.jwks)
+    path = settings.auth.token.path
+    app.add_routes(token_routes(endpoint, path), [path, jwks_path(path)])
 
 
 def set_read_size(read_size: int) -> None:

@@ -47,19 +47,44 @@ def _coerce(key: str, kind: Any, value: Any, from_env: bool) -> Any:
                 pass
     elif kind is str and isinstance(value, str):
         return value
+    elif kind == list[str]:
+        if from_env and isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
 
 
 def _apply(settings: Settings, section: str, key: str, value: Any, from_env: bool) -> None:
-    name = f"{section}.{key}"
     section_obj = getattr(settings, section, None)
     if section_obj is None or not dataclasses.is_dataclass(section_obj):
         raise ConfigError(f"unknown section [{section}] (sections: {', '.join(_sections())})")
-    hints = get_type_hints(type(section_obj))
+    _apply_to(section_obj, section, key, value, from_env)
+
+
+def _apply_to(table: Any, section: str, key: str, value: Any, from_env: bool) -> None:
+    """Set ``key`` of the table ``[section]``; a sub-table (``[auth.token]``) is a dataclass
+    field, given as a TOML table or, in the environment, as ``<sub-table>_<key>``."""
+    hints = get_type_hints(type(table))
+    if from_env and key not in hints:
+        for sub in sorted(hints, key=len, reverse=True):
+            if key.startswith(sub + "_") and dataclasses.is_dataclass(hints[sub]):
+                child = getattr(table, sub)
+                _apply_to(child, f"{section}.{sub}", key[len(sub) + 1 :], value, from_env)
+                return
+    name = f"{section}.{key}"
     if key not in hints:
         known = ", ".join(hints)
         raise ConfigError(f"unknown key {name} (keys of [{section}]: {known})")
-    setattr(section_obj, key, _coerce(name, hints[key], value, from_env))
+    kind = hints[key]
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a [{name}] table, got {value!r}")
+        for sub_key, sub_value in value.items():
+            _apply_to(getattr(table, key), name, sub_key, sub_value, from_env)
+        return
+    setattr(table, key, _coerce(name, kind, value, from_env))
 
 
 def _sections() -> list[str]:

@@ -40,6 +40,7 @@ class Code(StrEnum):
     PARAMETER_INVALID = "PARAMETER_INVALID"
     UNSUPPORTED = "UNSUPPORTED"
     DENIED = "DENIED"
+    UNAUTHORIZED = "UNAUTHORIZED"
     # No such endpoint (distribution's answer to an unknown path).
     NOT_FOUND = "NOT_FOUND"
     UNKNOWN = "UNKNOWN"

@@ -17,6 +17,8 @@ Routes (``<name>`` may contain slashes)::
     GET|PATCH|PUT|DELETE /v2/<name>/blobs/uploads/<id>       PUT: ?digest=
     GET|HEAD|DELETE      /v2/<name>/blobs/<digest>
     GET|HEAD   /healthz  /readyz
+    GET|POST   /auth/token  GET /auth/jwks.json   (the built-in token service, when on;
+               paths from auth.token.path; added with ``token_routes``)
 
 The websocket feed (``/v2/_dockyard/events``) is routed by exact path in ``http/asgi.py``.
 """
@@ -32,6 +34,7 @@ from dockyard.http.handlers.blobs import Blobs
 from dockyard.http.handlers.health import Health
 from dockyard.http.handlers.listing import Listing
 from dockyard.http.handlers.manifests import Manifests
+from dockyard.http.handlers.token import TokenEndpoint
 from dockyard.http.handlers.uploads import Uploads
 from dockyard.http.request import Request, Response
 from dockyard.oci.names import is_valid_name
@@ -75,6 +78,18 @@ def registry_routes(
         ),
         (re.compile(r"/healthz"), {"GET": health.healthz, "HEAD": health.healthz}),
         (re.compile(r"/readyz"), {"GET": health.readyz, "HEAD": health.readyz}),
+    ]
+
+
+def jwks_path(token_path: str) -> str:
+    """The JWKS is served beside the token endpoint: /auth/token -> /auth/jwks.json."""
+    return token_path.rsplit("/", 1)[0] + "/jwks.json"
+
+
+def token_routes(endpoint: TokenEndpoint, path: str) -> list[Route]:
+    return [
+        (re.compile(re.escape(path)), {"GET": endpoint.get, "POST": endpoint.post}),
+        (re.compile(re.escape(jwks_path(path))), {"GET": endpoint.jwks, "HEAD": endpoint.jwks}),
     ]
 
 

@@ -1,0 +1,42 @@
+"""Token auth as one piece for the Authorizer: the verifier, the built-in issuer (if on)
+and the challenge that sends clients to the token service.
+
+The parts live beside this module: ``keys`` (signing key, kid, JWKS), ``issuer``
+(access and refresh tokens), ``verifier`` and ``jwks`` (verifying, trusted keys),
+``scopes`` (the scope grammar) and ``bearer`` (the challenge header).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dockyard.auth import Scope
+from dockyard.auth.bearer import bearer_challenge
+from dockyard.auth.issuer import TokenIssuer
+from dockyard.auth.keys import SigningKey, jwks_document
+from dockyard.auth.verifier import TokenInvalid, TokenVerifier, VerifiedToken
+
+__all__ = ["TokenAuth", "TokenInvalid", "VerifiedToken"]
+
+
+@dataclass
+class TokenAuth:
+    verifier: TokenVerifier
+    # None when only an external issuer's tokens are accepted (auth.token.builtin = false).
+    issuer: TokenIssuer | None
+    realm: str
+    service: str
+    signing_key: SigningKey | None
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """Raises TokenInvalid."""
+        return await self.verifier.verify(token)
+
+    def challenge(self, scopes: Sequence[Scope] = (), error: str | None = None) -> str:
+        """The ``WWW-Authenticate`` value of a 401 for a request needing ``scopes``."""
+        return bearer_challenge(self.realm, self.service, scopes, error)
+
+    def jwks(self) -> dict[str, Any]:
+        return jwks_document([self.signing_key] if self.signing_key else [])
