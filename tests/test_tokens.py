@@ -6,10 +6,13 @@ real ``TokenVerifier`` (PyJWT underneath), and hostile tokens are made by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import stat
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ from dockyard.auth.keys import (
 )
 from dockyard.auth.scopes import MAX_SCOPES, ResourceScope, TooManyScopes, parse_scopes
 from dockyard.auth.verifier import TokenInvalid, TokenVerifier
+from dockyard.config import ConfigError, load
+from dockyard.config.model import TokenSettings
 from tests.tokenkit import (
     certificate_authority,
     grant,
@@ -504,3 +509,46 @@ def test_bad_key_file_is_refused(tmp_path: Path) -> None:
         load_or_generate(str(bad), tmp_path)
     with pytest.raises(KeyError_, match="cannot read"):
         load_or_generate(str(tmp_path / "missing.pem"), tmp_path)
+
+
+# -- settings
+
+
+def test_shipped_config_documents_every_token_key() -> None:
+    doc = tomllib.loads((Path(__file__).parent.parent / "conf" / "dockyard.toml").read_text())
+    assert set(doc["auth"]["token"]) == {f.name for f in dataclasses.fields(TokenSettings)}
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DOCKYARD_AUTH_TOKEN_ALGORITHMS": "ES256,HS256"}, "asymmetric signatures only"),
+        ({"DOCKYARD_AUTH_TOKEN_ALGORITHMS": "none"}, "asymmetric signatures only"),
+        ({"DOCKYARD_AUTH_TOKEN_PATH": "/v2/token"}, "outside /v2"),
+        ({"DOCKYARD_AUTH_TOKEN_PATH": "auth/token"}, "outside /v2"),
+        ({"DOCKYARD_AUTH_TOKEN_JWKS": "http://127.0.0.1/jwks.json"}, "https:// URL"),
+        ({"DOCKYARD_AUTH_TOKEN_BUILTIN": "false"}, "set jwks or root_certificates"),
+        ({"DOCKYARD_AUTH_TOKEN_EXPIRY": "0"}, "must be positive"),
+        ({"DOCKYARD_AUTH_TOKEN_REALM": "ftp://x"}, "not an http(s) URL"),
+        ({"DOCKYARD_AUTH_TOKEN_NOPE": "1"}, "unknown key auth.token.nope"),
+    ],
+)
+def test_bad_token_settings_are_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(environ=environ)
+
+
+def test_token_settings_from_file_and_environment(tmp_path: Path) -> None:
+    conf = tmp_path / "dockyard.toml"
+    conf.write_text('[auth.token]\nissuer = "idp"\nalgorithms = ["RS256"]\njwks = "keys.json"\n')
+    token = load(conf, environ={"DOCKYARD_AUTH_TOKEN_LEEWAY": "5"}).auth.token
+    assert (token.issuer, token.algorithms, token.jwks, token.leeway) == (
+        "idp",
+        ["RS256"],
+        "keys.json",
+        5,
+    )
+    env = {"DOCKYARD_AUTH_TOKEN_ALGORITHMS": "PS256, EdDSA", "DOCKYARD_AUTH_TOKEN_BUILTIN": "0"}
+    env["DOCKYARD_AUTH_TOKEN_JWKS"] = "https://idp.invalid/jwks.json"
+    token = load(environ=env).auth.token
+    assert token.algorithms == ["PS256", "EdDSA"] and not token.builtin
