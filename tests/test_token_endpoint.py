@@ -1,0 +1,243 @@
+"""The built-in token service through the in-process app: GET and OAuth2 POST forms,
+refresh tokens, the JWKS, and every refusal as a clear error (never a 500)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from dockyard.auth import Identity, Scope
+from dockyard.auth.tokens import TokenAuth, TokenInvalid
+from dockyard.services import Services, build_token_auth, mount_token_endpoint
+from tests.conftest import assert_error, make_client, make_settings, open_services
+from tests.tokenkit import grant, user_exists, verify_password
+
+TOKEN = "/auth/token"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"authorization": f"Basic {raw}"}
+
+
+@pytest.fixture
+async def token_services(tmp_path: Path) -> AsyncIterator[tuple[Services, TokenAuth]]:
+    settings = make_settings(
+        tmp_path / "data",
+        DOCKYARD_AUTH_TOKEN_AUDIENCE="registry.test",
+        DOCKYARD_SERVER_PUBLIC_URL="https://registry.test",
+    )
+    async with open_services(settings) as svc:
+        tokens = build_token_auth(settings, grant=grant, user_exists=user_exists)
+        mount_token_endpoint(svc.app, settings, tokens, verify_password)
+        yield svc, tokens
+
+
+@pytest.fixture
+async def token_client(
+    token_services: tuple[Services, TokenAuth],
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(token_services[0]) as c:
+        yield c
+
+
+@pytest.fixture
+def tokens(token_services: tuple[Services, TokenAuth]) -> TokenAuth:
+    return token_services[1]
+
+
+def assert_token_answer(r: httpx.Response) -> None:
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["cache-control"] == "no-store"
+    issued = datetime.datetime.strptime(r.json()["issued_at"], "%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    assert abs((now - issued).total_seconds()) < 60
+
+
+async def test_get_anonymous_token(token_client: httpx.AsyncClient, tokens: TokenAuth) -> None:
+    r = await token_client.get(
+        TOKEN,
+        params={"service": "registry.test", "scope": "repository:public/app:pull,push"},
+    )
+    assert_token_answer(r)
+    doc = r.json()
+    assert set(doc) == {"token", "access_token", "expires_in", "issued_at"}
+    assert doc["token"] == doc["access_token"] and doc["expires_in"] == 300
+    verified = await tokens.verify(doc["token"])
+    assert verified.identity.name is None
+    assert verified.allows(Scope("pull", "public/app"))
+    assert not verified.allows(Scope("push", "public/app"))
+
+
+async def test_get_with_credentials_grants_the_intersection(
+    token_client: httpx.AsyncClient, tokens: TokenAuth
+) -> None:
+    r = await token_client.get(
+        TOKEN,
+        params=[
+            ("service", "registry.test"),
+            ("scope", "repository:team/app:pull,push,delete"),
+            ("scope", "repository:secret/app:pull"),
+            ("scope", "bogus"),
+            ("account", "alice"),
+        ],
+        headers=basic("alice", "wonderland"),
+    )
+    assert_token_answer(r)
+    verified = await tokens.verify(r.json()["token"])
+    assert verified.identity == Identity("alice")
+    assert [str(s) for s in verified.access] == ["repository:team/app:pull,push"]
+
+
+async def test_get_refusals(token_client: httpx.AsyncClient) -> None:
+    r = await token_client.get(TOKEN, headers=basic("alice", "wrong"))
+    assert_error(r, 401, "UNAUTHORIZED")
+    assert r.headers["www-authenticate"] == 'Basic realm="registry.test"'
+    r = await token_client.get(TOKEN, headers=basic("nobody", "x"))
+    assert_error(r, 401, "UNAUTHORIZED")
+    r = await token_client.get(TOKEN, params={"service": "other.test"})
+    assert_error(r, 400, "PARAMETER_INVALID")
+    r = await token_client.get(TOKEN, headers={"authorization": "Basic !!!"})
+    assert_error(r, 400, "PARAMETER_INVALID")
+    r = await token_client.get(TOKEN, headers={"authorization": "Bearer abc"})
+    assert_error(r, 400, "PARAMETER_INVALID")
+    r = await token_client.get(
+        TOKEN, params={"account": "admin"}, headers=basic("alice", "wonderland")
+    )
+    assert_error(r, 400, "PARAMETER_INVALID")
+    many = [("scope", f"repository:r{i}:pull") for i in range(100)]
+    assert_error(await token_client.get(TOKEN, params=many), 400, "PARAMETER_INVALID")
+    r = await token_client.put(TOKEN)
+    assert_error(r, 405, "UNSUPPORTED")
+
+
+async def test_offline_token_then_oauth2_refresh(
+    token_client: httpx.AsyncClient, tokens: TokenAuth
+) -> None:
+    r = await token_client.get(
+        TOKEN,
+        params={"service": "registry.test", "offline_token": "true", "client_id": "test"},
+        headers=basic("alice", "wonderland"),
+    )
+    assert_token_answer(r)
+    refresh = r.json()["refresh_token"]
+    r = await token_client.post(
+        TOKEN,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh,
+            "service": "registry.test",
+            "client_id": "test",
+            "scope": "repository:team/app:pull repository:public/app:pull",
+        },
+    )
+    assert_token_answer(r)
+    doc = r.json()
+    assert doc["scope"] == "repository:team/app:pull repository:public/app:pull"
+    assert "refresh_token" not in doc and doc["token_type"] == "Bearer"
+    verified = await tokens.verify(doc["access_token"])
+    assert verified.identity == Identity("alice") and verified.allows(Scope("pull", "team/app"))
+    # A refresh token is not a bearer token, nor the other way round.
+    with pytest.raises(TokenInvalid, match=r"(?i)audience"):
+        await tokens.verify(refresh)
+    r = await token_client.post(
+        TOKEN,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": doc["access_token"],
+            "client_id": "t",
+        },
+    )
+    assert_error(r, 401, "UNAUTHORIZED")
+
+
+async def test_oauth2_password_grant(token_client: httpx.AsyncClient, tokens: TokenAuth) -> None:
+    form = {
+        "grant_type": "password",
+        "username": "admin",
+        "password": "s3cret-admin",
+        "service": "registry.test",
+        "client_id": "test",
+        "access_type": "offline",
+        "scope": "registry:catalog:* repository:team/app:delete",
+    }
+    r = await token_client.post(TOKEN, data=form)
+    assert_token_answer(r)
+    doc = r.json()
+    assert doc["scope"] == "registry:catalog:* repository:team/app:delete"
+    verified = await tokens.verify(doc["access_token"])
+    assert verified.allows(Scope("catalog")) and verified.allows(Scope("delete", "team/app"))
+    assert tokens.issuer is not None
+    assert await tokens.issuer.redeem(doc["refresh_token"]) == Identity("admin")
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "code"),
+    [
+        ({"grant_type": "password", "username": "alice", "password": "no"}, 401, "UNAUTHORIZED"),
+        ({"grant_type": "refresh_token", "refresh_token": "junk"}, 401, "UNAUTHORIZED"),
+        ({"grant_type": "refresh_token"}, 400, "PARAMETER_INVALID"),
+        ({"grant_type": "authorization_code", "code": "x"}, 400, "PARAMETER_INVALID"),
+        ({"grant_type": "password", "password": "x"}, 400, "PARAMETER_INVALID"),
+        ({"username": "alice", "password": "wonderland"}, 400, "PARAMETER_INVALID"),
+    ],
+)
+async def test_oauth2_refusals(
+    token_client: httpx.AsyncClient, form: dict[str, str], status: int, code: str
+) -> None:
+    r = await token_client.post(TOKEN, data={"client_id": "test", **form})
+    assert_error(r, status, code)
+
+
+async def test_oauth2_bad_requests(token_client: httpx.AsyncClient) -> None:
+    good = {"grant_type": "password", "username": "alice", "password": "wonderland"}
+    # client_id is required by the OAuth2 token spec.
+    assert_error(await token_client.post(TOKEN, data=good), 400, "PARAMETER_INVALID")
+    r = await token_client.post(TOKEN, json={**good, "client_id": "t"})
+    assert_error(r, 400, "PARAMETER_INVALID")
+    r = await token_client.post(
+        TOKEN,
+        content=b"\xff\xfe=\x00",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert_error(r, 400, "PARAMETER_INVALID")
+    r = await token_client.post(
+        TOKEN,
+        content=b"a=" + b"x" * (70 * 1024),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert_error(r, 400, "SIZE_INVALID")
+
+
+async def test_jwks_publishes_the_signing_key(
+    token_client: httpx.AsyncClient, tokens: TokenAuth
+) -> None:
+    r = await token_client.get("/auth/jwks.json")
+    assert r.status_code == 200
+    (jwk,) = r.json()["keys"]
+    assert jwk["kty"] == "EC" and jwk["alg"] == "ES256" and "d" not in jwk
+    r = await token_client.get(
+        TOKEN, params={"scope": "repository:public/app:pull", "service": "registry.test"}
+    )
+    token = r.json()["token"]
+    assert jwt.get_unverified_header(token)["kid"] == jwk["kid"]
+    # Anyone holding the published JWKS can verify the token on their own.
+    claims = jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["ES256"], audience="registry.test")
+    assert claims["iss"] == "dockyard"
+    assert tokens.challenge([Scope("pull", "public/app")]) == (
+        'Bearer realm="https://registry.test/auth/token",service="registry.test",'
+        'scope="repository:public/app:pull"'
+    )
+
+
+async def test_registry_routes_are_unchanged(token_client: httpx.AsyncClient) -> None:
+    assert (await token_client.get("/v2/")).status_code == 200
+    # Other paths still go to the dashboard app.
+    assert (await token_client.get("/auth/other")).status_code == 404
