@@ -112,7 +112,7 @@ async def test_get_refusals(token_client: httpx.AsyncClient) -> None:
         TOKEN, params={"account": "admin"}, headers=basic("alice", "wonderland")
     )
     assert_error(r, 400, "PARAMETER_INVALID")
-    many = [("scope", f"repository:r{i}:pull") for i in range(100)]
+    many = {"scope": [f"repository:r{i}:pull" for i in range(100)]}
     assert_error(await token_client.get(TOKEN, params=many), 400, "PARAMETER_INVALID")
     r = await token_client.put(TOKEN)
     assert_error(r, 405, "UNSUPPORTED")
