@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from dockyard.auth import Identity, Scope
+from dockyard.auth.keys import SigningKey
 from dockyard.auth.tokens import TokenAuth, TokenInvalid
 from dockyard.services import Services, build_token_auth, mount_token_endpoint
 from tests.conftest import assert_error, make_client, make_settings, open_services
-from tests.tokenkit import grant, user_exists, verify_password
+from tests.tokenkit import certificate_authority, grant, leaf, user_exists, verify_password
 
 TOKEN = "/auth/token"
 
@@ -241,3 +245,59 @@ async def test_registry_routes_are_unchanged(token_client: httpx.AsyncClient) ->
     assert (await token_client.get("/v2/")).status_code == 200
     # Other paths still go to the dashboard app.
     assert (await token_client.get("/auth/other")).status_code == 404
+
+
+async def test_external_issuer_only(tmp_path: Path) -> None:
+    """builtin = false: no token endpoint; tokens of the external issuer's JWKS and of an
+    x5c chain to the configured roots are accepted, read through the request header."""
+    external = SigningKey.from_private(ec.generate_private_key(ec.SECP256R1()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [external.jwk]}))
+    root = certificate_authority("issuer root")
+    signer = leaf("issuer signer", root)
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(root.pem())
+    settings = make_settings(
+        tmp_path / "data",
+        DOCKYARD_AUTH_TOKEN_BUILTIN="false",
+        DOCKYARD_AUTH_TOKEN_ISSUER="https://idp.test",
+        DOCKYARD_AUTH_TOKEN_AUDIENCE="registry.test",
+        DOCKYARD_AUTH_TOKEN_JWKS=str(jwks),
+        DOCKYARD_AUTH_TOKEN_ROOT_CERTIFICATES=str(roots),
+        DOCKYARD_AUTH_TOKEN_REALM="https://idp.test/token",
+    )
+    async with open_services(settings) as svc:
+        tokens = build_token_auth(settings, grant=grant, user_exists=user_exists)
+        mount_token_endpoint(svc.app, settings, tokens, verify_password)
+        assert tokens.issuer is None and tokens.jwks() == {"keys": []}
+        assert not (tmp_path / "data" / "token-signing-key.pem").exists()
+        async with make_client(svc) as c:
+            assert (await c.get(TOKEN)).status_code == 404
+        now = int(time.time())
+        claims = {
+            "iss": "https://idp.test",
+            "aud": "registry.test",
+            "sub": "bob",
+            "exp": now + 60,
+            "access": [{"type": "repository", "name": "bob/app", "actions": ["pull"]}],
+        }
+        token = jwt.encode(claims, external.private, "ES256", headers={"kid": external.kid})
+        verified = await tokens.from_headers({"authorization": f"Bearer {token}"})
+        assert verified is not None and verified.identity == Identity("bob")
+        assert verified.allows(Scope("pull", "bob/app"))
+        chained = jwt.encode(claims, signer.key, "ES256", headers={"x5c": [signer.der_b64()]})
+        assert (await tokens.verify(chained)).identity == Identity("bob")
+        assert await tokens.from_headers({}) is None
+        with pytest.raises(TokenInvalid, match="issuer"):
+            await tokens.verify(
+                jwt.encode(
+                    {**claims, "iss": "dockyard"},
+                    external.private,
+                    "ES256",
+                    headers={"kid": external.kid},
+                )
+            )
+        assert tokens.challenge([Scope("push", "bob/app")], "invalid_token") == (
+            'Bearer realm="https://idp.test/token",service="registry.test",'
+            'scope="repository:bob/app:pull,push",error="invalid_token"'
+        )

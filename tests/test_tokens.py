@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from dockyard.auth import ANONYMOUS, Identity, Scope
-from dockyard.auth.bearer import INSUFFICIENT_SCOPE, bearer_challenge
+from dockyard.auth.bearer import INSUFFICIENT_SCOPE, bearer_challenge, bearer_token
 from dockyard.auth.issuer import RefreshTokenInvalid, TokenIssuer
 from dockyard.auth.jwks import JwksFile, KeyRing
 from dockyard.auth.keys import (
@@ -174,6 +174,13 @@ def test_bearer_challenge_names_what_the_request_needs() -> None:
         'scope="registry:catalog:* repository:a:pull",error="insufficient_scope"'
     )
     assert 'realm="a\\"b"' in bearer_challenge('a"b', "s")
+
+
+def test_bearer_token_is_read_from_the_authorization_header() -> None:
+    assert bearer_token("Bearer abc.def.ghi") == "abc.def.ghi"
+    assert bearer_token("bearer  abc ") == "abc"
+    for value in (None, "Basic YTpi", "Bearer", "Bearer a b", "Bearerabc"):
+        assert bearer_token(value) is None
 
 
 # -- issue and verify

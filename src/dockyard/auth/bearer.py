@@ -31,3 +31,14 @@ def bearer_challenge(
     if error is not None:
         parts.append(f"error={_quoted(error)}")
     return "Bearer " + ",".join(parts)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for any other."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token

@@ -8,12 +8,12 @@ The parts live beside this module: ``keys`` (signing key, kid, JWKS), ``issuer``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dockyard.auth import Scope
-from dockyard.auth.bearer import bearer_challenge
+from dockyard.auth.bearer import bearer_challenge, bearer_token
 from dockyard.auth.issuer import TokenIssuer
 from dockyard.auth.keys import SigningKey, jwks_document
 from dockyard.auth.verifier import TokenInvalid, TokenVerifier, VerifiedToken
@@ -33,6 +33,12 @@ class TokenAuth:
     async def verify(self, token: str) -> VerifiedToken:
         """Raises TokenInvalid."""
         return await self.verifier.verify(token)
+
+    async def from_headers(self, headers: Mapping[str, str]) -> VerifiedToken | None:
+        """The request's bearer token, verified; None when it sent none (anonymous).
+        Raises TokenInvalid for a bad one (answer 401 with ``error="invalid_token"``)."""
+        token = bearer_token(headers.get("authorization"))
+        return None if token is None else await self.verifier.verify(token)
 
     def challenge(self, scopes: Sequence[Scope] = (), error: str | None = None) -> str:
         """The ``WWW-Authenticate`` value of a 401 for a request needing ``scopes``."""
