@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dockyard.auth import ANONYMOUS, Identity, Scope
 from dockyard.auth.bearer import INSUFFICIENT_SCOPE, bearer_challenge, bearer_token
 from dockyard.auth.issuer import RefreshTokenInvalid, TokenIssuer
-from dockyard.auth.jwks import JwksFile, KeyRing
+from dockyard.auth.jwks import JwksFile, KeyRing, jwks_source
 from dockyard.auth.keys import (
     GENERATED_KEY_NAME,
     KeyError_,
@@ -37,12 +37,14 @@ from dockyard.auth.scopes import MAX_SCOPES, ResourceScope, TooManyScopes, parse
 from dockyard.auth.verifier import TokenInvalid, TokenVerifier
 from dockyard.config import ConfigError, load
 from dockyard.config.model import TokenSettings
+from tests.jwks_server import JwksServer
 from tests.tokenkit import (
     certificate_authority,
     grant,
     hmac_token,
     intermediate,
     leaf,
+    server_certificate,
     unsigned_token,
     user_exists,
 )
@@ -559,3 +561,24 @@ def test_token_settings_from_file_and_environment(tmp_path: Path) -> None:
     env["DOCKYARD_AUTH_TOKEN_JWKS"] = "https://idp.invalid/jwks.json"
     token = load(environ=env).auth.token
     assert token.algorithms == ["PS256", "EdDSA"] and not token.builtin
+
+
+async def test_jwks_from_an_https_url(tmp_path: Path) -> None:
+    ca = certificate_authority("issuer tls ca")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.pem())
+    old, new = new_key(), new_key()
+    with JwksServer(server_certificate(ca), tmp_path) as server:
+        server.document = {"keys": [old.jwk]}
+        clock = FakeClock()
+        ring = KeyRing({}, jwks_source(server.url, str(ca_file)), min_interval=30, clock=clock)
+        verifier = make_verifier(ring)
+        assert (await verifier.verify(sign(old, claims()))).identity.name == "alice"
+        server.document = {"keys": [old.jwk, new.jwk]}
+        clock.now += 31
+        assert (await verifier.verify(sign(new, claims()))).identity.name == "alice"
+        assert server.requests == 2
+        # Without the issuer's CA the TLS handshake fails: no keys, nothing accepted.
+        untrusting = make_verifier(KeyRing({}, jwks_source(server.url), clock=FakeClock()))
+        await refused(untrusting, sign(old, claims()), "unknown key id")
+        assert server.requests == 2

@@ -11,6 +11,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 from dataclasses import dataclass
 
@@ -78,6 +79,13 @@ class Issued:
     def pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def der_b64(self) -> str:
         return base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode()
 
@@ -88,6 +96,7 @@ def _certificate(
     issuer: Issued | None,
     ca: bool,
     path_length: int | None = None,
+    ip: str | None = None,
 ) -> Issued:
     now = datetime.datetime.now(datetime.UTC)
     signer_key = issuer.key if issuer else key
@@ -105,6 +114,11 @@ def _certificate(
     if issuer is not None:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+    if ip is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
             critical=False,
         )
     if ca:
@@ -136,3 +150,9 @@ def intermediate(name: str, root: Issued) -> Issued:
 
 def leaf(name: str, issuer: Issued) -> Issued:
     return _certificate(name, ec.generate_private_key(ec.SECP256R1()), issuer, ca=False)
+
+
+def server_certificate(issuer: Issued, ip: str = "127.0.0.1") -> Issued:
+    """A TLS server certificate for ``ip`` (loopback)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _certificate(ip, key, issuer, ca=False, ip=ip)

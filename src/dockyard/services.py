@@ -181,7 +181,7 @@ def build_token_auth(
     static = {key.kid: key.private.public_key()} if key else {}
     ring = KeyRing(
         static,
-        jwks_source(t.jwks) if t.jwks else None,
+        jwks_source(t.jwks, t.jwks_ca) if t.jwks else None,
         refresh=t.jwks_refresh,
         min_interval=t.jwks_min_interval,
     )

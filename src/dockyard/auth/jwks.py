@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,12 +45,18 @@ class JwksFile:
 
 
 class JwksUrl:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, ca_file: str = "", timeout: float = 10.0) -> None:
         self.url = url
         self.timeout = timeout
+        # A private issuer's CA; otherwise httpx's default trust store.
+        self._verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
 
     async def fetch(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, verify=self._verify
+        ) as client:
             response = await client.get(self.url, headers={"accept": "application/json"})
             response.raise_for_status()
             if len(response.content) > _MAX_JWKS_BYTES:
@@ -60,8 +67,11 @@ class JwksUrl:
         return doc
 
 
-def jwks_source(location: str) -> JwksSource:
-    return JwksUrl(location) if location.startswith("https://") else JwksFile(location)
+def jwks_source(location: str, ca_file: str = "") -> JwksSource:
+    """A JWKS at an https:// URL (its TLS verified with ``ca_file`` if given) or in a file."""
+    if location.startswith("https://"):
+        return JwksUrl(location, ca_file)
+    return JwksFile(location)
 
 
 def parse_jwks(doc: dict[str, Any]) -> dict[str, PublicKey]:

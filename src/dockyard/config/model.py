@@ -174,6 +174,9 @@ class TokenSettings:
     # token names an unknown key id.
     jwks_refresh: int = 3600
     jwks_min_interval: int = 30
+    # PEM bundle of CA certificates to verify a jwks URL's TLS certificate with (a private
+    # issuer's CA); empty: the default trust store.
+    jwks_ca: str = ""
     # PEM bundle of CA certificates that tokens carrying an x5c chain must chain to.
     root_certificates: str = ""
 
