@@ -30,6 +30,8 @@ from dockyard.auth.keys import (
     GENERATED_KEY_NAME,
     KeyError_,
     SigningKey,
+    certificate_keys,
+    libtrust_kid,
     load_or_generate,
     thumbprint,
 )
@@ -355,9 +357,26 @@ async def test_x5c_chain_refusals() -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     await refused(verifier, chain_token(other, [signer.der_b64(), middle.der_b64()]), "signature")
     await refused(verifier, chain_token(signer.key, ["!!not base64"]), "malformed certificate")
-    # No roots configured: x5c is not accepted at all.
+    # No roots configured: the chain is ignored, and the token names no trusted key.
     plain = make_verifier(KeyRing({}))
-    await refused(plain, chain_token(signer.key, [signer.der_b64(), middle.der_b64()]), "x5c")
+    chained = chain_token(signer.key, [signer.der_b64(), middle.der_b64()])
+    await refused(plain, chained, "no key id")
+
+
+async def test_root_certificate_keys_by_libtrust_and_rfc7638_kid() -> None:
+    """As distribution does with its rootcertbundle: a token signed by a root
+    certificate's own key, named by kid in either form, without x5c."""
+    root = certificate_authority("issuer")
+    keys = certificate_keys([root.certificate])
+    kid = libtrust_kid(root.key.public_key())
+    assert len(kid) == 59 and kid.count(":") == 11 and kid in keys
+    verifier = make_verifier(KeyRing(keys))
+    for name in keys:
+        token = jwt.encode(claims(), root.key, algorithm="ES256", headers={"kid": name})
+        assert (await verifier.verify(token)).identity.name == "alice"
+    stranger = certificate_authority("stranger")
+    forged = jwt.encode(claims(), stranger.key, algorithm="ES256", headers={"kid": kid})
+    await refused(verifier, forged, "signature")
 
 
 # -- an external issuer's JWKS

@@ -21,7 +21,7 @@ import trio
 from dockyard.auth import AllowAll
 from dockyard.auth.issuer import Grant, TokenIssuer, UserExists
 from dockyard.auth.jwks import KeyRing, jwks_source
-from dockyard.auth.keys import load_or_generate
+from dockyard.auth.keys import certificate_keys, load_or_generate
 from dockyard.auth.tokens import TokenAuth
 from dockyard.auth.verifier import TokenVerifier, load_roots
 from dockyard.config import Settings, load
@@ -178,7 +178,10 @@ def build_token_auth(
     """
     t = settings.auth.token
     key = load_or_generate(t.key, Path(settings.storage.root)) if t.builtin else None
-    static = {key.kid: key.private.public_key()} if key else {}
+    roots = load_roots(t.root_certificates) if t.root_certificates else []
+    static = certificate_keys(roots)
+    if key is not None:
+        static[key.kid] = key.private.public_key()
     ring = KeyRing(
         static,
         jwks_source(t.jwks, t.jwks_ca) if t.jwks else None,
@@ -191,7 +194,7 @@ def build_token_auth(
         algorithms=[*t.algorithms, *([key.algorithm] if key else [])],
         leeway=t.leeway,
         keys=ring,
-        roots=load_roots(t.root_certificates) if t.root_certificates else None,
+        roots=roots or None,
         clock=clock,
     )
     issuer = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
@@ -59,6 +60,29 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
     digest = hashlib.sha256(canonical.encode()).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def libtrust_kid(key: PublicKey) -> str:
+    """The key id docker's libtrust gives a key, which token servers built for
+    distribution (docker_auth, GitLab) put in ``kid``: SHA-256 of the DER public key,
+    first 240 bits, base32 in 12 groups of 4 joined by ':'."""
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    encoded = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
+    return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
+
+
+def certificate_keys(certificates: list[x509.Certificate]) -> dict[str, PublicKey]:
+    """The signing keys of ``certificates`` by both key id forms (RFC 7638 and libtrust):
+    distribution trusts tokens signed by a root certificate's own key, named by kid."""
+    out: dict[str, PublicKey] = {}
+    for certificate in certificates:
+        key = certificate.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
+            out[libtrust_kid(key)] = key
+            out[thumbprint(public_jwk(key))] = key
+    return out
 
 
 def algorithm_for(key: PublicKey) -> str:

@@ -3,10 +3,11 @@
 A token is accepted only if its header names an allowed asymmetric algorithm (never
 ``none``, never HMAC: a public key can then not be abused as a shared secret) that fits
 the key's type, its signature verifies with a trusted key, and iss, aud, exp and nbf
-(with ``leeway``) are right. The key is found by ``kid`` in the key ring (the built-in
-key and the external issuer's JWKS), or, when the header carries an ``x5c`` chain and
-root certificates are configured, is the leaf certificate's once the chain verifies to
-one of those roots. A ``jwk`` embedded in the header is never trusted.
+(with ``leeway``) are right. The key is the leaf certificate's when the header carries
+an ``x5c`` chain, root certificates are configured and the chain verifies to one of
+them; otherwise the one ``kid`` names in the key ring (the built-in key, the external
+issuer's JWKS, the root certificates' own keys). A ``jwk`` in the header is never
+trusted.
 """
 
 from __future__ import annotations
@@ -124,10 +125,9 @@ class TokenVerifier:
 
     async def _key_for(self, header: dict[str, Any]) -> PublicKey:
         chain = header.get("x5c")
-        if chain is not None:
-            if self._roots is None:
-                raise TokenInvalid("x5c chains are not accepted (no root_certificates)")
+        if chain is not None and self._roots is not None:
             return self._chain_key(chain)
+        # Without roots a chain is ignored: the kid must name a trusted key.
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise TokenInvalid("token names no key id")
