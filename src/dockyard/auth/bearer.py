@@ -26,8 +26,9 @@ def bearer_challenge(
     """The header value, e.g. ``Bearer realm="https://r/auth/token",service="r",
     scope="repository:x:pull,push",error="insufficient_scope"``."""
     parts = [f"realm={_quoted(realm)}", f"service={_quoted(service)}"]
-    if scopes:
-        parts.append(f"scope={_quoted(' '.join(scope_string(s) for s in scopes))}")
+    named = [text for text in map(scope_string, scopes) if text is not None]
+    if named:
+        parts.append(f"scope={_quoted(' '.join(named))}")
     if error is not None:
         parts.append(f"error={_quoted(error)}")
     return "Bearer " + ",".join(parts)

@@ -119,13 +119,14 @@ def covers(access: Iterable[ResourceScope], scope: Scope) -> bool:
     return False
 
 
-def scope_string(scope: Scope) -> str:
-    """What a client should ask the token service for to be allowed ``scope``.
+def scope_string(scope: Scope) -> str | None:
+    """What a client should ask the token service for to be allowed ``scope``; None for
+    a scope no token names (the bare ``/v2/`` login probe asks for none).
 
     A push asks for ``pull,push`` as distribution does: clients pushing also read (blob
     existence checks, mounts), and one token then serves the whole push.
     """
     if scope.repository is None:
-        return "registry:catalog:*"
+        return "registry:catalog:*" if scope.action == "catalog" else None
     actions = "pull,push" if scope.action == "push" else scope.action
     return f"repository:{scope.repository}:{actions}"
