@@ -80,6 +80,20 @@ async def test_get_anonymous_token(token_client: httpx.AsyncClient, tokens: Toke
     assert not verified.allows(Scope("push", "public/app"))
 
 
+async def test_empty_basic_credentials_mean_anonymous(
+    token_client: httpx.AsyncClient, tokens: TokenAuth
+) -> None:
+    # What skopeo and podman send to the token service when they have no credentials.
+    r = await token_client.get(
+        TOKEN, params={"scope": "repository:public/app:pull"}, headers=basic("", "")
+    )
+    assert_token_answer(r)
+    verified = await tokens.verify(r.json()["token"])
+    assert verified.identity.name is None and verified.allows(Scope("pull", "public/app"))
+    r = await token_client.get(TOKEN, headers=basic("", "password-without-user"))
+    assert_error(r, 400, "PARAMETER_INVALID")
+
+
 async def test_get_with_credentials_grants_the_intersection(
     token_client: httpx.AsyncClient, tokens: TokenAuth
 ) -> None:

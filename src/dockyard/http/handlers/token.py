@@ -39,8 +39,8 @@ def _issued_at(token: IssuedToken) -> str:
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """User and password of an ``Authorization: Basic`` header; None without one.
-    Raises ParameterInvalid for a malformed one."""
+    """User and password of an ``Authorization: Basic`` header; None without one (or with
+    empty ones). Raises ParameterInvalid for a malformed one."""
     if header is None:
         return None
     scheme, _, value = header.strip().partition(" ")
@@ -51,6 +51,10 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         raise err.ParameterInvalid("malformed Basic credentials") from None
     user, sep, password = decoded.partition(":")
+    if sep and not user and not password:
+        # Empty credentials: what containers/image (skopeo, podman) sends when it has
+        # none. They mean anonymous.
+        return None
     if not sep or not user:
         raise err.ParameterInvalid("malformed Basic credentials")
     return user, password
