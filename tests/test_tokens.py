@@ -229,6 +229,10 @@ async def test_granted_is_the_intersection_of_asked_and_allowed() -> None:
     admin = issuer.issue(Identity("admin"), asked).access
     assert ResourceScope("registry", "catalog", frozenset({"*"})) in admin
     assert ResourceScope("repository", "team/app", frozenset({"pull", "push", "delete"})) in admin
+    # "*" asks for everything allowed, and gets exactly that.
+    (everything,) = issuer.issue(Identity("admin"), parse_scopes(["repository:team/app:*"])).access
+    assert everything.actions == {"pull", "push", "delete"}
+    assert issuer.issue(Identity("alice"), parse_scopes(["repository:secret/app:*"])).access == ()
     anonymous = issuer.issue(ANONYMOUS, parse_scopes(["repository:public/app:pull,push"]))
     assert anonymous.access == (ResourceScope("repository", "public/app", frozenset({"pull"})),)
     assert issuer.issue(Identity("alice"), []).access == ()

@@ -3,7 +3,8 @@
 An access token is a JWT as the distribution token spec has it (iss, sub, aud = the
 service, exp, nbf, iat, jti, and ``access``: the granted resources). What it grants is
 the intersection of what the client asked for and what the access rules allow the
-identity (``grant``, the rules' answer for one resource); nothing asked, nothing granted.
+identity (``grant``, the rules' answer for one resource; ``*`` asks for all of it);
+nothing asked, nothing granted.
 
 A refresh token (asked for with ``offline_token=true`` or ``access_type=offline``) is a
 JWT signed with the same key but for another audience (``<service>#refresh``), so it can
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from dockyard.auth import ANONYMOUS, Identity
+from dockyard.auth import Identity
 from dockyard.auth.keys import SigningKey
 from dockyard.auth.scopes import ResourceScope
 
@@ -77,7 +78,9 @@ class TokenIssuer:
         """The requested resources narrowed to what ``identity`` may do; empty ones dropped."""
         out: list[ResourceScope] = []
         for scope in requested:
-            actions = scope.actions & self._grant(identity, scope)
+            allowed = self._grant(identity, scope)
+            # "*" asks for whatever is allowed (registry:catalog:* is granted as "*").
+            actions = allowed if "*" in scope.actions else scope.actions & allowed
             if actions:
                 out.append(scope.with_actions(actions))
         return tuple(out)
@@ -135,7 +138,7 @@ class TokenIssuer:
             raise RefreshTokenInvalid("refresh token names no user")
         if not await self._user_exists(user):
             raise RefreshTokenInvalid(f"user {user!r} no longer exists")
-        return Identity(user) if user else ANONYMOUS
+        return Identity(user)
 
     def _sign(self, claims: dict[str, object]) -> str:
         headers = {"kid": self.key.kid, "typ": "JWT"}
