@@ -36,6 +36,7 @@ from dockyard.auth.keys import (
     thumbprint,
 )
 from dockyard.auth.scopes import MAX_SCOPES, ResourceScope, TooManyScopes, parse_scopes
+from dockyard.auth.tokens import rules_grant
 from dockyard.auth.verifier import TokenInvalid, TokenVerifier
 from dockyard.config import ConfigError, load
 from dockyard.config.model import TokenSettings
@@ -605,3 +606,39 @@ async def test_jwks_from_an_https_url(tmp_path: Path) -> None:
         untrusting = make_verifier(KeyRing({}, jwks_source(server.url), clock=FakeClock()))
         await refused(untrusting, sign(old, claims()), "unknown key id")
         assert server.requests == 2
+
+
+def test_rules_grant_asks_the_rules_per_resource_type() -> None:
+    asked: list[tuple[str | None, str]] = []
+
+    def allowed_actions(identity: Identity, repository: str) -> frozenset[str]:
+        asked.append((identity.name, repository))
+        return frozenset({"pull"}) if repository.startswith("team/") else frozenset()
+
+    grant = rules_grant(allowed_actions, lambda identity: identity.name == "admin")
+    issuer = TokenIssuer(
+        new_key(),
+        issuer=ISSUER,
+        service=SERVICE,
+        expiry=60,
+        refresh_expiry=60,
+        leeway=0,
+        grant=grant,
+        user_exists=user_exists,
+    )
+    scopes = parse_scopes(
+        [
+            "repository:team/app:pull,push",
+            "repository(plugin):team/app:pull",
+            "repository:other:pull",
+            "registry:catalog:*",
+        ]
+    )
+    assert [str(s) for s in issuer.issue(Identity("alice"), scopes).access] == [
+        "repository:team/app:pull"
+    ]
+    assert asked == [("alice", "team/app"), ("alice", "other")]
+    assert [str(s) for s in issuer.issue(Identity("admin"), scopes).access] == [
+        "repository:team/app:pull",
+        "registry:catalog:*",
+    ]

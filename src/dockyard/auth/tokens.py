@@ -8,17 +8,36 @@ The parts live beside this module: ``keys`` (signing key, kid, JWKS), ``issuer``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dockyard.auth import Scope
+from dockyard.auth import Identity, Scope
 from dockyard.auth.bearer import bearer_challenge, bearer_token
-from dockyard.auth.issuer import TokenIssuer
+from dockyard.auth.issuer import Grant, TokenIssuer
 from dockyard.auth.keys import SigningKey, jwks_document
+from dockyard.auth.scopes import ResourceScope
 from dockyard.auth.verifier import TokenInvalid, TokenVerifier, VerifiedToken
 
-__all__ = ["TokenAuth", "TokenInvalid", "VerifiedToken"]
+__all__ = ["TokenAuth", "TokenInvalid", "VerifiedToken", "rules_grant"]
+
+
+def rules_grant(
+    allowed_actions: Callable[[Identity, str], frozenset[str]],
+    may_list_catalog: Callable[[Identity], bool],
+) -> Grant:
+    """The issuer's ``grant`` from the access rules' two answers: the actions allowed on a
+    repository, and whether the catalog may be listed. Other resource types and classes
+    (``repository(plugin)``) get nothing."""
+
+    def grant(identity: Identity, scope: ResourceScope) -> frozenset[str]:
+        if scope.type == "repository" and not scope.resource_class:
+            return allowed_actions(identity, scope.name)
+        if scope.type == "registry" and scope.name == "catalog" and may_list_catalog(identity):
+            return frozenset({"*"})
+        return frozenset()
+
+    return grant
 
 
 @dataclass
