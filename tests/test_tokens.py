@@ -31,6 +31,7 @@ from dockyard.auth.keys import (
     KeyError_,
     SigningKey,
     certificate_keys,
+    generate_key,
     libtrust_kid,
     load_or_generate,
     thumbprint,
@@ -501,6 +502,16 @@ def test_generated_key_is_private_and_kept(tmp_path: Path) -> None:
     assert key.algorithm == "ES256"
     assert load_or_generate("", tmp_path / "data").kid == key.kid  # same key next start
     assert [p.name for p in path.parent.iterdir()] == [GENERATED_KEY_NAME]
+
+
+def test_a_key_made_meanwhile_by_another_worker_wins(tmp_path: Path) -> None:
+    first = load_or_generate("", tmp_path)
+    path = tmp_path / GENERATED_KEY_NAME
+    before = path.read_bytes()
+    generate_key(path)  # a second worker that also found no key
+    assert path.read_bytes() == before
+    assert load_or_generate("", tmp_path).kid == first.kid
+    assert [p.name for p in tmp_path.iterdir()] == [GENERATED_KEY_NAME]
 
 
 def test_kid_is_the_rfc7638_thumbprint() -> None:

@@ -140,11 +140,12 @@ def load_or_generate(configured: str, data_dir: Path) -> SigningKey:
         return load_signing_key(Path(configured))
     path = data_dir / GENERATED_KEY_NAME
     if not path.exists():
-        _generate(path)
+        generate_key(path)
     return load_signing_key(path)
 
 
-def _generate(path: Path) -> None:
+def generate_key(path: Path) -> None:
+    """Write a new EC P-256 key to ``path`` unless one appears there first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM,
