@@ -570,6 +570,8 @@ def test_shipped_config_documents_every_token_key() -> None:
         ({"DOCKYARD_AUTH_TOKEN_ALGORITHMS": "none"}, "asymmetric signatures only"),
         ({"DOCKYARD_AUTH_TOKEN_PATH": "/v2/token"}, "outside /v2"),
         ({"DOCKYARD_AUTH_TOKEN_PATH": "auth/token"}, "outside /v2"),
+        ({"DOCKYARD_AUTH_TOKEN_PATH": "/healthz"}, "is taken"),
+        ({"DOCKYARD_AUTH_TOKEN_PATH": "/auth/jwks.json"}, "is taken"),
         ({"DOCKYARD_AUTH_TOKEN_JWKS": "http://127.0.0.1/jwks.json"}, "https:// URL"),
         ({"DOCKYARD_AUTH_TOKEN_BUILTIN": "false"}, "set jwks or root_certificates"),
         ({"DOCKYARD_AUTH_TOKEN_EXPIRY": "0"}, "must be positive"),

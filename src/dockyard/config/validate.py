@@ -107,6 +107,14 @@ def _validate_token(t: TokenSettings) -> None:
         raise ConfigError(
             f"auth.token.path: {t.path!r} must be an absolute path outside /v2 (e.g. /auth/token)"
         )
+    if (
+        t.path in ("/healthz", "/readyz")
+        or t.path.startswith("/dashboard")
+        or t.path.endswith("/jwks.json")
+    ):
+        raise ConfigError(
+            f"auth.token.path: {t.path!r} is taken (health checks, the dashboard, the JWKS)"
+        )
     if t.realm:
         realm = urlsplit(t.realm)
         if realm.scheme not in ("http", "https") or not realm.netloc or '"' in t.realm:
