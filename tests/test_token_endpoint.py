@@ -315,3 +315,46 @@ async def test_external_issuer_only(tmp_path: Path) -> None:
             'Bearer realm="https://idp.test/token",service="registry.test",'
             'scope="repository:bob/app:pull,push",error="invalid_token"'
         )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "scope=" + "a" * 20000,
+        "scope=repository:" + "a/" * 300 + "b:pull",
+        "scope=repository%00:x:pull",
+        "scope=repository:%C3%A9:pull&scope=registry:catalog:%2A",
+        "scope=:::&scope=repository:x:pull,,push",
+        "offline_token=yes&account=&service=",
+        "scope=%FF%FE",
+        "&&&==&scope",
+    ],
+)
+async def test_hostile_get_queries_are_answered_not_crashed(
+    token_client: httpx.AsyncClient, query: str
+) -> None:
+    r = await token_client.get(f"{TOKEN}?{query}")
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 200:
+        assert r.json()["token"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"grant_type=password&username=alice&password=wonderland&client_id=c&scope=" + b"x" * 9000,
+        b"grant_type=refresh_token&refresh_token=" + b"e30." * 500 + b"&client_id=c",
+        b"grant_type=password&username=%00&password=%00&client_id=c",
+        b"grant_type&client_id",
+        b"=" * 100,
+        b"client_id=c&" + b"a=1&" * 300,
+    ],
+)
+async def test_hostile_forms_are_answered_not_crashed(
+    token_client: httpx.AsyncClient, body: bytes
+) -> None:
+    r = await token_client.post(
+        TOKEN, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code in (200, 400, 401), r.text
+    assert r.headers["content-type"] == "application/json"
