@@ -199,8 +199,6 @@ def test_config_needs_a_users_file_and_known_actions(tmp_path: Path) -> None:
             [{"users": ["a"], "repositories": ["*"], "actions": ["*"]}],
             DOCKYARD_AUTH_MODE="none",
         )
-    with pytest.raises(ConfigError, match="not available in this build yet"):
-        auth_settings(tmp_path / "d5", [], DOCKYARD_AUTH_MODE="token")
     with pytest.raises(ConfigError, match="choose one of"):
         auth_settings(tmp_path / "d6", [], DOCKYARD_AUTH_MODE="ldap")
     s = auth_settings(tmp_path / "d7", [{"users": ["*"], "repositories": ["*"], "actions": ["*"]}])

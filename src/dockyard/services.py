@@ -15,15 +15,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from dockyard.auth import AllowAll, Authorizer
+from dockyard.auth import (
+    AllowAll,
+    Authorizer,
+    Caller,
+    Forbidden,
+    Identity,
+    Scope,
+    Unauthenticated,
+)
 from dockyard.auth.authorizer import AccessAuthorizer, basic_challenge
+from dockyard.auth.bearer import INSUFFICIENT_SCOPE, INVALID_TOKEN
 from dockyard.auth.htpasswd import Users
+from dockyard.auth.issuer import Grant, TokenIssuer, UserExists
+from dockyard.auth.jwks import KeyRing, jwks_source
+from dockyard.auth.keys import certificate_keys, load_or_generate
 from dockyard.auth.limits import LoginLimiter
 from dockyard.auth.rules import AccessRule, AccessRules
 from dockyard.auth.tickets import FeedTickets, load_or_create_key
+from dockyard.auth.tokens import TokenAuth, rules_grant
+from dockyard.auth.verifier import TokenInvalid, TokenVerifier, load_roots
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
 from dockyard.core.stats import Statistics
@@ -35,6 +50,8 @@ from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
+from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
+from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
@@ -56,7 +73,8 @@ def build_storage(settings: Settings) -> BlobStore:
 
 
 def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> Authorizer:
-    """``AllowAll`` for ``auth.mode = "none"``, else the users file and the rules.
+    """``AllowAll`` for ``auth.mode = "none"``, else the users file and the rules, and for
+    ``"token"`` the bearer tokens of the built-in service or an external issuer.
 
     Raises ``HtpasswdError`` if the users file is unusable (start-up stops)."""
     auth = settings.auth
@@ -65,10 +83,59 @@ def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> 
     rules = AccessRules(
         [AccessRule.of(r.users, r.repositories, r.actions) for r in settings.access]
     )
-    users = Users(auth.htpasswd, auth.cache_seconds)
-    return AccessAuthorizer(
-        rules, users=users, challenge=basic_challenge(auth.realm), logins=logins
+    users = Users(auth.htpasswd, auth.cache_seconds) if auth.htpasswd else None
+    if auth.mode != "token":
+        return AccessAuthorizer(
+            rules, users=users, challenge=basic_challenge(auth.realm), logins=logins
+        )
+
+    async def user_exists(user: str) -> bool:
+        return users is not None and users.exists(user)
+
+    tokens = build_token_auth(
+        settings,
+        grant=rules_grant(rules.allowed_actions, lambda i: rules.allows(i, None, "pull")),
+        user_exists=user_exists,
     )
+
+    async def bearer(token: str) -> Identity:
+        try:
+            verified = await tokens.verify(token)
+        except TokenInvalid as e:
+            raise Unauthenticated(str(e), tokens.challenge(error=INVALID_TOKEN)) from None
+        granted = tuple(
+            (s.name, frozenset(s.actions)) for s in verified.access if s.type == "repository"
+        )
+        return Identity(verified.identity.name, "token", granted)
+
+    return TokenAccessAuthorizer(
+        rules,
+        users=users,
+        challenge=lambda scope: tokens.challenge([scope]),
+        bearer=bearer,
+        logins=logins,
+        tokens=tokens,
+    )
+
+
+class TokenAccessAuthorizer(AccessAuthorizer):
+    """The rules with bearer tokens: a token without the scope asked for gets 401 with
+    ``error="insufficient_scope"`` (not 403), so the client fetches one that has it, as
+    distribution answers."""
+
+    def __init__(self, *args: Any, tokens: TokenAuth, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens = tokens
+
+    async def authorize(self, caller: Caller, identity: Identity, scope: Scope) -> None:
+        try:
+            await super().authorize(caller, identity, scope)
+        except Forbidden as e:
+            if identity.method != "token":
+                raise
+            raise Unauthenticated(
+                str(e), self.tokens.challenge([scope], INSUFFICIENT_SCOPE)
+            ) from None
 
 
 def ticket_key_path(settings: Settings) -> Path:
@@ -176,6 +243,14 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         client_user=client_user,
     )
     hub = EventHub(db, settings.events.poll_interval)
+    authorizer = app.authorizer
+    if isinstance(authorizer, TokenAccessAuthorizer):
+        users = authorizer.users
+
+        async def verify_password(user: str, password: str) -> bool:
+            return users is not None and await users.verify(user, password)
+
+        mount_token_endpoint(app, settings, authorizer.tokens, verify_password)
     app.websockets[FEED_PATH] = EventFeed(
         hub,
         app.authorizer,
@@ -196,6 +271,67 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             lease_seconds=settings.events.webhook_lease_seconds,
         )
     return services
+
+
+def build_token_auth(
+    settings: Settings,
+    *,
+    grant: Grant,
+    user_exists: UserExists,
+    clock: Callable[[], float] = time.time,
+) -> TokenAuth:
+    """The token verifier and, with ``auth.token.builtin``, the issuer, from settings.
+
+    ``grant`` (what the access rules allow an identity on one resource) and
+    ``user_exists`` come from the access rules and the users file.
+    """
+    t = settings.auth.token
+    key = load_or_generate(t.key, Path(settings.storage.root)) if t.builtin else None
+    roots = load_roots(t.root_certificates) if t.root_certificates else []
+    static = certificate_keys(roots)
+    if key is not None:
+        static[key.kid] = key.private.public_key()
+    ring = KeyRing(
+        static,
+        jwks_source(t.jwks, t.jwks_ca) if t.jwks else None,
+        refresh=t.jwks_refresh,
+        min_interval=t.jwks_min_interval,
+    )
+    verifier = TokenVerifier(
+        issuer=t.issuer,
+        audience=t.audience,
+        algorithms=[*t.algorithms, *([key.algorithm] if key else [])],
+        leeway=t.leeway,
+        keys=ring,
+        roots=roots or None,
+        clock=clock,
+    )
+    issuer = None
+    if key is not None:
+        issuer = TokenIssuer(
+            key,
+            issuer=t.issuer,
+            service=t.audience,
+            expiry=t.expiry,
+            refresh_expiry=t.refresh_expiry,
+            leeway=t.leeway,
+            grant=grant,
+            user_exists=user_exists,
+            clock=clock,
+        )
+    realm = t.realm or settings.base_url + t.path
+    return TokenAuth(verifier, issuer, realm, t.audience, key)
+
+
+def mount_token_endpoint(
+    app: RegistryApp, settings: Settings, tokens: TokenAuth, verify_password: VerifyPassword
+) -> None:
+    """Serve the built-in token service (auth.token.path) and its JWKS from ``app``."""
+    if tokens.issuer is None:
+        return
+    endpoint = TokenEndpoint(tokens.issuer, verify_password, tokens.jwks)
+    path = settings.auth.token.path
+    app.add_routes(token_routes(endpoint, path), [path, jwks_path(path)])
 
 
 def set_read_size(read_size: int) -> None:

@@ -113,6 +113,60 @@ class LogSettings:
 AUTH_MODES = ("none", "basic", "token")
 
 
+TOKEN_ALGORITHMS = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "EdDSA",
+)
+
+
+@dataclass
+class TokenSettings:
+    """``[auth.token]``: the built-in token service and the tokens the registry accepts."""
+
+    # Run the built-in token service (the endpoint at ``path``, signing with ``key``).
+    # Off when only an external issuer's tokens are accepted.
+    builtin: bool = True
+    # PEM private key (EC P-256/P-384/P-521, RSA or Ed25519) that signs issued tokens;
+    # empty: an EC P-256 key generated at first start in <storage.root>/token-signing-key.pem.
+    key: str = ""
+    # "iss" of issued tokens and the issuer accepted tokens must name.
+    issuer: str = "dockyard"
+    # The service name: "aud" of issued tokens, the audience accepted tokens must name and
+    # the service= clients send (advertised in challenges).
+    audience: str = "dockyard"
+    # Signature algorithms accepted (asymmetric only; "none" and HMAC are refused).
+    algorithms: list[str] = field(default_factory=lambda: ["ES256", "RS256"])
+    # Seconds an issued access token is valid.
+    expiry: int = 300
+    # Seconds a refresh token (offline_token=true, access_type=offline) is valid.
+    refresh_expiry: int = 7 * 24 * 3600
+    # Seconds of clock skew allowed on exp, nbf and iat.
+    leeway: int = 30
+    # The token endpoint's path on this server, and the URL advertised as the challenge
+    # realm (empty: <server.public_url or http://host:port><path>).
+    path: str = "/auth/token"
+    realm: str = ""
+    # An external issuer's keys: a JWKS file path or an https:// URL (empty: none).
+    jwks: str = ""
+    # Seconds between fetches of a jwks URL, and the least time between two fetches when a
+    # token names an unknown key id.
+    jwks_refresh: int = 3600
+    jwks_min_interval: int = 30
+    # PEM bundle of CA certificates to verify a jwks URL's TLS certificate with (a private
+    # issuer's CA); empty: the default trust store.
+    jwks_ca: str = ""
+    # PEM bundle of CA certificates that tokens carrying an x5c chain must chain to.
+    root_certificates: str = ""
+
+
 @dataclass
 class AuthSettings:
     # "none": everyone may do everything; "basic": users of the htpasswd file and the
@@ -125,6 +179,8 @@ class AuthSettings:
     # Seconds a verified user name and password are remembered (as a keyed hash), so
     # clients that send them with every request cost one bcrypt per period.
     cache_seconds: float = 60.0
+    # [auth.token]: the token service and the tokens accepted (mode "token").
+    token: TokenSettings = field(default_factory=TokenSettings)
 
 
 @dataclass

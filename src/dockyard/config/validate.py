@@ -20,9 +20,11 @@ from dockyard.config.model import (
     LOG_LEVELS,
     STORAGE_DRIVERS,
     TLS_VERSIONS,
+    TOKEN_ALGORITHMS,
     WEBHOOK_FORMATS,
     ConfigError,
     Settings,
+    TokenSettings,
     WebhookSettings,
 )
 
@@ -97,9 +99,11 @@ def _validate_auth(s: Settings) -> None:
     auth = s.auth
     if auth.mode not in AUTH_MODES:
         raise ConfigError(f"auth.mode: choose one of {', '.join(AUTH_MODES)}, not {auth.mode!r}")
-    if auth.mode == "token":
-        # The token service is another part of this issue; until it is merged:
-        raise ConfigError('auth.mode: "token" is not available in this build yet')
+    if auth.mode == "token" and auth.token.builtin and not auth.htpasswd:
+        raise ConfigError(
+            'auth.htpasswd: the built-in token service (auth.mode = "token") logs users in'
+            " from a users file (create one with `dockyard users add NAME --htpasswd PATH`)"
+        )
     if auth.mode == "basic" and not auth.htpasswd:
         raise ConfigError(
             'auth.htpasswd: auth.mode = "basic" needs a users file (create one with'
@@ -188,6 +192,50 @@ def _validate_network_and_limits(s: Settings) -> None:
         raise ConfigError("rate_limits.max_buckets: must be at least 1000")
 
 
+def _validate_token(t: TokenSettings) -> None:
+    for alg in t.algorithms:
+        if alg not in TOKEN_ALGORITHMS:
+            raise ConfigError(
+                f"auth.token.algorithms: {alg!r} is not accepted (asymmetric signatures only:"
+                f" {', '.join(TOKEN_ALGORITHMS)})"
+            )
+    if not t.algorithms:
+        raise ConfigError("auth.token.algorithms: name at least one algorithm")
+    if not t.issuer or not t.audience:
+        raise ConfigError("auth.token.issuer and auth.token.audience: must not be empty")
+    if t.expiry < 1 or t.refresh_expiry < 1:
+        raise ConfigError("auth.token.expiry and auth.token.refresh_expiry: must be positive")
+    if t.leeway < 0:
+        raise ConfigError("auth.token.leeway: must not be negative")
+    if t.jwks_refresh < 1 or t.jwks_min_interval < 0:
+        raise ConfigError("auth.token.jwks_refresh must be positive, jwks_min_interval >= 0")
+    # Outside /v2/: a path under it would collide with the repository name grammar.
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", t.path) or t.path.startswith(("/v2/", "/v2")):
+        raise ConfigError(
+            f"auth.token.path: {t.path!r} must be an absolute path outside /v2 (e.g. /auth/token)"
+        )
+    if (
+        t.path in ("/healthz", "/readyz")
+        or t.path.startswith("/dashboard")
+        or t.path.endswith("/jwks.json")
+    ):
+        raise ConfigError(
+            f"auth.token.path: {t.path!r} is taken (health checks, the dashboard, the JWKS)"
+        )
+    if t.realm:
+        realm = urlsplit(t.realm)
+        if realm.scheme not in ("http", "https") or not realm.netloc or '"' in t.realm:
+            raise ConfigError(f"auth.token.realm: {t.realm!r} is not an http(s) URL")
+    jwks_url = t.jwks.startswith(("http://", "https://"))
+    if jwks_url and (not t.jwks.startswith("https://") or not urlsplit(t.jwks).hostname):
+        raise ConfigError(f"auth.token.jwks: {t.jwks!r}: give a file path or an https:// URL")
+    if not t.builtin and not t.jwks and not t.root_certificates:
+        raise ConfigError(
+            "auth.token: with builtin = false, set jwks or root_certificates (the external"
+            " issuer's keys); otherwise no token could be verified"
+        )
+
+
 def validate(s: Settings) -> None:
     if s.storage.driver not in STORAGE_DRIVERS:
         raise ConfigError(
@@ -230,3 +278,4 @@ def validate(s: Settings) -> None:
     _validate_network_and_limits(s)
     _validate_webhooks(s.webhooks)
     _validate_auth(s)
+    _validate_token(s.auth.token)

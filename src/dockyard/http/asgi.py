@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 from urllib.parse import parse_qs
 
@@ -47,7 +47,7 @@ from dockyard.http.request import (
     peer_address,
     scope_headers,
 )
-from dockyard.http.routing import Router, registry_routes
+from dockyard.http.routing import Route, Router, registry_routes
 from dockyard.http.websocket import no_endpoint
 
 log = logging.getLogger("dockyard.http")
@@ -101,6 +101,8 @@ class RegistryApp:
         self._on_shutdown = on_shutdown
         self._access = access
         self.web = web
+        # Paths outside /v2/ this app serves itself (the token service), see add_routes.
+        self._own_paths: set[str] = set()
         # Websocket endpoints by path (the event feed), added by the composition root.
         self.websockets: dict[str, Callable[[Scope_, Receive, Send], Awaitable[None]]] = {}
         health = Health(authorizer, ready, statistics, tickets)
@@ -117,11 +119,23 @@ class RegistryApp:
         # Bound once: the request path calls the router's method with no lookup between.
         self._dispatch = self.router.dispatch
 
+    def add_routes(self, routes: list[Route], paths: Iterable[str]) -> None:
+        """Serve ``routes`` at the exact ``paths`` outside /v2/ (the token service) in this
+        app rather than the web app; added by the composition root."""
+        self.router.routes[:0] = routes
+        self._own_paths.update(paths)
+
     # -- ASGI plumbing
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         web = self.web
-        if web is not None and scope["type"] != "lifespan" and not _is_registry_path(scope["path"]):
+        path = scope.get("path", "")
+        if (
+            web is not None
+            and scope["type"] != "lifespan"
+            and not _is_registry_path(path)
+            and path not in self._own_paths
+        ):
             await web(scope, receive, send)
             return
         if scope["type"] == "http":

@@ -42,6 +42,7 @@ from dockyard.http.handlers.blobs import Blobs
 from dockyard.http.handlers.health import Health
 from dockyard.http.handlers.listing import Listing
 from dockyard.http.handlers.manifests import Manifests
+from dockyard.http.handlers.token import TokenEndpoint
 from dockyard.http.handlers.uploads import Uploads
 from dockyard.http.request import Request, Response
 from dockyard.oci.names import is_valid_name
@@ -117,6 +118,27 @@ def registry_routes(
         ),
         (re.compile(r"/healthz"), {m: (health.healthz, public) for m in ("GET", "HEAD")}),
         (re.compile(r"/readyz"), {m: (health.readyz, public) for m in ("GET", "HEAD")}),
+    ]
+
+
+def jwks_path(token_path: str) -> str:
+    """The JWKS is served beside the token endpoint: /auth/token -> /auth/jwks.json."""
+    return token_path.rsplit("/", 1)[0] + "/jwks.json"
+
+
+def token_routes(endpoint: TokenEndpoint, path: str) -> list[Route]:
+    return [
+        (
+            re.compile(re.escape(path)),
+            {
+                "GET": (endpoint.get, registry_wide(PUBLIC)),
+                "POST": (endpoint.post, registry_wide(PUBLIC)),
+            },
+        ),
+        (
+            re.compile(re.escape(jwks_path(path))),
+            {m: (endpoint.jwks, registry_wide(PUBLIC)) for m in ("GET", "HEAD")},
+        ),
     ]
 
 

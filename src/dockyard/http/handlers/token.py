@@ -1,0 +1,179 @@
+"""The built-in token service's endpoint (distribution's token and OAuth2 specs) and JWKS.
+
+``GET <path>?service=&scope=&account=&offline_token=&client_id=`` with Basic credentials
+or none (anonymous) answers ``{"token", "access_token", "expires_in", "issued_at"}`` and,
+for ``offline_token=true``, a ``refresh_token``. ``POST <path>`` with a form body is the
+OAuth2 flavour: ``grant_type=password`` (username, password) or ``refresh_token``,
+with ``service``, ``client_id``, ``scope`` (space-separated) and ``access_type=offline``
+for a refresh token. Wrong credentials or a bad refresh token: 401. The JWKS of the
+signing key is served at ``<jwks path>`` for registries that verify these tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from dockyard.auth import ANONYMOUS, Identity
+from dockyard.auth.issuer import IssuedToken, RefreshTokenInvalid, TokenIssuer
+from dockyard.auth.scopes import ResourceScope, TooManyScopes, parse_scopes
+from dockyard.core import errors as err
+from dockyard.http.errors import Code, error_body
+from dockyard.http.request import Request, Response, json_response
+
+VerifyPassword = Callable[[str, str], Awaitable[bool]]
+
+_FORM = "application/x-www-form-urlencoded"
+_MAX_FORM_BYTES = 64 * 1024
+# RFC 6749 5.1: token answers must not be cached.
+_NO_STORE = [("cache-control", "no-store"), ("pragma", "no-cache")]
+
+
+def _issued_at(token: IssuedToken) -> str:
+    moment = datetime.datetime.fromtimestamp(token.issued_at, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """User and password of an ``Authorization: Basic`` header; None without one (or with
+    empty ones). Raises ParameterInvalid for a malformed one."""
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise err.ParameterInvalid("the token endpoint takes Basic credentials or none")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise err.ParameterInvalid("malformed Basic credentials") from None
+    user, sep, password = decoded.partition(":")
+    if sep and not user and not password:
+        # Empty credentials: what containers/image (skopeo, podman) sends when it has
+        # none. They mean anonymous.
+        return None
+    if not sep or not user:
+        raise err.ParameterInvalid("malformed Basic credentials")
+    return user, password
+
+
+class TokenEndpoint:
+    def __init__(
+        self,
+        issuer: TokenIssuer,
+        verify_password: VerifyPassword,
+        jwks: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.issuer = issuer
+        self._verify_password = verify_password
+        self._jwks = jwks
+
+    def _unauthorized(self, message: str) -> Response:
+        realm = self.issuer.service.replace("\\", "").replace('"', "")
+        body = error_body(Code.UNAUTHORIZED, message)
+        headers = [
+            ("content-type", "application/json"),
+            ("www-authenticate", f'Basic realm="{realm}"'),
+        ]
+        return Response(401, headers, body)
+
+    def _check_service(self, service: str | None) -> None:
+        if service and service != self.issuer.service:
+            raise err.ParameterInvalid(f"unknown service {service[:100]!r}")
+
+    def _scopes(self, values: list[str]) -> list[ResourceScope]:
+        try:
+            return parse_scopes(values)
+        except TooManyScopes as e:
+            raise err.ParameterInvalid(str(e)) from None
+
+    async def get(self, req: Request, p: dict[str, str]) -> Response:
+        self._check_service(req.arg("service"))
+        credentials = basic_credentials(req.headers.get("authorization"))
+        identity: Identity = ANONYMOUS
+        if credentials is not None:
+            user, password = credentials
+            if not await self._verify_password(user, password):
+                return self._unauthorized("invalid username or password")
+            identity = Identity(user)
+        account = req.arg("account")
+        if account and identity.name is not None and account != identity.name:
+            raise err.ParameterInvalid("account does not match the credentials")
+        offline = (req.arg("offline_token") or "").lower() == "true"
+        token = self.issuer.issue(identity, self._scopes(req.query.get("scope", [])), offline)
+        doc: dict[str, object] = {
+            "token": token.token,
+            "access_token": token.token,
+            "expires_in": token.expires_in,
+            "issued_at": _issued_at(token),
+        }
+        if token.refresh_token is not None:
+            doc["refresh_token"] = token.refresh_token
+        return json_response(200, doc, _NO_STORE)
+
+    async def post(self, req: Request, p: dict[str, str]) -> Response:
+        form = await self._form(req)
+
+        def field(name: str, required: bool = False) -> str:
+            values = form.get(name)
+            if not values or not values[0]:
+                if required:
+                    raise err.ParameterInvalid(f"{name} is required")
+                return ""
+            return values[0]
+
+        self._check_service(field("service"))
+        field("client_id", required=True)
+        grant_type = field("grant_type", required=True)
+        if grant_type == "password":
+            user, password = field("username", required=True), field("password")
+            if not await self._verify_password(user, password):
+                return self._unauthorized("invalid username or password")
+            identity = Identity(user)
+        elif grant_type == "refresh_token":
+            try:
+                identity = await self.issuer.redeem(field("refresh_token", required=True))
+            except RefreshTokenInvalid as e:
+                return self._unauthorized(str(e))
+        else:
+            raise err.ParameterInvalid(
+                f"unsupported grant_type {grant_type[:40]!r} (password, refresh_token)"
+            )
+        offline = field("access_type") == "offline"
+        token = self.issuer.issue(identity, self._scopes(form.get("scope", [])), offline)
+        doc: dict[str, object] = {
+            "access_token": token.token,
+            "token_type": "Bearer",
+            "expires_in": token.expires_in,
+            "issued_at": _issued_at(token),
+            "scope": " ".join(str(s) for s in token.access),
+        }
+        if token.refresh_token is not None:
+            doc["refresh_token"] = token.refresh_token
+        return json_response(200, doc, _NO_STORE)
+
+    async def _form(self, req: Request) -> dict[str, list[str]]:
+        media_type = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != _FORM:
+            raise err.ParameterInvalid(f"the token endpoint takes {_FORM} bodies")
+        length = req.content_length()
+        if length is not None and length > _MAX_FORM_BYTES:
+            raise err.SizeInvalid(f"form body over {_MAX_FORM_BYTES} bytes")
+        body = bytearray()
+        async for chunk in req.body():
+            body += chunk
+            if len(body) > _MAX_FORM_BYTES:
+                raise err.SizeInvalid(f"form body over {_MAX_FORM_BYTES} bytes")
+        try:
+            text = body.decode("utf-8")
+            return parse_qs(
+                text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=200
+            )
+        except (UnicodeDecodeError, ValueError):
+            raise err.ParameterInvalid("malformed form body") from None
+
+    async def jwks(self, req: Request, p: dict[str, str]) -> Response:
+        return json_response(200, self._jwks(), [("cache-control", "max-age=300")])
