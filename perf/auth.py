@@ -1,0 +1,177 @@
+"""What access control costs per request: manifest HEAD rate with auth off, basic and bearer.
+
+Three ``dockyard serve`` processes of the same build and worker count run at once, each on
+its own temporary data directory: ``auth.mode = "none"``, ``"basic"`` (a users file made by
+``dockyard users add``) and ``"token"`` (the built-in token service). Every HEAD of the
+basic run carries the user's password, every HEAD of the bearer run a token fetched once
+from the token service, so each request goes through verification (the credential cache
+or the token's signature) and the access rules. Runs alternate between the three, and
+the figures are medians over the repeats with ratios to "none" per repeat::
+
+    python -m perf.auth --repeats 5               # prints, and appends to perf/RESULTS.md
+    python -m perf.auth --repeats 1 --no-record   # a smoke run
+
+Setup pushes through an ``[[access]]`` rule that lets anonymous callers push and pull
+``perf/*`` (pushing is not what is measured); the measured HEADs still carry credentials,
+which are always verified when sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from perf import oci
+from perf.data import ACCEPT, blob, image
+from perf.httpclient import Connection
+from perf.procstat import cpu_seconds, process_tree
+from perf.rate import build_requests, run_py
+from perf.report import machine
+from perf.servers import Dockyard
+
+HERE = Path(__file__).resolve().parent
+USER, PASSWORD = "perf", "perf-password"
+REPO = "perf/rps"
+MODES = ("none", "basic", "token")
+
+
+def write_config(root: Path, mode: str) -> Path:
+    htpasswd = root / "htpasswd"
+    subprocess.run(
+        [sys.executable, "-m", "dockyard.cli", "users", "add", USER, "--password-stdin",
+         "--htpasswd", str(htpasswd)],
+        input=PASSWORD.encode(), check=True, capture_output=True,
+    )  # fmt: skip
+    lines = [f'[auth]\nmode = "{mode}"\nhtpasswd = {json.dumps(str(htpasswd))}\n']
+    if mode != "none":
+        lines.append(
+            '[[access]]\nusers = ["anonymous"]\nrepositories = ["perf/*"]\n'
+            'actions = ["pull", "push"]\n'
+            f'[[access]]\nusers = ["{USER}"]\nrepositories = ["*"]\nactions = ["*"]\n'
+        )
+    path = root / f"dockyard-{mode}.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def credentials(server: Dockyard, mode: str) -> list[tuple[str, str]]:
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    if mode == "none":
+        return []
+    if mode == "basic":
+        return [("authorization", f"Basic {basic}")]
+    with Connection("127.0.0.1", server.port) as conn:
+        target = f"/auth/token?service=dockyard&scope=repository:{REPO}:pull"
+        r = conn.request("GET", target, [("authorization", f"Basic {basic}")], keep_body=True)
+        if r.status != 200:
+            raise RuntimeError(f"token service answered {r.status}: {r.body!r}")
+        return [("authorization", f"Bearer {json.loads(bytes(r.body))['token']}")]
+
+
+def run(
+    repeats: int, duration: float, connections: int, workers: int
+) -> dict[str, list[dict[str, float]]]:
+    images = [image(f"rps-{i}", [blob(f"rps-{i}/layer", 1024)]) for i in range(16)]
+    servers: dict[str, Dockyard] = {}
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    try:
+        for mode in MODES:
+            server = Dockyard(workers=workers)
+            config = write_config(server.tmp, mode)
+            server.settings["DOCKYARD_CONFIG"] = str(config)
+            # Tokens must outlive the run (the default expiry is 5 minutes).
+            server.settings["DOCKYARD_AUTH_TOKEN_EXPIRY"] = "3600"
+            server.start()
+            servers[mode] = server
+            with Connection("127.0.0.1", server.port) as conn:
+                for i, im in enumerate(images):
+                    oci.push_image(conn, REPO, f"t{i}", im)
+        headers = {m: [("accept", ACCEPT), *credentials(servers[m], m)] for m in MODES}
+        targets = [f"/v2/{REPO}/manifests/t{i}" for i in range(len(images))]
+        for repeat in range(repeats):
+            order = MODES if repeat % 2 == 0 else tuple(reversed(MODES))
+            for mode in order:
+                server = servers[mode]
+                pids = process_tree([server.pid])
+                requests = build_requests("127.0.0.1", server.port, "HEAD", targets, headers[mode])
+                before = cpu_seconds(pids)
+                res = run_py(
+                    "127.0.0.1", server.port, requests, head=True, connections=connections,
+                    duration=duration, max_requests=1_000_000, procs=2,
+                )  # fmt: skip
+                cpu = cpu_seconds(pids) - before
+                done = res.ok + res.failed
+                figures = {
+                    "req_s": res.ok / res.elapsed,
+                    "failed": res.failed,
+                    "server_cpu_us_per_req": 1e6 * cpu / max(done, 1),
+                }
+                results[mode].append(figures)
+                print(
+                    f"  r{repeat} {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in figures.items())
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return results
+
+
+def table(results: dict[str, list[dict[str, float]]]) -> str:
+    rows = [
+        "| auth | req/s median [min-max] | server CPU-us/req median "
+        "| req/s ratio to none (median [per repeat]) | failed |",
+        "|---|---|---|---|---|",
+    ]
+    base = [r["req_s"] for r in results["none"]]
+    for mode in MODES:
+        rates = [r["req_s"] for r in results[mode]]
+        cpus = [r["server_cpu_us_per_req"] for r in results[mode]]
+        ratios = [a / b for a, b in zip(rates, base, strict=True)]
+        failed = sum(int(r["failed"]) for r in results[mode])
+        rows.append(
+            f"| {mode} | {statistics.median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}] "
+            f"| {statistics.median(cpus):.0f} | {statistics.median(ratios):.3f} "
+            f"[{', '.join(f'{x:.2f}' for x in ratios)}] | {failed} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
+    ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    started = dt.datetime.now(dt.UTC)
+    m = machine()
+    results = run(args.repeats, args.duration, args.connections, args.workers)
+    text = table(results)
+    print(text)
+    failed = sum(int(r["failed"]) for rs in results.values() for r in rs)
+    if args.record:
+        command = " ".join(["python -m perf.auth", *sys.argv[1:]])
+        section = (
+            f"\n## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`\n\n"
+            f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
+            f"Linux {m['kernel']}, Python {m['python']}; load average at start "
+            f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}.\n"
+            f"- Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
+            f"measurement, dockyard --workers {args.workers} per server, three servers "
+            "alternated (none, basic, token, then reversed); every basic HEAD carries the "
+            "password, every bearer HEAD a token.\n\n" + text + "\n"
+        )
+        with open(HERE / "RESULTS.md", "a") as f:
+            f.write(section)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
