@@ -38,7 +38,7 @@ from dockyard.auth.keys import (
 )
 from dockyard.auth.scopes import MAX_SCOPES, ResourceScope, TooManyScopes, parse_scopes
 from dockyard.auth.tokens import rules_grant
-from dockyard.auth.verifier import TokenInvalid, TokenVerifier
+from dockyard.auth.verifier import VERIFIED_SECONDS, TokenInvalid, TokenVerifier
 from dockyard.config import ConfigError, load
 from dockyard.config.model import TokenSettings
 from tests.jwks_server import JwksServer
@@ -655,3 +655,35 @@ def test_rules_grant_asks_the_rules_per_resource_type() -> None:
         "repository:team/app:pull",
         "registry:catalog:*",
     ]
+
+
+async def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    """The verifier keeps what it verified (the signature check is the costly part), but
+    never past the token's exp, nor past VERIFIED_SECONDS after a key leaves the ring."""
+    key = new_key()
+    ring = ring_of(key)
+    now = [time.time()]
+    verifier = TokenVerifier(
+        issuer=ISSUER,
+        audience=SERVICE,
+        algorithms=["ES256"],
+        leeway=0,
+        keys=ring,
+        clock=lambda: now[0],
+    )
+    asked = parse_scopes(["repository:team/app:pull"])
+    token = make_issuer(key, expiry=300).issue(Identity("alice"), asked).token
+    assert (await verifier.verify(token)).identity.name == "alice"
+    # The key leaves the ring: the remembered answer stands for a while, then not.
+    verifier.keys = ring_of()
+    assert (await verifier.verify(token)).identity.name == "alice"
+    now[0] += VERIFIED_SECONDS + 1
+    await refused(verifier, token, "")
+    # With the key back, an entry never outlives the token's exp.
+    verifier.keys = ring
+    now[0] = time.time()
+    short = make_issuer(key, expiry=30).issue(Identity("bob"), asked).token
+    assert (await verifier.verify(short)).identity.name == "bob"
+    now[0] += 31
+    verifier.keys = ring_of()
+    await refused(verifier, short, "")
