@@ -55,6 +55,10 @@ async def test_zero_byte_blob(client: httpx.AsyncClient) -> None:
         ("bytes=-10", 990, 999),
         ("bytes=990-5000", 990, 999),  # end past the blob is clamped
         ("bytes=-5000", 0, 999),  # suffix longer than the blob: the whole blob
+        # Numbers too large for 64 bits are out of range like any other.
+        ("bytes=990-" + "9" * 30, 990, 999),
+        ("bytes=-18446744073709551616", 0, 999),
+        ("bytes=-" + "9" * 5000, 0, 999),
     ],
 )
 async def test_range(client: httpx.AsyncClient, range_header: str, start: int, end: int) -> None:
@@ -70,7 +74,17 @@ async def test_range(client: httpx.AsyncClient, range_header: str, start: int, e
         assert r.content == (data[start : end + 1] if method == "GET" else b"")
 
 
-@pytest.mark.parametrize("range_header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0"])
+@pytest.mark.parametrize(
+    "range_header",
+    [
+        "bytes=1000-",
+        "bytes=5000-6000",
+        "bytes=-0",
+        "bytes=18446744073709551616-",  # 2**64
+        "bytes=" + "9" * 25 + "-" + "9" * 26,
+        "bytes=" + "9" * 5000 + "-",
+    ],
+)
 async def test_unsatisfiable_range(client: httpx.AsyncClient, range_header: str) -> None:
     data = random_blob(1000)
     digest = await push_blob(client, "ranged", data)
