@@ -103,12 +103,22 @@ async def test_tags_last_and_n_zero(client: httpx.AsyncClient) -> None:
     assert "link" not in r.headers
 
 
-@pytest.mark.parametrize("n", ["-1", "abc", "1.5", "0x10"])
+@pytest.mark.parametrize("n", ["-1", "abc", "1.5", "0x10", "²", "١٢"])
 async def test_tags_invalid_n(client: httpx.AsyncClient, n: str) -> None:
     await push_tags(client, "repo", ["a"])
     r = await client.get("/v2/repo/tags/list", params={"n": n})
     assert_bare(r, 400)
     assert_bare(await client.get("/v2/_catalog", params={"n": n}), 400)
+
+
+@pytest.mark.parametrize("n", ["18446744073709551616", "9" * 5000])
+async def test_huge_n_is_clamped_to_the_page_limit(client: httpx.AsyncClient, n: str) -> None:
+    await push_tags(client, "repo", ["a", "b"])
+    r = await client.get("/v2/repo/tags/list", params={"n": n})
+    assert r.status_code == 200, r.text
+    assert r.json()["tags"] == ["a", "b"]
+    r = await client.get("/v2/_catalog", params={"n": n})
+    assert r.status_code == 200 and r.json()["repositories"] == ["repo"]
 
 
 async def test_tags_of_repository_without_tags(client: httpx.AsyncClient) -> None:

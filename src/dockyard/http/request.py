@@ -236,8 +236,8 @@ class Page:
         raw_n = req.arg("n")
         if raw_n is None or raw_n == "":
             self.n = default
-        elif raw_n.isdigit():
-            self.n = min(int(raw_n), maximum)
+        elif raw_n.isascii() and raw_n.isdigit():  # not "²": str.isdigit takes it
+            self.n = min(_number(raw_n), maximum)
         else:
             raise err.PaginationInvalid(f"n must be a non-negative integer, not {raw_n[:20]!r}")
         self.last = req.arg("last")
