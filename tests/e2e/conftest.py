@@ -108,7 +108,11 @@ def server_events(server: DockyardServer) -> list[StoredEvent]:
 
 
 def _serve(root: Path, workers: int, env: dict[str, str] | None = None) -> Iterator[DockyardServer]:
-    server = DockyardServer(root / "data", workers=workers, env=env)
+    yield from serving(DockyardServer(root / "data", workers=workers, env=env))
+
+
+def serving(server: DockyardServer) -> Iterator[DockyardServer]:
+    """Run ``server`` for the caller's fixture; fail if it logged an unhandled error."""
     server.start()
     try:
         yield server

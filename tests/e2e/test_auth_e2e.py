@@ -43,17 +43,24 @@ def users_add(htpasswd: Path, name: str, password: str) -> None:
     assert done.returncode == 0, done.stderr.decode()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
-    root = tmp_path_factory.mktemp("dockyard-auth")
+def write_auth_config(root: Path, mode: str) -> Path:
+    """A users file of PASSWORDS (made by ``dockyard users add``) and a config with
+    ``auth.mode = mode`` and RULES; the config's path."""
     htpasswd = root / "htpasswd"
     for name, password in PASSWORDS.items():
         users_add(htpasswd, name, password)
     config = root / "dockyard.toml"
-    lines = ["[auth]", 'mode = "basic"', f"htpasswd = {json.dumps(str(htpasswd))}", ""]
+    lines = ["[auth]", f"mode = {json.dumps(mode)}", f"htpasswd = {json.dumps(str(htpasswd))}", ""]
     for rule in RULES:
         lines += ["[[access]]", *(f"{k} = {json.dumps(v)}" for k, v in rule.items()), ""]
     config.write_text("\n".join(lines))
+    return config
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    root = tmp_path_factory.mktemp("dockyard-auth")
+    config = write_auth_config(root, "basic")
     yield from _serve(root, workers=2, env={"DOCKYARD_CONFIG": str(config)})
 
 

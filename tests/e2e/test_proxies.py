@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_tls import access_log, logged_request, serve, skopeo
+from tests.e2e.conftest import serving
+from tests.e2e.test_tls import access_log, logged_request, skopeo
 from tests.imagegen import OCILayout, build_image, make_layer
 from tests.pki import ServerFiles, cert_dir, server_files
 from tests.serverproc import DockyardServer, free_port
@@ -52,7 +53,7 @@ def dockyard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServe
         "DOCKYARD_RATE_LIMITS_PULL_BURST": "60",
         "DOCKYARD_LOG_ACCESS": "true",
     }
-    yield from serve(DockyardServer(root / "data", env=env))
+    yield from serving(DockyardServer(root / "data", env=env))
 
 
 @pytest.fixture(scope="module")

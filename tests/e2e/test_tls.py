@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.e2e.conftest import TOOL_TIMEOUT
+from tests.e2e.conftest import TOOL_TIMEOUT, serving
 from tests.imagegen import OCILayout, build_image, make_layer
 from tests.pki import ServerFiles, cert_dir, client_cert, server_files, write_server_cert
 from tests.serverproc import DockyardServer
@@ -56,17 +56,6 @@ def tls_env(files: ServerFiles, client_auth: str = "none") -> dict[str, str]:
     }
 
 
-def serve(server: DockyardServer) -> Iterator[DockyardServer]:
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    text = server.log_path.read_text(errors="replace")
-    if "Traceback" in text:
-        pytest.fail(f"dockyard logged an unhandled error:\n{text[-8000:]}", pytrace=False)
-
-
 def access_log(server: DockyardServer) -> list[dict[str, object]]:
     marker = "dockyard.access "
     lines = server.log_path.read_text(errors="replace").splitlines()
@@ -91,7 +80,7 @@ def https_registry(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterat
         env=tls_env(pki.files, "optional"),
         ssl_context=pki.files.client_context(),
     )
-    yield from serve(server)
+    yield from serving(server)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +92,7 @@ def mtls_registry(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterato
         env={**tls_env(pki.files, "required"), "DOCKYARD_TLS_MIN_VERSION": "1.3"},
         ssl_context=pki.files.client_context(pki.alice),
     )
-    yield from serve(server)
+    yield from serving(server)
 
 
 # -- real clients verifying the certificate
@@ -230,7 +219,7 @@ def test_replaced_certificate_is_used_by_new_connections_only(
     server = DockyardServer(
         tmp_path / "data", workers=2, env=tls_env(old), ssl_context=old.client_context()
     )
-    for _ in serve(server):
+    for _ in serving(server):
         held = http.client.HTTPSConnection("127.0.0.1", server.port, context=old.client_context())
         held.request("GET", "/v2/")
         assert held.getresponse().read() == b"{}"
@@ -267,7 +256,7 @@ def test_sighup_restarts_workers_with_the_new_certificate(tmp_path: Path) -> Non
     old = server_files(tmp_path / "certs")
     env = {**tls_env(old), "DOCKYARD_TLS_RELOAD_INTERVAL": "0"}  # no file watch: SIGHUP only
     server = DockyardServer(tmp_path / "data", workers=2, env=env, ssl_context=old.client_context())
-    for _ in serve(server):
+    for _ in serving(server):
         assert server.proc is not None
         new_ca = trustme.CA()
         write_server_cert(new_ca.issue_cert("127.0.0.1"), old.cert, old.key)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Skopeo, _serve
-from tests.e2e.test_auth_e2e import PASSWORDS, RULES, creds, users_add
+from tests.e2e.test_auth_e2e import PASSWORDS, creds, write_auth_config
 from tests.imagegen import OCILayout, build_image, make_layer, random_layers
 from tests.serverproc import DockyardServer
 from tests.tools import require_tool
@@ -23,14 +23,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
     root = tmp_path_factory.mktemp("dockyard-token")
-    htpasswd = root / "htpasswd"
-    for name, password in PASSWORDS.items():
-        users_add(htpasswd, name, password)
-    config = root / "dockyard.toml"
-    lines = ["[auth]", 'mode = "token"', f"htpasswd = {json.dumps(str(htpasswd))}", ""]
-    for rule in RULES:
-        lines += ["[[access]]", *(f"{k} = {json.dumps(v)}" for k, v in rule.items()), ""]
-    config.write_text("\n".join(lines))
+    config = write_auth_config(root, "token")
     yield from _serve(
         root, workers=2, env={"DOCKYARD_CONFIG": str(config), "DOCKYARD_LOG_ACCESS": "true"}
     )
