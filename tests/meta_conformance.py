@@ -569,6 +569,10 @@ class MetaConformance:
             (k + 2, "b", "pull", 2, 120),
             (k + 2, "b", "push", 1, 7),
         ]
+        # Blobs of some repositories: l1 (in a and b) counts once.
+        assert store.blob_totals(["a", "b"]) == (2, 120)
+        assert store.blob_totals(["b", "c", "nothing"]) == (2, 103)
+        assert store.blob_totals([]) == (0, 0)
         top = store.stats(since=T0 + 60, bucket=60, repositories=1)
         assert [r.name for r in top.repositories] == ["c"]
         assert sorted((c.action, c.count) for c in top.by_bucket) == [("pull", 2), ("push", 1)]

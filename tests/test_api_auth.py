@@ -228,8 +228,10 @@ async def test_mount_needs_pull_on_the_source(
 async def test_stats_need_admin_and_show_what_may_be_pulled(
     services: Services, root: httpx.AsyncClient, alice: httpx.AsyncClient
 ) -> None:
+    shared = random_blob()
     for name in ("team/a", "team/b", "secret/c"):
         await push_image(root, name, "v1")
+        await push_blob(root, name, shared)
     assert_error(await alice.get("/v2/_dockyard/stats"), 403, "DENIED")
     r = await root.get("/v2/_dockyard/stats")
     assert r.status_code == 200
@@ -240,13 +242,17 @@ async def test_stats_need_admin_and_show_what_may_be_pulled(
     doc = r.json()
     assert sorted(x["name"] for x in doc["repositories"]) == ["team/a", "team/b"]
     assert doc["totals"]["repositories"] == 2 and doc["totals"]["tags"] == 2
+    # Blobs too: theirs only, each once (3 per image, and one shared by all three).
+    root_totals = (await root.get("/v2/_dockyard/stats")).json()["totals"]
+    assert (root_totals["blobs"], doc["totals"]["blobs"]) == (10, 7)
+    assert 0 < doc["totals"]["blob_bytes"] < root_totals["blob_bytes"]
     assert {t["repository"] for t in doc["activity"]["top"]} == {"team/a", "team/b"}
-    # The activity counts their events only: 2 images of 4 pushes (config, 2 layers,
-    # manifest) and their bytes, where root sees 3.
+    # The activity counts their events only: 2 repositories of 5 pushes (config, 2 layers,
+    # manifest, the shared blob) and their bytes, where root sees 3.
     everything = (await root.get("/v2/_dockyard/stats")).json()["activity"]
-    assert everything["actions"]["push"] == 12
-    assert doc["activity"]["actions"]["push"] == 8
-    assert sum(b["push"] for b in doc["activity"]["buckets"]) == 8
+    assert everything["actions"]["push"] == 15
+    assert doc["activity"]["actions"]["push"] == 10
+    assert sum(b["push"] for b in doc["activity"]["buckets"]) == 10
     assert 0 < doc["activity"]["bytes_in"] < everything["bytes_in"]
     assert sum(b["bytes_in"] for b in doc["activity"]["buckets"]) == doc["activity"]["bytes_in"]
 

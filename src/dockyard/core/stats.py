@@ -183,7 +183,9 @@ class Statistics:
             # Every repository (up to the maximum) and the activity per repository, so
             # the filter keeps enough and can count what it keeps.
             full = await self._snapshot(count, bucket, MAX_REPOSITORIES, detailed=True)
-            return filtered(full, visible, repositories)
+            shown = [r.name for r in full.repositories if visible(r.name)]
+            blobs = await self.db.run(self.db.meta.blob_totals, shown)
+            return filtered(full, visible, repositories, blobs)
         return await self._snapshot(count, bucket, repositories, detailed=False)
 
     async def _snapshot(
@@ -269,17 +271,20 @@ class _Activity:
         return ranked[:TOP_REPOSITORIES]
 
 
-def filtered(snap: Snapshot, visible: Callable[[str], bool], limit: int) -> Snapshot:
+def filtered(
+    snap: Snapshot, visible: Callable[[str], bool], limit: int, blobs: tuple[int, int]
+) -> Snapshot:
     """``snap`` (read with its ``detail``) as a caller who may see only some repositories
     sees it: the repository list and its totals, the activity and the most active
-    repositories count those alone. Blob totals stay registry-wide (blobs are shared
-    between repositories; the numbers name none)."""
+    repositories count those alone; ``blobs`` are the blob count and bytes of those
+    repositories (each blob once)."""
     shown = [r for r in snap.repositories if visible(r.name)]
-    totals = dataclasses.replace(
-        snap.totals,
+    totals = Totals(
         repositories=len(shown),
         tags=sum(r.tags for r in shown),
         manifests=sum(r.manifests for r in shown),
+        blobs=blobs[0],
+        blob_bytes=blobs[1],
     )
     activity = _Activity(snap.buckets[0].start // snap.bucket, len(snap.buckets), snap.bucket)
     for d in snap.detail:

@@ -168,6 +168,10 @@ class Statistics(Protocol):
         """Repositories, totals and event counts per action, read in one snapshot; with
         ``per_repository`` also per bucket and repository."""
 
+    def blob_totals(self, repositories: Sequence[str]) -> tuple[int, int]:
+        """The blobs linked into any of ``repositories`` and their bytes, each blob once
+        however many of them link it."""
+
 
 class Webhooks(Protocol):
     def webhook_init(self, names: Sequence[str]) -> None:

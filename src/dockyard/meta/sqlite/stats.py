@@ -4,7 +4,9 @@ counts cover exactly the events up to the snapshot's ``last_id``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Sequence
 
 from dockyard.meta.records import (
     ActivityCount,
@@ -120,3 +122,18 @@ class StatsStore(SQLiteCore):
             by_repository,
             detail,
         )
+
+    def blob_totals(self, repositories: Sequence[str]) -> tuple[int, int]:
+        # The names go in as one JSON array: no limit on SQL variables however many.
+        count, size = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*), COALESCE(SUM(bl.size), 0) FROM blobs bl WHERE bl.digest IN"
+                " (SELECT rb.digest FROM repository_blobs rb"
+                " JOIN repositories r ON r.id = rb.repository_id"
+                " WHERE r.name IN (SELECT value FROM json_each(?)))",
+                (json.dumps(list(repositories)),),
+            )
+            .fetchone()
+        )
+        return int(count), int(size)
