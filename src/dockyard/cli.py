@@ -110,7 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
     # busy instead, and a client notices a silent server by their absence.
     config.websocket_ping_interval = None
     config.accesslog = None
-    config.errorlog = "-"
+    # hypercorn logs through the logger configure_logging set up (a handler of its own,
+    # errorlog = "-", printed every line twice, once in each format).
+    config.errorlog = logging.getLogger("hypercorn.error")
     print(
         f"dockyard {__version__} serving on {'https' if settings.tls.cert else 'http'}://"
         f"{settings.server.host}:{settings.server.port}"

@@ -226,3 +226,16 @@ async def test_chunked_upload_moves_between_workers(registry2: DockyardServer) -
         served = [pid for pid in pids if pid is not None]
         assert len(served) >= len(pids) - 2, f"could not tell who served: {pids}"
         assert len(set(served)) == 2, f"every request went to one worker: {pids}"
+
+
+async def test_each_worker_logs_its_start_once(registry2: DockyardServer) -> None:
+    """hypercorn logs through dockyard's logging: one line per worker, in one format."""
+    started: list[str] = []
+    with trio.move_on_after(10):  # the second worker may still be starting
+        while len(started) < 2:
+            await trio.sleep(0.05)
+            started = [line for line in registry2.log().splitlines() if "Running on" in line]
+    await trio.sleep(0.2)  # a double would come at once
+    started = [line for line in registry2.log().splitlines() if "Running on" in line]
+    assert len(started) == 2, started
+    assert all(" INFO hypercorn.error " in line for line in started), started
