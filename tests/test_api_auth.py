@@ -290,7 +290,7 @@ async def test_every_route_names_its_scope(services: Services) -> None:
     """Every method of every route, the websocket feed and every web path has a scope;
     the ones anybody may use are exactly the health checks and the dashboard's files."""
     public: set[str] = set()
-    for pattern, methods in services.app.router.routes:
+    for pattern, methods, _kind in services.app.router.routes:
         assert methods, pattern.pattern
         for method, (_handler, need) in methods.items():
             scope = need.scope({"name": "some/repo"})

@@ -55,6 +55,7 @@ from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
+from dockyard.observability.access import log_access
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -235,7 +236,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         ready=ready,
         lifespan=lifespan,
         on_shutdown=shutdown,
-        access=settings.log.access,
+        observers=[log_access] if settings.log.access else [],
         statistics=Statistics(db, clock),
         web=build_web(),
         tickets=tickets,

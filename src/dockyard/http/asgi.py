@@ -11,7 +11,6 @@ and the web app.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -26,7 +25,7 @@ from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
-from dockyard.http.errors import INTERNAL, internal_error_body, render
+from dockyard.http.errors import INTERNAL, entry_for, internal_error_body, render
 from dockyard.http.guard import Guard, open_guard
 from dockyard.http.handlers.blobs import Blobs
 from dockyard.http.handlers.health import Health
@@ -49,9 +48,9 @@ from dockyard.http.request import (
 )
 from dockyard.http.routing import Route, Router, registry_routes
 from dockyard.http.websocket import no_endpoint
+from dockyard.observability.record import Observer, RequestRecord
 
 log = logging.getLogger("dockyard.http")
-access_log = logging.getLogger("dockyard.access")
 
 _API_VERSION_RAW = (API_VERSION[0].encode(), API_VERSION[1].encode())
 
@@ -85,7 +84,7 @@ class RegistryApp:
         ready: Callable[[], Awaitable[bool]],
         lifespan: Callable[[trio.Nursery], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
-        access: bool = False,
+        observers: Iterable[Observer] = (),
         statistics: Statistics | None = None,
         web: WebApp | None = None,
         tickets: FeedTickets | None = None,
@@ -99,7 +98,7 @@ class RegistryApp:
         self.authorizer = authorizer
         self._lifespan = lifespan
         self._on_shutdown = on_shutdown
-        self._access = access
+        self.observers = list(observers)
         self.web = web
         # Paths outside /v2/ this app serves itself (the token service), see add_routes.
         self._own_paths: set[str] = set()
@@ -181,10 +180,12 @@ class RegistryApp:
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
         body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        bytes_in = 0
 
         async def receive_tracked() -> Message:
-            nonlocal body_pending
+            nonlocal body_pending, bytes_in
             message = await receive()
+            bytes_in += len(message.get("body", b""))
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_pending = False
             return message
@@ -219,36 +220,55 @@ class RegistryApp:
                 INTERNAL.status,
                 [("content-type", "application/json")],
                 internal_error_body(request_id),
+                error_code=INTERNAL.code.value if INTERNAL.code else None,
             )
+        head = method == "HEAD"
         if not body_pending:
-            await self._send(send, response, head=method == "HEAD", request_id=request_id)
+            sent = await self._send(send, response, head, request_id)
         else:
             # An early answer (an error before the body was read). hypercorn queues only a
             # few body chunks and, once the response is sent, waits for room to post
             # http.disconnect: unless the rest is drained, the connection hangs for good.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(discard_body, receive_tracked)
-                await self._send(send, response, head=method == "HEAD", request_id=request_id)
-        if self._access:
-            access_log.info(
-                json.dumps(
-                    {
-                        "request": request_id,
-                        "method": method,
-                        "path": scope["path"][:512],
-                        "status": response.status,
-                        "ms": round((time.perf_counter() - started) * 1000, 3),
-                        "client": req.client,
-                        "user": req.identity.name if req.identity is not None else None,
-                    }
-                )
-            )
+                sent = await self._send(send, response, head, request_id)
+        if self.observers:
+            self._observe(req, response, sent, bytes_in, started)
+
+    def _observe(
+        self, req: Request, response: Response, sent: int, bytes_in: int, started: float
+    ) -> None:
+        duration = time.perf_counter() - started
+        record = RequestRecord(
+            request_id=req.info.id,
+            method=req.method,
+            path=req.path,
+            client=req.client,
+            user_agent=req.info.user_agent,
+            route=req.route,
+            repository=req.repository,
+            reference=req.reference,
+            user=req.identity.name if req.identity is not None else None,
+            status=response.status,
+            error_code=response.error_code,
+            bytes_in=bytes_in,
+            bytes_out=sent,
+            started=time.time() - duration,
+            duration=duration,
+        )
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:  # an observer's bug must not fail the request it watched
+                log.exception("request observer failed")
 
     def _error(self, e: err.RegistryError) -> Response:
         status, headers, body = render(e)
-        return Response(status, headers, body)
+        code = entry_for(e).code
+        return Response(status, headers, body, error_code=code.value if code else None)
 
-    async def _send(self, send: Send, response: Response, head: bool, request_id: str) -> None:
+    async def _send(self, send: Send, response: Response, head: bool, request_id: str) -> int:
+        """Send ``response``; the number of body bytes sent."""
         raw = [_API_VERSION_RAW, (b"x-request-id", request_id.encode())]
         raw += [(k.encode(), v.encode("latin-1")) for k, v in response.headers]
         if response.status not in (204, 304):
@@ -256,18 +276,21 @@ class RegistryApp:
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
         if head or response.status in (204, 304):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
+            return 0
         if response.stream is None:
             await send({"type": "http.response.body", "body": response.body, "more_body": False})
-            return
+            return len(response.body)
         # Hold one chunk back so the last one carries more_body=False: one ASGI message
         # (and h11 event) less per download, which counts for 1 MiB ranged GETs.
+        sent = 0
         held: bytes | None = None
         async for chunk in response.stream:
             if held is not None:
                 await send({"type": "http.response.body", "body": held, "more_body": True})
+                sent += len(held)
             held = chunk
         await send({"type": "http.response.body", "body": held or b"", "more_body": False})
+        return sent + len(held or b"")
 
 
 __all__ = ["RegistryApp", "WebApp"]

@@ -122,6 +122,10 @@ class Request:
     client: str
     info: RequestInfo
     identity: Identity | None = None
+    # Set by the router for the access log and metrics (observability/record.py).
+    route: str = ""
+    repository: str | None = None
+    reference: str | None = None
 
     def arg(self, key: str) -> str | None:
         values = self.query.get(key)
@@ -147,12 +151,14 @@ class Response:
         body: bytes = b"",
         stream: AsyncIterator[bytes] | None = None,
         length: int | None = None,
+        error_code: str | None = None,
     ) -> None:
         self.status = status
         self.headers = headers or []
         self.body = body
         self.stream = stream
         self.length = len(body) if length is None else length
+        self.error_code = error_code  # the OCI code of an error answer, for metrics and logs
 
 
 def json_response(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dockyard.auth import ADMIN, CATALOG, LOGIN, PUBLIC, Action, Scope
 from dockyard.core import errors as err
@@ -74,7 +75,13 @@ def registry_wide(scope: Scope) -> Need:
 
 
 Endpoint = tuple[Handler, Need]
-Route = tuple[re.Pattern[str], dict[str, Endpoint]]
+
+
+class Route(NamedTuple):
+    pattern: re.Pattern[str]
+    methods: dict[str, Endpoint]
+    # The route's class, recorded for the access log and metrics (a bounded label).
+    kind: str
 
 
 def registry_routes(
@@ -84,12 +91,20 @@ def registry_routes(
     pull, push, delete = on_repository("pull"), on_repository("push"), on_repository("delete")
     public, admin = registry_wide(PUBLIC), registry_wide(ADMIN)
     return [
-        (re.compile(r"/v2/?"), {m: (health.base, registry_wide(LOGIN)) for m in ("GET", "HEAD")}),
-        (re.compile(r"/v2/_catalog"), {"GET": (listing.catalog, registry_wide(CATALOG))}),
-        (re.compile(r"/v2/_dockyard/stats"), {"GET": (health.stats, admin)}),
-        (re.compile(r"/v2/_dockyard/ticket"), {"GET": (health.ticket, admin)}),
-        (re.compile(rf"/v2/{name}/tags/list"), {"GET": (listing.tags, pull)}),
-        (
+        Route(
+            re.compile(r"/v2/?"),
+            {m: (health.base, registry_wide(LOGIN)) for m in ("GET", "HEAD")},
+            "version",
+        ),
+        Route(
+            re.compile(r"/v2/_catalog"),
+            {"GET": (listing.catalog, registry_wide(CATALOG))},
+            "catalog",
+        ),
+        Route(re.compile(r"/v2/_dockyard/stats"), {"GET": (health.stats, admin)}, "dashboard"),
+        Route(re.compile(r"/v2/_dockyard/ticket"), {"GET": (health.ticket, admin)}, "dashboard"),
+        Route(re.compile(rf"/v2/{name}/tags/list"), {"GET": (listing.tags, pull)}, "tags"),
+        Route(
             re.compile(rf"/v2/{name}/manifests/(?P<reference>[^/]+)"),
             {
                 "GET": (manifests.get, pull),
@@ -97,13 +112,17 @@ def registry_routes(
                 "PUT": (manifests.put, push),
                 "DELETE": (manifests.delete, delete),
             },
+            "manifests",
         ),
-        (
+        Route(
             re.compile(rf"/v2/{name}/referrers/(?P<digest>[^/]+)"),
             {"GET": (listing.referrers, pull)},
+            "referrers",
         ),
-        (re.compile(rf"/v2/{name}/blobs/uploads/?"), {"POST": (uploads.start, push)}),
-        (
+        Route(
+            re.compile(rf"/v2/{name}/blobs/uploads/?"), {"POST": (uploads.start, push)}, "uploads"
+        ),
+        Route(
             re.compile(rf"/v2/{name}/blobs/uploads/(?P<upload>[^/]+)"),
             {
                 "GET": (uploads.status, push),
@@ -111,13 +130,21 @@ def registry_routes(
                 "PUT": (uploads.finish, push),
                 "DELETE": (uploads.cancel, push),
             },
+            "uploads",
         ),
-        (
+        Route(
             re.compile(rf"/v2/{name}/blobs/(?P<digest>[^/]+)"),
             {"GET": (blobs.get, pull), "HEAD": (blobs.get, pull), "DELETE": (blobs.delete, delete)},
+            "blobs",
         ),
-        (re.compile(r"/healthz"), {m: (health.healthz, public) for m in ("GET", "HEAD")}),
-        (re.compile(r"/readyz"), {m: (health.readyz, public) for m in ("GET", "HEAD")}),
+        Route(
+            re.compile(r"/healthz"),
+            {m: (health.healthz, public) for m in ("GET", "HEAD")},
+            "health",
+        ),
+        Route(
+            re.compile(r"/readyz"), {m: (health.readyz, public) for m in ("GET", "HEAD")}, "health"
+        ),
     ]
 
 
@@ -128,16 +155,18 @@ def jwks_path(token_path: str) -> str:
 
 def token_routes(endpoint: TokenEndpoint, path: str) -> list[Route]:
     return [
-        (
+        Route(
             re.compile(re.escape(path)),
             {
                 "GET": (endpoint.get, registry_wide(PUBLIC)),
                 "POST": (endpoint.post, registry_wide(PUBLIC)),
             },
+            "token",
         ),
-        (
+        Route(
             re.compile(re.escape(jwks_path(path))),
             {m: (endpoint.jwks, registry_wide(PUBLIC)) for m in ("GET", "HEAD")},
+            "token",
         ),
     ]
 
@@ -150,10 +179,11 @@ class Router:
     async def dispatch(self, req: Request) -> Response:
         """The handler's response; 404 or 405 without one. Raises core errors."""
         path = req.path
-        for pattern, methods in self.routes:
+        for pattern, methods, kind in self.routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
+            req.route = kind
             endpoint = methods.get(req.method)
             if endpoint is None:
                 allow = ", ".join(methods)
@@ -164,11 +194,14 @@ class Router:
                         METHOD_NOT_ALLOWED.code,
                         f"{req.method} is not supported here (allowed: {allow})",
                     ),
+                    error_code=METHOD_NOT_ALLOWED.code.value if METHOD_NOT_ALLOWED.code else None,
                 )
             params = match.groupdict()
             name = params.get("name")
             if name is not None and not is_valid_name(name):
                 raise err.NameInvalid(f"invalid repository name {name[:100]!r}")
+            req.repository = name
+            req.reference = params.get("reference") or params.get("digest")
             handler, need = endpoint
             await self.authorize(req, need.scope(params))
             return await handler(req, params)

@@ -1,0 +1,34 @@
+"""One served request as the observers see it: a leaf module, so the HTTP layer that
+fills it in and the observers that read it (access log, metrics) share it without
+importing one another."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    method: str
+    path: str
+    client: str
+    user_agent: str
+    # The route's class ("manifests", "blobs", "uploads", ... see http/routing.py), "" when
+    # no route matched; a bounded set, fit for a metric label.
+    route: str = ""
+    repository: str | None = None
+    reference: str | None = None  # the tag or digest of a manifest, blob or referrers route
+    user: str | None = None
+    status: int = 0
+    error_code: str | None = None  # the OCI error code of a 4xx/5xx JSON answer
+    bytes_in: int = 0  # request body bytes read
+    bytes_out: int = 0  # response body bytes sent (0 for HEAD)
+    started: float = 0.0  # wall clock, epoch seconds
+    duration: float = 0.0  # seconds, from the request's arrival to its last byte sent
+
+
+Observer = Callable[[RequestRecord], None]
+"""Called once per request after its response is sent; must be quick and never raise
+(it runs on the request's task)."""
