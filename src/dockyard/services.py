@@ -107,7 +107,8 @@ def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> 
         granted = tuple(
             (s.name, frozenset(s.actions)) for s in verified.access if s.type == "repository"
         )
-        return Identity(verified.identity.name, "token", granted)
+        registry = frozenset(s.name for s in verified.access if s.type == "registry")
+        return Identity(verified.identity.name, "token", granted, registry)
 
     return TokenAccessAuthorizer(
         rules,

@@ -120,7 +120,12 @@ class AccessAuthorizer:
         if scope.action == "login":
             allowed = not identity.anonymous
         elif scope.action == "catalog":
-            allowed = self.may(identity, None, "pull")
+            # A token needs the registry:catalog:* grant; other callers may list when
+            # there is something they may pull.
+            if identity.granted is not None:
+                allowed = "catalog" in identity.registry
+            else:
+                allowed = self.may(identity, None, "pull")
         else:
             allowed = self.may(identity, scope.repository, scope.action)
         if allowed:
