@@ -277,3 +277,18 @@ def test_x5c_chain_to_another_root_is_refused(x5c_setup: Setup, trusted_chain: C
     # And the trusted chain in full does (the same token otherwise).
     r = status_with(x5c_setup, x5c_setup.issuer.token("bob", PULL_TEAM_APP))
     assert r.status_code in (200, 404), r.text
+
+
+@pytest.mark.parametrize("name", ["team/*", "*", "team/ap?", "[t]eam/app"])
+def test_access_names_are_repository_names_not_globs(setup: Setup, name: str) -> None:
+    """The access claim names repositories (distribution's token spec); a name with glob
+    characters is no repository, so it grants nothing, whatever an issuer put in it."""
+    access = [{"type": "repository", "name": name, "actions": ["pull", "push"]}]
+    r = status_with(setup, setup.issuer.token("bob", access))
+    assert r.status_code == 401, r.text
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    r = httpx.post(
+        f"{setup.registry.url}/v2/team/app/blobs/uploads/",
+        headers={"authorization": f"Bearer {setup.issuer.token('bob', access)}"},
+    )
+    assert r.status_code == 401, r.text
