@@ -19,6 +19,8 @@ from dockyard.auth import Identity, Scope
 from dockyard.auth.keys import SigningKey
 from dockyard.auth.tokens import TokenAuth, TokenInvalid
 from dockyard.services import Services, build_token_auth, mount_token_endpoint
+from tests.authfixtures import ROOT_RULE, auth_settings
+from tests.authfixtures import basic as auth_basic
 from tests.conftest import assert_error, make_client, make_settings, open_services
 from tests.tokenkit import certificate_authority, grant, leaf, user_exists, verify_password
 
@@ -383,3 +385,24 @@ async def test_hostile_forms_are_answered_not_crashed(
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         assert r.json()["error"] in ("invalid_request", "invalid_grant"), r.text
+
+
+async def test_credentials_at_the_endpoint_of_a_token_mode_registry(tmp_path: Path) -> None:
+    """With auth.mode = "token" the router authenticates every request first; at the token
+    endpoint a refusal of the credentials is the endpoint's (a Basic challenge, RFC 6749
+    errors), not the registry's Bearer challenge pointing back at the endpoint itself."""
+    settings = auth_settings(tmp_path / "data", [ROOT_RULE], DOCKYARD_AUTH_MODE="token")
+    async with open_services(settings) as svc, make_client(svc) as c:
+        r = await c.get(TOKEN, headers=auth_basic("root", "wrong"))
+        assert_error(r, 401, "UNAUTHORIZED")
+        assert r.headers["www-authenticate"] == 'Basic realm="dockyard"'
+        r = await c.get(TOKEN, headers={"authorization": "Basic !!!"})
+        assert_oauth_error(r, 400, "invalid_request")
+        r = await c.get(TOKEN, headers={"authorization": "Bearer not.a.token"})
+        assert_oauth_error(r, 400, "invalid_request")
+        r = await c.get(TOKEN, params={"scope": "repository:a/b:pull"}, headers=auth_basic("root"))
+        assert_token_answer(r)
+        # Elsewhere the registry's own challenge is unchanged.
+        r = await c.get("/v2/", headers=auth_basic("root", "wrong"))
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith('Bearer realm="')
