@@ -198,6 +198,7 @@ def test_skopeo_logs_in_pushes_and_pulls(setup: Setup, layout: OCILayout, tmp_pa
     assert any(
         r["user"] == ("alice", PASSWORDS["alice"])
         and r.get("service") == [AUDIENCE]
+        and r.get("account") == ["alice"]
         and "repository:team/app:pull,push" in r.get("scope", [])
         for r in asked
     ), asked
