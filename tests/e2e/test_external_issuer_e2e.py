@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -28,7 +29,13 @@ from tests.external_issuer import ExternalIssuer
 from tests.imagegen import OCILayout, build_image, make_layer, random_layers
 from tests.jwks_server import JwksServer
 from tests.serverproc import DockyardServer
-from tests.tokenkit import certificate_authority, intermediate, leaf, server_certificate
+from tests.tokenkit import (
+    certificate_authority,
+    intermediate,
+    leaf,
+    server_certificate,
+    unsigned_token,
+)
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.e2e
@@ -48,6 +55,7 @@ PULL_TEAM_APP = [{"type": "repository", "name": "team/app", "actions": ["pull"]}
 class Setup:
     registry: DockyardServer
     issuer: ExternalIssuer
+    jwks: JwksServer | None = None
 
 
 def write_config(root: Path, realm: str, **token: str) -> Path:
@@ -94,7 +102,7 @@ def jwks_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         jwks.document = {"keys": [signing.jwk]}
         config = write_config(root, issuer.url, jwks=jwks.url, jwks_ca=str(root / "jwks-ca.pem"))
         for registry in run_registry(root, config):
-            yield Setup(registry, issuer)
+            yield Setup(registry, issuer, jwks)
 
 
 @dataclass
@@ -225,6 +233,8 @@ def test_issued_token_is_accepted(setup: Setup) -> None:
     """The baseline of the refusals below: the issuer's own token works."""
     r = status_with(setup, setup.issuer.token("bob", PULL_TEAM_APP))
     assert r.status_code in (200, 404), r.text  # 404 until the push test ran
+    if setup.jwks is not None:
+        assert setup.jwks.requests >= 1  # the key came from the JWKS URL
     r = status_with(setup, setup.issuer.token("bob", PULL_TEAM_APP), "/v2/other/app/tags/list")
     assert r.status_code == 401
     assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
@@ -257,9 +267,12 @@ def test_token_signed_by_another_key_is_refused(setup: Setup) -> None:
 
 
 def test_alg_none_and_embedded_jwk_are_refused(setup: Setup) -> None:
-    token = setup.issuer.token("bob", PULL_TEAM_APP)
-    head, body, _ = token.split(".")
-    assert_refused(status_with(setup, f"{head}.{body}."))
+    signed = setup.issuer.token("bob", PULL_TEAM_APP)
+    header = jwt.get_unverified_header(signed)
+    claims = jwt.decode(signed, options={"verify_signature": False})
+    assert_refused(status_with(setup, unsigned_token({**header, "alg": "none"}, claims)))
+    head, body, _ = signed.split(".")
+    assert_refused(status_with(setup, f"{head}.{body}."))  # ES256 with the signature cut off
     other = ec.generate_private_key(ec.SECP256R1())
     jwk = SigningKey.from_private(other).jwk
     token = setup.issuer.token("bob", PULL_TEAM_APP, key=other, headers={"jwk": jwk})
