@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Skopeo, serving
+from tests.e2e.conftest import Skopeo, server_events, serving
 from tests.e2e.containers_tools import INSECURE, ContainerStore
 from tests.e2e.test_auth_e2e import PASSWORDS, write_auth_config
 from tests.serverproc import DockyardServer
@@ -36,6 +36,10 @@ class AuthRegistry:
 
     def ref(self, repository_and_tag: str) -> str:
         return f"{self.server.host}/{repository_and_tag}"
+
+    def token_requests(self) -> int:
+        """How many requests the built-in token service has answered (the access log)."""
+        return self.server.log_path.read_text(errors="replace").count('"path": "/auth/token"')
 
     def tags(self, repository: str) -> list[str] | None:
         """The repository's tags as root sees them over HTTP; None if it does not exist."""
@@ -67,7 +71,8 @@ def registry_auth(
     mode: str = request.param
     root = tmp_path_factory.mktemp(f"dockyard-{mode}")
     config = write_auth_config(root, mode)
-    server = DockyardServer(root / "data", env={"DOCKYARD_CONFIG": str(config)})
+    env = {"DOCKYARD_CONFIG": str(config), "DOCKYARD_LOG_ACCESS": "true"}
+    server = DockyardServer(root / "data", env=env)
     for running in serving(server):
         yield AuthRegistry(running, mode)
 
@@ -177,8 +182,18 @@ def test_login_push_pull_logout(
     assert login(builder, tool, reg, authfile, "alice", PASSWORDS["alice"]) == 0
     assert logged_in_hosts(authfile) == [reg.server.host]
 
+    token_requests = reg.token_requests()
     push(builder, tool, reg, authfile, f"{repository}:v1", check=True)
+    # Through token auth the client fetched tokens (dockyard would take Basic there too).
+    assert (reg.token_requests() > token_requests) == (reg.mode == "token")
     assert reg.tags(repository) == ["v1"]
+    # The registry knew who pushed: the login reached it (as Basic, or inside a token).
+    pushers = {
+        event.body["actor"]["name"]
+        for event in server_events(reg.server)
+        if event.repository == repository and event.action == "push"
+    }
+    assert pushers == {"alice"}
 
     pull(puller, tool, reg, authfile, f"{repository}:v1", check=True)
     # The same image came back: its id is the digest of a config naming the layer's digest.
