@@ -132,11 +132,13 @@ class TokenAccessAuthorizer(AccessAuthorizer):
     async def authorize(self, caller: Caller, identity: Identity, scope: Scope) -> None:
         try:
             await super().authorize(caller, identity, scope)
-        except Forbidden as e:
+        except Forbidden:
             if identity.method != "token":
                 raise
+            # Not "alice may not push": the rules may allow it, only this token lacks it.
+            missing = f"the token does not grant {scope.action} {scope.repository or ''}"
             raise Unauthenticated(
-                str(e), self.tokens.challenge([scope], INSUFFICIENT_SCOPE)
+                missing.strip(), self.tokens.challenge([scope], INSUFFICIENT_SCOPE)
             ) from None
 
 
