@@ -131,10 +131,13 @@ class AccessAuthorizer:
 
     def may(self, identity: Identity, repository: str | None, action: str) -> bool:
         if identity.granted is not None:
-            return any(
-                action in actions and (repository is None or glob_matches(repository, name))
-                for name, actions in identity.granted
-            )
+            for name, actions in identity.granted:
+                # A valid repository name holds no glob characters: equal is a match.
+                if action in actions and (
+                    repository is None or name == repository or glob_matches(repository, name)
+                ):
+                    return True
+            return False
         return self.rules.allows(identity, repository, action)
 
     def sees_everything(self, identity: Identity) -> bool:

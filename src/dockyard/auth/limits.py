@@ -92,6 +92,10 @@ class RateLimiter:
         buckets = self._buckets.get(action_class)
         return None if buckets is None else buckets.take(key)
 
+    def limits(self, action_class: str) -> bool:
+        """Whether ``action_class`` is limited (else ``take`` always returns None)."""
+        return action_class in self._buckets
+
 
 class LoginLimiter:
     """Failed logins, limited per (client address, user) and, more loosely, per user.
