@@ -123,6 +123,8 @@ class LoginLimiter:
 
     def check(self, address: str, user: str) -> float | None:
         """Seconds to wait before ``user`` may try a password from ``address`` (None: now)."""
+        if not self._per_address and not self._per_user:
+            return None  # no failed login remembered (the usual case): nobody waits
         waits = [
             w
             for w in (self._per_address.wait(self._key(address, user)), self._per_user.wait(user))
