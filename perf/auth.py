@@ -65,13 +65,14 @@ def write_config(root: Path, mode: str) -> Path:
     return path
 
 
-def credentials(server: Dockyard, mode: str) -> list[tuple[str, str]]:
+def credentials(port: int, mode: str) -> list[tuple[str, str]]:
+    """The Authorization header every HEAD of ``mode`` carries (a token fetched now)."""
     basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     if mode == "none":
         return []
     if mode == "basic":
         return [("authorization", f"Basic {basic}")]
-    with Connection("127.0.0.1", server.port) as conn:
+    with Connection("127.0.0.1", port) as conn:
         target = f"/auth/token?service=dockyard&scope=repository:{REPO}:pull"
         r = conn.request("GET", target, [("authorization", f"Basic {basic}")], keep_body=True)
         if r.status != 200:
@@ -97,7 +98,7 @@ def run(
             with Connection("127.0.0.1", server.port) as conn:
                 for i, im in enumerate(images):
                     oci.push_image(conn, REPO, f"t{i}", im)
-        headers = {m: [("accept", ACCEPT), *credentials(servers[m], m)] for m in MODES}
+        headers = {m: [("accept", ACCEPT), *credentials(servers[m].port, m)] for m in MODES}
         targets = [f"/v2/{REPO}/manifests/t{i}" for i in range(len(images))]
         # Warm-up, not recorded: every worker's first credential check (a bcrypt of about
         # 0.25 s for basic, the signature for bearer) is start-up cost, not per request.

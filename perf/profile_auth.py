@@ -8,11 +8,15 @@ HEAD, token with a bearer token on every HEAD). Usage::
     python -m perf.profile_auth --count 20000              # CPU-us per HEAD, every mode
     python -m perf.profile_auth --mode token --profile 25  # cProfile's top functions
 
-On a shared machine CPU time is noisy; instruction counts are not. For those run one
-mode under callgrind twice with different counts and divide the difference::
+On a shared machine CPU time is noisy; instruction counts are not. ``--callgrind`` runs
+each mode twice under ``valgrind --tool=callgrind`` (``--count`` HEADs and a fifth of
+that) and prints the difference per HEAD. ``--served`` puts hypercorn back: the app is
+served on a loopback port by a child process (the one under callgrind, if asked), which
+one keep-alive connection from this process sends the HEADs to, so the counts are the
+whole server's per request, HTTP parsing included::
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        python -m perf.profile_auth --mode token --count 2000
+    python -m perf.profile_auth --callgrind --count 1000            # the app alone
+    python -m perf.profile_auth --callgrind --served --count 1000   # with hypercorn
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import cProfile
 import json
 import os
 import pstats
+import re
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +42,11 @@ import trio
 
 from dockyard.config import load
 from dockyard.services import build
-from perf.auth import MODES, PASSWORD, REPO, USER, write_config
+from perf import oci
+from perf.auth import MODES, PASSWORD, REPO, USER, credentials, write_config
 from perf.data import ACCEPT, blob, image
+from perf.httpclient import Connection
+from perf.servers import free_port
 
 Message = MutableMapping[str, Any]
 App = Callable[
@@ -85,7 +96,7 @@ async def call(
     return status, b"".join(parts)
 
 
-async def credentials(app: App, mode: str) -> list[tuple[str, str]]:
+async def app_credentials(app: App, mode: str) -> list[tuple[str, str]]:
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     if mode == "none":
         return []
@@ -116,7 +127,7 @@ async def measure(root: Path, mode: str, count: int, top: int) -> float:
             media = [("content-type", "application/vnd.oci.image.manifest.v1+json")]
             status, _ = await call(app, "PUT", f"/v2/{REPO}/manifests/t", media, im.manifest)
             assert status == 201, status
-            headers = [("accept", ACCEPT), *await credentials(app, mode)]
+            headers = [("accept", ACCEPT), *await app_credentials(app, mode)]
             target = f"/v2/{REPO}/manifests/t"
             status, _ = await call(app, "HEAD", target, headers)
             assert status == 200, f"{mode}: HEAD answered {status}"
@@ -140,21 +151,143 @@ async def measure(root: Path, mode: str, count: int, top: int) -> float:
     return 1e6 * cpu / max(count, 1)
 
 
+SERVED = """
+import sys, trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from dockyard.services import create_app
+
+config = Config()
+config.bind = [f"127.0.0.1:{sys.argv[1]}"]
+config.accesslog = None
+app = create_app()
+
+
+async def main() -> None:
+    stop = trio.Event()
+
+    async def watch_stdin() -> None:
+        await trio.to_thread.run_sync(sys.stdin.read)
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_stdin)
+        await serve(app, config, shutdown_trigger=stop.wait)
+        nursery.cancel_scope.cancel()
+
+
+trio.run(main)
+"""
+
+
+def serve_and_head(root: Path, mode: str, count: int, wrapper: list[str]) -> str:
+    """Serve ``mode`` from a child process (``wrapper`` in front: valgrind), send it
+    ``count`` HEADs on one keep-alive connection; the child's stderr."""
+    config = write_config(root, mode)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env |= {"DOCKYARD_CONFIG": str(config), "DOCKYARD_STORAGE_ROOT": str(root / "data")}
+    env |= {"DOCKYARD_LOG_LEVEL": "warning"}
+    log = (root / "server.log").open("w+b")
+    server = subprocess.Popen(
+        [*wrapper, sys.executable, "-c", SERVED, str(port)],
+        stdin=subprocess.PIPE,
+        stderr=log,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300  # slow under valgrind
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"{mode}: the server did not start") from None
+                time.sleep(0.1)
+        im = image("profile", [blob("profile/layer", 1024)])
+        with Connection("127.0.0.1", port) as conn:
+            oci.push_image(conn, REPO, "t", im)
+            headers = [("accept", ACCEPT), *credentials(port, mode)]
+            for _ in range(count + 1):  # the first checks the credential: start-up cost
+                r = conn.request("HEAD", f"/v2/{REPO}/manifests/t", headers)
+                if r.status != 200:
+                    raise RuntimeError(f"{mode}: HEAD answered {r.status}")
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()  # the server stops
+        server.wait(600)
+    with log:
+        log.seek(0)
+        return log.read().decode(errors="replace")
+
+
+def instructions(stderr: str) -> int:
+    match = re.search(r"Collected : (\d+)", stderr)
+    if match is None:
+        raise RuntimeError(f"no callgrind total in: {stderr[-2000:]}")
+    return int(match[1])
+
+
+def callgrind_per_head(tmp: Path, mode: str, count: int, served: bool) -> float:
+    """Instructions per HEAD: two runs, ``count`` and ``count // 5`` HEADs, differenced
+    (start-up, set-up and shut-down cancel out)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
+    wrapper = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    totals = []
+    for n in (count // 5, count):
+        root = tmp / f"{mode}-{n}"
+        root.mkdir()
+        if served:
+            stderr = serve_and_head(root, mode, n, wrapper)
+        else:
+            command = [sys.executable, "-m", "perf.profile_auth", "--mode", mode]
+            done = subprocess.run(
+                [*wrapper, *command, "--count", str(n)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            stderr = done.stderr
+        totals.append(instructions(stderr))
+    return (totals[1] - totals[0]) / (count - count // 5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, action="append", help="default: every mode")
     parser.add_argument("--count", type=int, default=5000, help="HEADs per mode")
     parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="print cProfile")
+    parser.add_argument("--callgrind", action="store_true", help="instructions per HEAD")
+    parser.add_argument("--served", action="store_true", help="through hypercorn and a socket")
     args = parser.parse_args(argv)
     for name in list(os.environ):
         if name.startswith("DOCKYARD_"):
             del os.environ[name]
     with tempfile.TemporaryDirectory(prefix="perf-profile-auth-") as tmp:
+        base: float | None = None
         for mode in args.mode or MODES:
             root = Path(tmp) / mode
             root.mkdir()
-            cpu = trio.run(measure, root, mode, args.count, args.profile)
-            print(f"{mode}: {cpu:.1f} CPU-us per HEAD ({args.count} HEADs)", flush=True)
+            if args.callgrind:
+                per_head = callgrind_per_head(root, mode, args.count, args.served)
+                base = per_head if base is None else base
+                print(
+                    f"{mode}: {per_head:.0f} instructions per HEAD "
+                    f"({per_head / base:.3f}x the first mode)",
+                    flush=True,
+                )
+            elif args.served:
+                started = time.monotonic()
+                serve_and_head(root, mode, args.count, [])
+                wall = 1e6 * (time.monotonic() - started) / args.count
+                print(f"{mode}: {wall:.0f} wall-us per HEAD, set-up included", flush=True)
+            else:
+                cpu = trio.run(measure, root, mode, args.count, args.profile)
+                print(f"{mode}: {cpu:.1f} CPU-us per HEAD ({args.count} HEADs)", flush=True)
     return 0
 
 
