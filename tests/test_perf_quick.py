@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from perf import feed, oci, report
+from perf import feed, oci, profile_auth, report
+from perf.auth import table as auth_table
 from perf.data import MiB, blob, image, streamed_blob
 from perf.httpclient import Connection, RepeatedBody, split_url
 from perf.load import run_tasks
@@ -426,3 +427,31 @@ def test_events_skip_a_registry_without_the_feed() -> None:
     assert cells[3:] == ["60 [40-120]", "not run", "-", "< 100", "met"], row
     assert "events (delivery, pulls-blob-full, pulls-get-tag-c16) not run against B" in table
     assert "no websocket event feed" in table
+
+
+def test_profile_auth_heads_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """perf.profile_auth serves authorized HEADs (it asserts 200 itself) in every mode."""
+    assert profile_auth.main(["--count", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["none", "basic", "token"]
+    assert all("CPU-us per HEAD (20 HEADs)" in line for line in lines)
+
+
+def test_auth_table_ratios() -> None:
+    def figures(rates: list[float], cpus: list[float]) -> list[dict[str, float]]:
+        return [
+            {"req_s": r, "failed": 0, "server_cpu_us_per_req": c}
+            for r, c in zip(rates, cpus, strict=True)
+        ]
+
+    text = auth_table(
+        {
+            "none": figures([100, 200, 300], [500, 400, 450]),
+            "basic": figures([50, 100, 150], [1000, 800, 900]),
+            "token": figures([90, 190, 240], [550, 400, 500]),
+        }
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert "| 0.500 [0.50, 0.50, 0.50] | 0.500 |" in rows["basic"]
+    # rate ratios 0.90, 0.95, 0.80 (median 0.90); CPU ratios 0.909, 1.0, 0.9 (median 0.909)
+    assert "| 0.900 [0.90, 0.95, 0.80] | 0.909 |" in rows["token"]

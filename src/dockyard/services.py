@@ -104,11 +104,7 @@ def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> 
             verified = await tokens.verify(token)
         except TokenInvalid as e:
             raise Unauthenticated(str(e), tokens.challenge(error=INVALID_TOKEN)) from None
-        granted = tuple(
-            (s.name, frozenset(s.actions)) for s in verified.access if s.type == "repository"
-        )
-        registry = frozenset(s.name for s in verified.access if s.type == "registry")
-        return Identity(verified.identity.name, "token", granted, registry)
+        return verified.bearer
 
     return TokenAccessAuthorizer(
         rules,

@@ -20,7 +20,6 @@ never cached. Concurrent checks of the same pair share one bcrypt run.
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import logging
 import os
@@ -182,7 +181,8 @@ class Users:
 
     def _cache_key(self, user: str, password: str) -> bytes:
         message = user.encode() + b"\0" + password.encode("utf-8", "surrogatepass")
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        # The one-shot form: hmac.new() builds a Python object per request.
+        return hmac.digest(self._key, message, "sha256")
 
     async def verify(self, user: str, password: str) -> bool:
         """Whether ``password`` is ``user``'s (bcrypt runs in a worker thread)."""

@@ -92,6 +92,10 @@ class RateLimiter:
         buckets = self._buckets.get(action_class)
         return None if buckets is None else buckets.take(key)
 
+    def limits(self, action_class: str) -> bool:
+        """Whether ``action_class`` is limited (else ``take`` always returns None)."""
+        return action_class in self._buckets
+
 
 class LoginLimiter:
     """Failed logins, limited per (client address, user) and, more loosely, per user.
@@ -119,6 +123,8 @@ class LoginLimiter:
 
     def check(self, address: str, user: str) -> float | None:
         """Seconds to wait before ``user`` may try a password from ``address`` (None: now)."""
+        if not self._per_address and not self._per_user:
+            return None  # no failed login remembered (the usual case): nobody waits
         waits = [
             w
             for w in (self._per_address.wait(self._key(address, user)), self._per_user.wait(user))

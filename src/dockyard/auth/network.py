@@ -150,6 +150,11 @@ class NetworkPolicy:
         rules = self._rules.get(action_class)
         return rules is None or rules.allows(client)
 
+    def restricts(self, action_class: str) -> bool:
+        """Whether ``action_class`` has an allow or deny list (else ``allows`` is True)."""
+        rules = self._rules.get(action_class)
+        return rules is not None and bool(rules.allow or rules.deny)
+
     @property
     def unrestricted(self) -> bool:
         return not any(r.allow or r.deny for r in self._rules.values())

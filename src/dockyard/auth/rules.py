@@ -44,30 +44,44 @@ class AccessRule:
         return ANY_USER in self.users or identity.name in self.users
 
 
+# Answers of allowed_actions remembered per AccessRules; beyond this many, all are dropped.
+ALLOWED_ENTRIES = 10_000
+
+
 class AccessRules:
+    """The rules of one configuration. They never change once built (the config file is
+    read at start-up), so what they allow is remembered per (user name, repository) for
+    as long as this object lives: every request asks, usually the same few questions."""
+
     def __init__(self, rules: Sequence[AccessRule]) -> None:
         self.rules = tuple(rules)
+        self._allowed: dict[tuple[str | None, str], frozenset[str]] = {}
 
     def _rules_for(self, identity: Identity) -> list[AccessRule]:
         return [r for r in self.rules if r.names(identity)]
 
     def allowed_actions(self, identity: Identity, repository: str) -> frozenset[str]:
         """Every action some rule lets ``identity`` do on ``repository``."""
+        # The rules see only the name (None: anonymous) of an identity (AccessRule.names).
+        key = (identity.name, repository)
+        cached = self._allowed.get(key)
+        if cached is not None:
+            return cached
         actions: set[str] = set()
         for rule in self._rules_for(identity):
             if any_glob_matches(repository, rule.repositories):
                 actions |= rule.actions
-        return frozenset(actions)
+        if len(self._allowed) >= ALLOWED_ENTRIES:
+            self._allowed.clear()
+        allowed = self._allowed[key] = frozenset(actions)
+        return allowed
 
     def allows(self, identity: Identity, repository: str | None, action: str) -> bool:
         """Whether ``identity`` may do ``action`` on ``repository``; with None, on at
         least one repository (the registry-wide scopes: catalog, admin)."""
-        for rule in self._rules_for(identity):
-            if action in rule.actions and (
-                repository is None or any_glob_matches(repository, rule.repositories)
-            ):
-                return True
-        return False
+        if repository is not None:
+            return action in self.allowed_actions(identity, repository)
+        return any(action in rule.actions for rule in self._rules_for(identity))
 
     def covers_all(self, identity: Identity, action: str) -> bool:
         """Whether a rule lets ``identity`` do ``action`` on every repository (``*``)."""

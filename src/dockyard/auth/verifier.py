@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import hashlib
 import time
 from collections import OrderedDict
@@ -53,6 +54,18 @@ class VerifiedToken:
 
     def allows(self, scope: Scope) -> bool:
         return covers(self.access, scope)
+
+    @functools.cached_property
+    def bearer(self) -> Identity:
+        """Who a request carrying this token is to the Authorizer: the subject, with the
+        token's repository grants in place of the rules and its registry-wide grants
+        ("catalog"). Built once per verified token (the verifier remembers the
+        VerifiedToken), not once per request."""
+        granted = tuple(
+            (s.name, frozenset(s.actions)) for s in self.access if s.type == "repository"
+        )
+        registry = frozenset(s.name for s in self.access if s.type == "registry")
+        return Identity(self.identity.name, "token", granted, registry)
 
 
 def key_fits(alg: str, key: PublicKey) -> bool:

@@ -32,6 +32,11 @@ class RequestInfo:
     method: str = ""
     actor: str | None = None
 
+    def with_actor(self, actor: str) -> RequestInfo:
+        # Called for every authenticated request: dataclasses.replace costs several times
+        # this one constructor call. tests/test_auth_cache.py keeps the fields in step.
+        return RequestInfo(self.id, self.addr, self.user_agent, self.method, actor)
+
 
 @dataclass(frozen=True, slots=True)
 class UploadStatus:

@@ -6,7 +6,6 @@ the handler runs; handlers that need a second scope (a mount's source) ask ``may
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from dockyard.auth import (
@@ -73,7 +72,7 @@ class Resource:
         self.guard.check(req.client, req.identity, action_class(scope))
         if known is None and req.identity.name is not None:
             # Events name who caused them (the actor of docs/events.md).
-            req.info = dataclasses.replace(req.info, actor=req.identity.name)
+            req.info = req.info.with_actor(req.identity.name)
 
     def pull_filter(self, req: Request) -> Callable[[str], bool] | None:
         """After ``authorize``: ``pull_filter`` of the caller."""
