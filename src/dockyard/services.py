@@ -48,6 +48,7 @@ from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.bodyrate import BodyPace
 from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
@@ -242,6 +243,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         tickets=tickets,
         guard=guard,
         client_user=client_user,
+        body_pace=BodyPace(
+            settings.server.min_body_rate,
+            settings.server.body_rate_window,
+            settings.server.body_timeout,
+        ),
     )
     hub = EventHub(db, settings.events.poll_interval)
     authorizer = app.authorizer

@@ -25,6 +25,7 @@ from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
+from dockyard.http.bodyrate import BodyPace, BodyTooSlow, PacedReceive
 from dockyard.http.errors import INTERNAL, entry_for, internal_error_body, render
 from dockyard.http.guard import Guard, open_guard
 from dockyard.http.handlers.blobs import Blobs
@@ -90,8 +91,11 @@ class RegistryApp:
         tickets: FeedTickets | None = None,
         guard: Guard | None = None,
         client_user: str | None = None,
+        body_pace: BodyPace | None = None,
     ) -> None:
         self.registry = registry
+        # The minimum pace of request bodies (http/bodyrate.py); None: unchecked.
+        self._body_pace = body_pace if body_pace is not None and body_pace.enabled else None
         self.guard = guard or open_guard()
         # Subject attribute naming the user of a verified client certificate (None: no mTLS).
         self._client_user = client_user
@@ -181,10 +185,13 @@ class RegistryApp:
         method = scope["method"]
         body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         bytes_in = 0
+        paced = receive
+        if body_pending and self._body_pace is not None:
+            paced = PacedReceive(receive, self._body_pace)
 
         async def receive_tracked() -> Message:
             nonlocal body_pending, bytes_in
-            message = await receive()
+            message = await paced()
             bytes_in += len(message.get("body", b""))
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_pending = False
@@ -214,6 +221,17 @@ class RegistryApp:
             response = self._error(e)
         except ClientDisconnected:
             return
+        except BodyTooSlow as e:
+            # What the body wrote is forgotten and an upload stays where it was (core
+            # aborts on any exception); no OCI code fits, so a bare 408.
+            log.warning(
+                "request body too slow, cut off: %s %s from %s: %s",
+                method,
+                scope["path"][:200],
+                client,
+                e,
+            )
+            response = Response(408, _close_headers(scope))
         except Exception:
             log.exception("unhandled error in %s %s", method, scope["path"][:200])
             response = Response(
@@ -291,6 +309,12 @@ class RegistryApp:
             held = chunk
         await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         return sent + len(held or b"")
+
+
+def _close_headers(scope: Scope_) -> list[tuple[str, str]]:
+    """Headers that make hypercorn close the connection after the response (HTTP/1 only:
+    HTTP/2 forbids the header, and ending the stream is enough there)."""
+    return [("connection", "close")] if scope.get("http_version", "1.1") < "2" else []
 
 
 __all__ = ["RegistryApp", "WebApp"]
