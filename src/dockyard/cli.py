@@ -102,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
     # http/edge.py bounds the whole request head (header_timeout), which hypercorn does not.
     config.read_timeout = settings.server.read_timeout or None
     config.h11_max_incomplete_size = settings.server.max_header_bytes
+    # HTTP/2: h2 refuses a larger decoded header block (a connection error).
+    config.h2_max_header_list_size = settings.server.max_header_bytes
     # Body chunks queued per request: with server.read_size this bounds memory per upload.
     config.max_app_queue_size = 4
     # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each

@@ -11,6 +11,7 @@ and the web app.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -92,8 +93,12 @@ class RegistryApp:
         guard: Guard | None = None,
         client_user: str | None = None,
         body_pace: BodyPace | None = None,
+        max_headers: int = 100,
     ) -> None:
         self.registry = registry
+        # Header fields a request may have: HTTP/1 heads are refused before this (edge.py),
+        # HTTP/2 requests here (h2 has no such limit).
+        self.max_headers = max_headers
         # The minimum pace of request bodies (http/bodyrate.py); None: unchecked.
         self._body_pace = body_pace if body_pace is not None and body_pace.enabled else None
         self.guard = guard or open_guard()
@@ -131,6 +136,9 @@ class RegistryApp:
     # -- ASGI plumbing
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(scope["headers"]) > self.max_headers:
+            await too_many_headers(send)
+            return
         web = self.web
         path = scope.get("path", "")
         if (
@@ -248,7 +256,7 @@ class RegistryApp:
             # few body chunks and, once the response is sent, waits for room to post
             # http.disconnect: unless the rest is drained, the connection hangs for good.
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(discard_body, receive_tracked)
+                nursery.start_soon(_drain, receive_tracked)
                 sent = await self._send(send, response, head, request_id)
         if self.observers:
             self._observe(req, response, sent, bytes_in, started)
@@ -309,6 +317,21 @@ class RegistryApp:
             held = chunk
         await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         return sent + len(held or b"")
+
+
+async def _drain(receive: Receive) -> None:
+    """Discard the rest of a body after an early answer; a body too slow even for that
+    is left (hypercorn closes an HTTP/1 connection whose request was not read whole)."""
+    with contextlib.suppress(BodyTooSlow):
+        await discard_body(receive)
+
+
+async def too_many_headers(send: Send) -> None:
+    """A bare 431: the request is not looked at further (no OCI code fits)."""
+    await send(
+        {"type": "http.response.start", "status": 431, "headers": [(b"content-length", b"0")]}
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _close_headers(scope: Scope_) -> list[tuple[str, str]]:
