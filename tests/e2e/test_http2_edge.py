@@ -9,6 +9,7 @@ HTTP/2 too. See docs/security.md "The HTTP edge".
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,7 @@ def h2_registry(
         "DOCKYARD_TLS_KEY": str(pki.key),
         "DOCKYARD_SERVER_MAX_HEADERS": "20",
         "DOCKYARD_SERVER_MAX_HEADER_BYTES": "4096",
+        "DOCKYARD_SERVER_BODY_TIMEOUT": "1.5",
     }
     root: Path = tmp_path_factory.mktemp("h2edge") / "data"
     yield from serving(DockyardServer(root, env=env, ssl_context=pki.client_context()))
@@ -98,6 +100,30 @@ def test_parallel_uploads_reset_mid_body(h2_registry: DockyardServer, pki: Serve
             future.result()
     assert "Traceback" not in h2_registry.log()
     assert "error inside hypercorn" not in h2_registry.log()
+
+
+def test_stalled_body_is_408_on_its_stream_only(
+    h2_registry: DockyardServer, pki: ServerFiles
+) -> None:
+    """Body pacing holds over HTTP/2: the stalled stream gets 408, the connection (and
+    the body the client sends after it) go on."""
+    client = H2Client(h2_registry.port, pki.client_context())
+    try:
+        r = httpx.post(f"{h2_registry.url}/v2/h2/stall/blobs/uploads/", verify=pki.client_context())
+        assert r.status_code == 202, r.text
+        location = r.headers["location"]
+        stream = client.request("PATCH", location, [("content-length", "1000")], end=False)
+        client.send_data(stream, b"x" * 100)
+        started = time.monotonic()
+        answer = client.wait(stream)
+        assert answer.status == 408, answer
+        assert 1.4 < time.monotonic() - started < 5
+        client.send_data(stream, b"x" * 900, end=True)  # too late: dropped
+        assert client.get(location).status == 204
+        assert dict(client.get(location).headers)[b"range"] == b"0-0"
+    finally:
+        client.close()
+    assert "request body too slow" in h2_registry.log()
 
 
 def test_too_many_header_fields_is_431(h2_registry: DockyardServer, pki: ServerFiles) -> None:
