@@ -111,6 +111,9 @@ def _serve(args: argparse.Namespace) -> int:
     # whole graceful_timeout). The event feed's own heartbeat messages keep connections
     # busy instead, and a client notices a silent server by their absence.
     config.websocket_ping_interval = None
+    # Clients send the event feed one small subscribe message; a larger websocket message
+    # is closed with 1009 rather than buffered (hypercorn's default allows 16 MiB).
+    config.websocket_max_message_size = 64 * 1024
     config.accesslog = None
     # hypercorn logs through the logger configure_logging set up (a handler of its own,
     # errorlog = "-", printed every line twice, once in each format).
