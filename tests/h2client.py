@@ -26,11 +26,14 @@ class H2Answer:
 class H2Client:
     """One HTTP/2 connection; ``answers`` collects what the server sent per stream."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, timeout: float = 10.0) -> None:
-        context.set_alpn_protocols(["h2"])
+    def __init__(self, port: int, context: ssl.SSLContext | None, timeout: float = 10.0) -> None:
+        """Over TLS with ALPN h2; without ``context``, cleartext with prior knowledge."""
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-        assert self.sock.selected_alpn_protocol() == "h2", "the server did not pick HTTP/2"
+        self.sock: socket.socket = raw
+        if context is not None:
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            assert self.sock.selected_alpn_protocol() == "h2", "the server did not pick HTTP/2"
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.initiate_connection()

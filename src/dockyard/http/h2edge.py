@@ -69,7 +69,8 @@ def _install_h2() -> None:
     protocol._dockyard_guarded = True  # type: ignore[attr-defined]
 
 
-def _install_connection_guard() -> None:
+def install_connection_guard() -> None:
+    """Wrap hypercorn's connection class (``hypercorn.trio.run.TCPServer``) in the guard."""
     import hypercorn.trio.run
 
     base: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
@@ -91,7 +92,7 @@ def _install_connection_guard() -> None:
 def install() -> None:
     """Guard hypercorn's HTTP/2 protocol and its connections in this worker (idempotent)."""
     _install_h2()
-    _install_connection_guard()
+    install_connection_guard()
 
 
 __all__ = ["StreamTable", "install"]
