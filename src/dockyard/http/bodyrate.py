@@ -8,10 +8,12 @@ ASGI receive of each request in ``http/asgi.py``; HTTP/1 and HTTP/2 alike).
 Two limits, each 0 to turn it off:
 
 - ``idle``: seconds one wait for the next chunk may last (a stalled body).
-- ``min_rate`` over ``window``: every ``min_rate * window`` bytes must arrive within
-  ``window`` seconds of the last such block, i.e. the body averages at least
-  ``min_rate`` bytes/s over any ``window``-second stretch (a trickle that keeps the
-  idle timer happy with a byte now and then).
+- ``min_rate`` over ``window``: the body may fall at most ``min_rate * window`` bytes
+  behind a steady ``min_rate`` (a leaky bucket of that size, drained at ``min_rate``
+  while the app waits and filled by the bytes that arrive; bytes sent ahead count up
+  to a window's worth). A body that stops is cut after one window; one trickling at a
+  tenth of the rate a little later; one at the rate or faster, in pieces of any size
+  at most a window apart, never.
 
 Only the time the app spends waiting for the client counts: while dockyard itself is
 busy (writing to storage, a database call), the body is not late.
@@ -52,15 +54,15 @@ class PacedReceive:
     def __init__(self, receive: Receive, pace: BodyPace) -> None:
         self._receive = receive
         self._pace = pace
-        self._block = pace.min_rate * pace.window  # bytes due per window
-        self._waited = 0.0  # seconds spent waiting since the last full block
-        self._bytes = 0  # bytes since the last full block
+        self._capacity = float(pace.min_rate * pace.window)
+        self._credit = self._capacity  # bytes the body may still fall behind
+        self._bytes = 0
         self.tripped = False
 
     def _timeout(self) -> float:
         timeout = self._pace.idle if self._pace.idle > 0 else math.inf
         if self._pace.min_rate > 0:
-            timeout = min(timeout, max(self._pace.window - self._waited, 0.0))
+            timeout = min(timeout, self._credit / self._pace.min_rate)
         return timeout
 
     async def __call__(self) -> Message:
@@ -76,16 +78,15 @@ class PacedReceive:
         if self._pace.idle > 0 and timeout >= self._pace.idle:
             raise BodyTooSlow(f"no body bytes for {self._pace.idle:g} s")
         raise BodyTooSlow(
-            f"{self._bytes} body bytes in {self._pace.window:g} s, "
-            f"under the minimum of {self._pace.min_rate} bytes/s"
+            f"{self._bytes} body bytes came too slowly, under the minimum of "
+            f"{self._pace.min_rate} bytes/s over {self._pace.window:g} s"
         )
 
     def _count(self, message: Message, waited: float) -> None:
-        self._waited += waited
-        self._bytes += len(message.get("body", b""))
-        if self._bytes >= self._block:
-            self._waited = 0.0
-            self._bytes = 0
+        size = len(message.get("body", b""))
+        self._bytes += size
+        drained = self._credit - self._pace.min_rate * waited
+        self._credit = min(max(drained, 0.0) + size, self._capacity)
 
 
 __all__ = ["BodyPace", "BodyTooSlow", "PacedReceive"]
