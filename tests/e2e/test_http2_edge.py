@@ -154,8 +154,9 @@ async def test_httpx_uploads_answered_early(h2_registry: DockyardServer, pki: Se
     assert "Traceback" not in h2_registry.log()
 
 
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-length"])
 def test_stalled_body_is_408_on_its_stream_only(
-    h2_impatient: DockyardServer, pki: ServerFiles
+    h2_impatient: DockyardServer, pki: ServerFiles, announced: bool
 ) -> None:
     """Body pacing holds over HTTP/2: the stalled stream gets 408, the connection (and
     the body the client sends after it) go on."""
@@ -166,7 +167,8 @@ def test_stalled_body_is_408_on_its_stream_only(
         )
         assert r.status_code == 202, r.text
         location = r.headers["location"]
-        stream = client.request("PATCH", location, [("content-length", "1000")], end=False)
+        length = [("content-length", "1000")] if announced else []
+        stream = client.request("PATCH", location, length, end=False)
         client.send_data(stream, b"x" * 100)
         started = time.monotonic()
         answer = client.wait(stream)

@@ -191,7 +191,13 @@ class RegistryApp:
         client = self.guard.proxies.client_address(peer_address(scope), headers)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
-        body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        # HTTP/2 has no Transfer-Encoding: a body without Content-Length is only known by
+        # its frames, so such a request counts as having one (an empty one ends at once).
+        body_pending = (
+            "transfer-encoding" in headers
+            or headers.get("content-length", "0") != "0"
+            or (scope.get("http_version") == "2" and "content-length" not in headers)
+        )
         bytes_in = 0
         paced = receive
         if body_pending and self._body_pace is not None:
