@@ -48,12 +48,14 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run
 
+    from dockyard.http import h2edge
     from dockyard.meta.sqlite import SQLiteMeta
     from dockyard.services import check_read_size_hook, configure_logging, instance_name
 
     settings = _settings(args)
     try:
         check_read_size_hook()  # before any worker starts (each would fail the same way)
+        h2edge.check_hooks()
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2

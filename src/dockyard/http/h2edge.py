@@ -19,6 +19,7 @@ larger header block as a connection error (GOAWAY). The count of header fields
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -48,6 +49,33 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in error.exceptions)
     return f"{type(error).__name__}: {error}"
+
+
+def check_hooks() -> None:
+    """Fail fast if hypercorn no longer has what ``install`` changes: a silently missing
+    hook would bring the worker-ending KeyError back. ``dockyard serve`` checks before it
+    starts workers, and each worker again when it installs them."""
+    from importlib.metadata import version
+
+    try:
+        import hypercorn.trio.run
+        from hypercorn.protocol.h2 import H2Protocol
+
+        server = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+        source = inspect.getsource(H2Protocol)
+        ok = (
+            inspect.iscoroutinefunction(server.run)
+            and "self.streams[event.stream_id]" in source
+            and "self.connection = h2.connection.H2Connection(" in source
+        )
+    except (ImportError, AttributeError, OSError, TypeError):
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"hypercorn {version('hypercorn')} is not the HTTP/2 protocol and connection "
+            "class dockyard.http.h2edge guards (H2Protocol.streams, trio TCPServer.run); "
+            "install the hypercorn version in constraints.txt or update dockyard.http.h2edge"
+        )
 
 
 def _install_h2() -> None:
@@ -91,8 +119,9 @@ def install_connection_guard() -> None:
 
 def install() -> None:
     """Guard hypercorn's HTTP/2 protocol and its connections in this worker (idempotent)."""
+    check_hooks()
     _install_h2()
     install_connection_guard()
 
 
-__all__ = ["StreamTable", "install"]
+__all__ = ["StreamTable", "check_hooks", "install", "install_connection_guard"]
