@@ -119,9 +119,9 @@ async def test_monolithic_post_wrong_digest(client: httpx.AsyncClient, settings_
     assert (await client.get("/v2/_catalog")).json() == {"repositories": []}
 
 
-@pytest.mark.parametrize("announced", [999, 1001, 0])
+@pytest.mark.parametrize("announced", ["999", "1001", "0", "1\u00b2", "+1000", "9" * 5000])
 async def test_monolithic_post_content_length_mismatch(
-    client: httpx.AsyncClient, settings_root: Path, announced: int
+    client: httpx.AsyncClient, settings_root: Path, announced: str
 ) -> None:
     data = random_blob(1000)
     digest = digest_of(data)
@@ -129,7 +129,7 @@ async def test_monolithic_post_content_length_mismatch(
         "/v2/mono/blobs/uploads/",
         params={"digest": digest},
         content=data,
-        headers={"content-length": str(announced)},
+        headers={b"content-length": announced.encode("latin-1")},
     )
     assert_error(r, 400, "SIZE_INVALID")
     await assert_not_stored(client, "mono", digest)
@@ -397,14 +397,30 @@ async def test_final_put_with_wrong_content_range(client: httpx.AsyncClient) -> 
         ("5-2", 416),
         # Too large for 64 bits: out of order like any other start past the offset.
         ("18446744073709551616-18446744073709551621", 416),
+        # Digits of other scripts are not numbers here (int() of "\u00b2" raised: a 500).
+        ("\u00b2-\u00b3", 400),
+        ("0-\u00b9", 400),
     ],
 )
 async def test_malformed_content_range(
     client: httpx.AsyncClient, content_range: str, status: int
 ) -> None:
     location = await start_upload(client, "bad")
-    r = await client.patch(location, content=b"abcdef", headers={"content-range": content_range})
+    # Latin-1, as a client's raw header bytes decode ("\u00b2" is the byte 0xb2).
+    headers = {b"content-range": content_range.encode("latin-1")}
+    r = await client.patch(location, content=b"abcdef", headers=headers)
     assert_error(r, status, "BLOB_UPLOAD_INVALID")
+    assert_upload_headers(await client.get(location), location, 0)
+
+
+@pytest.mark.parametrize("content_range", ["0-" + "9" * 5000, "9" * 5000 + "-" + "9" * 5001])
+async def test_content_range_of_thousands_of_digits(
+    client: httpx.AsyncClient, content_range: str
+) -> None:
+    # Far longer than the body announced: a size error, not int()'s digit limit (a 500).
+    location = await start_upload(client, "bad")
+    r = await client.patch(location, content=b"abcdef", headers={"content-range": content_range})
+    assert_error(r, 400, "SIZE_INVALID")
     assert_upload_headers(await client.get(location), location, 0)
 
 

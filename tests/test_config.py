@@ -266,6 +266,10 @@ def test_max_manifest_bytes_minimum_is_accepted() -> None:
         ({"DOCKYARD_LIMITS_DEFAULT_PAGE_SIZE": "20001"}, "limits.default_page_size"),
         ({"DOCKYARD_EVENTS_PULL_BUFFER": "0"}, "events.pull_buffer"),
         ({"DOCKYARD_LOG_LEVEL": "verbose"}, "log.level"),
+        ({"DOCKYARD_SERVER_MAX_HEADERS": "0"}, "server.max_headers"),
+        ({"DOCKYARD_SERVER_MIN_BODY_RATE": "-1"}, "server.min_body_rate"),
+        ({"DOCKYARD_SERVER_BODY_RATE_WINDOW": "0.5"}, "server.body_rate_window"),
+        ({"DOCKYARD_SERVER_BODY_TIMEOUT": "-1"}, "server.body_timeout"),
     ],
 )
 def test_out_of_range_values(environ: dict[str, str], key: str) -> None:

@@ -234,6 +234,12 @@ async def test_stats_count_repositories_and_activity(settings: Settings) -> None
         "window=-60",
         "bucket=1.5",
         "window=99999999999999999999",
+        # Digits of other scripts (int() of a superscript raised: a 500).
+        "window=%C2%B2",
+        "bucket=%D9%A3%D9%A0",
+        "repositories=%EF%BC%91",
+        "window=+60",
+        "window=%2060",
     ],
 )
 async def test_stats_parameters_are_checked(client: httpx.AsyncClient, query: str) -> None:

@@ -1,5 +1,6 @@
 """The socket read size dockyard sets in hypercorn (services.set_read_size) is a hypercorn
-module constant: start-up fails, naming the hypercorn version, if a release drops it."""
+module constant, and the HTTP/2 guard (http/h2edge.py) changes private hypercorn classes:
+start-up fails, naming the hypercorn version, if a release drops either."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hypercorn.trio.tcp_server
 import pytest
 
 from dockyard.cli import main
+from dockyard.http import h2edge
 from dockyard.services import check_read_size_hook, set_read_size
 
 
@@ -36,4 +38,23 @@ def test_a_hypercorn_without_it_stops_start_up(
     # `dockyard serve` says so before it touches the data directory or starts workers.
     assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
     assert "MAX_RECV" in capsys.readouterr().err
+    assert not (tmp_path / "dockyard.sqlite3").exists()
+
+
+def test_the_installed_hypercorn_has_what_the_http2_guard_changes() -> None:
+    h2edge.check_hooks()
+
+
+def test_a_hypercorn_without_it_stops_start_up_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hypercorn.trio.run
+
+    monkeypatch.delattr(hypercorn.trio.run, "TCPServer")
+    monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("DOCKYARD_SERVER_PORT", "0")
+    with pytest.raises(RuntimeError, match=f"hypercorn {version('hypercorn')} is not the HTTP/2"):
+        h2edge.check_hooks()
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
+    assert "dockyard.http.h2edge" in capsys.readouterr().err
     assert not (tmp_path / "dockyard.sqlite3").exists()

@@ -48,12 +48,14 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run
 
+    from dockyard.http import h2edge
     from dockyard.meta.sqlite import SQLiteMeta
     from dockyard.services import check_read_size_hook, configure_logging, instance_name
 
     settings = _settings(args)
     try:
         check_read_size_hook()  # before any worker starts (each would fail the same way)
+        h2edge.check_hooks()
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2
@@ -102,6 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
     # http/edge.py bounds the whole request head (header_timeout), which hypercorn does not.
     config.read_timeout = settings.server.read_timeout or None
     config.h11_max_incomplete_size = settings.server.max_header_bytes
+    # HTTP/2: h2 refuses a larger decoded header block (a connection error).
+    config.h2_max_header_list_size = settings.server.max_header_bytes
     # Body chunks queued per request: with server.read_size this bounds memory per upload.
     config.max_app_queue_size = 4
     # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each
@@ -109,6 +113,9 @@ def _serve(args: argparse.Namespace) -> int:
     # whole graceful_timeout). The event feed's own heartbeat messages keep connections
     # busy instead, and a client notices a silent server by their absence.
     config.websocket_ping_interval = None
+    # Clients send the event feed one small subscribe message; a larger websocket message
+    # is closed with 1009 rather than buffered (hypercorn's default allows 16 MiB).
+    config.websocket_max_message_size = 64 * 1024
     config.accesslog = None
     # hypercorn logs through the logger configure_logging set up (a handler of its own,
     # errorlog = "-", printed every line twice, once in each format).

@@ -46,8 +46,9 @@ from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
-from dockyard.http import edge
+from dockyard.http import edge, h2edge
 from dockyard.http.asgi import RegistryApp
+from dockyard.http.bodyrate import BodyPace
 from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
@@ -241,6 +242,12 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         tickets=tickets,
         guard=guard,
         client_user=client_user,
+        max_headers=settings.server.max_headers,
+        body_pace=BodyPace(
+            settings.server.min_body_rate,
+            settings.server.body_rate_window,
+            settings.server.body_timeout,
+        ),
     )
     hub = EventHub(db, settings.events.poll_interval)
     authorizer = app.authorizer
@@ -383,6 +390,12 @@ def create_app() -> RegistryApp:
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     configure_logging(settings)
     set_read_size(settings.server.read_size)
-    # Refuse ambiguous framing, invalid request lines and slow heads (http/edge.py).
-    edge.install(settings.server.header_timeout, settings.server.max_header_bytes)
+    # Refuse ambiguous framing, invalid request lines and slow or large heads (http/edge.py).
+    edge.install(
+        settings.server.header_timeout,
+        settings.server.max_header_bytes,
+        settings.server.max_headers,
+    )
+    # One connection's error inside hypercorn must not end the worker (http/h2edge.py).
+    h2edge.install()
     return build(settings).app

@@ -115,7 +115,11 @@ def test_valid_requests_are_served(registry: DockyardServer, host: bytes) -> Non
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
     root = tmp_path_factory.mktemp("edge") / "data"
-    env = {"DOCKYARD_SERVER_HEADER_TIMEOUT": "1.5", "DOCKYARD_SERVER_MAX_HEADER_BYTES": "4096"}
+    env = {
+        "DOCKYARD_SERVER_HEADER_TIMEOUT": "1.5",
+        "DOCKYARD_SERVER_MAX_HEADER_BYTES": "4096",
+        "DOCKYARD_SERVER_MAX_HEADERS": "20",
+    }
     with DockyardServer(root, env=env) as server:
         yield server
 
@@ -162,3 +166,19 @@ def test_silent_partial_head_is_cut_off(impatient: DockyardServer) -> None:
         except OSError:
             pass
     assert time.monotonic() - started < 12, "the silent client was held"
+
+
+def test_header_count_is_bounded(impatient: DockyardServer) -> None:
+    """More header lines than server.max_headers: 431 and closed, even when each is small
+    and the head is well under max_header_bytes."""
+    lines = b"".join(b"X-%d: v\r\n" % i for i in range(20))
+    statuses, closed = exchange(impatient, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+    assert statuses == [431], statuses
+    assert closed
+    # The same header repeated counts each time.
+    lines = b"Accept: */*\r\n" * 20
+    raw = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n" + SMUGGLED
+    assert exchange(impatient, raw) == ([431], True)
+    lines = b"".join(b"X-%d: v\r\n" % i for i in range(19))
+    raw = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n"
+    assert exchange(impatient, raw, wait=1.0)[0] == [200]

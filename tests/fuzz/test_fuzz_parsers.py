@@ -29,7 +29,13 @@ from dockyard.oci.manifest import ManifestError, parse_manifest
 from dockyard.oci.names import ReferenceError_, is_valid_name, parse_reference
 
 BIG = st.integers(min_value=-(2**70), max_value=2**70)
-NUMBERISH = st.one_of(BIG.map(str), st.text(alphabet="0123456789-+ ,*/=bytes", max_size=40))
+NUMBERISH = st.one_of(
+    BIG.map(str),
+    # With digits of other scripts (superscript, Arabic-Indic, full-width) and thousands
+    # of digits, which int() refuses.
+    st.text(alphabet="0123456789-+ \t,*/=bytes\u00b2\u00b9\u0663\u06f5\uff11", max_size=40),
+    st.integers(min_value=1, max_value=6000).map(lambda n: "7" * n),
+)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | BIG | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),

@@ -24,7 +24,7 @@ from tests.fuzz.app import App
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     with App(make_settings(tmp_path_factory.mktemp("fuzz") / "data")) as running:
         # Something to find: a repository with a blob, so routes get past "unknown".
-        params = {"digest": digest_of(b"fuzz")}
+        params = {"digest": KNOWN}
         r = running.request("POST", "/v2/known/blobs/uploads/", params=params, content=b"fuzz")
         assert r.status_code == 201, r.text
         yield running
@@ -39,14 +39,41 @@ def check(r: httpx.Response) -> None:
 
 
 DIGEST = "sha256:" + "0" * 64
+KNOWN = digest_of(b"fuzz")
 SEGMENT = st.text(max_size=60).map(lambda s: quote(s, safe="/:@")) | st.sampled_from(
     ["known", "a/b", "A", "a..b", "-x", "a" * 300, DIGEST, "sha256:", "sha512:00", "latest"]
 )
 BIG = st.integers(min_value=-(2**70), max_value=2**70).map(str)
-NUMBER = BIG | st.text(alphabet="0123456789-+ ,", max_size=30)
+# Digits int() or str.isdigit() take but no client means: superscripts, Arabic-Indic,
+# Extended Arabic-Indic, full-width.
+OTHER_DIGITS = "\u00b2\u00b3\u00b9\u0660\u0663\u0669\u06f0\u06f5\uff10\uff11\uff19"
+DIGITS = st.text(alphabet="0123456789" + OTHER_DIGITS, min_size=1, max_size=12)
+NUMBER = st.one_of(
+    BIG,
+    st.text(alphabet="0123456789-+ ,", max_size=30),
+    # A sign or whitespace around digits of any script.
+    st.builds(
+        "{0}{1}{2}{0}".format,
+        st.sampled_from(["", " ", "\t"]),
+        st.sampled_from(["", "+", "-"]),
+        DIGITS,
+    ),
+    # Thousands of digits (int() refuses more than 4300).
+    st.integers(min_value=1, max_value=6000).map(lambda n: "9" * n),
+)
 # Header values a client can send at all (httpx encodes them as ASCII).
 HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
 RANGE = st.builds(lambda a, b: f"bytes={a}-{b}", NUMBER, NUMBER) | HEADER_TEXT
+CONTENT_RANGE = st.builds(lambda a, b: f"{a}-{b}", NUMBER, NUMBER) | NUMBER
+
+
+def raw_header(value: str) -> bytes:
+    """The bytes a client sends: latin-1 where it can (the server decodes headers as
+    latin-1, so "\u00b2" arrives as itself), UTF-8 for the rest."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
 
 
 @given(
@@ -68,13 +95,18 @@ RANGE = st.builds(lambda a, b: f"bytes={a}-{b}", NUMBER, NUMBER) | HEADER_TEXT
     SEGMENT,
     st.dictionaries(
         st.sampled_from(["n", "last", "digest", "mount", "from", "tag", "artifactType", "window"]),
-        SEGMENT | BIG,
+        SEGMENT | NUMBER,
         max_size=3,
     ),
-    st.dictionaries(
-        st.sampled_from(["range", "content-range", "content-type", "accept"]),
-        RANGE | HEADER_TEXT,
-        max_size=3,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "range": RANGE,
+            "content-range": CONTENT_RANGE,
+            "content-length": NUMBER,
+            "content-type": HEADER_TEXT,
+            "accept": HEADER_TEXT,
+        },
     ),
     st.binary(max_size=200),
 )
@@ -90,7 +122,37 @@ def test_routes(
 ) -> None:
     url = template.format(n=name, r=reference)
     content = body if method in ("PUT", "PATCH", "POST") else None
-    check(app.request(method, url, params=params, headers=headers, content=content))
+    raw = {name: raw_header(value) for name, value in headers.items()}
+    check(app.request(method, url, params=params, headers=raw, content=content))
+
+
+@given(
+    st.sampled_from(["range", "content-range", "content-length", "post-length", "pages", "stats"]),
+    NUMBER,
+    NUMBER,
+)
+def test_numbers(app: App, where: str, a: str, b: str) -> None:
+    """Every number a client gives, where the request gets far enough to read it."""
+    if where == "range":
+        headers = {"range": raw_header(f"bytes={a}-{b}")}
+        check(app.request("GET", f"/v2/known/blobs/{KNOWN}", headers=headers))
+    elif where in ("content-range", "content-length"):
+        r = app.request("POST", "/v2/known/blobs/uploads/")
+        assert r.status_code == 202, r.text
+        value = f"{a}-{b}" if where == "content-range" else a
+        headers = {where: raw_header(value)}
+        check(app.request("PATCH", r.headers["location"], headers=headers, content=b"fuzz"))
+    elif where == "post-length":
+        headers = {"content-length": raw_header(a)}
+        params = {"digest": KNOWN}
+        url = "/v2/known/blobs/uploads/"
+        check(app.request("POST", url, params=params, headers=headers, content=b"fuzz"))
+    elif where == "pages":
+        for url in ("/v2/known/tags/list", "/v2/_catalog", f"/v2/known/referrers/{KNOWN}"):
+            check(app.request("GET", url, params={"n": a, "last": b}))
+    else:
+        params = {"window": a, "bucket": b, "repositories": a}
+        check(app.request("GET", "/v2/_dockyard/stats", params=params))
 
 
 JSON_DOCS = st.recursive(

@@ -44,6 +44,15 @@ class ServerSettings:
     # nothing for long stretches (the server sends the heartbeats).
     read_timeout: int = 0
     max_header_bytes: int = 16 * 1024
+    # Header lines a request may have (h11 and h2 have no such limit of their own).
+    max_headers: int = 100
+    # Request bodies (not websockets) may fall at most body_rate_window seconds' worth of
+    # min_body_rate bytes/s behind that rate, and no wait for the next chunk may last
+    # longer than body_timeout seconds; else 408 and the connection is closed (0 turns
+    # either off). Only time spent waiting for the client counts (http/bodyrate.py).
+    min_body_rate: int = 1024
+    body_rate_window: float = 30.0
+    body_timeout: float = 30.0
 
 
 @dataclass

@@ -252,6 +252,14 @@ def validate(s: Settings) -> None:
         raise ConfigError("server.read_timeout: must be between 0 (off) and 86400 seconds")
     if not 1024 <= s.server.max_header_bytes <= 1024 * 1024:
         raise ConfigError("server.max_header_bytes: must be between 1024 and 1048576 bytes")
+    if not 1 <= s.server.max_headers <= 10000:
+        raise ConfigError("server.max_headers: must be between 1 and 10000")
+    if not 0 <= s.server.min_body_rate <= 1024 * 1024 * 1024:
+        raise ConfigError("server.min_body_rate: must be between 0 (off) and 1073741824 bytes/s")
+    if not 1 <= s.server.body_rate_window <= 3600:
+        raise ConfigError("server.body_rate_window: must be between 1 and 3600 seconds")
+    if not 0 <= s.server.body_timeout <= 86400:
+        raise ConfigError("server.body_timeout: must be between 0 (off) and 86400 seconds")
     if s.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
     if s.database.threads < 1:

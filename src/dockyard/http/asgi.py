@@ -11,6 +11,7 @@ and the web app.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -25,6 +26,7 @@ from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
+from dockyard.http.bodyrate import BodyPace, BodyTooSlow, PacedReceive
 from dockyard.http.errors import INTERNAL, entry_for, internal_error_body, render
 from dockyard.http.guard import Guard, open_guard
 from dockyard.http.handlers.blobs import Blobs
@@ -90,8 +92,15 @@ class RegistryApp:
         tickets: FeedTickets | None = None,
         guard: Guard | None = None,
         client_user: str | None = None,
+        body_pace: BodyPace | None = None,
+        max_headers: int = 100,
     ) -> None:
         self.registry = registry
+        # Header fields a request may have: HTTP/1 heads are refused before this (edge.py),
+        # HTTP/2 requests here (h2 has no such limit).
+        self.max_headers = max_headers
+        # The minimum pace of request bodies (http/bodyrate.py); None: unchecked.
+        self._body_pace = body_pace if body_pace is not None and body_pace.enabled else None
         self.guard = guard or open_guard()
         # Subject attribute naming the user of a verified client certificate (None: no mTLS).
         self._client_user = client_user
@@ -127,6 +136,9 @@ class RegistryApp:
     # -- ASGI plumbing
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(scope["headers"]) > self.max_headers:
+            await too_many_headers(send)
+            return
         web = self.web
         path = scope.get("path", "")
         if (
@@ -179,12 +191,21 @@ class RegistryApp:
         client = self.guard.proxies.client_address(peer_address(scope), headers)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         method = scope["method"]
-        body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        # HTTP/2 has no Transfer-Encoding: a body without Content-Length is only known by
+        # its frames, so such a request counts as having one (an empty one ends at once).
+        body_pending = (
+            "transfer-encoding" in headers
+            or headers.get("content-length", "0") != "0"
+            or (scope.get("http_version") == "2" and "content-length" not in headers)
+        )
         bytes_in = 0
+        paced = receive
+        if body_pending and self._body_pace is not None:
+            paced = PacedReceive(receive, self._body_pace)
 
         async def receive_tracked() -> Message:
             nonlocal body_pending, bytes_in
-            message = await receive()
+            message = await paced()
             bytes_in += len(message.get("body", b""))
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_pending = False
@@ -214,6 +235,17 @@ class RegistryApp:
             response = self._error(e)
         except ClientDisconnected:
             return
+        except BodyTooSlow as e:
+            # What the body wrote is forgotten and an upload stays where it was (core
+            # aborts on any exception); no OCI code fits, so a bare 408.
+            log.warning(
+                "request body too slow, cut off: %s %s from %s: %s",
+                method,
+                scope["path"][:200],
+                client,
+                e,
+            )
+            response = Response(408, _close_headers(scope))
         except Exception:
             log.exception("unhandled error in %s %s", method, scope["path"][:200])
             response = Response(
@@ -230,7 +262,7 @@ class RegistryApp:
             # few body chunks and, once the response is sent, waits for room to post
             # http.disconnect: unless the rest is drained, the connection hangs for good.
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(discard_body, receive_tracked)
+                nursery.start_soon(_drain, receive_tracked)
                 sent = await self._send(send, response, head, request_id)
         if self.observers:
             self._observe(req, response, sent, bytes_in, started)
@@ -291,6 +323,27 @@ class RegistryApp:
             held = chunk
         await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         return sent + len(held or b"")
+
+
+async def _drain(receive: Receive) -> None:
+    """Discard the rest of a body after an early answer; a body too slow even for that
+    is left (hypercorn closes an HTTP/1 connection whose request was not read whole)."""
+    with contextlib.suppress(BodyTooSlow):
+        await discard_body(receive)
+
+
+async def too_many_headers(send: Send) -> None:
+    """A bare 431: the request is not looked at further (no OCI code fits)."""
+    await send(
+        {"type": "http.response.start", "status": 431, "headers": [(b"content-length", b"0")]}
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _close_headers(scope: Scope_) -> list[tuple[str, str]]:
+    """Headers that make hypercorn close the connection after the response (HTTP/1 only:
+    HTTP/2 forbids the header, and ending the stream is enough there)."""
+    return [("connection", "close")] if scope.get("http_version", "1.1") < "2" else []
 
 
 __all__ = ["RegistryApp", "WebApp"]

@@ -94,6 +94,8 @@ class StrictServerConnection(h11.Connection):
     # h11's max_incomplete_event_size only bounds a head still incomplete: one that
     # arrives whole in a single read passes at any size. This bounds every head.
     max_header_bytes = 16 * 1024
+    # h11 has no limit on the number of header lines (only on their bytes).
+    max_headers = 100
     _head_started: float | None = None
 
     def next_event(self) -> Any:
@@ -116,14 +118,19 @@ class StrictServerConnection(h11.Connection):
             self._head_started = None
             if head_length(raw_head) > self.max_header_bytes:
                 raise _refuse("request head too large", 431)
+            if len(event.headers) > self.max_headers:
+                raise _refuse("too many header fields", 431)
             return check_request(event, raw_head)
         return event
 
 
-def install(header_timeout: float = 10.0, max_header_bytes: int = 16 * 1024) -> None:
+def install(
+    header_timeout: float = 10.0, max_header_bytes: int = 16 * 1024, max_headers: int = 100
+) -> None:
     """Make hypercorn's HTTP/1 protocol use ``StrictServerConnection`` (once per process)."""
     StrictServerConnection.header_timeout = header_timeout
     StrictServerConnection.max_header_bytes = max_header_bytes
+    StrictServerConnection.max_headers = max_headers
     from hypercorn.protocol import h11 as hypercorn_h11
 
     protocol = hypercorn_h11.H11Protocol

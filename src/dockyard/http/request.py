@@ -138,9 +138,9 @@ class Request:
         raw = self.headers.get("content-length")
         if raw is None:
             return None
-        if not raw.isdigit():
+        if not _DIGITS.fullmatch(raw):
             raise err.SizeInvalid(f"bad Content-Length {raw[:40]!r}")
-        return int(raw)
+        return _number(raw)
 
 
 class Response:
@@ -180,6 +180,11 @@ def range_header(offset: int) -> str:
 _HUGE = 10**30
 
 
+# ASCII digits only: \d and str.isdigit take "\u00b2" and Arabic-Indic digits too, which
+# int() refuses or reads as numbers no client means.
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def _number(digits: str) -> int:
     digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) <= 30 else _HUGE
@@ -192,7 +197,7 @@ def parse_content_range(value: str | None) -> tuple[int, int] | None:
     text = value.strip()
     if text.startswith("bytes "):
         text = text[6:].split("/")[0]
-    match = re.fullmatch(r"(\d+)-(\d+)", text)
+    match = re.fullmatch(r"([0-9]+)-([0-9]+)", text)
     if not match:
         raise err.UploadInvalid(f"malformed Content-Range {value[:60]!r}")
     start, end = _number(match[1]), _number(match[2])
@@ -203,7 +208,7 @@ def parse_content_range(value: str | None) -> tuple[int, int] | None:
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
     """A single ``bytes=`` range as (start, length); None to ignore the header (RFC 9110)."""
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
+    match = re.fullmatch(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", value)
     if not match or (not match[1] and not match[2]):
         return None  # malformed or multi-range: serve the whole blob
     if not match[1]:  # suffix: the last n bytes

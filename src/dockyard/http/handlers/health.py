@@ -52,7 +52,8 @@ class Health(Resource):
             raw = req.arg(key)
             if raw is None or raw == "":
                 return default
-            if not raw.isdigit() or len(raw) > 9:
+            # isascii: str.isdigit takes digits int() refuses ("\u00b2").
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                 raise err.ParameterInvalid(f"{key} must be a whole number, not {raw[:20]!r}")
             return int(raw)
 

@@ -1,0 +1,127 @@
+"""The HTTP/2 edge and a guard around every hypercorn connection (both protocols).
+
+hypercorn 0.18's HTTP/2 protocol looks a stream up by id for each DATA frame, and drops
+the stream once the app has answered. A client still sending the body of a request that
+was answered early (an error before the body was read, a 408 for a slow body) thus
+raised ``KeyError`` inside hypercorn, which ended the worker process and every other
+connection it held (hypercorn issue 329; the fixes proposed upstream are not released).
+``install`` makes such frames go to a stream that drops them (their flow-control credit
+is still returned), and wraps each connection (``GuardedTCPServer``) so that an error
+inside hypercorn closes that connection with a log line instead of ending the worker.
+
+Header limits over HTTP/2: hypercorn's ``h2_max_header_list_size`` (``dockyard serve``
+sets it to ``server.max_header_bytes``) is advertised to clients but was never enforced
+(h2 applies a setting when the client acknowledges a change, and hypercorn sets it as
+the initial value); ``install`` gives it to h2's header decoder, which then refuses a
+larger header block as a connection error (GOAWAY). The count of header fields
+(``server.max_headers``) is checked by the app (``http/asgi.py``): 431 on that stream.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+log = logging.getLogger("dockyard.http")
+
+
+class _DroppedStream:
+    """Where the events of a stream hypercorn already closed go: nowhere."""
+
+    async def handle(self, event: object) -> None:
+        return None
+
+
+_DROPPED = _DroppedStream()
+
+
+class StreamTable(dict[int, Any]):
+    """hypercorn's ``H2Protocol.streams``: a lookup of a closed stream finds a stream that
+    drops the event (``in`` and iteration see only the open streams, as before)."""
+
+    def __missing__(self, stream_id: int) -> _DroppedStream:
+        return _DROPPED
+
+
+def _describe(error: BaseException) -> str:
+    """``KeyError: 1`` for an error, or for each error in a group."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in error.exceptions)
+    return f"{type(error).__name__}: {error}"
+
+
+def check_hooks() -> None:
+    """Fail fast if hypercorn no longer has what ``install`` changes: a silently missing
+    hook would bring the worker-ending KeyError back. ``dockyard serve`` checks before it
+    starts workers, and each worker again when it installs them."""
+    from importlib.metadata import version
+
+    try:
+        import hypercorn.trio.run
+        from hypercorn.protocol.h2 import H2Protocol
+
+        server = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+        source = inspect.getsource(H2Protocol)
+        ok = (
+            inspect.iscoroutinefunction(server.run)
+            and "self.streams[event.stream_id]" in source
+            and "self.connection = h2.connection.H2Connection(" in source
+        )
+    except (ImportError, AttributeError, OSError, TypeError):
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"hypercorn {version('hypercorn')} is not the HTTP/2 protocol and connection "
+            "class dockyard.http.h2edge guards (H2Protocol.streams, trio TCPServer.run); "
+            "install the hypercorn version in constraints.txt or update dockyard.http.h2edge"
+        )
+
+
+def _install_h2() -> None:
+    from hypercorn.protocol import h2 as hypercorn_h2
+
+    protocol = hypercorn_h2.H2Protocol
+    if getattr(protocol, "_dockyard_guarded", False):
+        return
+    original_init = protocol.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.streams = StreamTable()
+        # hypercorn passes its limit to h2 as an initial setting, which h2 only advertises:
+        # the decoder enforces a setting when the client acknowledges a change of it.
+        self.connection.decoder.max_header_list_size = self.config.h2_max_header_list_size
+
+    protocol.__init__ = init  # type: ignore[method-assign]
+    protocol._dockyard_guarded = True  # type: ignore[attr-defined]
+
+
+def install_connection_guard() -> None:
+    """Wrap hypercorn's connection class (``hypercorn.trio.run.TCPServer``) in the guard."""
+    import hypercorn.trio.run
+
+    base: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+    if getattr(base, "dockyard_guarded", False):
+        return
+
+    class GuardedTCPServer(base):  # type: ignore[misc]
+        dockyard_guarded = True
+
+        async def run(self) -> None:
+            try:
+                await super().run()  # closes the stream on the way out, whatever happened
+            except Exception as e:  # not Cancelled: a stopping worker must still stop
+                log.error("connection closed after an error inside hypercorn: %s", _describe(e))
+
+    setattr(hypercorn.trio.run, "TCPServer", GuardedTCPServer)  # noqa: B010
+
+
+def install() -> None:
+    """Guard hypercorn's HTTP/2 protocol and its connections in this worker (idempotent)."""
+    check_hooks()
+    _install_h2()
+    install_connection_guard()
+
+
+__all__ = ["StreamTable", "check_hooks", "install", "install_connection_guard"]

@@ -1,0 +1,58 @@
+"""An error inside hypercorn on one connection closes that connection only: the guard
+dockyard wraps around hypercorn's connections (``http/h2edge.py``) logs it, and the
+worker (here: the test's own hypercorn) goes on serving its other connections.
+
+The error is hypercorn 0.18's own KeyError for HTTP/2 data on a stream it already
+closed, with only the guard installed (``dockyard serve`` also installs the fix for that
+error, tested in tests/e2e/test_http2_edge.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hypercorn.trio.run
+import pytest
+import trio
+
+from dockyard.http import h2edge
+from tests.feedclient import Message, Receive, Send, serve_app
+from tests.h2client import H2Client
+
+
+async def answer_at_once(scope: Message, receive: Receive, send: Send) -> None:
+    """Answers 404 without reading the request body (an early error answer)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def test_one_connections_error_closes_only_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Restored after the test: the guard is installed on hypercorn's module.
+    original = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - not exported
+    monkeypatch.setattr(hypercorn.trio.run, "TCPServer", original)
+    h2edge.install_connection_guard()
+    caplog.set_level(logging.ERROR, logger="dockyard.http")
+    async with serve_app(answer_at_once) as server:
+
+        def run() -> None:
+            clients = [H2Client(server.port, None) for _ in range(3)]
+            bystander, faulty, later = clients
+            try:
+                assert bystander.get("/").status == 404
+                stream = faulty.request("PUT", "/", end=False)
+                assert faulty.wait(stream).status == 404
+                faulty.send_data(stream, b"x" * 1000)  # its stream is closed: KeyError
+                while faulty.read():
+                    pass  # the guard closes this connection
+                assert bystander.get("/").status == 404  # the server serves on
+                assert later.get("/").status == 404
+            finally:
+                for client in clients:
+                    client.close()
+
+        await trio.to_thread.run_sync(run)
+    assert "connection closed after an error inside hypercorn: KeyError" in caplog.text
