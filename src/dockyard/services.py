@@ -50,12 +50,17 @@ from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
+from dockyard.http.handlers.metrics import MetricsEndpoint
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
-from dockyard.http.routing import jwks_path, token_routes
+from dockyard.http.routing import jwks_path, metrics_routes, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.observability.access import log_access
+from dockyard.observability.exposition import CONTENT_TYPE, Exporter, forget_process
+from dockyard.observability.metrics import RegistryMetrics
+from dockyard.observability.sampler import Sampler
+from dockyard.observability.storage import TimedStore
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -155,6 +160,7 @@ class Services:
     hub: EventHub
     app: RegistryApp
     webhooks: WebhookDeliverer | None = None
+    sampler: Sampler | None = None
 
     async def ready(self) -> bool:
         try:
@@ -172,6 +178,8 @@ class Services:
         if self.webhooks is not None:
             await nursery.start(self.webhooks.run)
         await nursery.start(self.pulls.run)
+        if self.sampler is not None:
+            await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
 
     async def stop(self) -> None:
@@ -181,6 +189,8 @@ class Services:
             await self.pulls.wait_finished()
         self.meta.on_events_committed = None
         await self.storage.aclose()
+        if self.sampler is not None:
+            forget_process()  # this worker's live gauges go; its counters still count
 
     async def _janitor(self) -> None:
         while True:
@@ -196,8 +206,11 @@ class Services:
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout, clock)
     meta.migrate()
-    db = Database(meta, settings.database.threads)
+    metrics = RegistryMetrics() if settings.metrics.enabled else None
+    db = Database(meta, settings.database.threads, metrics.database_timer() if metrics else None)
     storage = build_storage(settings)
+    if metrics is not None:
+        storage = TimedStore(storage, metrics)
     pulls = PullEventWriter(
         db,
         settings.events.pull_buffer,
@@ -236,7 +249,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         ready=ready,
         lifespan=lifespan,
         on_shutdown=shutdown,
-        observers=[log_access] if settings.log.access else [],
+        observers=[
+            *([log_access] if settings.log.access else []),
+            *([metrics.observe] if metrics else []),
+        ],
         statistics=Statistics(db, clock),
         web=build_web(),
         tickets=tickets,
@@ -271,7 +287,29 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             base_url=settings.base_url,
             lease_seconds=settings.events.webhook_lease_seconds,
         )
+    if metrics is not None:
+        mount_metrics(services, metrics)
     return services
+
+
+def mount_metrics(services: Services, metrics: RegistryMetrics) -> None:
+    """Serve metrics.path (on its own listener if metrics.listen is set) and sample the
+    background parts' counters."""
+    settings, app = services.settings, services.app
+    exporter = Exporter(metrics, services.db, settings.metrics.inventory_cache)
+    path = settings.metrics.path
+    app.add_routes(metrics_routes(MetricsEndpoint(exporter.render, CONTENT_TYPE), path), [path])
+    if settings.metrics.listen:
+        app.metrics_port = int(settings.metrics.listen.rpartition(":")[2])
+        app.metrics_path = path
+    services.sampler = Sampler(
+        metrics,
+        services.hub,
+        services.pulls,
+        lambda: services.webhooks,
+        settings.server.workers,
+        [hook.name for hook in settings.webhooks],
+    )
 
 
 def build_token_auth(
