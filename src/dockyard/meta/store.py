@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import trio
 
 from dockyard.meta.records import (
+    Conflict,
     Event,
     InventoryRecord,
     ManifestRecord,
@@ -240,8 +241,9 @@ class MetadataStore(
     """Everything dockyard keeps besides blob bytes, in one transactional store."""
 
 
-CallTimer = Callable[[str, float], None]
-"""Told each call's name and seconds taken, failed or not (the metrics' database latency)."""
+CallTimer = Callable[[str, float, bool], None]
+"""Told each call's name, the seconds it took and whether it failed (an exception other
+than ``Conflict``, which is an answer): the metrics' database latency and errors."""
 
 
 class Database:
@@ -259,12 +261,18 @@ class Database:
                 lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
             )
         started = time.perf_counter()
+        failed = False
         try:
             return await trio.to_thread.run_sync(
                 lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
             )
+        except Conflict:
+            raise
+        except Exception:
+            failed = True
+            raise
         finally:
-            timer(getattr(fn, "__name__", "other"), time.perf_counter() - started)
+            timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A point read (one indexed lookup) run right here on the event loop thread.
@@ -283,6 +291,10 @@ class Database:
                 result = fn(*args, **kwargs)
         except StoreBusy:
             return await self.run(fn, *args, **kwargs)
+        except Exception as e:
+            if timer is not None and not isinstance(e, Conflict):
+                timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, True)
+            raise
         if timer is not None:
-            timer(getattr(fn, "__name__", "other"), time.perf_counter() - started)
+            timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, False)
         return result

@@ -138,6 +138,10 @@ class RegistryMetrics:
             buckets=CALL_BUCKETS,
             registry=reg,
         )
+        self.db_errors = counter(
+            "dockyard_database_errors_total",
+            "Metadata store calls that failed (a conflict is an answer, not a failure).",
+        )
         self.storage_calls = Histogram(
             "dockyard_storage_operation_duration_seconds",
             "Storage driver operations, by operation (reads: the whole stream).",
@@ -199,6 +203,10 @@ class RegistryMetrics:
             "dockyard_workers_configured", "Worker processes configured (server.workers).", "max"
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        # Series the alerts divide by or compare exist from the start, at 0.
+        for op in (*_OPERATIONS.values(), "mount", "blob_upload_start"):
+            for result in ("success", "client_error", "server_error"):
+                self._child(self.requests, op, result)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, kept: labels() costs more than the increment."""
@@ -228,15 +236,17 @@ class RegistryMetrics:
         elif status == 201 and op == "mount":
             child(self.dedupe, "mount").inc()
 
-    def database_timer(self) -> Callable[[str, float], None]:
+    def database_timer(self) -> Callable[[str, float, bool], None]:
         """The Database's call timer (meta/store.py)."""
         children: dict[str, Any] = {}
-        histogram = self.db_calls
+        histogram, errors = self.db_calls, self.db_errors
 
-        def timed(call: str, seconds: float) -> None:
+        def timed(call: str, seconds: float, failed: bool) -> None:
             c = children.get(call)
             if c is None:
                 c = children[call] = histogram.labels(call)
             c.observe(seconds)
+            if failed:
+                errors.inc()
 
         return timed
