@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -82,6 +83,18 @@ def multiprocess_dir() -> str | None:
     if values.ValueClass is values.MutexValue:
         return None
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+@dataclass(slots=True)
+class _RequestChildren:
+    """The series one kind of request adds to."""
+
+    requests: Any
+    duration: Any
+    errors: Any | None
+    received: Any
+    sent: Any
+    dedupe: Any | None
 
 
 class RegistryMetrics:
@@ -203,6 +216,7 @@ class RegistryMetrics:
             "dockyard_workers_configured", "Worker processes configured (server.workers).", "max"
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._by_request: dict[tuple[Any, ...], _RequestChildren] = {}
         # Series the alerts divide by or compare exist from the start, at 0.
         for op in (*_OPERATIONS.values(), "mount", "blob_upload_start"):
             for result in ("success", "client_error", "server_error"):
@@ -216,25 +230,44 @@ class RegistryMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, r: RequestRecord) -> None:
-        """The request observer (RegistryApp.observers)."""
+    def _children_for(self, r: RequestRecord) -> _RequestChildren:
         status = r.status
         route = r.route or "none"
         child = self._child
         op = operation(r)
-        child(self.requests, op, outcome(status)).inc()
         method = r.method if r.method in METHODS else "OTHER"
-        child(self.duration, route, method, f"{status // 100}xx").observe(r.duration)
-        if status >= 400:
-            child(self.errors, str(status), r.error_code or "none").inc()
-        if r.bytes_in:
-            child(self.received, route).inc(r.bytes_in)
-        if r.bytes_out:
-            child(self.sent, route).inc(r.bytes_out)
+        dedupe = None
         if status == 200 and op == "blob_head":
-            child(self.dedupe, "blob_head").inc()
+            dedupe = child(self.dedupe, "blob_head")
         elif status == 201 and op == "mount":
-            child(self.dedupe, "mount").inc()
+            dedupe = child(self.dedupe, "mount")
+        return _RequestChildren(
+            child(self.requests, op, outcome(status)),
+            child(self.duration, route, method, f"{status // 100}xx"),
+            child(self.errors, str(status), r.error_code or "none") if status >= 400 else None,
+            child(self.received, route),
+            child(self.sent, route),
+            dedupe,
+        )
+
+    def observe(self, r: RequestRecord) -> None:
+        """The request observer (RegistryApp.observers): one dict lookup finds every
+        series the request adds to (a bounded set of keys)."""
+        method = r.method if r.method in METHODS else "OTHER"  # keys stay bounded too
+        key = (r.route, method, r.status, r.error_code, "mount" in r.query, "digest" in r.query)
+        c = self._by_request.get(key)
+        if c is None:
+            c = self._by_request[key] = self._children_for(r)
+        c.requests.inc()
+        c.duration.observe(r.duration)
+        if c.errors is not None:
+            c.errors.inc()
+        if r.bytes_in:
+            c.received.inc(r.bytes_in)
+        if r.bytes_out:
+            c.sent.inc(r.bytes_out)
+        if c.dedupe is not None:
+            c.dedupe.inc()
 
     def database_timer(self) -> Callable[[str, float, bool], None]:
         """The Database's call timer (meta/store.py)."""
