@@ -5,6 +5,9 @@ through a real Prometheus scraping several workers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -244,3 +247,80 @@ async def test_metrics_path_is_configurable(tmp_path: Path) -> None:
 def test_bad_metrics_settings_are_refused(tmp_path: Path, key: str, bad: str) -> None:
     with pytest.raises(ConfigError, match=f"metrics.{key.lower()}"):
         make_settings(tmp_path, **{f"DOCKYARD_METRICS_{key}": bad})
+
+
+# -- several processes (prometheus_client's multiprocess mode, as under dockyard serve)
+
+WORKER = """
+import os, sys
+from dockyard.observability.metrics import RegistryMetrics
+m = RegistryMetrics()
+assert m.multiprocess
+m.requests.labels("manifest_put", "success").inc(int(sys.argv[1]))
+m.workers.set(1)
+m.memory.set(1000)
+"""
+
+SCRAPER = """
+import sys
+from pathlib import Path
+import trio
+from dockyard.meta.sqlite import SQLiteMeta
+from dockyard.meta.store import Database
+from dockyard.observability.exposition import Exporter
+from dockyard.observability.metrics import RegistryMetrics
+meta = SQLiteMeta(Path(sys.argv[1]))
+meta.migrate()
+m = RegistryMetrics()
+m.workers.set(1)
+m.requests.labels("manifest_put", "success").inc(1)
+print(trio.run(Exporter(m, Database(meta, 1), 0).render).decode())
+"""
+
+
+def test_worker_processes_add_up_and_exited_ones_leave_only_their_counts(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for count in ("2", "3"):  # two workers that exit (their pids are gone)
+        subprocess.run([sys.executable, "-c", WORKER, count], env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRAPER, str(tmp_path / "db.sqlite3")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    s = parse(done.stdout.decode())
+    # Counters of every process, the exited ones too; live gauges of the scraper alone.
+    puts = value(s, "dockyard_http_requests_total", operation="manifest_put", outcome="success")
+    assert puts == 2 + 3 + 1
+    assert value(s, "dockyard_workers") == 1
+    # liveall: one series per live process, the scraper's (never set: 0), not the 1000s.
+    memory = [v for k, v in s.items() if k[0] == "dockyard_process_resident_memory_bytes"]
+    assert memory == [0]
+    assert value(s, "dockyard_repositories") == 0  # the inventory, read by the scraper
+    # The exited workers' live gauge files were removed at the scrape.
+    assert len(list(tmp_path.glob("gauge_livesum_*.db"))) == 1
+
+
+async def test_database_failures_are_counted_and_conflicts_are_not(
+    services: Services,
+) -> None:
+    from dockyard.meta.records import Conflict, StoreError
+
+    def broken() -> None:
+        raise StoreError("disk I/O error")
+
+    def conflict() -> None:
+        raise Conflict("taken")
+
+    db = services.db
+    for call in (broken, conflict):
+        with pytest.raises(StoreError):
+            await db.run(call)
+        with pytest.raises(StoreError):
+            await db.read(call)
+    async with make_client(services) as client:
+        s = await scrape(client)
+    assert value(s, "dockyard_database_errors_total") == 2
+    assert value(s, "dockyard_database_call_duration_seconds_count", call="conflict") == 2

@@ -292,8 +292,9 @@ class Database:
         except StoreBusy:
             return await self.run(fn, *args, **kwargs)
         except Exception as e:
-            if timer is not None and not isinstance(e, Conflict):
-                timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, True)
+            if timer is not None:
+                failed = not isinstance(e, Conflict)
+                timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
             raise
         if timer is not None:
             timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, False)
