@@ -177,10 +177,32 @@ async def test_storage_failures_are_counted_and_missing_blobs_are_not() -> None:
     with pytest.raises(BlobNotFound):
         async for _ in store.read(fake_digest()):
             pass
+    metrics.batch.flush()
     s = parse(generate_latest(metrics.registry).decode())
     assert value(s, "dockyard_storage_errors_total", operation="stat") == 1
     assert value(s, "dockyard_storage_errors_total", operation="read") == 0
     assert value(s, "dockyard_storage_operation_duration_seconds_count", operation="read") == 1
+
+
+def test_batched_observations_land_in_the_buckets_observe_would_use() -> None:
+    batched, direct = RegistryMetrics(), RegistryMetrics()
+    samples = [0.0, 0.0005, 0.001, 0.0011, 0.05, 2.5, 59.9, 60.0, 61.0, 3600.0]
+    for seconds in samples:
+        batched.batch.observe(batched.duration.labels("blobs", "GET", "2xx"), seconds)
+        batched.batch.count(batched.errors.labels("404", "none"), 2)
+        direct.duration.labels("blobs", "GET", "2xx").observe(seconds)
+        direct.errors.labels("404", "none").inc(2)
+    unflushed = parse(generate_latest(batched.registry).decode())
+    assert value(unflushed, "dockyard_http_request_duration_seconds_count") == 0
+    batched.batch.flush()
+    batched.batch.flush()  # nothing left to add twice
+    got = parse(generate_latest(batched.registry).decode())
+    want = parse(generate_latest(direct.registry).decode())
+    names = ("dockyard_http_request_duration_seconds", "dockyard_http_errors_total")
+    relevant = {k: v for k, v in want.items() if k[0].startswith(names)}
+    relevant = {k: v for k, v in relevant.items() if not k[0].endswith("_created")}
+    assert relevant and all(got[k] == v for k, v in relevant.items())
+    assert value(got, "dockyard_http_errors_total", status="404", code="none") == 20
 
 
 # -- access control

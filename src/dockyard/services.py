@@ -190,6 +190,7 @@ class Services:
         self.meta.on_events_committed = None
         await self.storage.aclose()
         if self.sampler is not None:
+            self.sampler.metrics.batch.flush()
             forget_process()  # this worker's live gauges go; its counters still count
 
     async def _janitor(self) -> None:

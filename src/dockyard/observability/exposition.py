@@ -126,6 +126,7 @@ class Exporter:
         return generate_latest(self.registry)
 
     async def render(self) -> bytes:
+        self.metrics.batch.flush()  # this worker's figures up to this request
         await self._refresh_inventory()
         # Reading every worker's files is file I/O: off the event loop.
         return await trio.to_thread.run_sync(self._render)

@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
+from dockyard.observability.batch import Batch
 from dockyard.observability.record import RequestRecord
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -104,6 +105,8 @@ class RegistryMetrics:
 
     def __init__(self) -> None:
         self.multiprocess = multiprocess_dir() is not None
+        # Per-request and per-call increments, applied once a second (batch.py).
+        self.batch = Batch()
         # In multiprocess mode values go to the shared files, collected from there; a
         # registry is still needed for the plain in-process mode.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -252,34 +255,35 @@ class RegistryMetrics:
 
     def observe(self, r: RequestRecord) -> None:
         """The request observer (RegistryApp.observers): one dict lookup finds every
-        series the request adds to (a bounded set of keys)."""
+        series the request adds to (a bounded set of keys); the batch applies them."""
         method = r.method if r.method in METHODS else "OTHER"  # keys stay bounded too
         key = (r.route, method, r.status, r.error_code, "mount" in r.query, "digest" in r.query)
         c = self._by_request.get(key)
         if c is None:
             c = self._by_request[key] = self._children_for(r)
-        c.requests.inc()
-        c.duration.observe(r.duration)
+        batch = self.batch
+        batch.count(c.requests)
+        batch.observe(c.duration, r.duration)
         if c.errors is not None:
-            c.errors.inc()
+            batch.count(c.errors)
         if r.bytes_in:
-            c.received.inc(r.bytes_in)
+            batch.count(c.received, r.bytes_in)
         if r.bytes_out:
-            c.sent.inc(r.bytes_out)
+            batch.count(c.sent, r.bytes_out)
         if c.dedupe is not None:
-            c.dedupe.inc()
+            batch.count(c.dedupe)
 
     def database_timer(self) -> Callable[[str, float, bool], None]:
         """The Database's call timer (meta/store.py)."""
         children: dict[str, Any] = {}
-        histogram, errors = self.db_calls, self.db_errors
+        histogram, errors, batch = self.db_calls, self.db_errors, self.batch
 
         def timed(call: str, seconds: float, failed: bool) -> None:
             c = children.get(call)
             if c is None:
                 c = children[call] = histogram.labels(call)
-            c.observe(seconds)
+            batch.observe(c, seconds)
             if failed:
-                errors.inc()
+                batch.count(errors)
 
         return timed

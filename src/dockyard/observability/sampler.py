@@ -73,6 +73,7 @@ class Sampler:
 
     def sample(self) -> None:
         m, grow = self.metrics, self._seen.growth
+        m.batch.flush()
         hub = self.hub.statistics()
         m.feed_subscribers.set(hub.subscribers)
         m.feed_cutoffs.inc(grow(("hub", "lagged"), hub.lagged))

@@ -45,6 +45,7 @@ class _Timer:
     def __init__(self, metrics: RegistryMetrics) -> None:
         self.durations = {op: metrics.storage_calls.labels(op) for op in OPERATIONS}
         self.errors = {op: metrics.storage_errors.labels(op) for op in OPERATIONS}
+        self.batch = metrics.batch
 
     async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
@@ -53,10 +54,10 @@ class _Timer:
         except _ANSWERS:
             raise
         except Exception:
-            self.errors[op].inc()
+            self.batch.count(self.errors[op])
             raise
         finally:
-            self.durations[op].observe(time.perf_counter() - started)
+            self.batch.observe(self.durations[op], time.perf_counter() - started)
 
     async def stream(self, op: str, source: AsyncIterator[T]) -> AsyncIterator[T]:
         started = time.perf_counter()
@@ -66,10 +67,10 @@ class _Timer:
         except _ANSWERS:
             raise
         except Exception:
-            self.errors[op].inc()
+            self.batch.count(self.errors[op])
             raise
         finally:
-            self.durations[op].observe(time.perf_counter() - started)
+            self.batch.observe(self.durations[op], time.perf_counter() - started)
             # Close the driver's stream now, not when it is garbage-collected.
             closer = getattr(source, "aclose", None)
             if closer is not None:
