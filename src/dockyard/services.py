@@ -50,17 +50,16 @@ from dockyard.http import edge
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.guard import build_guard
 from dockyard.http.handlers.feed import EventFeed
-from dockyard.http.handlers.metrics import MetricsEndpoint
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
-from dockyard.http.routing import jwks_path, metrics_routes, token_routes
+from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.observability.access import log_access
-from dockyard.observability.exposition import CONTENT_TYPE, Exporter, forget_process
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.services_metrics import mount_metrics
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -193,8 +192,7 @@ class Services:
         self.meta.on_events_committed = None
         await self.storage.aclose()
         if self.sampler is not None:
-            self.sampler.metrics.batch.flush()
-            forget_process()  # this worker's live gauges go; its counters still count
+            self.sampler.close()
 
     async def _janitor(self) -> None:
         while True:
@@ -292,28 +290,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             lease_seconds=settings.events.webhook_lease_seconds,
         )
     if metrics is not None:
-        mount_metrics(services, metrics)
+        services.sampler = mount_metrics(
+            app, settings, metrics, db, hub, pulls, lambda: services.webhooks
+        )
     return services
-
-
-def mount_metrics(services: Services, metrics: RegistryMetrics) -> None:
-    """Serve metrics.path (on its own listener if metrics.listen is set) and sample the
-    background parts' counters."""
-    settings, app = services.settings, services.app
-    exporter = Exporter(metrics, services.db, settings.metrics.inventory_cache)
-    path = settings.metrics.path
-    app.add_routes(metrics_routes(MetricsEndpoint(exporter.render, CONTENT_TYPE), path), [path])
-    if settings.metrics.listen:
-        app.metrics_port = int(settings.metrics.listen.rpartition(":")[2])
-        app.metrics_path = path
-    services.sampler = Sampler(
-        metrics,
-        services.hub,
-        services.pulls,
-        lambda: services.webhooks,
-        settings.server.workers,
-        [hook.name for hook in settings.webhooks],
-    )
 
 
 def build_token_auth(

@@ -19,6 +19,7 @@ import trio
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
+from dockyard.observability.exposition import forget_process
 from dockyard.observability.metrics import RegistryMetrics
 
 INTERVAL = 1.0  # seconds between samples
@@ -70,6 +71,12 @@ class Sampler:
         while True:
             self.sample()
             await trio.sleep(INTERVAL)
+
+    def close(self) -> None:
+        """The worker stops: hand over what is batched, drop its live gauges (its
+        counters keep counting)."""
+        self.metrics.batch.flush()
+        forget_process()
 
     def sample(self) -> None:
         m, grow = self.metrics, self._seen.growth
