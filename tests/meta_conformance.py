@@ -521,6 +521,43 @@ class MetaConformance:
 
     # -- dashboard statistics
 
+    def test_inventory(self, store: MetadataStore) -> None:
+        empty = store.inventory()
+        assert (empty.repositories, empty.tags, empty.blobs, empty.blob_bytes) == (0, 0, 0, 0)
+        assert empty.manifests == {"image": 0, "index": 0, "artifact": 0}
+        store.link_blob("a", digest("l1"), 100, [])
+        store.link_blob("b", digest("l1"), 100, [])  # one blob, linked twice: counted once
+        store.link_blob("b", digest("l2"), 20, [])
+        image_config = "application/vnd.oci.image.config.v1+json"
+        store.put_manifest(manifest("a", "img", tags=["v1", "v2"], artifact_type=image_config), [])
+        store.put_manifest(
+            manifest(
+                "a", "docker", media_type="application/vnd.docker.distribution.manifest.v2+json"
+            ),
+            [],
+        )
+        store.put_manifest(
+            manifest("b", "sbom", artifact_type="application/spdx+json", tags=["s"]), []
+        )
+        store.put_manifest(
+            manifest(
+                "b",
+                "idx",
+                media_type="application/vnd.oci.image.index.v1+json",
+                children=[digest("img")],
+            ),
+            [],
+        )
+        store.create_upload("u1", "a", "sha256", {})
+        store.append_events([ev("push", "a"), ev("push", "b")])
+        store.webhook_init(["hook"])
+        inv = store.inventory()
+        assert (inv.repositories, inv.tags, inv.blobs, inv.blob_bytes) == (2, 3, 2, 120)
+        assert inv.manifests == {"image": 2, "index": 1, "artifact": 1}
+        assert inv.upload_sessions == 1
+        assert inv.last_event_id == store.last_event_id() == 2
+        assert inv.webhook_cursors == {"hook": 2}
+
     def test_stats(self, store: MetadataStore, clock: Clock) -> None:
         store.append_events([ev("push", size=1000, ts=T0 - 3600)])  # before the window
         store.link_blob("a", digest("l1"), 100, [ev("push-blob", "a", size=100)])

@@ -39,7 +39,7 @@ RULES = AccessRules(
         (ALICE, "public/x", {"pull"}),  # "*": any authenticated user
         (ALICE, "library", {"pull"}),
         (ALICE, "library/sub", set()),
-        (BOB, "a/b/base", {"pull", "push", "delete", "admin"}),  # "*" = every action
+        (BOB, "a/b/base", {"pull", "push", "delete", "admin", "metrics"}),  # "*" = every action
         (BOB, "team/app", set()),
         (ANON, "public/x", {"pull"}),
         (ANON, "library", set()),  # "*" does not include anonymous

@@ -22,7 +22,9 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("layer", ["events", "core", "oci", "meta", "storage", "auth"])
+@pytest.mark.parametrize(
+    "layer", ["events", "core", "oci", "meta", "storage", "auth", "observability"]
+)
 def test_lower_layers_do_not_import_http(layer: str) -> None:
     offenders = {
         f"{path.relative_to(PACKAGE)}: {name}"

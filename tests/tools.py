@@ -17,6 +17,8 @@ INSTALL_HINTS = {
     "htpasswd": "apt-get install -y apache2-utils",
     "nginx": "apt-get install -y nginx",
     "haproxy": "apt-get install -y haproxy",
+    "prometheus": "apt-get install -y prometheus",
+    "promtool": "apt-get install -y prometheus",
 }
 
 

@@ -94,6 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
         # hypercorn serves the bind addresses with TLS when both are set.
         config.certfile, config.keyfile = settings.tls.cert, settings.tls.key
     config.bind = [f"{settings.server.host}:{settings.server.port}"]
+    if settings.metrics.enabled:
+        # Before any worker imports prometheus_client: they share their values there.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _fresh_metrics_dir(settings)
+        if settings.metrics.listen:
+            config.bind.append(settings.metrics.listen)  # serves only metrics.path
     config.application_path = "dockyard.services:create_app()"
     config.worker_class = "trio"
     # One process per worker, even for one: hypercorn's supervising process turns SIGTERM
@@ -134,6 +139,22 @@ def _serve(args: argparse.Namespace) -> int:
     # gracefully (they read the TLS certificate again): a worker must not die of it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run(config)
+
+
+def _fresh_metrics_dir(settings: Settings) -> str:
+    """An empty directory for this instance's workers' metric files (docs/monitoring.md):
+    values of an earlier run would be counted again, and instances sharing the data
+    directory must not add up each other's."""
+    import re
+    import shutil
+
+    from dockyard.services import instance_name
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", instance_name(settings))
+    path = os.path.join(os.path.abspath(settings.storage.root), "metrics", name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
 
 
 def _config_check(args: argparse.Namespace) -> int:

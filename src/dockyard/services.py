@@ -57,6 +57,10 @@ from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.observability.access import log_access
+from dockyard.observability.metrics import RegistryMetrics
+from dockyard.observability.sampler import Sampler
+from dockyard.observability.storage import TimedStore
+from dockyard.services_metrics import mount_metrics
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -155,6 +159,7 @@ class Services:
     hub: EventHub
     app: RegistryApp
     webhooks: WebhookDeliverer | None = None
+    sampler: Sampler | None = None
 
     async def ready(self) -> bool:
         try:
@@ -172,6 +177,8 @@ class Services:
         if self.webhooks is not None:
             await nursery.start(self.webhooks.run)
         await nursery.start(self.pulls.run)
+        if self.sampler is not None:
+            await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
 
     async def stop(self) -> None:
@@ -181,6 +188,8 @@ class Services:
             await self.pulls.wait_finished()
         self.meta.on_events_committed = None
         await self.storage.aclose()
+        if self.sampler is not None:
+            self.sampler.close()
 
     async def _janitor(self) -> None:
         while True:
@@ -196,8 +205,11 @@ class Services:
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout, clock)
     meta.migrate()
-    db = Database(meta, settings.database.threads)
+    metrics = RegistryMetrics() if settings.metrics.enabled else None
+    db = Database(meta, settings.database.threads, metrics.database_timer() if metrics else None)
     storage = build_storage(settings)
+    if metrics is not None:
+        storage = TimedStore(storage, metrics)
     pulls = PullEventWriter(
         db,
         settings.events.pull_buffer,
@@ -236,7 +248,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         ready=ready,
         lifespan=lifespan,
         on_shutdown=shutdown,
-        observers=[log_access] if settings.log.access else [],
+        observers=[
+            *([log_access] if settings.log.access else []),
+            *([metrics.observe] if metrics else []),
+        ],
         statistics=Statistics(db, clock),
         web=build_web(),
         tickets=tickets,
@@ -276,6 +291,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             instance=instance_name(settings),
             base_url=settings.base_url,
             lease_seconds=settings.events.webhook_lease_seconds,
+        )
+    if metrics is not None:
+        services.sampler = mount_metrics(
+            app, settings, metrics, db, hub, pulls, lambda: services.webhooks
         )
     return services
 

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 # Repository actions of the [[access]] rules (and token scopes).
-ACCESS_ACTIONS = ("pull", "push", "delete", "admin")
+ACCESS_ACTIONS = ("pull", "push", "delete", "admin", "metrics")
 # "login": any authenticated caller (the /v2/ probe); "catalog": the registry's repository
 # list; "public": nothing asked (health checks); the rest act on a repository, or with
-# repository None on the registry (the dashboard's "admin").
-Action = Literal["pull", "push", "delete", "admin", "catalog", "login", "public"]
+# repository None on the registry (the dashboard's "admin", the Prometheus scrape's
+# "metrics").
+Action = Literal["pull", "push", "delete", "admin", "metrics", "catalog", "login", "public"]
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """``repository`` is None for registry-wide scopes (catalog, login, admin, public)."""
+    """``repository`` is None for registry-wide scopes (catalog, login, admin, metrics,
+    public)."""
 
     action: Action
     repository: str | None = None
@@ -38,6 +40,7 @@ PUBLIC = Scope("public")
 LOGIN = Scope("login")
 CATALOG = Scope("catalog")
 ADMIN = Scope("admin")
+METRICS = Scope("metrics")
 
 
 @dataclass(frozen=True, slots=True)

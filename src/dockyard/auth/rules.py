@@ -4,9 +4,10 @@ A rule names ``users`` (user names; ``"anonymous"`` for callers without credenti
 which covers every caller: logging in never takes a right away; ``"*"`` for any
 authenticated user), ``repositories`` (globs in which ``*`` also matches
 ``/``, as in the event feed's filters) and ``actions`` (``pull``, ``push``, ``delete``,
-``admin``; ``"*"`` for all four). A caller may do what any rule that names it allows;
-what no rule allows is denied. Actions are independent: ``push`` does not imply ``pull``,
-and ``admin`` (the dashboard, its statistics and the event feed) implies neither.
+``admin``, ``metrics``; ``"*"`` for all). A caller may do what any rule that names it
+allows; what no rule allows is denied. Actions are independent: ``push`` does not imply
+``pull``, ``admin`` (the dashboard, its statistics and the event feed) implies neither, and
+``metrics`` (the Prometheus scrape, registry-wide like ``admin``) implies nothing else.
 """
 
 from __future__ import annotations

@@ -119,6 +119,21 @@ class LogSettings:
     access: bool = False
 
 
+@dataclass
+class MetricsSettings:
+    """``[metrics]``: Prometheus metrics (docs/monitoring.md)."""
+
+    # Serve metrics at all (and count them: off, requests cost nothing extra).
+    enabled: bool = True
+    # Where the Prometheus text format is served.
+    path: str = "/metrics"
+    # "host:port" of a separate listener that serves only ``path`` (and no API); empty:
+    # metrics are served on the main port.
+    listen: str = ""
+    # Seconds the images-stored figures (counted in the database) are reused by scrapes.
+    inventory_cache: float = 5.0
+
+
 AUTH_MODES = ("none", "basic", "token")
 
 
@@ -200,7 +215,7 @@ class AccessSettings:
     users: list[str] = field(default_factory=list)
     # Repository globs; "*" matches "/" too.
     repositories: list[str] = field(default_factory=list)
-    # pull, push, delete, admin; "*" for all.
+    # pull, push, delete, admin, metrics; "*" for all.
     actions: list[str] = field(default_factory=list)
 
 
@@ -312,6 +327,7 @@ class Settings:
     uploads: UploadsSettings = field(default_factory=UploadsSettings)
     events: EventsSettings = field(default_factory=EventsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)

@@ -92,7 +92,7 @@ def _validate_webhooks(hooks: list[WebhookSettings]) -> None:
 
 
 # The [[access]] actions (auth.ACCESS_ACTIONS; config sits below auth, so spelled here).
-ACCESS_ACTIONS = ("pull", "push", "delete", "admin")
+ACCESS_ACTIONS = ("pull", "push", "delete", "admin", "metrics")
 
 
 def _validate_auth(s: Settings) -> None:
@@ -282,8 +282,25 @@ def validate(s: Settings) -> None:
         url = urlsplit(s.server.public_url)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigError(f"server.public_url: {s.server.public_url!r} is not an http(s) URL")
+    _validate_metrics(s)
     _validate_tls(s)
     _validate_network_and_limits(s)
     _validate_webhooks(s.webhooks)
     _validate_auth(s)
     _validate_token(s.auth.token)
+
+
+def _validate_metrics(s: Settings) -> None:
+    m = s.metrics
+    if not m.path.startswith("/") or m.path.startswith("/v2") or "?" in m.path:
+        raise ConfigError(f"metrics.path: {m.path!r} must start with / and not be under /v2")
+    if m.path in ("/healthz", "/readyz", s.auth.token.path):
+        raise ConfigError(f"metrics.path: {m.path!r} is taken by another endpoint")
+    if not 0 <= m.inventory_cache <= 3600:
+        raise ConfigError("metrics.inventory_cache: must be between 0 and 3600 seconds")
+    if m.listen:
+        _host, sep, port = m.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"metrics.listen: {m.listen!r} is not host:port")
+        if int(port) == s.server.port:
+            raise ConfigError("metrics.listen: must not use server.port")

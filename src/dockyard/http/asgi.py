@@ -27,7 +27,14 @@ from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
 from dockyard.http.bodyrate import BodyPace, BodyTooSlow, PacedReceive
-from dockyard.http.errors import INTERNAL, entry_for, internal_error_body, render
+from dockyard.http.errors import (
+    INTERNAL,
+    NO_ENDPOINT,
+    entry_for,
+    error_body,
+    internal_error_body,
+    render,
+)
 from dockyard.http.guard import Guard, open_guard
 from dockyard.http.handlers.blobs import Blobs
 from dockyard.http.handlers.health import Health
@@ -111,6 +118,10 @@ class RegistryApp:
         self.web = web
         # Paths outside /v2/ this app serves itself (the token service), see add_routes.
         self._own_paths: set[str] = set()
+        # With a separate metrics listener (metrics.listen): its port, and the one path it
+        # serves; it serves nothing else and the main port does not serve that path.
+        self.metrics_port: int | None = None
+        self.metrics_path = ""
         # Websocket endpoints by path (the event feed), added by the composition root.
         self.websockets: dict[str, Callable[[Scope_, Receive, Send], Awaitable[None]]] = {}
         health = Health(authorizer, ready, statistics, tickets)
@@ -141,6 +152,11 @@ class RegistryApp:
             return
         web = self.web
         path = scope.get("path", "")
+        if self.metrics_port is not None and scope["type"] != "lifespan":
+            on_metrics_port = (scope.get("server") or ("", None))[1] == self.metrics_port
+            if on_metrics_port != (path == self.metrics_path):
+                await self._not_here(scope, receive, send)
+                return
         if (
             web is not None
             and scope["type"] != "lifespan"
@@ -159,6 +175,22 @@ class RegistryApp:
                 await no_endpoint(receive, send)
                 return
             await handler(scope, receive, send)
+
+    async def _not_here(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        """404 for the API on the metrics listener, and for metrics on the main port."""
+        if scope["type"] == "websocket":
+            await no_endpoint(receive, send)
+            return
+        await discard_body(receive)  # hypercorn waits for a body nobody read
+        body = error_body(NO_ENDPOINT.code, "")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": NO_ENDPOINT.status,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _run_lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -287,6 +319,7 @@ class RegistryApp:
             bytes_out=sent,
             started=time.time() - duration,
             duration=duration,
+            query=req.query,
         )
         for observe in self.observers:
             try:

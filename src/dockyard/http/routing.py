@@ -24,6 +24,7 @@ Routes (``<name>`` may contain slashes)::
     GET|HEAD   /v2/<name>/blobs/<digest>                     pull
     DELETE     /v2/<name>/blobs/<digest>                     delete
     GET|HEAD   /healthz  /readyz                             public
+    GET|HEAD   /metrics (metrics.path, added by services.py) metrics
 
 The websocket feed (``/v2/_dockyard/events``) is routed by exact path in ``http/asgi.py``
 and authorizes itself (``admin``, ``http/handlers/feed.py``).
@@ -36,13 +37,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from dockyard.auth import ADMIN, ANONYMOUS, CATALOG, LOGIN, PUBLIC, Action, Scope
+from dockyard.auth import ADMIN, ANONYMOUS, CATALOG, LOGIN, METRICS, PUBLIC, Action, Scope
 from dockyard.core import errors as err
 from dockyard.http.errors import METHOD_NOT_ALLOWED, NO_ENDPOINT, error_body
 from dockyard.http.handlers.blobs import Blobs
 from dockyard.http.handlers.health import Health
 from dockyard.http.handlers.listing import Listing
 from dockyard.http.handlers.manifests import Manifests
+from dockyard.http.handlers.metrics import MetricsEndpoint
 from dockyard.http.handlers.token import TokenEndpoint
 from dockyard.http.handlers.uploads import Uploads
 from dockyard.http.request import Request, Response
@@ -172,6 +174,18 @@ def token_routes(endpoint: TokenEndpoint, path: str) -> list[Route]:
             {m: (endpoint.jwks, registry_wide(PUBLIC)) for m in ("GET", "HEAD")},
             "token",
         ),
+    ]
+
+
+def metrics_routes(endpoint: MetricsEndpoint, path: str) -> list[Route]:
+    """``metrics.path``: the ``metrics`` action, registry-wide (like ``admin``)."""
+    need = registry_wide(METRICS)
+    return [
+        Route(
+            re.compile(re.escape(path)),
+            {m: (endpoint.get, need) for m in ("GET", "HEAD")},
+            "metrics",
+        )
     ]
 
 

@@ -106,6 +106,23 @@ class BucketActivity:
     size: int
 
 
+MANIFEST_KINDS = ("image", "index", "artifact")
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRecord:
+    """What is stored, for the metrics: counts read in one snapshot, each blob once."""
+
+    repositories: int
+    tags: int
+    manifests: dict[str, int]  # by kind (MANIFEST_KINDS), every kind present
+    blobs: int
+    blob_bytes: int
+    upload_sessions: int
+    last_event_id: int
+    webhook_cursors: dict[str, int]  # endpoint name -> last event handled
+
+
 @dataclass(frozen=True, slots=True)
 class StatsRecord:
     """What the dashboard loads, read in one transaction: the counts cover exactly the

@@ -13,6 +13,7 @@ Every method that takes ``events`` appends them in the same transaction as its c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -20,7 +21,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import trio
 
 from dockyard.meta.records import (
+    Conflict,
     Event,
+    InventoryRecord,
     ManifestRecord,
     NewManifest,
     ReferrerRecord,
@@ -168,6 +171,12 @@ class Statistics(Protocol):
         """Repositories, totals and event counts per action, read in one snapshot; with
         ``per_repository`` also per bucket and repository."""
 
+    def inventory(self) -> InventoryRecord:
+        """Repositories, tags, manifests by kind (``index``: an image index or manifest
+        list; ``artifact``: a manifest whose artifactType or config media type is not an
+        image config; ``image``: the rest), blobs and their bytes (each blob once), upload
+        sessions, the last event id and each webhook endpoint's cursor, in one snapshot."""
+
     def blob_totals(self, repositories: Sequence[str]) -> tuple[int, int]:
         """The blobs linked into any of ``repositories`` and their bytes, each blob once
         however many of them link it."""
@@ -232,17 +241,38 @@ class MetadataStore(
     """Everything dockyard keeps besides blob bytes, in one transactional store."""
 
 
+CallTimer = Callable[[str, float, bool], None]
+"""Told each call's name, the seconds it took and whether it failed (an exception other
+than ``Conflict``, which is an answer): the metrics' database latency and errors."""
+
+
 class Database:
     """Runs a store's blocking calls in worker threads through one bounded limiter."""
 
-    def __init__(self, meta: MetadataStore, threads: int) -> None:
+    def __init__(self, meta: MetadataStore, threads: int, timer: CallTimer | None = None) -> None:
         self.meta = meta
         self._limiter = trio.CapacityLimiter(threads)
+        self.timer = timer
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await trio.to_thread.run_sync(
-            lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
-        )
+        timer = self.timer
+        if timer is None:
+            return await trio.to_thread.run_sync(
+                lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
+            )
+        started = time.perf_counter()
+        failed = False
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
+            )
+        except Conflict:
+            raise
+        except Exception:
+            failed = True
+            raise
+        finally:
+            timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A point read (one indexed lookup) run right here on the event loop thread.
@@ -254,8 +284,18 @@ class Database:
         ``fn`` must only read. If the store is busy, the call is retried in a worker
         thread, where waiting does not stall the event loop.
         """
+        timer = self.timer
+        started = time.perf_counter() if timer is not None else 0.0
         try:
             with self.meta.inline_reads():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
         except StoreBusy:
             return await self.run(fn, *args, **kwargs)
+        except Exception as e:
+            if timer is not None:
+                failed = not isinstance(e, Conflict)
+                timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
+            raise
+        if timer is not None:
+            timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, False)
+        return result

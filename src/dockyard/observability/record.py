@@ -4,8 +4,8 @@ importing one another."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -27,6 +27,8 @@ class RequestRecord:
     bytes_out: int = 0  # response body bytes sent (0 for HEAD)
     started: float = 0.0  # wall clock, epoch seconds
     duration: float = 0.0  # seconds, from the request's arrival to its last byte sent
+    # The parsed query (?mount= tells a mount from an upload); read it, never change it.
+    query: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 Observer = Callable[[RequestRecord], None]

@@ -9,12 +9,22 @@ import sqlite3
 from collections.abc import Sequence
 
 from dockyard.meta.records import (
+    MANIFEST_KINDS,
     ActivityCount,
     BucketActivity,
+    InventoryRecord,
     RepositorySummary,
     StatsRecord,
 )
 from dockyard.meta.sqlite.core import SQLiteCore
+from dockyard.oci.manifest import INDEX_TYPES
+
+# Config media types of container images; an image manifest with any other (or with an
+# artifactType) is an artifact (stored as manifests.artifact_type, see referrer_artifact_type).
+IMAGE_CONFIG_TYPES = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
 
 
 class StatsStore(SQLiteCore):
@@ -137,3 +147,37 @@ class StatsStore(SQLiteCore):
             .fetchone()
         )
         return int(count), int(size)
+
+    def inventory(self) -> InventoryRecord:
+        conn = self._conn()
+        conn.execute("BEGIN")  # one read snapshot for every count
+        try:
+            (repositories,) = conn.execute("SELECT COUNT(*) FROM repositories").fetchone()
+            (tags,) = conn.execute("SELECT COUNT(*) FROM tags").fetchone()
+            kinds = conn.execute(
+                "SELECT CASE WHEN media_type IN (SELECT value FROM json_each(?)) THEN 'index'"
+                " WHEN artifact_type IS NULL"
+                " OR artifact_type IN (SELECT value FROM json_each(?)) THEN 'image'"
+                " ELSE 'artifact' END AS kind, COUNT(*) FROM manifests GROUP BY kind",
+                (json.dumps(list(INDEX_TYPES)), json.dumps(list(IMAGE_CONFIG_TYPES))),
+            ).fetchall()
+            blobs, blob_bytes = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs"
+            ).fetchone()
+            (uploads,) = conn.execute("SELECT COUNT(*) FROM uploads").fetchone()
+            (last_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            cursors = conn.execute("SELECT name, cursor FROM webhook_cursors").fetchall()
+        finally:
+            conn.execute("COMMIT")
+        manifests = dict.fromkeys(MANIFEST_KINDS, 0)
+        manifests.update({str(kind): int(n) for kind, n in kinds})
+        return InventoryRecord(
+            int(repositories),
+            int(tags),
+            manifests,
+            int(blobs),
+            int(blob_bytes),
+            int(uploads),
+            int(last_id),
+            {str(name): int(cursor) for name, cursor in cursors},
+        )

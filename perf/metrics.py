@@ -1,0 +1,173 @@
+"""What Prometheus metrics cost per request: manifest HEAD rate with metrics on and off.
+
+Two ``dockyard serve`` processes of the same build and worker count run at once, each on
+its own temporary data directory: one with the default ``[metrics] enabled = true`` (every
+request counted and timed, every database call and storage operation timed, the values
+in prometheus_client's multiprocess files shared by the workers), one with
+``DOCKYARD_METRICS_ENABLED=false``. While the "on" server is measured a scraper fetches
+its ``/metrics`` every second, as Prometheus would. Runs alternate (on, off, then
+reversed), and the figures are medians over the repeats with the ratio to "off" per
+repeat::
+
+    python -m perf.metrics --repeats 5               # prints, and appends to perf/RESULTS.md
+    python -m perf.metrics --repeats 1 --no-record   # a smoke run
+
+The issue's bar: the rate with metrics on is at least 0.95x the rate with them off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import threading
+from pathlib import Path
+
+from perf import oci
+from perf.data import ACCEPT, blob, image
+from perf.httpclient import Connection
+from perf.procstat import cpu_seconds, process_tree
+from perf.rate import build_requests, run_py
+from perf.report import machine
+from perf.servers import Dockyard
+
+HERE = Path(__file__).resolve().parent
+REPO = "perf/rps"
+MODES = ("on", "off")
+SETTINGS = {"on": {}, "off": {"DOCKYARD_METRICS_ENABLED": "false"}}
+SCRAPE_INTERVAL = 1.0
+
+
+class Scraper:
+    """GET /metrics every second in a thread (what a Prometheus adds to the load)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Connection("127.0.0.1", self.port) as conn:
+            while not self._stop.wait(SCRAPE_INTERVAL):
+                r = conn.request("GET", "/metrics", [], keep_body=True)
+                if r.status != 200:
+                    raise RuntimeError(f"/metrics answered {r.status}")
+                self.scrapes += 1
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run(
+    repeats: int, duration: float, connections: int, workers: int
+) -> dict[str, list[dict[str, float]]]:
+    images = [image(f"rps-{i}", [blob(f"rps-{i}/layer", 1024)]) for i in range(16)]
+    servers: dict[str, Dockyard] = {}
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    try:
+        for mode in MODES:
+            server = Dockyard(workers=workers, settings=SETTINGS[mode])
+            server.start()
+            servers[mode] = server
+            with Connection("127.0.0.1", server.port) as conn:
+                for i, im in enumerate(images):
+                    oci.push_image(conn, REPO, f"t{i}", im)
+        headers = [("accept", ACCEPT)]
+        targets = [f"/v2/{REPO}/manifests/t{i}" for i in range(len(images))]
+        for repeat in range(repeats):
+            order = MODES if repeat % 2 == 0 else tuple(reversed(MODES))
+            for mode in order:
+                server = servers[mode]
+                pids = process_tree([server.pid])
+                requests = build_requests("127.0.0.1", server.port, "HEAD", targets, headers)
+                before = cpu_seconds(pids)
+                scraper = Scraper(server.port) if mode == "on" else None
+                if scraper is not None:
+                    scraper.__enter__()
+                try:
+                    res = run_py(
+                        "127.0.0.1", server.port, requests, head=True, connections=connections,
+                        duration=duration, max_requests=1_000_000, procs=2,
+                    )  # fmt: skip
+                finally:
+                    if scraper is not None:
+                        scraper.__exit__()
+                cpu = cpu_seconds(pids) - before
+                done = res.ok + res.failed
+                figures = {
+                    "req_s": res.ok / res.elapsed,
+                    "failed": res.failed,
+                    "server_cpu_us_per_req": 1e6 * cpu / max(done, 1),
+                    "scrapes": scraper.scrapes if scraper is not None else 0,
+                }
+                results[mode].append(figures)
+                print(
+                    f"  r{repeat} {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in figures.items())
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return results
+
+
+def table(results: dict[str, list[dict[str, float]]]) -> str:
+    rows = [
+        "| metrics | req/s median [min-max] | server CPU-us/req median "
+        "| req/s ratio to off (median [per repeat]) | failed |",
+        "|---|---|---|---|---|",
+    ]
+    base = [r["req_s"] for r in results["off"]]
+    for mode in MODES:
+        rates = [r["req_s"] for r in results[mode]]
+        cpus = [r["server_cpu_us_per_req"] for r in results[mode]]
+        ratios = [a / b for a, b in zip(rates, base, strict=True)]
+        failed = sum(int(r["failed"]) for r in results[mode])
+        rows.append(
+            f"| {mode} | {statistics.median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}] "
+            f"| {statistics.median(cpus):.0f} | {statistics.median(ratios):.3f} "
+            f"[{', '.join(f'{x:.2f}' for x in ratios)}] | {failed} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
+    ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    started = dt.datetime.now(dt.UTC)
+    m = machine()
+    results = run(args.repeats, args.duration, args.connections, args.workers)
+    text = table(results)
+    print(text)
+    failed = sum(int(r["failed"]) for rs in results.values() for r in rs)
+    if args.record:
+        command = " ".join(["python -m perf.metrics", *sys.argv[1:]])
+        section = (
+            f"\n## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`\n\n"
+            f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
+            f"Linux {m['kernel']}, Python {m['python']}; load average at start "
+            f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}; shared with other helpers' "
+            "work during the run.\n"
+            f"- Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
+            f"measurement, dockyard --workers {args.workers} per server, two servers "
+            'alternated (metrics on, off, then reversed); /metrics of the "on" server '
+            "scraped every second while it is measured.\n\n" + text + "\n"
+        )
+        with open(HERE / "RESULTS.md", "a") as f:
+            f.write(section)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
