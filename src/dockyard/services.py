@@ -56,6 +56,7 @@ from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.observability.access import log_access
+from dockyard.observability.logs import configure_logging
 from dockyard.storage.base import BlobStore
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -173,9 +174,11 @@ class Services:
             await nursery.start(self.webhooks.run)
         await nursery.start(self.pulls.run)
         nursery.start_soon(self._janitor)
+        log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
         """Flush pull events; the caller then cancels the nursery."""
+        log.info("worker %d stopping", os.getpid())
         self.pulls.close()
         with trio.move_on_after(5):
             await self.pulls.wait_finished()
@@ -367,16 +370,6 @@ def check_read_size_hook() -> None:
             "the socket read size dockyard sets (server.read_size); install a hypercorn "
             "version that has it (see constraints.txt) or update dockyard.services.set_read_size"
         )
-
-
-def configure_logging(settings: Settings) -> None:
-    """Log to stderr at ``log.level``: in ``dockyard serve`` and again in each worker, a
-    spawned process that inherits no logging set-up (without this the access log and the
-    workers' warnings went nowhere)."""
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
 
 
 def create_app() -> RegistryApp:
