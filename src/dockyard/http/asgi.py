@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 from urllib.parse import parse_qs
@@ -49,6 +48,7 @@ from dockyard.http.request import (
 from dockyard.http.routing import Route, Router, registry_routes
 from dockyard.http.websocket import no_endpoint
 from dockyard.observability.record import Observer, RequestRecord
+from dockyard.observability.record import request_id as make_request_id
 
 log = logging.getLogger("dockyard.http")
 
@@ -177,7 +177,7 @@ class RegistryApp:
         started = time.perf_counter()
         headers = scope_headers(scope)
         client = self.guard.proxies.client_address(peer_address(scope), headers)
-        request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        request_id = make_request_id(headers.get("x-request-id", ""))
         method = scope["method"]
         body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         bytes_in = 0

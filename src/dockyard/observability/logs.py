@@ -59,6 +59,10 @@ class _Writer(logging.handlers.QueueListener):
         self.enqueue = enqueue
         self.out = out
 
+    def enqueue_sentinel(self) -> None:
+        # At stop: wait for room (the writer is draining) rather than fail on a full queue.
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
+
     def handle(self, record: logging.LogRecord) -> None:
         dropped = self.enqueue.dropped
         if dropped:
