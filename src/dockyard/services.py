@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -374,6 +375,11 @@ def check_read_size_hook() -> None:
 
 def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
+    # Workers stop when the supervisor tells them (cli.py ignores both signals before it
+    # starts them); workers it starts after a SIGHUP reload would die of a SIGTERM or
+    # SIGHUP sent to the process group, as hypercorn handles both in the supervisor by then.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     configure_logging(settings)
     set_read_size(settings.server.read_size)

@@ -17,7 +17,10 @@ def log_lines(server: DockyardServer) -> list[dict[str, Any]]:
 
 
 def field(doc: dict[str, Any], name: str) -> Any:
-    """``field(doc, "http.request.id")``: the nested ECS field, None when absent."""
+    """``field(doc, "http.request.id")``: the nested ECS field, None when absent (ECS
+    writes a few, such as ``log.level``, as one dotted key at the top)."""
+    if name in doc:
+        return doc[name]
     value: Any = doc
     for part in name.split("."):
         if not isinstance(value, dict) or part not in value:
