@@ -8,12 +8,11 @@ while the record waits in the queue.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
 from typing import Any
-
-from ecs_logging import StdlibFormatter
 
 # The ECS fields an exception becomes (set by detach, read by both formatters).
 ERROR_TYPE = "error.type"
@@ -24,7 +23,7 @@ STACK_TRACE = "error.stack_trace"
 def detach(record: logging.LogRecord) -> None:
     """Make ``record`` safe to format later on another thread: render its message now (its
     arguments may change) and its exception as text (with the "Traceback" header and
-    chained causes, which ``error.stack_trace`` of ecs-logging leaves out)."""
+    chained causes)."""
     record.msg = record.getMessage()
     record.args = None
     if record.exc_info:
@@ -37,18 +36,56 @@ def detach(record: logging.LogRecord) -> None:
     record.exc_text = None
 
 
-class JsonFormatter(StdlibFormatter):
-    """One ECS JSON object per line (ecs-logging: Elastic's own formatter, so the field
-    names and the timestamp format are the ones Filebeat, Elastic Agent and Logstash's
-    ECS codecs expect). Extra fields given as ``extra={"http.request.method": ...}``
-    come out nested, as ECS documents them."""
+ECS_VERSION = "8.11.0"
 
-    def __init__(self) -> None:
-        # log.original repeats message; the thread fields say nothing about a trio server.
-        super().__init__(
-            exclude_fields=["log.original", "process.thread", "process.name"],
-            ensure_ascii=False,
-        )
+
+def _utc(created: float, msecs: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One ECS JSON object per line: ``@timestamp``, ``log.level`` and ``message`` first (as
+    Elastic's ecs-logging writes them), then ``ecs.version``, ``log.logger``,
+    ``log.origin``, ``process.pid`` and every extra field whose name is an ECS dotted name
+    (``extra={"http.request.id": ...}``), nested as ECS documents them; None is left out.
+
+    Written here rather than taken from Elastic's ecs-logging (tried first): it rebuilds
+    its field table, flattens, de-dots and merges dictionaries and sorts the keys for every
+    record, 2.5 times the time of this (110 against 45 us an access line, measured one
+    after the other on the shared 2-core test machine): a fifth of a manifest HEAD's CPU.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        log: dict[str, Any] = {"logger": record.name}
+        if record.lineno:
+            log["origin"] = {
+                "file": {"name": record.filename, "line": record.lineno},
+                "function": record.funcName,
+            }
+        doc: dict[str, Any] = {
+            "@timestamp": _utc(record.created, record.msecs),
+            "log.level": record.levelname.lower(),
+            "message": record.getMessage(),
+            "ecs.version": ECS_VERSION,
+            "log": log,
+            "process": {"pid": record.process},
+        }
+        for name, value in record.__dict__.items():
+            if "." in name and value is not None:
+                _nest(doc, name, value)
+        if record.stack_info:
+            _nest(doc, STACK_TRACE, record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _nest(doc: dict[str, Any], name: str, value: object) -> None:
+    *parents, leaf = name.split(".")
+    for part in parents:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            child = doc[part] = {}
+        doc = child
+    doc[leaf] = value
 
 
 # Control characters (a newline in a hostile path or header) would start a fake line.
@@ -63,9 +100,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
-            f".{int(record.msecs):03d}Z"
-        )
+        return _utc(record.created, record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(_ESCAPES)
