@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,8 +121,10 @@ def configured() -> Iterator[list[LogPipeline]]:
     """Lets a test call configure_logging; puts the root logger back afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    hooks = threading.excepthook, sys.excepthook
     pipelines: list[LogPipeline] = []
     yield pipelines
+    threading.excepthook, sys.excepthook = hooks
     for pipeline in pipelines:
         root.removeHandler(pipeline.enqueue)
         pipeline.stop()
@@ -204,3 +207,23 @@ def test_full_queue_drops_and_says_so(
         *[f"line {i}" for i in range(5)],
         "later",
     ]
+
+
+def test_an_error_nothing_caught_is_logged_too(
+    tmp_path: Path, configured: list[LogPipeline]
+) -> None:
+    path = tmp_path / "dockyard.log"
+    configured.append(configure_logging(load(None, environ=env_for(path))))
+
+    def fail() -> None:
+        raise RuntimeError("lost in a thread")
+
+    thread = threading.Thread(target=fail, name="worker-thread")
+    thread.start()
+    thread.join()
+    configured[0].stop()
+    (line,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert line["message"] == "unhandled error in thread worker-thread"
+    assert line["error"]["type"] == "RuntimeError"
+    assert line["error"]["message"] == "lost in a thread"
+    assert "Traceback (most recent call last)" in line["error"]["stack_trace"]

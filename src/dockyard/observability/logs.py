@@ -18,6 +18,8 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
+from types import TracebackType
 
 from dockyard.config import Settings
 from dockyard.observability.logformat import detach, formatter
@@ -156,6 +158,23 @@ class LogPipeline:
 _current: LogPipeline | None = None
 
 
+def _log_thread_error(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("dockyard").error(
+        "unhandled error in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("dockyard").critical("unhandled error", exc_info=(kind, error, tb))
+
+
 def configure_logging(settings: Settings) -> LogPipeline:
     """Send every record of this process through one pipeline, at ``log.level`` (the
     access log at info whatever the level, when ``log.access`` is on). Called in
@@ -178,6 +197,9 @@ def configure_logging(settings: Settings) -> LogPipeline:
     root.setLevel(log.level.upper())
     logging.getLogger("dockyard.access").setLevel(logging.INFO if log.access else logging.NOTSET)
     logging.captureWarnings(True)
+    # An exception nothing caught would be printed to stderr, past [log] file and format.
+    threading.excepthook = _log_thread_error
+    sys.excepthook = _log_uncaught
     pipeline.start()
     atexit.register(pipeline.stop)
     _current = pipeline
