@@ -8,6 +8,7 @@ while the record waits in the queue.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -39,8 +40,17 @@ def detach(record: logging.LogRecord) -> None:
 ECS_VERSION = "8.11.0"
 
 
+_last_second: tuple[int, str] = (-1, "")  # replaced whole, so threads see a matching pair
+
+
 def _utc(created: float, msecs: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+    global _last_second
+    second, text = _last_second
+    if second != int(created):  # one strftime a second, not one a line
+        second = int(created)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{int(msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -78,8 +88,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def _nest(doc: dict[str, Any], name: str, value: object) -> None:
+@functools.lru_cache(maxsize=1024)
+def _path(name: str) -> tuple[tuple[str, ...], str]:
     *parents, leaf = name.split(".")
+    return tuple(parents), leaf
+
+
+def _nest(doc: dict[str, Any], name: str, value: object) -> None:
+    parents, leaf = _path(name)
     for part in parents:
         child = doc.get(part)
         if not isinstance(child, dict):
