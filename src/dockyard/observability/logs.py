@@ -19,6 +19,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from types import TracebackType
 
 from dockyard.config import Settings
@@ -26,6 +27,9 @@ from dockyard.observability.logformat import detach, formatter
 
 # Records waiting for the writer: a few seconds of a busy server's requests.
 QUEUE_SIZE = 20_000
+# After the queue runs empty the writer naps this long before it looks again, so a busy
+# server's lines are written in batches, one wake-up of the thread for many lines.
+BATCH_SECONDS = 0.01
 # Bytes of output kept before a write: a burst of lines becomes one write.
 BUFFER_BYTES = 64 * 1024
 
@@ -33,8 +37,9 @@ BUFFER_BYTES = 64 * 1024
 class _Enqueue(logging.handlers.QueueHandler):
     """The one handler every record passes; never blocks."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord]) -> None:
         super().__init__(records)
+        self.records = records
         self.dropped = 0
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -44,26 +49,27 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+        # A SimpleQueue (put is one C call, no lock of Python's queue.Queue) bounded here.
+        if self.records.qsize() >= QUEUE_SIZE:
             self.dropped += 1
+        else:
+            self.records.put_nowait(record)
 
 
 class _Writer(logging.handlers.QueueListener):
     """The writer thread: writes each record, flushes when the queue runs empty (so an
-    idle server's lines are out at once and a busy one's go out in large writes)."""
+    idle server's lines are out within BATCH_SECONDS and a busy one's go out in large
+    writes)."""
 
     def __init__(
-        self, records: queue.Queue[logging.LogRecord], enqueue: _Enqueue, out: logging.Handler
+        self,
+        records: queue.SimpleQueue[logging.LogRecord],
+        enqueue: _Enqueue,
+        out: logging.Handler,
     ) -> None:
         super().__init__(records, out)
         self.enqueue = enqueue
         self.out = out
-
-    def enqueue_sentinel(self) -> None:
-        # At stop: wait for room (the writer is draining) rather than fail on a full queue.
-        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
 
     def handle(self, record: logging.LogRecord) -> None:
         dropped = self.enqueue.dropped
@@ -82,6 +88,7 @@ class _Writer(logging.handlers.QueueListener):
         self.out.handle(record)
         if self.queue.empty():  # type: ignore[attr-defined]
             self.out.flush()
+            time.sleep(BATCH_SECONDS)
 
 
 class _BufferedStream(logging.StreamHandler):  # type: ignore[type-arg]
@@ -135,7 +142,7 @@ class LogPipeline:
     """The queue, its writer thread and the output handler of this process."""
 
     def __init__(self, out: logging.Handler) -> None:
-        records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.out = out
         self.enqueue = _Enqueue(records)
         self.writer = _Writer(records, self.enqueue, out)
