@@ -326,3 +326,31 @@ async def test_events_tail_logs_in(services: Services, root: httpx.AsyncClient) 
         with pytest.raises(FeedRejected) as e, trio.fail_after(10):
             await refused.run()
         assert e.value.code == CLOSE_DENIED
+
+
+async def test_catalog_with_tokens_lists_what_the_rules_let_the_holder_pull(
+    tmp_path: Path, root: httpx.AsyncClient
+) -> None:
+    """A token granting registry:catalog:* lists what its holder may pull by the rules (its
+    repository grants name only what it asked for); a token without it gets 401
+    insufficient_scope, naming the catalog scope."""
+    for name in ("team/a", "team/b", "secret/c"):
+        await push_image(root, name, "v1")
+    settings = auth_settings(tmp_path / "data", RULES, mode="token")
+    async with open_services(settings) as svc, make_client(svc) as client:
+
+        async def token(user: str, scope: str) -> dict[str, str]:
+            params = {"service": "dockyard", "scope": scope}
+            r = await client.get("/auth/token", params=params, headers=basic(user))
+            assert r.status_code == 200, r.text
+            return {"authorization": f"Bearer {r.json()['token']}"}
+
+        r = await client.get("/v2/_catalog", headers=await token("bob", "registry:catalog:*"))
+        assert r.status_code == 200, r.text
+        assert r.json()["repositories"] == ["team/a", "team/b"]
+        r = await client.get("/v2/_catalog", headers=await token("root", "registry:catalog:*"))
+        assert r.json()["repositories"] == ["secret/c", "team/a", "team/b"]
+        r = await client.get("/v2/_catalog", headers=await token("bob", "repository:team/a:pull"))
+        assert_error(r, 401, "UNAUTHORIZED")
+        assert 'scope="registry:catalog:*"' in r.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in r.headers["www-authenticate"]

@@ -12,8 +12,8 @@ import trio
 from dockyard.config import Settings
 from dockyard.services import build
 from tests.authfixtures import (  # noqa: F401
-    basic,
     client_logged_in,
+    root_client,
     settings_with_and_without_auth,
 )
 from tests.conftest import (
@@ -23,7 +23,6 @@ from tests.conftest import (
     assert_error,
     digest_of,
     fake_digest,
-    make_client,
     push_blob,
     push_image,
     put_manifest,
@@ -351,8 +350,7 @@ async def test_lifespan_protocol(settings: Settings) -> None:
                 nursery.start_soon(svc.app, scope, receive, send)
                 await to_app_send.send({"type": "lifespan.startup"})
                 assert (await from_app_receive.receive())["type"] == "lifespan.startup.complete"
-                login = basic("root") if settings.auth.mode == "basic" else None
-                async with make_client(svc, login) as client:
+                async with root_client(svc) as client:
                     digest = await push_blob(client, "life", b"cycle")
                     assert (await client.get(f"/v2/life/blobs/{digest}")).status_code == 200
                 # The pull-event writer runs: the pull is written after its batch interval.

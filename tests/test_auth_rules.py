@@ -156,6 +156,10 @@ def test_token_grants_replace_the_rules(authorizer: AccessAuthorizer) -> None:
     assert authorizer.may(token, "team/app", "pull")
     assert not authorizer.may(token, "team/app", "push")  # the rules would allow it
     assert not authorizer.may(token, "team/other", "pull")
+    # An (external) issuer's access names are repository names, not globs.
+    wide = Identity("alice", "token", (("team/*", frozenset({"pull"})), ("*", frozenset({"pull"}))))
+    assert not authorizer.may(wide, "team/app", "pull")
+    assert not authorizer.sees_everything(wide)
 
 
 def test_tickets(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from dockyard.auth import Identity, Scope
 from dockyard.auth.keys import SigningKey
 from dockyard.auth.tokens import TokenAuth, TokenInvalid
 from dockyard.services import Services, build_token_auth, mount_token_endpoint
-from tests.conftest import assert_bare, assert_error, make_client, make_settings, open_services
+from tests.authfixtures import ROOT_RULE, auth_settings
+from tests.authfixtures import basic as auth_basic
+from tests.conftest import assert_error, make_client, make_settings, open_services
 from tests.tokenkit import certificate_authority, grant, leaf, user_exists, verify_password
 
 TOKEN = "/auth/token"
@@ -54,6 +56,17 @@ async def token_client(
 @pytest.fixture
 def tokens(token_services: tuple[Services, TokenAuth]) -> TokenAuth:
     return token_services[1]
+
+
+def assert_oauth_error(r: httpx.Response, status: int, error: str) -> None:
+    """An RFC 6749 section 5.2 error answer: the token endpoint is OAuth2's, not /v2/."""
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["cache-control"] == "no-store"
+    doc = r.json()
+    assert set(doc) == {"error", "error_description"}, doc
+    assert doc["error"] == error, doc
+    assert isinstance(doc["error_description"], str) and doc["error_description"]
 
 
 def assert_token_answer(r: httpx.Response) -> None:
@@ -91,7 +104,7 @@ async def test_empty_basic_credentials_mean_anonymous(
     verified = await tokens.verify(r.json()["token"])
     assert verified.identity.name is None and verified.allows(Scope("pull", "public/app"))
     r = await token_client.get(TOKEN, headers=basic("", "password-without-user"))
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
 
 
 async def test_get_with_credentials_grants_the_intersection(
@@ -121,17 +134,18 @@ async def test_get_refusals(token_client: httpx.AsyncClient) -> None:
     r = await token_client.get(TOKEN, headers=basic("nobody", "x"))
     assert_error(r, 401, "UNAUTHORIZED")
     r = await token_client.get(TOKEN, params={"service": "other.test"})
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
+    assert "other.test" in r.json()["error_description"]
     r = await token_client.get(TOKEN, headers={"authorization": "Basic !!!"})
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
     r = await token_client.get(TOKEN, headers={"authorization": "Bearer abc"})
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
     r = await token_client.get(
         TOKEN, params={"account": "admin"}, headers=basic("alice", "wonderland")
     )
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
     many = {"scope": [f"repository:r{i}:pull" for i in range(100)]}
-    assert_bare(await token_client.get(TOKEN, params=many), 400)
+    assert_oauth_error(await token_client.get(TOKEN, params=many), 400, "invalid_request")
     r = await token_client.put(TOKEN)
     assert_error(r, 405, "UNSUPPORTED")
 
@@ -173,7 +187,7 @@ async def test_offline_token_then_oauth2_refresh(
             "client_id": "t",
         },
     )
-    assert_error(r, 401, "UNAUTHORIZED")
+    assert_oauth_error(r, 400, "invalid_grant")
 
 
 async def test_oauth2_password_grant(token_client: httpx.AsyncClient, tokens: TokenAuth) -> None:
@@ -197,44 +211,53 @@ async def test_oauth2_password_grant(token_client: httpx.AsyncClient, tokens: To
 
 
 @pytest.mark.parametrize(
-    ("form", "status", "code"),
+    ("form", "error"),
     [
-        ({"grant_type": "password", "username": "alice", "password": "no"}, 401, "UNAUTHORIZED"),
-        ({"grant_type": "refresh_token", "refresh_token": "junk"}, 401, "UNAUTHORIZED"),
-        ({"grant_type": "refresh_token"}, 400, ""),
-        ({"grant_type": "authorization_code", "code": "x"}, 400, ""),
-        ({"grant_type": "password", "password": "x"}, 400, ""),
-        ({"username": "alice", "password": "wonderland"}, 400, ""),
+        ({"grant_type": "password", "username": "alice", "password": "no"}, "invalid_grant"),
+        ({"grant_type": "password", "username": "nobody", "password": "x"}, "invalid_grant"),
+        ({"grant_type": "refresh_token", "refresh_token": "junk"}, "invalid_grant"),
+        ({"grant_type": "refresh_token"}, "invalid_request"),
+        ({"grant_type": "authorization_code", "code": "x"}, "unsupported_grant_type"),
+        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+        ({"grant_type": "password", "password": "x"}, "invalid_request"),
+        ({"username": "alice", "password": "wonderland"}, "invalid_request"),
+        ({"grant_type": "password", "service": "other.test"}, "invalid_request"),
     ],
 )
 async def test_oauth2_refusals(
-    token_client: httpx.AsyncClient, form: dict[str, str], status: int, code: str
+    token_client: httpx.AsyncClient, form: dict[str, str], error: str
 ) -> None:
     r = await token_client.post(TOKEN, data={"client_id": "test", **form})
-    if code:
-        assert_error(r, status, code)
-    else:  # a bad request: no OCI code fits, so the bare status
-        assert_bare(r, status)
+    assert_oauth_error(r, 400, error)
 
 
 async def test_oauth2_bad_requests(token_client: httpx.AsyncClient) -> None:
     good = {"grant_type": "password", "username": "alice", "password": "wonderland"}
     # client_id is required by the OAuth2 token spec.
-    assert_bare(await token_client.post(TOKEN, data=good), 400)
+    r = await token_client.post(TOKEN, data=good)
+    assert_oauth_error(r, 400, "invalid_request")
+    assert "client_id" in r.json()["error_description"]
     r = await token_client.post(TOKEN, json={**good, "client_id": "t"})
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
     r = await token_client.post(
         TOKEN,
         content=b"\xff\xfe=\x00",
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert_bare(r, 400)
+    assert_oauth_error(r, 400, "invalid_request")
     r = await token_client.post(
         TOKEN,
         content=b"a=" + b"x" * (70 * 1024),
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert_error(r, 400, "SIZE_INVALID")
+    assert_oauth_error(r, 400, "invalid_request")
+    # Client authentication is not supported (no registered clients): RFC 6749 5.2 asks
+    # for 401 with a challenge of the scheme tried.
+    r = await token_client.post(
+        TOKEN, data={**good, "client_id": "t"}, headers=basic("alice", "wonderland")
+    )
+    assert_oauth_error(r, 401, "invalid_client")
+    assert r.headers["www-authenticate"] == 'Basic realm="registry.test"'
 
 
 async def test_jwks_publishes_the_signing_key(
@@ -359,7 +382,27 @@ async def test_hostile_forms_are_answered_not_crashed(
     r = await token_client.post(
         TOKEN, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
     )
-    assert r.status_code in (200, 400, 401), r.text
-    assert (r.status_code == 400 and r.content == b"") or r.headers[
-        "content-type"
-    ] == "application/json"
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["error"] in ("invalid_request", "invalid_grant"), r.text
+
+
+async def test_credentials_at_the_endpoint_of_a_token_mode_registry(tmp_path: Path) -> None:
+    """With auth.mode = "token" the router authenticates every request first; at the token
+    endpoint a refusal of the credentials is the endpoint's (a Basic challenge, RFC 6749
+    errors), not the registry's Bearer challenge pointing back at the endpoint itself."""
+    settings = auth_settings(tmp_path / "data", [ROOT_RULE], DOCKYARD_AUTH_MODE="token")
+    async with open_services(settings) as svc, make_client(svc) as c:
+        r = await c.get(TOKEN, headers=auth_basic("root", "wrong"))
+        assert_error(r, 401, "UNAUTHORIZED")
+        assert r.headers["www-authenticate"] == 'Basic realm="dockyard"'
+        r = await c.get(TOKEN, headers={"authorization": "Basic !!!"})
+        assert_oauth_error(r, 400, "invalid_request")
+        r = await c.get(TOKEN, headers={"authorization": "Bearer not.a.token"})
+        assert_oauth_error(r, 400, "invalid_request")
+        r = await c.get(TOKEN, params={"scope": "repository:a/b:pull"}, headers=auth_basic("root"))
+        assert_token_answer(r)
+        # Elsewhere the registry's own challenge is unchanged.
+        r = await c.get("/v2/", headers=auth_basic("root", "wrong"))
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith('Bearer realm="')

@@ -10,6 +10,8 @@ import pytest
 INSTALL_HINTS = {
     "skopeo": "apt-get install -y skopeo",
     "umoci": "apt-get install -y umoci",
+    "podman": "apt-get install -y podman",
+    "buildah": "apt-get install -y buildah",
     "chromium": "apt-get install -y chromium chromium-driver",
     "chromedriver": "apt-get install -y chromium chromium-driver",
     "htpasswd": "apt-get install -y apache2-utils",

@@ -109,7 +109,8 @@ def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> 
         granted = tuple(
             (s.name, frozenset(s.actions)) for s in verified.access if s.type == "repository"
         )
-        return Identity(verified.identity.name, "token", granted)
+        registry = frozenset(s.name for s in verified.access if s.type == "registry")
+        return Identity(verified.identity.name, "token", granted, registry)
 
     return TokenAccessAuthorizer(
         rules,
@@ -133,11 +134,13 @@ class TokenAccessAuthorizer(AccessAuthorizer):
     async def authorize(self, caller: Caller, identity: Identity, scope: Scope) -> None:
         try:
             await super().authorize(caller, identity, scope)
-        except Forbidden as e:
+        except Forbidden:
             if identity.method != "token":
                 raise
+            # Not "alice may not push": the rules may allow it, only this token lacks it.
+            missing = f"the token does not grant {scope.action} {scope.repository or ''}"
             raise Unauthenticated(
-                str(e), self.tokens.challenge([scope], INSUFFICIENT_SCOPE)
+                missing.strip(), self.tokens.challenge([scope], INSUFFICIENT_SCOPE)
             ) from None
 
 

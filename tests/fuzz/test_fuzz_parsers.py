@@ -2,7 +2,7 @@
 
 A refusal is the parser's own ValueError subclass (or a core RegistryError, which the
 HTTP layer maps to a 4xx); anything else escaping is a bug (a 500 on the wire).
-Tokens (the auth-tokens work, not merged yet) get theirs when they land.
+Bearer tokens and the token endpoint are fuzzed through the app in test_fuzz_tokens.py.
 """
 
 from __future__ import annotations

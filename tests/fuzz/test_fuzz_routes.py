@@ -1,62 +1,28 @@
 """Every route's inputs, fuzzed through the in-process ASGI app: never a 500, and every
 4xx body carries only codes of the OCI spec's error-code table.
 
-The app runs with its background tasks in a trio thread for the module; hypothesis drives
-requests from the test thread (hypothesis cannot drive trio tests directly).
+The app runs with its background tasks in a trio thread for the module (tests/fuzz/app.py);
+hypothesis drives requests from the test thread (it cannot drive trio tests directly).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import OCI_ERROR_CODES, digest_of, make_client, make_settings, open_services
-
-
-class App:
-    """A registry served in a trio thread; ``request`` is a blocking httpx request."""
-
-    def __init__(self, root: Path) -> None:
-        self.settings = make_settings(root)
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
-
-    async def _main(self) -> None:
-        async with open_services(self.settings) as svc, make_client(svc) as client:
-            self.client = client
-            self.token = trio.lowlevel.current_trio_token()
-            self.stop = trio.Event()
-            self._ready.set()
-            await self.stop.wait()
-
-    def __enter__(self) -> App:
-        self._thread.start()
-        assert self._ready.wait(30), "the registry did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        trio.from_thread.run_sync(self.stop.set, trio_token=self.token)
-        self._thread.join(30)
-
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        call = functools.partial(self.client.request, method, url, **kwargs)
-        return trio.from_thread.run(call, trio_token=self.token)
+from tests.conftest import OCI_ERROR_CODES, digest_of, make_settings
+from tests.fuzz.app import App
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    with App(tmp_path_factory.mktemp("fuzz") / "data") as running:
+    with App(make_settings(tmp_path_factory.mktemp("fuzz") / "data")) as running:
         # Something to find: a repository with a blob, so routes get past "unknown".
         params = {"digest": digest_of(b"fuzz")}
         r = running.request("POST", "/v2/known/blobs/uploads/", params=params, content=b"fuzz")

@@ -44,11 +44,13 @@ ADMIN = Scope("admin")
 class Identity:
     """The caller. ``name`` None is anonymous; ``method`` says how it was established
     ("anonymous", "basic", "token", "certificate"). ``granted`` is set for a bearer token:
-    the actions it grants per repository name, which replace the rules for this caller."""
+    the actions it grants per repository name, which replace the rules for this caller;
+    ``registry`` the registry-wide resources it grants ("catalog")."""
 
     name: str | None
     method: str = "anonymous"
     granted: tuple[tuple[str, frozenset[str]], ...] | None = None
+    registry: frozenset[str] = frozenset()
 
     @property
     def anonymous(self) -> bool:

@@ -28,7 +28,6 @@ from dockyard.auth import (
 from dockyard.auth.htpasswd import Users
 from dockyard.auth.limits import LoginLimiter
 from dockyard.auth.rules import AccessRules
-from dockyard.globs import glob_matches
 
 # Longest Authorization header looked at; anything longer is refused unparsed.
 MAX_AUTHORIZATION = 8192
@@ -120,7 +119,12 @@ class AccessAuthorizer:
         if scope.action == "login":
             allowed = not identity.anonymous
         elif scope.action == "catalog":
-            allowed = self.may(identity, None, "pull")
+            # A token needs the registry:catalog:* grant; other callers may list when
+            # there is something they may pull.
+            if identity.granted is not None:
+                allowed = "catalog" in identity.registry
+            else:
+                allowed = self.may(identity, None, "pull")
         else:
             allowed = self.may(identity, scope.repository, scope.action)
         if allowed:
@@ -131,13 +135,15 @@ class AccessAuthorizer:
 
     def may(self, identity: Identity, repository: str | None, action: str) -> bool:
         if identity.granted is not None:
+            # A token's access claim names repositories, never globs (distribution's
+            # token spec): an external issuer's "team/*" or "*" grants nothing.
             return any(
-                action in actions and (repository is None or glob_matches(repository, name))
+                action in actions and (repository is None or repository == name)
                 for name, actions in identity.granted
             )
         return self.rules.allows(identity, repository, action)
 
     def sees_everything(self, identity: Identity) -> bool:
         if identity.granted is not None:
-            return any("pull" in actions and name == "*" for name, actions in identity.granted)
+            return False  # a token names each repository it grants
         return self.rules.covers_all(identity, "pull")

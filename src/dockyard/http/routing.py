@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from dockyard.auth import ADMIN, CATALOG, LOGIN, PUBLIC, Action, Scope
+from dockyard.auth import ADMIN, ANONYMOUS, CATALOG, LOGIN, PUBLIC, Action, Scope
 from dockyard.core import errors as err
 from dockyard.http.errors import METHOD_NOT_ALLOWED, NO_ENDPOINT, error_body
 from dockyard.http.handlers.blobs import Blobs
@@ -58,6 +58,10 @@ class Need:
 
     fixed: Scope | None = None
     action: Action | None = None
+    # The handler checks the request's credentials itself (the token endpoint exchanges
+    # them for a token): refusing them is its answer, with its own challenge, not the
+    # registry's Bearer one pointing back at it.
+    own_credentials: bool = False
 
     def scope(self, params: dict[str, str]) -> Scope:
         if self.fixed is not None:
@@ -158,8 +162,8 @@ def token_routes(endpoint: TokenEndpoint, path: str) -> list[Route]:
         Route(
             re.compile(re.escape(path)),
             {
-                "GET": (endpoint.get, registry_wide(PUBLIC)),
-                "POST": (endpoint.post, registry_wide(PUBLIC)),
+                "GET": (endpoint.get, Need(fixed=PUBLIC, own_credentials=True)),
+                "POST": (endpoint.post, Need(fixed=PUBLIC, own_credentials=True)),
             },
             "token",
         ),
@@ -203,7 +207,16 @@ class Router:
             req.repository = name
             req.reference = params.get("reference") or params.get("digest")
             handler, need = endpoint
-            await self.authorize(req, need.scope(params))
+            scope = need.scope(params)
+            try:
+                await self.authorize(req, scope)
+            except err.Unauthorized:
+                if not need.own_credentials:
+                    raise
+                # Network lists and rate limits still apply, to an anonymous caller (the
+                # failed-login limiter has counted the failure already).
+                req.identity = ANONYMOUS
+                await self.authorize(req, scope)
             return await handler(req, params)
         # No spec code means "no such endpoint": the bare status.
         return Response(NO_ENDPOINT.status, [], error_body(NO_ENDPOINT.code, ""))

@@ -49,7 +49,11 @@ async def check(
 
 def pull_filter(authorizer: Authorizer, identity: Identity) -> Callable[[str], bool] | None:
     """What listings of many repositories show ``identity``: None when it may pull every
-    repository (nothing to filter), else the test of a repository name."""
+    repository (nothing to filter), else the test of a repository name. A token that
+    grants the catalog lists what the rules let its holder pull (its repository grants
+    name only the few repositories it was asked for)."""
+    if "catalog" in identity.registry:
+        identity = Identity(identity.name, identity.method)
     if authorizer.sees_everything(identity):
         return None
     return lambda repository: authorizer.may(identity, repository, "pull")

@@ -5,8 +5,15 @@ or none (anonymous) answers ``{"token", "access_token", "expires_in", "issued_at
 for ``offline_token=true``, a ``refresh_token``. ``POST <path>`` with a form body is the
 OAuth2 flavour: ``grant_type=password`` (username, password) or ``refresh_token``,
 with ``service``, ``client_id``, ``scope`` (space-separated) and ``access_type=offline``
-for a refresh token. Wrong credentials or a bad refresh token: 401. The JWKS of the
-signing key is served at ``<jwks path>`` for registries that verify these tokens.
+for a refresh token. The JWKS of the signing key is served at ``<jwks path>`` for
+registries that verify these tokens.
+
+Errors are OAuth2's (RFC 6749 section 5.2), not the OCI error codes of ``/v2/``: a JSON
+``{"error", "error_description"}``. The POST form answers ``invalid_request``,
+``unsupported_grant_type``, ``invalid_grant`` (wrong password, bad refresh token) with 400
+and ``invalid_client`` with 401. The GET form answers its bad requests the same way; wrong
+Basic credentials there keep distribution's 401 ``UNAUTHORIZED`` with a Basic challenge,
+which docker and containers/image clients turn into "invalid username or password".
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from dockyard.http.request import Request, Response, json_response
 VerifyPassword = Callable[[str, str], Awaitable[bool]]
 
 _FORM = "application/x-www-form-urlencoded"
+# RFC 6749 section 5.2 error codes.
+INVALID_REQUEST = "invalid_request"
+INVALID_CLIENT = "invalid_client"
+INVALID_GRANT = "invalid_grant"
+UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
 _MAX_FORM_BYTES = 64 * 1024
 # RFC 6749 5.1: token answers must not be cached.
 _NO_STORE = [("cache-control", "no-store"), ("pragma", "no-cache")]
@@ -38,25 +50,34 @@ def _issued_at(token: IssuedToken) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class OAuthError(Exception):
+    """A refused token request: an RFC 6749 error code and its description."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
     """User and password of an ``Authorization: Basic`` header; None without one (or with
-    empty ones). Raises ParameterInvalid for a malformed one."""
+    empty ones). Raises OAuthError for a malformed one."""
     if header is None:
         return None
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise err.ParameterInvalid("the token endpoint takes Basic credentials or none")
+        raise OAuthError(INVALID_REQUEST, "the token endpoint takes Basic credentials or none")
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise err.ParameterInvalid("malformed Basic credentials") from None
+        raise OAuthError(INVALID_REQUEST, "malformed Basic credentials") from None
     user, sep, password = decoded.partition(":")
     if sep and not user and not password:
         # Empty credentials: what containers/image (skopeo, podman) sends when it has
         # none. They mean anonymous.
         return None
     if not sep or not user:
-        raise err.ParameterInvalid("malformed Basic credentials")
+        raise OAuthError(INVALID_REQUEST, "malformed Basic credentials")
     return user, password
 
 
@@ -71,26 +92,46 @@ class TokenEndpoint:
         self._verify_password = verify_password
         self._jwks = jwks
 
-    def _unauthorized(self, message: str) -> Response:
+    def _basic_challenge(self) -> tuple[str, str]:
         realm = self.issuer.service.replace("\\", "").replace('"', "")
+        return ("www-authenticate", f'Basic realm="{realm}"')
+
+    def _unauthorized(self, message: str) -> Response:
         body = error_body(Code.UNAUTHORIZED, message)
-        headers = [
-            ("content-type", "application/json"),
-            ("www-authenticate", f'Basic realm="{realm}"'),
-        ]
+        headers = [("content-type", "application/json"), self._basic_challenge(), *_NO_STORE]
         return Response(401, headers, body)
+
+    def _oauth_error(self, error: OAuthError) -> Response:
+        """The RFC 6749 section 5.2 answer: 400, but 401 with a challenge of the scheme the
+        client tried for invalid_client (as section 5.2 asks)."""
+        doc = {"error": error.error, "error_description": error.description}
+        if error.error == INVALID_CLIENT:
+            return json_response(401, doc, [self._basic_challenge(), *_NO_STORE])
+        return json_response(400, doc, _NO_STORE)
 
     def _check_service(self, service: str | None) -> None:
         if service and service != self.issuer.service:
-            raise err.ParameterInvalid(f"unknown service {service[:100]!r}")
+            raise OAuthError(INVALID_REQUEST, f"unknown service {service[:100]!r}")
 
     def _scopes(self, values: list[str]) -> list[ResourceScope]:
         try:
             return parse_scopes(values)
         except TooManyScopes as e:
-            raise err.ParameterInvalid(str(e)) from None
+            raise OAuthError(INVALID_REQUEST, str(e)) from None
 
     async def get(self, req: Request, p: dict[str, str]) -> Response:
+        try:
+            return await self._get(req)
+        except OAuthError as e:
+            return self._oauth_error(e)
+
+    async def post(self, req: Request, p: dict[str, str]) -> Response:
+        try:
+            return await self._post(req)
+        except OAuthError as e:
+            return self._oauth_error(e)
+
+    async def _get(self, req: Request) -> Response:
         self._check_service(req.arg("service"))
         credentials = basic_credentials(req.headers.get("authorization"))
         identity: Identity = ANONYMOUS
@@ -101,7 +142,7 @@ class TokenEndpoint:
             identity = Identity(user)
         account = req.arg("account")
         if account and identity.name is not None and account != identity.name:
-            raise err.ParameterInvalid("account does not match the credentials")
+            raise OAuthError(INVALID_REQUEST, "account does not match the credentials")
         offline = (req.arg("offline_token") or "").lower() == "true"
         token = self.issuer.issue(identity, self._scopes(req.query.get("scope", [])), offline)
         doc: dict[str, object] = {
@@ -114,14 +155,22 @@ class TokenEndpoint:
             doc["refresh_token"] = token.refresh_token
         return json_response(200, doc, _NO_STORE)
 
-    async def post(self, req: Request, p: dict[str, str]) -> Response:
+    async def _post(self, req: Request) -> Response:
+        if req.headers.get("authorization") is not None:
+            # dockyard registers no OAuth2 clients: client_id names one, nothing
+            # authenticates it, so an attempt to (RFC 6749 2.3) cannot succeed.
+            raise OAuthError(
+                INVALID_CLIENT,
+                "no client authentication here: send client_id, and the user's credentials"
+                " as username and password in the form",
+            )
         form = await self._form(req)
 
         def field(name: str, required: bool = False) -> str:
             values = form.get(name)
             if not values or not values[0]:
                 if required:
-                    raise err.ParameterInvalid(f"{name} is required")
+                    raise OAuthError(INVALID_REQUEST, f"{name} is required")
                 return ""
             return values[0]
 
@@ -131,16 +180,17 @@ class TokenEndpoint:
         if grant_type == "password":
             user, password = field("username", required=True), field("password")
             if not await self._verify_password(user, password):
-                return self._unauthorized("invalid username or password")
+                raise OAuthError(INVALID_GRANT, "invalid username or password")
             identity = Identity(user)
         elif grant_type == "refresh_token":
             try:
                 identity = await self.issuer.redeem(field("refresh_token", required=True))
             except RefreshTokenInvalid as e:
-                return self._unauthorized(str(e))
+                raise OAuthError(INVALID_GRANT, str(e)) from None
         else:
-            raise err.ParameterInvalid(
-                f"unsupported grant_type {grant_type[:40]!r} (password, refresh_token)"
+            raise OAuthError(
+                UNSUPPORTED_GRANT_TYPE,
+                f"unsupported grant_type {grant_type[:40]!r} (password, refresh_token)",
             )
         offline = field("access_type") == "offline"
         token = self.issuer.issue(identity, self._scopes(form.get("scope", [])), offline)
@@ -158,22 +208,26 @@ class TokenEndpoint:
     async def _form(self, req: Request) -> dict[str, list[str]]:
         media_type = req.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != _FORM:
-            raise err.ParameterInvalid(f"the token endpoint takes {_FORM} bodies")
-        length = req.content_length()
+            raise OAuthError(INVALID_REQUEST, f"the token endpoint takes {_FORM} bodies")
+        too_big = OAuthError(INVALID_REQUEST, f"form body over {_MAX_FORM_BYTES} bytes")
+        try:
+            length = req.content_length()
+        except err.SizeInvalid:
+            raise OAuthError(INVALID_REQUEST, "malformed Content-Length") from None
         if length is not None and length > _MAX_FORM_BYTES:
-            raise err.SizeInvalid(f"form body over {_MAX_FORM_BYTES} bytes")
+            raise too_big
         body = bytearray()
         async for chunk in req.body():
             body += chunk
             if len(body) > _MAX_FORM_BYTES:
-                raise err.SizeInvalid(f"form body over {_MAX_FORM_BYTES} bytes")
+                raise too_big
         try:
             text = body.decode("utf-8")
             return parse_qs(
                 text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=200
             )
         except (UnicodeDecodeError, ValueError):
-            raise err.ParameterInvalid("malformed form body") from None
+            raise OAuthError(INVALID_REQUEST, "malformed form body") from None
 
     async def jwks(self, req: Request, p: dict[str, str]) -> Response:
         return json_response(200, self._jwks(), [("cache-control", "max-age=300")])
