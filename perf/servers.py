@@ -11,8 +11,8 @@ For the events scenario a second dockyard runs with ``DOCKYARD_EVENTS_RECORD_PUL
 Distribution is Debian's ``docker-registry`` package (2.8.2): :func:`ensure_distribution`
 installs it with apt-get when missing. It is started as ``docker-registry serve
 CONFIG.yml`` with our own config (never its systemd service): filesystem root in the
-temporary directory, loopback address, access log off and log level ``error`` (dockyard
-logs no access lines by default either), the in-memory blob descriptor cache Debian's
+temporary directory, loopback address, access log off and log level ``error`` (dockyard's
+access log is off here too, see ``Dockyard``), the in-memory blob descriptor cache Debian's
 default config enables, delete enabled.
 """
 
@@ -190,7 +190,9 @@ class Dockyard(Server):
     ) -> None:
         super().__init__(port, keep)
         self.workers = workers
-        self.settings = dict(settings or {})  # DOCKYARD_* variables, e.g. pull events off
+        # DOCKYARD_* variables, e.g. pull events off. The access log is off unless asked
+        # for, like Distribution's here (its cost is measured by perf.logs).
+        self.settings = {"DOCKYARD_LOG_ACCESS": "false", **(settings or {})}
         from dockyard import __version__
 
         extra = "".join(f", {k}={v}" for k, v in sorted(self.settings.items()))

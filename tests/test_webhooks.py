@@ -296,6 +296,33 @@ async def test_three_formats(tmp_path: Path) -> None:
         assert d.headers["user-agent"].startswith("dockyard/")
 
 
+async def test_request_id_reaches_every_format(tmp_path: Path) -> None:
+    """The client's X-Request-Id is in each delivery the request caused: in the body of
+    every format and as the delivery's own X-Request-Id header."""
+    with Receiver() as rx:
+        hooks = [
+            hook("dist", rx.url + "/dist"),
+            hook("ce", rx.url + "/ce", format="cloudevents"),
+            hook("native", rx.url + "/native", format="dockyard"),
+        ]
+        async with registry(tmp_path, hooks) as (svc, client):
+            client.headers["X-Request-Id"] = "trace-7f3a"
+            image = await push_image(client, "rid/app", "v1")
+            logged = events(svc)
+            for path in ("/dist", "/ce", "/native"):
+                await rx.wait_for_ids({e.id for e in logged}, path)
+    (event,) = [e for e in logged if e.digest == image.digest]
+    assert event.body["request"]["id"] == "trace-7f3a"
+    for path in ("/dist", "/ce", "/native"):
+        (d,) = [d for d in rx.accepted(path) if d.event_id == event.id]
+        if path == "/dist":
+            request = distribution_consumer(d)[0]["request"]
+        else:
+            request = (d.json()["data"] if path == "/ce" else d.json())["request"]
+        assert request["id"] == "trace-7f3a", path
+        assert d.headers["x-request-id"] == "trace-7f3a", path
+
+
 def verify(secret: bytes, body: bytes, header: str) -> bool:
     """How a receiver checks the signature (docs/webhooks.md shows the same)."""
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()

@@ -50,7 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from dockyard.http import h2edge
     from dockyard.meta.sqlite import SQLiteMeta
-    from dockyard.services import check_read_size_hook, configure_logging, instance_name
+    from dockyard.observability.logs import configure_logging
+    from dockyard.services import check_read_size_hook, instance_name
 
     settings = _settings(args)
     try:
@@ -74,7 +75,12 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     if not _users_file_ok(settings):  # every worker would refuse it the same way
         return 2
-    configure_logging(settings)
+    try:
+        configure_logging(settings)
+    except OSError as e:  # every worker would fail to open it the same way
+        print(f"dockyard: log.file: {e}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("dockyard")
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout)
     meta.migrate()
     # Upload leases held by an earlier run of this instance can no longer be in use.
@@ -83,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     meta.webhook_release_leases_of(instance_name(settings))
     meta.close()
     if released:
-        logging.getLogger("dockyard").info("released %d upload leases of a previous run", released)
+        log.info("released %d upload leases of a previous run", released)
 
     config = Config()
     if settings.tls.cert:
@@ -125,20 +131,25 @@ def _serve(args: argparse.Namespace) -> int:
     # hypercorn logs through the logger configure_logging set up (a handler of its own,
     # errorlog = "-", printed every line twice, once in each format).
     config.errorlog = logging.getLogger("hypercorn.error")
-    print(
-        f"dockyard {__version__} serving on {'https' if settings.tls.cert else 'http'}://"
-        f"{settings.server.host}:{settings.server.port}"
-        f" (data: {settings.storage.root}, workers: {settings.server.workers})",
-        file=sys.stderr,
-        flush=True,
+    log.info(
+        "dockyard %s serving on %s://%s:%d (data: %s, workers: %d)",
+        __version__,
+        "https" if settings.tls.cert else "http",
+        settings.server.host,
+        settings.server.port,
+        settings.storage.root,
+        settings.server.workers,
     )
     # Workers inherit this and stop when the supervisor tells them to, so a SIGTERM sent to
     # the whole process group (systemd, kill -- -pgid) is graceful too.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Likewise SIGHUP, which hypercorn's supervisor answers by restarting the workers
     # gracefully (they read the TLS certificate again): a worker must not die of it.
+    # (This process's own log file is a LogFile: it reopens a moved file by itself.)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return run(config)
+    code = run(config)
+    log.info("dockyard stopped (exit code %d)", code)
+    return code
 
 
 def _fresh_metrics_dir(settings: Settings) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.observability.access import log_access
+from dockyard.observability.logs import configure_logging
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
@@ -180,9 +182,11 @@ class Services:
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
+        log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
         """Flush pull events; the caller then cancels the nursery."""
+        log.info("worker %d stopping", os.getpid())
         self.pulls.close()
         with trio.move_on_after(5):
             await self.pulls.wait_finished()
@@ -394,18 +398,13 @@ def check_read_size_hook() -> None:
         )
 
 
-def configure_logging(settings: Settings) -> None:
-    """Log to stderr at ``log.level``: in ``dockyard serve`` and again in each worker, a
-    spawned process that inherits no logging set-up (without this the access log and the
-    workers' warnings went nowhere)."""
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-
-
 def create_app() -> RegistryApp:
     """Entry point for each hypercorn worker process."""
+    # Workers stop when the supervisor tells them (cli.py ignores both signals before it
+    # starts them); workers it starts after a SIGHUP reload would die of a SIGTERM or
+    # SIGHUP sent to the process group, as hypercorn handles both in the supervisor by then.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     configure_logging(settings)
     set_read_size(settings.server.read_size)

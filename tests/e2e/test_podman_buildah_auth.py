@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.conftest import Skopeo, server_events, serving
 from tests.e2e.containers_tools import INSECURE, ContainerStore
+from tests.e2e.logread import access_log, field
 from tests.e2e.test_auth_e2e import PASSWORDS, write_auth_config
 from tests.serverproc import DockyardServer
 from tests.tools import require_tool
@@ -39,7 +40,7 @@ class AuthRegistry:
 
     def token_requests(self) -> int:
         """How many requests the built-in token service has answered (the access log)."""
-        return self.server.log_path.read_text(errors="replace").count('"path": "/auth/token"')
+        return sum(1 for d in access_log(self.server) if field(d, "url.path") == "/auth/token")
 
     def tags(self, repository: str) -> list[str] | None:
         """The repository's tags as root sees them over HTTP; None if it does not exist."""

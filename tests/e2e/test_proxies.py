@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import serving
-from tests.e2e.test_tls import access_log, logged_request, skopeo
+from tests.e2e.logread import access_log, field, logged_request
+from tests.e2e.test_tls import skopeo
 from tests.imagegen import OCILayout, build_image, make_layer
 from tests.pki import ServerFiles, cert_dir, server_files
 from tests.serverproc import DockyardServer, free_port
@@ -200,7 +201,7 @@ def test_forwarded_address_is_the_client_and_spoofing_is_ignored(proxied: Proxie
             "/v2/", headers={"x-request-id": request_id, "x-forwarded-for": "192.0.2.66"}
         )
         assert r.status_code == 200 and r.http_version == "HTTP/2"
-    assert logged_request(proxied.dockyard, request_id)["client"] == address
+    assert field(logged_request(proxied.dockyard, request_id), "client.ip") == address
 
 
 def test_network_deny_list_uses_the_forwarded_address(proxied: Proxied) -> None:
@@ -236,9 +237,9 @@ def test_dockyard_direct_429_from_a_real_server(dockyard: DockyardServer) -> Non
     assert statuses[:60] == [200] * 60 and statuses[60] == 429
     deadline = time.monotonic() + 5
     while True:  # the access log line is written just after the answer is sent
-        entries = [e for e in access_log(dockyard) if e["client"] == "127.0.0.40"]
+        entries = [e for e in access_log(dockyard) if field(e, "client.ip") == "127.0.0.40"]
         if len(entries) == 61 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert len(entries) == 61
-    assert entries[-1]["status"] == 429
+    assert field(entries[-1], "http.response.status_code") == 429

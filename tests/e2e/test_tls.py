@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import signal
 import ssl
@@ -21,6 +20,7 @@ import pytest
 import trustme
 
 from tests.e2e.conftest import TOOL_TIMEOUT, serving
+from tests.e2e.logread import access_log, field, logged_request
 from tests.imagegen import OCILayout, build_image, make_layer
 from tests.pki import ServerFiles, cert_dir, client_cert, server_files, write_server_cert
 from tests.serverproc import DockyardServer
@@ -54,21 +54,6 @@ def tls_env(files: ServerFiles, client_auth: str = "none") -> dict[str, str]:
         "DOCKYARD_TLS_RELOAD_INTERVAL": "0.2",
         "DOCKYARD_LOG_ACCESS": "true",
     }
-
-
-def access_log(server: DockyardServer) -> list[dict[str, object]]:
-    marker = "dockyard.access "
-    lines = server.log_path.read_text(errors="replace").splitlines()
-    return [json.loads(line.split(marker, 1)[1]) for line in lines if marker in line]
-
-
-def logged_request(server: DockyardServer, request_id: str) -> dict[str, object]:
-    for _ in range(50):
-        found = [e for e in access_log(server) if e["request"] == request_id]
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"request {request_id} is not in the access log")
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +155,15 @@ def test_client_certificate_subject_is_the_user(https_registry: DockyardServer, 
     with httpx.Client(verify=pki.files.client_context()) as client:
         r = client.get(f"{https_registry.url}/v2/", headers={"x-request-id": "without-cert"})
         assert r.status_code == 200
-    assert logged_request(https_registry, "with-cert")["user"] == "alice"
-    assert logged_request(https_registry, "without-cert")["user"] is None
+    assert field(logged_request(https_registry, "with-cert"), "user.name") == "alice"
+    assert field(logged_request(https_registry, "without-cert"), "user.name") is None
     # A certificate the server's CA did not sign is refused even where one is optional.
     with (
         httpx.Client(verify=pki.files.client_context(pki.stranger)) as client,
         pytest.raises(httpx.TransportError),
     ):
         client.get(f"{https_registry.url}/v2/", headers={"x-request-id": "stranger"})
-    assert not [e for e in access_log(https_registry) if e["request"] == "stranger"]
+    assert not [e for e in access_log(https_registry) if field(e, "http.request.id") == "stranger"]
 
 
 def test_required_client_certificate(mtls_registry: DockyardServer, pki: PKI) -> None:
@@ -192,8 +177,8 @@ def test_required_client_certificate(mtls_registry: DockyardServer, pki: PKI) ->
     with httpx.Client(verify=pki.files.client_context(pki.alice), http2=True) as client:
         r = client.get(f"{mtls_registry.url}/v2/_catalog", headers={"x-request-id": "mtls-ok"})
         assert r.status_code == 200 and r.http_version == "HTTP/2"
-    assert logged_request(mtls_registry, "mtls-ok")["user"] == "alice"
-    assert not [e for e in access_log(mtls_registry) if e["request"] == "refused"]
+    assert field(logged_request(mtls_registry, "mtls-ok"), "user.name") == "alice"
+    assert not [e for e in access_log(mtls_registry) if field(e, "http.request.id") == "refused"]
 
 
 # -- replacing the certificate

@@ -15,12 +15,14 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from tests.e2e.conftest import Skopeo
+from tests.e2e.logread import field, log_lines
 from tests.imagegen import (
     OCILayout,
     build_image,
@@ -230,12 +232,18 @@ async def test_chunked_upload_moves_between_workers(registry2: DockyardServer) -
 
 async def test_each_worker_logs_its_start_once(registry2: DockyardServer) -> None:
     """hypercorn logs through dockyard's logging: one line per worker, in one format."""
-    started: list[str] = []
+
+    def running() -> list[dict[str, Any]]:
+        return [d for d in log_lines(registry2) if d["message"].startswith("Running on")]
+
+    started: list[dict[str, Any]] = []
     with trio.move_on_after(10):  # the second worker may still be starting
         while len(started) < 2:
             await trio.sleep(0.05)
-            started = [line for line in registry2.log().splitlines() if "Running on" in line]
+            started = running()
     await trio.sleep(0.2)  # a double would come at once
-    started = [line for line in registry2.log().splitlines() if "Running on" in line]
+    started = running()
     assert len(started) == 2, started
-    assert all(" INFO hypercorn.error " in line for line in started), started
+    assert all(field(d, "log.logger") == "hypercorn.error" for d in started), started
+    assert all(field(d, "log.level") == "info" for d in started), started
+    assert len({field(d, "process.pid") for d in started}) == 2, started

@@ -17,6 +17,7 @@ public names; it depends on nothing outside ``config`` but the leaf ``dockyard.a
 from dockyard.config.loader import as_dict, load
 from dockyard.config.model import (
     AUTH_MODES,
+    LOG_FORMATS,
     LOG_LEVELS,
     STORAGE_DRIVERS,
     WEBHOOK_FORMATS,
@@ -36,6 +37,7 @@ from dockyard.config.model import (
 
 __all__ = [
     "AUTH_MODES",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "STORAGE_DRIVERS",
     "WEBHOOK_FORMATS",

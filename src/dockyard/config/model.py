@@ -115,8 +115,13 @@ class EventsSettings:
 @dataclass
 class LogSettings:
     level: str = "info"
-    # Log each request (method, path, status, duration) as a JSON line.
-    access: bool = False
+    # One line per request (observability/access.py), whatever the level: operators expect
+    # a request log, and it costs little (perf/RESULTS.md).
+    access: bool = True
+    # "json": ECS lines a log stack reads without mapping; "text": for a terminal.
+    format: str = "json"
+    # "" writes to stderr; else this file, appended to, reopened when it is moved (logrotate).
+    file: str = ""
 
 
 @dataclass
@@ -356,4 +361,5 @@ class Settings:
 
 
 STORAGE_DRIVERS = ("filesystem", "memory")
+LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -17,6 +17,7 @@ from dockyard.config.model import (
     ACTION_CLASSES,
     AUTH_MODES,
     CLIENT_AUTH_MODES,
+    LOG_FORMATS,
     LOG_LEVELS,
     STORAGE_DRIVERS,
     TLS_VERSIONS,
@@ -276,6 +277,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("events.poll_interval and events.heartbeat: must be positive")
     if s.log.level not in LOG_LEVELS:
         raise ConfigError(f"log.level: choose one of {', '.join(LOG_LEVELS)}")
+    if s.log.format not in LOG_FORMATS:
+        raise ConfigError(f"log.format: choose one of {', '.join(LOG_FORMATS)}")
+    if "\0" in s.log.file or s.log.file.endswith(("/", ".")):
+        raise ConfigError(f"log.file: {s.log.file!r} is not a file name")
     if s.events.webhook_lease_seconds <= 0:
         raise ConfigError("events.webhook_lease_seconds: must be positive")
     if s.server.public_url:

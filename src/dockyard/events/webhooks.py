@@ -107,6 +107,11 @@ def render(
         "X-Dockyard-Event-Id": str(event.id),
         **hook.headers,
     }
+    # The request that caused the event, as the registry logged it (also in every format's
+    # body): a receiver can log it too and so follow a push from client to hook.
+    request_id = (event.body.get("request") or {}).get("id")
+    if request_id and not any(k.lower() == "x-request-id" for k in headers):
+        headers["X-Request-Id"] = request_id
     if hook.secret:
         headers[SIGNATURE_HEADER] = sign(hook.secret, body)
     return body, headers

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 from urllib.parse import parse_qs
@@ -58,6 +57,7 @@ from dockyard.http.request import (
 from dockyard.http.routing import Route, Router, registry_routes
 from dockyard.http.websocket import no_endpoint
 from dockyard.observability.record import Observer, RequestRecord
+from dockyard.observability.record import request_id as make_request_id
 
 log = logging.getLogger("dockyard.http")
 
@@ -221,7 +221,7 @@ class RegistryApp:
         started = time.perf_counter()
         headers = scope_headers(scope)
         client = self.guard.proxies.client_address(peer_address(scope), headers)
-        request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        request_id = make_request_id(headers.get("x-request-id", ""))
         method = scope["method"]
         # HTTP/2 has no Transfer-Encoding: a body without Content-Length is only known by
         # its frames, so such a request counts as having one (an empty one ends at once).

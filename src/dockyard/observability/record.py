@@ -4,8 +4,20 @@ importing one another."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+REQUEST_ID_LIMIT = 64
+
+
+def request_id(incoming: str) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is printable ASCII of at most
+    64 characters (it goes into logs, events and webhooks: a hostile one must not forge a
+    log line or grow them), else a new one."""
+    if 0 < len(incoming) <= REQUEST_ID_LIMIT and incoming.isascii() and incoming.isprintable():
+        return incoming
+    return uuid.uuid4().hex
 
 
 @dataclass(slots=True)

@@ -1,0 +1,134 @@
+"""How a log record becomes a line: ECS JSON (``[log] format = "json"``) or text.
+
+Records reach the formatters in the writer thread (observability/logs.py), after
+``detach`` ran on the thread that logged: the message is rendered and an exception is
+turned into ECS's ``error.*`` fields there, so nothing the formatter reads can change
+while the record waits in the queue.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+import traceback
+from typing import Any
+
+# The ECS fields an exception becomes (set by detach, read by both formatters).
+ERROR_TYPE = "error.type"
+ERROR_MESSAGE = "error.message"
+STACK_TRACE = "error.stack_trace"
+
+
+def detach(record: logging.LogRecord) -> None:
+    """Make ``record`` safe to format later on another thread: render its message now (its
+    arguments may change) and its exception as text (with the "Traceback" header and
+    chained causes)."""
+    record.msg = record.getMessage()
+    record.args = None
+    if record.exc_info:
+        kind, error, tb = record.exc_info
+        if kind is not None:
+            record.__dict__[ERROR_TYPE] = kind.__name__
+            record.__dict__[ERROR_MESSAGE] = str(error)
+            record.__dict__[STACK_TRACE] = "".join(traceback.format_exception(kind, error, tb))
+    record.exc_info = None
+    record.exc_text = None
+
+
+ECS_VERSION = "8.11.0"
+
+
+_last_second: tuple[int, str] = (-1, "")  # replaced whole, so threads see a matching pair
+
+
+def _utc(created: float, msecs: float) -> str:
+    global _last_second
+    second, text = _last_second
+    if second != int(created):  # one strftime a second, not one a line
+        second = int(created)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{int(msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One ECS JSON object per line: ``@timestamp``, ``log.level`` and ``message`` first (as
+    Elastic's ecs-logging writes them), then ``ecs.version``, ``log.logger``,
+    ``log.origin``, ``process.pid`` and every extra field whose name is an ECS dotted name
+    (``extra={"http.request.id": ...}``), nested as ECS documents them; None is left out.
+
+    Written here rather than taken from Elastic's ecs-logging (tried first): it rebuilds
+    its field table, flattens, de-dots and merges dictionaries and sorts the keys for every
+    record, 2.5 times the time of this (110 against 45 us an access line, measured one
+    after the other on the shared 2-core test machine): a fifth of a manifest HEAD's CPU.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        log: dict[str, Any] = {"logger": record.name}
+        if record.lineno:
+            log["origin"] = {
+                "file": {"name": record.filename, "line": record.lineno},
+                "function": record.funcName,
+            }
+        doc: dict[str, Any] = {
+            "@timestamp": _utc(record.created, record.msecs),
+            "log.level": record.levelname.lower(),
+            "message": record.getMessage(),
+            "ecs.version": ECS_VERSION,
+            "log": log,
+            "process": {"pid": record.process},
+        }
+        for name, value in record.__dict__.items():
+            if "." in name and value is not None:
+                _nest(doc, name, value)
+        if record.stack_info:
+            _nest(doc, STACK_TRACE, record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path(name: str) -> tuple[tuple[str, ...], str]:
+    *parents, leaf = name.split(".")
+    return tuple(parents), leaf
+
+
+def _nest(doc: dict[str, Any], name: str, value: object) -> None:
+    parents, leaf = _path(name)
+    for part in parents:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            child = doc[part] = {}
+        doc = child
+    doc[leaf] = value
+
+
+# Control characters (a newline in a hostile path or header) would start a fake line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-02T03:04:05.678Z INFO dockyard.access [pid] message``, then the stack
+    trace of an error on the lines below; for reading on a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _utc(record.created, record.msecs)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields: dict[str, Any] = record.__dict__
+        stack = fields.get(STACK_TRACE)
+        return f"{line}\n{stack.rstrip()}" if stack else line
+
+
+def formatter(name: str) -> logging.Formatter:
+    """The formatter of ``[log] format``."""
+    return JsonFormatter() if name == "json" else TextFormatter()
