@@ -16,9 +16,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dockyard.auth import Identity, Scope
+from dockyard.auth.assembly import build_token_auth
 from dockyard.auth.keys import SigningKey
 from dockyard.auth.tokens import TokenAuth, TokenInvalid
-from dockyard.services import Services, build_token_auth, mount_token_endpoint
+from dockyard.services import Services, mount_token_endpoint
 from tests.authfixtures import ROOT_RULE, auth_settings
 from tests.authfixtures import basic as auth_basic
 from tests.conftest import assert_error, make_client, make_settings, open_services
