@@ -22,7 +22,6 @@ when sent.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import json
@@ -34,12 +33,11 @@ from pathlib import Path
 from perf import oci
 from perf.data import ACCEPT, blob, image
 from perf.httpclient import Connection
+from perf.modes import Results, common_args, machine, ratio_table, record
 from perf.procstat import cpu_seconds, process_tree
 from perf.rate import build_requests, run_py
-from perf.report import machine
 from perf.servers import Dockyard
 
-HERE = Path(__file__).resolve().parent
 USER, PASSWORD = "perf", "perf-password"
 REPO = "perf/rps"
 MODES = ("none", "basic", "token")
@@ -138,40 +136,23 @@ def run(
     return results
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
+def table(results: Results) -> str:
     """Medians over the repeats. The rate ratio is the issue's figure; the CPU ratio (auth
     off's server CPU per request over this mode's, per repeat) is the steadier one on a
     shared machine, where other load moves the rate of each 5 s measurement."""
-    rows = [
-        "| auth | req/s median [min-max] | server CPU-us/req median "
-        "| req/s ratio to none (median [per repeat]) | CPU ratio none/auth (median) | failed |",
-        "|---|---|---|---|---|---|",
-    ]
-    base = [r["req_s"] for r in results["none"]]
-    base_cpu = [r["server_cpu_us_per_req"] for r in results["none"]]
-    for mode in MODES:
-        rates = [r["req_s"] for r in results[mode]]
-        cpus = [r["server_cpu_us_per_req"] for r in results[mode]]
-        ratios = [a / b for a, b in zip(rates, base, strict=True)]
-        cpu_ratios = [b / max(a, 1e-9) for a, b in zip(cpus, base_cpu, strict=True)]
-        failed = sum(int(r["failed"]) for r in results[mode])
-        rows.append(
-            f"| {mode} | {statistics.median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}] "
-            f"| {statistics.median(cpus):.0f} | {statistics.median(ratios):.3f} "
-            f"[{', '.join(f'{x:.2f}' for x in ratios)}] "
-            f"| {statistics.median(cpu_ratios):.3f} | {failed} |"
-        )
-    return "\n".join(rows)
+
+    def cpu_ratio(mine: list[dict[str, float]], base: list[dict[str, float]]) -> str:
+        pairs = zip(mine, base, strict=True)
+        key = "server_cpu_us_per_req"
+        return f"{statistics.median(b[key] / max(a[key], 1e-9) for a, b in pairs):.3f}"
+
+    return ratio_table(
+        "auth", MODES, "none", results, [("CPU ratio none/auth (median)", cpu_ratio)]
+    )
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
-    ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True)
-    args = ap.parse_args()
+    args = common_args(__doc__.splitlines()[0]).parse_args()
     started = dt.datetime.now(dt.UTC)
     m = machine()
     results = run(args.repeats, args.duration, args.connections, args.workers)
@@ -179,21 +160,13 @@ def main() -> int:
     print(text)
     failed = sum(int(r["failed"]) for rs in results.values() for r in rs)
     if args.record:
-        command = " ".join(["python -m perf.auth", *sys.argv[1:]])
-        section = (
-            f"\n## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`\n\n"
-            f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
-            f"Linux {m['kernel']}, Python {m['python']}; load average at start "
-            f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}.\n"
-            f"- Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
+        setup = (
+            f"Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
             f"measurement, dockyard --workers {args.workers} per server, three servers "
             f"alternated (none, basic, token, then reversed) after a {WARM_UP:g} s warm-up "
-            "of each; every basic HEAD carries the password, every bearer HEAD a token.\n\n"
-            + text
-            + "\n"
+            "of each; every basic HEAD carries the password, every bearer HEAD a token."
         )
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(section)
+        record("perf.auth", started, m, setup, text)
     return 1 if failed else 0
 
 

@@ -14,9 +14,7 @@ Each run also counts the access lines written, which must equal the requests ans
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,12 +22,11 @@ from pathlib import Path
 from perf import oci
 from perf.data import ACCEPT, blob, image
 from perf.httpclient import Connection
+from perf.modes import Results, common_args, machine, ratio_table, record
 from perf.procstat import cpu_seconds, process_tree
 from perf.rate import build_requests, run_py
-from perf.report import machine
 from perf.servers import Dockyard
 
-HERE = Path(__file__).resolve().parent
 REPO = "perf/rps"
 MODES = ("off", "json", "text")
 
@@ -102,35 +99,15 @@ def run(
     return results
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
-    rows = [
-        "| access log | req/s median [min-max] | server CPU-us/req median "
-        "| req/s ratio to off (median [per repeat]) | lines missing | failed |",
-        "|---|---|---|---|---|---|",
-    ]
-    base = [r["req_s"] for r in results["off"]]
-    for mode in MODES:
-        rates = [r["req_s"] for r in results[mode]]
-        cpus = [r["server_cpu_us_per_req"] for r in results[mode]]
-        ratios = [a / b for a, b in zip(rates, base, strict=True)]
-        failed = sum(int(r["failed"]) for r in results[mode])
-        missing = sum(int(r["missing_lines"]) for r in results[mode])
-        rows.append(
-            f"| {mode} | {statistics.median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}] "
-            f"| {statistics.median(cpus):.0f} | {statistics.median(ratios):.3f} "
-            f"[{', '.join(f'{x:.2f}' for x in ratios)}] | {missing} | {failed} |"
-        )
-    return "\n".join(rows)
+def table(results: Results) -> str:
+    def missing(mine: list[dict[str, float]], base: list[dict[str, float]]) -> str:
+        return str(sum(int(r["missing_lines"]) for r in mine))
+
+    return ratio_table("access log", MODES, "off", results, [("lines missing", missing)])
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
-    ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True)
-    args = ap.parse_args()
+    args = common_args(__doc__.splitlines()[0]).parse_args()
     started = dt.datetime.now(dt.UTC)
     m = machine()
     results = run(args.repeats, args.duration, args.connections, args.workers)
@@ -138,19 +115,13 @@ def main() -> int:
     print(text)
     bad = sum(int(r["failed"]) + int(r["missing_lines"]) for rs in results.values() for r in rs)
     if args.record:
-        command = " ".join(["python -m perf.logs", *sys.argv[1:]])
-        section = (
-            f"\n## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`\n\n"
-            f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
-            f"Linux {m['kernel']}, Python {m['python']}; load average at start "
-            f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}.\n"
-            f"- Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
+        setup = (
+            f"Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
             f"measurement, dockyard --workers {args.workers} per server, three servers "
             "alternated (access log off, json, text, then reversed), each logging to its own "
-            "file; lines missing counts requests answered without an access line.\n\n" + text + "\n"
+            "file; lines missing counts requests answered without an access line."
         )
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(section)
+        record("perf.logs", started, m, setup, text)
     return 1 if bad else 0
 
 

@@ -18,23 +18,19 @@ The issue's bar: the rate with metrics on is at least 0.95x the rate with them o
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import multiprocessing
-import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 from perf import oci
 from perf.data import ACCEPT, blob, image
 from perf.httpclient import Connection
+from perf.modes import Results, common_args, machine, ratio_table, record
 from perf.procstat import cpu_seconds, process_tree
 from perf.rate import build_requests, run_py
-from perf.report import machine
 from perf.servers import Dockyard
 
-HERE = Path(__file__).resolve().parent
 REPO = "perf/rps"
 MODES = ("on", "off")
 SETTINGS = {"on": {}, "off": {"DOCKYARD_METRICS_ENABLED": "false"}}
@@ -129,36 +125,15 @@ def run(
     return results
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
-    rows = [
-        "| metrics | req/s median [min-max] | server CPU-us/req median "
-        "| req/s ratio to off (median [per repeat]) | failed |",
-        "|---|---|---|---|---|",
-    ]
-    base = [r["req_s"] for r in results["off"]]
-    for mode in MODES:
-        rates = [r["req_s"] for r in results[mode]]
-        cpus = [r["server_cpu_us_per_req"] for r in results[mode]]
-        ratios = [a / b for a, b in zip(rates, base, strict=True)]
-        failed = sum(int(r["failed"]) for r in results[mode])
-        rows.append(
-            f"| {mode} | {statistics.median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}] "
-            f"| {statistics.median(cpus):.0f} | {statistics.median(ratios):.3f} "
-            f"[{', '.join(f'{x:.2f}' for x in ratios)}] | {failed} |"
-        )
-    return "\n".join(rows)
+def table(results: Results) -> str:
+    return ratio_table("metrics", MODES, "off", results)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
+    ap = common_args(__doc__.splitlines()[0])
     ap.add_argument(
         "--scrape-interval", type=float, default=1.0, help="seconds between scrapes of 'on'"
     )
-    ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     started = dt.datetime.now(dt.UTC)
     m = machine()
@@ -167,21 +142,14 @@ def main() -> int:
     print(text)
     failed = sum(int(r["failed"]) for rs in results.values() for r in rs)
     if args.record:
-        command = " ".join(["python -m perf.metrics", *sys.argv[1:]])
-        section = (
-            f"\n## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`\n\n"
-            f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
-            f"Linux {m['kernel']}, Python {m['python']}; load average at start "
-            f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}; shared with other helpers' "
-            "work during the run.\n"
-            f"- Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
+        setup = (
+            f"Manifest HEAD by tag, {args.connections} connections, {args.duration:g} s per "
             f"measurement, dockyard --workers {args.workers} per server, two servers "
             'alternated (metrics on, off, then reversed); /metrics of the "on" server '
             f"scraped every {args.scrape_interval:g} s (from another process) while it is "
-            "measured.\n\n" + text + "\n"
+            "measured."
         )
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(section)
+        record("perf.metrics", started, m, setup, text)
     return 1 if failed else 0
 
 
