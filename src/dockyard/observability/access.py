@@ -9,6 +9,8 @@ Authorization header, cookies), nor the query string (it may carry anything).
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 from dockyard.observability.record import RequestRecord
 
@@ -37,26 +39,42 @@ def log_access(r: RequestRecord) -> None:
         "dockyard.reference": r.reference,
         "dockyard.error_code": r.error_code,
     }
-    # makeRecord and handle, not info(): info() would walk the stack for the caller's file
-    # and line, always this function's, a tenth of the line's cost.
-    record = access_log.makeRecord(
-        access_log.name,
-        logging.INFO,
-        __file__,
-        0,
-        '%s %s "%s %s" %d %d %d %.1fms id=%s',
-        (
-            r.client,
-            r.user or "-",
-            r.method,
-            path,
-            r.status,
-            r.bytes_in,
-            r.bytes_out,
-            r.duration * 1000,
-            r.request_id,
-        ),
-        None,
-        extra=fields,
+    access_log.handle(
+        AccessRecord(
+            '%s %s "%s %s" %d %d %d %.1fms id=%s',
+            (
+                r.client,
+                r.user or "-",
+                r.method,
+                path,
+                r.status,
+                r.bytes_in,
+                r.bytes_out,
+                r.duration * 1000,
+                r.request_id,
+            ),
+            fields,
+        )
     )
-    access_log.handle(record)
+
+
+class AccessRecord(logging.LogRecord):
+    """A request's record, made with only what the formatters read. LogRecord's own
+    constructor (source file, module name, thread, relative time, 14 extra fields checked
+    one by one) was most of the access log's cost on the request's task."""
+
+    def __init__(self, msg: str, args: tuple[object, ...], fields: dict[str, object]) -> None:
+        # Deliberately not LogRecord.__init__: every attribute it sets is set here.
+        self.__dict__.update(fields)
+        now = time.time()
+        self.name = access_log.name
+        self.msg, self.args = msg, args
+        self.levelname, self.levelno = "INFO", logging.INFO
+        self.pathname, self.filename, self.module = __file__, "access.py", "access"
+        self.lineno, self.funcName = 0, ""  # no log.origin: always this module
+        self.exc_info, self.exc_text, self.stack_info = None, None, None
+        self.created, self.msecs = now, (now - int(now)) * 1000
+        self.relativeCreated = 0.0
+        self.thread, self.threadName, self.processName = None, None, None
+        self.process = os.getpid()
+        self.taskName = None
