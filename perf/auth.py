@@ -30,16 +30,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perf import oci
-from perf.data import ACCEPT, blob, image
 from perf.httpclient import Connection
-from perf.modes import Results, common_args, machine, ratio_table, record
-from perf.procstat import cpu_seconds, process_tree
-from perf.rate import build_requests, run_py
+from perf.modes import (
+    HEAD_HEADERS,
+    REPO,
+    Results,
+    alternated,
+    common_args,
+    head_load,
+    machine,
+    push_images,
+    ratio_table,
+    record,
+    report,
+)
 from perf.servers import Dockyard
 
 USER, PASSWORD = "perf", "perf-password"
-REPO = "perf/rps"
 MODES = ("none", "basic", "token")
 WARM_UP = 1.0  # seconds of HEADs per server before the measured repeats
 
@@ -78,12 +85,9 @@ def credentials(port: int, mode: str) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {json.loads(bytes(r.body))['token']}")]
 
 
-def run(
-    repeats: int, duration: float, connections: int, workers: int
-) -> dict[str, list[dict[str, float]]]:
-    images = [image(f"rps-{i}", [blob(f"rps-{i}/layer", 1024)]) for i in range(16)]
+def run(repeats: int, duration: float, connections: int, workers: int) -> Results:
     servers: dict[str, Dockyard] = {}
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    results: Results = {m: [] for m in MODES}
     try:
         for mode in MODES:
             server = Dockyard(workers=workers)
@@ -93,43 +97,17 @@ def run(
             server.settings["DOCKYARD_AUTH_TOKEN_EXPIRY"] = "3600"
             server.start()
             servers[mode] = server
-            with Connection("127.0.0.1", server.port) as conn:
-                for i, im in enumerate(images):
-                    oci.push_image(conn, REPO, f"t{i}", im)
-        headers = {m: [("accept", ACCEPT), *credentials(servers[m].port, m)] for m in MODES}
-        targets = [f"/v2/{REPO}/manifests/t{i}" for i in range(len(images))]
+            targets = push_images(server)
+        headers = {m: [*HEAD_HEADERS, *credentials(servers[m].port, m)] for m in MODES}
         # Warm-up, not recorded: every worker's first credential check (a bcrypt of about
         # 0.25 s for basic, the signature for bearer) is start-up cost, not per request.
         for mode in MODES:
-            requests = build_requests(
-                "127.0.0.1", servers[mode].port, "HEAD", targets, headers[mode]
-            )
-            run_py(
-                "127.0.0.1", servers[mode].port, requests, head=True, connections=connections,
-                duration=WARM_UP, max_requests=1_000_000, procs=2,
-            )  # fmt: skip
+            head_load(servers[mode], targets, headers[mode], connections, WARM_UP)
         for repeat in range(repeats):
-            order = MODES if repeat % 2 == 0 else tuple(reversed(MODES))
-            for mode in order:
-                server = servers[mode]
-                pids = process_tree([server.pid])
-                requests = build_requests("127.0.0.1", server.port, "HEAD", targets, headers[mode])
-                before = cpu_seconds(pids)
-                res = run_py(
-                    "127.0.0.1", server.port, requests, head=True, connections=connections,
-                    duration=duration, max_requests=1_000_000, procs=2,
-                )  # fmt: skip
-                cpu = cpu_seconds(pids) - before
-                done = res.ok + res.failed
-                figures = {
-                    "req_s": res.ok / res.elapsed,
-                    "failed": res.failed,
-                    "server_cpu_us_per_req": 1e6 * cpu / max(done, 1),
-                }
+            for mode in alternated(MODES, repeat):
+                figures = head_load(servers[mode], targets, headers[mode], connections, duration)
                 results[mode].append(figures)
-                print(
-                    f"  r{repeat} {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in figures.items())
-                )
+                report(repeat, mode, figures)
     finally:
         for server in servers.values():
             server.stop()

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from pathlib import Path
 
-from perf import oci
-from perf.data import ACCEPT, blob, image
-from perf.httpclient import Connection
-from perf.modes import Results, common_args, machine, ratio_table, record
-from perf.procstat import cpu_seconds, process_tree
-from perf.rate import build_requests, run_py
+from perf.modes import (
+    HEAD_HEADERS,
+    Results,
+    alternated,
+    common_args,
+    head_load,
+    machine,
+    push_images,
+    ratio_table,
+    record,
+    report,
+)
 from perf.servers import Dockyard
 
-REPO = "perf/rps"
 MODES = ("off", "json", "text")
 
 
@@ -46,13 +50,10 @@ def access_lines(log_file: Path) -> int:
     return text.count("dockyard.access")
 
 
-def run(
-    repeats: int, duration: float, connections: int, workers: int
-) -> dict[str, list[dict[str, float]]]:
-    images = [image(f"rps-{i}", [blob(f"rps-{i}/layer", 1024)]) for i in range(16)]
+def run(repeats: int, duration: float, connections: int, workers: int) -> Results:
     servers: dict[str, Dockyard] = {}
     logs: dict[str, Path] = {}
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    results: Results = {m: [] for m in MODES}
     try:
         for mode in MODES:
             server = Dockyard(workers=workers)
@@ -60,39 +61,19 @@ def run(
             server.settings.update(settings(mode, logs[mode]))
             server.start()
             servers[mode] = server
-            with Connection("127.0.0.1", server.port) as conn:
-                for i, im in enumerate(images):
-                    oci.push_image(conn, REPO, f"t{i}", im)
-        targets = [f"/v2/{REPO}/manifests/t{i}" for i in range(len(images))]
+            targets = push_images(server)
         for repeat in range(repeats):
-            order = MODES if repeat % 2 == 0 else tuple(reversed(MODES))
-            for mode in order:
-                server = servers[mode]
-                pids = process_tree([server.pid])
-                requests = build_requests(
-                    "127.0.0.1", server.port, "HEAD", targets, [("accept", ACCEPT)]
-                )
+            for mode in alternated(MODES, repeat):
                 lines_before = access_lines(logs[mode])
-                before = cpu_seconds(pids)
-                res = run_py(
-                    "127.0.0.1", server.port, requests, head=True, connections=connections,
-                    duration=duration, max_requests=1_000_000, procs=2,
-                )  # fmt: skip
-                time.sleep(0.5)  # the log threads write what is queued
-                cpu = cpu_seconds(pids) - before
-                done = res.ok + res.failed
-                written = access_lines(logs[mode]) - lines_before
-                figures = {
-                    "req_s": res.ok / res.elapsed,
-                    "failed": res.failed,
-                    "server_cpu_us_per_req": 1e6 * cpu / max(done, 1),
-                    "lines": written,
-                    "missing_lines": 0 if mode == "off" else done - written,
-                }
-                results[mode].append(figures)
-                print(
-                    f"  r{repeat} {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in figures.items())
+                # The settle: the log threads write what is queued (counted as the log's CPU).
+                figures = head_load(
+                    servers[mode], targets, HEAD_HEADERS, connections, duration, settle=0.5
                 )
+                written = access_lines(logs[mode]) - lines_before
+                figures["lines"] = written
+                figures["missing_lines"] = 0 if mode == "off" else figures["done"] - written
+                results[mode].append(figures)
+                report(repeat, mode, figures)
     finally:
         for server in servers.values():
             server.stop()

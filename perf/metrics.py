@@ -23,15 +23,21 @@ import multiprocessing
 import sys
 from typing import Any
 
-from perf import oci
-from perf.data import ACCEPT, blob, image
 from perf.httpclient import Connection
-from perf.modes import Results, common_args, machine, ratio_table, record
-from perf.procstat import cpu_seconds, process_tree
-from perf.rate import build_requests, run_py
+from perf.modes import (
+    HEAD_HEADERS,
+    Results,
+    alternated,
+    common_args,
+    head_load,
+    machine,
+    push_images,
+    ratio_table,
+    record,
+    report,
+)
 from perf.servers import Dockyard
 
-REPO = "perf/rps"
 MODES = ("on", "off")
 SETTINGS = {"on": {}, "off": {"DOCKYARD_METRICS_ENABLED": "false"}}
 
@@ -75,50 +81,27 @@ def _scrape(port: int, interval: float, stop: Any, count: Any) -> None:
 
 def run(
     repeats: int, duration: float, connections: int, workers: int, scrape_interval: float
-) -> dict[str, list[dict[str, float]]]:
-    images = [image(f"rps-{i}", [blob(f"rps-{i}/layer", 1024)]) for i in range(16)]
+) -> Results:
     servers: dict[str, Dockyard] = {}
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    results: Results = {m: [] for m in MODES}
     try:
         for mode in MODES:
             server = Dockyard(workers=workers, settings=SETTINGS[mode])
             server.start()
             servers[mode] = server
-            with Connection("127.0.0.1", server.port) as conn:
-                for i, im in enumerate(images):
-                    oci.push_image(conn, REPO, f"t{i}", im)
-        headers = [("accept", ACCEPT)]
-        targets = [f"/v2/{REPO}/manifests/t{i}" for i in range(len(images))]
+            targets = push_images(server)
         for repeat in range(repeats):
-            order = MODES if repeat % 2 == 0 else tuple(reversed(MODES))
-            for mode in order:
+            for mode in alternated(MODES, repeat):
                 server = servers[mode]
-                pids = process_tree([server.pid])
-                requests = build_requests("127.0.0.1", server.port, "HEAD", targets, headers)
-                before = cpu_seconds(pids)
-                scraper = Scraper(server.port, scrape_interval) if mode == "on" else None
-                if scraper is not None:
-                    scraper.__enter__()
-                try:
-                    res = run_py(
-                        "127.0.0.1", server.port, requests, head=True, connections=connections,
-                        duration=duration, max_requests=1_000_000, procs=2,
-                    )  # fmt: skip
-                finally:
-                    if scraper is not None:
-                        scraper.__exit__()
-                cpu = cpu_seconds(pids) - before
-                done = res.ok + res.failed
-                figures = {
-                    "req_s": res.ok / res.elapsed,
-                    "failed": res.failed,
-                    "server_cpu_us_per_req": 1e6 * cpu / max(done, 1),
-                    "scrapes": scraper.scrapes if scraper is not None else 0,
-                }
+                if mode == "on":
+                    with Scraper(server.port, scrape_interval) as scraper:
+                        figures = head_load(server, targets, HEAD_HEADERS, connections, duration)
+                    figures["scrapes"] = scraper.scrapes
+                else:
+                    figures = head_load(server, targets, HEAD_HEADERS, connections, duration)
+                    figures["scrapes"] = 0
                 results[mode].append(figures)
-                print(
-                    f"  r{repeat} {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in figures.items())
-                )
+                report(repeat, mode, figures)
     finally:
         for server in servers.values():
             server.stop()

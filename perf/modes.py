@@ -8,13 +8,23 @@ import argparse
 import datetime as dt
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from perf import oci
+from perf.data import ACCEPT, blob, image
+from perf.httpclient import Connection
+from perf.procstat import cpu_seconds, process_tree
+from perf.rate import build_requests, run_py
 from perf.report import machine
+from perf.servers import Dockyard
 
 HERE = Path(__file__).resolve().parent
+REPO = "perf/rps"
+IMAGES = 16
+HEAD_HEADERS = [("accept", ACCEPT)]
 Results = dict[str, list[dict[str, float]]]
 # An extra column: its heading and its cell for (this mode's repeats, the base's repeats).
 Column = tuple[str, Callable[[list[dict[str, float]], list[dict[str, float]]], str]]
@@ -28,6 +38,53 @@ def common_args(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
     ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True)
     return ap
+
+
+def push_images(server: Dockyard) -> list[str]:
+    """Push the images every server of a run serves; the manifest paths to HEAD."""
+    with Connection("127.0.0.1", server.port) as conn:
+        for i in range(IMAGES):
+            oci.push_image(conn, REPO, f"t{i}", image(f"rps-{i}", [blob(f"rps-{i}/layer", 1024)]))
+    return [f"/v2/{REPO}/manifests/t{i}" for i in range(IMAGES)]
+
+
+def alternated(modes: Sequence[str], repeat: int) -> Sequence[str]:
+    """The modes in order on even repeats, reversed on odd ones (no mode always first)."""
+    return modes if repeat % 2 == 0 else tuple(reversed(modes))
+
+
+def head_load(
+    server: Dockyard,
+    targets: list[str],
+    headers: list[tuple[str, str]],
+    connections: int,
+    duration: float,
+    settle: float = 0.0,
+) -> dict[str, float]:
+    """HEADs of ``targets`` for ``duration`` seconds: the rate, the failures and the server
+    CPU per request (``settle`` seconds after the load count too: work the server finishes
+    after answering, as writing its log)."""
+    pids = process_tree([server.pid])
+    requests = build_requests("127.0.0.1", server.port, "HEAD", targets, headers)
+    before = cpu_seconds(pids)
+    res = run_py(
+        "127.0.0.1", server.port, requests, head=True, connections=connections,
+        duration=duration, max_requests=1_000_000, procs=2,
+    )  # fmt: skip
+    if settle:
+        time.sleep(settle)
+    cpu = cpu_seconds(pids) - before
+    done = res.ok + res.failed
+    return {
+        "req_s": res.ok / res.elapsed,
+        "failed": res.failed,
+        "server_cpu_us_per_req": 1e6 * cpu / max(done, 1),
+        "done": done,
+    }
+
+
+def report(repeat: int, mode: str, figures: dict[str, float]) -> None:
+    print(f"  r{repeat} {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in figures.items()))
 
 
 def ratio_table(
@@ -72,4 +129,16 @@ def record(module: str, started: dt.datetime, m: dict[str, Any], setup: str, tex
         f.write(section)
 
 
-__all__ = ["Results", "common_args", "machine", "ratio_table", "record"]
+__all__ = [
+    "HEAD_HEADERS",
+    "REPO",
+    "Results",
+    "alternated",
+    "common_args",
+    "head_load",
+    "machine",
+    "push_images",
+    "ratio_table",
+    "record",
+    "report",
+]

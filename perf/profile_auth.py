@@ -43,9 +43,10 @@ import trio
 from dockyard.config import load
 from dockyard.services import build
 from perf import oci
-from perf.auth import MODES, PASSWORD, REPO, USER, credentials, write_config
+from perf.auth import MODES, PASSWORD, USER, credentials, write_config
 from perf.data import ACCEPT, blob, image
 from perf.httpclient import Connection
+from perf.modes import REPO
 from perf.servers import free_port
 
 Message = MutableMapping[str, Any]
