@@ -14,17 +14,17 @@ import base64
 import binascii
 import datetime
 import json
-import threading
 import time
 import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.serverthread import ServerThread
 
 # user -> repository -> actions; None is anonymous.
 Grants = Mapping[str | None, Mapping[str, set[str]]]
@@ -71,10 +71,8 @@ class ExternalIssuer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/token"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = ServerThread(Handler)
+        self.url = f"http://127.0.0.1:{self._server.port}/token"
 
     def token(
         self,
@@ -144,18 +142,11 @@ class ExternalIssuer:
         return access
 
     def __enter__(self) -> ExternalIssuer:
-        self._thread.start()
+        self._server.__enter__()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+    def __exit__(self, *exc: object) -> None:
+        self._server.__exit__(None, None, None)
 
 
 def _basic_user(header: str | None) -> tuple[str, str] | None:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from tests.serverthread import ServerThread
 from tests.tokenkit import Issued
 
 
@@ -39,22 +38,12 @@ class JwksServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = ServerThread(Handler, context)
+        self.url = f"https://127.0.0.1:{self._server.port}/jwks.json"
 
     def __enter__(self) -> JwksServer:
-        self._thread.start()
+        self._server.__enter__()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+    def __exit__(self, *exc: object) -> None:
+        self._server.__exit__(None, None, None)
