@@ -133,6 +133,16 @@ class MetaConformance:
 
     # -- repositories
 
+    def test_shared_secret_first_caller_wins_across_handles(
+        self, store: MetadataStore, make_store: MakeStore
+    ) -> None:
+        assert store.shared_secret("ticket", b"\x00first\xff") == b"\x00first\xff"
+        other = make_store(Clock())
+        assert other.shared_secret("ticket", b"second") == b"\x00first\xff"
+        assert other.shared_secret("signing", b"other key") == b"other key"
+        other.close()
+        assert store.shared_secret("signing", b"ignored") == b"other key"
+
     def test_starts_empty(self, store: MetadataStore) -> None:
         assert store.list_repositories(None, 10) == []
         assert store.repository_exists("repo") is False

@@ -160,6 +160,10 @@ class StorageConformance:
 
     # -- the upload -> commit -> read path ------------------------------------------------
 
+    async def test_check_passes_on_a_working_store(self, store: BlobStore) -> None:
+        await store.check()
+        await self.assert_empty(store)  # a check writes nothing
+
     async def test_starts_empty(self, store: BlobStore) -> None:
         await self.assert_empty(store)
         assert isinstance(store.name, str) and store.name

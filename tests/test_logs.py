@@ -21,7 +21,7 @@ from dockyard.config import ConfigError, load
 from dockyard.observability import logs
 from dockyard.observability.logformat import JsonFormatter, TextFormatter, detach
 from dockyard.observability.logs import LogPipeline, configure_logging
-from dockyard.observability.record import request_id
+from dockyard.observability.record import RequestRecord, request_id
 from dockyard.services import Services
 
 
@@ -135,6 +135,87 @@ def configured() -> Iterator[list[LogPipeline]]:
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def request(**changes: object) -> RequestRecord:
+    r = RequestRecord(
+        "rid-1",
+        "PUT",
+        "/v2/team/app/manifests/v1",
+        "10.0.0.7",
+        "skopeo/1.9",
+        route="manifests",
+        repository="team/app",
+        reference="v1",
+        user="ci",
+        status=201,
+        bytes_in=512,
+        started=1_700_000_000.25,
+        duration=0.0125,
+    )
+    for name, value in changes.items():
+        setattr(r, name, value)
+    return r
+
+
+def test_access_line_from_a_request_record_has_the_ecs_fields() -> None:
+    doc = json.loads(JsonFormatter().format_request(request(), 4242))
+    assert doc["@timestamp"] == "2023-11-14T22:13:20.262Z"  # when the answer ended
+    assert (doc["log.level"], doc["log"]["logger"]) == ("info", "dockyard.access")
+    assert doc["process"]["pid"] == 4242
+    assert doc["message"] == '10.0.0.7 ci "PUT /v2/team/app/manifests/v1" 201 512 0 12.5ms id=rid-1'
+    assert doc["http"] == {
+        "request": {"id": "rid-1", "method": "PUT", "body": {"bytes": 512}},
+        "response": {"status_code": 201, "body": {"bytes": 0}},
+    }
+    assert doc["url"] == {"path": "/v2/team/app/manifests/v1"}
+    assert doc["event"]["duration"] == 12_500_000  # nanoseconds
+    assert (doc["client"]["ip"], doc["user"]["name"]) == ("10.0.0.7", "ci")
+    assert doc["user_agent"]["original"] == "skopeo/1.9"
+    assert doc["dockyard"] == {"route": "manifests", "repository": "team/app", "reference": "v1"}
+    anonymous = json.loads(
+        JsonFormatter().format_request(
+            request(user=None, repository=None, reference=None, error_code="UNAUTHORIZED"), 1
+        )
+    )
+    assert "user" not in anonymous and " - " in anonymous["message"]
+    assert anonymous["dockyard"] == {"route": "manifests", "error_code": "UNAUTHORIZED"}
+
+
+def test_access_line_of_a_hostile_path_stays_one_short_line() -> None:
+    hostile = request(path="/v2/x\nFAKE 200 " + "a" * 5000, user_agent="ua\nFAKE")
+    line = TextFormatter().format_request(hostile, 7)
+    assert "\n" not in line and "/v2/x\\x0aFAKE 200" in line
+    assert line.startswith("2023-11-14T22:13:20.262Z INFO dockyard.access [7] 10.0.0.7 ci")
+    doc = json.loads(JsonFormatter().format_request(hostile, 7))
+    assert len(doc["url"]["path"]) == 512 and doc["url"]["path"].startswith("/v2/x\nFAKE")
+    assert "\n" not in JsonFormatter().format_request(hostile, 7)
+
+
+def test_queued_requests_are_written_by_the_writer_in_order(
+    tmp_path: Path, configured: list[LogPipeline]
+) -> None:
+    path = tmp_path / "dockyard.log"
+    configured.append(configure_logging(load(None, environ=env_for(path))))
+    for i in range(300):
+        logs.log_request(request(request_id=f"r{i}"))
+    logging.getLogger("dockyard.x").warning("after the requests")
+    configured[0].stop()
+    docs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [d["http"]["request"]["id"] for d in docs[:300]] == [f"r{i}" for i in range(300)]
+    assert docs[300]["message"] == "after the requests" and len(docs) == 301
+
+
+def test_no_access_line_when_the_access_log_is_off(
+    tmp_path: Path, configured: list[LogPipeline]
+) -> None:
+    path = tmp_path / "dockyard.log"
+    env = {**env_for(path), "DOCKYARD_LOG_ACCESS": "false"}
+    configured.append(configure_logging(load(None, environ=env)))
+    logs.log_request(request())
+    logging.getLogger("dockyard.x").warning("only this")
+    configured[0].stop()
+    assert [json.loads(x)["message"] for x in path.read_text().splitlines()] == ["only this"]
 
 
 def test_every_line_written_by_stop_and_access_log_despite_level(

@@ -39,8 +39,7 @@ from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
-from dockyard.observability.access import log_access
-from dockyard.observability.logs import configure_logging
+from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
@@ -50,6 +49,11 @@ from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
 
 log = logging.getLogger("dockyard")
+
+
+# /readyz answers "not ready" when a dependency takes longer than this: a balancer's health
+# check should not hang on an unreachable database or object store.
+READY_SECONDS = 5.0
 
 
 def instance_name(settings: Settings) -> str:
@@ -81,11 +85,15 @@ class Services:
     sampler: Sampler | None = None
 
     async def ready(self) -> bool:
-        try:
-            await self.db.run(self.meta.repository_exists, "")
-        except Exception:
-            return False
-        return True
+        """Whether the database and the blob store both answer within READY_SECONDS."""
+        with trio.move_on_after(READY_SECONDS):
+            try:
+                await self.db.run(self.meta.repository_exists, "")
+                await self.storage.check()
+            except Exception:
+                return False
+            return True
+        return False
 
     async def start(self, nursery: trio.Nursery) -> None:
         token = trio.lowlevel.current_trio_token()
@@ -170,7 +178,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         lifespan=lifespan,
         on_shutdown=shutdown,
         observers=[
-            *([log_access] if settings.log.access else []),
+            *([log_request] if settings.log.access else []),
             *([metrics.observe] if metrics else []),
         ],
         statistics=Statistics(db, clock),

@@ -23,6 +23,7 @@ Schema after the last migration::
     webhook_failures(name, event_id, attempts, last_error, failed, redeliver)
                                                           events given up on; redeliver=1
                                                           asks the deliverer to try again
+    secrets(name PK, value, created)                      keys every instance shares
 """
 
 from __future__ import annotations
@@ -129,6 +130,14 @@ MIGRATIONS: tuple[str, ...] = (
     # the container's base, has 3.40).
     """
     ALTER TABLE tags DROP COLUMN pulled;
+    """,
+    # 4: keys every worker and instance must share (meta/store.py SharedSecrets).
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        created REAL NOT NULL
+    );
     """,
 )
 

@@ -227,8 +227,17 @@ class Webhooks(Protocol):
     def webhook_failures(self, name: str | None = None) -> list[WebhookFailure]: ...
 
 
+class SharedSecrets(Protocol):
+    def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        """The secret stored under ``name``; if there is none yet, ``candidate`` is stored
+        and returned. The first caller wins, so every worker and instance sharing the store
+        gets the same bytes (feed-ticket and token-signing keys) with no shared disk and no
+        secret to copy between machines."""
+
+
 class MetadataStore(
     Lifecycle,
+    SharedSecrets,
     Repositories,
     BlobLinks,
     Manifests,

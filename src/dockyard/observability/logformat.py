@@ -3,7 +3,8 @@
 Records reach the formatters in the writer thread (observability/logs.py), after
 ``detach`` ran on the thread that logged: the message is rendered and an exception is
 turned into ECS's ``error.*`` fields there, so nothing the formatter reads can change
-while the record waits in the queue.
+while the record waits in the queue. A request's access line is made in the writer thread
+too, straight from its RequestRecord (``format_request``): no LogRecord at all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import time
 import traceback
 from typing import Any
+
+from dockyard.observability.record import RequestRecord
 
 # The ECS fields an exception becomes (set by detach, read by both formatters).
 ERROR_TYPE = "error.type"
@@ -38,6 +41,18 @@ def detach(record: logging.LogRecord) -> None:
 
 
 ECS_VERSION = "8.11.0"
+
+ACCESS_LOGGER = "dockyard.access"
+PATH_LIMIT = 512  # of a logged path: a hostile one must not grow the log without bound
+
+
+def request_message(r: RequestRecord) -> str:
+    """A request in one readable line: the access line's ``message``. No header value is
+    logged (Authorization, cookies), nor the query string (it may carry anything)."""
+    return (
+        f'{r.client} {r.user or "-"} "{r.method} {r.path[:PATH_LIMIT]}" {r.status} '
+        f"{r.bytes_in} {r.bytes_out} {r.duration * 1000:.1f}ms id={r.request_id}"
+    )
 
 
 _last_second: tuple[int, str] = (-1, "")  # replaced whole, so threads see a matching pair
@@ -85,7 +100,49 @@ class JsonFormatter(logging.Formatter):
                 _nest(doc, name, value)
         if record.stack_info:
             _nest(doc, STACK_TRACE, record.stack_info)
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
+        return _dumps(doc)
+
+    def format_request(self, r: RequestRecord, pid: int) -> str:
+        """The access line of ``r`` with the ECS field names (docs/monitoring.md, "Logs"),
+        the document built directly rather than through a LogRecord and ``_nest``: this
+        runs once per request."""
+        ended = r.started + r.duration
+        request: dict[str, Any] = {
+            "id": r.request_id,
+            "method": r.method,
+            "body": {"bytes": r.bytes_in},
+        }
+        doc: dict[str, Any] = {
+            "@timestamp": _utc(ended, (ended - int(ended)) * 1000),
+            "log.level": "info",
+            "message": request_message(r),
+            "ecs.version": ECS_VERSION,
+            "log": {"logger": ACCESS_LOGGER},
+            "process": {"pid": pid},
+            "http": {
+                "request": request,
+                "response": {"status_code": r.status, "body": {"bytes": r.bytes_out}},
+            },
+            "url": {"path": r.path[:PATH_LIMIT]},
+            "event": {"duration": int(r.duration * 1e9)},  # ECS: nanoseconds
+            "client": {"ip": r.client},
+            "user_agent": {"original": r.user_agent},
+        }
+        if r.user is not None:
+            doc["user"] = {"name": r.user}
+        own = {"route": r.route}
+        if r.repository is not None:
+            own["repository"] = r.repository
+        if r.reference is not None:
+            own["reference"] = r.reference
+        if r.error_code is not None:
+            own["error_code"] = r.error_code
+        doc["dockyard"] = own
+        return _dumps(doc)
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -128,7 +185,16 @@ class TextFormatter(logging.Formatter):
         stack = fields.get(STACK_TRACE)
         return f"{line}\n{stack.rstrip()}" if stack else line
 
+    def format_request(self, r: RequestRecord, pid: int) -> str:
+        ended = r.started + r.duration
+        when = _utc(ended, (ended - int(ended)) * 1000)
+        message = request_message(r).translate(_ESCAPES)
+        return f"{when} INFO {ACCESS_LOGGER} [{pid}] {message}"
 
-def formatter(name: str) -> logging.Formatter:
+
+RequestFormatter = JsonFormatter | TextFormatter
+
+
+def formatter(name: str) -> RequestFormatter:
     """The formatter of ``[log] format``."""
     return JsonFormatter() if name == "json" else TextFormatter()

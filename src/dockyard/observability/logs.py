@@ -2,8 +2,9 @@
 hypercorn's, warnings) hands its records to a queue; one writer thread formats them
 (observability/logformat.py) and writes them, buffered, to stderr or ``[log] file``.
 
-A request's task only renders the message and puts the record on the queue: a slow disk
-or a stalled pipe holds up the writer thread, never the event loop. If the writer falls
+A task that logs only renders the message and puts the record on the queue; a request's
+access line is queued as its RequestRecord (``log_request``) and made in the writer thread.
+A slow disk or a stalled pipe holds up the writer thread, never the event loop. If the writer falls
 that far behind, records are dropped and counted (a line says how many) rather than
 growing memory without bound. ``configure_logging`` starts the writer and registers its
 stop at exit, which writes out everything queued, so a graceful stop loses no line.
@@ -20,10 +21,20 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from types import TracebackType
 
 from dockyard.config import Settings
-from dockyard.observability.logformat import detach, formatter
+from dockyard.observability.logformat import (
+    ACCESS_LOGGER,
+    RequestFormatter,
+    detach,
+    formatter,
+    request_message,
+)
+from dockyard.observability.record import RequestRecord
+
+Queued = logging.LogRecord | RequestRecord
 
 # Records waiting for the writer: a few seconds of a busy server's requests.
 QUEUE_SIZE = 20_000
@@ -39,7 +50,7 @@ BUFFER_BYTES = 64 * 1024
 class _Enqueue(logging.handlers.QueueHandler):
     """The one handler every record passes; never blocks."""
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord]) -> None:
+    def __init__(self, records: queue.SimpleQueue[Queued]) -> None:
         super().__init__(records)
         self.records = records
         self.dropped = 0
@@ -50,7 +61,7 @@ class _Enqueue(logging.handlers.QueueHandler):
         detach(record)
         return record
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def enqueue(self, record: Queued) -> None:
         # A SimpleQueue (put is one C call, no lock of Python's queue.Queue) bounded here.
         if self.records.qsize() >= QUEUE_SIZE:
             self.dropped += 1
@@ -65,15 +76,16 @@ class _Writer(logging.handlers.QueueListener):
 
     def __init__(
         self,
-        records: queue.SimpleQueue[logging.LogRecord],
+        records: queue.SimpleQueue[Queued],
         enqueue: _Enqueue,
-        out: logging.Handler,
+        out: _Output,
     ) -> None:
         super().__init__(records, out)
         self.enqueue = enqueue
         self.out = out
+        self.pid = os.getpid()
 
-    def handle(self, record: logging.LogRecord) -> None:
+    def handle(self, record: Queued) -> None:
         dropped = self.enqueue.dropped
         if dropped:
             self.enqueue.dropped -= dropped
@@ -87,7 +99,10 @@ class _Writer(logging.handlers.QueueListener):
                 None,
             )
             self.out.handle(note)
-        self.out.handle(record)
+        if isinstance(record, RequestRecord):
+            self.out.write_line(self.out.formatter.format_request(record, self.pid))
+        else:
+            self.out.handle(record)
         if self.queue.empty():  # type: ignore[attr-defined]
             self.out.flush()
             time.sleep(BATCH_SECONDS)
@@ -96,16 +111,26 @@ class _Writer(logging.handlers.QueueListener):
 class _BufferedStream(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream written without a flush per line (the writer flushes)."""
 
+    formatter: RequestFormatter
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + self.terminator)
         except Exception:
             self.handleError(record)
 
+    def write_line(self, line: str) -> None:
+        try:
+            self.stream.write(line + self.terminator)
+        except Exception:
+            _write_failed()
+
 
 class LogFile(logging.handlers.WatchedFileHandler):
     """``[log] file``: appended to, buffered, and reopened when it was moved or deleted
     (logrotate's default rotation; with copytruncate the same file is appended to)."""
+
+    formatter: RequestFormatter
 
     def __init__(self, path: str) -> None:
         self._checked = False  # whether this batch looked for a moved file yet
@@ -115,17 +140,26 @@ class LogFile(logging.handlers.WatchedFileHandler):
         return open(self.baseFilename, "a", BUFFER_BYTES, "utf-8", "backslashreplace")
 
     def emit(self, record: logging.LogRecord) -> None:
-        # One stat per batch, before its first line, not one per line (WatchedFileHandler's
-        # way): the writer flushes at the end of every batch.
         try:
-            if not self._checked:
-                self.reopenIfNeeded()
-                self._checked = True
-            if self.stream is None:
-                self.stream = self._open()
-            self.stream.write(self.format(record) + self.terminator)
+            self._write(self.format(record))
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        try:
+            self._write(line)
+        except Exception:
+            _write_failed()
+
+    def _write(self, line: str) -> None:
+        # One stat per batch, before its first line, not one per line (WatchedFileHandler's
+        # way): the writer flushes at the end of every batch.
+        if not self._checked:
+            self.reopenIfNeeded()
+            self._checked = True
+        if self.stream is None:
+            self.stream = self._open()
+        self.stream.write(line + self.terminator)
 
     def flush(self) -> None:
         super().flush()
@@ -140,7 +174,16 @@ class LogFile(logging.handlers.WatchedFileHandler):
             self._statstream()
 
 
-def _stderr() -> logging.Handler:
+_Output = _BufferedStream | LogFile
+
+
+def _write_failed() -> None:
+    # What logging.Handler.handleError does for a record: a note on stderr, never a raise.
+    if logging.raiseExceptions and sys.stderr:
+        traceback.print_exc(file=sys.stderr)
+
+
+def _stderr() -> _Output:
     try:
         fd = os.dup(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):  # a test runner's stand-in stderr
@@ -152,8 +195,8 @@ def _stderr() -> logging.Handler:
 class LogPipeline:
     """The queue, its writer thread and the output handler of this process."""
 
-    def __init__(self, out: logging.Handler) -> None:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    def __init__(self, out: _Output) -> None:
+        records: queue.SimpleQueue[Queued] = queue.SimpleQueue()
         self.out = out
         self.enqueue = _Enqueue(records)
         self.writer = _Writer(records, self.enqueue, out)
@@ -174,6 +217,18 @@ class LogPipeline:
 
 
 _current: LogPipeline | None = None
+_access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+def log_request(r: RequestRecord) -> None:
+    """Queue ``r``'s access line, when the access log is on (``[log] access``); the writer
+    thread makes it. Without a pipeline (a test's app) the line goes through logging."""
+    if not _access_log.isEnabledFor(logging.INFO):
+        return
+    if _current is not None:
+        _current.enqueue.enqueue(r)
+    else:
+        _access_log.info("%s", request_message(r))
 
 
 def _log_thread_error(args: threading.ExceptHookArgs) -> None:

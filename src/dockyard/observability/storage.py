@@ -37,6 +37,7 @@ OPERATIONS = (
     "delete_upload",
     "list_uploads",
     "presigned_url",
+    "check",
 )
 _ANSWERS = (BlobNotFound, UploadNotFound)
 
@@ -141,6 +142,9 @@ class TimedStore:
         return await self._timer.call(
             "presigned_url", lambda: self.inner.presigned_url(digest, method)
         )
+
+    async def check(self) -> None:
+        await self._timer.call("check", self.inner.check)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -102,4 +102,10 @@ class BlobStore(Protocol):
         """A URL a client may fetch the blob from directly, or None: not supported."""
         ...
 
+    async def check(self) -> None:
+        """Raise ``StorageError`` unless the backend answers now (``/readyz``: a balancer
+        takes an instance whose store is unreachable out of rotation). Cheap: one round
+        trip or one system call, no data written."""
+        ...
+
     async def aclose(self) -> None: ...

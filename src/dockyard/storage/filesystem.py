@@ -274,5 +274,14 @@ class FilesystemStore:
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         return None
 
+    async def check(self) -> None:
+        # Both directories, as a removed or unmounted data directory makes every push fail.
+        def look() -> None:
+            for directory in (self._blobs, self._uploads):
+                if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+                    raise StorageError(f"{directory} is not a writable directory")
+
+        await trio.to_thread.run_sync(look)
+
     async def aclose(self) -> None:
         return None

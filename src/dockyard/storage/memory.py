@@ -107,5 +107,8 @@ class MemoryStore:
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         return None
 
+    async def check(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None

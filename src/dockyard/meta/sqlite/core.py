@@ -93,6 +93,16 @@ class SQLiteCore:
         with self._write() as conn:
             migrations.apply(conn)
 
+    def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO secrets (name, value, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, candidate, self._clock()),
+            )
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0])
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
