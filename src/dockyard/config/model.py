@@ -115,7 +115,7 @@ class EventsSettings:
 @dataclass
 class LogSettings:
     level: str = "info"
-    # One line per request (observability/access.py), whatever the level: operators expect
+    # One line per request (observability/logs.py log_request), whatever the level: operators expect
     # a request log, and it costs little (perf/RESULTS.md).
     access: bool = True
     # "json": ECS lines a log stack reads without mapping; "text": for a terminal.
