@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,3 +122,11 @@ class FakeGcsServer:
             token = page.get("nextPageToken", "")
             if not token:
                 return names
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
+    """One fake-gcs-server for the whole session (tests/conftest.py makes it visible)."""
+    server = FakeGcsServer(tmp_path_factory.mktemp("fake-gcs")).start()
+    yield server
+    server.stop()

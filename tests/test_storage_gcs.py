@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +23,6 @@ from tests.storage_conformance import (
     read_upload_all,
     sha256,
 )
-
-
-@pytest.fixture(scope="session")
-def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
-    server = FakeGcsServer(tmp_path_factory.mktemp("fake-gcs")).start()
-    yield server
-    server.stop()
 
 
 def new_store(server: FakeGcsServer, bucket: str, prefix: str = "registry") -> GcsStore:
