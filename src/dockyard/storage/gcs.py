@@ -77,7 +77,7 @@ class GcsWriter:
 
     async def write(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) >= PART_CHUNK:
+        if len(self._buffer) > PART_CHUNK:
             if self._session is None:
                 self._session = await self._client.start_resumable(self._name)
             size = len(self._buffer) // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
