@@ -108,19 +108,30 @@ async def test_more_than_32_parts_compose_in_rounds(fake_gcs: FakeGcsServer, buc
     await store.aclose()
 
 
+@pytest.mark.parametrize(
+    ("size", "write_size"),
+    [
+        (2 * MiB + 333, 100_001),  # the last chunk carries the odd tail
+        (768 * 1024, 768 * 1024),  # all sent before close: an empty last chunk
+    ],
+)
 async def test_large_part_goes_out_as_resumable_chunks(
-    fake_gcs: FakeGcsServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+    fake_gcs: FakeGcsServer,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    write_size: int,
 ) -> None:
     # A writer past PART_CHUNK streams its part in 256 KiB multiples and keeps the rest;
     # a small PART_CHUNK makes that happen with a few MiB.
     monkeypatch.setattr(gcs, "PART_CHUNK", 512 * 1024)
     store = new_store(fake_gcs, bucket)
-    data = payload(2 * MiB + 333, seed=50)
+    data = payload(size, seed=50)
     state = await store.create_upload("big")
     writer = await store.open_writer("big", 0, state)
-    for start in range(0, len(data), 100_001):
-        await writer.write(data[start : start + 100_001])
-    assert len(writer._buffer) < 512 * 1024 + 100_001  # bounded memory
+    for start in range(0, len(data), write_size):
+        await writer.write(data[start : start + write_size])
+        assert len(writer._buffer) <= 512 * 1024  # bounded memory
     state = await writer.close()
     assert [part["size"] for part in state["parts"]] == [len(data)]  # one part per PATCH
     digest = sha256(data)
@@ -163,6 +174,27 @@ async def test_offset_inside_a_part_rewrites_its_head(fake_gcs: FakeGcsServer, b
     assert await read_upload_all(store, "u", state, 7) == b"abcdeXY"
     await store.commit_upload("u", state, 7, sha256(b"abcdeXY"))
     assert await read_all(store, sha256(b"abcdeXY")) == b"abcdeXY"
+    await store.aclose()
+
+
+async def test_offset_inside_a_large_part_is_copied_in_bounded_memory(
+    fake_gcs: FakeGcsServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gcs, "PART_CHUNK", 256 * 1024)
+    store = new_store(fake_gcs, bucket)
+    data = payload(MiB, seed=52)
+    state = await store.create_upload("u")
+    writer = await store.open_writer("u", 0, state)
+    await writer.write(data)
+    state = await writer.close()
+    writer = await store.open_writer("u", 700_000, state)
+    assert len(writer._buffer) <= 256 * 1024
+    await writer.write(b"tail")
+    state = await writer.close()
+    expected = data[:700_000] + b"tail"
+    assert await read_upload_all(store, "u", state, len(expected)) == expected
+    await store.delete_upload("u", state)
+    assert fake_gcs.object_names(bucket) == []
     await store.aclose()
 
 

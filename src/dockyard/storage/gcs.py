@@ -65,13 +65,11 @@ _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 class GcsWriter:
-    def __init__(
-        self, client: GcsClient, folder: str, parts: list[dict[str, Any]], preload: bytes
-    ) -> None:
+    def __init__(self, client: GcsClient, folder: str, parts: list[dict[str, Any]]) -> None:
         self._client = client
         self._parts = parts
         self._name = f"{folder}{len(parts)}.{secrets.token_hex(8)}"
-        self._buffer = bytearray(preload)
+        self._buffer = bytearray()
         self._session: str | None = None
         self._sent = 0
 
@@ -219,28 +217,23 @@ class GcsStore:
         folder = await self._existing_folder(upload_id)
         kept: list[dict[str, Any]] = []
         position = 0
-        preload = b""
+        cut: dict[str, Any] | None = None
         for part in _parts(state):
-            if position + part["size"] <= offset:
-                kept.append(part)
-                position += part["size"]
-                continue
-            if offset > position:
-                # The offset falls inside this part: its head is written again as the
-                # start of the new part (at most one part's bytes).
-                preload = b"".join(
-                    [
-                        c
-                        async for c in self._client.download(
-                            folder + part["name"], 0, offset - position - 1
-                        )
-                    ]
-                )
-                position = offset
-            break
-        if position < offset:
+            if position + part["size"] > offset:
+                cut = part if offset > position else None
+                break
+            kept.append(part)
+            position += part["size"]
+        if cut is None and position < offset:
             raise StorageError(f"upload {upload_id} holds fewer than {offset} bytes")
-        return GcsWriter(self._client, folder, kept, preload)
+        writer = GcsWriter(self._client, folder, kept)
+        if cut is not None:
+            # The offset falls inside this part: the new part starts with its head, copied
+            # through the writer (so memory stays bounded by PART_CHUNK).
+            head = self._client.download(folder + cut["name"], 0, offset - position - 1)
+            async for chunk in head:
+                await writer.write(chunk)
+        return writer
 
     async def read_upload(
         self, upload_id: str, state: DriverState, length: int
