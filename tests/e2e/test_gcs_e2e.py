@@ -4,6 +4,7 @@ in the bucket, the data directory holds only the database."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,39 @@ def test_push_and_pull_through_gcs(
     )
     assert response.status_code == 206
     assert response.content == big.blob.data[100:8388708]
+
+
+def test_chunked_upload_across_workers_composes_every_chunk(
+    gcs_registry: DockyardServer, fake_gcs: FakeGcsServer, gcs_bucket: str
+) -> None:
+    # 40 PATCHes, each on a new connection (either of the two workers may take it, with
+    # only the saved state to go on): 40 parts, composed in two rounds at the PUT.
+    data = b"".join(hashlib.sha256(str(i).encode()).digest() * 300 for i in range(40))
+    chunk = len(data) // 40
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    base = gcs_registry.url
+    started = httpx.post(f"{base}/v2/gcs/chunked/blobs/uploads/")
+    assert started.status_code == 202
+    location = started.headers["Location"]
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        answer = httpx.patch(
+            base + location if location.startswith("/") else location,
+            content=piece,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{start + len(piece) - 1}",
+            },
+        )
+        assert answer.status_code == 202, answer.text
+        location = answer.headers["Location"]
+    pending = [n for n in fake_gcs.object_names(gcs_bucket) if n.startswith(f"{PREFIX}/uploads/")]
+    assert len([n for n in pending if not n.endswith("/info")]) == 40
+    url = base + location if location.startswith("/") else location
+    done = httpx.put(url, params={"digest": digest})
+    assert done.status_code == 201, done.text
+
+    assert httpx.get(f"{base}/v2/gcs/chunked/blobs/{digest}").content == data
+    names = fake_gcs.object_names(gcs_bucket)
+    assert f"{PREFIX}/blobs/sha256/{digest.removeprefix('sha256:')}" in names
+    assert not [name for name in names if name.startswith(f"{PREFIX}/uploads/")]
