@@ -131,3 +131,17 @@ async def test_refused_sign_in_is_a_storage_error_without_secrets(
     for secret in ("PRIVATE KEY", CLIENT_EMAIL, "key-1", str(path)):
         assert secret not in message
     assert GoogleStandIn.bearers == []  # nothing was sent without a token
+
+
+async def test_missing_default_credentials_are_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No key file and no endpoint: Application Default Credentials, here a
+    # GOOGLE_APPLICATION_CREDENTIALS naming no file, which fails before any request.
+    missing = tmp_path / "no-such-key.json"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
+    store = GcsStore(bucket="registry")
+    with pytest.raises(StorageError, match="access token") as caught:
+        await store.check()
+    assert str(missing) not in str(caught.value)
+    await store.aclose()

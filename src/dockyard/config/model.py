@@ -60,10 +60,10 @@ class GcsSettings:
     # [storage.gcs]: the bucket (required with driver "gcs") and a key prefix in it.
     bucket: str = ""
     prefix: str = ""
-    # JSON API base URL of an emulator (fake-gcs-server); empty: Google's.
+    # JSON API base URL; empty: Google's. A plain http:// one is an emulator
+    # (fake-gcs-server), used without credentials unless credentials_file is set.
     endpoint: str = ""
-    # Service account key file; empty: Application Default Credentials (none are used
-    # against an emulator endpoint without a file).
+    # Service account key file; empty: Application Default Credentials.
     credentials_file: str = ""
     # Project billed for requests (requester-pays buckets); empty: the bucket's owner.
     project: str = ""

@@ -2,8 +2,8 @@
 
 httpx on trio, OAuth2 access tokens from google-auth (a service account file or
 Application Default Credentials; refreshed in a worker thread, as google-auth is
-synchronous). Against an emulator (``endpoint`` set, no credentials file) requests go
-unauthenticated. Errors become ``StorageError`` with the operation, object and status:
+synchronous). Against a plain-HTTP endpoint (an emulator) without a credentials file,
+requests go unauthenticated. Errors become ``StorageError`` with the operation, object and status:
 never a header, so never a token.
 """
 
@@ -42,8 +42,10 @@ class GcsClient:
         self.bucket = bucket
         self.endpoint = (endpoint or GOOGLE_ENDPOINT).rstrip("/")
         self._credentials_file = credentials_file
-        # An emulator takes no credentials; Google always needs them.
-        self._anonymous = bool(endpoint) and not credentials_file
+        # A plain-HTTP endpoint is an emulator: no credentials, unless a key file is named
+        # (a token is never fetched just to travel in clear). https endpoints, Google's
+        # own or a private one, use the file or Application Default Credentials.
+        self._anonymous = endpoint.startswith("http://") and not credentials_file
         self._credentials: Any = None
         self._token_lock = trio.Lock()
         self._params = {"userProject": project} if project else {}
