@@ -201,7 +201,12 @@ async def test_offset_inside_a_large_part_is_copied_in_bounded_memory(
 async def test_malformed_state_is_a_storage_error(fake_gcs: FakeGcsServer, bucket: str) -> None:
     store = new_store(fake_gcs, bucket)
     await store.create_upload("u")
-    for state in ({"parts": "x"}, {"parts": [{"name": "a"}]}, {"parts": [{"name": 1, "size": 2}]}):
+    for state in (
+        {"parts": "x"},
+        {"parts": [{"name": "a"}]},
+        {"parts": [{"name": 1, "size": 2}]},
+        {"parts": [{"name": "../../blobs/sha256/x", "size": 2}]},
+    ):
         with pytest.raises(StorageError):
             await store.open_writer("u", 0, state)
     await store.delete_upload("u", {})

@@ -62,6 +62,9 @@ DELETE_PARALLEL = 8
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 # Upload ids are dockyard's own (uuid hex); anything else could escape uploads/<id>/.
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+# Part objects are named "<n>.<random hex>" by GcsWriter; a saved state naming anything
+# else is not ours.
+_PART_NAME = re.compile(r"[0-9]{1,6}\.[0-9a-f]{16}")
 
 
 class GcsWriter:
@@ -108,6 +111,7 @@ def _parts(state: DriverState) -> list[dict[str, Any]]:
     if not isinstance(parts, list) or not all(
         isinstance(p, dict)
         and isinstance(p.get("name"), str)
+        and _PART_NAME.fullmatch(p["name"])
         and isinstance(p.get("size"), int)
         and p["size"] > 0
         for p in parts
