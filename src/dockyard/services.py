@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
-from dockyard.auth.tickets import FeedTickets, load_or_create_key
+from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
@@ -64,11 +64,6 @@ def build_storage(settings: Settings) -> BlobStore:
     if settings.storage.driver == "memory":
         return MemoryStore()
     return FilesystemStore(settings.storage.root)
-
-
-def ticket_key_path(settings: Settings) -> Path:
-    """The feed-ticket key every worker (and instance) sharing the data directory uses."""
-    return Path(settings.storage.root) / "feed-ticket.key"
 
 
 @dataclass
@@ -164,13 +159,15 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def shutdown() -> None:
         await services.stop()
 
-    tickets = FeedTickets(load_or_create_key(ticket_key_path(settings)))
+    # Keys every worker of every instance shares live in the metadata store, not on disk.
+    data_dir = Path(settings.storage.root)
+    tickets = FeedTickets(shared_ticket_key(meta.shared_secret, data_dir))
     client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
     # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
     guard = build_guard(settings)
     app = RegistryApp(
         registry,
-        build_authorizer(settings, guard.logins),
+        build_authorizer(settings, meta.shared_secret, guard.logins),
         max_manifest_bytes=settings.limits.max_manifest_bytes,
         default_page_size=settings.limits.default_page_size,
         max_page_size=settings.limits.max_page_size,
