@@ -17,20 +17,24 @@ the interim one until PostgreSQL + S3 are plugged in).
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from tests.conftest import digest_of, random_blob
-from tests.e2e.conftest import TOOL_TIMEOUT
+from tests.e2e.conftest import SCALED_MAX_IDLE, TOOL_TIMEOUT
 from tests.e2e.containers_tools import INSECURE, ContainerStore
-from tests.e2e.logread import access_log, field
+from tests.e2e.logread import access_log, field, log_lines
+from tests.feedclient import open_feed
 from tests.imagegen import OCILayout, build_image, make_layer
 from tests.tools import require_tool
 from tests.topology import Topology
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +168,146 @@ def test_chunked_upload_spread_over_both_instances(
     assert_blob(scaled, repo, data, digest)
     r = httpx.get(f"{scaled.url}/v2/{repo}/blobs/{digest}", timeout=30)
     assert r.status_code == 200 and r.content == data
+
+
+# -- events across instances
+
+
+async def push_blob_to(url: str, repo: str, data: bytes) -> str:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        r = await http.post(
+            f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(data)}, content=data
+        )
+        assert r.status_code == 201, r.text
+        return str(r.headers["docker-content-digest"])
+
+
+# The feed's bound: the hub polls the shared log every events.poll_interval (25 ms).
+FEED_MEDIAN_BOUND = 0.25
+FEED_MAX_BOUND = 1.0
+
+
+async def test_subscribers_on_one_instance_see_events_made_on_the_other(
+    scaled: Topology,
+) -> None:
+    repo = "scaled/feed"
+    count = 20
+    subscriber, maker = scaled.servers
+    arrived: dict[str, float] = {}
+    answered: dict[str, float] = {}
+    async with open_feed(subscriber.port, {"repository": repo}) as feed:
+
+        async def read() -> None:
+            while len(arrived) < count:
+                event = await feed.event(timeout=10)
+                assert event["source"]["instance"] == scaled.instance_name(1), event
+                arrived[event["target"]["digest"]] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for _ in range(count):
+                digest = await push_blob_to(maker.url, repo, random_blob(256))
+                answered[digest] = trio.current_time()
+                await trio.sleep(0.05)
+    assert set(arrived) == set(answered)
+    # From the pushing client's 201 to the event on the other instance's websocket
+    # (negative: the event arrived before the client had read its answer).
+    delays = [arrived[d] - answered[d] for d in answered]
+    median, worst = statistics.median(delays), max(delays)
+    print(
+        f"cross-instance feed delay over {count} events: median {median * 1000:.1f} ms, "
+        f"max {worst * 1000:.1f} ms"
+    )
+    assert median < FEED_MEDIAN_BOUND and worst < FEED_MAX_BOUND, delays
+
+
+async def test_webhooks_are_delivered_once_per_event_across_instances(
+    scaled: Topology, scaled_receiver: Receiver
+) -> None:
+    repo = "hooks/app"  # the hooks' filter (SCALED_HOOK_REPOSITORIES)
+    count = 12
+    ids: set[int] = set()
+    async with open_feed(scaled.port, {"repository": repo}) as feed:
+        for i in range(count):
+            await push_blob_to(scaled.servers[i % 2].url, repo, random_blob(128))
+        for event in await feed.events(count, timeout=10):
+            ids.add(int(event["id"]))
+    instances = {scaled.instance_name(0), scaled.instance_name(1)}
+    assert len(ids) == count
+    for path in ("/a", "/b"):
+        await scaled_receiver.wait_for_ids(ids, path, timeout=20)
+    await trio.sleep(1.0)  # a duplicate would arrive in this time
+    for path in ("/a", "/b"):
+        got = scaled_receiver.accepted_ids(path)
+        assert sorted(got) == sorted(ids), f"{path}: duplicates or strays in {got}"
+    sources = {
+        d.json()["events"][0]["source"]["instanceID"] for d in scaled_receiver.accepted("/a")
+    }
+    assert sources == instances  # events of both instances, each delivered once
+
+
+# -- the stale-upload janitor on every instance
+
+
+def purged_sessions(topology: Topology, skip: list[int]) -> int:
+    """Stale sessions purged by all instances, from their logs after ``skip`` lines."""
+    total = 0
+    for server, before in zip(topology.servers, skip, strict=True):
+        for line in log_lines(server)[before:]:
+            message = str(field(line, "message"))
+            if message.startswith("purged "):
+                total += int(message.split()[1])
+            assert "failed" not in message, message
+    return total
+
+
+async def test_every_instance_runs_the_janitor_and_purges_only_stale_uploads(
+    scaled: Topology,
+) -> None:
+    repo = "scaled/janitor"
+    skip = [len(log_lines(s)) for s in scaled.servers]
+    stale: list[str] = []
+    clients = [httpx.AsyncClient(base_url=s.url, timeout=30) for s in scaled.servers]
+    try:
+        for i in range(4):
+            r = await clients[i % 2].post(f"/v2/{repo}/blobs/uploads/")
+            assert r.status_code == 202, r.text
+            r = await clients[i % 2].patch(
+                r.headers["location"],
+                content=b"x" * 1000,
+                headers={"content-type": "application/octet-stream"},
+            )
+            assert r.status_code == 202, r.text
+            stale.append(r.headers["location"])
+        r = await clients[0].post(f"/v2/{repo}/blobs/uploads/")
+        live, data = r.headers["location"], b""
+        # Keep one upload busy, a chunk every second, alternating instances, while the
+        # others go stale and both janitors look every SCALED_PURGE_INTERVAL.
+        deadline = trio.current_time() + SCALED_MAX_IDLE + 3
+        i = 0
+        while trio.current_time() < deadline:
+            chunk = random_blob(1000)
+            r = await clients[i % 2].patch(
+                live,
+                content=chunk,
+                headers={
+                    "content-type": "application/octet-stream",
+                    "content-range": f"{len(data)}-{len(data) + len(chunk) - 1}",
+                },
+            )
+            assert r.status_code == 202, r.text
+            live, data, i = r.headers["location"], data + chunk, i + 1
+            await trio.sleep(1.0)
+        for location in stale:
+            r = await clients[0].get(location)
+            assert r.status_code == 404, r.text
+            assert r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+        r = await clients[1].put(live, params={"digest": digest_of(data)})
+        assert r.status_code == 201, r.text
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert_blob(scaled, repo, data, digest_of(data))
+    await trio.sleep(0.3)  # the log threads write in batches
+    assert purged_sessions(scaled, skip) == len(stale)
+    assert not scaled.tracebacks()
