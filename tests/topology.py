@@ -215,6 +215,17 @@ class Topology:
             if row["pxname"] == "dockyard" and row["svname"].startswith("instance-")
         }
 
+    def sessions(self) -> list[int]:
+        """haproxy's current sessions (requests in flight) to each instance."""
+        r = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5)
+        r.raise_for_status()
+        rows = {
+            row["svname"]: int(row["scur"] or 0)
+            for row in csv.DictReader(io.StringIO(r.text.removeprefix("# ")))
+            if row["pxname"] == "dockyard"
+        }
+        return [rows.get(self.instance_name(i), 0) for i in range(len(self.servers))]
+
     def instance_ready(self, index: int) -> bool:
         try:
             r = httpx.get(f"{self.servers[index].url}/readyz", timeout=2)

@@ -44,7 +44,7 @@ from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
 from dockyard.services_metrics import mount_metrics
-from dockyard.storage.base import BlobStore
+from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
 
@@ -125,6 +125,9 @@ class Services:
                         purged.sessions,
                         purged.orphans,
                     )
+            except StorageError as e:
+                # The store is unreachable: /readyz says so too; not a bug in dockyard.
+                log.warning("purging stale uploads failed: %s; will retry", e)
             except Exception:
                 log.exception("purging stale uploads failed; will retry")
             await trio.sleep(self.settings.uploads.purge_interval)

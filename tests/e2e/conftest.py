@@ -158,6 +158,8 @@ SCALED_HOOK_REPOSITORIES = "hooks/*"
 # Uploads idle this long are purged by every instance's janitor, which looks this often.
 SCALED_MAX_IDLE = 6.0
 SCALED_PURGE_INTERVAL = 0.5
+# A killed instance's upload leases free the session this soon for a client's retry.
+SCALED_LEASE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +187,7 @@ def scaled(
             "DOCKYARD_EVENTS_PULL_FLUSH_INTERVAL": "0.05",
             "DOCKYARD_UPLOADS_MAX_IDLE": str(SCALED_MAX_IDLE),
             "DOCKYARD_UPLOADS_PURGE_INTERVAL": str(SCALED_PURGE_INTERVAL),
+            "DOCKYARD_UPLOADS_LEASE_SECONDS": str(SCALED_LEASE_SECONDS),
             "DOCKYARD_LOG_ACCESS": "true",
         },
         config=webhooks_toml(hooks),
