@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -91,6 +92,35 @@ def interim_backend(directory: Path) -> Backend:
     )
 
 
+DOCS = Path(__file__).parents[1] / "docs" / "storage.md"
+
+
+def haproxy_config(port: int, stats_port: int, servers: list[DockyardServer]) -> str:
+    """docs/storage.md's haproxy configuration (the snippet marked tested) for these
+    instances: loopback ports, fast health checks, and a stats page the tests read."""
+    match = re.search(r"<!-- tested: scaled-haproxy -->\n```\w*\n(.*?)```", DOCS.read_text(), re.S)
+    assert match, f"no tested scaled-haproxy snippet in {DOCS.name}"
+    lines: list[str] = []
+    for line in match[1].splitlines():
+        if line.strip().startswith("server "):
+            continue  # replaced by this topology's instances
+        if line.strip().startswith("default-server "):
+            line = (
+                f"    default-server inter {CHECK_INTER_MS}ms fastinter {CHECK_INTER_MS}ms"
+                f" downinter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise {CHECK_RISE}"
+            )
+        if line.strip() == "bind :5000":
+            line = f"    bind 127.0.0.1:{port}"
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    assert f"bind 127.0.0.1:{port}" in text and "inter 2s" not in text, text
+    instances = "".join(f"    server instance-{i} {s.host} check\n" for i, s in enumerate(servers))
+    stats = (
+        f"frontend stats\n    bind 127.0.0.1:{stats_port}\n    stats enable\n    stats uri /stats\n"
+    )
+    return text + instances + stats
+
+
 @dataclass
 class Topology:
     """N instances and haproxy in front; ``url`` is haproxy's address.
@@ -154,35 +184,8 @@ class Topology:
 
     def _start_haproxy(self, path: str) -> None:
         self.port, self.stats_port = free_port(), free_port()
-        servers = "\n".join(
-            f"    server {self.instance_name(i)} {s.host} check" for i, s in enumerate(self.servers)
-        )
         conf = self.directory / "haproxy.cfg"
-        conf.write_text(
-            "defaults\n"
-            "    mode http\n"
-            "    timeout connect 2s\n"
-            "    timeout client 5m\n"
-            "    timeout server 5m\n"
-            "    timeout tunnel 1h\n"
-            # A connection refused by a dead instance is tried on another one.
-            "    retries 3\n"
-            "    option redispatch\n"
-            "frontend registry\n"
-            f"    bind 127.0.0.1:{self.port}\n"
-            "    default_backend dockyard\n"
-            "frontend stats\n"
-            f"    bind 127.0.0.1:{self.stats_port}\n"
-            "    stats enable\n"
-            "    stats uri /stats\n"
-            "backend dockyard\n"
-            "    balance roundrobin\n"
-            "    option httpchk GET /readyz\n"
-            "    http-check expect status 200\n"
-            f"    default-server inter {CHECK_INTER_MS}ms fastinter {CHECK_INTER_MS}ms"
-            f" downinter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise {CHECK_RISE}\n"
-            f"{servers}\n"
-        )
+        conf.write_text(haproxy_config(self.port, self.stats_port, self.servers))
         with open(self.haproxy_log, "ab") as out:
             self._haproxy = subprocess.Popen(
                 [path, "-db", "-f", str(conf)], stdout=out, stderr=subprocess.STDOUT
@@ -256,6 +259,11 @@ class Topology:
                 return
             time.sleep(0.05)
         raise AssertionError(f"haproxy still has {name}: {self.status()}")
+
+    def pids(self) -> list[int]:
+        """Every running instance's serve process and haproxy's (for CPU figures)."""
+        pids = [s.proc.pid for s in self.servers if s.proc is not None]
+        return pids + ([self._haproxy.pid] if self._haproxy is not None else [])
 
     def kill9(self, index: int) -> None:
         """SIGKILL every process of instance ``index``, like a machine dying."""
