@@ -38,13 +38,20 @@ CHECK_RISE = 2
 
 @dataclass
 class Backend:
-    """What the instances share. ``env`` goes to every instance; ``data_dir(i)`` is
-    instance i's ``storage.root``. ``break_storage``/``heal_storage`` make one instance's
-    blob store unreachable and reachable again (None: this backend cannot)."""
+    """What the instances share. ``env`` goes to every instance, ``instance_env(i)`` to
+    instance i only; ``data_dir(i)`` is instance i's ``storage.root``.
+    ``break_storage``/``heal_storage`` (and the database's) make one instance's blob store
+    (database) unreachable and reachable again; None: this backend cannot.
+
+    A backend of network servers (PostgreSQL, an S3 store) gives each instance its own
+    ``TcpRelay`` (tests/tcprelay.py) to each server through ``instance_env`` (say
+    ``DOCKYARD_DATABASE_URL`` naming relay i's port), and cuts relay i to break instance
+    i's path alone, as a network partition would."""
 
     name: str
     env: dict[str, str]
     data_dir: Callable[[int], Path]
+    instance_env: Callable[[int], dict[str, str]] = lambda index: {}
     break_storage: Callable[[int], None] | None = None
     heal_storage: Callable[[int], None] | None = None
     break_database: Callable[[int], None] | None = None
@@ -87,8 +94,8 @@ def interim_backend(directory: Path) -> Backend:
         "interim",
         {"DOCKYARD_DATABASE_PATH": str(shared / "dockyard.sqlite3")},
         view,
-        break_storage,
-        heal_storage,
+        break_storage=break_storage,
+        heal_storage=heal_storage,
     )
 
 
@@ -167,7 +174,11 @@ class Topology:
             server = DockyardServer(
                 self.backend.data_dir(index),
                 workers=self.workers,
-                env={**env, "DOCKYARD_SERVER_INSTANCE": self.instance_name(index)},
+                env={
+                    **env,
+                    **self.backend.instance_env(index),
+                    "DOCKYARD_SERVER_INSTANCE": self.instance_name(index),
+                },
             )
             # One log per instance, beside the others (the data directory may be shared).
             server.log_path = self.directory / f"{self.instance_name(index)}.log"
