@@ -77,6 +77,21 @@ def requests_served(topology: Topology, path_prefix: str) -> list[int]:
     return counts
 
 
+def requests_served_by(topology: Topology, path_prefix: str, expected: int) -> list[int]:
+    """Requests under ``path_prefix`` per instance, once ``expected`` were logged in all."""
+    counts: list[int] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        counts = [
+            sum(1 for d in access_log(s) if str(field(d, "url.path")).startswith(path_prefix))
+            for s in topology.servers
+        ]
+        if sum(counts) >= expected:
+            break
+        time.sleep(0.05)
+    return counts
+
+
 def assert_blob(topology: Topology, repo: str, data: bytes, digest: str) -> None:
     """Every instance serves exactly ``data`` for ``digest``."""
     for server in topology.servers:
@@ -514,5 +529,7 @@ def test_an_instance_that_loses_a_dependency_is_taken_out(
                 assert r.status_code == 200 and r.content == data
     finally:
         heal(0)
+    served = requests_served_by(scaled, f"/v2/{repo}/", expected=20)
+    assert served == [0, 20], served  # haproxy sent none of them to the broken instance
     scaled.wait_ready(0)
     assert_blob(scaled, repo, data, digest)
