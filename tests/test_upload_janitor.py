@@ -9,7 +9,7 @@ import trio
 
 from dockyard.core.registry import Registry
 from dockyard.core.uploads import Purged
-from tests.conftest import make_settings, open_services
+from tests.conftest import chunks, make_settings, open_services
 
 
 async def test_purge_removes_stale_sessions_and_orphans_only(tmp_path: Path) -> None:
@@ -53,3 +53,23 @@ async def test_every_instance_purging_purges_each_session_once(tmp_path: Path) -
         assert sum(r.orphans for r in results) == 0
         left = {upload_id async for upload_id, _ in first.storage.list_uploads()}
         assert left == {live.id}
+
+
+async def test_a_session_written_after_it_was_listed_is_kept(tmp_path: Path) -> None:
+    """The race of a janitor and a PATCH: the session is listed as stale, then a chunk
+    arrives, then the janitor acts on its list. The listing is replayed to the janitor
+    (the store's own records, taken before the write) to put the steps in that order."""
+    now = [time.time()]
+    async with open_services(make_settings(tmp_path / "data"), clock=lambda: now[0]) as svc:
+        upload = await svc.registry.start_upload("team/app")
+        now[0] += 100
+        listed = await svc.db.run(svc.meta.stale_uploads, now[0] - 50)
+        assert [r.id for r in listed] == [upload.id]
+        written = await svc.registry.write_chunk("team/app", upload.id, chunks(b"alive"))
+        assert written.offset == 5
+        svc.meta.stale_uploads = lambda touched_before: listed  # type: ignore[method-assign]
+
+        assert await svc.registry.purge_stale_uploads(max_idle=50) == Purged(0, 0)
+
+        kept = await svc.db.run(svc.meta.get_upload, upload.id)
+        assert kept is not None and kept.received == 5

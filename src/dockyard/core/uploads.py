@@ -114,12 +114,18 @@ class Uploads:
     async def purge_stale_uploads(self, max_idle: float) -> Purged:
         """Delete upload sessions untouched for ``max_idle`` seconds, and orphan bytes.
 
-        Every instance runs this: a session counts (and its bytes go) only for the process
-        whose delete removed its row, so each stale session is purged once."""
+        Every instance runs this. A session is first taken with a lease, as a PATCH takes
+        it, at the offset it was listed with: a request writing it, or one that wrote
+        since it was listed, keeps it alive. Only the process whose delete removed the row
+        counts it and deletes its bytes, so each stale session is purged once."""
         stale = await self.db.run(self.meta.stale_uploads, self._clock() - max_idle)
         sessions = 0
         for record in stale:
-            if await self.db.run(self.meta.delete_upload, record.id):
+            lease = f"{self.instance}/purge-{uuid.uuid4().hex}"
+            taken = await self.db.run(
+                self.meta.claim_upload, record.id, record.received, lease, self.lease_seconds
+            )
+            if taken and await self.db.run(self.meta.delete_upload, record.id):
                 await self.storage.delete_upload(record.id, record.driver_state)
                 sessions += 1
         known = await self.db.run(self.meta.upload_ids)
