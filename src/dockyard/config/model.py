@@ -179,7 +179,7 @@ class TokenSettings:
     # Off when only an external issuer's tokens are accepted.
     builtin: bool = True
     # PEM private key (EC P-256/P-384/P-521, RSA or Ed25519) that signs issued tokens;
-    # empty: an EC P-256 key generated at first start in <storage.root>/token-signing-key.pem.
+    # empty: an EC P-256 key generated at first start, kept in the metadata store.
     key: str = ""
     # "iss" of issued tokens and the issuer accepted tokens must name.
     issuer: str = "dockyard"
