@@ -63,6 +63,16 @@ def instance_name(settings: Settings) -> str:
 def build_storage(settings: Settings) -> BlobStore:
     if settings.storage.driver == "memory":
         return MemoryStore()
+    if settings.storage.driver == "azure":
+        # Imported here: the Azure SDK loads only where the driver is used.
+        from dockyard.storage.azure import AzureStore
+        from dockyard.storage.azure_client import AzureAccount
+
+        a = settings.storage.azure
+        account = AzureAccount(
+            a.container, a.account_name, a.account_key, a.sas_token, a.connection_string, a.endpoint
+        )
+        return AzureStore(account, a.prefix)
     return FilesystemStore(settings.storage.root)
 
 
