@@ -17,7 +17,7 @@ from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from dockyard.storage.azure import DEFAULT_BLOCK_SIZE, AzureStore
 from dockyard.storage.azure_client import AzureAccount
-from dockyard.storage.base import BlobStore, StorageError
+from dockyard.storage.base import BlobStore, StorageError, UploadNotFound
 from tests.azurite import AzuriteServer, azurite_server
 from tests.serverproc import free_port
 from tests.storage_conformance import (
@@ -297,3 +297,23 @@ async def test_large_blob_in_default_blocks(azurite: AzuriteServer, container: s
     await s.commit_upload("big", state, len(data), sha256(data))
     assert await read_all(s, sha256(data), 9 * MiB, MiB) == data[9 * MiB : 10 * MiB]
     await s.aclose()
+
+
+async def test_writer_of_a_deleted_upload_leaves_nothing_for_good(
+    azurite: AzuriteServer, container: str, store: AzureStore
+) -> None:
+    # The upload is cancelled while a request still writes it: the blocks it stages make
+    # an uncommitted blob, its close cannot commit (the blob it opened is gone), and the
+    # leftover is listed as an upload, so the janitor's delete_upload removes it.
+    state = await write_upload(store, "u1", b"saved")
+    writer = await store.open_writer("u1", 5, state)
+    await store.delete_upload("u1", state)
+    await writer.write(payload(100_000, seed=35))  # over the block size: staged now
+    with pytest.raises(StorageError):
+        await writer.close()
+    assert [u async for u, _ in store.list_uploads()] == ["u1"]
+    assert container_names(azurite, container) == ["uploads/u1"]
+    with pytest.raises(UploadNotFound):
+        await store.open_writer("u1", 0, state)
+    await store.delete_upload("u1", {})
+    assert container_names(azurite, container) == []
