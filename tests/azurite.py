@@ -23,8 +23,6 @@ from dockyard.storage.azure_client import AzureAccount
 from tests.serverproc import free_port
 from tests.tools import require_tool
 
-AZURITE_VERSION = "3.37.0"  # the version .ci/run installs
-
 
 class AzuriteServer:
     def __init__(self, workdir: Path, executable: str = "azurite-blob") -> None:
