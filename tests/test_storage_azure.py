@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from dockyard.storage.azure import DEFAULT_BLOCK_SIZE, AzureStore
@@ -30,6 +31,7 @@ from tests.storage_conformance import (
     sha256,
     write_upload,
 )
+from tests.tools import require_tool
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +319,21 @@ async def test_writer_of_a_deleted_upload_leaves_nothing_for_good(
         await store.open_writer("u1", 0, state)
     await store.delete_upload("u1", {})
     assert container_names(azurite, container) == []
+
+
+async def test_calls_are_retried_while_the_service_restarts(tmp_path: Path) -> None:
+    # A server of its own, stopped and started again on the same port and workspace:
+    # the SDK's retry policy carries a call over the gap (connection refused meanwhile).
+    server = AzuriteServer(tmp_path, require_tool("azurite-blob")).start()
+    try:
+        container = server.new_container()
+        s = new_store(server, container)
+        digest = await push(s, b"survives a restart")
+        server.stop()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, server.start)
+            assert await s.stat(digest) == len(b"survives a restart")
+        assert await read_all(s, digest) == b"survives a restart"
+        await s.aclose()
+    finally:
+        server.stop()
