@@ -330,8 +330,12 @@ async def test_calls_are_retried_while_the_service_restarts(tmp_path: Path) -> N
         s = new_store(server, container)
         digest = await push(s, b"survives a restart")
         server.stop()
+
+        async def restart() -> None:
+            await trio.to_thread.run_sync(server.start)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, server.start)
+            nursery.start_soon(restart)
             assert await s.stat(digest) == len(b"survives a restart")
         assert await read_all(s, digest) == b"survives a restart"
         await s.aclose()
