@@ -2,8 +2,9 @@
 
 ``AzuriteServer`` runs ``azurite-blob`` on a free loopback port with a temporary
 workspace and one storage account made for the run (name and key generated here: not
-Azurite's well-known development account). Start it once per test module or session
-(``azurite_server``); each store gets a fresh container (``new_container``).
+Azurite's well-known development account). The ``azurite`` fixture of tests/conftest.py
+starts one for the whole session (``azurite_server``); each store gets a fresh container
+(``new_container``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import base64
 import json
 import os
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from dockyard.storage.azure import DEFAULT_BLOCK_SIZE, AzureStore
 from dockyard.storage.azure_client import AzureAccount
 from dockyard.storage.base import BlobStore, StorageError, UploadNotFound
-from tests.azurite import AzuriteServer, azurite_server
+from tests.azurite import AzuriteServer
 from tests.serverproc import free_port
 from tests.storage_conformance import (
     MiB,
@@ -32,12 +32,6 @@ from tests.storage_conformance import (
     write_upload,
 )
 from tests.tools import require_tool
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    yield from azurite_server(tmp_path_factory.mktemp("azurite"))
-
 
 SERVERS: dict[str, AzuriteServer] = {}  # container name -> its Azurite
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.azurite import AzuriteServer, azurite_server
+from tests.azurite import AzuriteServer
 from tests.e2e.conftest import Skopeo, serving
 from tests.imagegen import OCILayout, build_image, layout_blob, layout_tags, make_layer
 from tests.serverproc import DockyardServer
@@ -22,11 +22,6 @@ from tests.tools import require_tool
 pytestmark = pytest.mark.e2e
 
 PREFIX = "dockyard"
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    yield from azurite_server(tmp_path_factory.mktemp("azurite"))
 
 
 @pytest.fixture(scope="module")
