@@ -70,7 +70,12 @@ def build_storage(settings: Settings) -> BlobStore:
 
         a = settings.storage.azure
         account = AzureAccount(
-            a.container, a.account_name, a.account_key, a.sas_token, a.connection_string, a.endpoint
+            container=a.container,
+            account_name=a.account_name,
+            account_key=a.account_key,
+            sas_token=a.sas_token,
+            connection_string=a.connection_string,
+            endpoint=a.endpoint,
         )
         return AzureStore(account, a.prefix)
     return FilesystemStore(settings.storage.root)
