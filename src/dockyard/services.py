@@ -75,6 +75,21 @@ def build_storage(settings: Settings) -> BlobStore:
             credentials_file=gcs.credentials_file,
             project=gcs.project,
         )
+    if settings.storage.driver == "azure":
+        # Imported here: the Azure SDK loads only where the driver is used.
+        from dockyard.storage.azure import AzureStore
+        from dockyard.storage.azure_client import AzureAccount
+
+        a = settings.storage.azure
+        account = AzureAccount(
+            container=a.container,
+            account_name=a.account_name,
+            account_key=a.account_key,
+            sas_token=a.sas_token,
+            connection_string=a.connection_string,
+            endpoint=a.endpoint,
+        )
+        return AzureStore(account, a.prefix)
     return FilesystemStore(settings.storage.root)
 
 

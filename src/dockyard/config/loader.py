@@ -187,9 +187,14 @@ def load(
 
 
 def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
-    """The settings as plain data; ``redact`` hides webhook secrets and header values."""
+    """The settings as plain data; ``redact`` hides webhook secrets and header values, and
+    storage credentials."""
     d = dataclasses.asdict(settings)
     if redact:
+        azure = d["storage"]["azure"]
+        for key in ("account_key", "sas_token", "connection_string"):
+            if azure[key]:
+                azure[key] = "<redacted>"
         for hook in d["webhooks"]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"

@@ -70,11 +70,30 @@ class GcsSettings:
 
 
 @dataclass
+class AzureStorageSettings:
+    """``[storage.azure]``: Azure Blob Storage (docs/storage.md, "Azure Blob Storage")."""
+
+    # The storage account, and one way in: its shared key, a SAS token, or a connection
+    # string (which names the account and endpoint itself). Never logged or shown.
+    account_name: str = ""
+    account_key: str = field(default="", repr=False)
+    sas_token: str = field(default="", repr=False)
+    connection_string: str = field(default="", repr=False)
+    # The container (created beforehand) and a key prefix inside it ("" for the whole
+    # container).
+    container: str = ""
+    prefix: str = ""
+    # Blob service URL (Azurite, sovereign clouds); empty: https://<account>.blob.core.windows.net.
+    endpoint: str = ""
+
+
+@dataclass
 class StorageSettings:
     driver: str = "filesystem"
     # Data directory: blobs (filesystem driver) and the embedded database live here.
     root: str = "./data"
     gcs: GcsSettings = field(default_factory=GcsSettings)
+    azure: AzureStorageSettings = field(default_factory=AzureStorageSettings)
 
 
 @dataclass
@@ -375,6 +394,6 @@ class Settings:
         return f"{scheme}://{host}:{self.server.port}"
 
 
-STORAGE_DRIVERS = ("filesystem", "memory", "gcs")
+STORAGE_DRIVERS = ("filesystem", "memory", "gcs", "azure")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
