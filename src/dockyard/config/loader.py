@@ -190,6 +190,8 @@ def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
     """The settings as plain data; ``redact`` hides webhook secrets and header values."""
     d = dataclasses.asdict(settings)
     if redact:
+        if d["storage"]["s3"]["secret_key"]:
+            d["storage"]["s3"]["secret_key"] = "<redacted>"
         for hook in d["webhooks"]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"

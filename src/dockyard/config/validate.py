@@ -28,6 +28,7 @@ from dockyard.config.model import (
     TokenSettings,
     WebhookSettings,
 )
+from dockyard.config.validate_s3 import validate_s3
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Headers dockyard sets itself on every delivery.
@@ -243,6 +244,8 @@ def validate(s: Settings) -> None:
             f"storage.driver: unknown driver {s.storage.driver!r} "
             f"(choose one of: {', '.join(STORAGE_DRIVERS)})"
         )
+    if s.storage.driver == "s3":
+        validate_s3(s.storage.s3)
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
