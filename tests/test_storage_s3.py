@@ -11,7 +11,7 @@ from dockyard.config.model import S3Settings
 from dockyard.storage.base import BlobStore
 from dockyard.storage.s3 import S3Store
 from tests.seaweed import SeaweedServer
-from tests.storage_conformance import StorageConformance
+from tests.storage_conformance import MiB, StorageConformance
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,8 @@ class TestS3Store(StorageConformance):
 
     @pytest.fixture
     async def store(self, seaweed: SeaweedServer, bucket: str) -> AsyncIterator[BlobStore]:
-        s = S3Store(s3_settings(seaweed, bucket, prefix="registry/"))
+        # The smallest part size: multipart commits and their boundaries at small sizes.
+        s = S3Store(s3_settings(seaweed, bucket, prefix="registry/", part_size=5 * MiB))
         s.test_seaweed, s.test_bucket = seaweed, bucket  # type: ignore[attr-defined]
         yield s
         await s.aclose()
@@ -62,7 +63,7 @@ class TestS3Store(StorageConformance):
     async def reopen(self, store: BlobStore) -> BlobStore:
         seaweed: SeaweedServer = store.test_seaweed  # type: ignore[attr-defined]
         bucket: str = store.test_bucket  # type: ignore[attr-defined]
-        return S3Store(s3_settings(seaweed, bucket, prefix="registry/"))
+        return S3Store(s3_settings(seaweed, bucket, prefix="registry/", part_size=5 * MiB))
 
     def assert_contained(self, store: BlobStore) -> None:
         seaweed: SeaweedServer = store.test_seaweed  # type: ignore[attr-defined]
