@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
+import logging
+import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
+import httpx
 import pytest
+import trustme
 
 from dockyard.config.model import S3Settings
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.s3 import S3Store
 from tests.seaweed import SeaweedServer
+from tests.serverproc import DockyardServer
 from tests.storage_conformance import (
     MiB,
     StorageConformance,
@@ -189,3 +199,169 @@ async def test_failed_commit_leaves_no_multipart_upload(
     await store.delete_upload("u", state)
     assert bucket_contents(seaweed, bucket) == ([], [])
     await store.aclose()
+
+
+# -- retries, credentials, AWS_CA_BUNDLE -----------------------------------------------------
+
+
+class FlakyProxy:
+    """A loopback HTTP proxy in front of the S3 gateway that first answers the queued
+    errors (status, S3 error code), then forwards requests unchanged (signatures hold:
+    the Host header is passed through)."""
+
+    def __init__(self, upstream: str, errors: list[tuple[int, str]]) -> None:
+        self.upstream = urlsplit(upstream)
+        self.errors = list(errors)
+        self.seen: list[int] = []  # status answered, per request
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_one(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if proxy.errors:
+                    status, code = proxy.errors.pop(0)
+                    error = f"<Error><Code>{code}</Code><Message>busy</Message></Error>"
+                    self._answer(status, [("content-type", "application/xml")], error.encode())
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname or "", proxy.upstream.port, timeout=30
+                )
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = conn.getresponse()
+                data = answer.read()
+                self._answer(answer.status, answer.getheaders(), data)
+                conn.close()
+
+            def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+                proxy.seen.append(status)
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                # A HEAD answer announces the object's length, not its own (empty) body's.
+                length = dict((k.lower(), v) for k, v in headers).get("content-length")
+                self.send_header("content-length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_one
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_retries_throttling_and_server_errors(seaweed: SeaweedServer, bucket: str) -> None:
+    errors = [(503, "SlowDown"), (429, "TooManyRequests"), (500, "InternalError")]
+    with FlakyProxy(seaweed.endpoint, errors) as proxy:
+        store = new_store(seaweed, bucket, endpoint=proxy.endpoint, max_attempts=5)
+        digest = await push(store, b"retried")  # the first request meets all three
+        assert proxy.seen[:4] == [503, 429, 500, 200]
+        assert await read_all(store, digest) == b"retried"
+        await store.aclose()
+
+
+async def test_retries_are_bounded(seaweed: SeaweedServer, bucket: str) -> None:
+    with FlakyProxy(seaweed.endpoint, [(503, "SlowDown")] * 5) as proxy:
+        store = new_store(seaweed, bucket, endpoint=proxy.endpoint, max_attempts=2)
+        with pytest.raises(StorageError, match="SlowDown"):
+            await store.create_upload("u")
+        assert proxy.seen == [503, 503]
+        await store.aclose()
+
+
+async def test_no_credentials_in_errors_or_logs(
+    seaweed: SeaweedServer, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-" + secrets.token_urlsafe(24)
+    store = new_store(seaweed, bucket, secret_key=wrong, max_attempts=2)
+    with pytest.raises(StorageError) as failure:
+        await store.create_upload("u")
+    with pytest.raises(StorageError) as check_failure:
+        await store.check()
+    texts = [str(failure.value), str(check_failure.value), repr(store), caplog.text]
+    assert "SignatureDoesNotMatch" in texts[0]
+    for text in texts:
+        for credential in (wrong, seaweed.secret_key, seaweed.access_key):
+            assert credential not in text
+    settings = s3_settings(seaweed, bucket)
+    assert seaweed.secret_key not in repr(settings)
+    await store.aclose()
+
+
+async def test_works_with_aws_ca_bundle_set(
+    seaweed: SeaweedServer, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This machine's environment sets AWS_CA_BUNDLE; a plain-HTTP endpoint must not mind.
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    store = new_store(seaweed, bucket)
+    digest = await push(store, b"bundled")
+    assert await read_all(store, digest) == b"bundled"
+    await store.aclose()
+
+
+# -- the HTTP API with redirect = true -------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_blob_get_redirects_to_a_presigned_url(
+    seaweed: SeaweedServer, bucket: str, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    env = {
+        "AWS_CA_BUNDLE": str(bundle),
+        "DOCKYARD_STORAGE_DRIVER": "s3",
+        "DOCKYARD_STORAGE_S3_BUCKET": bucket,
+        "DOCKYARD_STORAGE_S3_ENDPOINT": seaweed.endpoint,
+        "DOCKYARD_STORAGE_S3_REGION": seaweed.region,
+        "DOCKYARD_STORAGE_S3_ACCESS_KEY": seaweed.access_key,
+        "DOCKYARD_STORAGE_S3_SECRET_KEY": seaweed.secret_key,
+        "DOCKYARD_STORAGE_S3_PATH_STYLE": "true",
+        "DOCKYARD_STORAGE_S3_REDIRECT": "true",
+        "DOCKYARD_LOG_LEVEL": "debug",
+    }
+    data = payload(6 * MiB + 5, seed=60)
+    digest = sha256(data)
+    with DockyardServer(tmp_path / "data", env=env) as server, httpx.Client() as http:
+        started = http.post(f"{server.url}/v2/redirected/blobs/uploads/")
+        assert started.status_code == 202
+        location = urljoin(server.url, started.headers["location"])
+        done = http.put(location, params={"digest": digest}, content=data)
+        assert done.status_code == 201, done.text
+        blob = f"{server.url}/v2/redirected/blobs/{digest}"
+
+        answer = http.get(blob)
+        assert answer.status_code == 307
+        target = answer.headers["location"]
+        assert target.startswith(f"{seaweed.endpoint}/{bucket}/")
+        assert "X-Amz-Signature=" in target
+        followed = http.get(blob, follow_redirects=True)
+        assert followed.status_code == 200 and followed.content == data
+        # HEAD and ranged GETs are answered here.
+        head = http.head(blob)
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+        ranged = http.get(blob, headers={"range": "bytes=10-19"})
+        assert ranged.status_code == 206 and ranged.content == data[10:20]
+        # A blob not in the repository is unknown: no redirect for it.
+        assert http.get(f"{server.url}/v2/other/blobs/{digest}").status_code == 404
+        log = server.log()
+    assert seaweed.secret_key not in log
+    assert "Traceback" not in log

@@ -65,7 +65,7 @@ def make_client(s3: S3Settings) -> Any:
         region_name=s3.region,
         signature_version="s3v4",
         s3={"addressing_style": "path" if s3.path_style else "auto"},
-        retries={"mode": "standard", "max_attempts": s3.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": s3.max_attempts},
         max_pool_connections=s3.max_connections,
         connect_timeout=10,
         read_timeout=60,
