@@ -147,26 +147,27 @@ class S3Store:
                 return
 
     async def _read_object(
-        self, key: str, offset: int, length: int, missing: StorageError
+        self, key: str, offset: int, length: int | None, missing: StorageError
     ) -> AsyncIterator[bytes]:
-        """``length`` bytes of ``key`` from ``offset``: one ranged GET, streamed."""
-        if length <= 0:
+        """``length`` bytes of ``key`` from ``offset`` (None: all of it, from 0): one GET,
+        ranged unless it reads the whole object, streamed ``READ_CHUNK`` at a time."""
+        if length is not None and length <= 0:
             return
+        ranged = {} if length is None else {"Range": f"bytes={offset}-{offset + length - 1}"}
         try:
-            answer = await self._call(
-                "get_object", key, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
+            answer = await self._call("get_object", key, Key=key, **ranged)
         except Exception as e:
             if is_not_found(e):
                 raise missing from None
             raise StorageError(describe("get_object", key, e)) from None
         body = answer["Body"]
         try:
-            if int(answer["ContentLength"]) != length:
+            expected = int(answer["ContentLength"])
+            if length is not None and expected != length:  # the range ran past the end
                 raise StorageError(f"{key!r} holds fewer than {offset + length} bytes")
             received = 0
-            while received < length:
-                want = min(READ_CHUNK, length - received)
+            while received < expected:
+                want = min(READ_CHUNK, expected - received)
                 chunk: bytes = await self._client.run(functools.partial(body.read, want))
                 if not chunk:
                     raise StorageError(f"{key!r}: the store sent fewer bytes than announced")
@@ -192,13 +193,19 @@ class S3Store:
         self, digest: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         key = self.blob_key(digest)
-        size = await self._head(key)
-        if size is None:
-            raise BlobNotFound(digest)
-        end = size if length is None else offset + length
-        if offset < 0 or end > size or end < offset:
-            raise StorageError(f"{digest} has {size} bytes, cannot read {offset} to {end}")
-        async for chunk in self._read_object(key, offset, end - offset, BlobNotFound(digest)):
+        if offset < 0 or (length is not None and length < 0):
+            raise StorageError(f"{digest}: cannot read {length} bytes at {offset}")
+        if length == 0 or (length is None and offset > 0):
+            # No GET can say whether these are there (S3 has no empty ranges): ask the size.
+            size = await self._head(key)
+            if size is None:
+                raise BlobNotFound(digest)
+            if length is None:
+                length = size - offset
+            if offset + length > size:
+                raise StorageError(f"{digest} has {size} bytes, cannot read to {offset + length}")
+        # One GET: a missing blob is a 404, a range past the end a short answer.
+        async for chunk in self._read_object(key, offset, length, BlobNotFound(digest)):
             yield chunk
 
     async def delete(self, digest: str) -> bool:
