@@ -726,3 +726,25 @@ class StorageConformance:
                 await other.aclose()
         assert await store.delete(sha256(data)) is True
         await self.assert_empty(store)
+
+    async def test_writers_continue_below_a_large_saved_state(self, store: BlobStore) -> None:
+        # Crashed writers, each reopening below what the upload holds: inside a part,
+        # exactly at a part boundary, inside the first part.
+        boundary = self.part_boundary
+        data = payload(2 * boundary + 2 * MiB + 5, seed=44)
+        state = await write_upload(store, "u", data, chunk=MiB + 3)
+        expected = data
+        for offset, seed in ((2 * boundary - 3, 45), (boundary, 46), (MiB + 7, 47)):
+            assert await read_upload_all(store, "u", state, offset) == expected[:offset]
+            more = payload(boundary - MiB + 11, seed=seed)
+            writer = await store.open_writer("u", offset, state)
+            for start in range(0, len(more), 700_001):
+                await writer.write(more[start : start + 700_001])
+            state = await writer.close()
+            expected = expected[:offset] + more
+            for n in (offset - 1, offset, offset + 1, len(expected)):
+                assert await read_upload_all(store, "u", state, n) == expected[:n]
+        await store.commit_upload("u", state, len(expected), sha256(expected))
+        assert await read_all(store, sha256(expected)) == expected
+        assert await store.delete(sha256(expected)) is True
+        await self.assert_empty(store)
