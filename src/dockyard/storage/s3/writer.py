@@ -75,7 +75,7 @@ class S3Writer:
 
     async def _store_segment(self, data: bytes) -> None:
         key = self._store.upload_key(self._upload_id, f"s-{secrets.token_hex(8)}")
-        await self._store.put(key, data)
+        await self._store.objects.put(key, data)
         self._written.append(key)
         self._segments.append((key, len(data)))
 
@@ -89,4 +89,4 @@ class S3Writer:
         # The saved state never named these segments: nothing else can reach them.
         self._buffer.clear()
         keys, self._written = self._written, []
-        await self._store.delete_keys(keys)
+        await self._store.objects.delete_keys(keys)
