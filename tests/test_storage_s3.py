@@ -20,6 +20,8 @@ import trustme
 from dockyard.config.model import S3Settings
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.s3 import S3Store
+from tests.e2e.conftest import Skopeo
+from tests.imagegen import OCILayout, build_image, layout_blob, layout_tags, make_layer
 from tests.seaweed import SeaweedServer
 from tests.serverproc import DockyardServer
 from tests.storage_conformance import (
@@ -32,6 +34,7 @@ from tests.storage_conformance import (
     sha256,
     write_upload,
 )
+from tests.tools import require_tool
 
 
 @pytest.fixture(scope="session")
@@ -320,14 +323,12 @@ async def test_works_with_aws_ca_bundle_set(
 # -- the HTTP API with redirect = true -------------------------------------------------------
 
 
-@pytest.mark.e2e
-def test_blob_get_redirects_to_a_presigned_url(
-    seaweed: SeaweedServer, bucket: str, tmp_path: Path
-) -> None:
-    bundle = tmp_path / "ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(bundle))
+def s3_server(seaweed: SeaweedServer, bucket: str, root: Path) -> DockyardServer:
+    """A dockyard serve process (not started) on ``bucket`` with redirect = true.
+    AWS_CA_BUNDLE is set (to a CA that signed nothing): it must not matter over http."""
+    trustme.CA().cert_pem.write_to_path(str(root / "ca.pem"))
     env = {
-        "AWS_CA_BUNDLE": str(bundle),
+        "AWS_CA_BUNDLE": str(root / "ca.pem"),
         "DOCKYARD_STORAGE_DRIVER": "s3",
         "DOCKYARD_STORAGE_S3_BUCKET": bucket,
         "DOCKYARD_STORAGE_S3_ENDPOINT": seaweed.endpoint,
@@ -335,12 +336,42 @@ def test_blob_get_redirects_to_a_presigned_url(
         "DOCKYARD_STORAGE_S3_ACCESS_KEY": seaweed.access_key,
         "DOCKYARD_STORAGE_S3_SECRET_KEY": seaweed.secret_key,
         "DOCKYARD_STORAGE_S3_PATH_STYLE": "true",
+        "DOCKYARD_STORAGE_S3_PART_SIZE": str(5 * MiB),
         "DOCKYARD_STORAGE_S3_REDIRECT": "true",
         "DOCKYARD_LOG_LEVEL": "debug",
     }
+    return DockyardServer(root / "data", env=env)
+
+
+def stopped_server_log(seaweed: SeaweedServer, server: DockyardServer) -> str:
+    """The whole log of a stopped server, checked for credentials and tracebacks."""
+    log = server.log_path.read_text(errors="replace")  # stopped: every line is written
+    # Debug level, and still no credential (presigned URLs name the access key).
+    assert seaweed.secret_key not in log and seaweed.access_key not in log
+    assert "Traceback" not in log
+    return log
+
+
+@pytest.fixture(scope="module")
+def s3_registry(
+    seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DockyardServer, str]]:
+    """A running s3_server on a bucket of its own, and the bucket."""
+    bucket = seaweed.new_bucket("registry")
+    server = s3_server(seaweed, bucket, tmp_path_factory.mktemp("s3-registry"))
+    with server:
+        yield server, bucket
+    stopped_server_log(seaweed, server)
+
+
+@pytest.mark.e2e
+def test_blob_get_redirects_to_a_presigned_url(
+    seaweed: SeaweedServer, s3_registry: tuple[DockyardServer, str]
+) -> None:
+    server, bucket = s3_registry
     data = payload(6 * MiB + 5, seed=60)
     digest = sha256(data)
-    with DockyardServer(tmp_path / "data", env=env) as server, httpx.Client() as http:
+    with httpx.Client() as http:
         started = http.post(f"{server.url}/v2/redirected/blobs/uploads/")
         assert started.status_code == 202
         location = urljoin(server.url, started.headers["location"])
@@ -362,8 +393,29 @@ def test_blob_get_redirects_to_a_presigned_url(
         assert ranged.status_code == 206 and ranged.content == data[10:20]
         # A blob not in the repository is unknown: no redirect for it.
         assert http.get(f"{server.url}/v2/other/blobs/{digest}").status_code == 404
-    log = server.log_path.read_text(errors="replace")  # stopped: every line is written
-    # Debug level, and still no credential (the presigned URL names the access key).
-    assert seaweed.secret_key not in log and seaweed.access_key not in log
-    assert "Traceback" not in log
-    assert f"/v2/redirected/blobs/{digest}" in log  # the access log was written
+
+
+@pytest.mark.e2e
+def test_skopeo_round_trip_through_the_bucket(
+    seaweed: SeaweedServer, bucket: str, tmp_path: Path
+) -> None:
+    # A real client pushes (multipart-sized layers among them) and pulls every blob
+    # through the 307 to the store.
+    source = OCILayout(tmp_path / "source")
+    image = source.add_image(
+        "v1", build_image([make_layer(70, files=3, file_size=4 * MiB), make_layer(71)])
+    )
+    pulled = tmp_path / "pulled"
+    with s3_server(seaweed, bucket, tmp_path) as server:
+        skopeo = Skopeo(require_tool("skopeo"), server)
+        skopeo.copy(source.ref("v1"), skopeo.docker("s3/app:v1"), "--preserve-digests")
+        skopeo.copy(skopeo.docker("s3/app:v1"), f"oci:{pulled}:v1", "--preserve-digests")
+    assert layout_tags(pulled) == {"v1": image.digest}
+    for layer in image.layers:
+        assert layout_blob(pulled, layer.digest) == layer.blob.data
+    log = stopped_server_log(seaweed, server)
+    for layer in image.layers:  # skopeo fetched each layer from the store
+        assert f'"GET /v2/s3/app/blobs/{layer.digest}\\" 307 ' in log
+    keys, multipart = bucket_contents(seaweed, bucket)
+    assert multipart == []
+    assert [key for key in keys if not key.startswith("blobs/")] == []
