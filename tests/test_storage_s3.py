@@ -299,6 +299,7 @@ async def test_no_credentials_in_errors_or_logs(
         await store.check()
     texts = [str(failure.value), str(check_failure.value), repr(store), caplog.text]
     assert "SignatureDoesNotMatch" in texts[0]
+    assert texts[0].count("s3 put_object") == 1, texts[0]  # said once, not wrapped again
     for text in texts:
         for credential in (wrong, seaweed.secret_key, seaweed.access_key):
             assert credential not in text

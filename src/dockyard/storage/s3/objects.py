@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
+from botocore.exceptions import ClientError
 
 from dockyard.storage.base import READ_CHUNK, StorageError
 from dockyard.storage.s3.client import (
@@ -37,7 +38,7 @@ class BucketObjects:
     async def head(self, key: str) -> int | None:
         try:
             answer = await self.call("head_object", key, Key=key)
-        except Exception as e:
+        except ClientError as e:  # the answers call() leaves to us: 404, 412
             if is_not_found(e):
                 return None
             raise StorageError(describe("head_object", key, e)) from None
@@ -48,7 +49,7 @@ class BucketObjects:
         condition = {"IfNoneMatch": "*"} if only_new else {}
         try:
             await self.call("put_object", key, Key=key, Body=data, **condition, **self.sse)
-        except Exception as e:
+        except ClientError as e:
             if only_new and is_precondition_failed(e):
                 return False
             raise StorageError(describe("put_object", key, e)) from None
@@ -92,7 +93,7 @@ class BucketObjects:
         ranged = {} if length is None else {"Range": f"bytes={offset}-{offset + length - 1}"}
         try:
             answer = await self.call("get_object", key, Key=key, **ranged)
-        except Exception as e:
+        except ClientError as e:
             if is_not_found(e):
                 raise missing from None
             raise StorageError(describe("get_object", key, e)) from None
@@ -131,7 +132,7 @@ class BucketObjects:
                 **condition,
                 **self.sse,
             )
-        except Exception as e:
+        except ClientError as e:
             if only_new and is_precondition_failed(e):
                 return False
             raise StorageError(describe("copy_object", target, e)) from None
@@ -187,7 +188,7 @@ class BucketObjects:
     async def abort_multipart(self, key: str, multipart: str) -> None:
         try:
             await self.call("abort_multipart_upload", key, Key=key, UploadId=multipart)
-        except Exception as e:
+        except ClientError as e:
             if not is_not_found(e):
                 raise StorageError(describe("abort_multipart_upload", key, e)) from None
 
