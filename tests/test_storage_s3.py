@@ -387,6 +387,7 @@ def test_blob_get_redirects_to_a_presigned_url(
         assert "X-Amz-Signature=" in target
         followed = http.get(blob, follow_redirects=True)
         assert followed.status_code == 200 and followed.content == data
+        assert followed.headers["content-type"] == "application/octet-stream"
         # HEAD and ranged GETs are answered here.
         head = http.head(blob)
         assert head.status_code == 200 and head.headers["content-length"] == str(len(data))

@@ -24,6 +24,8 @@ from dockyard.storage.s3.client import (
 )
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+# What a redirected client is served (CopyObject keeps the segment's type).
+BINARY = "application/octet-stream"
 
 
 class BucketObjects:
@@ -48,7 +50,9 @@ class BucketObjects:
         """PUT ``data``; with ``only_new``, False when the key already exists."""
         condition = {"IfNoneMatch": "*"} if only_new else {}
         try:
-            await self.call("put_object", key, Key=key, Body=data, **condition, **self.sse)
+            await self.call(
+                "put_object", key, Key=key, Body=data, ContentType=BINARY, **condition, **self.sse
+            )
         except ClientError as e:
             if only_new and is_precondition_failed(e):
                 return False
@@ -142,7 +146,9 @@ class BucketObjects:
         """``target`` made of ``sources`` in order, each a part of a multipart upload
         copied server-side (UploadPartCopy, in parallel); every source but the last
         must be at least 5 MiB. An interrupted compose aborts its multipart upload."""
-        created = await self.call("create_multipart_upload", target, Key=target, **self.sse)
+        created = await self.call(
+            "create_multipart_upload", target, Key=target, ContentType=BINARY, **self.sse
+        )
         multipart = created["UploadId"]
         etags: list[str] = [""] * len(sources)
 
