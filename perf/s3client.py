@@ -3,7 +3,9 @@ with botocore's SigV4 signer, measured on a local SeaweedFS.
 
 Two workloads, each run ``--repeat`` times per client, alternating: a 64 MiB blob pushed
 as a multipart upload in 8 MiB parts (create, 8 parts, complete), and 1000 HEADs of one
-object (the stats a registry does on every blob request), 16 at a time. Prints wall and
+object (the stats a registry does on every blob request), 16 at a time. A third row is
+the driver itself on botocore: the same blob in 8 MiB PATCHes (a writer each, segments)
+and its commit (server-side part copies), and 1000 ``stat`` calls. Prints wall and
 CPU seconds (this process: the client's cost; SeaweedFS is another process). Usage::
 
     python -m perf.s3client [--repeat 3]
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import os
 import statistics
 import time
@@ -30,6 +33,7 @@ from botocore.credentials import Credentials
 from tests.seaweed import SeaweedServer
 
 from dockyard.config.model import S3Settings
+from dockyard.storage.s3 import S3Store
 from dockyard.storage.s3.client import make_client
 
 MiB = 1024 * 1024
@@ -121,6 +125,38 @@ class HttpxSigned:
         await self.http.aclose()
 
 
+class DriverOnBotocore:
+    """The s3 driver itself: 8 MiB PATCHes (a writer each), then the commit (server-side
+    part copies), and ``stat``."""
+
+    name = "S3Store (the driver)"
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.store = S3Store(settings)
+        self.pushed = 0
+        self.digest = ""
+
+    async def push(self, key: str, data: bytes) -> None:
+        self.pushed += 1
+        upload = f"{key}-{self.pushed}"
+        state = await self.store.create_upload(upload)
+        for start in range(0, len(data), PART):
+            writer = await self.store.open_writer(upload, start, state)
+            await writer.write(data[start : start + PART])
+            state = await writer.close()
+        self.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        await self.store.commit_upload(upload, state, len(data), self.digest)
+
+    async def head(self, key: str) -> int:
+        size = await self.store.stat(self.digest)
+        assert size is not None
+        return size
+
+    async def aclose(self) -> None:
+        await self.store.delete(self.digest)
+        await self.store.aclose()
+
+
 def _xml_text(document: bytes, tag: str) -> str:
     for element in ET.fromstring(document).iter():
         if element.tag.rsplit("}", 1)[-1] == tag:
@@ -134,7 +170,9 @@ async def measure(work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-async def run_client(client: BotocoreThreads | HttpxSigned, blob: bytes) -> dict[str, Any]:
+async def run_client(
+    client: BotocoreThreads | HttpxSigned | DriverOnBotocore, blob: bytes
+) -> dict[str, Any]:
     key = f"perf-{client.name.split()[0]}"
     push = await measure(lambda: client.push(key, blob))
     assert await client.head(key) == len(blob)
@@ -164,9 +202,10 @@ async def main_async(repeat: int) -> None:
             path_style=True,
             max_connections=CONCURRENCY,
         )
+        settings.part_size = PART
         results: dict[str, list[dict[str, Any]]] = {}
         for _ in range(repeat):
-            for make in (BotocoreThreads, HttpxSigned):
+            for make in (BotocoreThreads, HttpxSigned, DriverOnBotocore):
                 client = make(settings)
                 results.setdefault(client.name, []).append(await run_client(client, blob))
                 await client.aclose()
