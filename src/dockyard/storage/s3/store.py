@@ -149,6 +149,7 @@ class S3Store:
         await self._require_upload(upload_id)
         if offset < 0 or offset > held(segments):
             raise StorageError(f"upload {upload_id} holds fewer than {offset} bytes")
+        await self._drop_unnamed_segments(upload_id, segments)
         # Keep the segments wholly below offset; bytes past it were a failed writer's.
         kept: list[Segment] = []
         position = 0
@@ -166,6 +167,15 @@ class S3Store:
             tail = await self.objects.get(tail_key, 0, tail_size, _missing(tail_key))
             carried = tail + carried
         return S3Writer(self, upload_id, kept, carried)
+
+    async def _drop_unnamed_segments(self, upload_id: str, named: list[Segment]) -> None:
+        """Delete the segments the saved state does not name: tails that a later PATCH
+        superseded, and what failed writers stored. Safe here: the writer that opens holds
+        the upload's lease, so no other writer's state can be saved meanwhile."""
+        keep = {key for key, _ in named} | {self.upload_key(upload_id, "info")}
+        listed = self.objects.listing(self.upload_prefix(upload_id))
+        unnamed = [item["Key"] async for item in listed if item["Key"] not in keep]
+        await self.objects.delete_keys(unnamed)
 
     async def read_upload(
         self, upload_id: str, state: DriverState, length: int

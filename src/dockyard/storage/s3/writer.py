@@ -12,8 +12,9 @@ A last segment shorter than that is the tail: the next writer reads it back, pre
 to its own bytes and stores the result as new segments. Segment keys are new for every
 write (a random suffix), so a writer that crashed or is still running after losing its
 lease never overwrites a segment the saved state names; the segments nobody names are
-deleted with the upload (commit or delete). Segments are readable objects, so
-``read_upload`` and a writer continuing below what the state holds are plain ranged GETs.
+deleted by the next writer to open (``S3Store.open_writer``) or with the upload.
+Segments are readable objects, so ``read_upload`` and a writer continuing below what the
+state holds are plain ranged GETs.
 """
 
 from __future__ import annotations
