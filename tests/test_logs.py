@@ -183,13 +183,14 @@ def test_access_line_from_a_request_record_has_the_ecs_fields() -> None:
 
 
 def test_access_line_of_a_hostile_path_stays_one_short_line() -> None:
-    hostile = request(path="/v2/x\nFAKE 200 " + "a" * 5000, user_agent="ua\nFAKE")
+    hostile = request(path="/v2/x\nFAKE 200 " + "a" * 5000, user_agent='ua"}\\\nFAKE caf\u00e9')
     line = TextFormatter().format_request(hostile, 7)
     assert "\n" not in line and "/v2/x\\x0aFAKE 200" in line
     assert line.startswith("2023-11-14T22:13:20.262Z INFO dockyard.access [7] 10.0.0.7 ci")
     doc = json.loads(JsonFormatter().format_request(hostile, 7))
     assert len(doc["url"]["path"]) == 512 and doc["url"]["path"].startswith("/v2/x\nFAKE")
     assert "\n" not in JsonFormatter().format_request(hostile, 7)
+    assert doc["user_agent"]["original"] == 'ua"}\\\nFAKE caf\u00e9'  # quotes, escapes, UTF-8
 
 
 def test_queued_requests_are_written_by_the_writer_in_order(

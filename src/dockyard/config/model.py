@@ -88,11 +88,26 @@ class S3Settings:
 
 
 @dataclass
+class GcsSettings:
+    # [storage.gcs]: the bucket (required with driver "gcs") and a key prefix in it.
+    bucket: str = ""
+    prefix: str = ""
+    # JSON API base URL; empty: Google's. A plain http:// one is an emulator
+    # (fake-gcs-server), used without credentials unless credentials_file is set.
+    endpoint: str = ""
+    # Service account key file; empty: Application Default Credentials.
+    credentials_file: str = ""
+    # Project billed for requests (requester-pays buckets); empty: the bucket's owner.
+    project: str = ""
+
+
+@dataclass
 class StorageSettings:
     driver: str = "filesystem"
     # Data directory: blobs (filesystem driver) and the embedded database live here.
     root: str = "./data"
     s3: S3Settings = field(default_factory=S3Settings)
+    gcs: GcsSettings = field(default_factory=GcsSettings)
 
 
 @dataclass
@@ -148,7 +163,7 @@ class EventsSettings:
 @dataclass
 class LogSettings:
     level: str = "info"
-    # One line per request (observability/access.py), whatever the level: operators expect
+    # One line per request (observability/logs.py log_request), whatever the level: operators expect
     # a request log, and it costs little (perf/RESULTS.md).
     access: bool = True
     # "json": ECS lines a log stack reads without mapping; "text": for a terminal.
@@ -197,7 +212,7 @@ class TokenSettings:
     # Off when only an external issuer's tokens are accepted.
     builtin: bool = True
     # PEM private key (EC P-256/P-384/P-521, RSA or Ed25519) that signs issued tokens;
-    # empty: an EC P-256 key generated at first start in <storage.root>/token-signing-key.pem.
+    # empty: an EC P-256 key generated at first start, kept in the metadata store.
     key: str = ""
     # "iss" of issued tokens and the issuer accepted tokens must name.
     issuer: str = "dockyard"
@@ -393,6 +408,6 @@ class Settings:
         return f"{scheme}://{host}:{self.server.port}"
 
 
-STORAGE_DRIVERS = ("filesystem", "memory", "s3")
+STORAGE_DRIVERS = ("filesystem", "memory", "s3", "gcs")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
