@@ -21,6 +21,12 @@ Driver-specific hooks a subclass may extend:
   filesystem driver checks the directory around its root). The default checks nothing.
 - ``max_read_chunk``: the largest chunk ``read`` may yield (reads are bounded: see
   ``docs/architecture.md``, Requests).
+- ``reopen(store)``: another driver object on the same backing store (another process or
+  instance continuing an upload from its saved state). The default returns ``store``
+  itself (the memory driver has nothing to share); a reopened store other than ``store``
+  is closed by the test.
+- ``part_boundary``: where a driver splits a large blob (an object store's part size);
+  the ranged-read tests read across it.
 
 The suite treats the driver as a black box: it never checks digests itself (storage does
 not verify content), so tests may commit arbitrary bytes under a digest to tell copies
@@ -35,6 +41,7 @@ import time
 
 import pytest
 import trio
+import trio.lowlevel
 
 from dockyard.storage.base import (
     READ_CHUNK,
@@ -140,6 +147,11 @@ class StorageConformance:
     """Every ``BlobStore`` must pass these. Subclasses provide the ``store`` fixture."""
 
     max_read_chunk = READ_CHUNK
+    part_boundary = 5 * MiB
+
+    async def reopen(self, store: BlobStore) -> BlobStore:
+        """A second driver object on the same backing store (default: ``store``)."""
+        return store
 
     async def assert_empty(self, store: BlobStore) -> None:
         assert await all_blobs(store) == set()
@@ -559,4 +571,180 @@ class StorageConformance:
         }
         await self.delete_everything(store, states)
         self.assert_contained(store)
+        await self.assert_empty(store)
+
+    # -- concurrency, scale, other instances ----------------------------------------------
+
+    async def test_concurrent_writers_on_different_uploads(self, store: BlobStore) -> None:
+        blobs = {f"writer-{i}": payload(200_000 + 7919 * i, seed=30 + i) for i in range(6)}
+        states: dict[str, DriverState] = {}
+
+        async def upload(upload_id: str) -> None:
+            data = blobs[upload_id]
+            state = await store.create_upload(upload_id)
+            # Two chunks each, interleaved with the other writers' chunks.
+            for start, end in ((0, 70_000), (70_000, len(data))):
+                writer = await store.open_writer(upload_id, start, state)
+                await writer.write(data[start:end])
+                state = await writer.close()
+                await trio.lowlevel.checkpoint()
+            states[upload_id] = state
+
+        async with trio.open_nursery() as nursery:
+            for upload_id in blobs:
+                nursery.start_soon(upload, upload_id)
+        for upload_id, data in blobs.items():
+            assert await read_upload_all(store, upload_id, states[upload_id], len(data)) == data
+
+        async def commit(upload_id: str) -> None:
+            data = blobs[upload_id]
+            await store.commit_upload(upload_id, states[upload_id], len(data), sha256(data))
+
+        async with trio.open_nursery() as nursery:
+            for upload_id in blobs:
+                nursery.start_soon(commit, upload_id)
+        assert await all_blobs(store) == {sha256(data) for data in blobs.values()}
+        for data in blobs.values():
+            assert await read_all(store, sha256(data)) == data
+        assert await all_uploads(store) == {}
+        await self.delete_everything(store)
+        await self.assert_empty(store)
+
+    async def test_concurrent_commits_of_one_large_digest(self, store: BlobStore) -> None:
+        # Large enough that an object store commits it as several parts.
+        data = payload(2 * self.part_boundary + 12_345, seed=40)
+        digest = sha256(data)
+        ids = ["big-racer-0", "big-racer-1", "big-racer-2"]
+        states = {i: await write_upload(store, i, data, chunk=MiB + 1) for i in ids}
+
+        async def commit(upload_id: str) -> None:
+            await store.commit_upload(upload_id, states[upload_id], len(data), digest)
+
+        async with trio.open_nursery() as nursery:
+            for upload_id in ids:
+                nursery.start_soon(commit, upload_id)
+        assert await all_blobs(store) == {digest}
+        assert await read_all(store, digest) == data
+        assert await all_uploads(store) == {}
+        assert await store.delete(digest) is True
+        await self.assert_empty(store)
+
+    async def test_ranged_reads_at_boundaries(self, store: BlobStore) -> None:
+        boundary = self.part_boundary
+        data = payload(2 * boundary + 54_321, seed=41)
+        digest = await push(store, data, chunk=999_983)
+        size = len(data)
+        ranges = [
+            (0, 1),  # the first byte
+            (0, boundary),  # exactly the first part
+            (boundary - 1, 2),  # the last byte of a part and the first of the next
+            (boundary, 1),  # the first byte of the second part
+            (boundary - 100, READ_CHUNK + 200),  # across the boundary, over a read chunk
+            (2 * boundary - 7, 14),  # across the second boundary
+            (size - 1, 1),  # the last byte
+            (size - READ_CHUNK - 3, READ_CHUNK + 3),  # the end, more than one read chunk
+            (size, 0),  # nothing, at the very end
+        ]
+        for offset, length in ranges:
+            got = await read_all(store, digest, offset, length)
+            assert got == data[offset : offset + length], (offset, length)
+        assert await read_all(store, digest, boundary + 3) == data[boundary + 3 :]
+        with pytest.raises(StorageError):
+            await read_all(store, digest, size - 1, 2)
+
+    async def test_large_blob_in_uneven_chunks(self, store: BlobStore) -> None:
+        data = payload(24 * MiB + 1, seed=42)
+        state = await store.create_upload("large")
+        offset = 0
+        # PATCH-like pieces of uneven sizes, each with its own writer, and writes inside
+        # each piece of uneven sizes too.
+        for piece in (1, 3 * MiB - 1, 7 * MiB + 333, 64 * 1024, 9 * MiB, 5 * MiB - 333):
+            writer = await store.open_writer("large", offset, state)
+            end = min(offset + piece, len(data))
+            for start in range(offset, end, 262_147):
+                await writer.write(data[start : min(start + 262_147, end)])
+            state = await writer.close()
+            offset = end
+        assert offset == len(data)
+        digest = sha256(data)
+        await store.commit_upload("large", state, len(data), digest)
+        assert await store.stat(digest) == len(data)
+        assert hashlib.sha256(await read_all(store, digest)).hexdigest() == digest[7:]
+        assert await store.delete(digest) is True
+        await self.assert_empty(store)
+
+    async def test_listings_past_a_page(self, store: BlobStore) -> None:
+        # Object stores list 1000 keys a page: more than that must all be listed.
+        count = 1003
+        blobs = [b"blob %d" % i for i in range(count)]
+        limiter = trio.CapacityLimiter(16)
+
+        async def push_one(i: int) -> None:
+            async with limiter:
+                await push(store, blobs[i], upload_id=f"page-{i}")
+
+        async def create_one(i: int) -> None:
+            async with limiter:
+                await store.create_upload(f"open-{i}")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(push_one, i)
+                nursery.start_soon(create_one, i)
+        assert await all_blobs(store) == {sha256(b) for b in blobs}
+        assert set(await all_uploads(store)) == {f"open-{i}" for i in range(count)}
+
+        async def delete_one(i: int) -> None:
+            async with limiter:
+                assert await store.delete(sha256(blobs[i])) is True
+                await store.delete_upload(f"open-{i}", {})
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(delete_one, i)
+        await self.assert_empty(store)
+
+    async def test_upload_continued_on_another_store(self, store: BlobStore) -> None:
+        data = payload(3 * MiB + 77, seed=43)
+        cut = MiB + 5
+        state = await store.create_upload("moving")
+        writer = await store.open_writer("moving", 0, state)
+        await writer.write(data[:cut])
+        state = await writer.close()
+        other = await self.reopen(store)
+        try:
+            # Only the saved state travels: the other store continues, reads and commits.
+            writer = await other.open_writer("moving", cut, state)
+            await writer.write(data[cut:])
+            state = await writer.close()
+            assert await read_upload_all(other, "moving", state, len(data)) == data
+            assert set(await all_uploads(other)) == {"moving"}
+            await other.commit_upload("moving", state, len(data), sha256(data))
+            assert await read_all(store, sha256(data)) == data
+        finally:
+            if other is not store:
+                await other.aclose()
+        assert await store.delete(sha256(data)) is True
+        await self.assert_empty(store)
+
+    async def test_writers_continue_below_a_large_saved_state(self, store: BlobStore) -> None:
+        # Crashed writers, each reopening below what the upload holds: inside a part,
+        # exactly at a part boundary, inside the first part.
+        boundary = self.part_boundary
+        data = payload(2 * boundary + 2 * MiB + 5, seed=44)
+        state = await write_upload(store, "u", data, chunk=MiB + 3)
+        expected = data
+        for offset, seed in ((2 * boundary - 3, 45), (boundary, 46), (MiB + 7, 47)):
+            assert await read_upload_all(store, "u", state, offset) == expected[:offset]
+            more = payload(boundary - MiB + 11, seed=seed)
+            writer = await store.open_writer("u", offset, state)
+            for start in range(0, len(more), 700_001):
+                await writer.write(more[start : start + 700_001])
+            state = await writer.close()
+            expected = expected[:offset] + more
+            for n in (offset - 1, offset, offset + 1, len(expected)):
+                assert await read_upload_all(store, "u", state, n) == expected[:n]
+        await store.commit_upload("u", state, len(expected), sha256(expected))
+        assert await read_all(store, sha256(expected)) == expected
+        assert await store.delete(sha256(expected)) is True
         await self.assert_empty(store)

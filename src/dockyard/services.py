@@ -63,6 +63,10 @@ def instance_name(settings: Settings) -> str:
 def build_storage(settings: Settings) -> BlobStore:
     if settings.storage.driver == "memory":
         return MemoryStore()
+    if settings.storage.driver == "s3":
+        from dockyard.storage.s3 import S3Store  # botocore only when it is used
+
+        return S3Store(settings.storage.s3)
     if settings.storage.driver == "gcs":
         # Imported here: deployments without GCS do not load its client.
         from dockyard.storage.gcs import GcsStore

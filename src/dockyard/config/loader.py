@@ -195,6 +195,8 @@ def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
         for key in ("account_key", "sas_token", "connection_string"):
             if azure[key]:
                 azure[key] = "<redacted>"
+        if d["storage"]["s3"]["secret_key"]:
+            d["storage"]["s3"]["secret_key"] = "<redacted>"
         for hook in d["webhooks"]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"

@@ -56,6 +56,38 @@ class ServerSettings:
 
 
 @dataclass
+class S3Settings:
+    # The bucket (must exist) and the endpoint URL; empty endpoint: AWS for the region.
+    bucket: str = ""
+    endpoint: str = ""
+    region: str = "us-east-1"
+    # Empty: the environment (AWS_ACCESS_KEY_ID, ...), then the standard AWS chain.
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+    # Key prefix inside the bucket (several registries may share one bucket).
+    prefix: str = ""
+    # http://endpoint/bucket/key instead of http://bucket.endpoint/key (most S3-compatible
+    # servers need it).
+    path_style: bool = False
+    # Check the endpoint's TLS certificate; ca_bundle: a PEM file of CAs to trust instead.
+    verify_tls: bool = True
+    ca_bundle: str = ""
+    # Server-side encryption: "", "AES256" or "aws:kms" (with sse_kms_key_id, or the
+    # bucket's default KMS key when empty).
+    sse: str = ""
+    sse_kms_key_id: str = ""
+    # Blob GETs answer 307 to a presigned URL valid for redirect_expiry seconds.
+    redirect: bool = False
+    redirect_expiry: int = 900
+    # Connections to the store, and worker threads that run its calls.
+    max_connections: int = 16
+    # Bytes per upload part (memory per upload in flight; a blob has at most 10000 parts).
+    part_size: int = 8 * 1024 * 1024
+    # Attempts per request on throttling (503 SlowDown, 429) and 5xx, with backoff.
+    max_attempts: int = 5
+
+
+@dataclass
 class GcsSettings:
     # [storage.gcs]: the bucket (required with driver "gcs") and a key prefix in it.
     bucket: str = ""
@@ -92,6 +124,7 @@ class StorageSettings:
     driver: str = "filesystem"
     # Data directory: blobs (filesystem driver) and the embedded database live here.
     root: str = "./data"
+    s3: S3Settings = field(default_factory=S3Settings)
     gcs: GcsSettings = field(default_factory=GcsSettings)
     azure: AzureStorageSettings = field(default_factory=AzureStorageSettings)
 
@@ -394,6 +427,6 @@ class Settings:
         return f"{scheme}://{host}:{self.server.port}"
 
 
-STORAGE_DRIVERS = ("filesystem", "memory", "gcs", "azure")
+STORAGE_DRIVERS = ("filesystem", "memory", "s3", "azure", "gcs")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -30,6 +30,7 @@ from dockyard.config.model import (
     WebhookSettings,
 )
 from dockyard.config.validate_azure import validate_azure
+from dockyard.config.validate_s3 import validate_s3
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Headers dockyard sets itself on every delivery.
@@ -259,6 +260,8 @@ def validate(s: Settings) -> None:
             f"storage.driver: unknown driver {s.storage.driver!r} "
             f"(choose one of: {', '.join(STORAGE_DRIVERS)})"
         )
+    if s.storage.driver == "s3":
+        validate_s3(s.storage.s3)
     if s.storage.driver == "gcs":
         _validate_gcs(s.storage.gcs)
     if not 0 <= s.server.port <= 65535:

@@ -53,6 +53,20 @@ class Blobs:
         )
         return self.storage.read(digest, start, length)
 
+    async def blob_redirect(
+        self, ctx: RequestInfo, repository: str, digest: str, size: int
+    ) -> str | None:
+        """A URL the client may fetch a blob checked with ``blob_size`` from directly
+        (the store's presigned URL), recording the pull; None: serve it here."""
+        url = await self.storage.presigned_url(digest, "GET")
+        if url is not None:
+            self.pulls.record(
+                self._event(
+                    ctx, "pull", repository, digest, "application/octet-stream", size, kind="blob"
+                )
+            )
+        return url
+
     async def delete_blob(self, ctx: RequestInfo, repository: str, digest: str) -> None:
         parse_digest(digest)
         # Like every blob event, it names the media type and size (a digest has one size).

@@ -58,6 +58,7 @@ class Registry:
         # blobs
         self.blob_size = self.blobs.blob_size
         self.read_blob = self.blobs.read_blob
+        self.blob_redirect = self.blobs.blob_redirect
         self.delete_blob = self.blobs.delete_blob
         self.mount_blob = self.blobs.mount_blob
         # uploads

@@ -1,7 +1,9 @@
 """Blob downloads and deletes: ``GET|HEAD|DELETE /v2/<name>/blobs/<digest>``.
 
 Downloads honour a single ``Range`` and stream from the core in 1 MiB reads; a HEAD
-answers with the GET's headers and ``Content-Length`` and no body.
+answers with the GET's headers and ``Content-Length`` and no body. When the store gives a
+presigned URL (the s3 driver with ``redirect = true``), a GET without ``Range`` answers
+307 to it; HEAD and ranged GETs are always answered here.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class Blobs(Resource):
                 headers.append(("content-range", f"bytes {start}-{start + length - 1}/{size}"))
         if req.method == "HEAD":
             return Response(status, headers, length=length)
+        if range_header is None:
+            url = await self.registry.blob_redirect(req.info, name, digest, size)
+            if url is not None:
+                return Response(307, [("location", url), ("docker-content-digest", digest)])
         stream = await self.registry.read_blob(req.info, name, digest, size, start, length)
         return Response(status, headers, stream=stream, length=length)
 
