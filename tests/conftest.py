@@ -17,7 +17,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ import trio
 from dockyard.config import Settings, load
 from dockyard.meta.records import StoredEvent
 from dockyard.services import Services, build
+from tests.pgserver import PostgresServer, require_postgres
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -58,6 +66,17 @@ def make_settings(root: Path, **environ: str) -> Settings:
         **environ,
     }
     return load(environ=env)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (tests/pgserver.py); skipped (failed in CI)
+    when it is not installed."""
+    server = PostgresServer(require_postgres()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,13 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
-from dockyard.config.model import AccessSettings, ConfigError, Settings, WebhookSettings
+from dockyard.config.model import (
+    AccessSettings,
+    ConfigError,
+    Settings,
+    WebhookSettings,
+    redact_url,
+)
 from dockyard.config.validate import validate
 
 
@@ -187,9 +193,11 @@ def load(
 
 
 def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
-    """The settings as plain data; ``redact`` hides webhook secrets and header values."""
+    """The settings as plain data; ``redact`` hides webhook secrets, header values and
+    the database password."""
     d = dataclasses.asdict(settings)
     if redact:
+        d["database"]["url"] = redact_url(settings.database.url)
         for hook in d["webhooks"]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"
