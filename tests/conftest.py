@@ -80,7 +80,25 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url() -> str:
+    """The registry's ``database.url``: empty, the embedded SQLite. A module runs its tests
+    on PostgreSQL too by overriding it with ``sqlite_and_postgres`` (test_api_referrers.py)."""
+    return ""
+
+
+def sqlite_and_postgres(request: pytest.FixtureRequest) -> str:
+    """For a ``database_url`` fixture with ``params=["sqlite", "postgres"]``: a fresh
+    PostgreSQL database on the session's server for the second."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    if database_url:
+        return make_settings(tmp_path / "data", DOCKYARD_DATABASE_URL=database_url)
     return make_settings(tmp_path / "data")
 
 

@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.run import run
 
     from dockyard.http import h2edge
-    from dockyard.meta.sqlite import SQLiteMeta
+    from dockyard.meta.open import open_meta
     from dockyard.observability.logs import configure_logging
     from dockyard.services import check_read_size_hook, instance_name
 
@@ -81,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dockyard: log.file: {e}", file=sys.stderr)
         return 2
     log = logging.getLogger("dockyard")
-    meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout)
+    meta = open_meta(settings)
     meta.migrate()
     # Upload leases held by an earlier run of this instance can no longer be in use.
     released = meta.release_leases_of(instance_name(settings))

@@ -167,7 +167,7 @@ class PostgresCore:
                 conn.close()
             self._inline.clear()
         # A waiter in wait_for_events returns within its timeout and closes it then.
-        if self._listen_lock.acquire(timeout=0.1):
+        if self._listen_lock.acquire(blocking=False):
             try:
                 if self._listener is not None:
                     self._listener.close()

@@ -22,27 +22,32 @@ class EventListener(PostgresCore):
         """Block until events may have been committed (True) or ``timeout`` seconds pass
         (False). Called by one thread at a time."""
         with self._listen_lock:
-            if self._closed:
-                return False
-            conn = self._listener
-            if conn is None or conn.closed:
-                return self._listen(timeout)
             try:
-                woke = False
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    woke = True
-                if woke:  # one read of the log covers every notification queued now
-                    for _ in conn.notifies(timeout=0):
-                        pass
-                return woke
-            except psycopg.OperationalError:
-                conn.close()
-                self._listener = None
-                return True
+                return self._wait(timeout)
             finally:
+                # close() found the listener in use and left it to the waiter.
                 if self._closed and self._listener is not None:
                     self._listener.close()
                     self._listener = None
+
+    def _wait(self, timeout: float) -> bool:
+        if self._closed:
+            return False
+        conn = self._listener
+        if conn is None or conn.closed:
+            return self._listen(timeout)
+        try:
+            woke = False
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                woke = True
+            if woke:  # one read of the log covers every notification queued now
+                for _ in conn.notifies(timeout=0):
+                    pass
+            return woke
+        except psycopg.OperationalError:
+            conn.close()
+            self._listener = None
+            return True
 
     def _listen(self, timeout: float) -> bool:
         try:
