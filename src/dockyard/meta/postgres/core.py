@@ -32,7 +32,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -40,7 +40,7 @@ from psycopg_pool import ConnectionPool
 
 from dockyard.config.model import redact_url
 from dockyard.meta.postgres import migrations
-from dockyard.meta.records import Event, StoreBusy
+from dockyard.meta.records import Event, StoreBusy, StoreUnavailable
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -75,8 +75,9 @@ class PostgresCore:
             timeout=busy_timeout,
             configure=self._configure,
             name="dockyard-meta",
-            open=True,
+            open=False,  # on first use (_pooled): a failed migrate() leaves no retrying pool
         )
+        self._pool_open = False
         # Called (from the worker thread) after a transaction that appended events commits.
         self.on_events_committed: Callable[[], None] | None = None
         self._listener: Conn | None = None
@@ -115,8 +116,16 @@ class PostgresCore:
         if getattr(self._local, "inline", False):
             yield self._inline_conn()
             return
-        with self._pool.connection() as conn:
+        with self._pooled() as conn:
             yield conn
+
+    def _pooled(self) -> AbstractContextManager[Conn]:
+        if not self._pool_open:
+            with self._lock:
+                if not self._pool_open and not self._closed:
+                    self._pool.open()
+                    self._pool_open = True
+        return self._pool.connection()
 
     @contextmanager
     def inline_reads(self) -> Iterator[None]:
@@ -135,7 +144,7 @@ class PostgresCore:
 
     @contextmanager
     def _write(self) -> Iterator[Conn]:
-        with self._pool.connection() as conn:
+        with self._pooled() as conn:
             self._local.appended = False
             with conn.transaction():
                 yield conn
@@ -145,7 +154,13 @@ class PostgresCore:
     # -- lifecycle
 
     def migrate(self) -> None:
-        with self._pool.connection() as conn:
+        # One direct attempt, not the pool's patient retries: at start-up an unreachable
+        # database or a wrong password is a configuration error to report at once.
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"{redact_url(self.url)}: {e}") from None
+        with conn:
             migrations.apply(conn)
 
     def shared_secret(self, name: str, candidate: bytes) -> bytes:
