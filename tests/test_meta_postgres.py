@@ -232,3 +232,17 @@ def test_clock_reaches_leases(pg_url: str) -> None:
     clock.advance(11)
     assert store.claim_upload("u", 0, "b/1", 10)
     store.close()
+
+
+def test_inline_read_does_not_wait_for_a_lock(meta: PostgresMeta, pg_url: str) -> None:
+    from dockyard.meta.records import StoreBusy
+
+    meta.link_blob("repo", digest("a"), 3, [])
+    with psycopg.connect(pg_url, autocommit=True) as locker, locker.transaction():
+        locker.execute("LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(StoreBusy), meta.inline_reads():
+            meta.linked_blob_size("repo", digest("a"))
+        assert time.monotonic() - started < 2.0
+    # The lock is gone: inline reads answer again once the back-off has passed.
+    assert meta.linked_blob_size("repo", digest("a")) == 3
