@@ -246,3 +246,30 @@ def test_inline_read_does_not_wait_for_a_lock(meta: PostgresMeta, pg_url: str) -
         assert time.monotonic() - started < 2.0
     # The lock is gone: inline reads answer again once the back-off has passed.
     assert meta.linked_blob_size("repo", digest("a")) == 3
+
+
+def test_webhooks_cli_reads_the_postgres_database(
+    meta: PostgresMeta,
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from dockyard import cli
+
+    meta.append_events([ev("push"), ev("push")])
+    meta.webhook_init(["ci"])
+    conf = tmp_path / "dockyard.toml"
+    conf.write_text(
+        f"[storage]\nroot = {json.dumps(str(tmp_path / 'data'))}\n"
+        f"[database]\nurl = {json.dumps(pg_url)}\n"
+        '[[webhooks]]\nname = "ci"\nurl = "http://127.0.0.1:9/hook"\n'
+    )
+    monkeypatch.setenv("DOCKYARD_CONFIG", str(conf))
+    assert cli.main(["events", "webhooks", "list", "--json", "--config", str(conf)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["endpoints"]
+    assert (row["name"], row["cursor"], row["log_end"]) == ("ci", 2, 2)
+    # No SQLite file was made in the data directory.
+    assert not (tmp_path / "data" / "dockyard.sqlite3").exists()

@@ -19,6 +19,7 @@ from typing import Any
 from dockyard.config import Settings
 from dockyard.events.schema import timestamp
 from dockyard.meta.open import open_meta
+from dockyard.meta.records import StoreUnavailable
 from dockyard.meta.store import MetadataStore
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
@@ -64,7 +65,10 @@ def _open(settings: Settings) -> Iterator[MetadataStore]:
         )
     meta = open_meta(settings)
     try:
-        meta.migrate()  # an older database gains the webhook tables; a no-op otherwise
+        try:
+            meta.migrate()  # an older database gains the webhook tables; a no-op otherwise
+        except StoreUnavailable as e:
+            raise _NoDatabase(f"database: {e}") from None
         yield meta
     finally:
         meta.close()
