@@ -273,3 +273,22 @@ def test_webhooks_cli_reads_the_postgres_database(
     assert (row["name"], row["cursor"], row["log_end"]) == ("ci", 2, 2)
     # No SQLite file was made in the data directory.
     assert not (tmp_path / "data" / "dockyard.sqlite3").exists()
+
+
+def test_inline_read_never_waits_long_for_a_connection() -> None:
+    """A database host that accepts TCP but never answers (a hung server, a black hole):
+    the event loop gives up after a moment, not after the connect timeout."""
+    import socket
+
+    from dockyard.meta.records import StoreBusy
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        port = mute.getsockname()[1]
+        store = PostgresMeta(f"postgresql://nobody:pw@127.0.0.1:{port}/db")
+        started = time.monotonic()
+        with pytest.raises(StoreBusy), store.inline_reads():
+            store.blob_size(digest("a"))
+        assert time.monotonic() - started < 1.0
+        store.close()

@@ -22,8 +22,9 @@ The same transaction sends ``NOTIFY`` on ``EVENTS_CHANNEL`` (delivered at commit
 wakes the event hub of every worker and instance (``listen.py``).
 
 Inline reads (``inline_reads``, on the event loop thread) use one connection of their
-own per thread with a short ``statement_timeout``; a timeout or a broken connection is
-``StoreBusy`` and the call is retried in a worker thread.
+own per thread with a short ``statement_timeout``, opened by a helper thread (the loop
+waits for it at most that long); a timeout or a broken connection is ``StoreBusy`` and
+the call is retried in a worker thread.
 """
 
 from __future__ import annotations
@@ -100,14 +101,42 @@ class PostgresCore:
             return conn
         if time.monotonic() - self._inline_failed_at < INLINE_BACKOFF:
             raise StoreBusy("the inline connection failed recently")
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
-        ms = f"{int(INLINE_TIMEOUT * 1000)}"
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (ms,))
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (ms,))
+        # Connecting can take seconds (a host that drops packets): a helper thread does
+        # it, and the event loop waits at most INLINE_TIMEOUT; meanwhile reads go to
+        # worker threads and a later read picks the connection up.
+        box: list[Conn | None] | None = getattr(self._local, "connecting", None)
+        if box is None:
+            box = []
+            self._local.connecting = box
+            helper = threading.Thread(target=self._connect_inline, args=(box,), daemon=True)
+            helper.start()
+            helper.join(INLINE_TIMEOUT)
+        if not box:
+            raise StoreBusy("connecting")
+        self._local.connecting = None
+        conn = box[0]
+        if conn is None:
+            self._inline_failed_at = time.monotonic()
+            raise StoreBusy("the inline connection failed")
         self._local.inline_conn = conn
-        with self._lock:
-            self._inline.append(conn)
         return conn
+
+    def _connect_inline(self, box: list[Conn | None]) -> None:
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            ms = f"{int(INLINE_TIMEOUT * 1000)}"
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (ms,))
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (ms,))
+        except psycopg.OperationalError:
+            box.append(None)
+            return
+        with self._lock:
+            if self._closed:  # the store closed while this connected
+                conn.close()
+                box.append(None)
+                return
+            self._inline.append(conn)
+        box.append(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Conn]:
@@ -175,7 +204,8 @@ class PostgresCore:
         return bytes(row[0])
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._pool.close()
         with self._lock:
             for conn in self._inline:
