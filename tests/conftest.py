@@ -38,6 +38,7 @@ import trio
 from dockyard.config import Settings, load
 from dockyard.meta.records import StoredEvent
 from dockyard.services import Services, build
+from tests.fakegcs import fake_gcs as fake_gcs  # the session's fake-gcs-server (gcs tests)
 from tests.pgserver import PostgresServer, require_postgres
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -63,6 +63,18 @@ def instance_name(settings: Settings) -> str:
 def build_storage(settings: Settings) -> BlobStore:
     if settings.storage.driver == "memory":
         return MemoryStore()
+    if settings.storage.driver == "gcs":
+        # Imported here: deployments without GCS do not load its client.
+        from dockyard.storage.gcs import GcsStore
+
+        gcs = settings.storage.gcs
+        return GcsStore(
+            bucket=gcs.bucket,
+            prefix=gcs.prefix,
+            endpoint=gcs.endpoint,
+            credentials_file=gcs.credentials_file,
+            project=gcs.project,
+        )
     return FilesystemStore(settings.storage.root)
 
 

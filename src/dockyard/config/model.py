@@ -57,10 +57,25 @@ class ServerSettings:
 
 
 @dataclass
+class GcsSettings:
+    # [storage.gcs]: the bucket (required with driver "gcs") and a key prefix in it.
+    bucket: str = ""
+    prefix: str = ""
+    # JSON API base URL; empty: Google's. A plain http:// one is an emulator
+    # (fake-gcs-server), used without credentials unless credentials_file is set.
+    endpoint: str = ""
+    # Service account key file; empty: Application Default Credentials.
+    credentials_file: str = ""
+    # Project billed for requests (requester-pays buckets); empty: the bucket's owner.
+    project: str = ""
+
+
+@dataclass
 class StorageSettings:
     driver: str = "filesystem"
     # Data directory: blobs (filesystem driver) and the embedded database live here.
     root: str = "./data"
+    gcs: GcsSettings = field(default_factory=GcsSettings)
 
 
 @dataclass
@@ -380,6 +395,6 @@ class Settings:
         return f"{scheme}://{host}:{self.server.port}"
 
 
-STORAGE_DRIVERS = ("filesystem", "memory")
+STORAGE_DRIVERS = ("filesystem", "memory", "gcs")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -24,6 +24,7 @@ from dockyard.config.model import (
     TOKEN_ALGORITHMS,
     WEBHOOK_FORMATS,
     ConfigError,
+    GcsSettings,
     Settings,
     TokenSettings,
     WebhookSettings,
@@ -237,12 +238,28 @@ def _validate_token(t: TokenSettings) -> None:
         )
 
 
+def _validate_gcs(g: GcsSettings) -> None:
+    # Bucket names: 3-63 (dotted: up to 222) lower-case letters, digits, - _ and dots.
+    if not g.bucket:
+        raise ConfigError('storage.gcs.bucket: required with storage.driver = "gcs"')
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", g.bucket):
+        raise ConfigError(f"storage.gcs.bucket: {g.bucket!r} is not a bucket name")
+    if g.endpoint and (
+        not g.endpoint.startswith(("http://", "https://")) or not urlsplit(g.endpoint).hostname
+    ):
+        raise ConfigError(f"storage.gcs.endpoint: {g.endpoint!r}: give an http(s):// URL")
+    if g.credentials_file and not os.path.isfile(g.credentials_file):
+        raise ConfigError(f"storage.gcs.credentials_file: {g.credentials_file!r} is not a file")
+
+
 def validate(s: Settings) -> None:
     if s.storage.driver not in STORAGE_DRIVERS:
         raise ConfigError(
             f"storage.driver: unknown driver {s.storage.driver!r} "
             f"(choose one of: {', '.join(STORAGE_DRIVERS)})"
         )
+    if s.storage.driver == "gcs":
+        _validate_gcs(s.storage.gcs)
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
