@@ -26,4 +26,5 @@ Modules::
     discard     a registry-shaped server that stores nothing: the client's own ceiling
     report      aggregation, tables, perf/RESULTS.md sections
     run         the command line (``python -m perf.run --help``)
+    scaled      ci-storm and pull-storm through haproxy on several instances
 """

@@ -268,8 +268,9 @@ def skipped_notes(records: Sequence[Record], names: dict[str, str]) -> list[str]
     ]
 
 
-def table(records: Sequence[Record], names: dict[str, str]) -> str:
-    """A Markdown table of headline figures; ``names`` maps labels to server names."""
+def table(records: Sequence[Record], names: dict[str, str], goals: bool = True) -> str:
+    """A Markdown table of headline figures; ``names`` maps labels to server names.
+    ``goals``: the target and verdict columns (the goals are against Distribution)."""
     rows = build_rows(records)
     compare = any(r.b or r.b_skipped for r in rows)
     has_ceiling = any(r.ceiling is not None for r in rows)
@@ -278,7 +279,8 @@ def table(records: Sequence[Record], names: dict[str, str]) -> str:
     if has_a:
         head.append(f"A: {names.get('A', 'A')}")
     if compare:
-        head += [f"B: {names.get('B', 'B')}", "A/B median [per repeat]", "target", "verdict"]
+        head += [f"B: {names.get('B', 'B')}", "A/B median [per repeat]"]
+        head += ["target", "verdict"] if goals else []
     if has_ceiling:
         head.append("client ceiling (discard)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -293,7 +295,8 @@ def table(records: Sequence[Record], names: dict[str, str]) -> str:
             if row.ratios:
                 ratio = f"{fmt(median(row.ratios))} [{', '.join(fmt(x) for x in row.ratios)}]"
             t = row.target()
-            cells += [row.b_cell(), ratio, t.describe() if t else "", row.verdict()]
+            cells += [row.b_cell(), ratio]
+            cells += [t.describe() if t else "", row.verdict()] if goals else []
         elif row.failures:
             cells[-1] += f" FAILED x{row.failures}"
         if has_ceiling:

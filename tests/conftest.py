@@ -28,7 +28,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import httpx
@@ -40,6 +40,9 @@ from dockyard.meta.records import StoredEvent
 from dockyard.services import Services, build
 from tests.fakegcs import fake_gcs as fake_gcs  # the session's fake-gcs-server (gcs tests)
 from tests.pgserver import PostgresServer, require_postgres
+
+if TYPE_CHECKING:
+    from tests.azurite import AzuriteServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -453,3 +456,15 @@ async def wait_for_events(
             if len(found) >= count:
                 return found
             await trio.sleep(0.01)
+
+
+# -- servers started once per session
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite for the azure driver's tests (tests/azurite.py); each test makes its own
+    container."""
+    from tests.azurite import azurite_server  # the Azure SDK loads only when asked for
+
+    yield from azurite_server(tmp_path_factory.mktemp("azurite"))

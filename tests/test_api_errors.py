@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from dockyard.config import Settings
-from dockyard.services import build
+from dockyard.services import Services, build
+from dockyard.storage import StorageError
 from tests.authfixtures import (  # noqa: F401
     client_logged_in,
     root_client,
@@ -360,3 +361,44 @@ async def test_lifespan_protocol(settings: Settings) -> None:
                 assert (await from_app_receive.receive())["type"] == "lifespan.shutdown.complete"
     finally:
         svc.meta.close()
+
+
+class _Unreachable:
+    """A blob store whose backend stopped answering (after the driver's own retries)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def create_upload(self, upload_id: str) -> Any:
+        raise StorageError("PUT uploads/x: connection refused")
+
+    async def check(self) -> None:
+        raise StorageError("HEAD bucket: connection refused")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_storage_outage_is_a_503_to_retry_and_changes_nothing(
+    services: Services, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    uploads = services.registry.uploads
+    uploads.storage = _Unreachable(uploads.storage)
+    r = await client.post("/v2/app/blobs/uploads/")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    error = r.json()["errors"][0]
+    assert (error["code"], error["message"]) == ("UNKNOWN", "storage unavailable")
+    assert error["detail"] == {"request": r.headers["x-request-id"]}
+    assert "connection refused" not in r.text  # the driver's text stays in the log
+    assert await services.db.run(services.meta.upload_ids) == set()
+    assert (await client.get("/v2/_catalog")).json()["repositories"] == []
+    assert any("storage failed in POST" in m and "connection refused" in m for m in caplog.messages)
+    assert not any(rec.exc_info for rec in caplog.records)  # an outage logs no traceback
+
+
+async def test_readyz_fails_while_the_blob_store_is_unreachable(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    assert (await client.get("/readyz")).status_code == 200
+    services.storage = _Unreachable(services.storage)
+    assert (await client.get("/readyz")).status_code == 503

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ from dockyard.auth import Caller, Forbidden, Identity, Scope, Unauthenticated
 from dockyard.auth.authorizer import AccessAuthorizer, basic_challenge, parse_basic
 from dockyard.auth.htpasswd import Users
 from dockyard.auth.rules import AccessRule, AccessRules
-from dockyard.auth.tickets import FeedTickets, load_or_create_key
+from dockyard.auth.tickets import LEGACY_KEY_FILE, FeedTickets, shared_ticket_key
 from dockyard.config import ConfigError
+from dockyard.meta.sqlite import SQLiteMeta
 from tests.authfixtures import PASSWORDS, auth_settings, basic, write_htpasswd
 
 ALICE = Identity("alice", "basic")
@@ -162,11 +164,35 @@ def test_token_grants_replace_the_rules(authorizer: AccessAuthorizer) -> None:
     assert not authorizer.sees_everything(wide)
 
 
-def test_tickets(tmp_path: Path) -> None:
-    key_path = tmp_path / "data" / "feed-ticket.key"
-    key = load_or_create_key(key_path)
-    assert load_or_create_key(key_path) == key  # a second process reads the same key
-    assert key_path.stat().st_mode & 0o777 == 0o600
+def test_ticket_key_is_shared_through_the_store(tmp_path: Path) -> None:
+    first = SQLiteMeta(tmp_path / "shared.sqlite3")
+    first.migrate()
+    second = SQLiteMeta(tmp_path / "shared.sqlite3")  # another worker or instance
+    try:
+        key = shared_ticket_key(first.shared_secret, tmp_path / "a")
+        assert len(key) == 32
+        assert shared_ticket_key(second.shared_secret, tmp_path / "b") == key
+        assert not (tmp_path / "a").exists()  # nothing on the instance's disk
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_old_ticket_key_file_is_adopted(tmp_path: Path) -> None:
+    old = bytes(range(32))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / LEGACY_KEY_FILE).write_bytes(old)
+    store = SQLiteMeta(tmp_path / "shared.sqlite3")
+    store.migrate()
+    try:
+        assert shared_ticket_key(store.shared_secret, tmp_path / "data") == old
+        assert shared_ticket_key(store.shared_secret, tmp_path / "elsewhere") == old
+    finally:
+        store.close()
+
+
+def test_tickets() -> None:
+    key = secrets.token_bytes(32)
     now = [1000.0]
     tickets = FeedTickets(key, lifetime=30, clock=lambda: now[0])
     other_worker = FeedTickets(key, lifetime=30, clock=lambda: now[0])

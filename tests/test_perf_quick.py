@@ -32,10 +32,12 @@ from perf.procstat import MemorySampler, cpu_seconds, process_tree
 from perf.rate import build_requests, run_py
 from perf.run import main as perf_main
 from perf.run import results_section, run_scenarios
+from perf.scaled import main as perf_scaled
 from perf.scenarios import Events, Params, Record, Target
 from perf.servers import PULL_EVENTS_OFF, DiscardServer
 
 from tests.serverproc import DockyardServer
+from tests.tools import require_tool
 
 TINY = Params.quick().with_overrides(
     push_count=3,
@@ -455,3 +457,19 @@ def test_auth_table_ratios() -> None:
     assert "| 0.500 [0.50, 0.50, 0.50] | 0.500 |" in rows["basic"]
     # rate ratios 0.90, 0.95, 0.80 (median 0.90); CPU ratios 0.909, 1.0, 0.9 (median 0.909)
     assert "| 0.900 [0.90, 0.95, 0.80] | 0.909 |" in rows["token"]
+
+
+def test_perf_scaled_runs_both_scenarios_through_the_topology(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_tool("haproxy")
+    assert perf_scaled(["--quick", "--no-record"]) == 0  # 1: an operation failed
+    out = capsys.readouterr().out
+    assert "| A: 2 instances + haproxy | B: 1 instance |" in out
+    for scenario, case in (("ci-storm", "push"), ("pull-storm", "pull")):
+        assert f"| {scenario} | {case} | images_s" in out
+
+
+def test_perf_scaled_says_pg_s3_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert perf_scaled(["--backend", "pg-s3"]) == 2
+    assert "not available yet" in capsys.readouterr().err

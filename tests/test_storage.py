@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from dockyard.storage.base import BlobStore
+from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
 from tests.storage_conformance import StorageConformance, push, sha256
@@ -59,6 +60,16 @@ class TestFilesystemStore(StorageConformance):
         blob = store.root / "blobs" / "sha256" / encoded[:2] / encoded
         assert blob.read_bytes() == b"laid out"
         assert not (store.root / "uploads" / "upload-1").exists()
+
+    async def test_a_vanished_root_is_a_storage_error(self, root: Path) -> None:
+        # The janitor and /readyz tell an unreachable store from a bug by StorageError.
+        store = FilesystemStore(root)
+        await store.create_upload("pending")
+        shutil.rmtree(root)
+        with pytest.raises(StorageError, match="cannot list uploads"):
+            [u async for u, _ in store.list_uploads()]
+        with pytest.raises(StorageError):
+            await store.check()
 
     async def test_survives_reopen(self, root: Path) -> None:
         first = FilesystemStore(root)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dockyard.auth import Identity, Scope
 from dockyard.auth.assembly import build_token_auth
-from dockyard.auth.keys import SigningKey
+from dockyard.auth.keys import GENERATED_KEY_NAME, SigningKey
 from dockyard.auth.tokens import TokenAuth, TokenInvalid
 from dockyard.services import Services, mount_token_endpoint
 from tests.authfixtures import ROOT_RULE, auth_settings
@@ -41,7 +41,9 @@ async def token_services(tmp_path: Path) -> AsyncIterator[tuple[Services, TokenA
         DOCKYARD_SERVER_PUBLIC_URL="https://registry.test",
     )
     async with open_services(settings) as svc:
-        tokens = build_token_auth(settings, grant=grant, user_exists=user_exists)
+        tokens = build_token_auth(
+            settings, grant=grant, user_exists=user_exists, shared_secret=svc.meta.shared_secret
+        )
         mount_token_endpoint(svc.app, settings, tokens, verify_password)
         yield svc, tokens
 
@@ -308,10 +310,13 @@ async def test_external_issuer_only(tmp_path: Path) -> None:
         DOCKYARD_AUTH_TOKEN_REALM="https://idp.test/token",
     )
     async with open_services(settings) as svc:
-        tokens = build_token_auth(settings, grant=grant, user_exists=user_exists)
+        tokens = build_token_auth(
+            settings, grant=grant, user_exists=user_exists, shared_secret=svc.meta.shared_secret
+        )
         mount_token_endpoint(svc.app, settings, tokens, verify_password)
         assert tokens.issuer is None and tokens.jwks() == {"keys": []}
-        assert not (tmp_path / "data" / "token-signing-key.pem").exists()
+        # No signing key was made: the store hands back the probe as the first value.
+        assert svc.meta.shared_secret(GENERATED_KEY_NAME, b"probe") == b"probe"
         async with make_client(svc) as c:
             assert (await c.get(TOKEN)).status_code == 404
         now = int(time.time())

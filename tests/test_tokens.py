@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import stat
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +26,10 @@ from dockyard.auth.issuer import RefreshTokenInvalid, TokenIssuer
 from dockyard.auth.jwks import JwksFile, KeyRing, jwks_source
 from dockyard.auth.keys import (
     GENERATED_KEY_NAME,
+    LEGACY_KEY_FILE,
     KeyError_,
     SigningKey,
     certificate_keys,
-    generate_key,
     libtrust_kid,
     load_or_generate,
     thumbprint,
@@ -41,6 +39,7 @@ from dockyard.auth.tokens import rules_grant
 from dockyard.auth.verifier import VERIFIED_SECONDS, TokenInvalid, TokenVerifier
 from dockyard.config import ConfigError, load
 from dockyard.config.model import TokenSettings
+from dockyard.meta.sqlite import SQLiteMeta
 from tests.jwks_server import JwksServer
 from tests.tokenkit import (
     certificate_authority,
@@ -495,23 +494,64 @@ async def test_expired_refresh_token_is_refused() -> None:
 # -- signing keys
 
 
-def test_generated_key_is_private_and_kept(tmp_path: Path) -> None:
-    key = load_or_generate("", tmp_path / "data")
-    path = tmp_path / "data" / GENERATED_KEY_NAME
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[tuple[SQLiteMeta, SQLiteMeta]]:
+    """Two handles on one metadata store, as two workers (or instances) have."""
+    first = SQLiteMeta(tmp_path / "shared.sqlite3")
+    first.migrate()
+    second = SQLiteMeta(tmp_path / "shared.sqlite3")
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def pem_of(private: ec.EllipticCurvePrivateKey) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def test_generated_key_is_shared_through_the_store(
+    tmp_path: Path, two_workers: tuple[SQLiteMeta, SQLiteMeta]
+) -> None:
+    first, second = two_workers
+    # Each instance has its own data directory: the key must not come from disk.
+    key = load_or_generate("", first.shared_secret, tmp_path / "a")
     assert key.algorithm == "ES256"
-    assert load_or_generate("", tmp_path / "data").kid == key.kid  # same key next start
-    assert [p.name for p in path.parent.iterdir()] == [GENERATED_KEY_NAME]
+    assert load_or_generate("", second.shared_secret, tmp_path / "b").kid == key.kid
+    assert load_or_generate("", first.shared_secret, tmp_path / "a").kid == key.kid  # restart
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_key_made_meanwhile_by_another_worker_wins(tmp_path: Path) -> None:
-    first = load_or_generate("", tmp_path)
-    path = tmp_path / GENERATED_KEY_NAME
-    before = path.read_bytes()
-    generate_key(path)  # a second worker that also found no key
-    assert path.read_bytes() == before
-    assert load_or_generate("", tmp_path).kid == first.kid
-    assert [p.name for p in tmp_path.iterdir()] == [GENERATED_KEY_NAME]
+def test_an_old_generated_key_file_is_adopted(
+    tmp_path: Path, two_workers: tuple[SQLiteMeta, SQLiteMeta]
+) -> None:
+    first, second = two_workers
+    old = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / LEGACY_KEY_FILE).write_bytes(pem_of(old))
+    expected = SigningKey.from_private(old).kid
+    assert load_or_generate("", first.shared_secret, tmp_path / "data").kid == expected
+    # Another instance, whose data directory has no file (or another one), gets the same.
+    assert load_or_generate("", second.shared_secret, tmp_path / "fresh").kid == expected
+    (tmp_path / "other").mkdir()
+    other = pem_of(ec.generate_private_key(ec.SECP256R1()))
+    (tmp_path / "other" / LEGACY_KEY_FILE).write_bytes(other)
+    assert load_or_generate("", second.shared_secret, tmp_path / "other").kid == expected
+
+
+def test_an_unusable_old_key_file_is_replaced(
+    tmp_path: Path, two_workers: tuple[SQLiteMeta, SQLiteMeta]
+) -> None:
+    first, _ = two_workers
+    (tmp_path / LEGACY_KEY_FILE).write_bytes(b"not a key")
+    key = load_or_generate("", first.shared_secret, tmp_path)
+    assert key.algorithm == "ES256"
+    assert first.shared_secret(GENERATED_KEY_NAME, b"ignored").startswith(b"-----BEGIN")
 
 
 def test_kid_is_the_rfc7638_thumbprint() -> None:
@@ -539,20 +579,28 @@ async def test_configured_rsa_key_signs_rs256(tmp_path: Path) -> None:
             serialization.NoEncryption(),
         )
     )
-    key = load_or_generate(str(pem), tmp_path / "data")
+
+    def no_store(name: str, candidate: bytes) -> bytes:
+        raise AssertionError("a configured key is not stored")
+
+    key = load_or_generate(str(pem), no_store, tmp_path / "data")
     assert key.algorithm == "RS256" and not (tmp_path / "data").exists()
     token = make_issuer(key).issue(Identity("alice"), []).token
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
     assert (await make_verifier(ring_of(key)).verify(token)).identity.name == "alice"
 
 
+def unused_store(name: str, candidate: bytes) -> bytes:
+    return candidate
+
+
 def test_bad_key_file_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
     with pytest.raises(KeyError_, match="not an unencrypted PEM private key"):
-        load_or_generate(str(bad), tmp_path)
+        load_or_generate(str(bad), unused_store, tmp_path)
     with pytest.raises(KeyError_, match="cannot read"):
-        load_or_generate(str(tmp_path / "missing.pem"), tmp_path)
+        load_or_generate(str(tmp_path / "missing.pem"), unused_store, tmp_path)
 
 
 # -- settings

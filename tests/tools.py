@@ -19,6 +19,7 @@ INSTALL_HINTS = {
     "haproxy": "apt-get install -y haproxy",
     "prometheus": "apt-get install -y prometheus",
     "promtool": "apt-get install -y prometheus",
+    "azurite-blob": "apt-get install -y nodejs npm && npm install -g azurite@3.37.0",
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
-from dockyard.auth.tickets import FeedTickets, load_or_create_key
+from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
@@ -44,7 +44,7 @@ from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
 from dockyard.services_metrics import mount_metrics
-from dockyard.storage.base import BlobStore
+from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
 
@@ -75,12 +75,22 @@ def build_storage(settings: Settings) -> BlobStore:
             credentials_file=gcs.credentials_file,
             project=gcs.project,
         )
+    if settings.storage.driver == "azure":
+        # Imported here: the Azure SDK loads only where the driver is used.
+        from dockyard.storage.azure import AzureStore
+        from dockyard.storage.azure_client import AzureAccount
+
+        a = settings.storage.azure
+        account = AzureAccount(
+            container=a.container,
+            account_name=a.account_name,
+            account_key=a.account_key,
+            sas_token=a.sas_token,
+            connection_string=a.connection_string,
+            endpoint=a.endpoint,
+        )
+        return AzureStore(account, a.prefix)
     return FilesystemStore(settings.storage.root)
-
-
-def ticket_key_path(settings: Settings) -> Path:
-    """The feed-ticket key every worker (and instance) sharing the data directory uses."""
-    return Path(settings.storage.root) / "feed-ticket.key"
 
 
 @dataclass
@@ -136,8 +146,15 @@ class Services:
         while True:
             try:
                 purged = await self.registry.purge_stale_uploads(self.settings.uploads.max_idle)
-                if purged:
-                    log.info("purged %d stale uploads", purged)
+                if purged.sessions or purged.orphans:
+                    log.info(
+                        "purged %d stale uploads and %d orphaned upload files",
+                        purged.sessions,
+                        purged.orphans,
+                    )
+            except StorageError as e:
+                # The store is unreachable: /readyz says so too; not a bug in dockyard.
+                log.warning("purging stale uploads failed: %s; will retry", e)
             except Exception:
                 log.exception("purging stale uploads failed; will retry")
             await trio.sleep(self.settings.uploads.purge_interval)
@@ -176,13 +193,15 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def shutdown() -> None:
         await services.stop()
 
-    tickets = FeedTickets(load_or_create_key(ticket_key_path(settings)))
+    # Keys every worker of every instance shares live in the metadata store, not on disk.
+    data_dir = Path(settings.storage.root)
+    tickets = FeedTickets(shared_ticket_key(meta.shared_secret, data_dir))
     client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
     # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
     guard = build_guard(settings)
     app = RegistryApp(
         registry,
-        build_authorizer(settings, guard.logins),
+        build_authorizer(settings, meta.shared_secret, guard.logins),
         max_manifest_bytes=settings.limits.max_manifest_bytes,
         default_page_size=settings.limits.default_page_size,
         max_page_size=settings.limits.max_page_size,

@@ -19,6 +19,8 @@ from dockyard.meta.records import StoredEvent
 from dockyard.meta.sqlite import SQLiteMeta
 from tests.serverproc import DockyardServer
 from tests.tools import require_tool
+from tests.topology import Topology, interim_backend
+from tests.webhook_receiver import Receiver, hook, webhooks_toml
 
 TOOL_TIMEOUT = 120.0
 
@@ -146,3 +148,55 @@ def registry_small_pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 @pytest.fixture
 def skopeo(registry: DockyardServer) -> Skopeo:
     return Skopeo(require_tool("skopeo"), registry)
+
+
+# -- the scaled topology (tests/topology.py): started once per session
+
+
+# Webhook endpoints every instance delivers to (test_scaled.py's once-per-event test).
+SCALED_HOOK_REPOSITORIES = "hooks/*"
+# Uploads idle this long are purged by every instance's janitor, which looks this often.
+SCALED_MAX_IDLE = 6.0
+SCALED_PURGE_INTERVAL = 0.5
+# A killed instance's upload leases free the session this soon for a client's retry.
+SCALED_LEASE_SECONDS = 2.0
+
+
+@pytest.fixture(scope="session")
+def scaled_receiver() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def scaled(
+    tmp_path_factory: pytest.TempPathFactory, scaled_receiver: Receiver
+) -> Iterator[Topology]:
+    """Two instances behind haproxy on the interim shared backend (one SQLite file, one
+    blob directory; the target, PostgreSQL + S3, is another ``Backend``)."""
+    directory = tmp_path_factory.mktemp("scaled")
+    hooks = [
+        hook(path, f"{scaled_receiver.url}/{path}", repositories=[SCALED_HOOK_REPOSITORIES])
+        for path in ("a", "b")
+    ]
+    topology = Topology(
+        directory,
+        interim_backend(directory / "backend"),
+        instances=2,
+        env={
+            "DOCKYARD_EVENTS_PULL_FLUSH_INTERVAL": "0.05",
+            "DOCKYARD_UPLOADS_MAX_IDLE": str(SCALED_MAX_IDLE),
+            "DOCKYARD_UPLOADS_PURGE_INTERVAL": str(SCALED_PURGE_INTERVAL),
+            "DOCKYARD_UPLOADS_LEASE_SECONDS": str(SCALED_LEASE_SECONDS),
+            "DOCKYARD_LOG_ACCESS": "true",
+        },
+        config=webhooks_toml(hooks),
+    )
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+    broken = topology.tracebacks()
+    if broken:
+        pytest.fail(f"unhandled errors in {broken}:\n{topology.logs()}", pytrace=False)

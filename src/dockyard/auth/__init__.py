@@ -9,7 +9,7 @@ into 401 (with a challenge) and 403 answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -61,6 +61,12 @@ class Identity:
 
 
 ANONYMOUS = Identity(None)
+
+SharedSecret = Callable[[str, bytes], bytes]
+"""``shared_secret(name, candidate)``: the bytes stored under ``name`` in the metadata store
+every worker and instance shares, ``candidate`` stored first if there were none (the first
+caller wins). The composition root passes ``MetadataStore.shared_secret``: auth does not
+import meta. A blocking call, made once per process at start-up."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dockyard.auth import (
     Forbidden,
     Identity,
     Scope,
+    SharedSecret,
     Unauthenticated,
 )
 from dockyard.auth.authorizer import AccessAuthorizer, basic_challenge
@@ -32,9 +33,12 @@ from dockyard.auth.verifier import TokenInvalid, TokenVerifier, load_roots
 from dockyard.config import Settings
 
 
-def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> Authorizer:
+def build_authorizer(
+    settings: Settings, shared_secret: SharedSecret, logins: LoginLimiter | None = None
+) -> Authorizer:
     """``AllowAll`` for ``auth.mode = "none"``, else the users file and the rules, and for
-    ``"token"`` the bearer tokens of the built-in service or an external issuer.
+    ``"token"`` the bearer tokens of the built-in service or an external issuer
+    (``shared_secret`` keeps the generated signing key, see ``keys.load_or_generate``).
 
     Raises ``HtpasswdError`` if the users file is unusable (start-up stops)."""
     auth = settings.auth
@@ -56,6 +60,7 @@ def build_authorizer(settings: Settings, logins: LoginLimiter | None = None) -> 
         settings,
         grant=rules_grant(rules.allowed_actions, lambda i: rules.allows(i, None, "pull")),
         user_exists=user_exists,
+        shared_secret=shared_secret,
     )
 
     async def bearer(token: str) -> Identity:
@@ -102,15 +107,19 @@ def build_token_auth(
     *,
     grant: Grant,
     user_exists: UserExists,
+    shared_secret: SharedSecret,
     clock: Callable[[], float] = time.time,
 ) -> TokenAuth:
     """The token verifier and, with ``auth.token.builtin``, the issuer, from settings.
 
     ``grant`` (what the access rules allow an identity on one resource) and
-    ``user_exists`` come from the access rules and the users file.
+    ``user_exists`` come from the access rules and the users file; ``shared_secret`` keeps
+    the generated signing key.
     """
     t = settings.auth.token
-    key = load_or_generate(t.key, Path(settings.storage.root)) if t.builtin else None
+    key = None
+    if t.builtin:
+        key = load_or_generate(t.key, shared_secret, Path(settings.storage.root))
     roots = load_roots(t.root_certificates) if t.root_certificates else []
     static = certificate_keys(roots)
     if key is not None:

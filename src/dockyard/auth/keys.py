@@ -1,19 +1,17 @@
 """The token signing key: loaded from a PEM file or generated once, its key id and JWKS.
 
 A generated key is an EC P-256 key (ES256: short tokens, fast signatures, and every
-client and registry that speaks the token protocol verifies it). It is written with mode
-0600 to a temporary name and linked into place, so it is never readable by others, not
-even for a moment, and several workers starting at once all end up with the one key.
-The key id is the RFC 7638 thumbprint of the public key.
+client and registry that speaks the token protocol verifies it). It is kept in the
+metadata store's shared secrets, not on disk, so every worker of every instance signs
+with the one key without sharing a disk: the first process to start stores its key, the
+others get that one. The key id is the RFC 7638 thumbprint of the public key.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from dockyard.auth import SharedSecret
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = (
     ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 )
 
-GENERATED_KEY_NAME = "token-signing-key.pem"
+GENERATED_KEY_NAME = "token-signing-key"  # its name among the store's shared secrets
+LEGACY_KEY_FILE = "token-signing-key.pem"  # where versions before the shared store kept it
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 # The members RFC 7638 hashes, per key type.
 _THUMBPRINT_MEMBERS = {
@@ -122,45 +123,43 @@ def load_signing_key(path: Path) -> SigningKey:
         data = path.read_bytes()
     except OSError as e:
         raise KeyError_(f"cannot read token signing key {str(path)!r}: {e.strerror}") from None
+    return parse_signing_key(data, repr(str(path)))
+
+
+def parse_signing_key(data: bytes, source: str) -> SigningKey:
+    """The signing key in PEM ``data``; ``source`` names where it came from in errors."""
     try:
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise KeyError_(f"{str(path)!r} is not an unencrypted PEM private key: {e}") from None
+        raise KeyError_(f"{source} is not an unencrypted PEM private key: {e}") from None
     if isinstance(private, rsa.RSAPrivateKey) and private.key_size < 2048:
-        raise KeyError_(f"{str(path)!r}: RSA keys need at least 2048 bits")
+        raise KeyError_(f"{source}: RSA keys need at least 2048 bits")
     signing_types = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if not isinstance(private, signing_types):
-        raise KeyError_(f"{str(path)!r}: use an EC, RSA or Ed25519 key")
+        raise KeyError_(f"{source}: use an EC, RSA or Ed25519 key")
     return SigningKey.from_private(private)
 
 
-def load_or_generate(configured: str, data_dir: Path) -> SigningKey:
-    """The configured key, else the generated one in ``data_dir`` (made on first use)."""
+def load_or_generate(configured: str, shared_secret: SharedSecret, data_dir: Path) -> SigningKey:
+    """The configured key file, else the generated key shared through the metadata store.
+
+    A generated key an earlier version left in ``data_dir`` is offered first, so tokens
+    it issued stay valid across the upgrade; else a new EC P-256 key."""
     if configured:
         return load_signing_key(Path(configured))
-    path = data_dir / GENERATED_KEY_NAME
-    if not path.exists():
-        generate_key(path)
-    return load_signing_key(path)
+    try:
+        candidate = (data_dir / LEGACY_KEY_FILE).read_bytes()
+        parse_signing_key(candidate, "the old generated key")
+    except (FileNotFoundError, KeyError_):
+        candidate = generate_pem()
+    pem = shared_secret(GENERATED_KEY_NAME, candidate)
+    return parse_signing_key(pem, "the generated signing key in the metadata store")
 
 
-def generate_key(path: Path) -> None:
-    """Write a new EC P-256 key to ``path`` unless one appears there first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+def generate_pem() -> bytes:
+    """A new EC P-256 private key, PKCS#8 PEM."""
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        # Another worker may have made it first: then everyone uses that one.
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

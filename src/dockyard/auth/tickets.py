@@ -3,10 +3,10 @@
 A browser cannot put an ``Authorization`` header on a websocket handshake. The dashboard
 first asks ``GET /v2/_dockyard/ticket`` (an ordinary request, with the credentials the
 browser holds), then opens the feed with ``?ticket=...``. A ticket names the identity it
-was issued to, lives ``lifetime`` seconds and is signed with HMAC-SHA256 under a key the
-workers share (a file in the data directory, see ``services``), so any worker can check
-it. Each worker accepts a ticket once; the short lifetime bounds what another worker
-could accept. Tickets hold no password and are useless after they expire.
+was issued to, lives ``lifetime`` seconds and is signed with HMAC-SHA256 under a key every
+worker and instance shares (kept in the metadata store, see ``shared_ticket_key``), so
+any worker can check it. Each worker accepts a ticket once; the short lifetime bounds
+what another worker could accept. Tickets hold no password and are useless after they expire.
 """
 
 from __future__ import annotations
@@ -15,42 +15,33 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dockyard.auth import Identity
+from dockyard.auth import Identity, SharedSecret
 
 TICKET_SECONDS = 30.0
 KEY_BYTES = 32
+TICKET_KEY_NAME = "feed-ticket-key"  # its name among the store's shared secrets
+LEGACY_KEY_FILE = "feed-ticket.key"  # where versions before the shared store kept it
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """The shared ticket key in ``path``, created (mode 0600, atomically) if missing."""
+def shared_ticket_key(shared_secret: SharedSecret, data_dir: Path) -> bytes:
+    """The ticket key shared through the metadata store (instances share no disk).
+
+    A key file an earlier version left in ``data_dir`` is offered first, so a registry
+    keeps its key across the upgrade; else a new random key. The first process wins."""
+    candidate = secrets.token_bytes(KEY_BYTES)
     try:
-        key = path.read_bytes()
-        if len(key) == KEY_BYTES:
-            return key
+        old = (data_dir / LEGACY_KEY_FILE).read_bytes()
+        if len(old) == KEY_BYTES:
+            candidate = old
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(KEY_BYTES))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temp, path)  # the first process to get here wins; the others read its key
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink()
-    return path.read_bytes()
+    return shared_secret(TICKET_KEY_NAME, candidate)
 
 
 def _b64(data: bytes) -> str:

@@ -193,11 +193,15 @@ def load(
 
 
 def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
-    """The settings as plain data; ``redact`` hides webhook secrets, header values and
-    the database password."""
+    """The settings as plain data; ``redact`` hides webhook secrets and header values,
+    storage credentials and the database password."""
     d = dataclasses.asdict(settings)
     if redact:
         d["database"]["url"] = redact_url(settings.database.url)
+        azure = d["storage"]["azure"]
+        for key in ("account_key", "sas_token", "connection_string"):
+            if azure[key]:
+                azure[key] = "<redacted>"
         for hook in d["webhooks"]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"

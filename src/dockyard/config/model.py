@@ -71,11 +71,30 @@ class GcsSettings:
 
 
 @dataclass
+class AzureStorageSettings:
+    """``[storage.azure]``: Azure Blob Storage (docs/storage.md, "Azure Blob Storage")."""
+
+    # The storage account, and one way in: its shared key, a SAS token, or a connection
+    # string (which names the account and endpoint itself). Never logged or shown.
+    account_name: str = ""
+    account_key: str = field(default="", repr=False)
+    sas_token: str = field(default="", repr=False)
+    connection_string: str = field(default="", repr=False)
+    # The container (created beforehand) and a key prefix inside it ("" for the whole
+    # container).
+    container: str = ""
+    prefix: str = ""
+    # Blob service URL (Azurite, sovereign clouds); empty: https://<account>.blob.core.windows.net.
+    endpoint: str = ""
+
+
+@dataclass
 class StorageSettings:
     driver: str = "filesystem"
     # Data directory: blobs (filesystem driver) and the embedded database live here.
     root: str = "./data"
     gcs: GcsSettings = field(default_factory=GcsSettings)
+    azure: AzureStorageSettings = field(default_factory=AzureStorageSettings)
 
 
 @dataclass
@@ -199,7 +218,7 @@ class TokenSettings:
     # Off when only an external issuer's tokens are accepted.
     builtin: bool = True
     # PEM private key (EC P-256/P-384/P-521, RSA or Ed25519) that signs issued tokens;
-    # empty: an EC P-256 key generated at first start in <storage.root>/token-signing-key.pem.
+    # empty: an EC P-256 key generated at first start, kept in the metadata store.
     key: str = ""
     # "iss" of issued tokens and the issuer accepted tokens must name.
     issuer: str = "dockyard"
@@ -395,6 +414,6 @@ class Settings:
         return f"{scheme}://{host}:{self.server.port}"
 
 
-STORAGE_DRIVERS = ("filesystem", "memory", "gcs")
+STORAGE_DRIVERS = ("filesystem", "memory", "gcs", "azure")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -29,6 +29,7 @@ from dockyard.config.model import (
     TokenSettings,
     WebhookSettings,
 )
+from dockyard.config.validate_azure import validate_azure
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Headers dockyard sets itself on every delivery.
@@ -309,6 +310,8 @@ def validate(s: Settings) -> None:
         url = urlsplit(s.server.public_url)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigError(f"server.public_url: {s.server.public_url!r} is not an http(s) URL")
+    if s.storage.driver == "azure":
+        validate_azure(s.storage.azure)
     _validate_metrics(s)
     _validate_tls(s)
     _validate_network_and_limits(s)

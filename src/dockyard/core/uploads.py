@@ -51,6 +51,12 @@ class UploadStatistics:
     hashers_dropped: int
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    sessions: int  # stale upload sessions this process deleted
+    orphans: int  # upload bytes with no session (a crash between the two writes)
+
+
 class Uploads:
     def __init__(
         self,
@@ -105,12 +111,23 @@ class Uploads:
         self._live_hashers.pop(upload_id, None)
         await self.storage.delete_upload(upload_id, record.driver_state)
 
-    async def purge_stale_uploads(self, max_idle: float) -> int:
-        """Delete upload sessions untouched for ``max_idle`` seconds, and orphan bytes."""
+    async def purge_stale_uploads(self, max_idle: float) -> Purged:
+        """Delete upload sessions untouched for ``max_idle`` seconds, and orphan bytes.
+
+        Every instance runs this. A session is first taken with a lease, as a PATCH takes
+        it, at the offset it was listed with: a request writing it, or one that wrote
+        since it was listed, keeps it alive. Only the process whose delete removed the row
+        counts it and deletes its bytes, so each stale session is purged once."""
         stale = await self.db.run(self.meta.stale_uploads, self._clock() - max_idle)
+        sessions = 0
         for record in stale:
-            await self.db.run(self.meta.delete_upload, record.id)
-            await self.storage.delete_upload(record.id, record.driver_state)
+            lease = f"{self.instance}/purge-{uuid.uuid4().hex}"
+            taken = await self.db.run(
+                self.meta.claim_upload, record.id, record.received, lease, self.lease_seconds
+            )
+            if taken and await self.db.run(self.meta.delete_upload, record.id):
+                await self.storage.delete_upload(record.id, record.driver_state)
+                sessions += 1
         known = await self.db.run(self.meta.upload_ids)
         cutoff = self._clock() - max_idle
         orphans = 0
@@ -118,7 +135,7 @@ class Uploads:
             if upload_id not in known and touched < cutoff:
                 await self.storage.delete_upload(upload_id, {})
                 orphans += 1
-        return len(stale) + orphans
+        return Purged(sessions, orphans)
 
     # -- hashing across chunks
 

@@ -104,6 +104,8 @@ ERROR_TABLE: dict[type[e.RegistryError], Entry] = {
 NO_ENDPOINT = Entry(None, 404)
 METHOD_NOT_ALLOWED = Entry(Code.UNSUPPORTED, 405)
 INTERNAL = Entry(Code.UNKNOWN, 500)
+# The blob store failed after the driver's own retries (asgi.py): worth a retry.
+STORAGE_UNAVAILABLE = Entry(Code.UNKNOWN, 503)
 _BY_STATUS = {entry.status: entry for entry in (NO_ENDPOINT, METHOD_NOT_ALLOWED, INTERNAL)}
 
 
@@ -139,13 +141,13 @@ def render(error: e.RegistryError) -> tuple[int, Headers, bytes]:
     return entry.status, headers, error_body(entry.code, error.message, error.detail)
 
 
-def internal_error_body(request_id: str) -> bytes:
-    """The 500 body: nothing about the failure, only the request id to find it in the log."""
+def internal_error_body(request_id: str, message: str = "internal error") -> bytes:
+    """The 5xx body: nothing about the failure, only the request id to find it in the log."""
     doc = {
         "errors": [
             {
                 "code": Code.UNKNOWN.value,
-                "message": "internal error",
+                "message": message,
                 "detail": {"request": request_id},
             }
         ]

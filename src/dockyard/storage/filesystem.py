@@ -260,12 +260,15 @@ class FilesystemStore:
     async def list_uploads(self) -> AsyncIterator[tuple[str, float]]:
         def scan() -> list[tuple[str, float]]:
             out = []
-            with os.scandir(self._uploads) as it:
-                for entry in it:
-                    try:
-                        out.append((entry.name, entry.stat().st_mtime))
-                    except FileNotFoundError:
-                        continue
+            try:
+                with os.scandir(self._uploads) as it:
+                    for entry in it:
+                        try:
+                            out.append((entry.name, entry.stat().st_mtime))
+                        except FileNotFoundError:
+                            continue
+            except OSError as e:  # the data directory is gone (unmounted, say)
+                raise StorageError(f"cannot list uploads: {e}") from e
             return out
 
         for item in await trio.to_thread.run_sync(scan):
