@@ -113,10 +113,14 @@ class TokenFlow(httpx.Auth):
 
 
 @pytest.fixture(name="settings", params=["auth-none", "auth-basic", "auth-token"])
-def settings_with_and_without_auth(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+def settings_with_and_without_auth(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> Settings:
+    env = {"DOCKYARD_DATABASE_URL": database_url} if database_url else {}
     if request.param == "auth-none":
-        return make_settings(tmp_path / "data")
-    return auth_settings(tmp_path / "data", [ROOT_RULE], mode=request.param.removeprefix("auth-"))
+        return make_settings(tmp_path / "data", **env)
+    mode = request.param.removeprefix("auth-")
+    return auth_settings(tmp_path / "data", [ROOT_RULE], mode=mode, **env)
 
 
 def root_client(services: Services) -> httpx.AsyncClient:

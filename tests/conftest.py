@@ -39,6 +39,7 @@ from dockyard.config import Settings, load
 from dockyard.meta.records import StoredEvent
 from dockyard.services import Services, build
 from tests.fakegcs import fake_gcs as fake_gcs  # the session's fake-gcs-server (gcs tests)
+from tests.pgserver import PostgresServer, require_postgres
 
 if TYPE_CHECKING:
     from tests.azurite import AzuriteServer
@@ -71,8 +72,37 @@ def make_settings(root: Path, **environ: str) -> Settings:
     return load(environ=env)
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (tests/pgserver.py); skipped (failed in CI)
+    when it is not installed."""
+    server = PostgresServer(require_postgres()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url() -> str:
+    """The registry's ``database.url``: empty, the embedded SQLite. A module runs its tests
+    on PostgreSQL too by overriding it with ``sqlite_and_postgres`` (test_api_referrers.py)."""
+    return ""
+
+
+def sqlite_and_postgres(request: pytest.FixtureRequest) -> str:
+    """For a ``database_url`` fixture with ``params=["sqlite", "postgres"]``: a fresh
+    PostgreSQL database on the session's server for the second."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    if database_url:
+        return make_settings(tmp_path / "data", DOCKYARD_DATABASE_URL=database_url)
     return make_settings(tmp_path / "data")
 
 

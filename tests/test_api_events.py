@@ -4,6 +4,7 @@ a rejected request appends nothing."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from dockyard.meta.records import StoredEvent
@@ -26,11 +27,18 @@ from tests.conftest import (
     push_image,
     put_manifest,
     random_blob,
+    sqlite_and_postgres,
     start_upload,
     wait_for_events,
 )
 
 OCTET = "application/octet-stream"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite and on a real PostgreSQL."""
+    return sqlite_and_postgres(request)
 
 
 def only(found: list[StoredEvent]) -> StoredEvent:

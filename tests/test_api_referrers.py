@@ -26,9 +26,18 @@ from tests.conftest import (
     push_blob,
     push_image,
     put_manifest,
+    sqlite_and_postgres,
 )
 
 SBOM = "application/vnd.example.sbom.v1"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite and on a real PostgreSQL."""
+    return sqlite_and_postgres(request)
+
+
 SIGNATURE = "application/vnd.example.signature.v1"
 SIG_CONFIG = "application/vnd.example.signature.config.v1+json"
 

@@ -651,7 +651,7 @@ async def test_feed_survives_a_failing_read_of_the_log(
         assert (await feed.event())["target"]["digest"] == first
         # The event log becomes unreadable for a while (a real SQLite error in the hub's
         # polls: "no such table"), then comes back.
-        other = sqlite3.connect(services.meta.path, isolation_level=None)
+        other = sqlite3.connect(services.settings.database_path, isolation_level=None)
         try:
             other.execute("ALTER TABLE events RENAME TO events_away")
             with trio.fail_after(5):
@@ -829,7 +829,7 @@ async def test_from_now_on_means_after_every_committed_event(tmp_path: Path) -> 
     # every 5 s here): a subscriber asking for events from now on must not get it.
     settings = make_settings(tmp_path / "data", DOCKYARD_EVENTS_POLL_INTERVAL="5")
     async with open_services(settings) as svc, serve_app(svc.app) as server:
-        other_worker = SQLiteMeta(svc.meta.path)
+        other_worker = SQLiteMeta(svc.settings.database_path)
         try:
             other_worker.append_events([Event("pull", "elsewhere", fake_digest(), OCTET, 1)])
         finally:

@@ -18,7 +18,9 @@ from typing import Any
 
 from dockyard.config import Settings
 from dockyard.events.schema import timestamp
-from dockyard.meta.sqlite import SQLiteMeta
+from dockyard.meta.open import open_meta
+from dockyard.meta.records import StoreUnavailable
+from dockyard.meta.store import MetadataStore
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 
@@ -55,15 +57,18 @@ class _NoDatabase(Exception):
 
 
 @contextmanager
-def _open(settings: Settings) -> Iterator[SQLiteMeta]:
+def _open(settings: Settings) -> Iterator[MetadataStore]:
     path = settings.database_path
-    if not path.exists():
+    if not settings.database.url and not path.exists():
         raise _NoDatabase(
             f"no database at {path} (has `dockyard serve` run with this configuration?)"
         )
-    meta = SQLiteMeta(path, settings.database.busy_timeout)
+    meta = open_meta(settings)
     try:
-        meta.migrate()  # an older database gains the webhook tables; a no-op otherwise
+        try:
+            meta.migrate()  # an older database gains the webhook tables; a no-op otherwise
+        except StoreUnavailable as e:
+            raise _NoDatabase(f"database: {e}") from None
         yield meta
     finally:
         meta.close()

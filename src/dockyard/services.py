@@ -37,8 +37,8 @@ from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
 from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
-from dockyard.meta.sqlite import SQLiteMeta
-from dockyard.meta.store import Database
+from dockyard.meta.open import open_meta
+from dockyard.meta.store import Database, MetadataStore
 from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
@@ -100,7 +100,7 @@ def build_storage(settings: Settings) -> BlobStore:
 @dataclass
 class Services:
     settings: Settings
-    meta: SQLiteMeta
+    meta: MetadataStore
     db: Database
     storage: BlobStore
     pulls: PullEventWriter
@@ -165,7 +165,7 @@ class Services:
 
 
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
-    meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout, clock)
+    meta = open_meta(settings, clock)
     meta.migrate()
     metrics = RegistryMetrics() if settings.metrics.enabled else None
     db = Database(meta, settings.database.threads, metrics.database_timer() if metrics else None)
@@ -228,7 +228,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             settings.server.body_timeout,
         ),
     )
-    hub = EventHub(db, settings.events.poll_interval)
+    hub = EventHub(db, settings.events.poll_interval, settings.events.fallback_poll_interval)
     authorizer = app.authorizer
     if isinstance(authorizer, TokenAccessAuthorizer):
         users = authorizer.users

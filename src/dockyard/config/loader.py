@@ -17,7 +17,13 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
-from dockyard.config.model import AccessSettings, ConfigError, Settings, WebhookSettings
+from dockyard.config.model import (
+    AccessSettings,
+    ConfigError,
+    Settings,
+    WebhookSettings,
+    redact_url,
+)
 from dockyard.config.validate import validate
 
 
@@ -187,10 +193,11 @@ def load(
 
 
 def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
-    """The settings as plain data; ``redact`` hides webhook secrets and header values, and
-    storage credentials."""
+    """The settings as plain data; ``redact`` hides webhook secrets and header values,
+    storage credentials and the database password."""
     d = dataclasses.asdict(settings)
     if redact:
+        d["database"]["url"] = redact_url(settings.database.url)
         azure = d["storage"]["azure"]
         for key in ("account_key", "sas_token", "connection_string"):
             if azure[key]:

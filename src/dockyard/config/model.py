@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
@@ -131,13 +132,29 @@ class StorageSettings:
 
 @dataclass
 class DatabaseSettings:
+    # PostgreSQL shared by every instance, "postgresql://user:password@host:port/dbname"
+    # (libpq URL; ?sslmode=... and other parameters pass through); empty means the
+    # embedded SQLite file below.
+    url: str = ""
     # SQLite file; empty means <storage.root>/dockyard.sqlite3.
     path: str = ""
     # Worker threads that run database calls: calls beyond this many wait their turn, so
-    # a burst of requests cannot open a thread (and a SQLite connection) each.
+    # a burst of requests cannot open a thread (and a SQLite connection) each. With
+    # PostgreSQL also the most pooled connections a worker process opens.
     threads: int = 4
-    # Seconds a writer waits for another process's write lock.
+    # Seconds a writer waits for another process's write lock (PostgreSQL: also for a
+    # pooled connection).
     busy_timeout: float = 10.0
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced: for logs, errors and ``dockyard config``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{host}"))
 
 
 @dataclass
@@ -169,6 +186,9 @@ class EventsSettings:
     pull_flush_interval: float = 0.5
     # How often each worker looks for events written by other workers, in seconds.
     poll_interval: float = 0.025
+    # With PostgreSQL, other workers and instances wake the event hub at once (LISTEN/
+    # NOTIFY) and it polls only this often, in case a wake-up was lost.
+    fallback_poll_interval: float = 1.0
     # Events a websocket subscriber may fall behind before it is disconnected.
     feed_buffer: int = 1000
     # Idle seconds before the feed sends a heartbeat message (clients take a silence of

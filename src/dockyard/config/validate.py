@@ -286,6 +286,11 @@ def validate(s: Settings) -> None:
         raise ConfigError("server.workers: must be at least 1")
     if s.database.threads < 1:
         raise ConfigError("database.threads: must be at least 1")
+    if s.database.url and not s.database.url.startswith(("postgresql://", "postgres://")):
+        # Not echoed back: it may hold a password.
+        raise ConfigError("database.url: must be a postgresql:// URL (or empty for SQLite)")
+    if s.events.fallback_poll_interval <= 0:
+        raise ConfigError("events.fallback_poll_interval: must be positive")
     if s.limits.max_manifest_bytes < 4 * 1024 * 1024:
         raise ConfigError("limits.max_manifest_bytes: the spec requires at least 4194304")
     if not 1 <= s.limits.default_page_size <= s.limits.max_page_size:

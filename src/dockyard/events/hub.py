@@ -3,7 +3,11 @@
 Every worker process runs one ``EventHub``. It tails the ``events`` table by id: it wakes
 at once when this process appended events (``notify``) and otherwise polls every
 ``poll_interval`` seconds, which is how events written by other workers or instances
-arrive. Each subscriber has a bounded channel; one that falls ``buffer`` events behind is
+arrive. A store with ``EventWakeups`` (PostgreSQL) wakes it at once for those too: a
+thread waits on the store and notifies the hub, which then polls only every
+``fallback_poll_interval`` seconds, in case a wake-up was lost.
+
+Each subscriber has a bounded channel; one that falls ``buffer`` events behind is
 dropped and told the last id it processed (``SubscriberLagged``), so a slow consumer never
 slows the registry or grows memory.
 
@@ -24,10 +28,13 @@ import trio
 
 from dockyard.events.schema import EventFilter
 from dockyard.meta.records import StoredEvent
-from dockyard.meta.store import Database
+from dockyard.meta.store import Database, EventWakeups
 
 PAGE = 500
 RETRY_AFTER = 1.0  # seconds between reads of the log after one failed
+# Seconds one wait for a wake-up lasts: a cancelled hub leaves its waiting thread
+# behind (it cannot be interrupted), for at most this long.
+WAKEUP_SLICE = 1.0
 
 log = logging.getLogger("dockyard.events")
 
@@ -118,9 +125,12 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, db: Database, poll_interval: float = 0.05) -> None:
+    def __init__(
+        self, db: Database, poll_interval: float = 0.05, fallback_poll_interval: float = 1.0
+    ) -> None:
         self.db = db
         self.poll_interval = poll_interval
+        self.fallback_poll_interval = fallback_poll_interval
         self.cursor = 0
         self._subscribers: set[Subscription] = set()
         self._wake = trio.Event()
@@ -137,10 +147,33 @@ class EventHub:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.cursor = await self.db.run(self.db.meta.last_event_id)
-        self._started.set()
-        task_status.started()
+        meta = self.db.meta
+        interval = self.poll_interval
+        async with trio.open_nursery() as nursery:
+            if isinstance(meta, EventWakeups):
+                interval = max(interval, self.fallback_poll_interval)
+                nursery.start_soon(self._wait_for_wakeups, meta)
+            self._started.set()
+            task_status.started()
+            await self._tail(interval)
+
+    async def _wait_for_wakeups(self, wakeups: EventWakeups) -> None:
+        """Notify the hub whenever the store says events were committed anywhere."""
         while True:
-            with trio.move_on_after(self.poll_interval):
+            try:
+                woke = await trio.to_thread.run_sync(
+                    wakeups.wait_for_events, WAKEUP_SLICE, abandon_on_cancel=True
+                )
+            except Exception:
+                log.exception("waiting for event wake-ups failed; polling meanwhile")
+                await trio.sleep(RETRY_AFTER)
+                continue
+            if woke:
+                self.notify()
+
+    async def _tail(self, interval: float) -> None:
+        while True:
+            with trio.move_on_after(interval):
                 await self._wake.wait()
             self._wake = trio.Event()
             before = self.cursor

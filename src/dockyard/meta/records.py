@@ -29,6 +29,10 @@ class StoreBusy(StoreError):
     """An inline read (``MetadataStore.inline_reads``) met a lock it must not wait for."""
 
 
+class StoreUnavailable(StoreError):
+    """``migrate`` could not reach the database (the message names why, never a password)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One row of the event log, before it has an id."""

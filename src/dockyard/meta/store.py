@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -157,6 +157,16 @@ class EventLog(Protocol):
     def events_after(self, after: int, limit: int) -> list[StoredEvent]: ...
 
     def event(self, event_id: int) -> StoredEvent | None: ...
+
+
+@runtime_checkable
+class EventWakeups(Protocol):
+    """Optional: a store that can tell a process at once when any process appended events
+    (PostgreSQL's LISTEN/NOTIFY). Without it the event hub finds them by polling."""
+
+    def wait_for_events(self, timeout: float) -> bool:
+        """Block (in a thread of its own) until events may have been committed anywhere
+        (True) or ``timeout`` seconds pass (False). One caller at a time."""
 
 
 class Statistics(Protocol):

@@ -1,0 +1,31 @@
+"""The metadata store on PostgreSQL: ``PostgresMeta``, the SQLite store's twin.
+
+    core.py        the connection pool, write transactions, the event append (event ids
+                   in commit order), ``migrate``, shared secrets
+    content.py     repositories, blob links, manifests, tags, referrers
+    uploads.py     upload sessions and their leases
+    events.py      the event log
+    stats.py       the dashboard snapshot
+    webhooks.py    webhook cursors, leases and failures
+    leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
+    listen.py      event wake-ups across processes (LISTEN/NOTIFY)
+    migrations.py  the schema, in step with ``meta/migrations.py``
+
+Same tables, same behaviour: ``tests/meta_conformance.py`` passes unchanged against both.
+"""
+
+from __future__ import annotations
+
+from dockyard.meta.postgres.content import ContentStore
+from dockyard.meta.postgres.events import EventStore
+from dockyard.meta.postgres.listen import EventListener
+from dockyard.meta.postgres.stats import StatsStore
+from dockyard.meta.postgres.uploads import UploadStore
+from dockyard.meta.postgres.webhooks import WebhookStore
+
+__all__ = ["PostgresMeta"]
+
+
+class PostgresMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener):
+    """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
+    instance; with ``wait_for_events`` (``EventWakeups``) besides."""

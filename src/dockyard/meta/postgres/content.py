@@ -1,0 +1,257 @@
+"""Repositories, blob links, manifests, tags and referrers on PostgreSQL.
+
+The same rules as ``meta/sqlite/content.py``: a repository row is made by the first link
+or push into it and never deleted; a blob is served from a repository only while linked
+there; deleting a manifest deletes its tags and references. Lists of digests go in as one
+array parameter (``= ANY(%s::text[])``), so there is no batching.
+
+``get_manifest``, ``get_tagged_manifest`` and ``linked_blob_size`` run inline on the event
+loop for every manifest and blob HEAD/GET: one indexed statement each (prepared by
+psycopg after a few uses on a connection), with results in binary: the payload comes as
+bytes rather than hex text (a third less client CPU, half the wall time per call).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dockyard.meta.postgres.core import PostgresCore
+from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
+
+_MANIFEST_BY_DIGEST = (
+    "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m"
+    " JOIN repositories r ON r.id = m.repository_id WHERE r.name = %s AND m.digest = %s"
+)
+_MANIFEST_BY_TAG = (
+    "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t"
+    " JOIN repositories r ON r.id = t.repository_id"
+    " JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest"
+    " WHERE r.name = %s AND t.name = %s"
+)
+_LINKED_SIZE = (
+    "SELECT b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id"
+    " JOIN blobs b ON b.digest = rb.digest WHERE r.name = %s AND rb.digest = %s"
+)
+
+
+class ContentStore(PostgresCore):
+    def repository_exists(self, name: str) -> bool:
+        with self._read() as conn:
+            return self._repo_id(conn, name) is not None
+
+    def list_repositories(self, last: str | None, limit: int) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name FROM repositories WHERE name > %s ORDER BY name LIMIT %s",
+                (last or "", limit),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- blobs
+
+    def blob_size(self, digest: str) -> int | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT size FROM blobs WHERE digest = %s", (digest,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        with self._read() as conn:
+            row = conn.execute(_LINKED_SIZE, (repository, digest), binary=True).fetchone()
+        return None if row is None else int(row[0])
+
+    def repositories_linking(
+        self, digest: str, limit: int = 100, after: str | None = None
+    ) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT r.name FROM repository_blobs rb"
+                " JOIN repositories r ON r.id = rb.repository_id"
+                " WHERE rb.digest = %s AND r.name > %s ORDER BY r.name LIMIT %s",
+                (digest, after or "", limit),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def link_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        events: Sequence[Event],
+        finished_upload: str | None = None,
+    ) -> None:
+        """Record a stored blob and link it to ``repository`` (idempotent)."""
+        with self._write() as conn:
+            now = self._clock()
+            conn.execute(
+                "INSERT INTO blobs (digest, size, created) VALUES (%s, %s, %s)"
+                " ON CONFLICT (digest) DO NOTHING",
+                (digest, size, now),
+            )
+            repo_id = self._repo_id(conn, repository, create=True)
+            conn.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, linked) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (repo_id, digest, now),
+            )
+            if finished_upload is not None:
+                conn.execute("DELETE FROM uploads WHERE id = %s", (finished_upload,))
+            self._append(conn, events)
+
+    def unlink_blob(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
+        with self._write() as conn:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return False
+            cur = conn.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = %s AND digest = %s",
+                (repo_id, digest),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._append(conn, events)
+            return True
+
+    def linked_blobs(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
+        """Of ``digests``, those linked to ``repository``, with their sizes."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT b.digest, b.size FROM repository_blobs rb"
+                " JOIN repositories r ON r.id = rb.repository_id"
+                " JOIN blobs b ON b.digest = rb.digest"
+                " WHERE r.name = %s AND rb.digest = ANY(%s::text[])",
+                (repository, list(digests)),
+            ).fetchall()
+        return {d: int(s) for d, s in rows}
+
+    def existing_manifests(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
+        """Of ``digests``, the manifests stored in ``repository``, with their sizes."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT m.digest, m.size FROM manifests m JOIN repositories r"
+                " ON r.id = m.repository_id WHERE r.name = %s AND m.digest = ANY(%s::text[])",
+                (repository, list(digests)),
+            ).fetchall()
+        return {d: int(s) for d, s in rows}
+
+    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
+        with self._write() as conn:
+            now = self._clock()
+            repo_id = self._repo_id(conn, m.repository, create=True)
+            conn.execute(
+                "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject,"
+                " size, payload, annotations, pushed)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (repository_id, digest) DO NOTHING",
+                (
+                    repo_id,
+                    m.digest,
+                    m.media_type,
+                    m.artifact_type,
+                    m.subject,
+                    len(m.payload),
+                    m.payload,
+                    json.dumps(m.annotations) if m.annotations else None,
+                    now,
+                ),
+            )
+            refs = [(repo_id, m.digest, d, "blob") for d in m.blob_refs]
+            refs += [(repo_id, m.digest, d, "manifest") for d in m.manifest_refs]
+            with conn.cursor() as cur:
+                if refs:
+                    cur.executemany(
+                        "INSERT INTO manifest_references (repository_id, manifest_digest,"
+                        " child_digest, kind) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        refs,
+                    )
+                if m.tags:
+                    cur.executemany(
+                        "INSERT INTO tags (repository_id, name, digest, pushed)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT (repository_id, name)"
+                        " DO UPDATE SET digest = excluded.digest, pushed = excluded.pushed",
+                        [(repo_id, t, m.digest, now) for t in m.tags],
+                    )
+            self._append(conn, events)
+
+    def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
+        with self._read() as conn:
+            row = conn.execute(_MANIFEST_BY_DIGEST, (repository, digest), binary=True).fetchone()
+        return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
+
+    def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
+        with self._read() as conn:
+            row = conn.execute(_MANIFEST_BY_TAG, (repository, tag), binary=True).fetchone()
+        return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
+
+    def delete_manifest(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
+        """Delete a manifest and every tag of it in ``repository``."""
+        with self._write() as conn:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return False
+            cur = conn.execute(
+                "DELETE FROM manifests WHERE repository_id = %s AND digest = %s",
+                (repo_id, digest),
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.execute(
+                "DELETE FROM manifest_references WHERE repository_id = %s AND manifest_digest = %s",
+                (repo_id, digest),
+            )
+            conn.execute(
+                "DELETE FROM tags WHERE repository_id = %s AND digest = %s", (repo_id, digest)
+            )
+            self._append(conn, events)
+            return True
+
+    def delete_tag(
+        self, repository: str, tag: str, make_events: Callable[[str], Sequence[Event]]
+    ) -> str | None:
+        """Delete one tag; returns the digest it pointed to, or None if there was no tag."""
+        with self._write() as conn:
+            # DELETE ... RETURNING locks the row: a concurrent delete of the same tag
+            # waits, then finds nothing and appends no event.
+            row = conn.execute(
+                "DELETE FROM tags t USING repositories r WHERE r.id = t.repository_id"
+                " AND r.name = %s AND t.name = %s RETURNING t.digest",
+                (repository, tag),
+            ).fetchone()
+            if row is None:
+                return None
+            self._append(conn, make_events(row[0]))
+            return str(row[0])
+
+    def list_tags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
+        with self._read() as conn:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return None
+            rows = conn.execute(
+                "SELECT name FROM tags WHERE repository_id = %s AND name > %s"
+                " ORDER BY name LIMIT %s",
+                (repo_id, last or "", limit),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def referrers(
+        self, repository: str, subject: str, artifact_type: str | None, last: str | None, limit: int
+    ) -> list[ReferrerRecord]:
+        sql = (
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations"
+            " FROM manifests m JOIN repositories r ON r.id = m.repository_id"
+            " WHERE r.name = %s AND m.subject = %s AND m.digest > %s"
+        )
+        args: list[Any] = [repository, subject, last or ""]
+        if artifact_type is not None:
+            sql += " AND m.artifact_type = %s"
+            args.append(artifact_type)
+        sql += " ORDER BY m.digest LIMIT %s"
+        args.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql.encode(), args).fetchall()
+        return [
+            ReferrerRecord(d, mt, int(s), at, json.loads(a) if a else None)
+            for d, mt, s, at, a in rows
+        ]
