@@ -19,6 +19,8 @@ INSTALL_HINTS = {
     "haproxy": "apt-get install -y haproxy",
     "prometheus": "apt-get install -y prometheus",
     "promtool": "apt-get install -y prometheus",
+    "mmdebstrap": "apt-get install -y mmdebstrap",
+    "runc": "apt-get install -y runc",
 }
 
 

@@ -51,9 +51,10 @@ def _serve(args: argparse.Namespace) -> int:
     from dockyard.http import h2edge
     from dockyard.meta.sqlite import SQLiteMeta
     from dockyard.observability.logs import configure_logging
-    from dockyard.services import check_read_size_hook, instance_name
+    from dockyard.services import check_backends, check_read_size_hook, instance_name
 
     settings = _settings(args)
+    check_backends(settings)
     try:
         check_read_size_hook()  # before any worker starts (each would fail the same way)
         h2edge.check_hooks()

@@ -22,7 +22,7 @@ import trio
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
 from dockyard.auth.tickets import FeedTickets, load_or_create_key
 from dockyard.auth.tokens import TokenAuth
-from dockyard.config import Settings, load
+from dockyard.config import ConfigError, Settings, load
 from dockyard.core.registry import Registry
 from dockyard.core.stats import Statistics
 from dockyard.events.feed import FEED_PATH
@@ -60,7 +60,17 @@ def instance_name(settings: Settings) -> str:
     return settings.server.instance or socket.gethostname()
 
 
+def check_backends(settings: Settings) -> None:
+    """Refuse the shared stores the config model names but this build cannot run yet,
+    rather than keep blobs or metadata on local disk behind the operator's back."""
+    if settings.storage.driver == "s3":
+        raise ConfigError("storage.driver: the s3 driver is not part of this build")
+    if settings.database.url:
+        raise ConfigError("database.url: PostgreSQL is not part of this build")
+
+
 def build_storage(settings: Settings) -> BlobStore:
+    check_backends(settings)
     if settings.storage.driver == "memory":
         return MemoryStore()
     return FilesystemStore(settings.storage.root)
@@ -132,6 +142,7 @@ class Services:
 
 
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
+    check_backends(settings)
     meta = SQLiteMeta(settings.database_path, settings.database.busy_timeout, clock)
     meta.migrate()
     metrics = RegistryMetrics() if settings.metrics.enabled else None

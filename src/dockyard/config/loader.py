@@ -16,6 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from dockyard.config.model import AccessSettings, ConfigError, Settings, WebhookSettings
 from dockyard.config.validate import validate
@@ -187,9 +188,16 @@ def load(
 
 
 def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
-    """The settings as plain data; ``redact`` hides webhook secrets and header values."""
+    """The settings as plain data; ``redact`` hides webhook secrets and header values, the
+    S3 secret key and the database URL's password."""
     d = dataclasses.asdict(settings)
     if redact:
+        if d["storage"]["s3"]["secret_key"]:
+            d["storage"]["s3"]["secret_key"] = "<redacted>"
+        url = urlsplit(d["database"]["url"])
+        if url.password:
+            netloc = url.netloc.replace(f":{url.password}@", ":<redacted>@")
+            d["database"]["url"] = url._replace(netloc=netloc).geturl()
         for hook in d["webhooks"]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"

@@ -56,14 +56,31 @@ class ServerSettings:
 
 
 @dataclass
+class StorageS3Settings:
+    """``[storage.s3]``: the S3-compatible object store of driver "s3"."""
+
+    bucket: str = ""
+    # URL of an S3-compatible store (http://seaweedfs:8333); empty: AWS's own endpoint.
+    endpoint: str = ""
+    region: str = ""
+    # Empty: the standard AWS credential chain (environment, profile, instance role).
+    access_key: str = ""
+    secret_key: str = ""
+
+
+@dataclass
 class StorageSettings:
     driver: str = "filesystem"
     # Data directory: blobs (filesystem driver) and the embedded database live here.
     root: str = "./data"
+    s3: StorageS3Settings = field(default_factory=StorageS3Settings)
 
 
 @dataclass
 class DatabaseSettings:
+    # A shared PostgreSQL database ("postgresql://user:password@host/db"); empty: the
+    # embedded SQLite file below.
+    url: str = ""
     # SQLite file; empty means <storage.root>/dockyard.sqlite3.
     path: str = ""
     # Worker threads that run database calls: calls beyond this many wait their turn, so
@@ -360,6 +377,6 @@ class Settings:
         return f"{scheme}://{host}:{self.server.port}"
 
 
-STORAGE_DRIVERS = ("filesystem", "memory")
+STORAGE_DRIVERS = ("filesystem", "memory", "s3")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -243,6 +243,10 @@ def validate(s: Settings) -> None:
             f"storage.driver: unknown driver {s.storage.driver!r} "
             f"(choose one of: {', '.join(STORAGE_DRIVERS)})"
         )
+    if s.storage.driver == "s3" and not s.storage.s3.bucket:
+        raise ConfigError("storage.s3.bucket: required when storage.driver is s3")
+    if s.database.url and urlsplit(s.database.url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("database.url: expected a postgresql:// URL (empty: SQLite)")
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     if not 16 * 1024 <= s.server.read_size <= 16 * 1024 * 1024:
