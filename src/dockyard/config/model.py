@@ -65,7 +65,7 @@ class StorageS3Settings:
     region: str = ""
     # Empty: the standard AWS credential chain (environment, profile, instance role).
     access_key: str = ""
-    secret_key: str = ""
+    secret_key: str = field(default="", repr=False)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class StorageSettings:
 class DatabaseSettings:
     # A shared PostgreSQL database ("postgresql://user:password@host/db"); empty: the
     # embedded SQLite file below.
-    url: str = ""
+    url: str = field(default="", repr=False)  # it may hold the password
     # SQLite file; empty means <storage.root>/dockyard.sqlite3.
     path: str = ""
     # Worker threads that run database calls: calls beyond this many wait their turn, so
