@@ -3,12 +3,15 @@ dockyard has: every DOCKYARD_* variable and every key of the ConfigMap's dockyar
 goes through ``dockyard.config.load`` exactly as the server would read it, so a
 misspelt or removed setting fails here (``ConfigError``) instead of at start-up.
 
-haproxy's configuration is checked by the real haproxy (``haproxy -c``); the probe
-paths are requested from the registry application itself.
+The compose file is checked and resolved by a real compose (Debian's docker-compose:
+``config`` validates against the compose schema and needs no daemon), haproxy's
+configuration by the real haproxy (``haproxy -c``); the probe paths are requested from
+the registry application itself.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tomllib
@@ -28,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR:?message}; $$ is a literal $.
+# The variables compose.yaml requires (${NAME:?...}): no default password anywhere.
+COMPOSE_SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 
 
@@ -99,7 +104,46 @@ def test_compose_settings_exist(tmp_path: Path) -> None:
         assert settings.storage.driver == "s3"
         assert settings.storage.s3.bucket and settings.storage.s3.endpoint
         assert settings.storage.s3.access_key == "placeholder-s3_access_key"
+        assert settings.storage.s3.path_style  # SeaweedFS needs path-style URLs
         assert settings.database.url.startswith("postgresql://dockyard:placeholder-")
+
+
+def compose_config(environ: Mapping[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """``docker-compose config``: the file checked against the compose schema, its
+    variables and merge keys resolved, as compose itself resolves them."""
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+    return subprocess.run(
+        [require_tool("docker-compose"), "--file", str(DEPLOY / "compose.yaml"), "config"],
+        cwd=DEPLOY,
+        env={**env, **environ},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_accepts_the_file_and_its_settings_exist(tmp_path: Path) -> None:
+    secrets = {name: f"value-of-{name.lower()}" for name in COMPOSE_SECRETS}
+    done = compose_config(secrets)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    resolved = yaml.safe_load(done.stdout)
+    services = dockyard_services(resolved)
+    assert sorted(services) == ["dockyard-1", "dockyard-2"]
+    for name, svc in services.items():
+        settings = load_checked({**image_environment(), **svc["environment"]}, None, tmp_path)
+        assert settings.server.instance == name
+        assert settings.storage.s3.secret_key == "value-of-s3_secret_key"
+        assert settings.database.url == (
+            "postgresql://dockyard:value-of-postgres_password@postgres:5432/dockyard"
+        )
+
+
+@pytest.mark.parametrize("missing", COMPOSE_SECRETS)
+def test_compose_refuses_to_start_without_a_secret(missing: str) -> None:
+    secrets = {name: "x" for name in COMPOSE_SECRETS if name != missing}
+    done = compose_config(secrets)
+    assert done.returncode != 0
+    assert missing in done.stderr.decode(errors="replace")
 
 
 def test_compose_instances_share_no_disk_and_are_all_balanced() -> None:

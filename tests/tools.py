@@ -21,6 +21,7 @@ INSTALL_HINTS = {
     "promtool": "apt-get install -y prometheus",
     "mmdebstrap": "apt-get install -y mmdebstrap",
     "runc": "apt-get install -y runc",
+    "docker-compose": "apt-get install -y --no-install-recommends docker-compose",
 }
 
 

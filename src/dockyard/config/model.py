@@ -62,7 +62,9 @@ class StorageS3Settings:
     bucket: str = ""
     # URL of an S3-compatible store (http://seaweedfs:8333); empty: AWS's own endpoint.
     endpoint: str = ""
-    region: str = ""
+    region: str = "us-east-1"
+    # http://endpoint/bucket/key URLs (SeaweedFS, MinIO and most S3-compatible stores).
+    path_style: bool = False
     # Empty: the standard AWS credential chain (environment, profile, instance role).
     access_key: str = ""
     secret_key: str = field(default="", repr=False)
