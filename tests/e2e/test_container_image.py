@@ -1,5 +1,7 @@
 """The container image: ``scripts/build-image`` builds it (exactly as README says), podman
-runs it, skopeo pushes an image into it and pulls it back, and its health check passes.
+runs it as README says (port 5000 published, here on a free loopback port, and the data
+volume), skopeo pushes an image into it and pulls it back, a new container on the same
+volume still serves it, and its health check passes (and fails with no server).
 
 The image is built once for the module in an isolated podman store (``ContainerStore``:
 vfs storage under the test's temporary directory, no daemon). The Debian base tarball
@@ -29,7 +31,7 @@ import httpx
 import pytest
 
 from tests.e2e.containers_tools import ContainerStore
-from tests.imagegen import OCILayout, build_image, layout_blob, make_layer, random_layers
+from tests.imagegen import Image, OCILayout, build_image, layout_blob, make_layer, random_layers
 from tests.serverproc import free_port
 from tests.tools import require_tool
 
@@ -108,24 +110,21 @@ def image_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerS
     yield store
     # vfs keeps a full copy of every layer: give the disk back now, not when pytest
     # prunes its old temporary directories.
-    shutil.rmtree(store.root / "graph", ignore_errors=True)
+    for directory in ("graph", "volumes"):
+        shutil.rmtree(store.root / directory, ignore_errors=True)
 
 
 def _run(store: ContainerStore, name: str, *args: str) -> Running:
-    port = free_port()
-    running = Running(store, name, port)
+    """``podman run`` as README says (port 5000 published, the data volume), on a free
+    port of the host's loopback; ``args`` go before the image name."""
+    running = Running(store, name, free_port())
     running.podman(
         "run",
         "--detach",
         "--name",
         name,
-        # The host's network, the server on its loopback only.
-        "--network",
-        "host",
-        "--env",
-        "DOCKYARD_SERVER_HOST=127.0.0.1",
-        "--env",
-        f"DOCKYARD_SERVER_PORT={port}",
+        "--publish",
+        f"127.0.0.1:{running.port}:5000",
         *_ulimits(),
         *args,
     )
@@ -136,10 +135,9 @@ def _remove(running: Running) -> None:
     running.podman("rm", "--force", "--time", "2", running.name, check=False)
 
 
-@pytest.fixture(scope="module")
-def registry_container(image_store: ContainerStore) -> Iterator[Running]:
-    """The image run as podman runs it by default (its own entrypoint and command)."""
-    running = _run(image_store, "dockyard-e2e", IMAGE)
+def _serving(store: ContainerStore, name: str, volume: str) -> Running:
+    """The image run with its own entrypoint and command, once /readyz answers."""
+    running = _run(store, name, "--volume", f"{volume}:/var/lib/dockyard", IMAGE)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
@@ -150,6 +148,12 @@ def registry_container(image_store: ContainerStore) -> Iterator[Running]:
         if time.monotonic() > deadline:
             pytest.fail(f"the container never became ready:\n{running.logs()}", pytrace=False)
         time.sleep(0.2)
+    return running
+
+
+@pytest.fixture(scope="module")
+def registry_container(image_store: ContainerStore) -> Iterator[Running]:
+    running = _serving(image_store, "dockyard-e2e", "dockyard-e2e-data")
     yield running
     _remove(running)
 
@@ -169,34 +173,61 @@ def test_image_keeps_its_health_check_and_runs_as_non_root(
     assert uid.decode().strip() == "10001"
 
 
-def test_push_and_pull_through_the_container(registry_container: Running, tmp_path: Path) -> None:
-    layout = OCILayout(tmp_path / "layout")
-    image = layout.add_image("v1", build_image([make_layer(91), *random_layers(92, 2)]))
-    skopeo = [require_tool("skopeo"), "--insecure-policy"]
-    remote = f"docker://{registry_container.host}/e2e/container-image:v1"
-    copy = [*skopeo, "copy", "--src-tls-verify=false", "--dest-tls-verify=false"]
+SKOPEO_COPY = ("copy", "--src-tls-verify=false", "--dest-tls-verify=false")
 
-    def run(cmd: list[str]) -> bytes:
-        done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-        if done.returncode != 0:
-            pytest.fail(
-                f"{' '.join(cmd)} exited {done.returncode}\n"
-                f"{done.stderr.decode(errors='replace')[-4000:]}\n"
-                f"--- container log\n{registry_container.logs()}",
-                pytrace=False,
-            )
-        return done.stdout
 
-    run([*copy, "--preserve-digests", layout.ref("v1"), remote])
-    tags = httpx.get(f"http://{registry_container.host}/v2/e2e/container-image/tags/list")
-    assert tags.json() == {"name": "e2e/container-image", "tags": ["v1"]}
+def skopeo(container: Running, *args: str) -> bytes:
+    """skopeo's stdout; a failure shows its stderr and the container's log."""
+    cmd = [require_tool("skopeo"), "--insecure-policy", *args]
+    done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    if done.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited {done.returncode}\n"
+            f"{done.stderr.decode(errors='replace')[-4000:]}\n"
+            f"--- container log\n{container.logs()}",
+            pytrace=False,
+        )
+    return done.stdout
 
-    pulled = tmp_path / "pulled"
-    run([*copy, remote, f"oci:{pulled}:v1"])
-    assert run([*skopeo, "inspect", "--raw", f"oci:{pulled}:v1"]) == image.manifest.data
+
+def push(container: Running, tmp_path: Path, seed: int, reference: str) -> Image:
+    layout = OCILayout(tmp_path / f"layout-{seed}")
+    image = layout.add_image("v1", build_image([make_layer(seed), *random_layers(seed + 1, 2)]))
+    remote = f"docker://{container.host}/{reference}"
+    skopeo(container, *SKOPEO_COPY, "--preserve-digests", layout.ref("v1"), remote)
+    return image
+
+
+def assert_pulls(container: Running, tmp_path: Path, reference: str, image: Image) -> None:
+    """A pull into an empty layout gives back exactly the pushed bytes."""
+    pulled = tmp_path / f"pulled-{image.digest.removeprefix('sha256:')[:12]}"
+    skopeo(container, *SKOPEO_COPY, f"docker://{container.host}/{reference}", f"oci:{pulled}:v1")
+    assert skopeo(container, "inspect", "--raw", f"oci:{pulled}:v1") == image.manifest.data
     assert layout_blob(pulled, image.config.digest) == image.config.data
     for layer in image.layers:
         assert layout_blob(pulled, layer.digest) == layer.blob.data
+
+
+def test_push_and_pull_through_the_container(registry_container: Running, tmp_path: Path) -> None:
+    image = push(registry_container, tmp_path, 91, "e2e/container-image:v1")
+    tags = httpx.get(f"http://{registry_container.host}/v2/e2e/container-image/tags/list")
+    assert tags.json() == {"name": "e2e/container-image", "tags": ["v1"]}
+    assert_pulls(registry_container, tmp_path, "e2e/container-image:v1", image)
+
+
+def test_a_new_container_on_the_volume_serves_what_the_old_one_stored(
+    image_store: ContainerStore, tmp_path: Path
+) -> None:
+    first = _serving(image_store, "dockyard-e2e-first", "dockyard-e2e-kept")
+    try:
+        image = push(first, tmp_path, 95, "e2e/kept:v1")
+    finally:
+        _remove(first)
+    second = _serving(image_store, "dockyard-e2e-second", "dockyard-e2e-kept")
+    try:
+        assert_pulls(second, tmp_path, "e2e/kept:v1", image)
+    finally:
+        _remove(second)
 
 
 def test_health_check_passes(registry_container: Running) -> None:
