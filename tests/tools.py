@@ -20,6 +20,9 @@ INSTALL_HINTS = {
     "prometheus": "apt-get install -y prometheus",
     "promtool": "apt-get install -y prometheus",
     "azurite-blob": "apt-get install -y nodejs npm && npm install -g azurite@3.37.0",
+    "mmdebstrap": "apt-get install -y mmdebstrap",
+    "runc": "apt-get install -y runc",
+    "docker-compose": "apt-get install -y --no-install-recommends docker-compose",
 }
 
 

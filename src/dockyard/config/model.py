@@ -135,7 +135,7 @@ class DatabaseSettings:
     # PostgreSQL shared by every instance, "postgresql://user:password@host:port/dbname"
     # (libpq URL; ?sslmode=... and other parameters pass through); empty means the
     # embedded SQLite file below.
-    url: str = ""
+    url: str = field(default="", repr=False)  # it may hold the password
     # SQLite file; empty means <storage.root>/dockyard.sqlite3.
     path: str = ""
     # Worker threads that run database calls: calls beyond this many wait their turn, so
