@@ -4,12 +4,17 @@ sharing one backend, round robin, no stickiness) against one instance alone, alt
 
     python -m perf.scaled                       # interim backend, 3 repeats, recorded
     python -m perf.scaled --quick               # tiny sizes, 1 repeat, not recorded
-    python -m perf.scaled --backend pg-s3       # PostgreSQL + S3 (once they are merged)
+    python -m perf.scaled --backend pg-s3       # PostgreSQL + S3 (SeaweedFS)
 
 The topology is the end-to-end suite's (``tests/topology.py``: needs the test extras
 and Debian's haproxy). The single instance has a backend of its own (same kind, same
 settings, same ``--workers``), so neither sees the other's blobs: ci-storm pushes the
 same images to both in a repeat. A's CPU figures sum both instances and haproxy.
+
+``--backend pg-s3`` starts a temporary PostgreSQL cluster and a SeaweedFS S3 gateway (the
+test suite's tests/pgserver.py and tests/seaweed.py, as perf.meta and perf.s3client do):
+A gets one database and one bucket, B another pair, both connected directly (no test
+relays). Their CPU is not in the figures (dockyard's and haproxy's only).
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ import datetime as dt
 import shutil
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perf import report
 from perf.modes import record
 from perf.run import run_scenarios
 from perf.scenarios import Params, Record, Target
 from perf.servers import Dockyard
+
+if TYPE_CHECKING:
+    from tests.topology import Backend
 
 SCENARIOS = ["ci-storm", "pull-storm"]
 BACKENDS = ["interim", "pg-s3"]
@@ -51,34 +60,24 @@ def main(argv: list[str] | None = None) -> int:
         help="append to perf/RESULTS.md (default: on unless --quick)",
     )
     args = ap.parse_args(argv)
-    if args.backend == "pg-s3":
-        print(
-            "--backend pg-s3 is not available yet: the PostgreSQL metadata store and the "
-            "s3 driver are not merged (use --backend interim)",
-            file=sys.stderr,
-        )
-        return 2
     if shutil.which("haproxy") is None:
         print("haproxy is not installed: apt-get install -y haproxy", file=sys.stderr)
         return 2
     # The e2e suite's harness, so both measure the same topology.
-    from tests.topology import Topology, interim_backend
+    from tests.topology import Topology
 
     params = Params.quick() if args.quick else Params()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     keep = args.record if args.record is not None else not args.quick
     started = dt.datetime.now(dt.UTC)
     records: list[Record] = []
-    with tempfile.TemporaryDirectory(prefix="perf-scaled-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="perf-scaled-") as tmp, ExitStack() as servers:
         directory = Path(tmp)
+        backend, single_settings = backends(args.backend, directory, servers)
         topology = Topology(
-            directory / "topology",
-            interim_backend(directory / "backend"),
-            instances=2,
-            workers=args.workers,
-            env=SETTINGS,
+            directory / "topology", backend, instances=2, workers=args.workers, env=SETTINGS
         )
-        single = Dockyard(workers=args.workers, settings=SETTINGS)
+        single = Dockyard(workers=args.workers, settings={**SETTINGS, **single_settings})
         try:
             topology.start()
             single.start()
@@ -104,10 +103,47 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+def backends(kind: str, directory: Path, servers: ExitStack) -> tuple[Backend, dict[str, str]]:
+    """A's backend and B's settings (a backend of its own, the same kind); servers the
+    backends need are started on ``servers``."""
+    # The e2e suite's harness and servers, so both measure the same topology.
+    from tests.topology import interim_backend, pg_s3_backend
+
+    if kind == "interim":
+        return interim_backend(directory / "backend"), {}
+    from tests.pgserver import PostgresServer, postgres_bin_dir
+    from tests.seaweed import SeaweedServer
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL is not installed: apt-get install -y postgresql")
+    postgres = PostgresServer(bin_dir).start()
+    servers.callback(postgres.stop)
+    seaweed = servers.enter_context(SeaweedServer(directory / "seaweed"))
+    a = pg_s3_backend(
+        directory / "backend",
+        postgres.new_database(),
+        seaweed,
+        seaweed.new_bucket("perf-a"),
+        relayed=False,
+    )
+    b = pg_s3_backend(
+        directory / "single",
+        postgres.new_database(),
+        seaweed,
+        seaweed.new_bucket("perf-b"),
+        relayed=False,
+    )
+    return a, {**b.env, **b.instance_env(0)}
+
+
 def setup_line(backend: str, workers: int, repeats: int) -> str:
     what: dict[str, Any] = {
         "interim": "one SQLite file and one blob directory on the local disk, shared "
         "(the interim until PostgreSQL + S3)",
+        "pg-s3": "one PostgreSQL database (a local temporary cluster, fsync off) and one "
+        "S3 bucket on SeaweedFS (`weed server -s3`, local), both over loopback TCP; their "
+        "CPU is not counted",
     }
     return (
         f"A: two `dockyard serve --workers {workers}` instances behind haproxy (round "

@@ -40,6 +40,7 @@ from dockyard.meta.records import StoredEvent
 from dockyard.services import Services, build
 from tests.fakegcs import fake_gcs as fake_gcs  # the session's fake-gcs-server (gcs tests)
 from tests.pgserver import PostgresServer, require_postgres
+from tests.seaweed import SeaweedServer
 
 if TYPE_CHECKING:
     from tests.azurite import AzuriteServer
@@ -77,6 +78,18 @@ def postgres_server() -> Iterator[PostgresServer]:
     """One real PostgreSQL for the session (tests/pgserver.py); skipped (failed in CI)
     when it is not installed."""
     server = PostgresServer(require_postgres()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """One real SeaweedFS S3 gateway for the session (tests/seaweed.py); each test (or
+    store) makes its own bucket with ``new_bucket()``. Skipped (failed in CI) when the
+    ``weed`` binary is not installed."""
+    server = SeaweedServer().start()
     try:
         yield server
     finally:

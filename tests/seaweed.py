@@ -3,8 +3,8 @@
 ``SeaweedServer`` starts master, volume, filer and S3 gateway in one child process on
 free loopback ports, with its data in a temporary directory and an S3 identity whose
 access and secret keys are generated here, so every request is really signed. Start it
-once per test session (``seaweed_server`` fixture in ``tests/conftest.py`` style
-modules) and give each test its own bucket (``new_bucket()``).
+once per test session (the ``seaweed`` fixture in ``tests/conftest.py``) and give each
+test its own bucket (``new_bucket()``).
 
 Known on 4.48: listings with a delimiter keep showing a deleted prefix for some seconds
 (the driver lists flat); the filer's and gateway's unix sockets go to /tmp whatever

@@ -37,15 +37,6 @@ from tests.storage_conformance import (
 from tests.tools import require_tool
 
 
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[SeaweedServer]:
-    server = SeaweedServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def s3_settings(seaweed: SeaweedServer, bucket: str, **overrides: Any) -> S3Settings:
     settings = S3Settings(
         bucket=bucket,

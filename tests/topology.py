@@ -6,11 +6,13 @@ from a ``Backend``: DOCKYARD_* settings every instance gets, plus the data direc
 instance is given. haproxy (Debian's) balances round robin with no stickiness and takes
 an instance out when its ``GET /readyz`` health check fails.
 
-``interim_backend`` is what the instances share until the PostgreSQL metadata store and
-the s3 driver are merged: ONE SQLite file and ONE filesystem data directory on the local
-disk, which each instance reaches through a symbolic link of its own (so one instance's
-view of the blob store can be broken alone). This is an interim: the target topology
-shares no local disk (PostgreSQL + an S3 store, plugged in as another ``Backend``).
+``pg_s3_backend`` is the target topology: the instances share a PostgreSQL database and
+an S3 bucket (SeaweedFS in the tests) and no local disk; each reaches both servers through
+``TcpRelay``s of its own, so one instance's path to either can be cut alone.
+``interim_backend`` (kept for comparison, e.g. ``perf.scaled --backend interim``) shares
+ONE SQLite file and ONE filesystem data directory on the local disk, which each instance
+reaches through a symbolic link of its own (so one instance's view of the blob store can
+be broken alone).
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from tests.serverproc import DockyardServer, free_port
+from tests.tcprelay import TcpRelay
 from tests.tools import require_tool
+
+if TYPE_CHECKING:
+    from tests.seaweed import SeaweedServer
 
 # haproxy's health checks: fast enough that a test sees an instance leave and rejoin
 # within a second or two.
@@ -56,6 +64,8 @@ class Backend:
     heal_storage: Callable[[int], None] | None = None
     break_database: Callable[[int], None] | None = None
     heal_database: Callable[[int], None] | None = None
+    # Called by ``Topology.stop`` once the instances are stopped (a backend's relays).
+    close: Callable[[], None] = lambda: None
 
 
 def interim_backend(directory: Path) -> Backend:
@@ -96,6 +106,82 @@ def interim_backend(directory: Path) -> Backend:
         view,
         break_storage=break_storage,
         heal_storage=heal_storage,
+    )
+
+
+def pg_s3_backend(
+    directory: Path,
+    postgres_url: str,
+    seaweed: SeaweedServer,
+    bucket: str,
+    relayed: bool = True,
+) -> Backend:
+    """An empty PostgreSQL database (``postgres_url``) and an S3 ``bucket`` on ``seaweed``
+    (SeaweedFS), shared; each instance has its own data directory under ``directory``, so
+    nothing is shared on the local disk.
+
+    Instance i reaches PostgreSQL and the S3 gateway through two ``TcpRelay``s of its own
+    (made when the instance is first configured): cutting one is a network partition
+    between that instance and that server, the others keep theirs. ``relayed=False``
+    connects them directly (perf.scaled: the relays' threads would cost CPU), and the
+    backend then cannot break anything."""
+    database = urlsplit(postgres_url)
+    storage = urlsplit(seaweed.endpoint)
+    assert database.hostname and database.port and storage.hostname and storage.port
+    relays: dict[tuple[str, int], TcpRelay] = {}
+
+    def relay(kind: str, index: int) -> TcpRelay:
+        key = (kind, index)
+        if key not in relays:
+            target = database if kind == "database" else storage
+            assert target.hostname and target.port
+            relays[key] = TcpRelay(target.hostname, target.port)
+        return relays[key]
+
+    def direct_env(index: int) -> dict[str, str]:
+        return {
+            "DOCKYARD_DATABASE_URL": postgres_url,
+            "DOCKYARD_STORAGE_S3_ENDPOINT": seaweed.endpoint,
+        }
+
+    def instance_env(index: int) -> dict[str, str]:
+        credentials, at, _ = database.netloc.rpartition("@")
+        netloc = f"{credentials}{at}{relay('database', index).address}"
+        return {
+            "DOCKYARD_DATABASE_URL": urlunsplit(database._replace(netloc=netloc)),
+            "DOCKYARD_STORAGE_S3_ENDPOINT": f"{storage.scheme}://{relay('storage', index).address}",
+        }
+
+    def data_dir(index: int) -> Path:
+        path = directory / f"instance-{index}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def close() -> None:
+        for r in relays.values():
+            r.stop()
+        relays.clear()
+
+    env = {
+        "DOCKYARD_STORAGE_DRIVER": "s3",
+        "DOCKYARD_STORAGE_S3_BUCKET": bucket,
+        "DOCKYARD_STORAGE_S3_REGION": seaweed.region,
+        "DOCKYARD_STORAGE_S3_ACCESS_KEY": seaweed.access_key,
+        "DOCKYARD_STORAGE_S3_SECRET_KEY": seaweed.secret_key,
+        "DOCKYARD_STORAGE_S3_PATH_STYLE": "true",
+    }
+    if not relayed:
+        return Backend("pg-s3", env, data_dir, instance_env=direct_env)
+    return Backend(
+        "pg-s3",
+        env,
+        data_dir,
+        instance_env=instance_env,
+        break_storage=lambda index: relay("storage", index).cut(),
+        heal_storage=lambda index: relay("storage", index).heal(),
+        break_database=lambda index: relay("database", index).cut(),
+        heal_database=lambda index: relay("database", index).heal(),
+        close=close,
     )
 
 
@@ -299,6 +385,7 @@ class Topology:
             self._haproxy = None
         for server in self.servers:
             server.stop()
+        self.backend.close()
 
     def tracebacks(self) -> list[str]:
         """The instances whose log holds an unhandled error."""

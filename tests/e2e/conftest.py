@@ -17,9 +17,11 @@ import trio
 
 from dockyard.meta.records import StoredEvent
 from dockyard.meta.sqlite import SQLiteMeta
+from tests.pgserver import PostgresServer
+from tests.seaweed import SeaweedServer
 from tests.serverproc import DockyardServer
 from tests.tools import require_tool
-from tests.topology import Topology, interim_backend
+from tests.topology import Topology, pg_s3_backend
 from tests.webhook_receiver import Receiver, hook, webhooks_toml
 
 TOOL_TIMEOUT = 120.0
@@ -170,18 +172,28 @@ def scaled_receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="session")
 def scaled(
-    tmp_path_factory: pytest.TempPathFactory, scaled_receiver: Receiver
+    tmp_path_factory: pytest.TempPathFactory,
+    scaled_receiver: Receiver,
+    postgres_server: PostgresServer,
+    seaweed: SeaweedServer,
 ) -> Iterator[Topology]:
-    """Two instances behind haproxy on the interim shared backend (one SQLite file, one
-    blob directory; the target, PostgreSQL + S3, is another ``Backend``)."""
+    """Two instances behind haproxy sharing a PostgreSQL database and an S3 bucket on
+    SeaweedFS, each through relays of its own (tests/topology.py ``pg_s3_backend``), no
+    local disk shared: issue 9's target topology."""
     directory = tmp_path_factory.mktemp("scaled")
+    backend = pg_s3_backend(
+        directory / "backend",
+        postgres_server.new_database(),
+        seaweed,
+        seaweed.new_bucket("scaled"),
+    )
     hooks = [
         hook(path, f"{scaled_receiver.url}/{path}", repositories=[SCALED_HOOK_REPOSITORIES])
         for path in ("a", "b")
     ]
     topology = Topology(
         directory,
-        interim_backend(directory / "backend"),
+        backend,
         instances=2,
         env={
             "DOCKYARD_EVENTS_PULL_FLUSH_INTERVAL": "0.05",
