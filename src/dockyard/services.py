@@ -38,6 +38,7 @@ from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
 from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
 from dockyard.meta.open import open_meta
+from dockyard.meta.records import StoreUnavailable
 from dockyard.meta.store import Database, MetadataStore
 from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
@@ -156,8 +157,8 @@ class Services:
                         purged.sessions,
                         purged.orphans,
                     )
-            except StorageError as e:
-                # The store is unreachable: /readyz says so too; not a bug in dockyard.
+            except (StorageError, StoreUnavailable) as e:
+                # The store or database is unreachable: /readyz says so too; not a bug.
                 log.warning("purging stale uploads failed: %s; will retry", e)
             except Exception:
                 log.exception("purging stale uploads failed; will retry")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
+from dockyard.events.outage import log_failure
 from dockyard.events.schema import EventFilter
 from dockyard.meta.records import StoredEvent
 from dockyard.meta.store import Database, EventWakeups
@@ -165,7 +166,7 @@ class EventHub:
                     wakeups.wait_for_events, WAKEUP_SLICE, abandon_on_cancel=True
                 )
             except Exception:
-                log.exception("waiting for event wake-ups failed; polling meanwhile")
+                log_failure(log, "waiting for event wake-ups failed; polling meanwhile")
                 await trio.sleep(RETRY_AFTER)
                 continue
             if woke:
@@ -195,7 +196,7 @@ class EventHub:
                 # A failed read (database busy or unavailable) must not end the hub: it
                 # runs in the worker's lifespan nursery, beside the pull-event writer.
                 # The cursor only moves past dispatched events, so a retry misses nothing.
-                log.exception("reading the event log failed; retrying")
+                log_failure(log, "reading the event log failed; retrying")
                 self._read_failures += 1
                 failed = True
             if self.cursor != before:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
+from dockyard.events.outage import log_failure
 from dockyard.meta.records import Event
 from dockyard.meta.store import Database
 
@@ -108,7 +109,7 @@ class PullEventWriter:
             with trio.CancelScope(shield=True):
                 await self._db.run(self._db.meta.append_events, batch)
         except Exception:
-            log.exception("writing %d pull events failed; they are dropped", len(batch))
+            log_failure(log, "writing %d pull events failed; they are dropped", len(batch))
             self._write_failures += 1
             self._failed += len(batch)
             return False

@@ -55,6 +55,7 @@ import trio
 from dockyard import __version__
 from dockyard.config import WebhookSettings
 from dockyard.events.hub import PAGE, EventHub
+from dockyard.events.outage import log_failure
 from dockyard.events.schema import (
     CLOUDEVENTS_MEDIA_TYPE,
     DISTRIBUTION_MEDIA_TYPE,
@@ -172,7 +173,7 @@ class WebhookDeliverer:
                 try:
                     cursor = await self._acquire(hook.name)
                 except Exception:
-                    log.exception("webhook %s: taking the lease failed; will retry", hook.name)
+                    log_failure(log, "webhook %s: taking the lease failed; will retry", hook.name)
                     cursor = None
                 if cursor is None:
                     await trio.sleep(IDLE_CHECK)
@@ -195,7 +196,7 @@ class WebhookDeliverer:
                 try:
                     await self.db.run(meta.webhook_release, hook.name, self.lease)
                 except Exception:  # it expires by itself
-                    log.exception("webhook %s: releasing the lease failed", hook.name)
+                    log_failure(log, "webhook %s: releasing the lease failed", hook.name)
 
     async def _acquire(self, name: str) -> int | None:
         """Take the lease if it is free or expired (a read first: standing by is cheap)."""
@@ -212,7 +213,7 @@ class WebhookDeliverer:
                     self.db.meta.webhook_renew, name, self.lease, self.lease_seconds
                 )
             except Exception:  # e.g. the database is busy: the next renewal may succeed
-                log.exception("webhook %s: renewing the lease failed", name)
+                log_failure(log, "webhook %s: renewing the lease failed", name)
                 continue
             if not held:
                 scope.cancel()
@@ -240,7 +241,7 @@ class WebhookDeliverer:
                         return
                     saved = handled
             except Exception:  # a bug or a database error: log it, keep the endpoint going
-                log.exception("webhook %s: delivery loop failed; retrying", name)
+                log_failure(log, "webhook %s: delivery loop failed; retrying", name)
                 await trio.sleep(IDLE_CHECK)
                 continue
             if rows:

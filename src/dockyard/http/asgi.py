@@ -29,7 +29,6 @@ from dockyard.http.bodyrate import BodyPace, BodyTooSlow, PacedReceive
 from dockyard.http.errors import (
     INTERNAL,
     NO_ENDPOINT,
-    STORAGE_UNAVAILABLE,
     entry_for,
     error_body,
     internal_error_body,
@@ -41,6 +40,7 @@ from dockyard.http.handlers.health import Health
 from dockyard.http.handlers.listing import Listing
 from dockyard.http.handlers.manifests import Manifests
 from dockyard.http.handlers.uploads import Uploads
+from dockyard.http.outage import database_failed, storage_failed
 from dockyard.http.request import (
     API_VERSION,
     ClientDisconnected,
@@ -57,9 +57,10 @@ from dockyard.http.request import (
 )
 from dockyard.http.routing import Route, Router, registry_routes
 from dockyard.http.websocket import no_endpoint
+from dockyard.meta.records import StoreUnavailable
 from dockyard.observability.record import Observer, RequestRecord
 from dockyard.observability.record import request_id as make_request_id
-from dockyard.storage import BlobNotFound, StorageError, UploadNotFound
+from dockyard.storage import StorageError
 
 log = logging.getLogger("dockyard.http")
 
@@ -281,7 +282,9 @@ class RegistryApp:
             )
             response = Response(408, _close_headers(scope))
         except StorageError as e:
-            response = _storage_failed(e, method, scope["path"], request_id)
+            response = storage_failed(e, method, scope["path"], request_id)
+        except StoreUnavailable as e:
+            response = database_failed(e, method, scope["path"], request_id)
         except Exception:
             log.exception("unhandled error in %s %s", method, scope["path"][:200])
             response = Response(
@@ -384,24 +387,3 @@ def _close_headers(scope: Scope_) -> list[tuple[str, str]]:
 
 
 __all__ = ["RegistryApp", "WebApp"]
-
-
-def _storage_failed(error: StorageError, method: str, path: str, request_id: str) -> Response:
-    """A storage failure the driver could not retry away: 503, so the client retries (here
-    or, behind a balancer, on another instance). Logged without a traceback (the driver's
-    message says what failed; an outage would flood the log), never with credentials
-    (drivers keep them out of their messages). Missing bytes that the metadata promised
-    are no outage: a logged 500."""
-    if isinstance(error, BlobNotFound | UploadNotFound):
-        log.exception("missing storage object in %s %s", method, path[:200])
-        entry, message, headers = INTERNAL, "internal error", []
-    else:
-        log.warning("storage failed in %s %s: %s", method, path[:200], error)
-        entry, message = STORAGE_UNAVAILABLE, "storage unavailable"
-        headers = [("retry-after", "1")]
-    return Response(
-        entry.status,
-        [("content-type", "application/json"), *headers],
-        internal_error_body(request_id, message),
-        error_code=entry.code.value if entry.code else None,
-    )

@@ -30,7 +30,8 @@ class StoreBusy(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """``migrate`` could not reach the database (the message names why, never a password)."""
+    """The database could not be reached: at ``migrate``, or (PostgreSQL) a call that lost
+    its connection or got none in time. The message names why, never a password."""
 
 
 @dataclass(frozen=True, slots=True)

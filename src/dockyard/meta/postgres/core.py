@@ -24,7 +24,8 @@ wakes the event hub of every worker and instance (``listen.py``).
 Inline reads (``inline_reads``, on the event loop thread) use one connection of their
 own per thread with a short ``statement_timeout``, opened by a helper thread (the loop
 waits for it at most that long); a timeout or a broken connection is ``StoreBusy`` and
-the call is retried in a worker thread.
+the call is retried in a worker thread. A pooled call that loses its connection, or gets
+none within ``busy_timeout``, raises ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dockyard.config.model import redact_url
 from dockyard.meta.postgres import migrations
@@ -148,13 +149,20 @@ class PostgresCore:
         with self._pooled() as conn:
             yield conn
 
-    def _pooled(self) -> AbstractContextManager[Conn]:
+    @contextmanager
+    def _pooled(self) -> Iterator[Conn]:
         if not self._pool_open:
             with self._lock:
                 if not self._pool_open and not self._closed:
                     self._pool.open()
                     self._pool_open = True
-        return self._pool.connection()
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            # The pool has seen the error (and dropped a broken connection); callers see
+            # one error type for "the database did not answer", an outage, not a bug.
+            raise StoreUnavailable(f"database unavailable: {type(e).__name__}: {e}") from e
 
     @contextmanager
     def inline_reads(self) -> Iterator[None]:
