@@ -1,6 +1,7 @@
 """The scaled topology end to end: two ``dockyard serve`` instances behind haproxy (round
-robin, no stickiness, /readyz health checks), sharing one backend (tests/topology.py;
-the interim one until PostgreSQL + S3 are plugged in).
+robin, no stickiness, /readyz health checks), sharing a PostgreSQL database and an S3
+bucket on SeaweedFS and no local disk (tests/topology.py ``pg_s3_backend``; each instance
+reaches both through relays of its own).
 
 - skopeo and podman push and pull through haproxy, their requests spread over both;
 - one chunked upload spread over both instances (POST on one, PATCHes alternating, PUT
@@ -10,8 +11,8 @@ the interim one until PostgreSQL + S3 are plugged in).
 - every instance's stale-upload janitor runs, and purges only what is stale;
 - kill -9 of an instance during a push: the client's retry through haproxy finishes it,
   nothing partial is visible, the restarted instance rejoins;
-- /readyz fails when an instance's blob store is unreachable, haproxy takes it out and
-  requests keep succeeding through the other.
+- /readyz fails when an instance's blob store or database is unreachable (its relay
+  cut), haproxy takes it out and requests keep succeeding through the other.
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ async def push_blob_to(url: str, repo: str, data: bytes) -> str:
         return str(r.headers["docker-content-digest"])
 
 
-# The feed's bound: the hub polls the shared log every events.poll_interval (25 ms).
+# The feed's bound: PostgreSQL's NOTIFY wakes the other instance's hub at once; a polled
+# backend (shared SQLite) reads every events.poll_interval (25 ms) and fits as well.
 FEED_MEDIAN_BOUND = 0.25
 FEED_MAX_BOUND = 1.0
 
@@ -509,7 +511,7 @@ def test_an_instance_that_loses_a_dependency_is_taken_out(
     if fault is None or heal is None:
         pytest.skip(
             f"the {backend.name} backend cannot take one instance's {dependency} away "
-            "(a relay per instance comes with PostgreSQL and S3)"
+            "(the pg-s3 backend's relays can)"
         )
     repo = f"scaled/ready-{dependency}"
     fault(0)
