@@ -19,7 +19,7 @@ INSTALL_HINTS = {
     "haproxy": "apt-get install -y haproxy",
     "prometheus": "apt-get install -y prometheus",
     "promtool": "apt-get install -y prometheus",
-    "azurite-blob": "apt-get install -y nodejs npm && npm install -g azurite@3.37.0",
+    "azurite-blob": "apt-get install -y nodejs npm && npm install -g azurite@3.35.0",
     "mmdebstrap": "apt-get install -y mmdebstrap",
     "runc": "apt-get install -y runc",
     "docker-compose": "apt-get install -y --no-install-recommends docker-compose",
