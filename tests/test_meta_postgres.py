@@ -198,6 +198,7 @@ def test_inline_read_gives_up_on_a_server_that_stops_answering(meta: PostgresMet
         assert found is not None and found.digest == digest("m")
         assert meta.get_tagged_manifest("repo", "v2") is None
         assert meta.get_manifest("repo", digest("other")) is None
+        assert meta.get_tagged_manifest("repo", "v1\x00x") is None  # not cut to "v1"
     conn = meta._local.inline_conn
     backend = conn.info.backend_pid
     os.kill(backend, signal.SIGSTOP)

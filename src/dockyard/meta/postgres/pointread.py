@@ -40,6 +40,10 @@ def read_row(
 ) -> Row | None:
     """The statement's first row (None if none); ``prepared`` holds the names prepared on
     ``conn`` so far. Any failure is ``psycopg.OperationalError``."""
+    if any("\x00" in p for p in params):
+        # libpq would cut a text parameter at the NUL (and match "v1" for "v1\0x");
+        # PostgreSQL text cannot hold one, so no row can match.
+        return None
     pgconn = conn.pgconn
     deadline = time.monotonic() + timeout
     try:
