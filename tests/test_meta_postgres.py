@@ -183,6 +183,50 @@ def test_inline_read_of_a_broken_connection_is_store_busy(meta: PostgresMeta) ->
     assert meta.linked_blob_size("repo", digest("a")) == 3
 
 
+def test_inline_read_gives_up_on_a_server_that_stops_answering(meta: PostgresMeta) -> None:
+    """A hung database server (its process stopped; the kernel still takes the bytes):
+    statement_timeout cannot fire, so the event loop's own deadline must."""
+    import os
+    import signal
+
+    from dockyard.meta.postgres.core import INLINE_BACKOFF, INLINE_DEADLINE
+    from dockyard.meta.records import StoreBusy
+
+    meta.put_manifest(manifest("repo", "m", tags=["v1"]), [])
+    with meta.inline_reads():
+        found = meta.get_tagged_manifest("repo", "v1")
+        assert found is not None and found.digest == digest("m")
+        assert meta.get_tagged_manifest("repo", "v2") is None
+        assert meta.get_manifest("repo", digest("other")) is None
+        assert meta.get_tagged_manifest("repo", "v1\x00x") is None  # not cut to "v1"
+    conn = meta._local.inline_conn
+    backend = conn.info.backend_pid
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreBusy), meta.inline_reads():
+            meta.get_tagged_manifest("repo", "v1")
+        waited = time.monotonic() - started
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert INLINE_DEADLINE * 0.9 < waited < INLINE_DEADLINE + 1.0
+    assert conn.closed  # its statement may still be in flight: never reused
+    # The retry in a worker thread answers; after the back-off a new inline connection
+    # prepares its statements again.
+    assert meta.get_tagged_manifest("repo", "v1") == found
+    time.sleep(INLINE_BACKOFF + 0.1)
+    for _ in range(50):
+        try:
+            with meta.inline_reads():
+                assert meta.get_tagged_manifest("repo", "v1") == found
+            break
+        except StoreBusy:  # still connecting in its helper thread
+            time.sleep(0.05)
+    else:
+        pytest.fail("inline reads did not come back")
+    assert meta._local.inline_conn is not conn
+
+
 def test_wait_for_events_wakes_on_another_handles_commit(meta: PostgresMeta, pg_url: str) -> None:
     other = PostgresMeta(pg_url)
     other.migrate()

@@ -24,8 +24,10 @@ wakes the event hub of every worker and instance (``listen.py``).
 Inline reads (``inline_reads``, on the event loop thread) use one connection of their
 own per thread with a short ``statement_timeout``, opened by a helper thread (the loop
 waits for it at most that long); a timeout or a broken connection is ``StoreBusy`` and
-the call is retried in a worker thread. A pooled call that loses its connection, or gets
-none within ``busy_timeout``, raises ``StoreUnavailable``.
+the call is retried in a worker thread. The hottest of them (manifest and blob lookups
+for HEAD/GET) go through ``pointread.py``: a statement prepared once per connection,
+driven through libpq without psycopg's per-call layers. A pooled call that loses its
+connection, or gets none within ``busy_timeout``, raises ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dockyard.config.model import redact_url
 from dockyard.meta.postgres import migrations
+from dockyard.meta.postgres.pointread import Row, Statement, read_row
 from dockyard.meta.records import Event, StoreBusy, StoreUnavailable
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -51,6 +54,9 @@ EVENTS_CHANNEL = "dockyard_events"
 # thread; after a failed one, inline reads go straight to worker threads for a while.
 INLINE_TIMEOUT = 0.2
 INLINE_BACKOFF = 1.0
+# The longest an inline read waits for an answer on the client side (the server's
+# statement_timeout, INLINE_TIMEOUT, fires first while the server is alive).
+INLINE_DEADLINE = 0.5
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 
 
@@ -120,6 +126,7 @@ class PostgresCore:
             self._inline_failed_at = time.monotonic()
             raise StoreBusy("the inline connection failed")
         self._local.inline_conn = conn
+        self._local.prepared = set()  # statement names prepared on it (pointread.py)
         return conn
 
     def _connect_inline(self, box: list[Conn | None]) -> None:
@@ -138,6 +145,15 @@ class PostgresCore:
                 return
             self._inline.append(conn)
         box.append(conn)
+
+    def _inline_active(self) -> bool:
+        return bool(getattr(self._local, "inline", False))
+
+    def _inline_row(self, statement: Statement, params: Sequence[str]) -> Row | None:
+        """Inside ``inline_reads``: one row of a prepared statement, on this thread's
+        inline connection, the wait bounded by ``INLINE_DEADLINE``."""
+        conn = self._inline_conn()
+        return read_row(conn, self._local.prepared, statement, params, INLINE_DEADLINE)
 
     @contextmanager
     def _read(self) -> Iterator[Conn]:
