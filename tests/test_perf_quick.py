@@ -36,6 +36,8 @@ from perf.scaled import main as perf_scaled
 from perf.scenarios import Events, Params, Record, Target
 from perf.servers import PULL_EVENTS_OFF, DiscardServer
 
+from tests.pgserver import require_postgres
+from tests.seaweed import weed_binary
 from tests.serverproc import DockyardServer
 from tests.tools import require_tool
 
@@ -459,17 +461,16 @@ def test_auth_table_ratios() -> None:
     assert "| 0.900 [0.90, 0.95, 0.80] | 0.909 |" in rows["token"]
 
 
+@pytest.mark.parametrize("backend", ["interim", "pg-s3"])
 def test_perf_scaled_runs_both_scenarios_through_the_topology(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], backend: str
 ) -> None:
     require_tool("haproxy")
-    assert perf_scaled(["--quick", "--no-record"]) == 0  # 1: an operation failed
+    if backend == "pg-s3":
+        require_postgres()
+        weed_binary()
+    assert perf_scaled(["--quick", "--no-record", "--backend", backend]) == 0  # 1: a failure
     out = capsys.readouterr().out
     assert "| A: 2 instances + haproxy | B: 1 instance |" in out
     for scenario, case in (("ci-storm", "push"), ("pull-storm", "pull")):
         assert f"| {scenario} | {case} | images_s" in out
-
-
-def test_perf_scaled_says_pg_s3_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert perf_scaled(["--backend", "pg-s3"]) == 2
-    assert "not available yet" in capsys.readouterr().err
