@@ -1,9 +1,11 @@
-"""Leases on SQLite rows: one holder at a time, until it releases or its lease expires.
+"""Leases on table rows: one holder at a time, until it releases or its lease expires.
 
 Upload sessions (``uploads``, keyed by ``id``) and webhook endpoints (``webhook_cursors``,
 keyed by ``name``) both carry ``lease`` (the holder's token, or NULL) and
 ``lease_expires`` (seconds since the epoch). These functions are the only SQL that takes,
 renews and frees those two columns; each runs inside the caller's write transaction.
+The statements are written once and bound to a dialect's parameter mark: ``SQLITE`` here
+(and the module-level functions, its methods), ``meta/postgres/leases.py`` PostgreSQL's.
 
 Invariants:
 
@@ -19,9 +21,8 @@ Invariants:
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 SEPARATOR = "/"
 
@@ -38,73 +39,107 @@ class LeasedTable:
 UPLOADS = LeasedTable("uploads", "id", touched="touched")
 WEBHOOKS = LeasedTable("webhook_cursors", "name")
 
-# Who may take a row; binds (lease, now).
-_TAKEABLE = "(lease IS NULL OR lease = ? OR lease_expires < ?)"
+
+class Cursor(Protocol):
+    """What both drivers' cursors offer (sqlite3's and psycopg's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
 
 
-def take(
-    conn: sqlite3.Connection,
-    t: LeasedTable,
-    key: str,
-    lease: str,
-    seconds: float,
-    now: float,
-    *,
-    where: str = "",
-    args: tuple[Any, ...] = (),
-    returning: str | None = None,
-) -> sqlite3.Cursor:
-    """Give row ``key`` to ``lease`` for ``seconds`` if it can be taken and ``where`` (an
-    extra ``AND`` condition binding ``args``) holds. The cursor's ``rowcount`` is 1 on
-    success, and with ``returning`` it yields that column of the taken row."""
-    touch = f", {t.touched} = ?" if t.touched else ""
-    touch_args: tuple[Any, ...] = (now,) if t.touched else ()
-    sql = (
-        f"UPDATE {t.table} SET lease = ?, lease_expires = ?{touch}"
-        f" WHERE {t.key} = ? AND {_TAKEABLE}{where}"
-    )
-    if returning is not None:
-        sql += f" RETURNING {returning}"
-    return conn.execute(sql, (lease, now + seconds, *touch_args, key, lease, now, *args))
+class Connection(Protocol):
+    """What both drivers' connections offer: sqlite3's and psycopg's ``execute``."""
+
+    def execute(self, sql: Any, parameters: Any, /) -> Cursor: ...
 
 
-def takeable(conn: sqlite3.Connection, t: LeasedTable, key: str, lease: str, now: float) -> bool:
-    """Whether ``take`` would succeed now (a read: cheap to ask often)."""
-    row = conn.execute(
-        f"SELECT 1 FROM {t.table} WHERE {t.key} = ? AND {_TAKEABLE}", (key, lease, now)
-    ).fetchone()
-    return row is not None
+@dataclass(frozen=True, slots=True)
+class LeaseSQL:
+    """The lease statements in one dialect: ``mark`` is its parameter placeholder, and
+    ``of_instance`` its condition that ``lease`` is exactly a token of an instance (binds
+    prefix length, prefix, prefix length + 1, separator)."""
+
+    mark: str
+    of_instance: str
+
+    def _takeable(self) -> str:
+        # Who may take a row; binds (lease, now).
+        return f"(lease IS NULL OR lease = {self.mark} OR lease_expires < {self.mark})"
+
+    def take(
+        self,
+        conn: Connection,
+        t: LeasedTable,
+        key: str,
+        lease: str,
+        seconds: float,
+        now: float,
+        *,
+        where: str = "",
+        args: tuple[Any, ...] = (),
+        returning: str | None = None,
+    ) -> Cursor:
+        """Give row ``key`` to ``lease`` for ``seconds`` if it can be taken and ``where`` (an
+        extra ``AND`` condition binding ``args``) holds. The cursor's ``rowcount`` is 1 on
+        success, and with ``returning`` it yields that column of the taken row."""
+        m = self.mark
+        touch = f", {t.touched} = {m}" if t.touched else ""
+        touch_args: tuple[Any, ...] = (now,) if t.touched else ()
+        sql = (
+            f"UPDATE {t.table} SET lease = {m}, lease_expires = {m}{touch}"
+            f" WHERE {t.key} = {m} AND {self._takeable()}{where}"
+        )
+        if returning is not None:
+            sql += f" RETURNING {returning}"
+        return conn.execute(sql, (lease, now + seconds, *touch_args, key, lease, now, *args))
+
+    def takeable(self, conn: Connection, t: LeasedTable, key: str, lease: str, now: float) -> bool:
+        """Whether ``take`` would succeed now (a read: cheap to ask often)."""
+        row = conn.execute(
+            f"SELECT 1 FROM {t.table} WHERE {t.key} = {self.mark} AND {self._takeable()}",
+            (key, lease, now),
+        ).fetchone()
+        return row is not None
+
+    def renew(
+        self, conn: Connection, t: LeasedTable, key: str, lease: str, seconds: float, now: float
+    ) -> bool:
+        """Extend the holder's lease to ``now + seconds``; False if ``lease`` is not the
+        holder."""
+        m = self.mark
+        touch = f", {t.touched} = {m}" if t.touched else ""
+        touch_args: tuple[Any, ...] = (now,) if t.touched else ()
+        cur = conn.execute(
+            f"UPDATE {t.table} SET lease_expires = {m}{touch} WHERE {t.key} = {m} AND lease = {m}",
+            (now + seconds, *touch_args, key, lease),
+        )
+        return cur.rowcount == 1
+
+    def release(self, conn: Connection, t: LeasedTable, key: str, lease: str) -> None:
+        """Free the row if ``lease`` holds it (otherwise do nothing)."""
+        conn.execute(
+            f"UPDATE {t.table} SET lease = NULL, lease_expires = NULL"
+            f" WHERE {t.key} = {self.mark} AND lease = {self.mark}",
+            (key, lease),
+        )
+
+    def release_of(self, conn: Connection, t: LeasedTable, instance: str) -> int:
+        """Free every lease of ``instance`` (an earlier run of it cannot still be using them);
+        the number freed. Exact, not ``LIKE``: there ``_`` and ``%`` are wildcards and ASCII
+        letters match either case, which freed other instances' live leases."""
+        prefix = instance + SEPARATOR
+        cur = conn.execute(
+            f"UPDATE {t.table} SET lease = NULL, lease_expires = NULL WHERE {self.of_instance}",
+            (len(prefix), prefix, len(prefix) + 1, SEPARATOR),
+        )
+        return cur.rowcount
 
 
-def renew(
-    conn: sqlite3.Connection, t: LeasedTable, key: str, lease: str, seconds: float, now: float
-) -> bool:
-    """Extend the holder's lease to ``now + seconds``; False if ``lease`` is not the holder."""
-    touch = f", {t.touched} = ?" if t.touched else ""
-    touch_args: tuple[Any, ...] = (now,) if t.touched else ()
-    cur = conn.execute(
-        f"UPDATE {t.table} SET lease_expires = ?{touch} WHERE {t.key} = ? AND lease = ?",
-        (now + seconds, *touch_args, key, lease),
-    )
-    return cur.rowcount == 1
-
-
-def release(conn: sqlite3.Connection, t: LeasedTable, key: str, lease: str) -> None:
-    """Free the row if ``lease`` holds it (otherwise do nothing)."""
-    conn.execute(
-        f"UPDATE {t.table} SET lease = NULL, lease_expires = NULL WHERE {t.key} = ? AND lease = ?",
-        (key, lease),
-    )
-
-
-def release_of(conn: sqlite3.Connection, t: LeasedTable, instance: str) -> int:
-    """Free every lease of ``instance`` (an earlier run of it cannot still be using them);
-    the number freed. Exact, not ``LIKE``: there ``_`` and ``%`` are wildcards and ASCII
-    letters match either case, which freed other instances' live leases."""
-    prefix = instance + SEPARATOR
-    cur = conn.execute(
-        f"UPDATE {t.table} SET lease = NULL, lease_expires = NULL"
-        " WHERE substr(lease, 1, ?) = ? AND instr(substr(lease, ?), ?) = 0",
-        (len(prefix), prefix, len(prefix) + 1, SEPARATOR),
-    )
-    return cur.rowcount
+SQLITE = LeaseSQL("?", "substr(lease, 1, ?) = ? AND instr(substr(lease, ?), ?) = 0")
+take = SQLITE.take
+takeable = SQLITE.takeable
+renew = SQLITE.renew
+release = SQLITE.release
+release_of = SQLITE.release_of
