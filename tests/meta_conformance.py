@@ -143,6 +143,24 @@ class MetaConformance:
         other.close()
         assert store.shared_secret("signing", b"ignored") == b"other key"
 
+    def test_job_lease_one_holder_across_handles(
+        self, store: MetadataStore, make_store: MakeStore, clock: Clock
+    ) -> None:
+        other = make_store(clock)
+        assert store.job_acquire("gc", "a/1", 30)
+        assert not other.job_acquire("gc", "b/1", 30)
+        assert other.job_acquire("retention", "b/1", 30)  # another job is its own lease
+        assert store.job_acquire("gc", "a/1", 30)  # the holder may take it again
+        assert store.job_renew("gc", "a/1", 30) and not other.job_renew("gc", "b/1", 30)
+        clock.advance(31)
+        assert other.job_acquire("gc", "b/1", 30)  # expired: taken over
+        assert not store.job_renew("gc", "a/1", 30)
+        store.job_release("gc", "a/1")  # not the holder: nothing changes
+        assert not store.job_acquire("gc", "a/1", 30)
+        other.job_release("gc", "b/1")
+        assert store.job_acquire("gc", "a/1", 30)
+        other.close()
+
     def test_starts_empty(self, store: MetadataStore) -> None:
         assert store.list_repositories(None, 10) == []
         assert store.repository_exists("repo") is False

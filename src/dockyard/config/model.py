@@ -339,6 +339,49 @@ class WebhookSettings:
     backoff_max: float = 60.0
 
 
+@dataclass
+class GcSettings:
+    # Seconds after a blob's upload or link, or a manifest's push, during which garbage
+    # collection leaves it alone: the window between a CI job's layer uploads and its
+    # manifest PUT (docs/gc.md).
+    grace_period: float = 3600.0
+    # Seconds between collections run by the server itself (0: only `dockyard gc`).
+    interval: float = 0.0
+    # Also list the storage for bytes that have no metadata at all (slow on object stores).
+    walk_storage: bool = False
+    # Rows deleted per transaction: small enough that pushes never wait long for one.
+    batch_size: int = 500
+    # Seconds the collector's lease lasts unless renewed (one collector at a time).
+    lease_seconds: float = 60.0
+
+
+@dataclass
+class RetentionPolicy:
+    # Repository globs ("*" matches "/"); the first policy that matches a repository applies.
+    repositories: list[str] = field(default_factory=list)
+    # Keep the N most recently pushed tags (0: no such rule).
+    keep_last: int = 0
+    # Tags matching any of these regular expressions (whole tag) are always kept.
+    keep_tags: list[str] = field(default_factory=list)
+    # Delete tags pushed more than this many days ago (0: no such rule).
+    delete_older_than_days: float = 0.0
+    # Delete tags not pulled for this many days, counted from the push if never pulled.
+    delete_unpulled_days: float = 0.0
+    # Garbage collection deletes untagged manifests pushed more than this many days ago
+    # (0: untagged manifests are kept).
+    delete_untagged_days: float = 0.0
+    # Tags matching these regular expressions are immutable: no push may move them, no
+    # policy and no DELETE may remove them.
+    immutable_tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetentionSettings:
+    # Seconds between policy runs by the server itself (0: only `dockyard retention run`).
+    interval: float = 0.0
+    policies: list[RetentionPolicy] = field(default_factory=list)
+
+
 TLS_VERSIONS = ("1.2", "1.3")
 CLIENT_AUTH_MODES = ("none", "optional", "required")
 # Action classes of network lists and rate limits (auth/network.py, auth/limits.py).
@@ -424,6 +467,8 @@ class Settings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     webhooks: list[WebhookSettings] = field(default_factory=list)
     access: list[AccessSettings] = field(default_factory=list)
 

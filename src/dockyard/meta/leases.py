@@ -1,7 +1,8 @@
 """Leases on table rows: one holder at a time, until it releases or its lease expires.
 
-Upload sessions (``uploads``, keyed by ``id``) and webhook endpoints (``webhook_cursors``,
-keyed by ``name``) both carry ``lease`` (the holder's token, or NULL) and
+Upload sessions (``uploads``, keyed by ``id``), webhook endpoints (``webhook_cursors``,
+keyed by ``name``) and jobs that run once at a time across instances (``job_leases``,
+keyed by name: garbage collection, retention) all carry ``lease`` (the holder's token, or NULL) and
 ``lease_expires`` (seconds since the epoch). These functions are the only SQL that takes,
 renews and frees those two columns; each runs inside the caller's write transaction.
 The statements are written once and bound to a dialect's parameter mark: ``SQLITE`` here
@@ -21,6 +22,8 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +41,7 @@ class LeasedTable:
 
 UPLOADS = LeasedTable("uploads", "id", touched="touched")
 WEBHOOKS = LeasedTable("webhook_cursors", "name")
+JOBS = LeasedTable("job_leases", "name")
 
 
 class Cursor(Protocol):
@@ -95,6 +99,13 @@ class LeaseSQL:
             sql += f" RETURNING {returning}"
         return conn.execute(sql, (lease, now + seconds, *touch_args, key, lease, now, *args))
 
+    def ensure(self, conn: Connection, t: LeasedTable, key: str) -> None:
+        """Create row ``key``, free, if it does not exist (for tables whose other columns
+        may be NULL: ``job_leases``)."""
+        conn.execute(
+            f"INSERT INTO {t.table} ({t.key}) VALUES ({self.mark}) ON CONFLICT DO NOTHING", (key,)
+        )
+
     def takeable(self, conn: Connection, t: LeasedTable, key: str, lease: str, now: float) -> bool:
         """Whether ``take`` would succeed now (a read: cheap to ask often)."""
         row = conn.execute(
@@ -139,7 +150,33 @@ class LeaseSQL:
 
 SQLITE = LeaseSQL("?", "substr(lease, 1, ?) = ? AND instr(substr(lease, ?), ?) = 0")
 take = SQLITE.take
+ensure = SQLITE.ensure
 takeable = SQLITE.takeable
 renew = SQLITE.renew
 release = SQLITE.release
 release_of = SQLITE.release_of
+
+
+class JobLeases:
+    """The job-lease methods of a store (``meta/store.py`` ``Jobs``), written once over the
+    store's dialect (``lease_sql``), write transaction and clock."""
+
+    lease_sql: LeaseSQL
+    _clock: Callable[[], float]
+
+    def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def job_acquire(self, name: str, lease: str, seconds: float) -> bool:
+        with self._write() as conn:
+            self.lease_sql.ensure(conn, JOBS, name)
+            now = self._clock()
+            return self.lease_sql.take(conn, JOBS, name, lease, seconds, now).rowcount == 1
+
+    def job_renew(self, name: str, lease: str, seconds: float) -> bool:
+        with self._write() as conn:
+            return self.lease_sql.renew(conn, JOBS, name, lease, seconds, self._clock())
+
+    def job_release(self, name: str, lease: str) -> None:
+        with self._write() as conn:
+            self.lease_sql.release(conn, JOBS, name, lease)

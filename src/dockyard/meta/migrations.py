@@ -24,6 +24,17 @@ Schema after the last migration::
                                                           events given up on; redeliver=1
                                                           asks the deliverer to try again
     secrets(name PK, value, created)                      keys every instance shares
+    blobs.touched, manifests.touched                      last time a push, link or mount
+                                                          relied on the row: garbage
+                                                          collection spares it for the
+                                                          grace period after (docs/gc.md)
+    tags.pulled, manifests.pulled                         last pull (retention)
+    blob_deletions(digest PK, marked)                     blobs whose rows are gone and whose
+                                                          bytes are being deleted; no upload
+                                                          may rely on stored bytes of these
+    job_leases(name PK, lease, lease_expires)             one holder at a time of a job
+                                                          (gc, retention) across instances
+    events_by_ts                                          pruning and the dashboard's windows
 """
 
 from __future__ import annotations
@@ -138,6 +149,26 @@ MIGRATIONS: tuple[str, ...] = (
         value BLOB NOT NULL,
         created REAL NOT NULL
     );
+    """,
+    # 5: garbage collection, retention and event pruning (docs/gc.md). NULL touched means
+    # "never relied on since created/pushed".
+    """
+    ALTER TABLE blobs ADD COLUMN touched REAL;
+    UPDATE blobs SET touched = created;
+    ALTER TABLE manifests ADD COLUMN touched REAL;
+    UPDATE manifests SET touched = pushed;
+    ALTER TABLE manifests ADD COLUMN pulled REAL;
+    ALTER TABLE tags ADD COLUMN pulled REAL;
+    CREATE TABLE blob_deletions (
+        digest TEXT PRIMARY KEY,
+        marked REAL NOT NULL
+    );
+    CREATE TABLE job_leases (
+        name TEXT PRIMARY KEY,
+        lease TEXT,
+        lease_expires REAL
+    );
+    CREATE INDEX events_by_ts ON events(ts);
     """,
 )
 

@@ -245,9 +245,22 @@ class SharedSecrets(Protocol):
         secret to copy between machines."""
 
 
+class Jobs(Protocol):
+    """Leases on named jobs (``gc``, ``retention``, ``prune``): one holder at a time across
+    every worker and instance, until it releases or stops renewing (``meta/leases.py``)."""
+
+    def job_acquire(self, name: str, lease: str, seconds: float) -> bool:
+        """Take (or extend) the job's lease if it is free, expired or ``lease``'s already."""
+
+    def job_renew(self, name: str, lease: str, seconds: float) -> bool: ...
+
+    def job_release(self, name: str, lease: str) -> None: ...
+
+
 class MetadataStore(
     Lifecycle,
     SharedSecrets,
+    Jobs,
     Repositories,
     BlobLinks,
     Manifests,

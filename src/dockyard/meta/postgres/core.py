@@ -43,7 +43,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dockyard.config.model import redact_url
+from dockyard.meta.leases import JobLeases
 from dockyard.meta.postgres import migrations
+from dockyard.meta.postgres.leases import POSTGRES
 from dockyard.meta.postgres.pointread import Row, Statement, read_row
 from dockyard.meta.records import Event, StoreBusy, StoreUnavailable
 
@@ -60,7 +62,9 @@ INLINE_DEADLINE = 0.5
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 
 
-class PostgresCore:
+class PostgresCore(JobLeases):
+    lease_sql = POSTGRES
+
     def __init__(
         self,
         url: str,

@@ -12,6 +12,7 @@ from dockyard.meta.leases import LeaseSQL
 
 POSTGRES = LeaseSQL("%s", "left(lease, %s::int) = %s AND strpos(substr(lease, %s::int), %s) = 0")
 take = POSTGRES.take
+ensure = POSTGRES.ensure
 takeable = POSTGRES.takeable
 renew = POSTGRES.renew
 release = POSTGRES.release

@@ -136,6 +136,25 @@ MIGRATIONS: tuple[str, ...] = (
         created DOUBLE PRECISION NOT NULL
     );
     """,
+    # 5: garbage collection, retention and event pruning (docs/gc.md).
+    """
+    ALTER TABLE blobs ADD COLUMN touched DOUBLE PRECISION;
+    UPDATE blobs SET touched = created;
+    ALTER TABLE manifests ADD COLUMN touched DOUBLE PRECISION;
+    UPDATE manifests SET touched = pushed;
+    ALTER TABLE manifests ADD COLUMN pulled DOUBLE PRECISION;
+    ALTER TABLE tags ADD COLUMN pulled DOUBLE PRECISION;
+    CREATE TABLE blob_deletions (
+        digest TEXT COLLATE "C" PRIMARY KEY,
+        marked DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE job_leases (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        lease TEXT COLLATE "C",
+        lease_expires DOUBLE PRECISION
+    );
+    CREATE INDEX events_by_ts ON events(ts);
+    """,
 )
 
 

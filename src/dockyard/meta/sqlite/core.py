@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dockyard.meta import migrations
+from dockyard.meta.leases import SQLITE, JobLeases
 from dockyard.meta.records import Event, StoreBusy
 
 # Seconds an inline read (on the event loop) waits for a lock before it is retried in a
@@ -30,7 +31,9 @@ from dockyard.meta.records import Event, StoreBusy
 INLINE_BUSY_TIMEOUT = 0.05
 
 
-class SQLiteCore:
+class SQLiteCore(JobLeases):
+    lease_sql = SQLITE
+
     def __init__(
         self, path: Path, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time
     ) -> None:
