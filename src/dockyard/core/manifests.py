@@ -10,6 +10,9 @@ Invariants:
   digest reference must match it.
 - Delete and untag events name the manifest's media type and size, read before the
   change: a digest names one content, so what was read describes what is deleted.
+- An immutable tag (``immutable``: the repository's retention policy) is never moved to
+  another digest nor deleted, by tag or with its manifest: the store checks the tag rows
+  in the change's own transaction (``TagImmutable``), answered as ``Denied``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dockyard.core.common import (
     parse_digest,
 )
 from dockyard.core.errors import (
+    Denied,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -33,7 +37,7 @@ from dockyard.core.errors import (
     TagInvalid,
 )
 from dockyard.events.pulls import PullEventWriter
-from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
+from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord, TagImmutable
 from dockyard.meta.store import Database
 from dockyard.oci.digest import Digest, DigestError, digest_of
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
@@ -42,13 +46,30 @@ from dockyard.oci.names import ReferenceError_, is_valid_tag, parse_reference
 # Names read at a time when the catalog is filtered (a caller who may pull few of many).
 CATALOG_BATCH = 500
 
+# A repository's "is this tag immutable" predicate, or None when none of its tags is.
+ImmutableTags = Callable[[str], Callable[[str], bool] | None]
+
+
+def _immutable_denied(repository: str, tag: str) -> Denied:
+    return Denied(f"tag {tag} is immutable in {repository} (retention policy)")
+
 
 class Manifests:
-    def __init__(self, db: Database, pulls: PullEventWriter, events: EventMaker) -> None:
+    def __init__(
+        self,
+        db: Database,
+        pulls: PullEventWriter,
+        events: EventMaker,
+        immutable: ImmutableTags | None = None,
+    ) -> None:
         self.db = db
         self.meta = db.meta
         self.pulls = pulls
         self._event = events
+        self._immutable = immutable
+
+    def _immutable_of(self, repository: str) -> Callable[[str], bool] | None:
+        return self._immutable(repository) if self._immutable is not None else None
 
     async def get_manifest(
         self,
@@ -161,26 +182,32 @@ class Manifests:
             artifactType=artifact_type,
             subject=subject,
         )
-        await self.db.run(
-            self.meta.put_manifest,
-            NewManifest(
-                repository,
-                str(digest),
-                manifest.media_type,
-                artifact_type,
-                subject,
-                payload,
-                manifest.annotations or None,
-                [str(d.digest) for d in manifest.blobs],
-                children,
-                tags,
-            ),
-            [event],
-        )
+        immutable = self._immutable_of(repository)
+        try:
+            await self.db.run(
+                self.meta.put_manifest,
+                NewManifest(
+                    repository,
+                    str(digest),
+                    manifest.media_type,
+                    artifact_type,
+                    subject,
+                    payload,
+                    manifest.annotations or None,
+                    [str(d.digest) for d in manifest.blobs],
+                    children,
+                    tags,
+                    [t for t in tags if immutable(t)] if immutable else (),
+                ),
+                [event],
+            )
+        except TagImmutable as e:
+            raise _immutable_denied(repository, e.tag) from None
         return PushedManifest(str(digest), tuple(tags), subject)
 
     async def delete_manifest(self, ctx: RequestInfo, repository: str, reference: str) -> None:
         ref = _manifest_reference(repository, reference)
+        immutable = self._immutable_of(repository)
         # Delete and untag events name the manifest's media type and size, as pushes and
         # pulls do (so mediaType filters see them). Read before the change: a digest names
         # one content, so what was read describes what is deleted.
@@ -195,10 +222,21 @@ class Manifests:
                 found.size if found else None,
                 kind="manifest",
             )
-            if not await self.db.run(self.meta.delete_manifest, repository, str(ref), [event]):
+            try:
+                deleted = await self.db.run(
+                    self.meta.delete_manifest, repository, str(ref), [event], immutable
+                )
+            except TagImmutable as e:
+                raise _immutable_denied(repository, e.tag) from None
+            if not deleted:
                 raise ManifestUnknown(f"no manifest {ref} in {repository}")
             return
         tagged = await self._find_manifest(repository, ref)
+        if immutable is not None and immutable(ref):
+            # The name decides: no state of the tag row would let this delete through.
+            if tagged is None:
+                raise ManifestUnknown(f"no tag {ref} in {repository}")
+            raise _immutable_denied(repository, ref)
 
         def untag_event(digest: str) -> list[Event]:
             known = tagged if tagged is not None and tagged.digest == digest else None

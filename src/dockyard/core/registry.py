@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from dockyard.core.blobs import Blobs
 from dockyard.core.common import Body, EventMaker, Page, PushedManifest, RequestInfo, UploadStatus
-from dockyard.core.manifests import Manifests
+from dockyard.core.manifests import ImmutableTags, Manifests
 from dockyard.core.uploads import Uploads
 from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.store import Database
@@ -47,13 +47,14 @@ class Registry:
         instance: str,
         lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        immutable: ImmutableTags | None = None,
     ) -> None:
         events = EventMaker(instance, clock)
         self.blobs = Blobs(db, storage, pulls, events)
         self.uploads = Uploads(
             db, storage, events, instance=instance, lease_seconds=lease_seconds, clock=clock
         )
-        self.manifests = Manifests(db, pulls, events)
+        self.manifests = Manifests(db, pulls, events, immutable)
         # The public API: the parts' bound methods (see the module docstring).
         # blobs
         self.blob_size = self.blobs.blob_size

@@ -6,6 +6,10 @@ event on a bounded channel and returns. One task writes whatever has accumulated
 transaction every ``flush_interval`` seconds. When the channel is full, events are
 dropped and counted (``statistics().dropped``) rather than slowing pulls or growing memory.
 
+The same transaction keeps the last-pulled times retention reads (``tags.pulled`` for a
+pull by tag, ``manifests.pulled`` for any manifest pull): one update per distinct tag or
+manifest in the batch, to the batch's latest time (``pull_times``), not one per pull.
+
 A failed write (the database locked or unavailable) never ends ``run``: it runs in the
 worker's lifespan nursery, so its death would fail the worker's lifespan and hypercorn
 would kill the worker. The failure is logged and counted (``write_failures``, and the
@@ -15,18 +19,40 @@ batch's events in ``failed``), and the writer waits ``RETRY_AFTER`` before the n
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import trio
 
 from dockyard.events.outage import log_failure
-from dockyard.meta.records import Event
+from dockyard.meta.records import Event, PullTime
 from dockyard.meta.store import Database
 
 MAX_BATCH = 1000
 RETRY_AFTER = 1.0  # seconds before the next write after one failed
 
 log = logging.getLogger("dockyard.events")
+
+
+def pull_times(batch: list[Event]) -> tuple[list[PullTime], list[PullTime]]:
+    """The latest pull of each tag and each manifest in ``batch`` (blob pulls: none)."""
+    tags: dict[tuple[str, str, str], float] = {}
+    manifests: dict[tuple[str, str, str], float] = {}
+    for e in batch:
+        if e.action != "pull" or e.digest is None:
+            continue
+        if e.body.get("target", {}).get("kind") != "manifest":
+            continue
+        ts = e.ts or time.time()  # 0: "when appended", as the event append reads it
+        key = (e.repository, e.digest, e.digest)
+        manifests[key] = max(manifests.get(key, ts), ts)
+        if e.tag is not None:
+            key = (e.repository, e.tag, e.digest)
+            tags[key] = max(tags.get(key, ts), ts)
+    return (
+        [PullTime(r, ref, d, ts) for (r, ref, d), ts in tags.items()],
+        [PullTime(r, ref, d, ts) for (r, ref, d), ts in manifests.items()],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +133,8 @@ class PullEventWriter:
         """
         try:
             with trio.CancelScope(shield=True):
-                await self._db.run(self._db.meta.append_events, batch)
+                tags, manifests = pull_times(batch)
+                await self._db.run(self._db.meta.record_pulls, batch, tags, manifests)
         except Exception:
             log_failure(log, "writing %d pull events failed; they are dropped", len(batch))
             self._write_failures += 1

@@ -7,6 +7,7 @@ Errors::
 
     StoreError                  anything a store raises on purpose
     ├── Conflict                a conditional update found the row changed (lost a race)
+    ├── TagImmutable            a change would move or delete an immutable tag
     └── StoreBusy               an inline read met a lock; retry it off the event loop
 """
 
@@ -23,6 +24,15 @@ class StoreError(Exception):
 
 class Conflict(StoreError):
     """A conditional update found the row changed (lost a race)."""
+
+
+class TagImmutable(StoreError):
+    """A change would move or delete a tag a retention policy makes immutable; nothing
+    was changed."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(f"tag {tag} is immutable")
+        self.tag = tag
 
 
 class StoreBusy(StoreError):
@@ -172,6 +182,9 @@ class NewManifest:
     blob_refs: Sequence[str]
     manifest_refs: Sequence[str]
     tags: Sequence[str]
+    # Those of ``tags`` that are immutable: each may be created or re-pushed with the same
+    # digest, never moved (``TagImmutable``, checked in the push's transaction).
+    immutable_tags: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +206,30 @@ class WebhookFailure:
     last_error: str
     failed: float
     redeliver: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TagDetail:
+    """A tag as retention sees it: what it points to and when it was pushed and pulled."""
+
+    repository: str
+    tag: str
+    digest: str
+    media_type: str
+    manifest_size: int
+    # The manifest's bytes plus those of the blobs it references itself (config, layers).
+    size: int
+    pushed: float
+    # The latest pull of the tag, or of its manifest by any tag or by digest (None: never).
+    pulled: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PullTime:
+    """The latest pull in a batch of one tag (``reference`` a tag) or one manifest
+    (``reference`` a digest) of ``repository``, pointing at ``digest``."""
+
+    repository: str
+    reference: str
+    digest: str
+    ts: float

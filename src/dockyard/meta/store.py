@@ -26,10 +26,12 @@ from dockyard.meta.records import (
     InventoryRecord,
     ManifestRecord,
     NewManifest,
+    PullTime,
     ReferrerRecord,
     StatsRecord,
     StoreBusy,
     StoredEvent,
+    TagDetail,
     UploadRecord,
     WebhookCursor,
     WebhookFailure,
@@ -89,14 +91,23 @@ class Manifests(Protocol):
     def existing_manifests(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
         """Of ``digests``, the manifests stored in ``repository``, with their sizes."""
 
-    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None: ...
+    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
+        """Store a manifest and point ``m.tags`` at it; raises ``TagImmutable`` (changing
+        nothing) if one of ``m.immutable_tags`` exists with another digest."""
 
     def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
 
     def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None: ...
 
-    def delete_manifest(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
-        """Delete a manifest and every tag of it in ``repository``."""
+    def delete_manifest(
+        self,
+        repository: str,
+        digest: str,
+        events: Sequence[Event],
+        immutable: Callable[[str], bool] | None = None,
+    ) -> bool:
+        """Delete a manifest and every tag of it in ``repository``; raises ``TagImmutable``
+        (changing nothing) if ``immutable`` accepts one of those tags."""
 
     def delete_tag(
         self, repository: str, tag: str, make_events: Callable[[str], Sequence[Event]]
@@ -257,10 +268,34 @@ class Jobs(Protocol):
     def job_release(self, name: str, lease: str) -> None: ...
 
 
+class TagRetention(Protocol):
+    """What retention policies read and delete (``meta/retention.py``)."""
+
+    def tag_details(self, repository: str) -> list[TagDetail]:
+        """Every tag of ``repository`` with its manifest, size, push and pull times."""
+
+    def delete_tags_if_unchanged(
+        self,
+        repository: str,
+        tags: Sequence[TagDetail],
+        make_events: Callable[[TagDetail], Sequence[Event]],
+    ) -> list[TagDetail]:
+        """In one transaction, delete each of ``tags`` that still points at its digest and
+        was not pushed again since it was read (same ``pushed``); the events of those
+        deleted are appended with them. Returns those deleted."""
+
+    def record_pulls(
+        self, events: Sequence[Event], tags: Sequence[PullTime], manifests: Sequence[PullTime]
+    ) -> None:
+        """Append pull ``events`` and, in the same transaction, move ``tags.pulled`` and
+        ``manifests.pulled`` forward to the times given (one update per key)."""
+
+
 class MetadataStore(
     Lifecycle,
     SharedSecrets,
     Jobs,
+    TagRetention,
     Repositories,
     BlobLinks,
     Manifests,

@@ -8,6 +8,7 @@
     stats.py       the dashboard snapshot
     webhooks.py    webhook cursors, leases and failures
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
+    (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -22,10 +23,13 @@ from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.postgres.uploads import UploadStore
 from dockyard.meta.postgres.webhooks import WebhookStore
+from dockyard.meta.retention import RetentionStore
 
 __all__ = ["PostgresMeta"]
 
 
-class PostgresMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener):
+class PostgresMeta(
+    ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener, RetentionStore
+):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

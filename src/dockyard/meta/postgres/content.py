@@ -21,6 +21,7 @@ from typing import Any
 from dockyard.meta.postgres.core import PostgresCore
 from dockyard.meta.postgres.pointread import Row, Statement
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
+from dockyard.meta.retention import delete_tags_of, put_immutable_tags
 
 _MANIFEST_BY_DIGEST = (
     "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m"
@@ -191,6 +192,8 @@ class ContentStore(PostgresCore):
             )
             refs = [(repo_id, m.digest, d, "blob") for d in m.blob_refs]
             refs += [(repo_id, m.digest, d, "manifest") for d in m.manifest_refs]
+            mutable = [t for t in m.tags if t not in m.immutable_tags]
+            put_immutable_tags(conn, "%s", repo_id, m.immutable_tags, m.digest, now)
             with conn.cursor() as cur:
                 if refs:
                     cur.executemany(
@@ -198,12 +201,12 @@ class ContentStore(PostgresCore):
                         " child_digest, kind) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         refs,
                     )
-                if m.tags:
+                if mutable:
                     cur.executemany(
                         "INSERT INTO tags (repository_id, name, digest, pushed)"
                         " VALUES (%s, %s, %s, %s) ON CONFLICT (repository_id, name)"
                         " DO UPDATE SET digest = excluded.digest, pushed = excluded.pushed",
-                        [(repo_id, t, m.digest, now) for t in m.tags],
+                        [(repo_id, t, m.digest, now) for t in mutable],
                     )
             self._append(conn, events)
 
@@ -223,8 +226,15 @@ class ContentStore(PostgresCore):
             row = conn.execute(_MANIFEST_BY_TAG, (repository, tag), binary=True).fetchone()
         return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
 
-    def delete_manifest(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
-        """Delete a manifest and every tag of it in ``repository``."""
+    def delete_manifest(
+        self,
+        repository: str,
+        digest: str,
+        events: Sequence[Event],
+        immutable: Callable[[str], bool] | None = None,
+    ) -> bool:
+        """Delete a manifest and every tag of it in ``repository`` (``TagImmutable`` if
+        ``immutable`` accepts one of them: nothing is deleted)."""
         with self._write() as conn:
             repo_id = self._repo_id(conn, repository)
             if repo_id is None:
@@ -239,9 +249,7 @@ class ContentStore(PostgresCore):
                 "DELETE FROM manifest_references WHERE repository_id = %s AND manifest_digest = %s",
                 (repo_id, digest),
             )
-            conn.execute(
-                "DELETE FROM tags WHERE repository_id = %s AND digest = %s", (repo_id, digest)
-            )
+            delete_tags_of(conn, "%s", repo_id, digest, immutable)
             self._append(conn, events)
             return True
 

@@ -6,6 +6,7 @@
     events.py     the event log
     stats.py      the dashboard snapshot
     webhooks.py   webhook cursors, leases and failures
+    (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
 
 The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
 in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
@@ -15,6 +16,7 @@ and blob sizes, run inline on the event loop) pay for no extra layer.
 
 from __future__ import annotations
 
+from dockyard.meta.retention import RetentionStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
@@ -24,5 +26,5 @@ from dockyard.meta.sqlite.webhooks import WebhookStore
 __all__ = ["SQLiteMeta"]
 
 
-class SQLiteMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore):
+class SQLiteMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, RetentionStore):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""

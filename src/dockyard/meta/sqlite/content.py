@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
+from dockyard.meta.retention import delete_tags_of, put_immutable_tags
 from dockyard.meta.sqlite.core import SQLiteCore
 
 
@@ -170,11 +171,13 @@ class ContentStore(SQLiteCore):
                 " kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 refs,
             )
+            mutable = [t for t in m.tags if t not in m.immutable_tags]
+            put_immutable_tags(conn, "?", repo_id, m.immutable_tags, m.digest, now)
             conn.executemany(
                 "INSERT INTO tags (repository_id, name, digest, pushed) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,"
                 " pushed = excluded.pushed",
-                [(repo_id, t, m.digest, now) for t in m.tags],
+                [(repo_id, t, m.digest, now) for t in mutable],
             )
             self._append(conn, events)
 
@@ -204,8 +207,15 @@ class ContentStore(SQLiteCore):
         )
         return None if row is None else ManifestRecord(row[0], row[1], int(row[2]), bytes(row[3]))
 
-    def delete_manifest(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
-        """Delete a manifest and every tag of it in ``repository``."""
+    def delete_manifest(
+        self,
+        repository: str,
+        digest: str,
+        events: Sequence[Event],
+        immutable: Callable[[str], bool] | None = None,
+    ) -> bool:
+        """Delete a manifest and every tag of it in ``repository`` (``TagImmutable`` if
+        ``immutable`` accepts one of them: nothing is deleted)."""
         with self._write() as conn:
             repo_id = self._repo_id(conn, repository)
             if repo_id is None:
@@ -219,9 +229,7 @@ class ContentStore(SQLiteCore):
                 "DELETE FROM manifest_references WHERE repository_id = ? AND manifest_digest = ?",
                 (repo_id, digest),
             )
-            conn.execute(
-                "DELETE FROM tags WHERE repository_id = ? AND digest = ?", (repo_id, digest)
-            )
+            delete_tags_of(conn, "?", repo_id, digest, immutable)
             self._append(conn, events)
             return True
 

@@ -77,6 +77,11 @@ class SQLiteCore(JobLeases):
             self._local.inline = False
 
     @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection for reads (the domain code shared with PostgreSQL)."""
+        yield self._conn()
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
