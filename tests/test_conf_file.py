@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 from dockyard.config import AccessSettings, Settings, WebhookSettings, as_dict, load
+from dockyard.config.model import RetentionPolicy
 
 CONF = Path(__file__).parent.parent / "conf" / "dockyard.toml"
 
@@ -63,3 +64,20 @@ def test_shipped_config_access_examples_are_valid(tmp_path: Path) -> None:
         AccessSettings(["ci"], ["team/*"], ["pull", "push"]),
         AccessSettings(["anonymous"], ["public/*"], ["pull"]),
     ]
+
+
+def test_shipped_config_documents_every_retention_policy_key(tmp_path: Path) -> None:
+    lines = CONF.read_text().splitlines()
+    example: list[str] = []
+    for line in lines[lines.index("# [[retention.policies]]") :]:
+        if not line.startswith("# "):
+            break
+        example.append(line[2:])
+    text = "\n".join(example) + "\n"
+    (policy,) = tomllib.loads(text)["retention"]["policies"]
+    assert set(policy) == {f.name for f in dataclasses.fields(RetentionPolicy)}
+    path = tmp_path / "retention.toml"
+    path.write_text(text)
+    (loaded,) = load(path, environ={}).retention.policies
+    assert loaded.repositories == ["ci/*"] and loaded.keep_last == 10
+    assert loaded.immutable_tags == [r"v[0-9]+\.[0-9]+\.[0-9]+"]

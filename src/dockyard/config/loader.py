@@ -5,8 +5,9 @@ example ``DOCKYARD_SERVER_PORT=5001``. Values are coerced to the model's field t
 (from strings only for the environment: the TOML file has types of its own); unknown
 sections or keys and values of the wrong type raise ``ConfigError`` naming the key.
 Webhook endpoints are ``[[webhooks]]`` tables in the file only (``DOCKYARD_WEBHOOKS_*``
-is refused). ``load`` validates the result (``validate.validate``) before returning it:
-no caller ever sees settings that did not pass.
+is refused), and so are retention policies (``[[retention.policies]]``). ``load``
+validates the result (``validate.validate``) before returning it: no caller ever sees
+settings that did not pass.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, get_type_hints
 from dockyard.config.model import (
     AccessSettings,
     ConfigError,
+    RetentionPolicy,
     Settings,
     WebhookSettings,
     redact_url,
@@ -124,6 +126,24 @@ def _webhooks(value: Any) -> list[WebhookSettings]:
     return out
 
 
+def _retention_policies(value: Any) -> list[RetentionPolicy]:
+    """Parse the ``[[retention.policies]]`` array of tables (values in ``validate``)."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("retention.policies: expected [[retention.policies]] tables")
+    hints = get_type_hints(RetentionPolicy)
+    out: list[RetentionPolicy] = []
+    for i, table in enumerate(value):
+        policy = RetentionPolicy()
+        for key, item in table.items():
+            name = f"retention.policies[{i}].{key}"
+            if key not in hints:
+                known = ", ".join(hints)
+                raise ConfigError(f"unknown key {name} (keys of [[retention.policies]]: {known})")
+            setattr(policy, key, _coerce(name, hints[key], item, from_env=False))
+        out.append(policy)
+    return out
+
+
 def _access(value: Any) -> list[AccessSettings]:
     """Parse the ``[[access]]`` array of tables (every value is a list of strings)."""
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
@@ -167,6 +187,9 @@ def load(
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table")
             for key, value in values.items():
+                if (section, key) == ("retention", "policies"):
+                    settings.retention.policies = _retention_policies(value)
+                    continue
                 _apply(settings, section, key, value, from_env=False)
     env = os.environ if environ is None else environ
     sections = sorted(_sections(), key=len, reverse=True)
@@ -178,6 +201,11 @@ def load(
             table = rest.partition("_")[0]
             raise ConfigError(
                 f"{var}: {table} are configured only in the config file ([[{table}]] tables)"
+            )
+        if rest.startswith("retention_policies"):
+            raise ConfigError(
+                f"{var}: retention policies are configured only in the config file"
+                " ([[retention.policies]] tables)"
             )
         for section in sections:
             if rest.startswith(section + "_"):

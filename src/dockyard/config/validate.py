@@ -30,6 +30,7 @@ from dockyard.config.model import (
     WebhookSettings,
 )
 from dockyard.config.validate_azure import validate_azure
+from dockyard.config.validate_retention import validate_retention
 from dockyard.config.validate_s3 import validate_s3
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -319,6 +320,7 @@ def validate(s: Settings) -> None:
     _validate_tls(s)
     _validate_network_and_limits(s)
     _validate_webhooks(s.webhooks)
+    validate_retention(s.retention)
     _validate_auth(s)
     _validate_token(s.auth.token)
 
