@@ -1,4 +1,4 @@
-"""``dockyard serve | config check | events ... | users ... | --version``."""
+"""``dockyard serve | config check | events ... | users ... | retention run | --version``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 import ssl
 import sys
 
-from dockyard import __version__, cli_users, cli_webhooks
+from dockyard import __version__, cli_retention, cli_users, cli_webhooks
 from dockyard.config import ConfigError, Settings, as_dict, load
 
 
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_webhooks.add_parsers(events_sub, _settings)
     _add_tail_parser(events_sub)
     cli_users.add_parsers(sub, _settings)
+    cli_retention.add_parsers(sub, _settings)
 
     args = parser.parse_args(argv)
     try:

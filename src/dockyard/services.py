@@ -24,6 +24,7 @@ from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
 from dockyard.config import Settings, load
 from dockyard.core.registry import Registry
+from dockyard.core.retention import SCHEDULE_JOB, JobBusy, Policies, Retention, RetentionReport
 from dockyard.core.stats import Statistics
 from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
@@ -55,6 +56,8 @@ log = logging.getLogger("dockyard")
 # /readyz answers "not ready" when a dependency takes longer than this: a balancer's health
 # check should not hang on an unreachable database or object store.
 READY_SECONDS = 5.0
+# How often each worker asks whether a scheduled retention run is due (at most).
+RETENTION_CHECK = 60.0
 
 
 def instance_name(settings: Settings) -> str:
@@ -110,6 +113,8 @@ class Services:
     app: RegistryApp
     webhooks: WebhookDeliverer | None = None
     sampler: Sampler | None = None
+    retention: Retention | None = None
+    metrics: RegistryMetrics | None = None
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -134,6 +139,8 @@ class Services:
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
+        if self.retention is not None and self.settings.retention.interval > 0:
+            nursery.start_soon(self._scheduled_retention, self.retention)
         log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
@@ -164,6 +171,39 @@ class Services:
                 log.exception("purging stale uploads failed; will retry")
             await trio.sleep(self.settings.uploads.purge_interval)
 
+    async def _scheduled_retention(self, retention: Retention) -> None:
+        """Apply the retention policies once per ``[retention] interval`` across every
+        worker and instance: whoever takes the schedule's lease (held for the interval,
+        never released) runs; the others find it taken until the next interval."""
+        interval = self.settings.retention.interval
+        token = f"{instance_name(self.settings)}/{os.getpid()}-schedule"
+        while True:
+            await trio.sleep(min(interval, RETENTION_CHECK))
+            try:
+                if not await self.db.run(
+                    self.meta.job_acquire, SCHEDULE_JOB, f"{token}-{time.time()}", interval
+                ):
+                    continue
+                report = await retention.run()
+                self._retention_done(report)
+            except JobBusy:
+                log.info("retention: another run holds the lease; skipped this interval")
+            except (StorageError, StoreUnavailable) as e:
+                log.warning("retention run failed: %s; will retry", e)
+            except Exception:
+                log.exception("retention run failed; will retry")
+
+    def _retention_done(self, report: RetentionReport) -> None:
+        log.info(
+            "retention deleted %d tags (%d bytes of images) in %d repositories",
+            report.deleted_tags,
+            report.bytes,
+            report.repositories,
+        )
+        if self.metrics is not None:
+            self.metrics.retention_deleted.inc(report.deleted_tags)
+            self.metrics.retention_last_run.set(time.time())
+
 
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
     meta = open_meta(settings, clock)
@@ -179,6 +219,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         settings.events.pull_flush_interval,
         enabled=settings.events.record_pulls,
     )
+    policies = Policies(settings.retention.policies)
     registry = Registry(
         db,
         storage,
@@ -186,6 +227,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         instance=instance_name(settings),
         lease_seconds=settings.uploads.lease_seconds,
         clock=clock,
+        immutable=policies.immutable,
     )
     services: Services
 
@@ -248,6 +290,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         client_user,
     )
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
+    services.metrics = metrics
+    if settings.retention.policies:
+        services.retention = Retention(db, policies, instance_name(settings), clock)
     if settings.webhooks:
         services.webhooks = WebhookDeliverer(
             db,

@@ -198,6 +198,15 @@ class RegistryMetrics:
             " (write_failed).",
             ("reason",),
         )
+        self.retention_deleted = counter(
+            "dockyard_retention_deleted_tags_total",
+            "Tags deleted by the server's scheduled retention runs.",
+        )
+        self.retention_last_run = gauge(
+            "dockyard_retention_last_run_timestamp_seconds",
+            "When the last scheduled retention run finished, seconds since the epoch.",
+            "max",
+        )
         self.cpu = counter(
             "dockyard_process_cpu_seconds_total", "CPU time of the worker processes, all summed."
         )
