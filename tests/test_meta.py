@@ -14,6 +14,7 @@ from dockyard.meta import migrations
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from tests.meta_conformance import MakeStore, MetaConformance
+from tests.meta_conformance_retention import RetentionConformance
 
 
 def sqlite_store(tmp_path: Path) -> MakeStore:
@@ -26,6 +27,12 @@ STORES: dict[str, Callable[[Path], MakeStore]] = {
 
 
 class TestMetadataStore(MetaConformance):
+    @pytest.fixture(params=sorted(STORES))
+    def make_store(self, request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+        return STORES[request.param](tmp_path)
+
+
+class TestRetentionStore(RetentionConformance):
     @pytest.fixture(params=sorted(STORES))
     def make_store(self, request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
         return STORES[request.param](tmp_path)

@@ -19,6 +19,7 @@ from dockyard.meta.postgres import migrations as pg_migrations
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import MetadataStore
 from tests.meta_conformance import Clock, MakeStore, MetaConformance, digest, ev, manifest
+from tests.meta_conformance_retention import RetentionConformance
 from tests.pgserver import PostgresServer
 
 # Tables only PostgreSQL has, for its own bookkeeping (the migration count and the last
@@ -32,6 +33,12 @@ def pg_url(postgres_server: PostgresServer) -> str:
 
 
 class TestPostgresMeta(MetaConformance):
+    @pytest.fixture
+    def make_store(self, pg_url: str) -> MakeStore:
+        return lambda clock: PostgresMeta(pg_url, clock=clock)
+
+
+class TestPostgresRetentionStore(RetentionConformance):
     @pytest.fixture
     def make_store(self, pg_url: str) -> MakeStore:
         return lambda clock: PostgresMeta(pg_url, clock=clock)
