@@ -15,6 +15,8 @@ import trio
 
 from dockyard.config import Settings, load
 from dockyard.core.retention import DAY, JOB, JobBusy, Retention, RetentionReport
+from dockyard.events.pulls import pull_times
+from dockyard.meta.records import Event, PullTime
 from dockyard.meta.store import Database
 from dockyard.services import Services
 from tests.conftest import (
@@ -296,3 +298,30 @@ async def test_scheduled_run_in_the_server(open_registry: Open) -> None:
         assert reg.svc.metrics is not None
         deleted = reg.svc.metrics.retention_deleted._value.get()
         assert deleted == 1
+
+
+def test_pull_times_one_update_per_tag_and_manifest() -> None:
+    """A batch of many pulls becomes one latest time per tag and per manifest; blob pulls
+    and other events none."""
+
+    def pull(tag: str | None, digest: str, ts: float, kind: str = "manifest") -> Event:
+        return Event("pull", "app", digest, None, None, tag, {"target": {"kind": kind}}, ts)
+
+    batch = [
+        pull("v1", "sha256:a", T0 + 3),
+        pull("v1", "sha256:a", T0 + 9),
+        pull("v1", "sha256:a", T0 + 5),
+        pull(None, "sha256:a", T0 + 7),
+        pull("v2", "sha256:b", T0 + 1),
+        pull(None, "sha256:c", T0 + 20, kind="blob"),
+        Event("push", "app", "sha256:d", None, None, "v3", {"target": {"kind": "manifest"}}, T0),
+    ]
+    tags, manifests = pull_times(batch)
+    assert sorted(tags, key=str) == [
+        PullTime("app", "v1", "sha256:a", T0 + 9),
+        PullTime("app", "v2", "sha256:b", T0 + 1),
+    ]
+    assert sorted(manifests, key=str) == [
+        PullTime("app", "sha256:a", "sha256:a", T0 + 9),
+        PullTime("app", "sha256:b", "sha256:b", T0 + 1),
+    ]
