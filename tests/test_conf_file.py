@@ -27,16 +27,21 @@ def test_shipped_config_names_every_key() -> None:
         assert set(doc[section.name]) == keys, f"[{section.name}] keys differ"
 
 
-def webhook_example() -> str:
-    """The commented-out ``[[webhooks]]`` example of conf/dockyard.toml, uncommented."""
+def commented_example(first: str) -> str:
+    """The commented-out example of conf/dockyard.toml that starts with line ``first``,
+    uncommented."""
     lines = CONF.read_text().splitlines()
-    start = lines.index("# [[webhooks]]")
     example: list[str] = []
-    for line in lines[start:]:
+    for line in lines[lines.index(first) :]:
         if not line.startswith("# "):
             break
         example.append(line[2:])
     return "\n".join(example) + "\n"
+
+
+def webhook_example() -> str:
+    """The commented-out ``[[webhooks]]`` example of conf/dockyard.toml, uncommented."""
+    return commented_example("# [[webhooks]]")
 
 
 def test_shipped_config_documents_every_webhook_key(tmp_path: Path) -> None:
@@ -67,13 +72,7 @@ def test_shipped_config_access_examples_are_valid(tmp_path: Path) -> None:
 
 
 def test_shipped_config_documents_every_retention_policy_key(tmp_path: Path) -> None:
-    lines = CONF.read_text().splitlines()
-    example: list[str] = []
-    for line in lines[lines.index("# [[retention.policies]]") :]:
-        if not line.startswith("# "):
-            break
-        example.append(line[2:])
-    text = "\n".join(example) + "\n"
+    text = commented_example("# [[retention.policies]]")
     (policy,) = tomllib.loads(text)["retention"]["policies"]
     assert set(policy) == {f.name for f in dataclasses.fields(RetentionPolicy)}
     path = tmp_path / "retention.toml"

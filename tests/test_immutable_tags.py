@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dockyard.config import Settings, load
+from dockyard.config import Settings
 from dockyard.services import Services
 from tests.conftest import (
     assert_error,
@@ -19,6 +19,7 @@ from tests.conftest import (
     put_manifest,
     sqlite_and_postgres,
 )
+from tests.test_retention import policy_settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -28,16 +29,13 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    path = tmp_path / "dockyard.toml"
-    path.write_text(
+    return policy_settings(
+        tmp_path,
+        database_url,
         "[[retention.policies]]\n"
         'repositories = ["team/*"]\n'
-        "immutable_tags = ['v[0-9]+\\.[0-9]+\\.[0-9]+', 'stable']\n"
+        "immutable_tags = ['v[0-9]+\\.[0-9]+\\.[0-9]+', 'stable']\n",
     )
-    env = {"DOCKYARD_STORAGE_ROOT": str(tmp_path / "data"), "DOCKYARD_SERVER_INSTANCE": "test"}
-    if database_url:
-        env["DOCKYARD_DATABASE_URL"] = database_url
-    return load(path, environ=env)
 
 
 async def test_an_immutable_tag_cannot_be_moved(client: httpx.AsyncClient) -> None:

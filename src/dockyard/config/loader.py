@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
-from typing import Any, get_type_hints
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, get_type_hints
 
 from dockyard.config.model import (
     AccessSettings,
@@ -27,6 +27,9 @@ from dockyard.config.model import (
     redact_url,
 )
 from dockyard.config.validate import validate
+
+T = TypeVar("T")
+KeySetter = Callable[[T, str, str, Any, Any], None]
 
 
 def _coerce(key: str, kind: Any, value: Any, from_env: bool) -> Any:
@@ -102,46 +105,45 @@ def _strings(key: str, value: Any) -> list[str]:
     return list(value)
 
 
-def _webhooks(value: Any) -> list[WebhookSettings]:
-    """Parse the ``[[webhooks]]`` array of tables (types here, values in ``validate``)."""
+def _tables(label: str, value: Any, cls: Callable[[], T], set_key: KeySetter[T]) -> list[T]:
+    """Parse an array of tables (``[[webhooks]]``, ``[[retention.policies]]``) into
+    ``cls`` objects: types here, values in ``validate``; unknown keys are named."""
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError("webhooks: expected [[webhooks]] tables (an array of tables)")
-    hints = get_type_hints(WebhookSettings)
-    out: list[WebhookSettings] = []
+        raise ConfigError(f"{label}: expected [[{label}]] tables (an array of tables)")
+    out: list[T] = []
     for i, table in enumerate(value):
-        hook = WebhookSettings()
+        obj = cls()
+        hints = get_type_hints(type(obj))
         for key, item in table.items():
-            name = f"webhooks[{i}].{key}"
+            name = f"{label}[{i}].{key}"
             if key not in hints:
-                raise ConfigError(f"unknown key {name} (keys of [[webhooks]]: {', '.join(hints)})")
-            if key == "headers":
-                if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
-                    raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
-                hook.headers = dict(item)
-            elif key in ("repositories", "actions", "media_types"):
-                setattr(hook, key, _strings(name, item))
-            else:
-                setattr(hook, key, _coerce(name, hints[key], item, from_env=False))
-        out.append(hook)
+                raise ConfigError(f"unknown key {name} (keys of [[{label}]]: {', '.join(hints)})")
+            set_key(obj, name, key, item, hints[key])
+        out.append(obj)
     return out
+
+
+def _set_webhook_key(hook: WebhookSettings, name: str, key: str, item: Any, kind: Any) -> None:
+    if key == "headers":
+        if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+            raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
+        hook.headers = dict(item)
+    elif key in ("repositories", "actions", "media_types"):
+        setattr(hook, key, _strings(name, item))
+    else:
+        setattr(hook, key, _coerce(name, kind, item, from_env=False))
+
+
+def _set_key(obj: Any, name: str, key: str, item: Any, kind: Any) -> None:
+    setattr(obj, key, _coerce(name, kind, item, from_env=False))
+
+
+def _webhooks(value: Any) -> list[WebhookSettings]:
+    return _tables("webhooks", value, WebhookSettings, _set_webhook_key)
 
 
 def _retention_policies(value: Any) -> list[RetentionPolicy]:
-    """Parse the ``[[retention.policies]]`` array of tables (values in ``validate``)."""
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError("retention.policies: expected [[retention.policies]] tables")
-    hints = get_type_hints(RetentionPolicy)
-    out: list[RetentionPolicy] = []
-    for i, table in enumerate(value):
-        policy = RetentionPolicy()
-        for key, item in table.items():
-            name = f"retention.policies[{i}].{key}"
-            if key not in hints:
-                known = ", ".join(hints)
-                raise ConfigError(f"unknown key {name} (keys of [[retention.policies]]: {known})")
-            setattr(policy, key, _coerce(name, hints[key], item, from_env=False))
-        out.append(policy)
-    return out
+    return _tables("retention.policies", value, RetentionPolicy, _set_key)
 
 
 def _access(value: Any) -> list[AccessSettings]:
