@@ -209,6 +209,8 @@ class Retention:
         self.clock = clock
         self.batch = batch
         self._event = EventMaker(instance, clock)
+        self._lease = ""
+        self._renewed = 0.0
 
     async def run(self, dry_run: bool = False, progress: Progress | None = None) -> RetentionReport:
         """Apply every policy once under the ``retention`` lease (``JobBusy`` if taken)."""
@@ -216,24 +218,30 @@ class Retention:
         meta = self.db.meta
         if not await self.db.run(meta.job_acquire, JOB, lease, LEASE_SECONDS):
             raise JobBusy("another retention run holds the lease")
+        self._lease = lease
+        self._renewed = time.monotonic()
         try:
             return await self._run(lease, dry_run, progress)
         finally:
             await self.db.run(meta.job_release, JOB, lease)
 
+    async def _keep_lease(self) -> None:
+        """Renew the lease when a third of it has passed; stop if it was lost."""
+        if time.monotonic() - self._renewed < LEASE_SECONDS / 3:
+            return
+        if not await self.db.run(self.db.meta.job_renew, JOB, self._lease, LEASE_SECONDS):
+            raise LeaseLost("the retention lease expired; run stopped")
+        self._renewed = time.monotonic()
+
     async def _run(self, lease: str, dry_run: bool, progress: Progress | None) -> RetentionReport:
         meta = self.db.meta
         report = RetentionReport(dry_run)
         ctx = RequestInfo(id=lease.rpartition("/")[2], method="RETENTION", actor="retention")
-        renewed = time.monotonic()
         last: str | None = None
         while True:
             names = await self.db.run(meta.list_repositories, last, REPOSITORY_PAGE)
             for repository in names:
-                if time.monotonic() - renewed > LEASE_SECONDS / 3:
-                    if not await self.db.run(meta.job_renew, JOB, lease, LEASE_SECONDS):
-                        raise LeaseLost("the retention lease expired; run stopped")
-                    renewed = time.monotonic()
+                await self._keep_lease()
                 rules = self.policies.for_repository(repository)
                 if rules is None or not rules.deletes_tags:
                     continue
@@ -281,6 +289,7 @@ class Retention:
             ]
 
         for start in range(0, len(decisions), self.batch):
+            await self._keep_lease()
             part = [d.tag for d in decisions[start : start + self.batch]]
             deleted = await self.db.run(
                 self.db.meta.delete_tags_if_unchanged, repository, part, untag
