@@ -16,7 +16,7 @@ from dockyard.actions import ACTIONS
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.schema import EventFilter
-from dockyard.meta.records import Event
+from dockyard.meta.records import Event, PullTime
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 
@@ -45,16 +45,18 @@ async def test_pull_writer_survives_a_failed_write(
 ) -> None:
     # The first batch fails as a locked database would; the writer must log it, count it
     # and keep going (it runs in the worker's lifespan nursery: its death is the worker's).
-    real = meta.append_events
+    real = meta.record_pulls  # the writer's one call: events and pulled times together
     calls: list[int] = []
 
-    def flaky(events: Sequence[Event]) -> None:
+    def flaky(
+        events: Sequence[Event], tags: Sequence[PullTime], manifests: Sequence[PullTime]
+    ) -> None:
         calls.append(len(events))
         if len(calls) == 1:
             raise sqlite3.OperationalError("database is locked")
-        real(events)
+        real(events, tags, manifests)
 
-    monkeypatch.setattr(meta, "append_events", flaky)
+    monkeypatch.setattr(meta, "record_pulls", flaky)
     monkeypatch.setattr("dockyard.events.pulls.RETRY_AFTER", 0.01)
     writer = PullEventWriter(Database(meta, 2), buffer=100, flush_interval=0.01)
     try:
