@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from dockyard.meta.prune import EventFloor, PruneCount, PruneCutoffs, PrunePlan
 from dockyard.meta.records import (
     Conflict,
     Event,
@@ -34,6 +35,13 @@ from dockyard.meta.records import (
     WebhookCursor,
     WebhookFailure,
 )
+from dockyard.meta.repository_admin import (
+    DeletionStep,
+    ManifestEvent,
+    RepositoryEvent,
+    TagDetail,
+)
+from dockyard.meta.usage import QuotaExceeded, QuotaScope, Usage
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -75,9 +83,11 @@ class BlobLinks(Protocol):
         size: int,
         events: Sequence[Event],
         finished_upload: str | None = None,
+        quota: QuotaScope | None = None,
     ) -> None:
         """Record a stored blob and link it to ``repository`` (idempotent); deletes the
-        upload session ``finished_upload`` in the same transaction."""
+        upload session ``finished_upload`` in the same transaction. With ``quota``, raises
+        ``QuotaExceeded`` (and changes nothing) if the link would exceed it."""
 
     def unlink_blob(self, repository: str, digest: str, events: Sequence[Event]) -> bool: ...
 
@@ -89,7 +99,10 @@ class Manifests(Protocol):
     def existing_manifests(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
         """Of ``digests``, the manifests stored in ``repository``, with their sizes."""
 
-    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None: ...
+    def put_manifest(
+        self, m: NewManifest, events: Sequence[Event], quota: QuotaScope | None = None
+    ) -> None:
+        """Store a manifest, its references and tags; with ``quota``, as ``link_blob``."""
 
     def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
 
@@ -257,7 +270,59 @@ class Jobs(Protocol):
     def job_release(self, name: str, lease: str) -> None: ...
 
 
+class EventPruner(Protocol):
+    """Pruning the event log (``meta/prune.py``): what consumers still need, and
+    deleting old events in batches below it."""
+
+    def event_floor(self) -> EventFloor: ...
+
+    def prune_plan(self, cutoffs: PruneCutoffs) -> PrunePlan: ...
+
+    def prune_batch(
+        self, plan: PrunePlan, cutoffs: PruneCutoffs, after: int, limit: int
+    ) -> PruneCount: ...
+
+    def prune_count(self, plan: PrunePlan, cutoffs: PruneCutoffs) -> PruneCount: ...
+
+
+class UsageReports(Protocol):
+    """Bytes stored per repository, namespace and registry (``meta/usage.py``)."""
+
+    def repository_usage(self, name: str) -> Usage | None: ...
+
+    def namespace_usage(self, namespace: str) -> Usage: ...
+
+    def registry_usage(self) -> Usage: ...
+
+    def usage_by_repository(self, limit: int) -> list[Usage]: ...
+
+    def usage_by_namespace(self, limit: int) -> list[Usage]: ...
+
+    def check_blob_quota(
+        self, quota: QuotaScope, repository: str, digest: str, size: int
+    ) -> None: ...
+
+
+class RepositoryManagement(Protocol):
+    """Tags with details, whole-repository deletion (``meta/repository_admin.py``)."""
+
+    def tag_details(
+        self, repository: str, last: str | None, limit: int
+    ) -> list[TagDetail] | None: ...
+
+    def delete_repository_step(
+        self,
+        repository: str,
+        limit: int,
+        manifest_event: ManifestEvent,
+        repository_event: RepositoryEvent,
+    ) -> DeletionStep: ...
+
+
 class MetadataStore(
+    EventPruner,
+    UsageReports,
+    RepositoryManagement,
     Lifecycle,
     SharedSecrets,
     Jobs,
@@ -298,7 +363,7 @@ class Database:
             return await trio.to_thread.run_sync(
                 lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
             )
-        except Conflict:
+        except (Conflict, QuotaExceeded):  # answers, not failures
             raise
         except Exception:
             failed = True
@@ -325,7 +390,7 @@ class Database:
             return await self.run(fn, *args, **kwargs)
         except Exception as e:
             if timer is not None:
-                failed = not isinstance(e, Conflict)
+                failed = not isinstance(e, Conflict | QuotaExceeded)
                 timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
             raise
         if timer is not None:
