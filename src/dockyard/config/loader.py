@@ -20,6 +20,7 @@ from typing import Any, get_type_hints
 from dockyard.config.model import (
     AccessSettings,
     ConfigError,
+    QuotaSettings,
     Settings,
     WebhookSettings,
     redact_url,
@@ -141,6 +142,23 @@ def _access(value: Any) -> list[AccessSettings]:
     return out
 
 
+def _quotas(value: Any) -> list[QuotaSettings]:
+    """Parse the ``[[quotas]]`` array of tables (types here, values in ``validate``)."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("quotas: expected [[quotas]] tables (an array of tables)")
+    hints = get_type_hints(QuotaSettings)
+    out: list[QuotaSettings] = []
+    for i, table in enumerate(value):
+        quota = QuotaSettings()
+        for key, item in table.items():
+            name = f"quotas[{i}].{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown key {name} (keys of [[quotas]]: {', '.join(hints)})")
+            setattr(quota, key, _coerce(name, hints[key], item, from_env=False))
+        out.append(quota)
+    return out
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -164,6 +182,9 @@ def load(
             if section == "access":
                 settings.access = _access(values)
                 continue
+            if section == "quotas":
+                settings.quotas = _quotas(values)
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table")
             for key, value in values.items():
@@ -174,7 +195,7 @@ def load(
         if not var.startswith("DOCKYARD_") or var in ("DOCKYARD_CONFIG",):
             continue
         rest = var[len("DOCKYARD_") :].lower()
-        if rest.startswith(("webhooks_", "access_")):
+        if rest.startswith(("webhooks_", "access_", "quotas_")):
             table = rest.partition("_")[0]
             raise ConfigError(
                 f"{var}: {table} are configured only in the config file ([[{table}]] tables)"
