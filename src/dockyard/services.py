@@ -44,6 +44,12 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.services_housekeeping import (
+    build_pruner,
+    build_quotas,
+    mount_repositories,
+    prune_events,
+)
 from dockyard.services_metrics import mount_metrics
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
@@ -134,6 +140,9 @@ class Services:
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
+        pruner = build_pruner(self.settings, self.db, instance_name(self.settings))
+        if pruner is not None:
+            nursery.start_soon(prune_events, pruner, self.settings.events.prune_interval)
         log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
@@ -186,6 +195,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         instance=instance_name(settings),
         lease_seconds=settings.uploads.lease_seconds,
         clock=clock,
+        quotas=build_quotas(settings, metrics.count_quota_refusal if metrics else None),
     )
     services: Services
 
@@ -247,6 +257,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         app.guard,
         client_user,
     )
+    mount_repositories(app, settings, db, instance_name(settings), clock)
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     if settings.webhooks:
         services.webhooks = WebhookDeliverer(

@@ -32,9 +32,11 @@ from dockyard.core.errors import (
     NameUnknown,
     TagInvalid,
 )
+from dockyard.core.quotas import NO_QUOTAS, Quotas
 from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
 from dockyard.meta.store import Database
+from dockyard.meta.usage import QuotaExceeded
 from dockyard.oci.digest import Digest, DigestError, digest_of
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
 from dockyard.oci.names import ReferenceError_, is_valid_tag, parse_reference
@@ -44,6 +46,8 @@ CATALOG_BATCH = 500
 
 
 class Manifests:
+    quotas: Quotas = NO_QUOTAS  # set by the Registry
+
     def __init__(self, db: Database, pulls: PullEventWriter, events: EventMaker) -> None:
         self.db = db
         self.meta = db.meta
@@ -161,22 +165,27 @@ class Manifests:
             artifactType=artifact_type,
             subject=subject,
         )
-        await self.db.run(
-            self.meta.put_manifest,
-            NewManifest(
-                repository,
-                str(digest),
-                manifest.media_type,
-                artifact_type,
-                subject,
-                payload,
-                manifest.annotations or None,
-                [str(d.digest) for d in manifest.blobs],
-                children,
-                tags,
-            ),
-            [event],
-        )
+        quota = self.quotas.scope_for(repository)
+        try:
+            await self.db.run(
+                self.meta.put_manifest,
+                NewManifest(
+                    repository,
+                    str(digest),
+                    manifest.media_type,
+                    artifact_type,
+                    subject,
+                    payload,
+                    manifest.annotations or None,
+                    [str(d.digest) for d in manifest.blobs],
+                    children,
+                    tags,
+                ),
+                [event],
+                quota=quota,
+            )
+        except QuotaExceeded as e:
+            raise self.quotas.refused(repository, e) from None
         return PushedManifest(str(digest), tuple(tags), subject)
 
     async def delete_manifest(self, ctx: RequestInfo, repository: str, reference: str) -> None:
