@@ -21,6 +21,7 @@ from tests.conftest import (
     digest_of,
     events,
     make_client,
+    make_settings,
     open_services,
     parse_link,
     push_blob,
@@ -29,6 +30,7 @@ from tests.conftest import (
     random_blob,
     sqlite_and_postgres,
 )
+from tests.test_metrics import parse, value
 
 BASE = "/v2/_dockyard/repositories"
 
@@ -249,3 +251,29 @@ async def test_concurrent_pushes_cannot_both_pass(quota_services: Services) -> N
     assert sorted(results) == [201] * 3 + [403] * 7
     usage = quota_services.meta.repository_usage("small/race")
     assert usage is not None and usage.blob_bytes == 3000
+
+
+# -- metrics
+
+
+async def test_quota_refusals_and_usage_are_metrics(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", DOCKYARD_METRICS_INVENTORY_CACHE="0")
+    settings.quotas = [
+        QuotaSettings(repositories=["small/*"], max_bytes=3000),
+        QuotaSettings(namespace="team", max_bytes=5000),
+    ]
+    async with open_services(settings) as svc, make_client(svc) as client:
+        await push_blob(client, "team/a", random_blob(1200))
+        await push_blob(client, "team/b", random_blob(300))
+        for repo in ("small/x", "small/y"):
+            data = random_blob(3500)
+            r = await client.post(
+                f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(data)}, content=data
+            )
+            assert_error(r, 403, "DENIED")
+        samples = parse((await client.get("/metrics")).text)
+    assert value(samples, "dockyard_quota_refusals_total", quota="quotas[0]") == 2
+    assert value(samples, "dockyard_quota_refusals_total", quota="namespace:team") == 0
+    assert value(samples, "dockyard_quota_used_bytes", quota="quotas[1]") == 1500
+    assert value(samples, "dockyard_quota_limit_bytes", quota="quotas[0]") == 3000
+    assert value(samples, "dockyard_stored_bytes") == 1500
