@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import trio
 
+from dockyard.cli_webhooks import NoDatabase, open_store
 from dockyard.config import Settings
 from dockyard.core.prune import EventPruner, PruneReport
-from dockyard.meta.open import open_meta
-from dockyard.meta.records import StoreUnavailable
-from dockyard.meta.store import Database, MetadataStore
+from dockyard.meta.store import Database
 from dockyard.meta.usage import Usage
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
@@ -49,21 +47,6 @@ def add_usage_parser(
     usage.set_defaults(func=lambda args: _usage(args, settings(args)))
 
 
-@contextmanager
-def _store(settings: Settings) -> Iterator[MetadataStore]:
-    path = settings.database_path
-    if not settings.database.url and not path.exists():
-        raise StoreUnavailable(
-            f"no database at {path} (has `dockyard serve` run with this configuration?)"
-        )
-    meta = open_meta(settings)
-    try:
-        meta.migrate()
-        yield meta
-    finally:
-        meta.close()
-
-
 def _fail(message: str) -> int:
     print(f"dockyard: {message}", file=sys.stderr)
     return 1
@@ -80,7 +63,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
             print(f"\rdeleted {report.deleted} events...", end="", file=sys.stderr, flush=True)
 
     try:
-        with _store(settings) as meta:
+        with open_store(settings) as meta:
             pruner = EventPruner(
                 Database(meta, 1),
                 instance=instance_name(settings),
@@ -89,7 +72,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
                 batch_size=events.prune_batch_size,
             )
             report = trio.run(pruner.run, args.dry_run, progress)
-    except StoreUnavailable as e:
+    except NoDatabase as e:
         return _fail(str(e))
     if interactive:
         print("\r", end="", file=sys.stderr)
@@ -133,11 +116,11 @@ def _usage(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 1:
         return _fail("--top must be at least 1")
     try:
-        with _store(settings) as meta:
+        with open_store(settings) as meta:
             total = meta.registry_usage()
             namespaces = meta.usage_by_namespace(args.top)
             repositories = meta.usage_by_repository(args.top)
-    except StoreUnavailable as e:
+    except NoDatabase as e:
         return _fail(str(e))
     if args.json:
         doc = {

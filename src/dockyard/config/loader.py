@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
-from typing import Any, get_type_hints
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, get_type_hints
 
 from dockyard.config.model import (
     AccessSettings,
@@ -26,6 +26,8 @@ from dockyard.config.model import (
     redact_url,
 )
 from dockyard.config.validate import validate
+
+T = TypeVar("T")
 
 
 def _coerce(key: str, kind: Any, value: Any, from_env: bool) -> Any:
@@ -101,28 +103,41 @@ def _strings(key: str, value: Any) -> list[str]:
     return list(value)
 
 
-def _webhooks(value: Any) -> list[WebhookSettings]:
-    """Parse the ``[[webhooks]]`` array of tables (types here, values in ``validate``)."""
+def _tables(
+    section: str, cls: type[T], value: Any, parse: Callable[[str, str, Any], Any] | None = None
+) -> list[T]:
+    """Parse an array of tables (``[[section]]``) into ``cls`` objects: types here, values
+    in ``validate``. ``parse`` (key, name, value) handles keys of a type ``_coerce`` does
+    not know, returning NotImplemented for the rest."""
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError("webhooks: expected [[webhooks]] tables (an array of tables)")
-    hints = get_type_hints(WebhookSettings)
-    out: list[WebhookSettings] = []
+        raise ConfigError(f"{section}: expected [[{section}]] tables (an array of tables)")
+    hints = get_type_hints(cls)
+    out: list[T] = []
     for i, table in enumerate(value):
-        hook = WebhookSettings()
+        obj = cls()
         for key, item in table.items():
-            name = f"webhooks[{i}].{key}"
+            name = f"{section}[{i}].{key}"
             if key not in hints:
-                raise ConfigError(f"unknown key {name} (keys of [[webhooks]]: {', '.join(hints)})")
-            if key == "headers":
-                if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
-                    raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
-                hook.headers = dict(item)
-            elif key in ("repositories", "actions", "media_types"):
-                setattr(hook, key, _strings(name, item))
-            else:
-                setattr(hook, key, _coerce(name, hints[key], item, from_env=False))
-        out.append(hook)
+                raise ConfigError(f"unknown key {name} (keys of [[{section}]]: {', '.join(hints)})")
+            parsed = NotImplemented if parse is None else parse(key, name, item)
+            if parsed is NotImplemented:
+                parsed = _coerce(name, hints[key], item, from_env=False)
+            setattr(obj, key, parsed)
+        out.append(obj)
     return out
+
+
+def _webhook_headers(key: str, name: str, item: Any) -> Any:
+    if key != "headers":
+        return NotImplemented
+    if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+        raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
+    return dict(item)
+
+
+def _webhooks(value: Any) -> list[WebhookSettings]:
+    """Parse the ``[[webhooks]]`` array of tables."""
+    return _tables("webhooks", WebhookSettings, value, _webhook_headers)
 
 
 def _access(value: Any) -> list[AccessSettings]:
@@ -143,20 +158,8 @@ def _access(value: Any) -> list[AccessSettings]:
 
 
 def _quotas(value: Any) -> list[QuotaSettings]:
-    """Parse the ``[[quotas]]`` array of tables (types here, values in ``validate``)."""
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError("quotas: expected [[quotas]] tables (an array of tables)")
-    hints = get_type_hints(QuotaSettings)
-    out: list[QuotaSettings] = []
-    for i, table in enumerate(value):
-        quota = QuotaSettings()
-        for key, item in table.items():
-            name = f"quotas[{i}].{key}"
-            if key not in hints:
-                raise ConfigError(f"unknown key {name} (keys of [[quotas]]: {', '.join(hints)})")
-            setattr(quota, key, _coerce(name, hints[key], item, from_env=False))
-        out.append(quota)
-    return out
+    """Parse the ``[[quotas]]`` array of tables."""
+    return _tables("quotas", QuotaSettings, value)
 
 
 def load(
