@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # Each: (consumer name, lowest event id it still needs), one row per consumer.
 CONSUMER_FLOORS: tuple[str, ...] = ("SELECT 'webhook:' || name, cursor + 1 FROM webhook_cursors",)
@@ -102,6 +102,21 @@ class PruneSQL:
             "SELECT CASE WHEN action = 'pull' THEN 1 ELSE 0 END AS pull, COUNT(*)"
             f" FROM events WHERE id < {m} AND {self.condition()} GROUP BY 1"
         )
+
+
+class EventPruner(Protocol):
+    """The store protocol (part of ``MetadataStore``): what consumers still need, and
+    deleting old events in batches below it. ``EventPruning`` implements it."""
+
+    def event_floor(self) -> EventFloor: ...
+
+    def prune_plan(self, cutoffs: PruneCutoffs) -> PrunePlan: ...
+
+    def prune_batch(
+        self, plan: PrunePlan, cutoffs: PruneCutoffs, after: int, limit: int
+    ) -> PruneCount: ...
+
+    def prune_count(self, plan: PrunePlan, cutoffs: PruneCutoffs) -> PruneCount: ...
 
 
 class EventPruning:

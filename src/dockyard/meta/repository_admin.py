@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dockyard.meta.records import Event
 
@@ -79,6 +79,23 @@ class AdminSQL:
 
     def marks(self, n: int) -> str:
         return ", ".join([self.mark] * n)
+
+
+class RepositoryManagement(Protocol):
+    """The store protocol (part of ``MetadataStore``): tags with details, deleting a
+    whole repository. ``RepositoryAdmin`` implements it."""
+
+    def tag_details(
+        self, repository: str, last: str | None, limit: int
+    ) -> list[TagDetail] | None: ...
+
+    def delete_repository_step(
+        self,
+        repository: str,
+        limit: int,
+        manifest_event: ManifestEvent,
+        repository_event: RepositoryEvent,
+    ) -> DeletionStep: ...
 
 
 class RepositoryAdmin:

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
-from dockyard.meta.prune import EventFloor, PruneCount, PruneCutoffs, PrunePlan
+from dockyard.meta.prune import EventPruner
 from dockyard.meta.records import (
     Conflict,
     Event,
@@ -35,13 +35,8 @@ from dockyard.meta.records import (
     WebhookCursor,
     WebhookFailure,
 )
-from dockyard.meta.repository_admin import (
-    DeletionStep,
-    ManifestEvent,
-    RepositoryEvent,
-    TagDetail,
-)
-from dockyard.meta.usage import QuotaExceeded, QuotaScope, Usage
+from dockyard.meta.repository_admin import RepositoryManagement
+from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -268,55 +263,6 @@ class Jobs(Protocol):
     def job_renew(self, name: str, lease: str, seconds: float) -> bool: ...
 
     def job_release(self, name: str, lease: str) -> None: ...
-
-
-class EventPruner(Protocol):
-    """Pruning the event log (``meta/prune.py``): what consumers still need, and
-    deleting old events in batches below it."""
-
-    def event_floor(self) -> EventFloor: ...
-
-    def prune_plan(self, cutoffs: PruneCutoffs) -> PrunePlan: ...
-
-    def prune_batch(
-        self, plan: PrunePlan, cutoffs: PruneCutoffs, after: int, limit: int
-    ) -> PruneCount: ...
-
-    def prune_count(self, plan: PrunePlan, cutoffs: PruneCutoffs) -> PruneCount: ...
-
-
-class UsageReports(Protocol):
-    """Bytes stored per repository, namespace and registry (``meta/usage.py``)."""
-
-    def repository_usage(self, name: str) -> Usage | None: ...
-
-    def namespace_usage(self, namespace: str) -> Usage: ...
-
-    def registry_usage(self) -> Usage: ...
-
-    def usage_by_repository(self, limit: int) -> list[Usage]: ...
-
-    def usage_by_namespace(self, limit: int) -> list[Usage]: ...
-
-    def check_blob_quota(
-        self, quota: QuotaScope, repository: str, digest: str, size: int
-    ) -> None: ...
-
-
-class RepositoryManagement(Protocol):
-    """Tags with details, whole-repository deletion (``meta/repository_admin.py``)."""
-
-    def tag_details(
-        self, repository: str, last: str | None, limit: int
-    ) -> list[TagDetail] | None: ...
-
-    def delete_repository_step(
-        self,
-        repository: str,
-        limit: int,
-        manifest_event: ManifestEvent,
-        repository_event: RepositoryEvent,
-    ) -> DeletionStep: ...
 
 
 class MetadataStore(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # The first component of a repository name (its namespace in usage listings); binds nothing.
 SQLITE_NAMESPACE = (
@@ -145,6 +145,25 @@ def scope_args(scope: str, name: str) -> tuple[str, ...]:
 
 def _usage(name: str, row: Any) -> Usage:
     return Usage(name, *(int(v) for v in row))
+
+
+class UsageReports(Protocol):
+    """The store protocol (part of ``MetadataStore``): bytes stored per repository,
+    namespace and registry, and the quota pre-check. ``StorageUsage`` implements it."""
+
+    def repository_usage(self, name: str) -> Usage | None: ...
+
+    def namespace_usage(self, namespace: str) -> Usage: ...
+
+    def registry_usage(self) -> Usage: ...
+
+    def usage_by_repository(self, limit: int) -> list[Usage]: ...
+
+    def usage_by_namespace(self, limit: int) -> list[Usage]: ...
+
+    def check_blob_quota(
+        self, quota: QuotaScope, repository: str, digest: str, size: int
+    ) -> None: ...
 
 
 class StorageUsage:
