@@ -13,6 +13,7 @@ import trio
 
 from dockyard.config import Settings
 from dockyard.config.model import QuotaSettings
+from dockyard.events.schema import cloudevent, distribution_envelope, native
 from dockyard.services import Services
 from tests.authfixtures import ROOT_RULE, auth_settings, basic
 from tests.conftest import (
@@ -277,3 +278,17 @@ async def test_quota_refusals_and_usage_are_metrics(tmp_path: Path) -> None:
     assert value(samples, "dockyard_quota_used_bytes", quota="quotas[1]") == 1500
     assert value(samples, "dockyard_quota_limit_bytes", quota="quotas[0]") == 3000
     assert value(samples, "dockyard_stored_bytes") == 1500
+
+
+async def test_a_repository_delete_event_renders_in_every_webhook_format(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    await push_image(client, "app", "v1")
+    assert (await client.delete(f"{BASE}/app")).status_code == 202
+    last = events(services)[-1]
+    doc = native(last)
+    assert doc["action"] == "delete" and doc["target"]["kind"] == "repository"
+    assert "digest" not in doc["target"]
+    envelope = distribution_envelope([last], "http://127.0.0.1:5000")
+    assert envelope["events"][0]["target"]["repository"] == "app"
+    assert cloudevent(last)["subject"] == "app"
