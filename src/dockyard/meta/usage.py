@@ -84,19 +84,17 @@ class UsageSQL:
         return "1 = 1"
 
     def totals(self, scope: str) -> str:
-        where = self.members(scope)
+        """Repositories, blobs (each once), their bytes, manifests and theirs; one pass
+        over the scope's links."""
         return (
-            f"SELECT (SELECT COUNT(*) FROM repositories r WHERE {where}),"
-            " (SELECT COUNT(*) FROM blobs b WHERE b.digest IN (SELECT rb.digest"
-            f" FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id"
-            f" WHERE {where})),"
-            " (SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN"
-            " (SELECT rb.digest FROM repository_blobs rb JOIN repositories r"
-            f" ON r.id = rb.repository_id WHERE {where})),"
-            " (SELECT COUNT(*) FROM manifests m JOIN repositories r ON r.id = m.repository_id"
-            f" WHERE {where}),"
-            " (SELECT COALESCE(SUM(m.size), 0) FROM manifests m JOIN repositories r"
-            f" ON r.id = m.repository_id WHERE {where})"
+            f"WITH s AS (SELECT r.id FROM repositories r WHERE {self.members(scope)}),"
+            " d AS (SELECT DISTINCT rb.digest FROM repository_blobs rb"
+            " JOIN s ON rb.repository_id = s.id),"
+            " bl AS (SELECT COUNT(*) AS n, COALESCE(SUM(b.size), 0) AS bytes FROM d"
+            " JOIN blobs b ON b.digest = d.digest),"
+            " mf AS (SELECT COUNT(*) AS n, COALESCE(SUM(m.size), 0) AS bytes FROM manifests m"
+            " JOIN s ON m.repository_id = s.id)"
+            " SELECT (SELECT COUNT(*) FROM s), bl.n, bl.bytes, mf.n, mf.bytes FROM bl, mf"
         )
 
     def links_in(self, scope: str) -> str:
@@ -180,7 +178,7 @@ class StorageUsage:
 
     def _totals(self, conn: Any, scope: str, name: str) -> Usage:
         sql = self.usage_sql.totals(scope)
-        row = conn.execute(sql, scope_args(scope, name) * 5).fetchone()
+        row = conn.execute(sql, scope_args(scope, name)).fetchone()
         return _usage(name, row)
 
     def repository_usage(self, name: str) -> Usage | None:
