@@ -92,15 +92,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _usage_json(u: Usage) -> dict[str, object]:
-    return {
-        "name": u.name,
-        "repositories": u.repositories,
-        "bytes": u.bytes,
-        "blobs": u.blobs,
-        "blob_bytes": u.blob_bytes,
-        "manifests": u.manifests,
-        "manifest_bytes": u.manifest_bytes,
-    }
+    return {"name": u.name, "repositories": u.repositories, **u.figures()}
 
 
 def _size(n: int) -> str:

@@ -44,6 +44,16 @@ class Usage:
     def bytes(self) -> int:
         return self.blob_bytes + self.manifest_bytes
 
+    def figures(self) -> dict[str, int]:
+        """The numbers as the API and the CLI show them."""
+        return {
+            "bytes": self.bytes,
+            "blobs": self.blobs,
+            "blob_bytes": self.blob_bytes,
+            "manifests": self.manifests,
+            "manifest_bytes": self.manifest_bytes,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class QuotaScope:

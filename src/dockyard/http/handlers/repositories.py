@@ -18,7 +18,6 @@ from dockyard.core.repositories import RepositoryManager
 from dockyard.http.handlers.resource import Resource
 from dockyard.http.request import Page, Request, Response, json_response
 from dockyard.http.routing import Route, on_repository
-from dockyard.meta.usage import Usage
 
 PREFIX = "/v2/_dockyard/repositories/"
 
@@ -28,16 +27,6 @@ def timestamp(seconds: float | None) -> str | None:
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def usage_json(usage: Usage) -> dict[str, int]:
-    return {
-        "bytes": usage.bytes,
-        "blobs": usage.blobs,
-        "blob_bytes": usage.blob_bytes,
-        "manifests": usage.manifests,
-        "manifest_bytes": usage.manifest_bytes,
-    }
 
 
 class Repositories(Resource):
@@ -77,7 +66,7 @@ class Repositories(Resource):
     async def info(self, req: Request, p: dict[str, str]) -> Response:
         name = p["name"]
         usage = await self.manager.usage(name)
-        return json_response(200, {"name": name, "usage": usage_json(usage)})
+        return json_response(200, {"name": name, "usage": usage.figures()})
 
     async def delete(self, req: Request, p: dict[str, str]) -> Response:
         name = p["name"]
