@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dockyard.meta.records import Event, PullTime, TagDetail, TagImmutable
+from dockyard.meta.records import Event, PullTime, RetentionTag, TagImmutable
 from dockyard.meta.store import MetadataStore
 from tests.meta_conformance import T0, Clock, MetaConformance, digest, ev, manifest
 
@@ -31,10 +31,10 @@ class RetentionConformance:
         clock.advance(10)
         store.put_manifest(manifest("repo", "bare", tags=["a", "b"]), [])
         store.put_manifest(manifest("other", "img", tags=["x"]), [])
-        details = store.tag_details("repo")
+        details = store.retention_tags("repo")
         assert [d.tag for d in details] == ["a", "b", "v1"]
         v1 = details[2]
-        assert v1 == TagDetail(
+        assert v1 == RetentionTag(
             "repo",
             "v1",
             m.digest,
@@ -45,7 +45,7 @@ class RetentionConformance:
             None,
         )
         assert details[0].pushed == T0 + 10 and details[0].size == details[0].manifest_size
-        assert store.tag_details("nowhere") == []
+        assert store.retention_tags("nowhere") == []
 
     def test_record_pulls(self, store: MetadataStore, clock: Clock) -> None:
         store.put_manifest(manifest("repo", "one", tags=["v1", "latest"]), [])
@@ -57,7 +57,7 @@ class RetentionConformance:
             [PullTime("repo", digest("one"), digest("one"), T0 + 5)],
         )
         assert [e.action for e in store.events_after(0, 10)] == ["pull"]
-        by_tag = {d.tag: d for d in store.tag_details("repo")}
+        by_tag = {d.tag: d for d in store.retention_tags("repo")}
         # v1 pulled by tag; latest shares the manifest, so it counts as pulled too.
         assert by_tag["v1"].pulled == T0 + 5 and by_tag["latest"].pulled == T0 + 5
         assert by_tag["v2"].pulled is None
@@ -65,19 +65,19 @@ class RetentionConformance:
         store.record_pulls([], [PullTime("repo", "v1", digest("one"), T0 + 1)], [])
         store.record_pulls([], [PullTime("repo", "v2", digest("one"), T0 + 9)], [])
         store.record_pulls([], [PullTime("repo", "v2", digest("two"), T0 + 7)], [])
-        by_tag = {d.tag: d for d in store.tag_details("repo")}
+        by_tag = {d.tag: d for d in store.retention_tags("repo")}
         assert by_tag["v1"].pulled == T0 + 5 and by_tag["v2"].pulled == T0 + 7
         store.record_pulls([], [], [PullTime("repo", digest("one"), digest("one"), T0 + 20)])
-        assert {d.tag: d.pulled for d in store.tag_details("repo")}["v1"] == T0 + 20
+        assert {d.tag: d.pulled for d in store.retention_tags("repo")}["v1"] == T0 + 20
 
     def test_delete_tags_if_unchanged(self, store: MetadataStore, clock: Clock) -> None:
         store.put_manifest(manifest("repo", "one", tags=["keep", "moved", "repushed", "gone"]), [])
-        seen = {d.tag: d for d in store.tag_details("repo")}
+        seen = {d.tag: d for d in store.retention_tags("repo")}
         clock.advance(1)
         store.put_manifest(manifest("repo", "two", tags=["moved"]), [])
         store.put_manifest(manifest("repo", "one", tags=["repushed"]), [])
 
-        def make_events(t: TagDetail) -> list[Event]:
+        def make_events(t: RetentionTag) -> list[Event]:
             return [ev("untag", tag=t.tag, digest=t.digest)]
 
         asked = [seen["moved"], seen["repushed"], seen["gone"]]

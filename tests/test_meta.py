@@ -14,6 +14,7 @@ from dockyard.meta import migrations
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from tests.meta_conformance import MakeStore, MetaConformance
+from tests.meta_conformance_housekeeping import HousekeepingConformance
 from tests.meta_conformance_retention import RetentionConformance
 
 
@@ -26,7 +27,7 @@ STORES: dict[str, Callable[[Path], MakeStore]] = {
 }
 
 
-class TestMetadataStore(MetaConformance):
+class TestMetadataStore(MetaConformance, HousekeepingConformance):
     @pytest.fixture(params=sorted(STORES))
     def make_store(self, request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
         return STORES[request.param](tmp_path)

@@ -19,6 +19,7 @@ from dockyard.meta.postgres import migrations as pg_migrations
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import MetadataStore
 from tests.meta_conformance import Clock, MakeStore, MetaConformance, digest, ev, manifest
+from tests.meta_conformance_housekeeping import HousekeepingConformance
 from tests.meta_conformance_retention import RetentionConformance
 from tests.pgserver import PostgresServer
 
@@ -32,7 +33,7 @@ def pg_url(postgres_server: PostgresServer) -> str:
     return postgres_server.new_database()
 
 
-class TestPostgresMeta(MetaConformance):
+class TestPostgresMeta(MetaConformance, HousekeepingConformance):
     @pytest.fixture
     def make_store(self, pg_url: str) -> MakeStore:
         return lambda clock: PostgresMeta(pg_url, clock=clock)

@@ -1,4 +1,4 @@
-"""``dockyard serve | config check | events ... | users ... | retention run | --version``."""
+"""``dockyard serve | config check | events | users | retention run | usage | --version``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 import ssl
 import sys
 
-from dockyard import __version__, cli_retention, cli_users, cli_webhooks
+from dockyard import __version__, cli_housekeeping, cli_retention, cli_users, cli_webhooks
 from dockyard.config import ConfigError, Settings, as_dict, load
 
 
@@ -280,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     events_sub = events.add_subparsers(dest="events_command", required=True)
     cli_webhooks.add_parsers(events_sub, _settings)
     _add_tail_parser(events_sub)
+    cli_housekeeping.add_prune_parser(events_sub, _settings)
     cli_users.add_parsers(sub, _settings)
     cli_retention.add_parsers(sub, _settings)
+    cli_housekeeping.add_usage_parser(sub, _settings)
 
     args = parser.parse_args(argv)
     try:

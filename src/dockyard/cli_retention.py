@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from dockyard.cli_webhooks import _NoDatabase, _open
+from dockyard.cli_webhooks import NoDatabase, open_store
 from dockyard.config import Settings
 from dockyard.core.retention import JobBusy, Policies, Retention, RetentionReport
 from dockyard.meta.store import Database
@@ -67,13 +67,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     tty = sys.stderr.isatty()
     try:
-        with _open(settings) as meta:
+        with open_store(settings) as meta:
             db = Database(meta, 2)
             retention = Retention(
                 db, Policies(settings.retention.policies), f"{instance_name(settings)}-cli"
             )
             report = trio.run(retention.run, args.dry_run, _progress if tty else None)
-    except _NoDatabase as e:
+    except NoDatabase as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 1
     except JobBusy:

@@ -52,15 +52,15 @@ def add_parsers(
     redeliver.set_defaults(func=lambda args: _redeliver(args, settings(args)))
 
 
-class _NoDatabase(Exception):
+class NoDatabase(Exception):
     pass
 
 
 @contextmanager
-def _open(settings: Settings) -> Iterator[MetadataStore]:
+def open_store(settings: Settings) -> Iterator[MetadataStore]:
     path = settings.database_path
     if not settings.database.url and not path.exists():
-        raise _NoDatabase(
+        raise NoDatabase(
             f"no database at {path} (has `dockyard serve` run with this configuration?)"
         )
     meta = open_meta(settings)
@@ -68,7 +68,7 @@ def _open(settings: Settings) -> Iterator[MetadataStore]:
         try:
             meta.migrate()  # an older database gains the webhook tables; a no-op otherwise
         except StoreUnavailable as e:
-            raise _NoDatabase(f"database: {e}") from None
+            raise NoDatabase(f"database: {e}") from None
         yield meta
     finally:
         meta.close()
@@ -85,10 +85,10 @@ def _time(ts: float | None) -> str | None:
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        with _open(settings) as meta:
+        with open_store(settings) as meta:
             cursors = {c.name: c for c in meta.webhook_cursors()}
             end = meta.last_event_id()
-    except _NoDatabase as e:
+    except NoDatabase as e:
         return _fail(str(e))
     now = time.time()
     rows: list[dict[str, Any]] = []
@@ -132,10 +132,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _failed(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        with _open(settings) as meta:
+        with open_store(settings) as meta:
             failures = meta.webhook_failures(args.endpoint)
             events = {f.event_id: meta.event(f.event_id) for f in failures}
-    except _NoDatabase as e:
+    except NoDatabase as e:
         return _fail(str(e))
     rows: list[dict[str, Any]] = []
     for f in failures:
@@ -175,9 +175,9 @@ def _redeliver(args: argparse.Namespace, settings: Settings) -> int:
             " (the server only delivers to configured endpoints)"
         )
     try:
-        with _open(settings) as meta:
+        with open_store(settings) as meta:
             marked = meta.webhook_mark_redeliver(args.endpoint, None if args.all else args.event)
-    except _NoDatabase as e:
+    except NoDatabase as e:
         return _fail(str(e))
     if not args.all and marked == 0:
         return _fail(f"event {args.event} is not a failed delivery to {args.endpoint!r}")

@@ -45,6 +45,12 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.services_housekeeping import (
+    build_pruner,
+    build_quotas,
+    mount_repositories,
+    prune_events,
+)
 from dockyard.services_metrics import mount_metrics
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
@@ -141,6 +147,9 @@ class Services:
         nursery.start_soon(self._janitor)
         if self.retention is not None and self.settings.retention.interval > 0:
             nursery.start_soon(self._scheduled_retention, self.retention)
+        pruner = build_pruner(self.settings, self.db, instance_name(self.settings))
+        if pruner is not None:
+            nursery.start_soon(prune_events, pruner, self.settings.events.prune_interval)
         log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
@@ -228,6 +237,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         lease_seconds=settings.uploads.lease_seconds,
         clock=clock,
         immutable=policies.immutable,
+        quotas=build_quotas(settings, metrics.count_quota_refusal if metrics else None),
     )
     services: Services
 
@@ -289,6 +299,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         app.guard,
         client_user,
     )
+    mount_repositories(app, settings, db, instance_name(settings), clock)
     services = Services(settings, meta, db, storage, pulls, registry, hub, app)
     services.metrics = metrics
     if settings.retention.policies:

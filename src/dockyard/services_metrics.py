@@ -16,6 +16,7 @@ from dockyard.meta.store import Database
 from dockyard.observability.exposition import CONTENT_TYPE, Exporter
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
+from dockyard.observability.usage import QuotaGauge, UsageCollector
 
 
 def mount_metrics(
@@ -30,6 +31,14 @@ def mount_metrics(
     """Serve metrics.path (alone on its listener if metrics.listen is set); the sampler
     for the services to run."""
     exporter = Exporter(metrics, db, settings.metrics.inventory_cache)
+    exporter.add_reader(
+        UsageCollector(
+            [
+                QuotaGauge(f"quotas[{i}]", q.max_bytes, q.namespace or None)
+                for i, q in enumerate(settings.quotas)
+            ]
+        )
+    )
     path = settings.metrics.path
     app.add_routes(metrics_routes(MetricsEndpoint(exporter.render, CONTENT_TYPE), path), [path])
     if settings.metrics.listen:

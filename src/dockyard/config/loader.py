@@ -21,6 +21,7 @@ from typing import Any, TypeVar, get_type_hints
 from dockyard.config.model import (
     AccessSettings,
     ConfigError,
+    QuotaSettings,
     RetentionPolicy,
     Settings,
     WebhookSettings,
@@ -29,7 +30,6 @@ from dockyard.config.model import (
 from dockyard.config.validate import validate
 
 T = TypeVar("T")
-KeySetter = Callable[[T, str, str, Any, Any], None]
 
 
 def _coerce(key: str, kind: Any, value: Any, from_env: bool) -> Any:
@@ -105,45 +105,46 @@ def _strings(key: str, value: Any) -> list[str]:
     return list(value)
 
 
-def _tables(label: str, value: Any, cls: Callable[[], T], set_key: KeySetter[T]) -> list[T]:
-    """Parse an array of tables (``[[webhooks]]``, ``[[retention.policies]]``) into
-    ``cls`` objects: types here, values in ``validate``; unknown keys are named."""
+def _tables(
+    section: str, cls: type[T], value: Any, parse: Callable[[str, str, Any], Any] | None = None
+) -> list[T]:
+    """Parse an array of tables (``[[section]]``) into ``cls`` objects: types here, values
+    in ``validate``. ``parse`` (key, name, value) handles keys of a type ``_coerce`` does
+    not know, returning NotImplemented for the rest."""
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError(f"{label}: expected [[{label}]] tables (an array of tables)")
+        raise ConfigError(f"{section}: expected [[{section}]] tables (an array of tables)")
+    hints = get_type_hints(cls)
     out: list[T] = []
     for i, table in enumerate(value):
         obj = cls()
-        hints = get_type_hints(type(obj))
         for key, item in table.items():
-            name = f"{label}[{i}].{key}"
+            name = f"{section}[{i}].{key}"
             if key not in hints:
-                raise ConfigError(f"unknown key {name} (keys of [[{label}]]: {', '.join(hints)})")
-            set_key(obj, name, key, item, hints[key])
+                raise ConfigError(f"unknown key {name} (keys of [[{section}]]: {', '.join(hints)})")
+            parsed = NotImplemented if parse is None else parse(key, name, item)
+            if parsed is NotImplemented:
+                parsed = _coerce(name, hints[key], item, from_env=False)
+            setattr(obj, key, parsed)
         out.append(obj)
     return out
 
 
-def _set_webhook_key(hook: WebhookSettings, name: str, key: str, item: Any, kind: Any) -> None:
-    if key == "headers":
-        if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
-            raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
-        hook.headers = dict(item)
-    elif key in ("repositories", "actions", "media_types"):
-        setattr(hook, key, _strings(name, item))
-    else:
-        setattr(hook, key, _coerce(name, kind, item, from_env=False))
-
-
-def _set_key(obj: Any, name: str, key: str, item: Any, kind: Any) -> None:
-    setattr(obj, key, _coerce(name, kind, item, from_env=False))
+def _webhook_headers(key: str, name: str, item: Any) -> Any:
+    if key != "headers":
+        return NotImplemented
+    if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+        raise ConfigError(f"{name}: expected a table of strings, got {item!r}")
+    return dict(item)
 
 
 def _webhooks(value: Any) -> list[WebhookSettings]:
-    return _tables("webhooks", value, WebhookSettings, _set_webhook_key)
+    """Parse the ``[[webhooks]]`` array of tables."""
+    return _tables("webhooks", WebhookSettings, value, _webhook_headers)
 
 
 def _retention_policies(value: Any) -> list[RetentionPolicy]:
-    return _tables("retention.policies", value, RetentionPolicy, _set_key)
+    """Parse the ``[[retention.policies]]`` array of tables."""
+    return _tables("retention.policies", RetentionPolicy, value)
 
 
 def _access(value: Any) -> list[AccessSettings]:
@@ -161,6 +162,11 @@ def _access(value: Any) -> list[AccessSettings]:
             setattr(rule, key, _strings(name, item))
         out.append(rule)
     return out
+
+
+def _quotas(value: Any) -> list[QuotaSettings]:
+    """Parse the ``[[quotas]]`` array of tables."""
+    return _tables("quotas", QuotaSettings, value)
 
 
 def load(
@@ -186,6 +192,9 @@ def load(
             if section == "access":
                 settings.access = _access(values)
                 continue
+            if section == "quotas":
+                settings.quotas = _quotas(values)
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table")
             for key, value in values.items():
@@ -199,7 +208,7 @@ def load(
         if not var.startswith("DOCKYARD_") or var in ("DOCKYARD_CONFIG",):
             continue
         rest = var[len("DOCKYARD_") :].lower()
-        if rest.startswith(("webhooks_", "access_")):
+        if rest.startswith(("webhooks_", "access_", "quotas_")):
             table = rest.partition("_")[0]
             raise ConfigError(
                 f"{var}: {table} are configured only in the config file ([[{table}]] tables)"

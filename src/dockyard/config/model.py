@@ -197,6 +197,16 @@ class EventsSettings:
     # One process delivers to each webhook endpoint at a time; it holds a lease in the
     # database for this many seconds, renewed while it delivers.
     webhook_lease_seconds: float = 30.0
+    # Pull events older than this many days are pruned (0: kept forever). Pulls are most
+    # of the log on a busy registry, and the dashboard needs only its last day.
+    keep_pulls_days: float = 30.0
+    # Every other event (pushes, deletes: the audit trail) older than this many days is
+    # pruned; 0 keeps them forever.
+    keep_days: float = 0.0
+    # Seconds between prunes run by the server itself (0: only `dockyard events prune`).
+    prune_interval: float = 3600.0
+    # Events deleted per transaction: short enough that no writer waits long for one.
+    prune_batch_size: int = 5000
 
 
 @dataclass
@@ -309,6 +319,20 @@ class AccessSettings:
     repositories: list[str] = field(default_factory=list)
     # pull, push, delete, admin, metrics; "*" for all.
     actions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QuotaSettings:
+    """One ``[[quotas]]`` table; the first that matches a repository applies to it."""
+
+    # Repository globs ("*" matches "/"): the limit applies to each matching repository
+    # on its own.
+    repositories: list[str] = field(default_factory=list)
+    # Or a namespace ("team" covers "team" and "team/..."): the limit applies to all its
+    # repositories together, each blob counted once.
+    namespace: str = ""
+    # Bytes of blobs and manifests the repository (or namespace) may hold.
+    max_bytes: int = 0
 
 
 WEBHOOK_FORMATS = ("distribution", "cloudevents", "dockyard")
@@ -471,6 +495,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     webhooks: list[WebhookSettings] = field(default_factory=list)
     access: list[AccessSettings] = field(default_factory=list)
+    quotas: list[QuotaSettings] = field(default_factory=list)
 
     @property
     def database_path(self) -> Path:

@@ -323,6 +323,41 @@ def validate(s: Settings) -> None:
     validate_retention(s.retention)
     _validate_auth(s)
     _validate_token(s.auth.token)
+    _validate_pruning(s)
+    _validate_quotas(s)
+
+
+# The dashboard's longest window (core/stats.py MAX_WINDOW, one day) rounded up to whole
+# buckets of up to an hour, with its slack: pruning must leave at least that much.
+DASHBOARD_DAYS = 2.0
+
+
+def _validate_pruning(s: Settings) -> None:
+    e = s.events
+    for key in ("keep_pulls_days", "keep_days"):
+        days = getattr(e, key)
+        if days != 0 and not DASHBOARD_DAYS <= days <= 36500:
+            raise ConfigError(
+                f"events.{key}: must be 0 (keep forever) or {DASHBOARD_DAYS:g} to 36500 days:"
+                " the dashboard shows up to the last day"
+            )
+    if not 0 <= e.prune_interval <= 7 * 86400:
+        raise ConfigError("events.prune_interval: must be between 0 (off) and 604800 seconds")
+    if not 1 <= e.prune_batch_size <= 100000:
+        raise ConfigError("events.prune_batch_size: must be between 1 and 100000")
+
+
+def _validate_quotas(s: Settings) -> None:
+    for i, q in enumerate(s.quotas):
+        key = f"quotas[{i}]"
+        if bool(q.repositories) == bool(q.namespace):
+            raise ConfigError(f"{key}: give either repositories (globs) or a namespace")
+        if q.namespace and (
+            q.namespace.startswith("/") or q.namespace.endswith("/") or "*" in q.namespace
+        ):
+            raise ConfigError(f"{key}.namespace: {q.namespace!r} is not a repository name prefix")
+        if q.max_bytes < 1:
+            raise ConfigError(f"{key}.max_bytes: must be at least 1 byte")
 
 
 def _validate_metrics(s: Settings) -> None:

@@ -11,8 +11,10 @@ from collections.abc import Awaitable, Callable
 
 from dockyard.core.common import Body, EventMaker, RequestInfo, parse_digest
 from dockyard.core.errors import BlobUnknown
+from dockyard.core.quotas import NO_QUOTAS, Quotas
 from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.store import Database
+from dockyard.meta.usage import QuotaExceeded
 from dockyard.storage.base import BlobStore
 
 # Repositories holding a blob read at a time when a mount without ``from`` looks for one.
@@ -20,6 +22,8 @@ MOUNT_CANDIDATES = 100
 
 
 class Blobs:
+    quotas: Quotas = NO_QUOTAS  # set by the Registry: a mount links bytes too
+
     def __init__(
         self, db: Database, storage: BlobStore, pulls: PullEventWriter, events: EventMaker
     ) -> None:
@@ -132,5 +136,9 @@ class Blobs:
             kind="blob",
             **{"from": candidate},
         )
-        await self.db.run(self.meta.link_blob, repository, digest, size, [event])
+        quota = self.quotas.scope_for(repository)
+        try:
+            await self.db.run(self.meta.link_blob, repository, digest, size, [event], quota=quota)
+        except QuotaExceeded as e:
+            raise self.quotas.refused(repository, e) from None
         return True

@@ -36,9 +36,11 @@ from dockyard.core.errors import (
     NameUnknown,
     TagInvalid,
 )
+from dockyard.core.quotas import NO_QUOTAS, Quotas
 from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord, TagImmutable
 from dockyard.meta.store import Database
+from dockyard.meta.usage import QuotaExceeded
 from dockyard.oci.digest import Digest, DigestError, digest_of
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
 from dockyard.oci.names import ReferenceError_, is_valid_tag, parse_reference
@@ -55,6 +57,8 @@ def _immutable_denied(repository: str, tag: str) -> Denied:
 
 
 class Manifests:
+    quotas: Quotas = NO_QUOTAS  # set by the Registry
+
     def __init__(
         self,
         db: Database,
@@ -183,6 +187,7 @@ class Manifests:
             subject=subject,
         )
         immutable = self._immutable_of(repository)
+        quota = self.quotas.scope_for(repository)
         try:
             await self.db.run(
                 self.meta.put_manifest,
@@ -200,9 +205,12 @@ class Manifests:
                     [t for t in tags if immutable(t)] if immutable else (),
                 ),
                 [event],
+                quota=quota,
             )
         except TagImmutable as e:
             raise _immutable_denied(repository, e.tag) from None
+        except QuotaExceeded as e:
+            raise self.quotas.refused(repository, e) from None
         return PushedManifest(str(digest), tuple(tags), subject)
 
     async def delete_manifest(self, ctx: RequestInfo, repository: str, reference: str) -> None:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dockyard.core.blobs import Blobs
 from dockyard.core.common import Body, EventMaker, Page, PushedManifest, RequestInfo, UploadStatus
 from dockyard.core.manifests import ImmutableTags, Manifests
+from dockyard.core.quotas import NO_QUOTAS, Quotas
 from dockyard.core.uploads import Uploads
 from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.store import Database
@@ -48,6 +49,7 @@ class Registry:
         lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         immutable: ImmutableTags | None = None,
+        quotas: Quotas = NO_QUOTAS,
     ) -> None:
         events = EventMaker(instance, clock)
         self.blobs = Blobs(db, storage, pulls, events)
@@ -55,6 +57,8 @@ class Registry:
             db, storage, events, instance=instance, lease_seconds=lease_seconds, clock=clock
         )
         self.manifests = Manifests(db, pulls, events, immutable)
+        # Every path that links bytes or stores a manifest checks the same quotas.
+        self.quotas = self.blobs.quotas = self.uploads.quotas = self.manifests.quotas = quotas
         # The public API: the parts' bound methods (see the module docstring).
         # blobs
         self.blob_size = self.blobs.blob_size

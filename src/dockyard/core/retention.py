@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.globs import any_glob_matches
-from dockyard.meta.records import Event, TagDetail
+from dockyard.meta.records import Event, RetentionTag
 from dockyard.meta.store import Database
 
 DAY = 86400.0
@@ -110,11 +110,11 @@ class Rules:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    tag: TagDetail
+    tag: RetentionTag
     rule: str  # why: the rule (or rules) that selected it
 
 
-def select(rules: Rules, tags: Sequence[TagDetail], now: float) -> list[Decision]:
+def select(rules: Rules, tags: Sequence[RetentionTag], now: float) -> list[Decision]:
     """The tags ``rules`` delete of ``tags`` (one repository's) at time ``now``."""
     if not rules.deletes_tags:
         return []
@@ -246,7 +246,7 @@ class Retention:
                 if rules is None or not rules.deletes_tags:
                     continue
                 report.repositories += 1
-                tags = await self.db.run(meta.tag_details, repository)
+                tags = await self.db.run(meta.retention_tags, repository)
                 decisions = select(rules, tags, self.clock())
                 await self._apply(ctx, repository, decisions, report, dry_run)
                 if progress is not None:
@@ -265,14 +265,14 @@ class Retention:
     ) -> None:
         rule_of = {d.tag.tag: d.rule for d in decisions}
 
-        def item(t: TagDetail) -> RetentionItem:
+        def item(t: RetentionTag) -> RetentionItem:
             return RetentionItem(repository, t.tag, t.digest, t.size, rule_of[t.tag])
 
         if dry_run:
             report.items += [item(d.tag) for d in decisions]
             return
 
-        def untag(t: TagDetail) -> list[Event]:
+        def untag(t: RetentionTag) -> list[Event]:
             return [
                 self._event(
                     ctx,

@@ -33,9 +33,11 @@ from dockyard.core.errors import (
     UploadOutOfOrder,
     UploadUnknown,
 )
+from dockyard.core.quotas import NO_QUOTAS, Quotas
 from dockyard.core.stream import Progress, receive
 from dockyard.meta.records import Conflict, UploadRecord
 from dockyard.meta.store import Database
+from dockyard.meta.usage import QuotaExceeded
 from dockyard.oci.digest import CANONICAL, DigestError, Hasher, new_hasher
 from dockyard.storage.base import BlobStore, DriverState, UploadNotFound, UploadWriter
 
@@ -58,6 +60,9 @@ class Purged:
 
 
 class Uploads:
+    # Set by the Registry; checked before the bytes are committed and again in the link.
+    quotas: Quotas = NO_QUOTAS
+
     def __init__(
         self,
         db: Database,
@@ -348,6 +353,16 @@ class Uploads:
     ) -> None:
         sid = storage_id or upload_id
         assert sid is not None
+        quota = self.quotas.scope_for(repository)
+        if quota is not None:
+            try:
+                await self.db.run(self.meta.check_blob_quota, quota, repository, digest, size)
+            except QuotaExceeded as e:
+                # Over anyway: nothing is committed, the session and its bytes go.
+                if upload_id is not None:
+                    await self.db.run(self.meta.delete_upload, upload_id)
+                    await self.storage.delete_upload(upload_id, state)
+                raise self.quotas.refused(repository, e) from None
         try:
             await self.storage.commit_upload(sid, state, size, digest)
         except UploadNotFound:
@@ -357,6 +372,19 @@ class Uploads:
         event = self._event(
             ctx, "push", repository, digest, "application/octet-stream", size, kind="blob"
         )
-        await self.db.run(
-            self.meta.link_blob, repository, digest, size, [event], finished_upload=upload_id
-        )
+        try:
+            await self.db.run(
+                self.meta.link_blob,
+                repository,
+                digest,
+                size,
+                [event],
+                finished_upload=upload_id,
+                quota=quota,
+            )
+        except QuotaExceeded as e:
+            # Another push took the room since the check: no link, the session goes. New
+            # bytes stay unlinked (never served) until garbage collection removes them.
+            if upload_id is not None:
+                await self.db.run(self.meta.delete_upload, upload_id)
+            raise self.quotas.refused(repository, e) from None

@@ -209,7 +209,7 @@ class WebhookFailure:
 
 
 @dataclass(frozen=True, slots=True)
-class TagDetail:
+class RetentionTag:
     """A tag as retention sees it: what it points to and when it was pushed and pulled."""
 
     repository: str

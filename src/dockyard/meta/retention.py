@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from dockyard.meta.leases import LeaseSQL
-from dockyard.meta.records import Event, PullTime, TagDetail, TagImmutable
+from dockyard.meta.records import Event, PullTime, RetentionTag, TagImmutable
 
 _REPO = "(SELECT id FROM repositories WHERE name = ?)"
 
@@ -107,11 +107,11 @@ class RetentionStore:
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self.lease_sql.mark)
 
-    def tag_details(self, repository: str) -> list[TagDetail]:
+    def retention_tags(self, repository: str) -> list[RetentionTag]:
         with self._read() as conn:
             rows = conn.execute(self._sql(_TAG_DETAILS), (repository,)).fetchall()
         return [
-            TagDetail(
+            RetentionTag(
                 repository, r[0], r[1], r[2], int(r[3]), int(r[4]), float(r[5]), _latest(r[6], r[7])
             )
             for r in rows
@@ -120,10 +120,10 @@ class RetentionStore:
     def delete_tags_if_unchanged(
         self,
         repository: str,
-        tags: Sequence[TagDetail],
-        make_events: Callable[[TagDetail], Sequence[Event]],
-    ) -> list[TagDetail]:
-        deleted: list[TagDetail] = []
+        tags: Sequence[RetentionTag],
+        make_events: Callable[[RetentionTag], Sequence[Event]],
+    ) -> list[RetentionTag]:
+        deleted: list[RetentionTag] = []
         with self._write() as conn:
             for t in tags:
                 cur = conn.execute(

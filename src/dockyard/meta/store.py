@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from dockyard.meta.prune import EventPruner
 from dockyard.meta.records import (
     Conflict,
     Event,
@@ -28,14 +29,16 @@ from dockyard.meta.records import (
     NewManifest,
     PullTime,
     ReferrerRecord,
+    RetentionTag,
     StatsRecord,
     StoreBusy,
     StoredEvent,
-    TagDetail,
     UploadRecord,
     WebhookCursor,
     WebhookFailure,
 )
+from dockyard.meta.repository_admin import RepositoryManagement
+from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -77,9 +80,11 @@ class BlobLinks(Protocol):
         size: int,
         events: Sequence[Event],
         finished_upload: str | None = None,
+        quota: QuotaScope | None = None,
     ) -> None:
         """Record a stored blob and link it to ``repository`` (idempotent); deletes the
-        upload session ``finished_upload`` in the same transaction."""
+        upload session ``finished_upload`` in the same transaction. With ``quota``, raises
+        ``QuotaExceeded`` (and changes nothing) if the link would exceed it."""
 
     def unlink_blob(self, repository: str, digest: str, events: Sequence[Event]) -> bool: ...
 
@@ -91,9 +96,12 @@ class Manifests(Protocol):
     def existing_manifests(self, repository: str, digests: Sequence[str]) -> dict[str, int]:
         """Of ``digests``, the manifests stored in ``repository``, with their sizes."""
 
-    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
-        """Store a manifest and point ``m.tags`` at it; raises ``TagImmutable`` (changing
-        nothing) if one of ``m.immutable_tags`` exists with another digest."""
+    def put_manifest(
+        self, m: NewManifest, events: Sequence[Event], quota: QuotaScope | None = None
+    ) -> None:
+        """Store a manifest, its references and tags; raises ``TagImmutable`` (changing
+        nothing) if one of ``m.immutable_tags`` exists with another digest; with ``quota``,
+        raises ``QuotaExceeded`` as ``link_blob`` does."""
 
     def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
 
@@ -271,15 +279,15 @@ class Jobs(Protocol):
 class TagRetention(Protocol):
     """What retention policies read and delete (``meta/retention.py``)."""
 
-    def tag_details(self, repository: str) -> list[TagDetail]:
+    def retention_tags(self, repository: str) -> list[RetentionTag]:
         """Every tag of ``repository`` with its manifest, size, push and pull times."""
 
     def delete_tags_if_unchanged(
         self,
         repository: str,
-        tags: Sequence[TagDetail],
-        make_events: Callable[[TagDetail], Sequence[Event]],
-    ) -> list[TagDetail]:
+        tags: Sequence[RetentionTag],
+        make_events: Callable[[RetentionTag], Sequence[Event]],
+    ) -> list[RetentionTag]:
         """In one transaction, delete each of ``tags`` that still points at its digest and
         was not pushed again since it was read (same ``pushed``); the events of those
         deleted are appended with them. Returns those deleted."""
@@ -292,6 +300,9 @@ class TagRetention(Protocol):
 
 
 class MetadataStore(
+    EventPruner,
+    UsageReports,
+    RepositoryManagement,
     Lifecycle,
     SharedSecrets,
     Jobs,
@@ -333,7 +344,7 @@ class Database:
             return await trio.to_thread.run_sync(
                 lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
             )
-        except Conflict:
+        except (Conflict, QuotaExceeded):  # answers, not failures
             raise
         except Exception:
             failed = True
@@ -360,7 +371,7 @@ class Database:
             return await self.run(fn, *args, **kwargs)
         except Exception as e:
             if timer is not None:
-                failed = not isinstance(e, Conflict)
+                failed = not isinstance(e, Conflict | QuotaExceeded)
                 timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
             raise
         if timer is not None:

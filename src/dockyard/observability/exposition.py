@@ -30,6 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from dockyard.meta.records import InventoryRecord
 from dockyard.meta.store import Database
 from dockyard.observability.metrics import RegistryMetrics, multiprocess_dir
+from dockyard.observability.usage import UsageCollector
 
 log = logging.getLogger("dockyard.metrics")
 
@@ -97,6 +98,12 @@ class Exporter:
         else:
             self.registry = metrics.registry
         self.registry.register(self.inventory)
+        # Gauges read from the store with the inventory (usage.py), added by services.
+        self.readers: list[UsageCollector] = []
+
+    def add_reader(self, reader: UsageCollector) -> None:
+        self.readers.append(reader)
+        self.registry.register(reader)
 
     async def _refresh_inventory(self) -> None:
         async with self._lock:
@@ -104,6 +111,8 @@ class Exporter:
                 return
             try:
                 self.inventory.reading = await self.db.run(self.db.meta.inventory)
+                for reader in self.readers:
+                    await reader.refresh(self.db)
             except Exception:  # the scrape still has the rest (and the last reading)
                 log.exception("reading the inventory for metrics failed")
                 return

@@ -223,6 +223,11 @@ class RegistryMetrics:
             "Start time of each live worker, seconds since the epoch.",
             "liveall",
         )
+        self.quota_refusals = counter(
+            "dockyard_quota_refusals_total",
+            "Pushes refused for a quota, by quota ([[quotas]] table index, or namespace:<name>).",
+            ("quota",),
+        )
         self.workers = gauge("dockyard_workers", "Worker processes running.", "livesum")
         self.workers_configured = gauge(
             "dockyard_workers_configured", "Worker processes configured (server.workers).", "max"
@@ -281,6 +286,9 @@ class RegistryMetrics:
             batch.count(c.sent, r.bytes_out)
         if c.dedupe is not None:
             batch.count(c.dedupe)
+
+    def count_quota_refusal(self, quota: str) -> None:
+        self.batch.count(self._child(self.quota_refusals, quota))
 
     def database_timer(self) -> Callable[[str, float, bool], None]:
         """The Database's call timer (meta/store.py)."""

@@ -22,6 +22,7 @@ from dockyard.meta.postgres.core import PostgresCore
 from dockyard.meta.postgres.pointread import Row, Statement
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
 from dockyard.meta.retention import delete_tags_of, put_immutable_tags
+from dockyard.meta.usage import QuotaScope
 
 _MANIFEST_BY_DIGEST = (
     "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m"
@@ -114,9 +115,11 @@ class ContentStore(PostgresCore):
         size: int,
         events: Sequence[Event],
         finished_upload: str | None = None,
+        quota: QuotaScope | None = None,
     ) -> None:
         """Record a stored blob and link it to ``repository`` (idempotent)."""
         with self._write() as conn:
+            self.enforce_blob(conn, quota, repository, digest, size)
             now = self._clock()
             conn.execute(
                 "INSERT INTO blobs (digest, size, created) VALUES (%s, %s, %s)"
@@ -169,8 +172,11 @@ class ContentStore(PostgresCore):
             ).fetchall()
         return {d: int(s) for d, s in rows}
 
-    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
+    def put_manifest(
+        self, m: NewManifest, events: Sequence[Event], quota: QuotaScope | None = None
+    ) -> None:
         with self._write() as conn:
+            self.enforce_manifest(conn, quota, m.repository, m.digest, len(m.payload))
             now = self._clock()
             repo_id = self._repo_id(conn, m.repository, create=True)
             conn.execute(

@@ -47,7 +47,10 @@ from dockyard.meta.leases import JobLeases
 from dockyard.meta.postgres import migrations
 from dockyard.meta.postgres.leases import POSTGRES
 from dockyard.meta.postgres.pointread import Row, Statement, read_row
+from dockyard.meta.prune import EventPruning, PruneSQL
 from dockyard.meta.records import Event, StoreBusy, StoreUnavailable
+from dockyard.meta.repository_admin import AdminSQL, RepositoryAdmin
+from dockyard.meta.usage import POSTGRES_NAMESPACE, StorageUsage, UsageSQL
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -62,8 +65,14 @@ INLINE_DEADLINE = 0.5
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 
 
-class PostgresCore(JobLeases):
+class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
     lease_sql = POSTGRES
+    prune_sql = PruneSQL("%s")
+    # Quota checks of one scope wait for each other until commit (meta/usage.py).
+    usage_sql = UsageSQL(
+        "%s", POSTGRES_NAMESPACE, "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+    )
+    admin_sql = AdminSQL("%s")
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
 from dockyard.meta.retention import delete_tags_of, put_immutable_tags
 from dockyard.meta.sqlite.core import SQLiteCore
+from dockyard.meta.usage import QuotaScope
 
 
 class ContentStore(SQLiteCore):
@@ -78,9 +79,11 @@ class ContentStore(SQLiteCore):
         size: int,
         events: Sequence[Event],
         finished_upload: str | None = None,
+        quota: QuotaScope | None = None,
     ) -> None:
         """Record a stored blob and link it to ``repository`` (idempotent)."""
         with self._write() as conn:
+            self.enforce_blob(conn, quota, repository, digest, size)
             now = self._clock()
             conn.execute(
                 "INSERT INTO blobs (digest, size, created) VALUES (?, ?, ?)"
@@ -144,8 +147,11 @@ class ContentStore(SQLiteCore):
             digests,
         )
 
-    def put_manifest(self, m: NewManifest, events: Sequence[Event]) -> None:
+    def put_manifest(
+        self, m: NewManifest, events: Sequence[Event], quota: QuotaScope | None = None
+    ) -> None:
         with self._write() as conn:
+            self.enforce_manifest(conn, quota, m.repository, m.digest, len(m.payload))
             now = self._clock()
             repo_id = self._repo_id(conn, m.repository, create=True)
             conn.execute(

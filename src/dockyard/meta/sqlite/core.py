@@ -24,15 +24,21 @@ from pathlib import Path
 
 from dockyard.meta import migrations
 from dockyard.meta.leases import SQLITE, JobLeases
+from dockyard.meta.prune import EventPruning, PruneSQL
 from dockyard.meta.records import Event, StoreBusy
+from dockyard.meta.repository_admin import AdminSQL, RepositoryAdmin
+from dockyard.meta.usage import SQLITE_NAMESPACE, StorageUsage, UsageSQL
 
 # Seconds an inline read (on the event loop) waits for a lock before it is retried in a
 # worker thread; in WAL mode readers almost never wait at all.
 INLINE_BUSY_TIMEOUT = 0.05
 
 
-class SQLiteCore(JobLeases):
+class SQLiteCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
     lease_sql = SQLITE
+    prune_sql = PruneSQL("?")
+    usage_sql = UsageSQL("?", SQLITE_NAMESPACE, scope_lock=None)  # writers are serialized
+    admin_sql = AdminSQL("?")
 
     def __init__(
         self, path: Path, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time
