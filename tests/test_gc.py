@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -305,9 +305,9 @@ async def test_a_lost_lease_stops_the_run(env: Env) -> None:
     env.clock.now += GRACE + 1
     collector = env.collector(batch_size=1)
     original = env.svc.meta.gc_delete_links
-    calls = []
+    calls: list[Sequence[Doomed]] = []
 
-    def steal_after_first(repository_id: int, doomed: list[Doomed]) -> list[str]:
+    def steal_after_first(repository_id: int, doomed: Sequence[Doomed]) -> list[str]:
         calls.append(doomed)
         if len(calls) == 1:  # another collector takes over after our lease expired
             env.clock.now += 61
@@ -384,7 +384,7 @@ async def test_a_push_after_its_layer_was_collected_gets_manifest_blob_unknown(
     # The push checked its blobs (linked_blobs) just before the collector removed one.
     original = meta.linked_blobs
 
-    def check_then_collect(repository: str, digests: list[str]) -> dict[str, int]:
+    def check_then_collect(repository: str, digests: Sequence[str]) -> dict[str, int]:
         found = original(repository, digests)
         repo = meta.gc_repository("app")
         assert repo is not None
