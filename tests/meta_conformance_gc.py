@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from dockyard.meta.collect import Doomed
+from dockyard.meta.gcrecords import Doomed
 from dockyard.meta.records import BlobBeingDeleted, Event, NewManifest, ReferencesGone
 from dockyard.meta.store import MetadataStore
 from tests.meta_conformance import T0, Clock, MakeStore, digest, ev, manifest

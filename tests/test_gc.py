@@ -19,7 +19,7 @@ from dockyard.config.model import RetentionPolicy
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.errors import ManifestBlobUnknown
 from dockyard.core.gc import Collector, CollectorBusy, GcReport, LeaseLost
-from dockyard.meta.collect import Doomed
+from dockyard.meta.gcrecords import Doomed
 from dockyard.meta.records import Event
 from dockyard.services import Services
 from tests.conftest import chunks, digest_of, open_services, sqlite_and_postgres

@@ -17,7 +17,7 @@ import pytest
 from dockyard.meta import migrations as sqlite_migrations
 from dockyard.meta.postgres import PostgresMeta
 from dockyard.meta.postgres import migrations as pg_migrations
-from dockyard.meta.records import ReferencesGone
+from dockyard.meta.records import BlobBeingDeleted, ReferencesGone
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import MetadataStore
 from tests.meta_conformance import T0, Clock, MakeStore, MetaConformance, digest, ev, manifest
@@ -427,3 +427,52 @@ def _repo_id(meta: PostgresMeta) -> int:
     found = meta.gc_repository("repo")
     assert found is not None
     return found.id
+
+
+CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def test_a_mark_waits_for_a_claim_of_new_bytes(pg_url: str) -> None:
+    """An upload re-sending bytes a crash left without rows claims the digest (a NEW blob
+    row, which locks nothing) while the storage walk marks those bytes: the digest lock
+    orders them, and the walk then sees the row and leaves the bytes alone."""
+    meta = PostgresMeta(pg_url, clock=Clock())
+    meta.migrate()
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            # What claim_blob does, mid-transaction.
+            raw.execute(CLAIM_LOCK, (digest("b"),))
+            raw.execute(
+                "INSERT INTO blobs (digest, size, created, touched) VALUES (%s, 3, %s, %s)",
+                (digest("b"), T0, T0),
+            )
+            t, out = _in_thread(lambda: meta.gc_mark_stray_bytes([digest("b")]))
+            time.sleep(0.3)
+            assert out == []
+        t.join(10)
+    assert out == [[]] and meta.gc_pending_deletions(10) == []
+    meta.close()
+
+
+def test_a_claim_waits_for_a_mark_and_sees_it(pg_url: str) -> None:
+    """The collector marks first (uncommitted): the claim waits for it, then sees the
+    deletion row and refuses, instead of re-creating the row over bytes about to go."""
+    meta = PostgresMeta(pg_url, clock=Clock())
+    meta.migrate()
+    meta.claim_blob(digest("b"), 3, 60)
+    assert meta.job_acquire("gc", "collector/1", 60)
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            # What gc_mark_blobs does, mid-transaction.
+            raw.execute(CLAIM_LOCK, (digest("b"),))
+            raw.execute("DELETE FROM blobs WHERE digest = %s", (digest("b"),))
+            raw.execute(
+                "INSERT INTO blob_deletions (digest, marked) VALUES (%s, %s)", (digest("b"), T0)
+            )
+            t, out = _in_thread(lambda: meta.claim_blob(digest("b"), 3, 60))
+            time.sleep(0.3)
+            assert out == []
+        t.join(10)
+    assert len(out) == 1 and isinstance(out[0], BlobBeingDeleted)
+    assert meta.blob_size(digest("b")) is None
+    meta.close()

@@ -40,12 +40,15 @@ from typing import Any
 from dockyard.config.model import GcSettings, RetentionPolicy
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.gcplan import dead_links, plan_manifests, untagged_days
-from dockyard.meta.collect import GC_JOB, Doomed, GcRepository
+from dockyard.meta.collect import GC_JOB
+from dockyard.meta.gcrecords import Doomed, GcRepository
 from dockyard.meta.store import Database
 from dockyard.storage.base import BlobStore
 
 # Entries listed in a report; the totals count everything beyond.
 MAX_ITEMS = 10000
+# Byte deletions between lease renewals (each is a request to an object store).
+RENEW_EVERY = 50
 # Digests read per page when listing blob rows or stored bytes.
 PAGE = 1000
 
@@ -167,13 +170,21 @@ class Collector:
         )  # fmt: skip
         return Doomed(digest, cutoff, event)
 
+    async def _delete_bytes(self, digests: Sequence[str]) -> None:
+        """Delete marked bytes, renewing the lease as it goes: an upload may take over a
+        mark only once the lease has expired (``claim_blob``), so a run that lost it must
+        not delete one more byte."""
+        for i, digest in enumerate(digests):
+            if i and i % RENEW_EVERY == 0:
+                await self._renew()
+            await self.storage.delete(digest)
+
     # -- 1. what a killed run left
 
     async def _finish_pending(self) -> None:
         while pending := await self.db.run(self.meta.gc_pending_deletions, PAGE):
             await self._renew()
-            for digest in pending:
-                await self.storage.delete(digest)
+            await self._delete_bytes(pending)
             await self.db.run(self.meta.gc_unmark_blobs, pending)
             self._progress(f"finished {len(pending)} deletions of an earlier run")
 
@@ -256,8 +267,7 @@ class Collector:
                     await self._renew()
                     marked = await self.db.run(self.meta.gc_mark_blobs, batch)
                     # Only now, after the commit that made them unreachable: the bytes.
-                    for digest in marked:
-                        await self.storage.delete(digest)
+                    await self._delete_bytes(marked)
                     await self.db.run(self.meta.gc_unmark_blobs, marked)
                 for digest in marked:
                     report.deleted_blobs += 1
@@ -290,8 +300,7 @@ class Collector:
         else:
             await self._renew()
             marked = await self.db.run(self.meta.gc_mark_stray_bytes, stray)
-            for digest in marked:
-                await self.storage.delete(digest)
+            await self._delete_bytes(marked)
             await self.db.run(self.meta.gc_unmark_blobs, marked)
         for digest in marked:
             report.deleted_blobs += 1
