@@ -10,14 +10,14 @@ Times: the ``Clock`` starts at ``T0``; a cutoff of ``T0 + 1`` makes everything w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from dockyard.meta.gcrecords import Doomed
 from dockyard.meta.records import BlobBeingDeleted, Event, NewManifest, ReferencesGone
 from dockyard.meta.store import MetadataStore
-from tests.meta_conformance import T0, Clock, MakeStore, digest, ev, manifest
+from tests.meta_conformance import T0, Clock, MakeStore, StoreFixtures, digest, ev, manifest
 
 OLD = T0 + 1  # a cutoff after everything written at T0
 NEW = T0  # a cutoff nothing written at T0 is older than
@@ -42,18 +42,7 @@ def _requiring(
     )
 
 
-class CollectionConformance:
-    @pytest.fixture
-    def clock(self) -> Clock:
-        return Clock()
-
-    @pytest.fixture
-    def store(self, make_store: MakeStore, clock: Clock) -> Iterator[MetadataStore]:
-        s = make_store(clock)
-        s.migrate()
-        yield s
-        s.close()
-
+class CollectionConformance(StoreFixtures):
     def log(self, store: MetadataStore) -> list[str]:
         return [e.action for e in store.events_after(0, 1000)]
 

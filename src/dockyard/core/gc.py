@@ -89,6 +89,12 @@ class GcReport:
         else:
             self.items_truncated = True
 
+    def blobs(self, digests: Sequence[str], sizes: dict[str, int], kind: str, reason: str) -> None:
+        for digest in digests:
+            self.deleted_blobs += 1
+            self.freed_bytes += sizes[digest]
+            self.add(kind, "", digest, sizes[digest], reason)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
@@ -170,22 +176,23 @@ class Collector:
         )  # fmt: skip
         return Doomed(digest, cutoff, event)
 
-    async def _delete_bytes(self, digests: Sequence[str]) -> None:
-        """Delete marked bytes, renewing the lease as it goes: an upload may take over a
-        mark only once the lease has expired (``claim_blob``), so a run that lost it must
-        not delete one more byte."""
+    async def _delete_marked(self, digests: Sequence[str]) -> None:
+        """Delete the bytes of digests marked in ``blob_deletions`` (only after the commit
+        that made them unreachable), then the marks. The lease is renewed as it goes: an
+        upload may take over a mark once the lease expired (``claim_blob``), so a run that
+        lost it must not delete one more byte."""
         for i, digest in enumerate(digests):
             if i and i % RENEW_EVERY == 0:
                 await self._renew()
             await self.storage.delete(digest)
+        await self.db.run(self.meta.gc_unmark_blobs, digests)
 
     # -- 1. what a killed run left
 
     async def _finish_pending(self) -> None:
         while pending := await self.db.run(self.meta.gc_pending_deletions, PAGE):
             await self._renew()
-            await self._delete_bytes(pending)
-            await self.db.run(self.meta.gc_unmark_blobs, pending)
+            await self._delete_marked(pending)
             self._progress(f"finished {len(pending)} deletions of an earlier run")
 
     # -- 2. manifests and links
@@ -266,13 +273,8 @@ class Collector:
                 else:
                     await self._renew()
                     marked = await self.db.run(self.meta.gc_mark_blobs, batch)
-                    # Only now, after the commit that made them unreachable: the bytes.
-                    await self._delete_bytes(marked)
-                    await self.db.run(self.meta.gc_unmark_blobs, marked)
-                for digest in marked:
-                    report.deleted_blobs += 1
-                    report.freed_bytes += sizes[digest]
-                    report.add("blob", "", digest, sizes[digest], "unreferenced")
+                    await self._delete_marked(marked)
+                report.blobs(marked, sizes, "blob", "unreferenced")
 
     # -- 4. bytes with no metadata at all
 
@@ -300,9 +302,5 @@ class Collector:
         else:
             await self._renew()
             marked = await self.db.run(self.meta.gc_mark_stray_bytes, stray)
-            await self._delete_bytes(marked)
-            await self.db.run(self.meta.gc_unmark_blobs, marked)
-        for digest in marked:
-            report.deleted_blobs += 1
-            report.freed_bytes += page[digest]
-            report.add("bytes", "", digest, page[digest], "no metadata")
+            await self._delete_marked(marked)
+        report.blobs(marked, page, "bytes", "no metadata")

@@ -110,37 +110,32 @@ class CollectStore:
             repo_id = self._repo_id(conn, name)
             if repo_id is None:
                 return None
+
+            def rows(sql: str) -> list[Any]:
+                return list(conn.execute(q(sql), (repo_id,)).fetchall())
+
             manifests = [
                 GcManifest(str(d), str(mt), int(size), subject, float(touched), bool(tagged))
-                for d, mt, size, subject, touched, tagged in conn.execute(
-                    q(
-                        "SELECT m.digest, m.media_type, m.size, m.subject,"
-                        " COALESCE(m.touched, m.pushed), EXISTS (SELECT 1 FROM tags t"
-                        " WHERE t.repository_id = m.repository_id AND t.digest = m.digest)"
-                        " FROM manifests m WHERE m.repository_id = ?"
-                    ),
-                    (repo_id,),
-                ).fetchall()
+                for d, mt, size, subject, touched, tagged in rows(
+                    "SELECT m.digest, m.media_type, m.size, m.subject,"
+                    " COALESCE(m.touched, m.pushed), EXISTS (SELECT 1 FROM tags t"
+                    " WHERE t.repository_id = m.repository_id AND t.digest = m.digest)"
+                    " FROM manifests m WHERE m.repository_id = ?"
+                )
             ]
             references = [
                 GcReference(str(m), str(c), str(k))
-                for m, c, k in conn.execute(
-                    q(
-                        "SELECT manifest_digest, child_digest, kind FROM manifest_references"
-                        " WHERE repository_id = ?"
-                    ),
-                    (repo_id,),
-                ).fetchall()
+                for m, c, k in rows(
+                    "SELECT manifest_digest, child_digest, kind FROM manifest_references"
+                    " WHERE repository_id = ?"
+                )
             ]
             links = [
                 GcLink(str(d), int(size), float(linked))
-                for d, size, linked in conn.execute(
-                    q(
-                        "SELECT rb.digest, b.size, rb.linked FROM repository_blobs rb"
-                        " JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = ?"
-                    ),
-                    (repo_id,),
-                ).fetchall()
+                for d, size, linked in rows(
+                    "SELECT rb.digest, b.size, rb.linked FROM repository_blobs rb"
+                    " JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = ?"
+                )
             ]
         return GcRepository(repo_id, name, manifests, references, links)
 
