@@ -303,7 +303,7 @@ async def test_a_lost_lease_stops_the_run(env: Env) -> None:
     for i in range(4):
         await env.blob("app", f"loose {i}".encode())
     env.clock.now += GRACE + 1
-    collector = env.collector(batch_size=1)
+    collector = env.collector(batch_size=1, lease_seconds=0.0)  # renew before every batch
     original = env.svc.meta.gc_delete_links
     calls: list[Sequence[Doomed]] = []
 

@@ -47,8 +47,6 @@ from dockyard.storage.base import BlobStore
 
 # Entries listed in a report; the totals count everything beyond.
 MAX_ITEMS = 10000
-# Byte deletions between lease renewals (each is a request to an object store).
-RENEW_EVERY = 50
 # Digests read per page when listing blob rows or stored bytes.
 PAGE = 1000
 
@@ -136,6 +134,7 @@ class Collector:
         self._clock = clock
         self._progress = progress or (lambda _: None)
         self._lease = ""
+        self._renewed = 0.0  # time.monotonic() of the last take or renewal of the lease
         self._ctx = RequestInfo(method="GC", actor="gc")
 
     async def run(self, dry_run: bool = False, walk_storage: bool | None = None) -> GcReport:
@@ -146,6 +145,7 @@ class Collector:
         seconds = self.settings.lease_seconds
         if not await self.db.run(self.meta.job_acquire, GC_JOB, self._lease, seconds):
             raise CollectorBusy("another garbage collection is running")
+        self._renewed = time.monotonic()
         report = GcReport(dry_run)
         try:
             if not dry_run:
@@ -161,9 +161,15 @@ class Collector:
         return report
 
     async def _renew(self) -> None:
+        """Renew the lease once a quarter of it has passed (so it never expires while this
+        run works); raise ``LeaseLost`` if another collector has taken it meanwhile. Row
+        deletions are safe without it (each is conditional); deleting bytes is not."""
         seconds = self.settings.lease_seconds
+        if time.monotonic() - self._renewed < seconds / 4:
+            return
         if not await self.db.run(self.meta.job_renew, GC_JOB, self._lease, seconds):
             raise LeaseLost("the garbage collection lease was lost; stopping")
+        self._renewed = time.monotonic()
 
     def _doom(
         self, cutoff: float, repository: str, digest: str, size: int, kind: str, reason: str
@@ -181,9 +187,8 @@ class Collector:
         that made them unreachable), then the marks. The lease is renewed as it goes: an
         upload may take over a mark once the lease expired (``claim_blob``), so a run that
         lost it must not delete one more byte."""
-        for i, digest in enumerate(digests):
-            if i and i % RENEW_EVERY == 0:
-                await self._renew()
+        for digest in digests:
+            await self._renew()
             await self.storage.delete(digest)
         await self.db.run(self.meta.gc_unmark_blobs, digests)
 
