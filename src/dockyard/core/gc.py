@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import trio
+
 from dockyard.config.model import GcSettings, RetentionPolicy
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.gcplan import dead_links, plan_manifests, untagged_days
@@ -156,7 +158,10 @@ class Collector:
             if walk:
                 await self._walk(report, dry_run)
         finally:
-            await self.db.run(self.meta.job_release, GC_JOB, self._lease)
+            # Also when cancelled (the server stopping): the next run need not wait for
+            # the lease to expire.
+            with trio.CancelScope(shield=True):
+                await self.db.run(self.meta.job_release, GC_JOB, self._lease)
         report.duration_seconds = time.monotonic() - started
         return report
 
