@@ -45,6 +45,7 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.services_gc import collect_on_schedule
 from dockyard.services_housekeeping import (
     build_pruner,
     build_quotas,
@@ -121,6 +122,7 @@ class Services:
     sampler: Sampler | None = None
     retention: Retention | None = None
     metrics: RegistryMetrics | None = None
+    clock: Callable[[], float] = time.time
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -150,6 +152,16 @@ class Services:
         pruner = build_pruner(self.settings, self.db, instance_name(self.settings))
         if pruner is not None:
             nursery.start_soon(prune_events, pruner, self.settings.events.prune_interval)
+        if self.settings.gc.interval > 0:
+            nursery.start_soon(
+                collect_on_schedule,
+                self.settings,
+                self.db,
+                self.storage,
+                instance_name(self.settings),
+                self.metrics,
+                self.clock,
+            )
         log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
@@ -235,6 +247,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         pulls,
         instance=instance_name(settings),
         lease_seconds=settings.uploads.lease_seconds,
+        gc_lease_seconds=settings.gc.lease_seconds,
         clock=clock,
         immutable=policies.immutable,
         quotas=build_quotas(settings, metrics.count_quota_refusal if metrics else None),
@@ -300,8 +313,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         client_user,
     )
     mount_repositories(app, settings, db, instance_name(settings), clock)
-    services = Services(settings, meta, db, storage, pulls, registry, hub, app)
-    services.metrics = metrics
+    services = Services(
+        settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
+    )
     if settings.retention.policies:
         services.retention = Retention(db, policies, instance_name(settings), clock)
     if settings.webhooks:

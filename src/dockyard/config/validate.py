@@ -30,6 +30,7 @@ from dockyard.config.model import (
     WebhookSettings,
 )
 from dockyard.config.validate_azure import validate_azure
+from dockyard.config.validate_gc import validate_gc
 from dockyard.config.validate_retention import validate_retention
 from dockyard.config.validate_s3 import validate_s3
 
@@ -358,6 +359,7 @@ def _validate_quotas(s: Settings) -> None:
             raise ConfigError(f"{key}.namespace: {q.namespace!r} is not a repository name prefix")
         if q.max_bytes < 1:
             raise ConfigError(f"{key}.max_bytes: must be at least 1 byte")
+    validate_gc(s.gc)
 
 
 def _validate_metrics(s: Settings) -> None:

@@ -138,7 +138,10 @@ class Blobs:
         )
         quota = self.quotas.scope_for(repository)
         try:
-            await self.db.run(self.meta.link_blob, repository, digest, size, [event], quota=quota)
+            # Only onto a blob row that still exists (garbage collection may be deleting
+            # its bytes): otherwise the client gets an upload session and pushes the bytes.
+            return await self.db.run(
+                self.meta.link_stored_blob, repository, digest, size, [event], quota=quota
+            )
         except QuotaExceeded as e:
             raise self.quotas.refused(repository, e) from None
-        return True

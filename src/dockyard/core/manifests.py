@@ -38,7 +38,14 @@ from dockyard.core.errors import (
 )
 from dockyard.core.quotas import NO_QUOTAS, Quotas
 from dockyard.events.pulls import PullEventWriter
-from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord, TagImmutable
+from dockyard.meta.records import (
+    Event,
+    ManifestRecord,
+    NewManifest,
+    ReferencesGone,
+    ReferrerRecord,
+    TagImmutable,
+)
 from dockyard.meta.store import Database
 from dockyard.meta.usage import QuotaExceeded
 from dockyard.oci.digest import Digest, DigestError, digest_of
@@ -163,6 +170,7 @@ class Manifests:
                 )
         # Children of an index need not be stored: sparse indexes are allowed.
         children = [str(d.digest) for d in manifest.children]
+        stored: dict[str, int] = {}
         if children:
             stored = await self.db.run(self.meta.existing_manifests, repository, children)
             for d in manifest.children:
@@ -203,6 +211,8 @@ class Manifests:
                     children,
                     tags,
                     [t for t in tags if immutable(t)] if immutable else (),
+                    required_blobs=[str(d.digest) for d in required],
+                    stored_children=list(stored),
                 ),
                 [event],
                 quota=quota,
@@ -211,6 +221,12 @@ class Manifests:
             raise _immutable_denied(repository, e.tag) from None
         except QuotaExceeded as e:
             raise self.quotas.refused(repository, e) from None
+        except ReferencesGone as e:
+            # Garbage collection removed it after the check: the client pushes it again.
+            raise ManifestBlobUnknown(
+                f"{e.digest} was garbage-collected from {repository} during the push",
+                {"digest": e.digest},
+            ) from None
         return PushedManifest(str(digest), tuple(tags), subject)
 
     async def delete_manifest(self, ctx: RequestInfo, repository: str, reference: str) -> None:

@@ -47,6 +47,7 @@ class Registry:
         *,
         instance: str,
         lease_seconds: float = 60.0,
+        gc_lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         immutable: ImmutableTags | None = None,
         quotas: Quotas = NO_QUOTAS,
@@ -54,7 +55,13 @@ class Registry:
         events = EventMaker(instance, clock)
         self.blobs = Blobs(db, storage, pulls, events)
         self.uploads = Uploads(
-            db, storage, events, instance=instance, lease_seconds=lease_seconds, clock=clock
+            db,
+            storage,
+            events,
+            instance=instance,
+            lease_seconds=lease_seconds,
+            gc_lease_seconds=gc_lease_seconds,
+            clock=clock,
         )
         self.manifests = Manifests(db, pulls, events, immutable)
         # Every path that links bytes or stores a manifest checks the same quotas.

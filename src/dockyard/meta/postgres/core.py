@@ -43,6 +43,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dockyard.config.model import redact_url
+from dockyard.meta.collect import CollectStore
 from dockyard.meta.leases import JobLeases
 from dockyard.meta.postgres import migrations
 from dockyard.meta.postgres.leases import POSTGRES
@@ -65,7 +66,7 @@ INLINE_DEADLINE = 0.5
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 
 
-class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
+class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, CollectStore):
     lease_sql = POSTGRES
     prune_sql = PruneSQL("%s")
     # Quota checks of one scope wait for each other until commit (meta/usage.py).
@@ -73,6 +74,7 @@ class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
         "%s", POSTGRES_NAMESPACE, "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
     )
     admin_sql = AdminSQL("%s")
+    digest_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
     def __init__(
         self,
@@ -216,6 +218,13 @@ class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
                 yield conn
         if self._local.appended and self.on_events_committed is not None:
             self.on_events_committed()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Conn]:
+        """A read-only transaction whose SELECTs all see one snapshot."""
+        with self._pooled() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
 
     # -- lifecycle
 

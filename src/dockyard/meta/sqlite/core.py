@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dockyard.meta import migrations
+from dockyard.meta.collect import CollectStore
 from dockyard.meta.leases import SQLITE, JobLeases
 from dockyard.meta.prune import EventPruning, PruneSQL
 from dockyard.meta.records import Event, StoreBusy
@@ -34,7 +35,7 @@ from dockyard.meta.usage import SQLITE_NAMESPACE, StorageUsage, UsageSQL
 INLINE_BUSY_TIMEOUT = 0.05
 
 
-class SQLiteCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
+class SQLiteCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, CollectStore):
     lease_sql = SQLITE
     prune_sql = PruneSQL("?")
     usage_sql = UsageSQL("?", SQLITE_NAMESPACE, scope_lock=None)  # writers are serialized
@@ -101,6 +102,16 @@ class SQLiteCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin):
             conn.execute("COMMIT")
             if self._local.appended and self.on_events_committed is not None:
                 self.on_events_committed()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: its SELECTs see one snapshot (WAL), and it blocks no writer."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     def migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
