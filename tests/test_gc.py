@@ -457,3 +457,34 @@ async def test_a_mount_of_a_collected_blob_falls_back_to_an_upload(env: Env) -> 
     meta.linked_blob_size = original  # type: ignore[method-assign]
     assert not await env.linked("target", d)
     assert await db.run(meta.blob_size, d) is None  # no row re-created by the mount
+
+
+# -- retention and collection together
+
+
+async def test_retention_then_gc_take_an_image_with_its_referrers_and_keep_the_rest(
+    env: Env,
+) -> None:
+    """While tagged, an image keeps its signature however old both are; once retention
+    untags it, the next collection takes it with its signature (untagged manifests are
+    aged by their push), and leaves the kept image and its signature whole."""
+    from dockyard.core.retention import Policies, Retention
+
+    old = await env.image("ci/app", "old", tag="build-1")
+    old_sig = await env.image("ci/app", "old-sig", subject=old)
+    env.clock.now += 2 * DAY
+    new = await env.image("ci/app", "new", tag="build-2")
+    new_sig = await env.image("ci/app", "new-sig", subject=new)
+    policies = [RetentionPolicy(repositories=["ci/*"], keep_last=1, delete_untagged_days=1)]
+    env.clock.now += GRACE + 1
+    assert (await env.collect(policies)).deleted_manifests == 0
+    assert await env.manifests("ci/app") == {old, old_sig, new, new_sig}
+    retention = Retention(env.svc.db, Policies(policies), "test", clock=env.clock)
+    report = await retention.run()
+    assert [(i.tag, i.rule) for i in report.items] == [("build-1", "keep_last 1")]
+    report = await env.collect(policies)
+    assert {i["digest"]: i["reason"] for i in report.items if i["kind"] == "manifest"} == {
+        old: "untagged over 1 days",
+        old_sig: "subject collected",
+    }
+    assert await env.manifests("ci/app") == {new, new_sig}
