@@ -17,6 +17,8 @@ After a completed run (``completed`` names the time the run started and its grac
 - no ``blob_deletions`` row remains;
 - no blob without a link whose last use (``touched``, else ``created``) is older than the
   run's start minus the grace period remains: neither its row nor its bytes;
+- no link that no manifest of its repository references remains if it and its blob were
+  last used before then (a link nothing needs);
 - with ``orphan_bytes``: no bytes without a ``blobs`` row whose file is that old remain
   (what the storage walk reclaims).
 
@@ -148,7 +150,7 @@ def _snapshot(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
     row was deleted, the manifest read after)."""
     queries = {
         "blobs": "SELECT digest, size, COALESCE(touched, created) FROM blobs",
-        "links": "SELECT repository_id, digest FROM repository_blobs",
+        "links": "SELECT repository_id, digest, linked FROM repository_blobs",
         "manifests": "SELECT repository_id, digest FROM manifests",
         "references": (
             "SELECT r.repository_id, p.name, r.manifest_digest, r.child_digest, r.kind "
@@ -191,7 +193,7 @@ def check(
     # whose collector may only delete (callers stop pushes or accept that).
     files = stored_digests(root)
     blobs = {digest: (int(size), float(used)) for digest, size, used in rows["blobs"]}
-    links = {(int(repo), str(digest)) for repo, digest in rows["links"]}
+    links = {(int(repo), str(digest)): float(linked) for repo, digest, linked in rows["links"]}
     manifests = {(int(repo), str(digest)) for repo, digest in rows["manifests"]}
     report.blobs, report.links, report.manifests = len(blobs), len(links), len(manifests)
     report.tags = len(rows["tags"])
@@ -218,7 +220,10 @@ def check(
             report.violations.append(f"link {digest} in repository id {repo}: no blobs row")
 
     # Not checked: an index's children (a sparse index may list manifests never stored).
+    referenced: set[tuple[int, str]] = set()
     for repo, name, parent, child, kind in rows["references"]:
+        if kind == "blob":
+            referenced.add((int(repo), child))
         if kind == "blob" and (int(repo), child) not in links:
             report.violations.append(f"{name}@{parent} references blob {child}, not linked")
 
@@ -226,8 +231,8 @@ def check(
         if (int(repo), digest) not in manifests:
             report.violations.append(f"tag {name}:{tag} -> {digest}: no such manifest")
 
-    linked = {digest for _, digest in links}
-    unlinked = {d: used for d, (_, used) in blobs.items() if d not in linked}
+    linked_digests = {digest for _, digest in links}
+    unlinked = {d: used for d, (_, used) in blobs.items() if d not in linked_digests}
     report.unlinked_blobs = len(unlinked)
     orphans = {d: p for d, p in files.items() if d not in blobs}
     report.orphan_files = len(orphans)
@@ -239,6 +244,13 @@ def check(
                 age = completed.started - used
                 report.violations.append(
                     f"blob {digest}: unlinked, last used {age:.1f} s before the run, kept"
+                )
+        for (repo, digest), linked in sorted(links.items()):
+            last = max(linked, blobs.get(digest, (0, 0.0))[1])
+            if (repo, digest) not in referenced and last < completed.cutoff:
+                report.violations.append(
+                    f"link {digest} in repository id {repo}: nothing needs it, last used "
+                    f"{completed.started - last:.1f} s before the run, kept"
                 )
         if completed.orphan_bytes:
             for digest, path in sorted(orphans.items()):
