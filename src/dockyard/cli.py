@@ -10,7 +10,7 @@ import signal
 import ssl
 import sys
 
-from dockyard import __version__, cli_users, cli_webhooks
+from dockyard import __version__, cli_gc, cli_users, cli_webhooks
 from dockyard.config import ConfigError, Settings, as_dict, load
 
 
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_webhooks.add_parsers(events_sub, _settings)
     _add_tail_parser(events_sub)
     cli_users.add_parsers(sub, _settings)
+    cli_gc.add_parser(sub, _settings)
 
     args = parser.parse_args(argv)
     try:

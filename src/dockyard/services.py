@@ -185,6 +185,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         pulls,
         instance=instance_name(settings),
         lease_seconds=settings.uploads.lease_seconds,
+        gc_lease_seconds=settings.gc.lease_seconds,
         clock=clock,
     )
     services: Services

@@ -132,5 +132,6 @@ class Blobs:
             kind="blob",
             **{"from": candidate},
         )
-        await self.db.run(self.meta.link_blob, repository, digest, size, [event])
-        return True
+        # Only onto a blob row that still exists (garbage collection may be deleting its
+        # bytes): otherwise the client gets an upload session and pushes the bytes.
+        return await self.db.run(self.meta.link_stored_blob, repository, digest, [event])

@@ -33,7 +33,13 @@ from dockyard.core.errors import (
     TagInvalid,
 )
 from dockyard.events.pulls import PullEventWriter
-from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
+from dockyard.meta.records import (
+    Event,
+    ManifestRecord,
+    NewManifest,
+    ReferencesGone,
+    ReferrerRecord,
+)
 from dockyard.meta.store import Database
 from dockyard.oci.digest import Digest, DigestError, digest_of
 from dockyard.oci.manifest import ManifestError, parse_manifest, referrer_artifact_type
@@ -138,6 +144,7 @@ class Manifests:
                 )
         # Children of an index need not be stored: sparse indexes are allowed.
         children = [str(d.digest) for d in manifest.children]
+        stored: dict[str, int] = {}
         if children:
             stored = await self.db.run(self.meta.existing_manifests, repository, children)
             for d in manifest.children:
@@ -161,22 +168,31 @@ class Manifests:
             artifactType=artifact_type,
             subject=subject,
         )
-        await self.db.run(
-            self.meta.put_manifest,
-            NewManifest(
-                repository,
-                str(digest),
-                manifest.media_type,
-                artifact_type,
-                subject,
-                payload,
-                manifest.annotations or None,
-                [str(d.digest) for d in manifest.blobs],
-                children,
-                tags,
-            ),
-            [event],
-        )
+        try:
+            await self.db.run(
+                self.meta.put_manifest,
+                NewManifest(
+                    repository,
+                    str(digest),
+                    manifest.media_type,
+                    artifact_type,
+                    subject,
+                    payload,
+                    manifest.annotations or None,
+                    [str(d.digest) for d in manifest.blobs],
+                    children,
+                    tags,
+                    required_blobs=[str(d.digest) for d in required],
+                    stored_children=list(stored),
+                ),
+                [event],
+            )
+        except ReferencesGone as e:
+            # Garbage collection removed it after the check: the client pushes it again.
+            raise ManifestBlobUnknown(
+                f"{e.digest} was garbage-collected from {repository} during the push",
+                {"digest": e.digest},
+            ) from None
         return PushedManifest(str(digest), tuple(tags), subject)
 
     async def delete_manifest(self, ctx: RequestInfo, repository: str, reference: str) -> None:

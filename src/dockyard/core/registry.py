@@ -46,12 +46,19 @@ class Registry:
         *,
         instance: str,
         lease_seconds: float = 60.0,
+        gc_lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         events = EventMaker(instance, clock)
         self.blobs = Blobs(db, storage, pulls, events)
         self.uploads = Uploads(
-            db, storage, events, instance=instance, lease_seconds=lease_seconds, clock=clock
+            db,
+            storage,
+            events,
+            instance=instance,
+            lease_seconds=lease_seconds,
+            gc_lease_seconds=gc_lease_seconds,
+            clock=clock,
         )
         self.manifests = Manifests(db, pulls, events)
         # The public API: the parts' bound methods (see the module docstring).

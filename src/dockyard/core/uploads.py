@@ -29,15 +29,22 @@ import trio
 from dockyard.core.common import Body, EventMaker, RequestInfo, UploadStatus, parse_digest
 from dockyard.core.errors import (
     DigestInvalid,
+    TooManyRequests,
     UploadInvalid,
     UploadOutOfOrder,
     UploadUnknown,
 )
 from dockyard.core.stream import Progress, receive
-from dockyard.meta.records import Conflict, UploadRecord
+from dockyard.meta.records import BlobBeingDeleted, Conflict, UploadRecord
 from dockyard.meta.store import Database
 from dockyard.oci.digest import CANONICAL, DigestError, Hasher, new_hasher
 from dockyard.storage.base import BlobStore, DriverState, UploadNotFound, UploadWriter
+
+# An upload whose blob the garbage collector is deleting waits this long at most for it
+# to finish (it deletes a batch of bytes at a time), looking again this often.
+CLAIM_WAIT = 30.0
+CLAIM_RETRY = 0.1
+CLAIM_RETRY_AFTER = 5.0
 
 # Hashers kept in memory for uploads whose hash state cannot be saved (blake3).
 LIVE_HASHERS = 1024
@@ -66,6 +73,7 @@ class Uploads:
         *,
         instance: str,
         lease_seconds: float = 60.0,
+        gc_lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -74,6 +82,7 @@ class Uploads:
         self._event = events
         self.instance = instance
         self.lease_seconds = lease_seconds
+        self.gc_lease_seconds = gc_lease_seconds
         self._clock = clock
         # Hashers that cannot export their state (blake3), kept for the next chunk when it
         # reaches this process; otherwise the upload is re-hashed from its stored bytes.
@@ -336,6 +345,21 @@ class Uploads:
                 with trio.CancelScope(shield=True):
                     await self.storage.delete_upload(storage_id, state)
 
+    async def _claim_blob(self, digest: str, size: int) -> None:
+        waited = 0.0
+        while True:
+            try:
+                await self.db.run(self.meta.claim_blob, digest, size, self.gc_lease_seconds)
+                return
+            except BlobBeingDeleted:
+                if waited >= CLAIM_WAIT:
+                    raise TooManyRequests(
+                        f"blob {digest} is being garbage-collected; push it again shortly",
+                        CLAIM_RETRY_AFTER,
+                    ) from None
+            await trio.sleep(CLAIM_RETRY)
+            waited += CLAIM_RETRY
+
     async def _commit(
         self,
         ctx: RequestInfo,
@@ -348,6 +372,9 @@ class Uploads:
     ) -> None:
         sid = storage_id or upload_id
         assert sid is not None
+        # Before the commit, which may drop these bytes for stored ones (dedupe): from now
+        # on the collector keeps the stored bytes, or this waits until it has deleted them.
+        await self._claim_blob(digest, size)
         try:
             await self.storage.commit_upload(sid, state, size, digest)
         except UploadNotFound:

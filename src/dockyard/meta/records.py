@@ -7,7 +7,10 @@ Errors::
 
     StoreError                  anything a store raises on purpose
     ├── Conflict                a conditional update found the row changed (lost a race)
-    └── StoreBusy               an inline read met a lock; retry it off the event loop
+    ├── StoreBusy               an inline read met a lock; retry it off the event loop
+    ├── ReferencesGone          a manifest push found a blob link or child it relies on
+    │                           collected meanwhile (the client pushes again)
+    └── BlobBeingDeleted        garbage collection is deleting the blob's bytes right now
 """
 
 from __future__ import annotations
@@ -27,6 +30,20 @@ class Conflict(StoreError):
 
 class StoreBusy(StoreError):
     """An inline read (``MetadataStore.inline_reads``) met a lock it must not wait for."""
+
+
+class ReferencesGone(StoreError):
+    """``put_manifest`` could not refresh a blob link or child manifest it checked: the
+    garbage collector removed it between the check and the write. Nothing was written."""
+
+    def __init__(self, message: str, digest: str) -> None:
+        super().__init__(message)
+        self.digest = digest
+
+
+class BlobBeingDeleted(StoreError):
+    """``claim_blob``: the collector is deleting this digest's bytes (``blob_deletions``);
+    the upload must not rely on stored bytes until it is done."""
 
 
 class StoreUnavailable(StoreError):
@@ -172,6 +189,11 @@ class NewManifest:
     blob_refs: Sequence[str]
     manifest_refs: Sequence[str]
     tags: Sequence[str]
+    # What the push checked is there: the blobs it requires (linked to the repository) and
+    # the children found stored. ``put_manifest`` refreshes each in its transaction and
+    # raises ``ReferencesGone`` if one was collected since (``docs/gc.md``).
+    required_blobs: Sequence[str] = ()
+    stored_children: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

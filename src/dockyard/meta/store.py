@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from dockyard.meta.collect import Doomed, GcBlob, GcRepository
 from dockyard.meta.records import (
     Conflict,
     Event,
@@ -257,10 +258,53 @@ class Jobs(Protocol):
     def job_release(self, name: str, lease: str) -> None: ...
 
 
+class Collection(Protocol):
+    """Garbage collection (``meta/collect.py``, ``core/gc.py``): reads of what there is,
+    deletes that are conditional at delete time, and the pushes' side of the races."""
+
+    def gc_repository_names(self) -> list[str]: ...
+
+    def gc_repository(self, name: str) -> GcRepository | None:
+        """Manifests (tagged or not), references and links of ``name``, in one snapshot."""
+
+    def gc_blobs(self, after: str | None, limit: int) -> list[GcBlob]:
+        """Blob rows after ``after`` in digest order, each with its number of links."""
+
+    def gc_known_digests(self, digests: Sequence[str]) -> set[str]:
+        """Of ``digests``, those with a blob row or a deletion row."""
+
+    def gc_pending_deletions(self, limit: int) -> list[str]:
+        """Digests in ``blob_deletions``: rows gone, bytes maybe not yet."""
+
+    def gc_delete_manifests(self, repository_id: int, doomed: Sequence[Doomed]) -> list[str]:
+        """Delete untagged, unreferenced manifests not touched since each cutoff (and whose
+        subject, if any, is neither tagged nor recent), with their references and events."""
+
+    def gc_delete_links(self, repository_id: int, doomed: Sequence[Doomed]) -> list[str]:
+        """Delete links no manifest of the repository references, older than each cutoff."""
+
+    def gc_mark_blobs(self, doomed: Sequence[Doomed]) -> list[str]:
+        """Move unlinked blob rows older than each cutoff to ``blob_deletions``."""
+
+    def gc_mark_stray_bytes(self, digests: Sequence[str]) -> list[str]:
+        """Mark for deletion stored digests that have no blob row."""
+
+    def gc_unmark_blobs(self, digests: Sequence[str]) -> None:
+        """Forget the deletion rows of digests whose bytes are deleted."""
+
+    def claim_blob(self, digest: str, size: int, lease_seconds: float) -> None:
+        """Before an upload's storage commit: refresh or create the blob row; raises
+        ``BlobBeingDeleted`` while a live collector deletes its bytes."""
+
+    def link_stored_blob(self, repository: str, digest: str, events: Sequence[Event]) -> bool:
+        """Link a blob only if its row exists (mounts), refreshing it; False otherwise."""
+
+
 class MetadataStore(
     Lifecycle,
     SharedSecrets,
     Jobs,
+    Collection,
     Repositories,
     BlobLinks,
     Manifests,

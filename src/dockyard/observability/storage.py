@@ -17,6 +17,7 @@ from dockyard.storage.base import (
     BlobNotFound,
     BlobStore,
     DriverState,
+    StoredBlob,
     UploadNotFound,
     UploadWriter,
 )
@@ -112,6 +113,9 @@ class TimedStore:
 
     def list_blobs(self) -> AsyncIterator[str]:
         return self._timer.stream("list_blobs", self.inner.list_blobs())
+
+    def list_blob_details(self) -> AsyncIterator[StoredBlob]:
+        return self._timer.stream("list_blobs", self.inner.list_blob_details())
 
     async def create_upload(self, upload_id: str) -> DriverState:
         return await self._timer.call("create_upload", lambda: self.inner.create_upload(upload_id))

@@ -49,7 +49,13 @@ from dockyard.storage.azure_blocks import (
 )
 from dockyard.storage.azure_client import AzureAccount, AzureCalls, ServiceError
 from dockyard.storage.azure_copy import complete, copy_blob, properties
-from dockyard.storage.base import BlobNotFound, DriverState, StorageError, UploadNotFound
+from dockyard.storage.base import (
+    BlobNotFound,
+    DriverState,
+    StorageError,
+    StoredBlob,
+    UploadNotFound,
+)
 
 MiB = 1024 * 1024
 # Bytes buffered per upload before they are staged as a block: fewer, larger Put Blocks
@@ -186,12 +192,17 @@ class AzureStore:
         return await self._delete_key(key, "delete blob")
 
     async def list_blobs(self) -> AsyncIterator[str]:
+        async for blob in self.list_blob_details():
+            yield blob.digest
+
+    async def list_blob_details(self) -> AsyncIterator[StoredBlob]:
         start = f"{self.prefix}blobs/"
         async for item in self._list(start, ["copy"]):
             algorithm, _, encoded = item.name[len(start) :].partition("/")
             digest = f"{algorithm}:{encoded}"
             if complete(item) and _DIGEST.fullmatch(digest):
-                yield digest
+                modified = item.last_modified.timestamp() if item.last_modified else 0.0
+                yield StoredBlob(digest, int(item.size), modified)
 
     # -- uploads
 

@@ -25,6 +25,7 @@ Errors::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 DriverState = dict[str, Any]
@@ -43,6 +44,15 @@ class BlobNotFound(StorageError):
 
 class UploadNotFound(StorageError):
     """No upload with that id."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A committed blob as a listing sees it."""
+
+    digest: str
+    size: int
+    modified: float  # seconds since the epoch: when its bytes were written
 
 
 class UploadWriter(Protocol):
@@ -74,6 +84,11 @@ class BlobStore(Protocol):
 
     def list_blobs(self) -> AsyncIterator[str]:
         """Every committed digest (for garbage collection; may be slow)."""
+        ...
+
+    def list_blob_details(self) -> AsyncIterator[StoredBlob]:
+        """Every committed blob with its size and write time, from the listing itself (no
+        request per blob on object stores): the storage walk of garbage collection."""
         ...
 
     async def create_upload(self, upload_id: str) -> DriverState: ...

@@ -31,6 +31,7 @@ from dockyard.storage.base import (
     BlobNotFound,
     DriverState,
     StorageError,
+    StoredBlob,
     UploadNotFound,
 )
 
@@ -179,6 +180,14 @@ class FilesystemStore:
 
         for digest in await trio.to_thread.run_sync(walk):
             yield digest
+
+    async def list_blob_details(self) -> AsyncIterator[StoredBlob]:
+        async for digest in self.list_blobs():
+            try:
+                found = os.stat(self._blob_path(digest))
+            except (FileNotFoundError, BlobNotFound):
+                continue  # deleted since the listing, or not a digest
+            yield StoredBlob(digest, found.st_size, found.st_mtime)
 
     async def create_upload(self, upload_id: str) -> DriverState:
         try:

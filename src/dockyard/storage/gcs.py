@@ -45,6 +45,7 @@ from dockyard.storage.base import (
     BlobNotFound,
     DriverState,
     StorageError,
+    StoredBlob,
     UploadNotFound,
 )
 from dockyard.storage.gcs_client import GcsClient, PreconditionFailed
@@ -199,11 +200,15 @@ class GcsStore:
         return await self._client.delete(key)
 
     async def list_blobs(self) -> AsyncIterator[str]:
+        async for blob in self.list_blob_details():
+            yield blob.digest
+
+    async def list_blob_details(self) -> AsyncIterator[StoredBlob]:
         root = f"{self.prefix}blobs/"
         async for item in self._client.list(root):
             algorithm, _, encoded = str(item["name"])[len(root) :].partition("/")
             if algorithm and encoded:
-                yield f"{algorithm}:{encoded}"
+                yield StoredBlob(f"{algorithm}:{encoded}", int(item["size"]), _timestamp(item))
 
     # -- uploads ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from dockyard.storage.base import (
     BlobNotFound,
     DriverState,
     StorageError,
+    StoredBlob,
     UploadNotFound,
 )
 
@@ -35,6 +36,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
+        self._written: dict[str, float] = {}
         self._uploads: dict[str, tuple[bytearray, float]] = {}
 
     async def stat(self, digest: str) -> int | None:
@@ -59,6 +61,10 @@ class MemoryStore:
     async def list_blobs(self) -> AsyncIterator[str]:
         for digest in list(self._blobs):
             yield digest
+
+    async def list_blob_details(self) -> AsyncIterator[StoredBlob]:
+        for digest, blob in list(self._blobs.items()):
+            yield StoredBlob(digest, len(blob), self._written.get(digest, 0.0))
 
     def _upload(self, upload_id: str) -> bytearray:
         try:
@@ -94,7 +100,9 @@ class MemoryStore:
         buf = self._upload(upload_id)
         if len(buf) != size:
             raise StorageError(f"upload {upload_id} holds {len(buf)} bytes, expected {size}")
-        self._blobs.setdefault(digest, bytes(buf))
+        if digest not in self._blobs:
+            self._blobs[digest] = bytes(buf)
+            self._written[digest] = time.time()
         del self._uploads[upload_id]
 
     async def delete_upload(self, upload_id: str, state: DriverState) -> None:

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dockyard.meta.collect import touch_references
 from dockyard.meta.postgres.core import PostgresCore
 from dockyard.meta.postgres.pointread import Row, Statement
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
@@ -118,14 +119,14 @@ class ContentStore(PostgresCore):
         with self._write() as conn:
             now = self._clock()
             conn.execute(
-                "INSERT INTO blobs (digest, size, created) VALUES (%s, %s, %s)"
-                " ON CONFLICT (digest) DO NOTHING",
-                (digest, size, now),
+                "INSERT INTO blobs (digest, size, created, touched) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (digest) DO UPDATE SET touched = excluded.touched",
+                (digest, size, now, now),
             )
             repo_id = self._repo_id(conn, repository, create=True)
             conn.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, linked) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT (repository_id, digest) DO UPDATE SET linked = excluded.linked",
                 (repo_id, digest, now),
             )
             if finished_upload is not None:
@@ -172,11 +173,15 @@ class ContentStore(PostgresCore):
         with self._write() as conn:
             now = self._clock()
             repo_id = self._repo_id(conn, m.repository, create=True)
+            assert repo_id is not None
+            # Refresh what the push relies on first: a collector racing it keeps them, or
+            # they are gone and nothing is written (core answers MANIFEST_BLOB_UNKNOWN).
+            touch_references(conn, "%s", repo_id, m.required_blobs, m.stored_children, now)
             conn.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject,"
-                " size, payload, annotations, pushed)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (repository_id, digest) DO NOTHING",
+                " size, payload, annotations, pushed, touched)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (repository_id, digest) DO UPDATE SET touched = excluded.touched",
                 (
                     repo_id,
                     m.digest,
@@ -186,6 +191,7 @@ class ContentStore(PostgresCore):
                     len(m.payload),
                     m.payload,
                     json.dumps(m.annotations) if m.annotations else None,
+                    now,
                     now,
                 ),
             )

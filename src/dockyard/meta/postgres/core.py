@@ -43,6 +43,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dockyard.config.model import redact_url
+from dockyard.meta.collect import CollectStore
 from dockyard.meta.leases import JobLeases
 from dockyard.meta.postgres import migrations
 from dockyard.meta.postgres.leases import POSTGRES
@@ -62,7 +63,7 @@ INLINE_DEADLINE = 0.5
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 
 
-class PostgresCore(JobLeases):
+class PostgresCore(JobLeases, CollectStore):
     lease_sql = POSTGRES
 
     def __init__(
@@ -207,6 +208,13 @@ class PostgresCore(JobLeases):
                 yield conn
         if self._local.appended and self.on_events_committed is not None:
             self.on_events_committed()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Conn]:
+        """A read-only transaction whose SELECTs all see one snapshot."""
+        with self._pooled() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
 
     # -- lifecycle
 

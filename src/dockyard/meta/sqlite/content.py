@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dockyard.meta.collect import touch_references
 from dockyard.meta.records import Event, ManifestRecord, NewManifest, ReferrerRecord
 from dockyard.meta.sqlite.core import SQLiteCore
 
@@ -82,14 +83,14 @@ class ContentStore(SQLiteCore):
         with self._write() as conn:
             now = self._clock()
             conn.execute(
-                "INSERT INTO blobs (digest, size, created) VALUES (?, ?, ?)"
-                " ON CONFLICT (digest) DO NOTHING",
-                (digest, size, now),
+                "INSERT INTO blobs (digest, size, created, touched) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET touched = excluded.touched",
+                (digest, size, now, now),
             )
             repo_id = self._repo_id(conn, repository, create=True)
             conn.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, linked) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT (repository_id, digest) DO UPDATE SET linked = excluded.linked",
                 (repo_id, digest, now),
             )
             if finished_upload is not None:
@@ -147,10 +148,15 @@ class ContentStore(SQLiteCore):
         with self._write() as conn:
             now = self._clock()
             repo_id = self._repo_id(conn, m.repository, create=True)
+            assert repo_id is not None
+            # Refresh what the push relies on first: a collector racing it keeps them, or
+            # they are gone and nothing is written (core answers MANIFEST_BLOB_UNKNOWN).
+            touch_references(conn, "?", repo_id, m.required_blobs, m.stored_children, now)
             conn.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject,"
-                " size, payload, annotations, pushed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (repository_id, digest) DO NOTHING",
+                " size, payload, annotations, pushed, touched)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repository_id, digest)"
+                " DO UPDATE SET touched = excluded.touched",
                 (
                     repo_id,
                     m.digest,
@@ -160,6 +166,7 @@ class ContentStore(SQLiteCore):
                     len(m.payload),
                     m.payload,
                     json.dumps(m.annotations) if m.annotations else None,
+                    now,
                     now,
                 ),
             )

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dockyard.meta import migrations
+from dockyard.meta.collect import CollectStore
 from dockyard.meta.leases import SQLITE, JobLeases
 from dockyard.meta.records import Event, StoreBusy
 
@@ -31,7 +32,7 @@ from dockyard.meta.records import Event, StoreBusy
 INLINE_BUSY_TIMEOUT = 0.05
 
 
-class SQLiteCore(JobLeases):
+class SQLiteCore(JobLeases, CollectStore):
     lease_sql = SQLITE
 
     def __init__(
@@ -90,6 +91,16 @@ class SQLiteCore(JobLeases):
             conn.execute("COMMIT")
             if self._local.appended and self.on_events_committed is not None:
                 self.on_events_committed()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: its SELECTs see one snapshot (WAL), and it blocks no writer."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     def migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from dockyard.storage.base import (
     BlobNotFound,
     DriverState,
     StorageError,
+    StoredBlob,
     UploadNotFound,
 )
 from dockyard.storage.s3.client import (
@@ -127,11 +128,16 @@ class S3Store:
         return True
 
     async def list_blobs(self) -> AsyncIterator[str]:
+        async for blob in self.list_blob_details():
+            yield blob.digest
+
+    async def list_blob_details(self) -> AsyncIterator[StoredBlob]:
         start = len(self.prefix) + len("blobs/")
         async for item in self.objects.listing(f"{self.prefix}blobs/"):
             algorithm, _, encoded = item["Key"][start:].partition("/")
             if algorithm and encoded and "/" not in encoded:
-                yield f"{algorithm}:{encoded}"
+                modified = item["LastModified"].timestamp()
+                yield StoredBlob(f"{algorithm}:{encoded}", int(item["Size"]), modified)
 
     # -- uploads --------------------------------------------------------------------------
 
