@@ -9,8 +9,10 @@ SQLite file in one transaction: no server, no HTTP, seconds for 100,000 blobs. T
   layer shared with many others, linked in every repository that uses it;
 - most images tagged; some untagged, old (30 days) or recent (1 day);
 - tagged indexes over two untagged images each (live through the index);
-- referrers (signatures): most with a tagged subject, some in policy repositories whose
-  subject is an old untagged image (they go with it) or was never stored (orphans);
+- referrers (signatures): most with a tagged subject, some whose subject is an old
+  untagged image in a policy repository (they go with it) or was never stored (orphans,
+  collected once older than the grace period, policy or not: a referrer may be pushed
+  before its subject, and the grace period covers that);
 - blobs with no link at all and blobs linked but used by no manifest, most old, some
   recent (inside any grace period: to be kept).
 
@@ -338,17 +340,21 @@ def _write_rows(database: Path, b: _Builder) -> None:
 def expected(data: Dataset, started: float, grace_period: float) -> Expected:
     """What a collection that started at ``started`` keeps: manifests tagged, untagged in
     a repository with no policy or pushed within the policy's days, listed by a live
-    index or referring to a live subject; the links they need and any link made within
-    the grace period; the blobs of those links and any blob used within it."""
+    index or referring to a live subject (a referrer whose subject is not stored only
+    within the grace period); the links they need and any link made within the grace
+    period; the blobs of those links and any blob used within it."""
     cutoff = started - grace_period
     untagged_cutoff = started - UNTAGGED_DAYS * DAY
-    live = {
-        key
-        for key, m in data.manifests.items()
-        if m.tags
-        or m.repository not in data.policy_repositories
-        or m.pushed >= min(untagged_cutoff, cutoff)
-    }
+
+    def root(m: Manifest) -> bool:
+        if m.tags:
+            return True
+        if m.subject is not None and (m.repository, m.subject) not in data.manifests:
+            return m.pushed >= cutoff
+        policy = m.repository in data.policy_repositories
+        return not policy or m.pushed >= min(untagged_cutoff, cutoff)
+
+    live = {key for key, m in data.manifests.items() if root(m)}
     while True:
         more = {
             (m.repository, child)
