@@ -168,7 +168,8 @@ async def test_gc_runs_while_images_are_pushed_and_pulled(
             await api.verify(repo, tag, pushed)
         pulled = await skopeo_pull_back(skopeo, setup, ledger, tmp_path / "out")
 
-    summary = f"{during}; final run {final}; skopeo pulled back {pulled}"
+    totals = {k: v for k, v in (final or {}).items() if k != "items"}
+    summary = f"{during}; final run {totals}; skopeo pulled back {pulled}"
     print(summary)
     record_property("gc_concurrency", summary)
     assert not ledger.failures, (
