@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -337,12 +338,13 @@ def _write_rows(database: Path, b: _Builder) -> None:
         conn.close()
 
 
-def expected(data: Dataset, started: float, grace_period: float) -> Expected:
+def expected(data: Dataset, started: float, grace_period: float, policies: bool = True) -> Expected:
     """What a collection that started at ``started`` keeps: manifests tagged, untagged in
     a repository with no policy or pushed within the policy's days, listed by a live
     index or referring to a live subject (a referrer whose subject is not stored only
     within the grace period); the links they need and any link made within the grace
-    period; the blobs of those links and any blob used within it."""
+    period; the blobs of those links and any blob used within it. ``policies=False``:
+    the collector ran without the ``gen/ci/*`` policy."""
     cutoff = started - grace_period
     untagged_cutoff = started - UNTAGGED_DAYS * DAY
 
@@ -351,7 +353,7 @@ def expected(data: Dataset, started: float, grace_period: float) -> Expected:
             return True
         if m.subject is not None and (m.repository, m.subject) not in data.manifests:
             return m.pushed >= cutoff
-        policy = m.repository in data.policy_repositories
+        policy = policies and m.repository in data.policy_repositories
         return not policy or m.pushed >= min(untagged_cutoff, cutoff)
 
     live = {key for key, m in data.manifests.items() if root(m)}
@@ -383,5 +385,27 @@ def untagged_policy_toml(days: float = UNTAGGED_DAYS) -> str:
     )
 
 
-def file_count(root: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(root / "blobs"))
+def copy_data(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of the data directory ``source``: blob files hard-linked
+    (a collector only ever unlinks them), the SQLite files copied."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, copy_function=os.link)
+    for database in source.glob("dockyard.sqlite3*"):
+        (target / database.name).unlink()
+        shutil.copy2(database, target / database.name)
+
+
+def gc_config(path: Path, root: Path, grace_period: float, gc: str = "") -> bool:
+    """Write a config file for ``dockyard gc`` over ``root`` with the ``gen/ci/*``
+    policy; True if this build reads ``[[retention.policies]]`` (else the file is written
+    without it, and every untagged manifest is kept)."""
+    from dockyard.config import ConfigError, load
+
+    text = f'[storage]\nroot = "{root}"\n\n[gc]\ngrace_period = {grace_period}\n{gc}\n'
+    path.write_text(text + untagged_policy_toml())
+    try:
+        load(str(path))
+    except ConfigError:
+        path.write_text(text)
+        return False
+    return True

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -29,9 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from perf.gcdata import Dataset, Expected, Shape, expected, generate, untagged_policy_toml
+from perf.gcdata import (
+    Dataset,
+    Expected,
+    Shape,
+    copy_data,
+    expected,
+    gc_config,
+    generate,
+)
 
-from dockyard.config import ConfigError, load
 from tests.gc_consistency import Completed, check, stored_digests
 
 pytestmark = pytest.mark.e2e
@@ -128,30 +134,13 @@ def run_to_end(config: Path, *flags: str) -> dict[str, Any]:
         time.sleep(LEASE / 2)
 
 
-def restore(source: Path, target: Path) -> None:
-    """``target`` becomes a copy of the data directory ``source``: blob files hard-linked
-    (the collector only ever unlinks them), the database copied."""
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target, copy_function=os.link)
-    for database in source.glob("dockyard.sqlite3*"):
-        (target / database.name).unlink()
-        shutil.copy2(database, target / database.name)
-
-
 @pytest.fixture
 def prepared(tmp_path: Path) -> tuple[Dataset, Path]:
     data = generate(tmp_path / "data", SHAPE)
     config = tmp_path / "dockyard.toml"
-    text = (
-        f'[storage]\nroot = "{data.root}"\n\n'
-        f"[gc]\ngrace_period = {GRACE}\nbatch_size = 1\nlease_seconds = {LEASE}\n\n"
-    )
-    config.write_text(text + untagged_policy_toml())
-    try:
-        load(str(config))
-    except ConfigError as e:  # the retention helper's loader is not merged in yet
-        print(f"no [[retention.policies]] ({e}): untagged manifests are all kept")
-        config.write_text(text)
+    settings = f"batch_size = 1\nlease_seconds = {LEASE}"
+    if not gc_config(config, data.root, GRACE, settings):
+        print("this build reads no [[retention.policies]]: untagged manifests are all kept")
         data.policy_repositories.clear()
     return data, config
 
@@ -184,11 +173,11 @@ def test_gc_killed_at_random_points_leaves_the_store_consistent(
     ), {k: v for k, v in preview.items() if k != "items"}
 
     pristine = data.root.with_name("pristine")
-    restore(data.root, pristine)
+    copy_data(data.root, pristine)
     killed, episodes = 0, 1
     for round_ in range(ROUNDS):
         if not left(state(data), keep) and round_ < ROUNDS - 2:
-            restore(pristine, data.root)  # all collected: again from the start
+            copy_data(pristine, data.root)  # all collected: again from the start
             episodes += 1
         remaining = len(left(state(data), keep)) / to_collect
         delay = startup * rng.uniform(0.8, 1.0) + rng.uniform(0.0, min(STEP, work * remaining))
