@@ -265,14 +265,17 @@ LABELS = {
 }
 
 
+def fmt(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def table(results: list[dict[str, float]]) -> str:
     rows = ["| figure | median [min-max] | per repeat |", "|---|---|---|"]
     for key, label in LABELS.items():
         values = [r[key] for r in results]
-        med = statistics.median(values)
         rows.append(
-            f"| {label} | {med:.3g} [{min(values):.3g}-{max(values):.3g}] "
-            f"| {', '.join(f'{v:.3g}' for v in values)} |"
+            f"| {label} | {fmt(statistics.median(values))} [{fmt(min(values))}-"
+            f"{fmt(max(values))}] | {', '.join(fmt(v) for v in values)} |"
         )
     return "\n".join(rows)
 
