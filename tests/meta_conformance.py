@@ -84,8 +84,8 @@ def actions(events: Sequence[StoredEvent]) -> list[str]:
     return [e.action for e in events]
 
 
-class MetaConformance:
-    """Every ``MetadataStore`` must pass these. Subclasses provide ``make_store``."""
+class StoreFixtures:
+    """A migrated ``store`` on its ``clock``, from the subclass's ``make_store``."""
 
     @pytest.fixture
     def clock(self) -> Clock:
@@ -97,6 +97,10 @@ class MetaConformance:
         s.migrate()
         yield s
         s.close()
+
+
+class MetaConformance(StoreFixtures):
+    """Every ``MetadataStore`` must pass these. Subclasses provide ``make_store``."""
 
     def log(self, store: MetadataStore) -> list[StoredEvent]:
         return store.events_after(0, 1000)

@@ -434,6 +434,20 @@ class StorageConformance:
         assert await all_blobs(store) == expected
         assert await read_all(store, sha512) == sha512_data
 
+    async def test_list_blob_details(self, store: BlobStore) -> None:
+        """Sizes and write times from the listing: garbage collection's storage walk."""
+        before = time.time()
+        small = await push(store, b"tiny", upload_id="small")
+        large = await push(store, payload(70_000, seed=3), upload_id="large")
+        found = {b.digest: b async for b in store.list_blob_details()}
+        assert set(found) == {small, large} == await all_blobs(store)
+        assert (found[small].size, found[large].size) == (4, 70_000)
+        for blob in found.values():
+            # Clocks of a remote backend may differ a little from ours.
+            assert before - 300 <= blob.modified <= time.time() + 300
+        await store.delete(small)
+        assert [b.digest async for b in store.list_blob_details()] == [large]
+
     async def test_list_uploads(self, store: BlobStore) -> None:
         before = time.time()
         await write_upload(store, "alpha", b"a")

@@ -313,3 +313,24 @@ def test_loads_are_independent(tmp_path: Path) -> None:
     second = load(None, environ={})
     assert first.server.port == 5001
     assert second.server.port == 5000
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "key"),
+    [
+        ("DOCKYARD_GC_GRACE_PERIOD", "-1", "gc.grace_period"),
+        ("DOCKYARD_GC_GRACE_PERIOD", "nan", "gc.grace_period"),
+        ("DOCKYARD_GC_INTERVAL", "0.5", "gc.interval"),
+        ("DOCKYARD_GC_INTERVAL", "-60", "gc.interval"),
+        ("DOCKYARD_GC_BATCH_SIZE", "0", "gc.batch_size"),
+        ("DOCKYARD_GC_LEASE_SECONDS", "1", "gc.lease_seconds"),
+    ],
+)
+def test_gc_settings_are_checked(var: str, value: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(None, environ={var: value})
+
+
+def test_gc_settings_accepted() -> None:
+    s = load(None, environ={"DOCKYARD_GC_GRACE_PERIOD": "0", "DOCKYARD_GC_INTERVAL": "600"})
+    assert (s.gc.grace_period, s.gc.interval, s.gc.batch_size) == (0.0, 600.0, 500)

@@ -14,6 +14,7 @@ from dockyard.meta import migrations
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from tests.meta_conformance import MakeStore, MetaConformance
+from tests.meta_conformance_gc import CollectionConformance
 
 
 def sqlite_store(tmp_path: Path) -> MakeStore:
@@ -100,3 +101,9 @@ async def test_busy_inline_read_is_retried_in_a_worker_thread(tmp_path: Path) ->
     assert await db.read(busy_on_the_loop) == "answered"
     assert calls == [True, False]
     meta.close()
+
+
+class TestMetadataStoreCollection(CollectionConformance):
+    @pytest.fixture(params=sorted(STORES))
+    def make_store(self, request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+        return STORES[request.param](tmp_path)

@@ -4,10 +4,11 @@ reads, LISTEN/NOTIFY wake-ups, and a password that never shows."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -16,9 +17,11 @@ import pytest
 from dockyard.meta import migrations as sqlite_migrations
 from dockyard.meta.postgres import PostgresMeta
 from dockyard.meta.postgres import migrations as pg_migrations
+from dockyard.meta.records import BlobBeingDeleted, ReferencesGone
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import MetadataStore
-from tests.meta_conformance import Clock, MakeStore, MetaConformance, digest, ev, manifest
+from tests.meta_conformance import T0, Clock, MakeStore, MetaConformance, digest, ev, manifest
+from tests.meta_conformance_gc import CollectionConformance, doom
 from tests.pgserver import PostgresServer
 
 # Tables only PostgreSQL has, for its own bookkeeping (the migration count and the last
@@ -32,6 +35,12 @@ def pg_url(postgres_server: PostgresServer) -> str:
 
 
 class TestPostgresMeta(MetaConformance):
+    @pytest.fixture
+    def make_store(self, pg_url: str) -> MakeStore:
+        return lambda clock: PostgresMeta(pg_url, clock=clock)
+
+
+class TestPostgresCollection(CollectionConformance):
     @pytest.fixture
     def make_store(self, pg_url: str) -> MakeStore:
         return lambda clock: PostgresMeta(pg_url, clock=clock)
@@ -336,3 +345,134 @@ def test_inline_read_never_waits_long_for_a_connection() -> None:
             store.blob_size(digest("a"))
         assert time.monotonic() - started < 1.0
         store.close()
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Run ``fn`` in a thread; its result (or exception) lands in the returned list."""
+    out: list[object] = []
+
+    def target() -> None:
+        try:
+            out.append(fn())
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, out
+
+
+def test_a_push_holding_its_link_wins_over_a_waiting_sweep(pg_url: str) -> None:
+    """READ COMMITTED: the collector's DELETE waits for the push's row lock, then re-checks
+    its condition on the refreshed row and deletes nothing."""
+    clock = Clock()
+    meta = PostgresMeta(pg_url, clock=clock)
+    meta.migrate()
+    meta.link_blob("repo", digest("layer"), 5, [])
+    rid = _repo_id(meta)
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            # What put_manifest's touch_references does, mid-transaction.
+            raw.execute("UPDATE repository_blobs SET linked = %s", (T0 + 100,))
+            t, out = _in_thread(lambda: meta.gc_delete_links(rid, [doom("layer", T0 + 50)]))
+            time.sleep(0.3)
+            assert out == []  # waiting for the row lock
+        t.join(10)
+    assert out == [[]]
+    assert meta.linked_blob_size("repo", digest("layer")) == 5
+    meta.close()
+
+
+def test_a_push_waiting_for_a_sweep_fails_cleanly(pg_url: str) -> None:
+    """The collector deletes first (uncommitted); the push's touch waits, finds the link
+    gone and raises ReferencesGone: no manifest, no event."""
+    meta = PostgresMeta(pg_url, clock=Clock())
+    meta.migrate()
+    meta.link_blob("repo", digest("layer"), 5, [])
+    pushed = dataclasses.replace(
+        manifest("repo", "m", blobs=[digest("layer")], tags=["v1"]),
+        required_blobs=[digest("layer")],
+    )
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            raw.execute("DELETE FROM repository_blobs")
+            t, out = _in_thread(lambda: meta.put_manifest(pushed, [ev("push")]))
+            time.sleep(0.3)
+            assert out == []
+        t.join(10)
+    assert len(out) == 1 and isinstance(out[0], ReferencesGone)
+    assert meta.get_manifest("repo", digest("m")) is None and meta.last_event_id() == 0
+    meta.close()
+
+
+def test_a_claim_holding_the_blob_row_wins_over_a_waiting_mark(pg_url: str) -> None:
+    clock = Clock()
+    meta = PostgresMeta(pg_url, clock=clock)
+    meta.migrate()
+    meta.claim_blob(digest("b"), 3, 60)
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            # What claim_blob (or a mount's link_stored_blob) does, mid-transaction.
+            raw.execute("UPDATE blobs SET touched = %s", (T0 + 100,))
+            t, out = _in_thread(lambda: meta.gc_mark_blobs([doom("b", T0 + 50)]))
+            time.sleep(0.3)
+            assert out == []
+        t.join(10)
+    assert out == [[]] and meta.blob_size(digest("b")) == 3
+    assert meta.gc_pending_deletions(10) == []
+    meta.close()
+
+
+def _repo_id(meta: PostgresMeta) -> int:
+    found = meta.gc_repository("repo")
+    assert found is not None
+    return found.id
+
+
+CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def test_a_mark_waits_for_a_claim_of_new_bytes(pg_url: str) -> None:
+    """An upload re-sending bytes a crash left without rows claims the digest (a NEW blob
+    row, which locks nothing) while the storage walk marks those bytes: the digest lock
+    orders them, and the walk then sees the row and leaves the bytes alone."""
+    meta = PostgresMeta(pg_url, clock=Clock())
+    meta.migrate()
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            # What claim_blob does, mid-transaction.
+            raw.execute(CLAIM_LOCK, (digest("b"),))
+            raw.execute(
+                "INSERT INTO blobs (digest, size, created, touched) VALUES (%s, 3, %s, %s)",
+                (digest("b"), T0, T0),
+            )
+            t, out = _in_thread(lambda: meta.gc_mark_stray_bytes([digest("b")]))
+            time.sleep(0.3)
+            assert out == []
+        t.join(10)
+    assert out == [[]] and meta.gc_pending_deletions(10) == []
+    meta.close()
+
+
+def test_a_claim_waits_for_a_mark_and_sees_it(pg_url: str) -> None:
+    """The collector marks first (uncommitted): the claim waits for it, then sees the
+    deletion row and refuses, instead of re-creating the row over bytes about to go."""
+    meta = PostgresMeta(pg_url, clock=Clock())
+    meta.migrate()
+    meta.claim_blob(digest("b"), 3, 60)
+    assert meta.job_acquire("gc", "collector/1", 60)
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        with raw.transaction():
+            # What gc_mark_blobs does, mid-transaction.
+            raw.execute(CLAIM_LOCK, (digest("b"),))
+            raw.execute("DELETE FROM blobs WHERE digest = %s", (digest("b"),))
+            raw.execute(
+                "INSERT INTO blob_deletions (digest, marked) VALUES (%s, %s)", (digest("b"), T0)
+            )
+            t, out = _in_thread(lambda: meta.claim_blob(digest("b"), 3, 60))
+            time.sleep(0.3)
+            assert out == []
+        t.join(10)
+    assert len(out) == 1 and isinstance(out[0], BlobBeingDeleted)
+    assert meta.blob_size(digest("b")) is None
+    meta.close()

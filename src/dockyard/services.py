@@ -44,6 +44,7 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.services_gc import collect_on_schedule
 from dockyard.services_metrics import mount_metrics
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
@@ -110,6 +111,8 @@ class Services:
     app: RegistryApp
     webhooks: WebhookDeliverer | None = None
     sampler: Sampler | None = None
+    metrics: RegistryMetrics | None = None
+    clock: Callable[[], float] = time.time
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -134,6 +137,16 @@ class Services:
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
+        if self.settings.gc.interval > 0:
+            nursery.start_soon(
+                collect_on_schedule,
+                self.settings,
+                self.db,
+                self.storage,
+                instance_name(self.settings),
+                self.metrics,
+                self.clock,
+            )
         log.info("worker %d started", os.getpid())
 
     async def stop(self) -> None:
@@ -248,7 +261,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         app.guard,
         client_user,
     )
-    services = Services(settings, meta, db, storage, pulls, registry, hub, app)
+    services = Services(
+        settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
+    )
     if settings.webhooks:
         services.webhooks = WebhookDeliverer(
             db,

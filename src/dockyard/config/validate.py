@@ -30,6 +30,7 @@ from dockyard.config.model import (
     WebhookSettings,
 )
 from dockyard.config.validate_azure import validate_azure
+from dockyard.config.validate_gc import validate_gc
 from dockyard.config.validate_s3 import validate_s3
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -321,6 +322,7 @@ def validate(s: Settings) -> None:
     _validate_webhooks(s.webhooks)
     _validate_auth(s)
     _validate_token(s.auth.token)
+    validate_gc(s.gc)
 
 
 def _validate_metrics(s: Settings) -> None:

@@ -40,7 +40,8 @@ from typing import Any
 from dockyard.config.model import GcSettings, RetentionPolicy
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.gcplan import dead_links, plan_manifests, untagged_days
-from dockyard.meta.collect import GC_JOB, Doomed, GcRepository
+from dockyard.meta.collect import GC_JOB
+from dockyard.meta.gcrecords import Doomed, GcRepository
 from dockyard.meta.store import Database
 from dockyard.storage.base import BlobStore
 
@@ -86,6 +87,12 @@ class GcReport:
         else:
             self.items_truncated = True
 
+    def blobs(self, digests: Sequence[str], sizes: dict[str, int], kind: str, reason: str) -> None:
+        for digest in digests:
+            self.deleted_blobs += 1
+            self.freed_bytes += sizes[digest]
+            self.add(kind, "", digest, sizes[digest], reason)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
@@ -127,6 +134,7 @@ class Collector:
         self._clock = clock
         self._progress = progress or (lambda _: None)
         self._lease = ""
+        self._renewed = 0.0  # time.monotonic() of the last take or renewal of the lease
         self._ctx = RequestInfo(method="GC", actor="gc")
 
     async def run(self, dry_run: bool = False, walk_storage: bool | None = None) -> GcReport:
@@ -137,6 +145,7 @@ class Collector:
         seconds = self.settings.lease_seconds
         if not await self.db.run(self.meta.job_acquire, GC_JOB, self._lease, seconds):
             raise CollectorBusy("another garbage collection is running")
+        self._renewed = time.monotonic()
         report = GcReport(dry_run)
         try:
             if not dry_run:
@@ -152,9 +161,15 @@ class Collector:
         return report
 
     async def _renew(self) -> None:
+        """Renew the lease once a quarter of it has passed (so it never expires while this
+        run works); raise ``LeaseLost`` if another collector has taken it meanwhile. Row
+        deletions are safe without it (each is conditional); deleting bytes is not."""
         seconds = self.settings.lease_seconds
+        if time.monotonic() - self._renewed < seconds / 4:
+            return
         if not await self.db.run(self.meta.job_renew, GC_JOB, self._lease, seconds):
             raise LeaseLost("the garbage collection lease was lost; stopping")
+        self._renewed = time.monotonic()
 
     def _doom(
         self, cutoff: float, repository: str, digest: str, size: int, kind: str, reason: str
@@ -167,14 +182,22 @@ class Collector:
         )  # fmt: skip
         return Doomed(digest, cutoff, event)
 
+    async def _delete_marked(self, digests: Sequence[str]) -> None:
+        """Delete the bytes of digests marked in ``blob_deletions`` (only after the commit
+        that made them unreachable), then the marks. The lease is renewed as it goes: an
+        upload may take over a mark once the lease expired (``claim_blob``), so a run that
+        lost it must not delete one more byte."""
+        for digest in digests:
+            await self._renew()
+            await self.storage.delete(digest)
+        await self.db.run(self.meta.gc_unmark_blobs, digests)
+
     # -- 1. what a killed run left
 
     async def _finish_pending(self) -> None:
         while pending := await self.db.run(self.meta.gc_pending_deletions, PAGE):
             await self._renew()
-            for digest in pending:
-                await self.storage.delete(digest)
-            await self.db.run(self.meta.gc_unmark_blobs, pending)
+            await self._delete_marked(pending)
             self._progress(f"finished {len(pending)} deletions of an earlier run")
 
     # -- 2. manifests and links
@@ -255,14 +278,8 @@ class Collector:
                 else:
                     await self._renew()
                     marked = await self.db.run(self.meta.gc_mark_blobs, batch)
-                    # Only now, after the commit that made them unreachable: the bytes.
-                    for digest in marked:
-                        await self.storage.delete(digest)
-                    await self.db.run(self.meta.gc_unmark_blobs, marked)
-                for digest in marked:
-                    report.deleted_blobs += 1
-                    report.freed_bytes += sizes[digest]
-                    report.add("blob", "", digest, sizes[digest], "unreferenced")
+                    await self._delete_marked(marked)
+                report.blobs(marked, sizes, "blob", "unreferenced")
 
     # -- 4. bytes with no metadata at all
 
@@ -290,10 +307,5 @@ class Collector:
         else:
             await self._renew()
             marked = await self.db.run(self.meta.gc_mark_stray_bytes, stray)
-            for digest in marked:
-                await self.storage.delete(digest)
-            await self.db.run(self.meta.gc_unmark_blobs, marked)
-        for digest in marked:
-            report.deleted_blobs += 1
-            report.freed_bytes += page[digest]
-            report.add("bytes", "", digest, page[digest], "no metadata")
+            await self._delete_marked(marked)
+        report.blobs(marked, page, "bytes", "no metadata")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dockyard.config.model import RetentionPolicy
 from dockyard.globs import any_glob_matches
-from dockyard.meta.collect import GcLink, GcManifest, GcRepository
+from dockyard.meta.gcrecords import GcLink, GcManifest, GcRepository
 
 DAY = 86400.0
 

@@ -308,7 +308,8 @@
     badge.append(span(`badge ${ev.action}`, ev.action));
     row.append(badge);
     const what = span("what", "");
-    what.append(document.createTextNode(t.repository || ""));
+    // A blob row garbage collection deleted belongs to no repository.
+    what.append(document.createTextNode(t.repository || (t.kind === "blob" ? "(registry)" : "")));
     if (t.tag) {
       what.append(span("ref", ":"));
       what.append(span("tag", t.tag));
@@ -316,6 +317,8 @@
       what.append(span("ref mono", `@${shortDigest(t.digest)}`));
     }
     if (t.from) what.append(span("ref", ` from ${t.from}`));
+    // Deletions by garbage collection or retention say who and why.
+    if (t.reason) what.append(span("ref", ` (${t.by ? t.by + ": " : ""}${t.reason})`));
     const who = [ev.request && ev.request.addr, ev.request && ev.request.useragent]
       .filter(Boolean)
       .join(" · ");
@@ -414,7 +417,7 @@
   function renderTop() {
     const entries = [...state.top.entries()]
       .map(([repo, c]) => [repo, c, ACTIONS.reduce((n, a) => n + c[a], 0)])
-      .filter((e) => e[2] > 0)
+      .filter((e) => e[2] > 0 && e[0] !== "") // "": blob rows gc deleted, in no repository
       .sort((a, b) => b[2] - a[2] || a[0].localeCompare(b[0]))
       .slice(0, 10);
     const max = entries.length ? entries[0][2] : 1;

@@ -23,66 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
+from dockyard.meta.gcrecords import Doomed, GcBlob, GcLink, GcManifest, GcReference, GcRepository
 from dockyard.meta.leases import Connection, LeaseSQL
 from dockyard.meta.records import BlobBeingDeleted, Event, ReferencesGone
 
 GC_JOB = "gc"
-
-
-@dataclass(frozen=True, slots=True)
-class GcManifest:
-    digest: str
-    media_type: str
-    size: int
-    subject: str | None
-    touched: float  # the last push of it or of a manifest relying on it
-    tagged: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GcReference:
-    manifest: str
-    child: str
-    kind: str  # "blob" or "manifest"
-
-
-@dataclass(frozen=True, slots=True)
-class GcLink:
-    digest: str
-    size: int
-    linked: float  # the link's creation, or the last push that relied on it
-
-
-@dataclass(frozen=True, slots=True)
-class GcRepository:
-    """What one repository holds, read in one transaction."""
-
-    id: int
-    name: str
-    manifests: list[GcManifest]
-    references: list[GcReference]
-    links: list[GcLink]
-
-
-@dataclass(frozen=True, slots=True)
-class GcBlob:
-    digest: str
-    size: int
-    touched: float
-    links: int  # repositories linking it
-
-
-@dataclass(frozen=True, slots=True)
-class Doomed:
-    """One row the collector asks the store to delete: only if still unneeded at
-    ``cutoff`` (see the module docstring); ``event`` is appended if it goes."""
-
-    digest: str
-    cutoff: float
-    event: Event
 
 
 def _rewrite(sql: str, mark: str) -> str:
@@ -122,10 +69,19 @@ class CollectStore:
     """The ``Collection`` methods of a store, over its dialect, transactions and clock."""
 
     lease_sql: LeaseSQL
+    # A statement that locks one digest until the transaction ends (binds the digest), or
+    # None where write transactions are serialized anyway (SQLite). It orders an upload's
+    # claim and the collector's mark of the same digest: on PostgreSQL neither sees the
+    # other's uncommitted rows, and a new row locks nothing the other waits for.
+    digest_lock: str | None = None
     _clock: Callable[[], float]
 
     def _write(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
+
+    def _lock_digest(self, conn: Any, digest: str) -> None:
+        if self.digest_lock is not None:
+            conn.execute(self.digest_lock, (digest,))
 
     def _snapshot(self) -> AbstractContextManager[Any]:
         """A read-only transaction: one consistent view for several SELECTs."""
@@ -154,37 +110,32 @@ class CollectStore:
             repo_id = self._repo_id(conn, name)
             if repo_id is None:
                 return None
+
+            def rows(sql: str) -> list[Any]:
+                return list(conn.execute(q(sql), (repo_id,)).fetchall())
+
             manifests = [
                 GcManifest(str(d), str(mt), int(size), subject, float(touched), bool(tagged))
-                for d, mt, size, subject, touched, tagged in conn.execute(
-                    q(
-                        "SELECT m.digest, m.media_type, m.size, m.subject,"
-                        " COALESCE(m.touched, m.pushed), EXISTS (SELECT 1 FROM tags t"
-                        " WHERE t.repository_id = m.repository_id AND t.digest = m.digest)"
-                        " FROM manifests m WHERE m.repository_id = ?"
-                    ),
-                    (repo_id,),
-                ).fetchall()
+                for d, mt, size, subject, touched, tagged in rows(
+                    "SELECT m.digest, m.media_type, m.size, m.subject,"
+                    " COALESCE(m.touched, m.pushed), EXISTS (SELECT 1 FROM tags t"
+                    " WHERE t.repository_id = m.repository_id AND t.digest = m.digest)"
+                    " FROM manifests m WHERE m.repository_id = ?"
+                )
             ]
             references = [
                 GcReference(str(m), str(c), str(k))
-                for m, c, k in conn.execute(
-                    q(
-                        "SELECT manifest_digest, child_digest, kind FROM manifest_references"
-                        " WHERE repository_id = ?"
-                    ),
-                    (repo_id,),
-                ).fetchall()
+                for m, c, k in rows(
+                    "SELECT manifest_digest, child_digest, kind FROM manifest_references"
+                    " WHERE repository_id = ?"
+                )
             ]
             links = [
                 GcLink(str(d), int(size), float(linked))
-                for d, size, linked in conn.execute(
-                    q(
-                        "SELECT rb.digest, b.size, rb.linked FROM repository_blobs rb"
-                        " JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = ?"
-                    ),
-                    (repo_id,),
-                ).fetchall()
+                for d, size, linked in rows(
+                    "SELECT rb.digest, b.size, rb.linked FROM repository_blobs rb"
+                    " JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = ?"
+                )
             ]
         return GcRepository(repo_id, name, manifests, references, links)
 
@@ -271,7 +222,8 @@ class CollectStore:
         with self._write() as conn:
             now = self._clock()
             events: list[Event] = []
-            for d in doomed:
+            for d in sorted(doomed, key=lambda d: d.digest):  # locks in one order
+                self._lock_digest(conn, d.digest)
                 cur = conn.execute(self._q(_MARK_BLOB), (d.digest, d.cutoff))
                 if cur.rowcount != 1:
                     continue
@@ -293,7 +245,8 @@ class CollectStore:
         marked: list[str] = []
         with self._write() as conn:
             now = self._clock()
-            for d in digests:
+            for d in sorted(digests):
+                self._lock_digest(conn, d)
                 cur = conn.execute(
                     self._q(
                         "INSERT INTO blob_deletions (digest, marked) SELECT ?, ?"
@@ -321,6 +274,7 @@ class CollectStore:
         over ``2 * lease_seconds`` ago) is taken over: this upload writes the bytes."""
         q = self._q
         with self._write() as conn:
+            self._lock_digest(conn, digest)
             now = self._clock()
             row = conn.execute(
                 q("SELECT marked FROM blob_deletions WHERE digest = ?"), (digest,)

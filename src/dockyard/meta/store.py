@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
-from dockyard.meta.collect import Doomed, GcBlob, GcRepository
+from dockyard.meta.gcrecords import Doomed, GcBlob, GcRepository
 from dockyard.meta.records import (
     Conflict,
     Event,

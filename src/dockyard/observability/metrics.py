@@ -37,6 +37,9 @@ CALL_BUCKETS = (
     2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 
+# Garbage collections: a second to a few hours.
+GC_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 10800.0)
+
 METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"))
 
 # (route class, method) -> operation; the uploads POST depends on the query (operation()).
@@ -218,12 +221,53 @@ class RegistryMetrics:
         self.workers_configured = gauge(
             "dockyard_workers_configured", "Worker processes configured (server.workers).", "max"
         )
+        # Garbage collections the server runs on its schedule ([gc] interval).
+        self.gc_runs = counter(
+            "dockyard_gc_runs_total",
+            "Scheduled garbage collections, by result: done, busy (another collector held"
+            " the lease), lease_lost, failed.",
+            ("result",),
+        )
+        self.gc_deleted = counter(
+            "dockyard_gc_deleted_total",
+            "What garbage collection deleted, by kind: manifest, link, blob.",
+            ("kind",),
+        )
+        self.gc_freed = counter(
+            "dockyard_gc_freed_bytes_total", "Blob bytes garbage collection deleted."
+        )
+        self.gc_last_run = gauge(
+            "dockyard_gc_last_run_timestamp_seconds",
+            "When the last garbage collection that ran finished, seconds since the epoch.",
+            "max",
+        )
+        self.gc_duration = Histogram(
+            "dockyard_gc_duration_seconds",
+            "Time a garbage collection took.",
+            buckets=GC_BUCKETS,
+            registry=reg,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._by_request: dict[tuple[Any, ...], _RequestChildren] = {}
         # Series the alerts divide by or compare exist from the start, at 0.
         for op in (*_OPERATIONS.values(), "mount", "blob_upload_start"):
             for result in ("success", "client_error", "server_error"):
                 self._child(self.requests, op, result)
+
+    def gc_finished(
+        self, result: str, manifests: int = 0, links: int = 0, blobs: int = 0, freed: int = 0,
+        seconds: float | None = None, finished: float = 0.0,
+    ) -> None:  # fmt: skip
+        """Count one scheduled collection (``services_gc.py``); what it deleted if it ran."""
+        self.gc_runs.labels(result).inc()
+        for kind, count in (("manifest", manifests), ("link", links), ("blob", blobs)):
+            if count:
+                self.gc_deleted.labels(kind).inc(count)
+        if freed:
+            self.gc_freed.inc(freed)
+        if seconds is not None:
+            self.gc_duration.observe(seconds)
+            self.gc_last_run.set(finished)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, kept: labels() costs more than the increment."""

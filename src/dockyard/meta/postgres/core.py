@@ -65,6 +65,7 @@ CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 
 class PostgresCore(JobLeases, CollectStore):
     lease_sql = POSTGRES
+    digest_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
     def __init__(
         self,
