@@ -43,7 +43,7 @@ from perf import oci
 from perf.data import blob, image
 from perf.gcdata import Dataset, Shape, copy_data, expected, gc_config, generate
 from perf.httpclient import Connection
-from perf.modes import record
+from perf.modes import quick_and_record, record, recording
 from perf.procstat import cpu_seconds, peak_kib, process_tree
 from perf.report import machine
 from perf.servers import Dockyard
@@ -334,18 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--quick", action="store_true", help="2,000 blobs, 1 repeat, short windows")
+    quick_and_record(ap, "2,000 blobs, 1 repeat, short windows")
     ap.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 1)")
     ap.add_argument("--workers", type=int, default=2, help="dockyard serve --workers")
     ap.add_argument("--threads", type=int, default=4, help="push loops at once")
     ap.add_argument("--window", type=float, default=None, help="s of pushes without gc")
     ap.add_argument("--sample", type=int, default=2000, help="blobs the checker hashes")
-    ap.add_argument(
-        "--record",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="append to perf/RESULTS.md (default: on unless --quick)",
-    )
     args = ap.parse_args(argv)
     shape = Shape.quick() if args.quick else Shape()
     repeats = args.repeats or (1 if args.quick else 3)
@@ -357,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     for problem in problems:
         print(f"PROBLEM: {problem}", file=sys.stderr)
-    if args.record if args.record is not None else not args.quick:
+    if recording(args):
         setup = (
             f"{len(results)} repeats. Data: {shape.blobs} blobs ({shape.min_size}-"
             f"{shape.max_size} bytes), {shape.manifests} manifests in {shape.repositories} "

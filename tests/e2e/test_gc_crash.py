@@ -81,24 +81,28 @@ def state(data: Dataset) -> State:
     )
 
 
+def _differences(now: State, keep: Expected, missing: bool) -> list[str]:
+    kinds: list[tuple[str, frozenset[Any], frozenset[Any]]] = [
+        ("manifest", now.manifests, keep.manifests),
+        ("link", now.links, keep.links),
+        ("blob row", now.blobs, keep.blobs),
+        ("blob bytes", now.files, keep.blobs),
+    ]
+    return [
+        f"{kind} {item}"
+        for kind, have, want in kinds
+        for item in sorted(map(str, want - have if missing else have - want))
+    ]
+
+
 def lost(now: State, keep: Expected) -> list[str]:
     """What the model keeps that the store no longer has."""
-    return (
-        [f"manifest {m}" for m in sorted(keep.manifests - now.manifests)]
-        + [f"link {x}" for x in sorted(keep.links - now.links)]
-        + [f"blob row {b}" for b in sorted(keep.blobs - now.blobs)]
-        + [f"blob bytes {b}" for b in sorted(keep.blobs - now.files)]
-    )
+    return _differences(now, keep, missing=True)
 
 
 def left(now: State, keep: Expected) -> list[str]:
     """What the model collects that the store still has."""
-    return (
-        [f"manifest {m}" for m in sorted(now.manifests - keep.manifests)]
-        + [f"link {x}" for x in sorted(now.links - keep.links)]
-        + [f"blob row {b}" for b in sorted(now.blobs - keep.blobs)]
-        + [f"blob bytes {b}" for b in sorted(now.files - keep.blobs)]
-    )
+    return _differences(now, keep, missing=False)
 
 
 def expire_lease(data: Dataset) -> None:
