@@ -28,8 +28,10 @@ The queries take no parameters, so one text serves both SQL dialects.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -257,6 +259,18 @@ def check(
                 if path.exists() and path.stat().st_mtime < completed.cutoff:
                     report.violations.append(f"bytes {digest}: no row, older than grace, kept")
     return report
+
+
+def gc_delete_events(database: str | Path) -> Counter[str]:
+    """The ``delete`` events garbage collection logged, counted by ``target.kind``."""
+    with connect(database) as conn:
+        rows = _rows(conn, "SELECT body FROM events WHERE action = 'delete'")
+    counts: Counter[str] = Counter()
+    for (body,) in rows:
+        doc = json.loads(body)
+        if doc.get("actor", {}).get("name") == "gc" and doc["target"].get("by") == "gc":
+            counts[doc["target"]["kind"]] += 1
+    return counts
 
 
 def check_settings(settings: Settings, **kwargs: Any) -> Report:

@@ -5,13 +5,15 @@ completed-run checks that the untouched store fails."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from perf.gcdata import Dataset, Shape, expected, generate
 
-from tests.gc_consistency import Completed, blob_path, check
+from tests.gc_consistency import Completed, blob_path, check, gc_delete_events
 
 GRACE = 3600.0
 
@@ -144,3 +146,21 @@ def test_model_collection_passes_the_completed_checks(data: Dataset) -> None:
     sql(data, "DELETE FROM repository_blobs WHERE digest = ?", survivor)
     late = check(data.database, data.root, completed=done)
     assert any(v.startswith(f"blob {survivor}: unlinked") for v in late.violations)
+
+
+def test_gc_delete_events_are_counted_by_kind(data: Dataset) -> None:
+    def body(actor: str, kind: str, by: str) -> str:
+        return json.dumps({"target": {"kind": kind, "by": by}, "actor": {"name": actor}})
+
+    rows = [
+        ("delete", body("gc", "blob", "gc")),
+        ("delete", body("gc", "blob", "gc")),
+        ("delete", body("gc", "link", "gc")),
+        ("delete", body("alice", "manifest", "")),  # a client's DELETE
+        ("push", body("gc", "blob", "gc")),
+    ]
+    conn = sqlite3.connect(data.database)
+    with conn:
+        conn.executemany("INSERT INTO events (ts, action, body) VALUES (0, ?, ?)", rows)
+    conn.close()
+    assert gc_delete_events(data.database) == Counter(blob=2, link=1)

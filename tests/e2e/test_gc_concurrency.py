@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 import trio
 
 from tests.e2e.conftest import serving
-from tests.gc_consistency import Completed, check
+from tests.gc_consistency import Completed, check, gc_delete_events
 from tests.gcload import (
     SEED_REPOSITORY,
     Api,
@@ -180,6 +181,12 @@ async def test_gc_runs_while_images_are_pushed_and_pulled(
     )
     assert final is not None, summary
     report.assert_ok(f"after the final collection ({summary})")
+    # Every deletion is an event in the log, one per item of the runs' reports.
+    logged = Counter[str]()
+    for run in ledger.gc_reports:
+        logged.update(item["kind"] for item in run["items"])
+        assert not run["items_truncated"], "a report's item list was cut short"
+    assert gc_delete_events(setup.database) == logged
     # The load did what it is for: the collector deleted, races happened, pulls checked.
     deleted = sum(int(r["deleted_blobs"]) for r in ledger.gc_reports)
     assert deleted > 0 and ledger.counts["gc runs"] >= 5, summary

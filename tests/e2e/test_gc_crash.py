@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from perf.gcdata import (
     generate,
 )
 
-from tests.gc_consistency import Completed, check, stored_digests
+from tests.gc_consistency import Completed, check, gc_delete_events, stored_digests
 
 pytestmark = pytest.mark.e2e
 
@@ -229,6 +230,13 @@ def test_gc_killed_at_random_points_leaves_the_store_consistent(
     assert not left(now, keep), f"collectable data left (seed {seed}): {left(now, keep)[:10]}"
     check(data.database, data.root, completed=Completed(final_started, GRACE)).assert_ok(
         f"after the final run (seed {seed})"
+    )
+    # Each deletion's event was committed with it, killed runs' included (this copy's
+    # log started empty with the copy).
+    assert gc_delete_events(data.database) == Counter(
+        manifest=len(before.manifests - now.manifests),
+        link=len(before.links - now.links),
+        blob=len(before.blobs - now.blobs),
     )
     print(
         f"{killed} of {ROUNDS} runs killed over {episodes} copies of the data; the final run: "
