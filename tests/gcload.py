@@ -16,7 +16,6 @@ import hashlib
 import json
 import random
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -325,12 +324,11 @@ async def run_gc(config: Path, env: Mapping[str, str], ledger: Ledger) -> dict[s
     return report
 
 
-async def gc_loop(config: Path, env: Mapping[str, str], ledger: Ledger, deadline: float) -> None:
-    rng = random.Random(id(ledger) % 1000)
+async def gc_loop(
+    config: Path, env: Mapping[str, str], ledger: Ledger, deadline: float, seed: int
+) -> None:
+    """``dockyard gc --json`` again and again, a random pause between runs."""
+    rng = random.Random(seed)
     while trio.current_time() < deadline:
         await run_gc(config, env, ledger)
         await trio.sleep(rng.uniform(0, 0.5))
-
-
-def now() -> float:
-    return time.time()

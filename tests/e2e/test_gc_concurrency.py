@@ -154,8 +154,8 @@ async def test_gc_runs_while_images_are_pushed_and_pulled(
             nursery.start_soon(
                 skopeo_pusher, skopeo, setup.server.host, layout, images, ledger, deadline
             )
-            for _ in range(2):
-                nursery.start_soon(gc_loop, setup.config, setup.env, ledger, deadline)
+            for seed in range(2):
+                nursery.start_soon(gc_loop, setup.config, setup.env, ledger, deadline, seed)
         during = ledger.summary()
 
         # Quiet now: after the grace period one more run must leave nothing collectable.
