@@ -27,4 +27,8 @@ Modules::
     report      aggregation, tables, perf/RESULTS.md sections
     run         the command line (``python -m perf.run --help``)
     scaled      ci-storm and pull-storm through haproxy on several instances
+    gc          one garbage collection over 100,000 blobs and 10,000 manifests, and the
+                push rate while it runs
+    gcdata      that data written straight into SQLite and the filesystem storage, with
+                the reference model of what a collection keeps
 """

@@ -40,6 +40,22 @@ def common_args(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def quick_and_record(ap: argparse.ArgumentParser, quick_help: str) -> None:
+    """``--quick`` and ``--record/--no-record`` (default: record unless quick)."""
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append to perf/RESULTS.md (default: on unless --quick)",
+    )
+
+
+def recording(args: argparse.Namespace) -> bool:
+    """Whether ``quick_and_record``'s options say to append to RESULTS.md."""
+    return bool(args.record if args.record is not None else not args.quick)
+
+
 def push_images(server: Dockyard) -> list[str]:
     """Push the images every server of a run serves; the manifest paths to HEAD."""
     with Connection("127.0.0.1", server.port) as conn:
@@ -138,7 +154,9 @@ __all__ = [
     "head_load",
     "machine",
     "push_images",
+    "quick_and_record",
     "ratio_table",
     "record",
+    "recording",
     "report",
 ]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perf import report
-from perf.modes import record
+from perf.modes import quick_and_record, record, recording
 from perf.run import run_scenarios
 from perf.scenarios import Params, Record, Target
 from perf.servers import Dockyard
@@ -52,13 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=BACKENDS, default="interim")
     ap.add_argument("--repeats", type=int, default=None, help="alternated (default 3)")
     ap.add_argument("--workers", type=int, default=1, help="hypercorn workers per instance")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat")
-    ap.add_argument(
-        "--record",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="append to perf/RESULTS.md (default: on unless --quick)",
-    )
+    quick_and_record(ap, "tiny sizes, 1 repeat")
     args = ap.parse_args(argv)
     if shutil.which("haproxy") is None:
         print("haproxy is not installed: apt-get install -y haproxy", file=sys.stderr)
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = Params.quick() if args.quick else Params()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    keep = args.record if args.record is not None else not args.quick
+    keep = recording(args)
     started = dt.datetime.now(dt.UTC)
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="perf-scaled-") as tmp, ExitStack() as servers:
