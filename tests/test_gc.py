@@ -480,8 +480,8 @@ async def test_retention_then_gc_take_an_image_with_its_referrers_and_keep_the_r
     assert (await env.collect(policies)).deleted_manifests == 0
     assert await env.manifests("ci/app") == {old, old_sig, new, new_sig}
     retention = Retention(env.svc.db, Policies(policies), "test", clock=env.clock)
-    report = await retention.run()
-    assert [(i.tag, i.rule) for i in report.items] == [("build-1", "keep_last 1")]
+    untagged = await retention.run()
+    assert [(i.tag, i.rule) for i in untagged.items] == [("build-1", "keep_last 1")]
     report = await env.collect(policies)
     assert {i["digest"]: i["reason"] for i in report.items if i["kind"] == "manifest"} == {
         old: "untagged over 1 days",
