@@ -192,7 +192,7 @@ def one_repeat(
     root = server.tmp / "data"
     copy_data(data.root, root)
     config = server.tmp / "gc.toml"
-    policies = gc_config(config, root, GRACE)
+    gc_config(config, root, GRACE)
     server.start()
     try:
         label = f"r{repeat}"
@@ -216,7 +216,7 @@ def one_repeat(
                 problems.append(f"{name} exited {run.status}: {run.stderr}")
         for phase in (before, during, after):
             problems += phase.errors[:5]
-        keep = expected(data, started, GRACE, policies)
+        keep = expected(data, started, GRACE)
         want = {
             "deleted_blobs": len(data.blobs) - len(keep.blobs),
             "deleted_manifests": len(data.manifests) - len(keep.manifests),
