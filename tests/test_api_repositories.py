@@ -118,7 +118,7 @@ async def test_delete_repository(services: Services, client: httpx.AsyncClient) 
         ("delete", "manifest"),
         ("delete", "repository"),
     ]
-    assert all(e.body["reason"] == "api" for e in added)
+    assert all(e.body["target"]["reason"] == "api" for e in added)
     assert added[-1].repository == "team/app"
     # The name can be pushed to again, from nothing.
     await push_image(client, "team/app", "v3")

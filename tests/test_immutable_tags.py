@@ -91,3 +91,19 @@ async def test_repositories_without_the_policy_are_unaffected(client: httpx.Asyn
     assert r.status_code == 201
     assert (await client.delete(f"/v2/elsewhere/manifests/{first.digest}")).status_code == 202
     assert (await client.delete("/v2/elsewhere/manifests/v1.2.3")).status_code == 202
+
+
+async def test_a_repository_holding_an_immutable_tag_cannot_be_deleted(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    await push_image(client, "team/app", "v2.0.0")
+    await push_image(client, "team/tmp", "dev")
+    after = last_event_id(services)
+    r = await client.delete("/v2/_dockyard/repositories/team/app")
+    error = assert_error(r, 403, "DENIED")
+    assert error["message"] == "repository team/app holds immutable tag v2.0.0 (retention policy)"
+    assert events(services, after) == []
+    r = await client.get("/v2/team/app/tags/list")
+    assert r.json()["tags"] == ["v2.0.0"]
+    # A repository of the same policy without an immutable tag goes as before.
+    assert (await client.delete("/v2/_dockyard/repositories/team/tmp")).status_code == 202

@@ -312,7 +312,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         app.guard,
         client_user,
     )
-    mount_repositories(app, settings, db, instance_name(settings), clock)
+    mount_repositories(app, settings, db, instance_name(settings), clock, policies.immutable)
     services = Services(
         settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
     )

@@ -12,6 +12,7 @@ import trio
 
 from dockyard.config import Settings
 from dockyard.core.common import EventMaker
+from dockyard.core.manifests import ImmutableTags
 from dockyard.core.prune import EventPruner
 from dockyard.core.quotas import QuotaRule, Quotas
 from dockyard.core.repositories import RepositoryManager
@@ -33,10 +34,15 @@ def build_quotas(settings: Settings, on_refused: Callable[[str], None] | None) -
 
 
 def mount_repositories(
-    app: RegistryApp, settings: Settings, db: Database, instance: str, clock: Callable[[], float]
+    app: RegistryApp,
+    settings: Settings,
+    db: Database,
+    instance: str,
+    clock: Callable[[], float],
+    immutable: ImmutableTags | None = None,
 ) -> None:
     """Serve /v2/_dockyard/repositories/ from ``app``."""
-    manager = RepositoryManager(db, EventMaker(instance, clock))
+    manager = RepositoryManager(db, EventMaker(instance, clock), immutable=immutable)
     limits = settings.limits
     resource = Repositories(manager, app.authorizer, limits.default_page_size, limits.max_page_size)
     resource.guard = app.guard
