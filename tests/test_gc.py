@@ -18,7 +18,8 @@ from dockyard.config import Settings
 from dockyard.config.model import RetentionPolicy
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.errors import ManifestBlobUnknown
-from dockyard.core.gc import Collector, CollectorBusy, GcReport, LeaseLost
+from dockyard.core.gc import Collector, GcReport
+from dockyard.core.jobs import JobBusy, LeaseLost
 from dockyard.meta.gcrecords import Doomed
 from dockyard.meta.records import Event
 from dockyard.services import Services
@@ -293,7 +294,7 @@ async def test_the_item_list_is_capped(env: Env, monkeypatch: pytest.MonkeyPatch
 
 async def test_a_second_collector_is_busy(env: Env) -> None:
     assert await env.svc.db.run(env.svc.meta.job_acquire, "gc", "elsewhere/1", 60)
-    with pytest.raises(CollectorBusy):
+    with pytest.raises(JobBusy):
         await env.collect()
     env.clock.now += 61  # the holder died: its lease expired
     await env.collect()

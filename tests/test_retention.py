@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from dockyard.config import Settings, load
-from dockyard.core.retention import DAY, JOB, JobBusy, Retention, RetentionReport
+from dockyard.core.jobs import JobBusy
+from dockyard.core.retention import DAY, JOB, Retention, RetentionReport
 from dockyard.events.pulls import pull_times
 from dockyard.meta.records import Event, PullTime
 from dockyard.meta.store import Database

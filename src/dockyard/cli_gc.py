@@ -90,7 +90,8 @@ def _print(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from dockyard.core.common import EventMaker
-    from dockyard.core.gc import Collector, CollectorBusy, LeaseLost
+    from dockyard.core.gc import Collector
+    from dockyard.core.jobs import JobBusy, LeaseLost
     from dockyard.meta.open import open_meta
     from dockyard.meta.records import StoreError
     from dockyard.meta.store import Database
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             if progress is not None:
                 sys.stderr.write("\r\x1b[K")
-    except CollectorBusy as e:
+    except JobBusy as e:
         return _failed(args, "busy", str(e), EXIT_BUSY)
     except LeaseLost as e:
         return _failed(args, "lease_lost", str(e), 1)

@@ -17,7 +17,8 @@ import trio
 
 from dockyard.cli_webhooks import NoDatabase, open_store
 from dockyard.config import Settings
-from dockyard.core.retention import JobBusy, Policies, Retention, RetentionReport
+from dockyard.core.jobs import JobBusy
+from dockyard.core.retention import Policies, Retention, RetentionReport
 from dockyard.meta.store import Database
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]

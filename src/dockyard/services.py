@@ -23,8 +23,9 @@ from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
 from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
 from dockyard.config import Settings, load
+from dockyard.core.jobs import JobBusy
 from dockyard.core.registry import Registry
-from dockyard.core.retention import SCHEDULE_JOB, JobBusy, Policies, Retention, RetentionReport
+from dockyard.core.retention import SCHEDULE_JOB, Policies, Retention, RetentionReport
 from dockyard.core.stats import Statistics
 from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub

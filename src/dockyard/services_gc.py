@@ -15,7 +15,8 @@ import trio
 
 from dockyard.config import Settings
 from dockyard.core.common import EventMaker
-from dockyard.core.gc import Collector, CollectorBusy, LeaseLost
+from dockyard.core.gc import Collector
+from dockyard.core.jobs import JobBusy, LeaseLost
 from dockyard.meta.records import StoreError
 from dockyard.meta.store import Database
 from dockyard.observability.metrics import RegistryMetrics
@@ -53,7 +54,7 @@ async def collect_once(
     result = "failed"
     try:
         report = await collector.run()
-    except CollectorBusy:
+    except JobBusy:
         result = "busy"
     except LeaseLost as e:
         result = "lease_lost"

@@ -37,11 +37,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import trio
-
 from dockyard.config.model import GcSettings, RetentionPolicy
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.gcplan import dead_links, plan_manifests, untagged_days
+from dockyard.core.jobs import JobLease
 from dockyard.meta.collect import GC_JOB
 from dockyard.meta.gcrecords import Doomed, GcRepository
 from dockyard.meta.store import Database
@@ -53,14 +52,6 @@ MAX_ITEMS = 10000
 PAGE = 1000
 
 Progress = Callable[[str], None]
-
-
-class CollectorBusy(Exception):
-    """Another collector holds the "gc" lease."""
-
-
-class LeaseLost(Exception):
-    """This run's lease expired and another collector may have taken over."""
 
 
 @dataclass
@@ -135,21 +126,19 @@ class Collector:
         self.instance = instance
         self._clock = clock
         self._progress = progress or (lambda _: None)
-        self._lease = ""
-        self._renewed = 0.0  # time.monotonic() of the last take or renewal of the lease
+        self._held: JobLease | None = None  # the "gc" lease while a run holds it
         self._ctx = RequestInfo(method="GC", actor="gc")
 
     async def run(self, dry_run: bool = False, walk_storage: bool | None = None) -> GcReport:
-        """One collection; raises ``CollectorBusy`` if another holds the lease."""
+        """One collection; raises ``JobBusy`` if another collector holds the lease."""
         started = time.monotonic()
-        self._lease = f"{self.instance}/gc-{uuid.uuid4().hex}"
-        self._ctx = RequestInfo(id=self._lease, method="GC", actor="gc")
-        seconds = self.settings.lease_seconds
-        if not await self.db.run(self.meta.job_acquire, GC_JOB, self._lease, seconds):
-            raise CollectorBusy("another garbage collection is running")
-        self._renewed = time.monotonic()
+        token = f"{self.instance}/gc-{uuid.uuid4().hex}"
+        self._ctx = RequestInfo(id=token, method="GC", actor="gc")
         report = GcReport(dry_run)
-        try:
+        seconds = self.settings.lease_seconds
+        busy = "another garbage collection is running"
+        async with JobLease.hold(self.db, GC_JOB, token, seconds, busy) as held:
+            self._held = held
             if not dry_run:
                 await self._finish_pending()
             removed_links = await self._repositories(report, dry_run)
@@ -157,24 +146,14 @@ class Collector:
             walk = self.settings.walk_storage if walk_storage is None else walk_storage
             if walk:
                 await self._walk(report, dry_run)
-        finally:
-            # Also when cancelled (the server stopping): the next run need not wait for
-            # the lease to expire.
-            with trio.CancelScope(shield=True):
-                await self.db.run(self.meta.job_release, GC_JOB, self._lease)
         report.duration_seconds = time.monotonic() - started
         return report
 
     async def _renew(self) -> None:
-        """Renew the lease once a quarter of it has passed (so it never expires while this
-        run works); raise ``LeaseLost`` if another collector has taken it meanwhile. Row
-        deletions are safe without it (each is conditional); deleting bytes is not."""
-        seconds = self.settings.lease_seconds
-        if time.monotonic() - self._renewed < seconds / 4:
-            return
-        if not await self.db.run(self.meta.job_renew, GC_JOB, self._lease, seconds):
-            raise LeaseLost("the garbage collection lease was lost; stopping")
-        self._renewed = time.monotonic()
+        """Keep the lease (``core/jobs.py``); ``LeaseLost`` if another collector took it.
+        Row deletions are safe without it (each is conditional); deleting bytes is not."""
+        assert self._held is not None
+        await self._held.keep("the garbage collection lease was lost; stopping")
 
     def _doom(
         self, cutoff: float, repository: str, digest: str, size: int, kind: str, reason: str

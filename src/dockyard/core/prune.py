@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import trio
-
+from dockyard.core.jobs import JobBusy, JobLease, LeaseLost
 from dockyard.meta.prune import PruneCutoffs
 from dockyard.meta.store import Database
 
@@ -82,35 +81,44 @@ class EventPruner:
         the prune lease. ``progress`` is told the report after each batch."""
         started = time.monotonic()
         lease = f"{self.instance}/prune-{uuid.uuid4().hex}"
-        if not await self.db.run(self.meta.job_acquire, JOB, lease, self.lease_seconds):
-            return None
         try:
-            cutoffs = self.cutoffs()
-            plan = await self.db.run(self.meta.prune_plan, cutoffs)
-            report = PruneReport(
-                dry_run, floor=plan.floor.id, held_by=plan.floor.consumer, held_back=plan.held_back
-            )
-            if dry_run:
-                count = await self.db.run(self.meta.prune_count, plan, cutoffs)
-                report.deleted_pulls, report.deleted_others = count.pulls, count.others
-            else:
-                after = 0
-                while True:
-                    step = await self.db.run(
-                        self.meta.prune_batch, plan, cutoffs, after, self.batch_size
-                    )
-                    if step.last is None:
-                        break
-                    after = step.last
-                    report.batches += 1
-                    report.deleted_pulls += step.pulls
-                    report.deleted_others += step.others
-                    if progress is not None:
-                        progress(report)
-                    if not await self.db.run(self.meta.job_renew, JOB, lease, self.lease_seconds):
-                        break  # stalled past the lease: another pruner may run now
-            report.seconds = time.monotonic() - started
-            return report
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.db.run(self.meta.job_release, JOB, lease)
+            async with JobLease.hold(self.db, JOB, lease, self.lease_seconds, "busy") as held:
+                return await self._run(held, dry_run, progress, started)
+        except JobBusy:
+            return None
+
+    async def _run(
+        self,
+        held: JobLease,
+        dry_run: bool,
+        progress: Callable[[PruneReport], None] | None,
+        started: float,
+    ) -> PruneReport:
+        cutoffs = self.cutoffs()
+        plan = await self.db.run(self.meta.prune_plan, cutoffs)
+        report = PruneReport(
+            dry_run, floor=plan.floor.id, held_by=plan.floor.consumer, held_back=plan.held_back
+        )
+        if dry_run:
+            count = await self.db.run(self.meta.prune_count, plan, cutoffs)
+            report.deleted_pulls, report.deleted_others = count.pulls, count.others
+        else:
+            after = 0
+            while True:
+                step = await self.db.run(
+                    self.meta.prune_batch, plan, cutoffs, after, self.batch_size
+                )
+                if step.last is None:
+                    break
+                after = step.last
+                report.batches += 1
+                report.deleted_pulls += step.pulls
+                report.deleted_others += step.others
+                if progress is not None:
+                    progress(report)
+                try:
+                    await held.keep("lost")
+                except LeaseLost:
+                    break  # stalled past the lease: another pruner may run now
+        report.seconds = time.monotonic() - started
+        return report

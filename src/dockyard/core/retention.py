@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from dockyard.core.common import EventMaker, RequestInfo
+from dockyard.core.jobs import JobLease
 from dockyard.globs import any_glob_matches
 from dockyard.meta.records import Event, RetentionTag
 from dockyard.meta.store import Database
@@ -181,14 +182,6 @@ class RetentionReport:
         return sum(i.size for i in self.items)
 
 
-class JobBusy(Exception):
-    """Another run holds the job's lease."""
-
-
-class LeaseLost(Exception):
-    """The run stopped renewing its lease in time and another took it: it stopped."""
-
-
 Progress = Callable[[RetentionReport, str], None]
 
 
@@ -209,29 +202,19 @@ class Retention:
         self.clock = clock
         self.batch = batch
         self._event = EventMaker(instance, clock)
-        self._lease = ""
-        self._renewed = 0.0
+        self._held: JobLease | None = None  # the "retention" lease while a run holds it
 
     async def run(self, dry_run: bool = False, progress: Progress | None = None) -> RetentionReport:
         """Apply every policy once under the ``retention`` lease (``JobBusy`` if taken)."""
         lease = f"{self.instance}/{uuid.uuid4().hex}"
-        meta = self.db.meta
-        if not await self.db.run(meta.job_acquire, JOB, lease, LEASE_SECONDS):
-            raise JobBusy("another retention run holds the lease")
-        self._lease = lease
-        self._renewed = time.monotonic()
-        try:
+        busy = "another retention run holds the lease"
+        async with JobLease.hold(self.db, JOB, lease, LEASE_SECONDS, busy) as held:
+            self._held = held
             return await self._run(lease, dry_run, progress)
-        finally:
-            await self.db.run(meta.job_release, JOB, lease)
 
     async def _keep_lease(self) -> None:
-        """Renew the lease when a third of it has passed; stop if it was lost."""
-        if time.monotonic() - self._renewed < LEASE_SECONDS / 3:
-            return
-        if not await self.db.run(self.db.meta.job_renew, JOB, self._lease, LEASE_SECONDS):
-            raise LeaseLost("the retention lease expired; run stopped")
-        self._renewed = time.monotonic()
+        assert self._held is not None
+        await self._held.keep("the retention lease expired; run stopped")
 
     async def _run(self, lease: str, dry_run: bool, progress: Progress | None) -> RetentionReport:
         meta = self.db.meta
