@@ -64,17 +64,18 @@ INLINE_BACKOFF = 1.0
 # statement_timeout, INLINE_TIMEOUT, fires first while the server is alive).
 INLINE_DEADLINE = 0.5
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
+# Locks a name (bound) until the transaction ends: quota scopes and digests (gc's claim
+# against its mark) are ordered by it, where a new row would lock nothing.
+NAME_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
 class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, CollectStore):
     lease_sql = POSTGRES
     prune_sql = PruneSQL("%s")
     # Quota checks of one scope wait for each other until commit (meta/usage.py).
-    usage_sql = UsageSQL(
-        "%s", POSTGRES_NAMESPACE, "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-    )
+    usage_sql = UsageSQL("%s", POSTGRES_NAMESPACE, NAME_LOCK)
     admin_sql = AdminSQL("%s")
-    digest_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+    digest_lock = NAME_LOCK
 
     def __init__(
         self,
