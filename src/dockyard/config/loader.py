@@ -22,8 +22,11 @@ from dockyard.config.model import (
     AccessSettings,
     ConfigError,
     QuotaSettings,
+    ReplicationEndpoint,
+    ReplicationRule,
     RetentionPolicy,
     Settings,
+    UpstreamSettings,
     WebhookSettings,
     redact_url,
 )
@@ -164,6 +167,27 @@ def _access(value: Any) -> list[AccessSettings]:
     return out
 
 
+def _upstreams(value: Any) -> list[UpstreamSettings]:
+    """Parse the ``[[upstreams]]`` array of tables."""
+    return _tables("upstreams", UpstreamSettings, value)
+
+
+def _replication_endpoints(key: str, name: str, item: Any) -> Any:
+    if key == "targets":
+        return _tables(name, ReplicationEndpoint, item)
+    if key == "source":
+        if not isinstance(item, dict):
+            raise ConfigError(f"{name}: expected a [replication.source] table")
+        return _tables(name, ReplicationEndpoint, [item])[0]
+    return NotImplemented
+
+
+def _replication(value: Any) -> list[ReplicationRule]:
+    """Parse the ``[[replication]]`` array of tables, with their ``[[replication.targets]]``
+    and ``[replication.source]``."""
+    return _tables("replication", ReplicationRule, value, _replication_endpoints)
+
+
 def _quotas(value: Any) -> list[QuotaSettings]:
     """Parse the ``[[quotas]]`` array of tables."""
     return _tables("quotas", QuotaSettings, value)
@@ -195,6 +219,12 @@ def load(
             if section == "quotas":
                 settings.quotas = _quotas(values)
                 continue
+            if section == "upstreams":
+                settings.upstreams = _upstreams(values)
+                continue
+            if section == "replication":
+                settings.replication = _replication(values)
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table")
             for key, value in values.items():
@@ -208,7 +238,7 @@ def load(
         if not var.startswith("DOCKYARD_") or var in ("DOCKYARD_CONFIG",):
             continue
         rest = var[len("DOCKYARD_") :].lower()
-        if rest.startswith(("webhooks_", "access_", "quotas_")):
+        if rest.startswith(("webhooks_", "access_", "quotas_", "upstreams_", "replication_")):
             table = rest.partition("_")[0]
             raise ConfigError(
                 f"{var}: {table} are configured only in the config file ([[{table}]] tables)"
@@ -247,4 +277,10 @@ def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
             if hook["secret"]:
                 hook["secret"] = "<redacted>"
             hook["headers"] = dict.fromkeys(hook["headers"], "<redacted>")
+        remotes = list(d["upstreams"])
+        for rule in d["replication"]:
+            remotes += [*rule["targets"], rule["source"]]
+        for remote in remotes:
+            if remote["password"]:
+                remote["password"] = "<redacted>"
     return d

@@ -406,6 +406,85 @@ class RetentionSettings:
     policies: list[RetentionPolicy] = field(default_factory=list)
 
 
+@dataclass
+class ManifestsSettings:
+    # Refuse an image manifest whose layers and config are not all stored in the
+    # repository (MANIFEST_BLOB_UNKNOWN). false: accept such sparse manifests (a mirror
+    # may hold part of an image); a missing layer is then 404 BLOB_UNKNOWN unless the
+    # repository is under an upstream's prefix, which fetches it (docs/proxy.md).
+    require_layers: bool = True
+
+
+@dataclass
+class RemoteRegistry:
+    """A registry dockyard is a client of: an upstream, a replication target or source."""
+
+    # Base URL, http:// or https://, without /v2/ ("https://registry-1.docker.io").
+    url: str = ""
+    # Credentials: sent as Basic auth, or to the token endpoint the registry's
+    # WWW-Authenticate challenge names (empty: anonymous).
+    username: str = ""
+    password: str = field(default="", repr=False)
+    # Verify the registry's TLS certificate (against ca_bundle when set).
+    verify_tls: bool = True
+    ca_bundle: str = ""
+    # Seconds to connect, and between bytes of a response.
+    timeout: float = 30.0
+
+
+@dataclass
+class UpstreamSettings(RemoteRegistry):
+    """One ``[[upstreams]]`` registry that dockyard caches (pull-through); ``name``,
+    ``url`` and ``prefix`` are required."""
+
+    name: str = ""
+    # Local repositories "<prefix>/<path>" are the upstream's "<path>"
+    # ("hub" maps hub/library/alpine to library/alpine).
+    prefix: str = ""
+    # The ns= value containerd sends when dockyard is its mirror for this registry
+    # (empty: the url's host[:port], "docker.io" for registry-1.docker.io).
+    namespace: str = ""
+    # Seconds a tag resolved upstream is served from the cache before it is asked again.
+    tag_ttl: float = 300.0
+
+
+@dataclass
+class ReplicationEndpoint(RemoteRegistry):
+    # The remote side's repository for local "<name>" is "<prefix>/<name>" (empty: "<name>").
+    prefix: str = ""
+
+
+REPLICATION_MODES = ("push", "pull")
+
+
+@dataclass
+class ReplicationRule:
+    """One ``[[replication]]`` rule; ``name`` is required, and targets (push) or a
+    source (pull)."""
+
+    name: str = ""
+    # "push": after each matching push, copy the image to every target (from the event
+    # log, at least once). "pull": every ``interval`` seconds, copy what matches from
+    # ``source``.
+    mode: str = "push"
+    # Repository globs ("*" matches "/"; empty: every repository) and tag regular
+    # expressions (whole tag; empty: every tag).
+    repositories: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    # Copy the referrers (signatures, SBOMs, ...) of each copied manifest too.
+    referrers: bool = True
+    # [[replication.targets]] (push) and [replication.source] (pull).
+    targets: list[ReplicationEndpoint] = field(default_factory=list)
+    source: ReplicationEndpoint = field(default_factory=ReplicationEndpoint)
+    # Pull mode: seconds between runs.
+    interval: float = 300.0
+    # Attempts per image before it is recorded as failed and the rule moves on; seconds
+    # before the first retry, doubling up to backoff_max.
+    max_attempts: int = 10
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+
 TLS_VERSIONS = ("1.2", "1.3")
 CLIENT_AUTH_MODES = ("none", "optional", "required")
 # Action classes of network lists and rate limits (auth/network.py, auth/limits.py).
@@ -493,6 +572,9 @@ class Settings:
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     gc: GcSettings = field(default_factory=GcSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    manifests: ManifestsSettings = field(default_factory=ManifestsSettings)
+    upstreams: list[UpstreamSettings] = field(default_factory=list)
+    replication: list[ReplicationRule] = field(default_factory=list)
     webhooks: list[WebhookSettings] = field(default_factory=list)
     access: list[AccessSettings] = field(default_factory=list)
     quotas: list[QuotaSettings] = field(default_factory=list)

@@ -35,6 +35,13 @@ Schema after the last migration::
     job_leases(name PK, lease, lease_expires)             one holder at a time of a job
                                                           (gc, retention) across instances
     events_by_ts                                          pruning and the dashboard's windows
+    manifests.upstream, repository_blobs.upstream         the [[upstreams]] name content was
+                                                          cached from (NULL: pushed here)
+    tags.resolved                                         last time a cached tag was resolved
+                                                          upstream (NULL: pushed here)
+    replication_runs(name PK, started, finished, copied, failed, last_error)
+                                                          pull-mode replication: each rule's
+                                                          last run (docs/proxy.md)
 """
 
 from __future__ import annotations
@@ -169,6 +176,20 @@ MIGRATIONS: tuple[str, ...] = (
         lease_expires REAL
     );
     CREATE INDEX events_by_ts ON events(ts);
+    """,
+    # 6: the pull-through cache and replication (docs/proxy.md).
+    """
+    ALTER TABLE manifests ADD COLUMN upstream TEXT;
+    ALTER TABLE repository_blobs ADD COLUMN upstream TEXT;
+    ALTER TABLE tags ADD COLUMN resolved REAL;
+    CREATE TABLE replication_runs (
+        name TEXT PRIMARY KEY,
+        started REAL,
+        finished REAL,
+        copied INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
     """,
 )
 

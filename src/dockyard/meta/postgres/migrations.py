@@ -155,6 +155,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_ts ON events(ts);
     """,
+    # 6: the pull-through cache and replication (docs/proxy.md).
+    """
+    ALTER TABLE manifests ADD COLUMN upstream TEXT COLLATE "C";
+    ALTER TABLE repository_blobs ADD COLUMN upstream TEXT COLLATE "C";
+    ALTER TABLE tags ADD COLUMN resolved DOUBLE PRECISION;
+    CREATE TABLE replication_runs (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        started DOUBLE PRECISION,
+        finished DOUBLE PRECISION,
+        copied BIGINT NOT NULL DEFAULT 0,
+        failed BIGINT NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    """,
 )
 
 
