@@ -23,13 +23,21 @@ from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.postgres.uploads import UploadStore
 from dockyard.meta.postgres.webhooks import WebhookStore
+from dockyard.meta.cached import CacheStore
 from dockyard.meta.retention import RetentionStore
 
 __all__ = ["PostgresMeta"]
 
 
 class PostgresMeta(
-    ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener, RetentionStore
+    ContentStore,
+    UploadStore,
+    EventStore,
+    StatsStore,
+    WebhookStore,
+    EventListener,
+    RetentionStore,
+    CacheStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""
