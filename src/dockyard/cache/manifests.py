@@ -115,10 +115,10 @@ class CachedManifests:
         up = route.upstream
         cached = await self.db.read(self.meta.cached_tag, repository, tag)
         now = self.clock()
-        if cached is not None and cached.resolved is not None:
-            if now - cached.resolved < up.settings.tag_ttl:
-                self.counters.hit(up.name, "manifest")
-                return await self.inner(ctx, repository, tag, record_pull, accepts)
+        resolved = cached.resolved if cached is not None else None
+        if resolved is not None and now - resolved < up.settings.tag_ttl:
+            self.counters.hit(up.name, "manifest")
+            return await self.inner(ctx, repository, tag, record_pull, accepts)
         try:
             head = await up.client.head_manifest(route.remote, tag)
             if head is None:

@@ -33,7 +33,7 @@ def validate_upstreams(upstreams: list[UpstreamSettings]) -> None:
             raise ConfigError(f"{key}.url: must be an http:// or https:// URL with a host")
         if not up.prefix:
             raise ConfigError(
-                f"{key}.prefix: every [[upstreams]] registry needs a prefix (e.g. \"hub\")"
+                f'{key}.prefix: every [[upstreams]] registry needs a prefix (e.g. "hub")'
             )
         if not is_valid_name(up.prefix):
             raise ConfigError(

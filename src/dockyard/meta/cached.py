@@ -46,7 +46,9 @@ _PUT_TAG = (
     " pushed = CASE WHEN tags.digest = excluded.digest THEN tags.pushed"
     " ELSE excluded.pushed END, resolved = excluded.resolved"
 )
-_RESOLVED = f"UPDATE tags SET resolved = ? WHERE repository_id = {_REPO} AND name = ? AND digest = ?"
+_RESOLVED = (
+    f"UPDATE tags SET resolved = ? WHERE repository_id = {_REPO} AND name = ? AND digest = ?"
+)
 _PUT_BLOB = (
     "INSERT INTO blobs (digest, size, created, touched) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (digest) DO UPDATE SET touched = excluded.touched"
@@ -146,12 +148,12 @@ class CacheStore:
             )
             refs = [(repo_id, m.digest, d, "blob") for d in m.blob_refs]
             refs += [(repo_id, m.digest, d, "manifest") for d in m.manifest_refs]
-            if refs:
-                conn.executemany(self._sql(_PUT_REFERENCE), refs)
-            if m.tags:
-                conn.executemany(
-                    self._sql(_PUT_TAG), [(repo_id, t, m.digest, now, resolved) for t in m.tags]
-                )
+            # One statement per row: psycopg's Connection has no executemany (a manifest
+            # has tens of references, not thousands).
+            for ref in refs:
+                conn.execute(self._sql(_PUT_REFERENCE), ref)
+            for tag in m.tags:
+                conn.execute(self._sql(_PUT_TAG), (repo_id, tag, m.digest, now, resolved))
 
     def resolve_cached_tag(self, repository: str, tag: str, digest: str, resolved: float) -> bool:
         with self._write() as conn:

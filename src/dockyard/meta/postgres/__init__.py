@@ -17,13 +17,13 @@ Same tables, same behaviour: ``tests/meta_conformance.py`` passes unchanged agai
 
 from __future__ import annotations
 
+from dockyard.meta.cached import CacheStore
 from dockyard.meta.postgres.content import ContentStore
 from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.postgres.uploads import UploadStore
 from dockyard.meta.postgres.webhooks import WebhookStore
-from dockyard.meta.cached import CacheStore
 from dockyard.meta.retention import RetentionStore
 
 __all__ = ["PostgresMeta"]
