@@ -88,7 +88,7 @@ async def test_concurrent_gets_of_a_missing_blob_fetch_it_once(
     digest = str(digest_of(blob))
     async with RegistryClient(upstreams.distribution.url) as up:
         await up.push_blob("lib/big", digest, len(blob), functools.partial(_once, blob))
-    got: list[bytes] = []
+    got: list[str] = []
 
     async def fetch(client: httpx.AsyncClient) -> None:
         r = await client.get(f"/v2/dist/lib/big/blobs/{digest}")
