@@ -22,6 +22,7 @@ from dockyard.oci.digest import digest_of
 from dockyard.upstream.client import RegistryClient
 from tests.distribution import Distribution
 from tests.e2e.conftest import Skopeo, serving
+from tests.e2e.containers_tools import ContainerStore
 from tests.e2e.test_auth_e2e import PASSWORDS, write_auth_config
 from tests.imagegen import OCILayout, build_image, make_layer, random_layers
 from tests.serverproc import DockyardServer
@@ -106,6 +107,40 @@ async def test_concurrent_gets_of_a_missing_blob_fetch_it_once(
             await client.aclose()
     assert got == [digest.removeprefix("sha256:")] * 10
     assert upstreams.distribution.count("GET", f"/v2/lib/big/blobs/{digest}") == 1
+
+
+def test_podman_pulls_through_a_mirror_location_with_a_path(
+    skopeo: Skopeo, cache: DockyardServer, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """docs/proxy.md's registries.conf: a mirror location "host:port/dist" makes podman
+    ask the cache for dist/<the image's path>."""
+    layout = OCILayout(tmp_path / "layout")
+    image = layout.add_image("v1", build_image([make_layer(31)]))
+    target = f"docker://{upstreams.distribution.host}/lib/podman:v1"
+    skopeo.copy(layout.ref("v1"), target, "--preserve-digests")
+    store = ContainerStore(tmp_path / "podman")
+    (store.root / "registries.conf").write_text(
+        "unqualified-search-registries = []\n"
+        "[[registry]]\n"
+        'prefix = "mirror.invalid"\n'
+        'location = "mirror.invalid"\n'
+        "[[registry.mirror]]\n"
+        f'location = "{cache.host}/dist"\n'
+        "insecure = true\n"
+    )
+    store.run(
+        "podman",
+        "pull",
+        "--signature-policy",
+        str(store.policy),
+        "mirror.invalid/lib/podman:v1",
+        server=cache,
+    )
+    assert store.image_id(
+        "podman", "mirror.invalid/lib/podman:v1"
+    ) == image.config.digest.removeprefix("sha256:")
+    r = httpx.get(f"{cache.url}/v2/dist/lib/podman/tags/list")
+    assert r.status_code == 200 and r.json()["tags"] == ["v1"]
 
 
 def _dir_files(path: Path) -> dict[str, bytes]:
