@@ -6,9 +6,9 @@
     uploads.py     upload sessions and their leases
     events.py      the event log
     stats.py       the dashboard snapshot
-    webhooks.py    webhook cursors, leases and failures
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
-    (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
+    (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
+    webhook cursors, leases and failures; both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -22,14 +22,14 @@ from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.postgres.uploads import UploadStore
-from dockyard.meta.postgres.webhooks import WebhookStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.webhooks import WebhookStore
 
 __all__ = ["PostgresMeta"]
 
 
 class PostgresMeta(
-    ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener, RetentionStore
+    ContentStore, UploadStore, EventStore, StatsStore, EventListener, RetentionStore, WebhookStore
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""
