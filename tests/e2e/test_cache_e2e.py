@@ -174,6 +174,8 @@ async def test_a_corrupt_upstream_blob_fails_the_download(
         stored.write_bytes(blob)
         r = await client.get(path)
         assert r.status_code == 200 and r.content == blob
+    # Nothing was kept of the first fetch: the second fetched again.
+    assert upstreams.distribution.count("GET", f"/v2/lib/corrupt/blobs/{digest}") == 2
 
 
 def _dir_files(path: Path) -> dict[str, bytes]:
