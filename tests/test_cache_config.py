@@ -69,7 +69,7 @@ def test_namespaces() -> None:
     assert namespace_of(named) == "x.io"
 
 
-def test_routes() -> None:
+async def test_routes() -> None:
     from dockyard.cache.upstreams import Upstream
     from dockyard.upstream.client import RegistryClient
 
@@ -86,9 +86,8 @@ def test_routes() -> None:
     assert upstreams.route("hub") is None
     assert upstreams.route("hubble/app") is None
     assert upstreams.route("mirror/other") is None
-    assert upstreams.with_namespace("docker.io", "library/alpine") == "hub/library/alpine"
-    assert upstreams.with_namespace("quay.io", "org/app") == "mirror/quay/org/app"
-    assert upstreams.with_namespace("ghcr.io", "org/app") == "org/app"
+    assert upstreams.namespaces == {"docker.io": "hub", "quay.io": "mirror/quay"}
+    await upstreams.aclose()
 
 
 def test_shipped_config_documents_every_upstream_key(tmp_path: Path) -> None:

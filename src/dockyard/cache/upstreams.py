@@ -58,6 +58,8 @@ class UpstreamMap:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = list(upstreams)
         self._by_prefix = [(u.prefix + "/", u) for u in self.upstreams]
+        # containerd's ns= -> the prefix that caches that registry (http/routing.py
+        # serves /v2/<name>/...?ns=<namespace> as <prefix>/<name>).
         self.namespaces = {namespace_of(u.settings): u.prefix for u in self.upstreams}
 
     def __bool__(self) -> bool:
@@ -69,12 +71,6 @@ class UpstreamMap:
             if repository.startswith(head):
                 return Route(up, repository[len(head) :])
         return None
-
-    def with_namespace(self, namespace: str, name: str) -> str:
-        """``name`` as containerd asked for it with ``?ns=namespace``: under that
-        upstream's prefix, or unchanged when no upstream has the namespace."""
-        prefix = self.namespaces.get(namespace)
-        return name if prefix is None else f"{prefix}/{name}"
 
     async def aclose(self) -> None:
         for up in self.upstreams:
