@@ -239,6 +239,31 @@ async def test_upstream_404_and_pushes_refused(cache: Cache, upstream: RegistryC
     assert r.status_code == 202
 
 
+async def test_a_tag_deleted_upstream_is_still_served(
+    cache: Cache, upstream: RegistryClient
+) -> None:
+    repo = unique("lib/deleted")
+    image = await push_upstream(upstream, repo, "v1")
+    r = await cache.client.get(f"/v2/hub/{repo}/manifests/v1")
+    assert r.status_code == 200
+    await upstream.delete_manifest(repo, image.digest)
+    assert await upstream.head_manifest(repo, "v1") is None
+    cache.clock.advance(TTL + 1)
+    # As Distribution's proxy: the local tag serves on any upstream failure, 404 too.
+    r = await cache.client.get(f"/v2/hub/{repo}/manifests/v1")
+    assert r.status_code == 200 and r.content == image.payload
+    assert (
+        cache.sample(
+            "dockyard_cache_requests_total", upstream="hub", kind="manifest", result="stale"
+        )
+        == 1
+    )
+    assert (
+        cache.sample("dockyard_cache_upstream_errors_total", upstream="hub", reason="not_found")
+        == 1
+    )
+
+
 async def test_corrupt_upstream_blob_is_not_stored(
     cache: Cache, upstream: RegistryClient, distribution: Distribution
 ) -> None:

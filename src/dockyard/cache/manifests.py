@@ -11,7 +11,9 @@ stored the same way.
 When the upstream is down, times out, answers 5xx or 429 (or refuses the credentials),
 what is cached is served anyway, even past the TTL, with a warning and the ``stale``
 counter; with nothing cached the answer is the upstream's failure (``cache/common.py``).
-An upstream 404 is a 404 here too, whatever is cached: the upstream says the tag is gone.
+An upstream 404 for a tag that is cached serves the cached copy too, as Distribution's
+proxy does (its tag service falls back to the local tag on any remote error): a tag
+deleted upstream stays here until retention or a DELETE removes it.
 
 Pull events of content fetched from the upstream carry ``target.cache = "fill"`` and
 ``target.upstream``.
@@ -136,13 +138,11 @@ class CachedManifests:
                 self.counters.hit(up.name, "manifest")
                 return await self.inner(ctx, repository, tag, record_pull, accepts)
             remote = await up.client.get_manifest(route.remote, head.digest)
-        except NotFound as e:
-            self.counters.error(up.name, reason_of(e))
-            raise ManifestUnknown(f"no manifest {tag} in {repository} (upstream {up.name})") from e
         except UpstreamError as e:
             self.counters.error(up.name, reason_of(e))
             if cached is None:
-                raise failure(up.name, e, ManifestUnknown(str(e))) from None
+                unknown = ManifestUnknown(f"no manifest {tag} in {repository} (upstream {up.name})")
+                raise failure(up.name, e, unknown) from None
             self.counters.stale(up.name, "manifest")
             log.warning(
                 "upstream %s failed (%s); serving %s:%s from the cache", up.name, e, repository, tag
