@@ -3,12 +3,12 @@
     core.py        the connection pool, write transactions, the event append (event ids
                    in commit order), ``migrate``, shared secrets
     content.py     repositories, blob links, manifests, tags, referrers
-    uploads.py     upload sessions and their leases
     events.py      the event log
     stats.py       the dashboard snapshot
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
     (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
-    webhook cursors, leases and failures; both dialects)
+    webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
+    leases; both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -22,8 +22,8 @@ from dockyard.meta.postgres.content import ContentStore
 from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
-from dockyard.meta.postgres.uploads import UploadStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
 
 __all__ = ["PostgresMeta"]
@@ -31,12 +31,12 @@ __all__ = ["PostgresMeta"]
 
 class PostgresMeta(
     ContentStore,
-    UploadStore,
     EventStore,
     StatsStore,
     EventListener,
     RetentionStore,
     WebhookStore,
+    UploadStore,
     CacheStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and

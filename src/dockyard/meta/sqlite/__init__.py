@@ -2,11 +2,11 @@
 
     core.py       connections, write transactions, the event append, ``migrate``
     content.py    repositories, blob links, manifests, tags, referrers
-    uploads.py    upload sessions and their leases
     events.py     the event log
     stats.py      the dashboard snapshot
     (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
-    webhook cursors, leases and failures; both dialects)
+    webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
+    leases; both dialects)
 
 The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
 in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
@@ -21,13 +21,13 @@ from dockyard.meta.retention import RetentionStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
-from dockyard.meta.sqlite.uploads import UploadStore
+from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
 
 __all__ = ["SQLiteMeta"]
 
 
 class SQLiteMeta(
-    ContentStore, UploadStore, EventStore, StatsStore, RetentionStore, WebhookStore, CacheStore
+    ContentStore, EventStore, StatsStore, RetentionStore, WebhookStore, UploadStore, CacheStore
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
