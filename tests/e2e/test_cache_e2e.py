@@ -178,6 +178,26 @@ async def test_a_corrupt_upstream_blob_fails_the_download(
     assert upstreams.distribution.count("GET", f"/v2/lib/corrupt/blobs/{digest}") == 2
 
 
+async def test_a_client_that_goes_away_mid_fill_does_not_stop_it(
+    cache: DockyardServer, upstreams: Upstreams
+) -> None:
+    blob = os.urandom(32 * 1024 * 1024)
+    digest = str(digest_of(blob))
+    async with RegistryClient(upstreams.distribution.url) as up:
+        await up.push_blob("lib/gone", digest, len(blob), functools.partial(_once, blob))
+    path = f"/v2/dist/lib/gone/blobs/{digest}"
+    stream = await trio.open_tcp_stream("127.0.0.1", cache.port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {cache.host}\r\n\r\n".encode())
+        assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
+    # hypercorn drops what the closed connection can no longer take, and the fill goes
+    # on: the blob is stored, the next GET does not ask the upstream again.
+    async with httpx.AsyncClient(base_url=cache.url, timeout=30) as client:
+        r = await client.get(path)
+        assert r.status_code == 200 and r.content == blob
+    assert upstreams.distribution.count("GET", f"/v2/lib/gone/blobs/{digest}") == 1
+
+
 def _dir_files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 

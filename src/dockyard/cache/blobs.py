@@ -9,8 +9,11 @@ match claims the blob (``claim_blob``, as an upload's commit does: the collector
 the bytes from then on), commits the bytes and links them with
 ``repository_blobs.upstream`` set; a mismatch aborts the writer, stores nothing and
 raises in the stream, so the response ends short of its Content-Length (one chunk is
-always held back until the check). A client that goes away mid-fill cancels the fill:
-nothing is stored, and the next request fetches again.
+always held back until the check). A client that goes away mid-fill does not stop it:
+hypercorn drops the bytes a closed connection cannot take and the fill runs to its end
+(tests/e2e/test_cache_e2e.py). Should the stream be abandoned all the same, its
+``finally`` aborts the writer and frees the lease; bytes left by a killed process are
+an orphan upload the janitor purges.
 
 One fetch per digest, across worker processes and instances: a job lease named
 ``fill:<digest>`` (``job_acquire``; renewed while bytes flow, released and its row
