@@ -38,6 +38,7 @@ from tests.conftest import (
     make_client,
     make_settings,
     open_services,
+    sqlite_and_postgres,
     wait_for_events,
 )
 from tests.distribution import Distribution
@@ -97,9 +98,14 @@ class Cache:
 
 @asynccontextmanager
 async def open_cache(
-    root: Path, url: str, tag_ttl: float = TTL, policies: list[RetentionPolicy] | None = None
+    root: Path,
+    url: str,
+    tag_ttl: float = TTL,
+    policies: list[RetentionPolicy] | None = None,
+    database_url: str = "",
 ) -> AsyncIterator[Cache]:
-    settings = make_settings(root)
+    env = {"DOCKYARD_DATABASE_URL": database_url} if database_url else {}
+    settings = make_settings(root, **env)
     settings.upstreams = [UpstreamSettings(url=url, name="hub", prefix="hub", tag_ttl=tag_ttl)]
     if policies:
         settings.retention.policies = policies
@@ -114,9 +120,16 @@ async def upstream(distribution: Distribution) -> AsyncIterator[RegistryClient]:
         yield client
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return sqlite_and_postgres(request)
+
+
 @pytest.fixture
-async def cache(tmp_path: Path, distribution: Distribution) -> AsyncIterator[Cache]:
-    async with open_cache(tmp_path / "data", distribution.url) as c:
+async def cache(
+    tmp_path: Path, distribution: Distribution, database_url: str
+) -> AsyncIterator[Cache]:
+    async with open_cache(tmp_path / "data", distribution.url, database_url=database_url) as c:
         yield c
 
 
