@@ -216,6 +216,23 @@ async def test_blobs_are_filled_once_then_served_here(
     assert not cache.svc.meta.job_forget(f"fill:{layer}", "nobody/1")
 
 
+async def test_a_blob_stored_for_another_cached_repository_is_linked_not_fetched(
+    cache: Cache, upstream: RegistryClient, distribution: Distribution
+) -> None:
+    first, second = unique("lib/first"), unique("lib/second")
+    image = await push_upstream(upstream, first, "v1")
+    layer = image.layer
+    assert await upstream.mount_blob(second, layer, first)
+    r = await cache.client.get(f"/v2/hub/{first}/blobs/{layer}")
+    assert r.content == image.blobs[layer]
+    r = await cache.client.get(f"/v2/hub/{second}/blobs/{layer}")
+    assert r.status_code == 200 and r.content == image.blobs[layer]
+    assert cache.svc.meta.cached_from(f"hub/{second}", layer) == "hub"
+    assert distribution.count("GET", f"/blobs/{layer}") == 1
+    # The upstream was still asked whether that repository has it (a HEAD).
+    assert distribution.count("HEAD", f"/v2/{second}/blobs/{layer}") == 1
+
+
 async def test_by_digest_and_index_children(cache: Cache, upstream: RegistryClient) -> None:
     repo = unique("lib/multi")
     amd = await push_upstream(upstream, repo, None)

@@ -144,19 +144,22 @@ class CachedBlobs:
             return await self._read_blob(ctx, repository, digest, size, start, length)
         whole = start == 0 and (length is None or length == size)
         fill = await self._start_fill(ctx, route, repository, digest, size, record=whole)
-        if whole:
+        if fill is not None and whole:
             return fill
-        async for _ in fill:
-            pass
+        if fill is not None:
+            async for _ in fill:
+                pass
+        # Linked now (by this fill or another's): served from storage.
         return await self._read_blob(ctx, repository, digest, size, start, length)
 
     # -- filling
 
     async def _start_fill(
         self, ctx: RequestInfo, route: Route, repository: str, digest: str, size: int, record: bool
-    ) -> Body:
+    ) -> Body | None:
         """Before the response starts: wait for or take the digest's lease, and open the
-        upstream download, so that failures up to there are proper error answers."""
+        upstream download, so that failures up to there are proper error answers. The
+        fill's stream; None when the blob got linked meanwhile (serve it from storage)."""
         parse_digest(digest)
         job = f"fill:{digest}"
         lease = f"{self.instance}/fill-{uuid.uuid4().hex}"
@@ -164,7 +167,7 @@ class CachedBlobs:
             polls = 0
             while True:
                 if await self._linked(repository, digest) is not None:
-                    return await self._read_blob(ctx, repository, digest, size, 0, None)
+                    return None
                 # The link is a cheap inline read; taking the lease is a write, so it is
                 # tried only every ACQUIRE_EVERY polls while another fill holds it.
                 if polls % ACQUIRE_EVERY == 0 and await self.db.run(
@@ -180,7 +183,7 @@ class CachedBlobs:
             stack.push_async_callback(self._release, job, lease)
             if await self._link_stored(route, repository, digest, size):
                 await stack.aclose()
-                return await self._read_blob(ctx, repository, digest, size, 0, None)
+                return None
             name = route.upstream.name
             try:
                 remote = await stack.enter_async_context(
@@ -189,7 +192,8 @@ class CachedBlobs:
             except UpstreamError as e:
                 self.counters.error(name, reason_of(e))
                 raise failure(name, e, BlobUnknown(f"blob {digest} is not upstream")) from None
-            if remote.size != size:
+            # -1: no Content-Length (chunked); the byte count is checked at the end anyway.
+            if remote.size not in (size, -1):
                 self.counters.error(name, "corrupt")
                 raise UpstreamUnavailable(
                     f"upstream {name} sends {remote.size} bytes for {digest}, its HEAD said {size}"
