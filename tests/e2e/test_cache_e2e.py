@@ -72,6 +72,13 @@ def cache(
         'username = "root"\n'
         f"password = {json.dumps(PASSWORDS['root'])}\n"
         "tag_ttl = 0\n"
+        "\n"
+        "[[upstreams]]\n"
+        'name = "wrong"\n'
+        f'url = "{upstreams.token.url}"\n'
+        'prefix = "wrong"\n'
+        'username = "root"\n'
+        'password = "not-the-password"\n'
     )
     env = {"DOCKYARD_CONFIG": str(config)}
     server = DockyardServer(root / "data", workers=2, env=env).start()
@@ -196,6 +203,14 @@ async def test_a_client_that_goes_away_mid_fill_does_not_stop_it(
         r = await client.get(path)
         assert r.status_code == 200 and r.content == blob
     assert upstreams.distribution.count("GET", f"/v2/lib/gone/blobs/{digest}") == 1
+
+
+def test_refused_upstream_credentials_are_a_clear_error(cache: DockyardServer) -> None:
+    r = httpx.get(f"{cache.url}/v2/wrong/lib/app/manifests/v1", timeout=30)
+    assert r.status_code == 503
+    (error,) = r.json()["errors"]
+    assert error["code"] == "UNAVAILABLE" and "upstream wrong" in error["message"]
+    assert "not-the-password" not in r.text
 
 
 def _dir_files(path: Path) -> dict[str, bytes]:
