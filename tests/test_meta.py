@@ -14,6 +14,7 @@ from dockyard.meta import migrations
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from tests.meta_conformance import MakeStore, MetaConformance
+from tests.meta_conformance_cache import CacheConformance
 from tests.meta_conformance_gc import CollectionConformance
 from tests.meta_conformance_housekeeping import HousekeepingConformance
 from tests.meta_conformance_retention import RetentionConformance
@@ -35,6 +36,12 @@ class TestMetadataStore(MetaConformance, HousekeepingConformance):
 
 
 class TestRetentionStore(RetentionConformance):
+    @pytest.fixture(params=sorted(STORES))
+    def make_store(self, request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+        return STORES[request.param](tmp_path)
+
+
+class TestCacheStore(CacheConformance):
     @pytest.fixture(params=sorted(STORES))
     def make_store(self, request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
         return STORES[request.param](tmp_path)

@@ -21,6 +21,7 @@ from dockyard.meta.records import BlobBeingDeleted, ReferencesGone
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import MetadataStore
 from tests.meta_conformance import T0, Clock, MakeStore, MetaConformance, digest, ev, manifest
+from tests.meta_conformance_cache import CacheConformance
 from tests.meta_conformance_gc import CollectionConformance, doom
 from tests.meta_conformance_housekeeping import HousekeepingConformance
 from tests.meta_conformance_retention import RetentionConformance
@@ -43,6 +44,12 @@ class TestPostgresMeta(MetaConformance, HousekeepingConformance):
 
 
 class TestPostgresRetentionStore(RetentionConformance):
+    @pytest.fixture
+    def make_store(self, pg_url: str) -> MakeStore:
+        return lambda clock: PostgresMeta(pg_url, clock=clock)
+
+
+class TestPostgresCacheStore(CacheConformance):
     @pytest.fixture
     def make_store(self, pg_url: str) -> MakeStore:
         return lambda clock: PostgresMeta(pg_url, clock=clock)

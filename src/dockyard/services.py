@@ -22,6 +22,7 @@ import trio
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
 from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
+from dockyard.cache import PullThroughCache
 from dockyard.config import Settings, load
 from dockyard.core.jobs import JobBusy
 from dockyard.core.registry import Registry
@@ -46,6 +47,7 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.services_cache import mount_cache
 from dockyard.services_gc import collect_on_schedule
 from dockyard.services_housekeeping import (
     build_pruner,
@@ -124,6 +126,7 @@ class Services:
     retention: Retention | None = None
     metrics: RegistryMetrics | None = None
     clock: Callable[[], float] = time.time
+    cache: PullThroughCache | None = None
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -173,6 +176,8 @@ class Services:
             await self.pulls.wait_finished()
         self.meta.on_events_committed = None
         await self.storage.aclose()
+        if self.cache is not None:
+            await self.cache.upstreams.aclose()
         if self.sampler is not None:
             self.sampler.close()
 
@@ -318,6 +323,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     services = Services(
         settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
     )
+    services.cache = mount_cache(app, settings, registry, metrics, instance_name(settings), clock)
     if settings.retention.policies:
         services.retention = Retention(db, policies, instance_name(settings), clock)
     if settings.webhooks:

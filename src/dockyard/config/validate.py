@@ -33,6 +33,7 @@ from dockyard.config.validate_azure import validate_azure
 from dockyard.config.validate_gc import validate_gc
 from dockyard.config.validate_retention import validate_retention
 from dockyard.config.validate_s3 import validate_s3
+from dockyard.config.validate_upstreams import validate_upstreams
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Headers dockyard sets itself on every delivery.
@@ -326,6 +327,7 @@ def validate(s: Settings) -> None:
     _validate_token(s.auth.token)
     _validate_pruning(s)
     _validate_quotas(s)
+    validate_upstreams(s.upstreams)
 
 
 # The dashboard's longest window (core/stats.py MAX_WINDOW, one day) rounded up to whole

@@ -23,6 +23,7 @@ The HTTP layer maps each class to one OCI error code and status (``http/errors.p
     +-- Denied                 the authorizer refused the scope to a known caller
     +-- Unauthorized           no or bad credentials (carries the WWW-Authenticate challenge)
     +-- TooManyRequests        over a rate limit (carries the seconds to wait)
+    +-- UpstreamUnavailable    a pull-through cache's upstream failed and nothing is cached
 """
 
 from __future__ import annotations
@@ -121,3 +122,7 @@ class TooManyRequests(RegistryError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UpstreamUnavailable(RegistryError):
+    pass

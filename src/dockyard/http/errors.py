@@ -41,6 +41,8 @@ class Code(StrEnum):
     DENIED = "DENIED"
     UNSUPPORTED = "UNSUPPORTED"
     TOOMANYREQUESTS = "TOOMANYREQUESTS"
+    # Distribution's own code for 503 (a pull-through cache's upstream is down).
+    UNAVAILABLE = "UNAVAILABLE"
     # Only in the 500 body, never in a 4xx one.
     UNKNOWN = "UNKNOWN"
 
@@ -99,6 +101,8 @@ ERROR_TABLE: dict[type[e.RegistryError], Entry] = {
     e.Denied: Entry(Code.DENIED, 403),
     e.Unauthorized: Entry(Code.UNAUTHORIZED, 401, _challenge),
     e.TooManyRequests: Entry(Code.TOOMANYREQUESTS, 429, _retry_after),
+    # Distribution's errcode.ErrorCodeUnavailable (not a spec code; its proxy's answer).
+    e.UpstreamUnavailable: Entry(Code.UNAVAILABLE, 503),
 }
 # Answers no core error stands for.
 NO_ENDPOINT = Entry(None, 404)

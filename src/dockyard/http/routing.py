@@ -193,6 +193,9 @@ class Router:
     def __init__(self, routes: list[Route], authorize: Authorize) -> None:
         self.routes = routes
         self.authorize = authorize
+        # containerd's ?ns= (the registry it mirrors) -> the [[upstreams]] prefix that
+        # caches it (services_cache.py); an unknown ns serves the name as it is.
+        self.namespaces: dict[str, str] = {}
 
     async def dispatch(self, req: Request) -> Response:
         """The handler's response; 404 or 405 without one. Raises core errors."""
@@ -218,6 +221,10 @@ class Router:
             name = params.get("name")
             if name is not None and not is_valid_name(name):
                 raise err.NameInvalid(f"invalid repository name {name[:100]!r}")
+            if name is not None and self.namespaces and "ns" in req.query:
+                prefix = self.namespaces.get(req.query["ns"][0])
+                if prefix is not None:
+                    name = params["name"] = f"{prefix}/{name}"
             req.repository = name
             req.reference = params.get("reference") or params.get("digest")
             handler, need = endpoint

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from dockyard.meta.cached import CachedContent
 from dockyard.meta.gcrecords import Doomed, GcBlob, GcRepository
 from dockyard.meta.prune import EventPruner
 from dockyard.meta.records import (
@@ -350,6 +351,7 @@ class Collection(Protocol):
 
 
 class MetadataStore(
+    CachedContent,
     EventPruner,
     UsageReports,
     RepositoryManagement,

@@ -17,6 +17,7 @@ Same tables, same behaviour: ``tests/meta_conformance.py`` passes unchanged agai
 
 from __future__ import annotations
 
+from dockyard.meta.cached import CacheStore
 from dockyard.meta.postgres.content import ContentStore
 from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
@@ -29,7 +30,14 @@ __all__ = ["PostgresMeta"]
 
 
 class PostgresMeta(
-    ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener, RetentionStore
+    ContentStore,
+    UploadStore,
+    EventStore,
+    StatsStore,
+    WebhookStore,
+    EventListener,
+    RetentionStore,
+    CacheStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

@@ -16,6 +16,7 @@ and blob sizes, run inline on the event loop) pay for no extra layer.
 
 from __future__ import annotations
 
+from dockyard.meta.cached import CacheStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
@@ -26,5 +27,7 @@ from dockyard.meta.sqlite.webhooks import WebhookStore
 __all__ = ["SQLiteMeta"]
 
 
-class SQLiteMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, RetentionStore):
+class SQLiteMeta(
+    ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, RetentionStore, CacheStore
+):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
