@@ -150,7 +150,9 @@ def run(
                     for mode in MODES
                 )
             )
-        return results, problems, upstream.description
+        # "/usr/bin/docker-registry github.com/... 2.8.2": the program's name, not its path.
+        program, _, version = upstream.description.partition(" ")
+        return results, problems, f"{program.rsplit('/', 1)[-1]} {version}".strip()
 
 
 def fmt(value: float) -> str:
