@@ -163,6 +163,8 @@ async def test_a_sparse_manifest_is_accepted_and_served(sparse: Env) -> None:
     r = await sparse.client.get("/v2/app/manifests/v1", headers={"accept": OCI_MANIFEST})
     assert r.status_code == 200 and r.content == image.payload
     assert r.headers["docker-content-digest"] == image.digest
+    r = await sparse.client.head("/v2/app/manifests/v1", headers={"accept": OCI_MANIFEST})
+    assert r.status_code == 200 and r.headers["docker-content-digest"] == image.digest
     # What is there is served; what is not is a clean BLOB_UNKNOWN (GET and HEAD).
     r = await sparse.client.get(f"/v2/app/blobs/{digest_of(image.present)}")
     assert r.status_code == 200 and r.content == image.present
