@@ -89,3 +89,19 @@ def test_routes() -> None:
     assert upstreams.with_namespace("docker.io", "library/alpine") == "hub/library/alpine"
     assert upstreams.with_namespace("quay.io", "org/app") == "mirror/quay/org/app"
     assert upstreams.with_namespace("ghcr.io", "org/app") == "org/app"
+
+
+def test_shipped_config_documents_every_upstream_key(tmp_path: Path) -> None:
+    import dataclasses
+    import tomllib
+
+    from tests.test_conf_file import commented_example
+
+    text = commented_example("# [[upstreams]]")
+    (example,) = tomllib.loads(text)["upstreams"]
+    assert set(example) == {f.name for f in dataclasses.fields(UpstreamSettings)}
+    path = tmp_path / "upstreams.toml"
+    path.write_text(text)
+    (loaded,) = load(path, environ={"DOCKYARD_STORAGE_ROOT": str(tmp_path)}).upstreams
+    # Beyond the required keys it shows the defaults.
+    assert dataclasses.replace(loaded, name="", url="", prefix="") == UpstreamSettings()

@@ -14,9 +14,10 @@ nothing is stored, and the next request fetches again.
 
 One fetch per digest, across worker processes and instances: a job lease named
 ``fill:<digest>`` (``job_acquire``; renewed while bytes flow, released and its row
-deleted after). A request that finds the lease taken polls, every ``FILL_POLL`` seconds,
-until the blob is linked (then serves it from storage) or the lease is free (the other
-fill failed: it tries itself), for at most ``FILL_WAIT`` seconds.
+deleted after). A request that finds the lease taken polls the link every ``FILL_POLL``
+seconds (an inline read) until the blob is linked (then serves it from storage), and
+tries the lease every ``ACQUIRE_EVERY`` polls (a write: the other fill may have failed,
+then it fills itself), for at most ``FILL_WAIT`` seconds.
 
 A ranged GET of a missing blob fills the whole blob first (the client waits), then
 serves its range from storage: a layer is usually read whole soon after, and a range
@@ -49,6 +50,9 @@ FILL_RENEW = FILL_LEASE / 3
 # A request waiting for another's fill looks again this often, for this long at most.
 FILL_POLL = 0.1
 FILL_WAIT = 600.0
+# A waiting request tries to take the lease itself (the other fill may have failed)
+# every this many polls.
+ACQUIRE_EVERY = 10
 # A fill whose blob the collector is deleting waits this long at most (core/uploads.py).
 CLAIM_WAIT = 30.0
 CLAIM_RETRY = 0.1
@@ -130,7 +134,10 @@ class CachedBlobs:
         length: int | None = None,
     ) -> Body:
         route = self.upstreams.route(repository)
-        if route is None or await self._linked(repository, digest) is not None:
+        if route is None:
+            return await self._read_blob(ctx, repository, digest, size, start, length)
+        if await self._linked(repository, digest) is not None:
+            self.counters.hit(route.upstream.name, "blob")
             return await self._read_blob(ctx, repository, digest, size, start, length)
         whole = start == 0 and (length is None or length == size)
         fill = await self._start_fill(ctx, route, repository, digest, size, record=whole)
@@ -151,11 +158,17 @@ class CachedBlobs:
         job = f"fill:{digest}"
         lease = f"{self.instance}/fill-{uuid.uuid4().hex}"
         with trio.move_on_after(FILL_WAIT):
+            polls = 0
             while True:
                 if await self._linked(repository, digest) is not None:
                     return await self._read_blob(ctx, repository, digest, size, 0, None)
-                if await self.db.run(self.meta.job_acquire, job, lease, FILL_LEASE):
+                # The link is a cheap inline read; taking the lease is a write, so it is
+                # tried only every ACQUIRE_EVERY polls while another fill holds it.
+                if polls % ACQUIRE_EVERY == 0 and await self.db.run(
+                    self.meta.job_acquire, job, lease, FILL_LEASE
+                ):
                     break
+                polls += 1
                 await trio.sleep(FILL_POLL)
         if not await self.db.run(self.meta.job_renew, job, lease, FILL_LEASE):
             raise UpstreamUnavailable(f"timed out waiting for another fill of {digest}")

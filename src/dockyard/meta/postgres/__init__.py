@@ -6,9 +6,9 @@
     uploads.py     upload sessions and their leases
     events.py      the event log
     stats.py       the dashboard snapshot
-    webhooks.py    webhook cursors, leases and failures
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
-    (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
+    (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
+    webhook cursors, leases and failures; both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -23,8 +23,8 @@ from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.postgres.uploads import UploadStore
-from dockyard.meta.postgres.webhooks import WebhookStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.webhooks import WebhookStore
 
 __all__ = ["PostgresMeta"]
 
@@ -34,9 +34,9 @@ class PostgresMeta(
     UploadStore,
     EventStore,
     StatsStore,
-    WebhookStore,
     EventListener,
     RetentionStore,
+    WebhookStore,
     CacheStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
