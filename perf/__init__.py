@@ -31,4 +31,6 @@ Modules::
                 push rate while it runs
     gcdata      that data written straight into SQLite and the filesystem storage, with
                 the reference model of what a collection keeps
+    proxy       the pull-through cache: a cold pull through it vs a direct pull from
+                Distribution, a warm pull vs a pull of a normally pushed image
 """

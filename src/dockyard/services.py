@@ -257,6 +257,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         clock=clock,
         immutable=policies.immutable,
         quotas=build_quotas(settings, metrics.count_quota_refusal if metrics else None),
+        require_layers=settings.manifests.require_layers,
     )
     services: Services
 

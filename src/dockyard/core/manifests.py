@@ -5,7 +5,9 @@ Invariants:
 - A manifest is stored only if every blob it requires (not embedded, not
   non-distributable) is linked to the repository with the size its descriptor states;
   children of an index need not be stored (sparse indexes), but a stored child must have
-  the stated size.
+  the stated size. With ``require_layers`` off (``[manifests] require_layers = false``),
+  an image manifest may be sparse too: a missing blob is allowed, a linked one must still
+  have the stated size and is refreshed in the push's transaction like any other.
 - Stored payloads are the exact bytes pushed: the digest is computed over them, and a
   digest reference must match it.
 - Delete and untag events name the manifest's media type and size, read before the
@@ -72,8 +74,10 @@ class Manifests:
         pulls: PullEventWriter,
         events: EventMaker,
         immutable: ImmutableTags | None = None,
+        require_layers: bool = True,
     ) -> None:
         self.db = db
+        self._require_layers = require_layers
         self.meta = db.meta
         self.pulls = pulls
         self._event = events
@@ -161,6 +165,8 @@ class Manifests:
         for d in required:
             size = linked.get(str(d.digest))
             if size is None:
+                if not self._require_layers:
+                    continue  # a sparse manifest: the blob may come later, or never
                 raise ManifestBlobUnknown(
                     f"blob {d.digest} is not in {repository}", {"digest": str(d.digest)}
                 )
@@ -211,7 +217,9 @@ class Manifests:
                     children,
                     tags,
                     [t for t in tags if immutable(t)] if immutable else (),
-                    required_blobs=[str(d.digest) for d in required],
+                    # Only what is linked: the store refreshes each in the transaction
+                    # and refuses the push if garbage collection took one meanwhile.
+                    required_blobs=[str(d.digest) for d in required if str(d.digest) in linked],
                     stored_children=list(stored),
                 ),
                 [event],

@@ -51,6 +51,7 @@ class Registry:
         clock: Callable[[], float] = time.time,
         immutable: ImmutableTags | None = None,
         quotas: Quotas = NO_QUOTAS,
+        require_layers: bool = True,
     ) -> None:
         events = EventMaker(instance, clock)
         self.blobs = Blobs(db, storage, pulls, events)
@@ -63,7 +64,7 @@ class Registry:
             gc_lease_seconds=gc_lease_seconds,
             clock=clock,
         )
-        self.manifests = Manifests(db, pulls, events, immutable)
+        self.manifests = Manifests(db, pulls, events, immutable, require_layers)
         # Every path that links bytes or stores a manifest checks the same quotas.
         self.quotas = self.blobs.quotas = self.uploads.quotas = self.manifests.quotas = quotas
         # The public API: the parts' bound methods (see the module docstring).
