@@ -38,6 +38,7 @@ from dockyard.meta.records import (
     WebhookCursor,
     WebhookFailure,
 )
+from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.repository_admin import RepositoryManagement
 from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
@@ -349,7 +350,22 @@ class Collection(Protocol):
         """Link a blob only if its row exists (mounts), refreshing it; False otherwise."""
 
 
+class Replication(Protocol):
+    """Pull-mode replication's runs and a push consumer's backlog (``meta/replication.py``;
+    push cursors are ``Webhooks`` rows named ``replication:<rule>:<target url>``)."""
+
+    def replication_record_run(self, run: ReplicationRun) -> None:
+        """Store ``run`` as its rule's last run (replacing the one before)."""
+
+    def replication_runs(self) -> list[ReplicationRun]:
+        """Every rule's last run, by name."""
+
+    def events_after_count(self, cursor: int) -> int:
+        """How many events the log holds after ``cursor``."""
+
+
 class MetadataStore(
+    Replication,
     EventPruner,
     UsageReports,
     RepositoryManagement,

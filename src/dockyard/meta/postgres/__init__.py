@@ -9,6 +9,7 @@
     webhooks.py    webhook cursors, leases and failures
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
     (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
+    (meta/replication.py: pull-mode replication runs, a consumer's backlog; both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -23,13 +24,21 @@ from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.postgres.uploads import UploadStore
 from dockyard.meta.postgres.webhooks import WebhookStore
+from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 
 __all__ = ["PostgresMeta"]
 
 
 class PostgresMeta(
-    ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, EventListener, RetentionStore
+    ContentStore,
+    UploadStore,
+    EventStore,
+    StatsStore,
+    WebhookStore,
+    EventListener,
+    RetentionStore,
+    ReplicationStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

@@ -7,6 +7,7 @@
     stats.py      the dashboard snapshot
     webhooks.py   webhook cursors, leases and failures
     (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
+    (meta/replication.py: pull-mode replication runs, a consumer's backlog; both dialects)
 
 The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
 in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
@@ -16,6 +17,7 @@ and blob sizes, run inline on the event loop) pay for no extra layer.
 
 from __future__ import annotations
 
+from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
@@ -26,5 +28,13 @@ from dockyard.meta.sqlite.webhooks import WebhookStore
 __all__ = ["SQLiteMeta"]
 
 
-class SQLiteMeta(ContentStore, UploadStore, EventStore, StatsStore, WebhookStore, RetentionStore):
+class SQLiteMeta(
+    ContentStore,
+    UploadStore,
+    EventStore,
+    StatsStore,
+    WebhookStore,
+    RetentionStore,
+    ReplicationStore,
+):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
