@@ -18,7 +18,9 @@ class ReplicationMetrics:
     def __init__(self, metrics: RegistryMetrics) -> None:
         reg: Any = None if metrics.multiprocess else metrics.registry
         self.images = Counter(
-            "dockyard_replication_images_total", "Images copied (a tag or a referrer).", LABELS,
+            "dockyard_replication_images_total",
+            "Images copied (a tag or a referrer).",
+            LABELS,
             registry=reg,
         )
         self.manifests = Counter(
@@ -44,8 +46,7 @@ class ReplicationMetrics:
         )
         self.retries = Counter(
             "dockyard_replication_retries_total",
-            "Copies retried because the remote (or this database or blob store) was"
-            " unavailable.",
+            "Copies retried because the remote (or this database or blob store) was unavailable.",
             LABELS,
             registry=reg,
         )

@@ -47,8 +47,8 @@ from dockyard.meta.records import StoredEvent, StoreUnavailable
 from dockyard.meta.store import Database
 from dockyard.replication.copy import (
     ContentGone,
-    InvalidContent,
     CopyReport,
+    InvalidContent,
     LocalSource,
     MountMemory,
     RemoteDestination,
