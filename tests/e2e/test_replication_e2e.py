@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -41,7 +42,8 @@ ARRIVAL = 60.0
 
 def replication_toml(b: DockyardServer, d: Distribution) -> str:
     """docs/proxy.md's two-site example (A -> B) with the test's ports and short backoffs,
-    and A's rules for Distribution."""
+    a rule whose target refuses it (alice may push only team/*), and A's rules for
+    Distribution."""
     return f"""
 [[replication]]
 name = "to-site-b"
@@ -57,6 +59,19 @@ url = "{b.url}"
 username = "root"
 password = "{PASSWORDS["root"]}"
 timeout = 10
+
+[[replication]]
+name = "to-site-b-as-alice"
+mode = "push"
+repositories = ["denied/*"]
+max_attempts = 2
+backoff_initial = 0.1
+backoff_max = 0.2
+
+[[replication.targets]]
+url = "{b.url}"
+username = "alice"
+password = "{PASSWORDS["alice"]}"
 
 [[replication]]
 name = "to-distribution"
@@ -283,6 +298,57 @@ async def test_pull_mode_copies_from_distribution(
         assert await a.head_manifest("other/app", "v1") is None
 
 
+async def test_a_refused_image_is_recorded_as_failed_and_skipped(
+    site_a: DockyardServer, site_b: DockyardServer
+) -> None:
+    """Denied is not an outage: max_attempts attempts, then the event is recorded as
+    failed and the cursor moves on to the next image, which arrives."""
+    refused, next_one = small_image(600), small_image(601)
+    async with a_client(site_a) as a, b_client(site_b) as b:
+        await push_image(a, "denied/app", refused, "v1")
+        await push_image(a, "apps/after-denied", next_one, "v1")
+        await eventually(
+            lambda: has_tag(b, "apps/after-denied", "v1", next_one.digest), "the next image"
+        )
+        assert await b.head_manifest("denied/app", "v1") is None
+    status = replication_status(site_a.env["DOCKYARD_CONFIG"])
+    deadline = time.monotonic() + ARRIVAL
+    while _target(status, "to-site-b-as-alice")["failed"] < 1 and time.monotonic() < deadline:
+        await trio.sleep(0.5)
+        status = replication_status(site_a.env["DOCKYARD_CONFIG"])
+    target = _target(status, "to-site-b-as-alice")
+    assert target["failed"] == 1
+    assert "Denied" in target["last_error"]
+    assert target["cursor"] >= len(target["failed_events"])
+
+
+def _target(status: dict[str, Any], rule: str) -> dict[str, Any]:
+    target: dict[str, Any] = next(r for r in status["rules"] if r["name"] == rule)["targets"][0]
+    return target
+
+
+def replication_status(config: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dockyard.cli",
+            "replication",
+            "status",
+            "--config",
+            config,
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
 def test_status_json(site_a: DockyardServer, site_a_config: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     deadline = time.monotonic() + ARRIVAL
@@ -312,7 +378,7 @@ def test_status_json(site_a: DockyardServer, site_a_config: Path) -> None:
         ):
             break
         time.sleep(0.5)
-    assert set(rules) == {"to-site-b", "to-distribution", "from-distribution"}
+    assert set(rules) == {"to-site-b", "to-site-b-as-alice", "to-distribution", "from-distribution"}
     assert target["consumer"].startswith("replication:to-site-b:")
     assert target["cursor"] == doc["log_end"] and target["backlog_events"] == 0
     assert target["failed"] == 0 and target["lease"] is not None

@@ -33,6 +33,7 @@ import trio
 from dockyard.config import ReplicationRule
 from dockyard.core.jobs import JobBusy, JobLease, LeaseLost
 from dockyard.core.registry import Registry
+from dockyard.events.outage import log_failure
 from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.store import Database
 from dockyard.replication.copy import LocalDestination, RemoteSource, copy_image
@@ -85,11 +86,11 @@ class PullSchedule:
         client = RegistryClient.from_settings(self.rule.source)
         try:
             while True:
-                wait = await self._until_due()
-                if wait > 0:
-                    await trio.sleep(min(wait, SCHEDULE_CHECK))
-                    continue
                 try:
+                    wait = await self._until_due()
+                    if wait > 0:
+                        await trio.sleep(min(wait, SCHEDULE_CHECK))
+                        continue
                     async with JobLease.hold(
                         self.db, job_name(self.rule), self.token, RUN_LEASE, "busy"
                     ) as lease:
@@ -99,8 +100,8 @@ class PullSchedule:
                     await trio.sleep(SCHEDULE_CHECK)
                 except LeaseLost:
                     log.warning("replication %s: lost the run's lease", self.rule.name)
-                except Exception:
-                    log.exception("replication %s: the run failed; will retry", self.rule.name)
+                except Exception:  # a bug or the database: log it, keep the schedule going
+                    log_failure(log, "replication %s: the run failed; will retry", self.rule.name)
                     await trio.sleep(SCHEDULE_CHECK)
         finally:
             with trio.move_on_after(2) as scope:
