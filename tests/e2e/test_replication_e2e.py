@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -284,6 +286,9 @@ async def test_distribution_target_mounts_shared_layers(
     puts = [p for m, p, _ in requests if m == "PUT" and "/blobs/uploads/" in p]
     assert not any("/v2/mount/two/" in p and encoded in p for p in puts)
     assert any("/v2/mount/one/" in p and encoded in p for p in puts)
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{site_a.url}/metrics")).text
+    assert re.search(r'dockyard_replication_blobs_total\{how="mount",[^}]*\} [1-9]', text)
 
 
 async def test_pull_mode_copies_from_distribution(
@@ -349,27 +354,15 @@ def replication_status(config: str) -> dict[str, Any]:
     return doc
 
 
-def test_status_json(site_a: DockyardServer, site_a_config: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+async def test_status_json(site_a: DockyardServer, site_b: DockyardServer) -> None:
+    image = small_image(700)
+    async with a_client(site_a) as a, b_client(site_b) as b:
+        await push_image(a, "apps/status", image, "v1")
+        await eventually(lambda: has_tag(b, "apps/status", "v1", image.digest), "apps/status")
+    config = site_a.env["DOCKYARD_CONFIG"]
     deadline = time.monotonic() + ARRIVAL
     while True:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dockyard.cli",
-                "replication",
-                "status",
-                "--config",
-                str(site_a_config),
-                "--json",
-            ],
-            env=env,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        doc = json.loads(out.stdout)
+        doc = await trio.to_thread.run_sync(replication_status, config)
         rules = {r["name"]: r for r in doc["rules"]}
         pull = rules["from-distribution"]["last_run"]
         target = rules["to-site-b"]["targets"][0]
@@ -377,25 +370,34 @@ def test_status_json(site_a: DockyardServer, site_a_config: Path) -> None:
             time.monotonic() > deadline
         ):
             break
-        time.sleep(0.5)
+        await trio.sleep(0.5)
     assert set(rules) == {"to-site-b", "to-site-b-as-alice", "to-distribution", "from-distribution"}
     assert target["consumer"].startswith("replication:to-site-b:")
     assert target["cursor"] == doc["log_end"] and target["backlog_events"] == 0
     assert target["failed"] == 0 and target["lease"] is not None
     assert pull is not None and pull["failed"] == 0 and pull["last_error"] is None
+    # The metrics: images copied per rule and target, the backlog per consumer.
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{site_a.url}/metrics")).text
+    b_url = rules["to-site-b"]["targets"][0]["url"]
+    series = f'dockyard_replication_images_total{{remote="{b_url}",rule="to-site-b"}}'
+    found = re.search(re.escape(series) + r" ([0-9.]+)", text)
+    assert found is not None and float(found[1]) >= 1, text[-3000:]
+    assert 'dockyard_replication_blobs_total{how="upload"' in text
+    assert f'dockyard_webhook_backlog_events{{endpoint="{target["consumer"]}"}} 0.0' in text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     # `| head`: a closed stdout ends the command quietly.
-    piped = subprocess.run(
-        f"'{sys.executable}' -m dockyard.cli replication status --config '{site_a_config}'"
-        " | head -n 1",
+    piped = await trio.run_process(
+        f"'{sys.executable}' -m dockyard.cli replication status --config '{config}' | head -n 1",
         shell=True,
         env=env,
-        capture_output=True,
-        timeout=60,
+        capture_stdout=True,
+        capture_stderr=True,
     )
     assert piped.stdout.startswith(b"event log ends at"), piped
     assert b"Traceback" not in piped.stderr, piped.stderr
     # Webhook listings leave replication's consumers out.
-    hooks = subprocess.run(
+    hooks = await trio.run_process(
         [
             sys.executable,
             "-m",
@@ -405,11 +407,9 @@ def test_status_json(site_a: DockyardServer, site_a_config: Path) -> None:
             "list",
             "--json",
             "--config",
-            str(site_a_config),
+            config,
         ],
         env=env,
-        capture_output=True,
-        check=True,
-        timeout=60,
+        capture_stdout=True,
     )
     assert json.loads(hooks.stdout) == {"endpoints": []}

@@ -1,12 +1,17 @@
 """Replication's metrics (docs/monitoring.md, "Replication"), on the process's
 ``RegistryMetrics`` registry (or the multiprocess files). Labels: the rule's name and the
-target's (push) or source's (pull) url."""
+target's (push) or source's (pull) url.
+
+A push target's backlog is not counted here: its consumer is a row of the webhook cursors,
+so the scrape-time ``dockyard_webhook_backlog_events{endpoint="replication:<rule>:<url>"}``
+(observability/exposition.py) shows it, read from the database whichever worker holds the
+lease."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.replication.copy import CopyReport
@@ -49,13 +54,6 @@ class ReplicationMetrics:
             "Copies retried because the remote (or this database or blob store) was unavailable.",
             LABELS,
             registry=reg,
-        )
-        self.backlog = Gauge(
-            "dockyard_replication_backlog_events",
-            "Push: events in the log after the consumer's cursor (not only matching ones).",
-            LABELS,
-            registry=reg,
-            multiprocess_mode="max",
         )
 
     def copied(self, rule: str, remote: str, report: CopyReport) -> None:

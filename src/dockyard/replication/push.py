@@ -220,7 +220,6 @@ class ReplicationPusher:
                     if not await db.run(meta.webhook_advance, c.name, self.lease, handled, False):
                         return
                     saved = handled
-                self._backlog(c, handled)
             except Exception:
                 log_failure(log, "%s: replication loop failed; retrying", c.name)
                 await trio.sleep(IDLE_CHECK)
@@ -229,13 +228,6 @@ class ReplicationPusher:
                 continue
             with trio.move_on_after(IDLE_CHECK):
                 await self.hub.wait_past(handled)
-
-    def _backlog(self, c: Consumer, handled: int) -> None:
-        if self.metrics is not None:
-            # Events after the cursor that the hub has seen (not only those the rule wants).
-            self.metrics.backlog.labels(c.rule.name, c.target.url).set(
-                max(0, self.hub.cursor - handled)
-            )
 
     async def _copy_one(
         self, c: Consumer, destination: RemoteDestination, event: StoredEvent, wanted: WantedImage
