@@ -251,13 +251,30 @@ async def test_site_a_killed_mid_way_resumes(
     site_a: DockyardServer, site_b: DockyardServer
 ) -> None:
     images = [build_image([make_layer(300 + i, files=4, file_size=100_000)]) for i in range(12)]
-    async with a_client(site_a) as a:
-        for i, image in enumerate(images):
-            await push_image(a, f"apps/many-{i}", image, "v1")
-    # Some are on their way to B, others not yet: a crash now, with every worker.
-    site_a.kill()
-    site_a.start()
+    # B down while they are pushed, so that the copies start together when it is back.
+    site_b.stop()
+    try:
+        async with a_client(site_a) as a:
+            for i, image in enumerate(images):
+                await push_image(a, f"apps/many-{i}", image, "v1")
+    finally:
+        site_b.start()
     async with b_client(site_b) as b:
+
+        async def arrived() -> list[bool]:
+            return [
+                await has_tag(b, f"apps/many-{i}", "v1", image.digest)
+                for i, image in enumerate(images)
+            ]
+
+        # The first image is on B, the rest on their way: a crash now, of every worker.
+        deadline = trio.current_time() + ARRIVAL
+        while not await has_tag(b, "apps/many-0", "v1", images[0].digest):
+            assert trio.current_time() < deadline, "apps/many-0 never arrived"
+            await trio.sleep(0.02)
+        site_a.kill()
+        assert not all(await arrived()), "every image was copied before the crash"
+        site_a.start()
         for i, image in enumerate(images):
             await eventually(
                 functools.partial(has_tag, b, f"apps/many-{i}", "v1", image.digest),
