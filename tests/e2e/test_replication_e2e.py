@@ -342,6 +342,25 @@ async def test_a_refused_image_is_recorded_as_failed_and_skipped(
     assert target["failed"] == 1
     assert "Denied" in target["last_error"]
     assert target["cursor"] >= len(target["failed_events"])
+    # Copied again on request: refused again, so still one failed event.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    again = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "dockyard.cli",
+            "replication",
+            "redeliver",
+            "--config",
+            site_a.env["DOCKYARD_CONFIG"],
+            "--rule",
+            "to-site-b-as-alice",
+            "--all",
+        ],
+        env=env,
+        capture_stdout=True,
+    )
+    assert again.stdout.startswith(b"marked 1 failed event"), again.stdout
 
 
 def _target(status: dict[str, Any], rule: str) -> dict[str, Any]:
