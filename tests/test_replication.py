@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,31 @@ def test_mount_memory_is_a_bounded_lru() -> None:
     assert mem.source_for("sha256:1", "x") == "a"
     mem.refused = 100  # a target that never mounts is not asked again
     assert mem.source_for("sha256:1", "x") is None
+
+
+CONF = Path(__file__).parent.parent / "conf" / "dockyard.toml"
+
+
+def test_the_shipped_example_names_every_key_with_its_default(tmp_path: Path) -> None:
+    """conf/dockyard.toml's commented [[replication]] example: every key of a rule and of
+    a target, the defaults shown but for the examples, valid once its pull-only source
+    table is left out (it shows both modes' tables)."""
+    lines = CONF.read_text().splitlines()
+    example: list[str] = []
+    for line in lines[lines.index("# [[replication]]") :]:
+        if not line.startswith("#"):
+            break
+        example.append(line[2:])
+    doc = tomllib.loads("\n".join(example))
+    (rule,) = doc["replication"]
+    fields = {f.name for f in dataclasses.fields(ReplicationRule)}
+    assert set(rule) == fields
+    target_keys = {f.name for f in dataclasses.fields(ReplicationEndpoint)}
+    assert set(rule["targets"][0]) == target_keys
+    path = tmp_path / "example.toml"
+    path.write_text("\n".join(example).split("[replication.source]")[0])
+    (loaded,) = load_toml(tmp_path, path.read_text()).replication
+    shown = dataclasses.replace(loaded, name="", repositories=[], tags=[], targets=[])
+    assert shown == ReplicationRule()
+    target = dataclasses.replace(loaded.targets[0], url="", username="", password="")
+    assert target == ReplicationEndpoint()
