@@ -17,8 +17,9 @@ and instance, compete for its lease; the holder copies and renews it every third
         the target unavailable (transport, timeout, 5xx, 429; or this database or blob
         store): wait backoff_initial doubling to backoff_max and try again, forever,
         the cursor still (an outage delays, loses nothing)
-        any other failure (Rejected, Denied, the content deleted here since, ...): an
-        attempt; after max_attempts record it as failed and move on
+        any other failure (Rejected, Denied, an unparsable manifest, ...): an attempt;
+        after max_attempts record it as failed and move on (the image deleted here
+        since: recorded as failed at once, no retry can bring it back)
         done: cursor := event id
     nothing new: wait for the event hub or IDLE_CHECK seconds
 
@@ -305,7 +306,9 @@ class ReplicationPusher:
                     attempts += 1
                     if not isinstance(e, EXPECTED_FAILURES):
                         log.exception("%s: event %d: unexpected failure", c.name, event_id)
-                    if attempts >= rule.max_attempts:
+                    # Deleted here since: final (content is committed before its event,
+                    # and a push again is a new event), so no retry would help.
+                    if attempts >= rule.max_attempts or isinstance(e, ContentGone):
                         return attempts, error
                     log.warning(
                         "%s: event %d attempt %d/%d failed (%s); retrying in %.3gs",
