@@ -30,10 +30,10 @@ import trio
 
 from dockyard.upstream.client import RegistryClient
 from tests.distribution import Distribution
-from tests.e2e.conftest import serving
+from tests.e2e.conftest import server_events, serving
 from tests.e2e.test_auth_e2e import PASSWORDS, write_auth_config
 from tests.imagegen import Blob, Image, Index, build_image, build_index, make_layer
-from tests.serverproc import DockyardServer
+from tests.serverproc import DockyardServer, free_port
 
 SIGNATURE_TYPE = "application/vnd.example.signature.v1"
 EMPTY_CONFIG = Blob("application/vnd.oci.empty.v1+json", b"{}")
@@ -103,10 +103,36 @@ def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribut
 
 
 @pytest.fixture(scope="module")
-def site_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+def site_a_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def site_b(tmp_path_factory: pytest.TempPathFactory, site_a_port: int) -> Iterator[DockyardServer]:
+    """Token auth; replicates apps/* back to A (both ways: A's copies are offered back and
+    must stop there)."""
     root = tmp_path_factory.mktemp("site-b")
     config = write_auth_config(root, "token")
+    with config.open("a") as f:
+        f.write(f'\n[storage]\nroot = "{root / "data"}"\n')
+        f.write(back_to_a_toml(f"http://127.0.0.1:{site_a_port}"))
     yield from serving(DockyardServer(root / "data", env={"DOCKYARD_CONFIG": str(config)}))
+
+
+def back_to_a_toml(url: str) -> str:
+    """The same rule on site-b, with site-a as its target (docs/proxy.md, both ways)."""
+    return f"""
+[[replication]]
+name = "to-site-a"
+mode = "push"
+repositories = ["apps/*"]
+tags = ['v.*', 'latest']
+backoff_initial = 0.2
+backoff_max = 1.0
+
+[[replication.targets]]
+url = "{url}"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +148,11 @@ def site_a_config(
 
 
 @pytest.fixture(scope="module")
-def site_a(site_a_config: Path) -> Iterator[DockyardServer]:
+def site_a(site_a_config: Path, site_a_port: int) -> Iterator[DockyardServer]:
     env = {"DOCKYARD_CONFIG": str(site_a_config)}
-    yield from serving(DockyardServer(site_a_config.parent / "data", workers=2, env=env))
+    yield from serving(
+        DockyardServer(site_a_config.parent / "data", workers=2, env=env, port=site_a_port)
+    )
 
 
 def a_client(a: DockyardServer) -> RegistryClient:
@@ -207,7 +235,8 @@ async def test_an_index_and_its_referrer_reach_site_b(
         await push_blob(a, "apps/web", sig_layer)
         await a.put_manifest("apps/web", sig.digest, sig.data, OCI_MANIFEST)
         # A tag the rule's regexes do not match stays on A.
-        await push_image(a, "apps/web", small_image(103), "dev-1")
+        dev = small_image(103)
+        await push_image(a, "apps/web", dev, "dev-1")
 
         await eventually(lambda: has_tag(b, "apps/web", "v1", index.digest), "apps/web:v1 on B")
         for image in index.images:
@@ -225,6 +254,25 @@ async def test_an_index_and_its_referrer_reach_site_b(
         assert found[0]["artifactType"] == SIGNATURE_TYPE
         assert (await b.get_manifest("apps/web", sig.digest)).payload == sig.data
         assert await b.head_manifest("apps/web", "dev-1") is None
+
+    # B offers A's copies back to A (its to-site-a rule): they stop there, nothing is
+    # written on A again. B's consumer caught up, A holds only the test's own pushes.
+    async def b_caught_up() -> bool:
+        target = _target(await status_of(site_b), "to-site-a")
+        return target["backlog_events"] == 0 and target["last_copied"] is not None
+
+    await eventually(b_caught_up, "site-b's consumer to catch up")
+    pushed = [
+        str(e.digest)
+        for e in await trio.to_thread.run_sync(server_events, site_a)
+        if e.action == "push"
+        and e.repository == "apps/web"
+        and e.body["target"]["kind"] == "manifest"
+    ]
+    assert sorted(pushed) == sorted(
+        [*(i.digest for i in index.images), index.digest, sig.digest, dev.digest]
+    )
+    assert _target(await status_of(site_b), "to-site-a")["failed"] == 0
 
 
 async def test_an_outage_of_site_b_delays_but_loses_nothing(
