@@ -3,13 +3,13 @@
     core.py        the connection pool, write transactions, the event append (event ids
                    in commit order), ``migrate``, shared secrets
     content.py     repositories, blob links, manifests, tags, referrers
-    uploads.py     upload sessions and their leases
     events.py      the event log
     stats.py       the dashboard snapshot
-    webhooks.py    webhook cursors, leases and failures
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
-    (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
-    (meta/replication.py: pull-mode replication runs, a consumer's backlog; both dialects)
+    (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
+    webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
+    leases; meta/replication.py: pull-mode replication runs, a consumer's backlog;
+    both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -22,22 +22,22 @@ from dockyard.meta.postgres.content import ContentStore
 from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
-from dockyard.meta.postgres.uploads import UploadStore
-from dockyard.meta.postgres.webhooks import WebhookStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.uploads import UploadStore
+from dockyard.meta.webhooks import WebhookStore
 
 __all__ = ["PostgresMeta"]
 
 
 class PostgresMeta(
     ContentStore,
-    UploadStore,
     EventStore,
     StatsStore,
-    WebhookStore,
     EventListener,
     RetentionStore,
+    WebhookStore,
+    UploadStore,
     ReplicationStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and

@@ -75,6 +75,7 @@ class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, Colle
     # Quota checks of one scope wait for each other until commit (meta/usage.py).
     usage_sql = UsageSQL("%s", POSTGRES_NAMESPACE, NAME_LOCK)
     admin_sql = AdminSQL("%s")
+    share_lock = " FOR SHARE"
     digest_lock = NAME_LOCK
 
     def __init__(

@@ -2,12 +2,12 @@
 
     core.py       connections, write transactions, the event append, ``migrate``
     content.py    repositories, blob links, manifests, tags, referrers
-    uploads.py    upload sessions and their leases
     events.py     the event log
     stats.py      the dashboard snapshot
-    webhooks.py   webhook cursors, leases and failures
-    (meta/retention.py: tag details, retention's deletes, pulled times; both dialects)
-    (meta/replication.py: pull-mode replication runs, a consumer's backlog; both dialects)
+    (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
+    webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
+    leases; meta/replication.py: pull-mode replication runs, a consumer's backlog;
+    both dialects)
 
 The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
 in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
@@ -22,19 +22,19 @@ from dockyard.meta.retention import RetentionStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
-from dockyard.meta.sqlite.uploads import UploadStore
-from dockyard.meta.sqlite.webhooks import WebhookStore
+from dockyard.meta.uploads import UploadStore
+from dockyard.meta.webhooks import WebhookStore
 
 __all__ = ["SQLiteMeta"]
 
 
 class SQLiteMeta(
     ContentStore,
-    UploadStore,
     EventStore,
     StatsStore,
-    WebhookStore,
     RetentionStore,
+    WebhookStore,
+    UploadStore,
     ReplicationStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""

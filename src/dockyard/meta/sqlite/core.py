@@ -40,6 +40,7 @@ class SQLiteCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, Collect
     prune_sql = PruneSQL("?")
     usage_sql = UsageSQL("?", SQLITE_NAMESPACE, scope_lock=None)  # writers are serialized
     admin_sql = AdminSQL("?")
+    share_lock = ""  # writers are serialized
 
     def __init__(
         self, path: Path, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time

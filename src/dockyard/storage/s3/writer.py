@@ -20,12 +20,10 @@ state holds are plain ranged GETs.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dockyard.storage.base import DriverState, StorageError
-
-if TYPE_CHECKING:
-    from dockyard.storage.s3.store import S3Store
+from dockyard.storage.s3.objects import BucketObjects
 
 MIN_PART = 5 * 1024 * 1024
 Segment = tuple[str, int]
@@ -51,12 +49,22 @@ def held(segments: list[Segment]) -> int:
     return sum(size for _, size in segments)
 
 
+class SegmentBucket(Protocol):
+    """What a writer needs of the store (S3Store is one): the bucket, the part size and
+    the key of an upload's object; a protocol so the writer does not import the store."""
+
+    part_size: int
+    objects: BucketObjects
+
+    def upload_key(self, upload_id: str, name: str) -> str: ...
+
+
 class S3Writer:
     """Buffers up to ``part_size`` bytes; each full buffer becomes one segment (one PUT)."""
 
     def __init__(
         self,
-        store: S3Store,
+        store: SegmentBucket,
         upload_id: str,
         kept: list[Segment],
         carried: bytes,
