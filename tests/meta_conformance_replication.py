@@ -32,6 +32,14 @@ class ReplicationConformance:
         store.replication_record_run(ReplicationRun("pull-b", T0 + 10, T0 + 11, 7, 0, None))
         assert store.replication_runs()[1] == ReplicationRun("pull-b", T0 + 10, T0 + 11, 7)
 
+    def test_job_holder(self, store: MetadataStore, clock: Clock) -> None:
+        assert store.replication_job_holder("replication:r", clock()) is None
+        assert store.job_acquire("replication:r", "inst/1-a", 60)
+        assert store.replication_job_holder("replication:r", clock()) == "inst/1-a"
+        assert store.replication_job_holder("replication:r", clock() + 61) is None
+        store.job_release("replication:r", "inst/1-a")
+        assert store.replication_job_holder("replication:r", clock()) is None
+
     def test_events_after_count(self, store: MetadataStore) -> None:
         assert store.events_after_count(0) == 0
         store.append_events([ev("push"), ev("push"), ev("delete")])

@@ -140,7 +140,8 @@ def test_which_events_a_rule_copies() -> None:
     wanted = m.wanted(event(tags=["v1", "dev", "latest"]))
     assert wanted is not None and wanted.tags == ("v1", "latest") and wanted.digest == DIGEST
     assert m.wanted(event(tags=["v1x"])) is None  # regexes match the whole tag
-    assert m.wanted(event(subject=SUBJECT)) is not None  # a referrer, copied by digest
+    referrer = m.wanted(event(subject=SUBJECT))  # a referrer, copied by digest
+    assert referrer is not None and referrer.tags == () and referrer.subject == SUBJECT
     assert m.wanted(event()) is None  # an index child: copied with its index
     assert m.wanted(event(action="delete", tags=["v1"])) is None  # deletes are not copied
     assert m.wanted(event(kind="blob")) is None

@@ -124,6 +124,7 @@ def _print(doc: dict[str, Any]) -> None:
                 f"  source {src['url']}" + (f" (prefix {src['prefix']})" if src["prefix"] else "")
             )
             print(f"    interval:       {rule['interval']:g}s")
+            print(f"    running in:     {rule['lease'] or '-'}")
             run = rule["last_run"]
             if run is None:
                 print("    last run:       none yet")

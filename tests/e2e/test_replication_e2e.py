@@ -237,6 +237,10 @@ async def test_an_index_and_its_referrer_reach_site_b(
         # A tag the rule's regexes do not match stays on A.
         dev = small_image(103)
         await push_image(a, "apps/web", dev, "dev-1")
+        # Signed too, but not replicated: its referrer stays on A as well.
+        dev_sig_layer, dev_sig = signature(dev.manifest, 2)
+        await push_blob(a, "apps/web", dev_sig_layer)
+        await a.put_manifest("apps/web", dev_sig.digest, dev_sig.data, OCI_MANIFEST)
 
         await eventually(lambda: has_tag(b, "apps/web", "v1", index.digest), "apps/web:v1 on B")
         for image in index.images:
@@ -255,6 +259,13 @@ async def test_an_index_and_its_referrer_reach_site_b(
         assert (await b.get_manifest("apps/web", sig.digest)).payload == sig.data
         assert await b.head_manifest("apps/web", "dev-1") is None
 
+        async def a_caught_up() -> bool:
+            target = _target(await status_of(site_a), "to-site-b")
+            return bool(target["backlog_events"] == 0)
+
+        await eventually(a_caught_up, "site-a's consumer to handle every event")
+        assert await b.head_manifest("apps/web", dev_sig.digest) is None
+
     # B offers A's copies back to A (its to-site-a rule): they stop there, nothing is
     # written on A again. B's consumer caught up, A holds only the test's own pushes.
     async def b_caught_up() -> bool:
@@ -270,7 +281,7 @@ async def test_an_index_and_its_referrer_reach_site_b(
         and e.body["target"]["kind"] == "manifest"
     ]
     assert sorted(pushed) == sorted(
-        [*(i.digest for i in index.images), index.digest, sig.digest, dev.digest]
+        [*(i.digest for i in index.images), index.digest, sig.digest, dev.digest, dev_sig.digest]
     )
     assert _target(await status_of(site_b), "to-site-a")["failed"] == 0
 

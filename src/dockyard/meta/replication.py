@@ -1,6 +1,6 @@
 """What replication keeps in the store besides the consumer cursors, written once for
-both dialects: each pull-mode rule's last run (``replication_runs``, migration 6), and the
-size of a push consumer's backlog.
+both dialects: each pull-mode rule's last run (``replication_runs``, migration 6), who
+is running one (its job lease), and the size of a push consumer's backlog.
 
 Push-mode rules keep their cursor, lease and failed events in the webhook tables
 (``webhook_cursors``, ``webhook_failures``) under consumer names
@@ -86,6 +86,15 @@ class ReplicationStore:
             )
             for r in rows
         ]
+
+    def replication_job_holder(self, job: str, now: float) -> str | None:
+        """Who holds the job lease ``job`` (a pull rule's run) at ``now``, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                self._sql("SELECT lease FROM job_leases WHERE name = ? AND lease_expires > ?"),
+                (job, now),
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def events_after_count(self, cursor: int) -> int:
         """How many events the log holds after ``cursor`` (an index range count)."""

@@ -360,6 +360,9 @@ class Replication(Protocol):
     def replication_runs(self) -> list[ReplicationRun]:
         """Every rule's last run, by name."""
 
+    def replication_job_holder(self, job: str, now: float) -> str | None:
+        """Who holds the job lease ``job`` (a pull rule's run) at ``now``, or None."""
+
     def events_after_count(self, cursor: int) -> int:
         """How many events the log holds after ``cursor``."""
 

@@ -17,6 +17,8 @@ and instance, compete for its lease; the holder copies and renews it every third
         the target unavailable (transport, timeout, 5xx, 429; or this database or blob
         store): wait backoff_initial doubling to backoff_max and try again, forever,
         the cursor still (an outage delays, loses nothing)
+        a referrer whose subject the target does not have: nothing (it goes with its
+        subject if that is copied later)
         any other failure (Rejected, Denied, an unparsable manifest, ...): an attempt;
         after max_attempts record it as failed and move on (the image deleted here
         since: recorded as failed at once, no retry can bring it back)
@@ -281,6 +283,18 @@ class ReplicationPusher:
         while True:
             try:
                 report = CopyReport()
+                # A referrer goes where its subject went: one of an image the rule does not
+                # copy stays here (and one pushed before its subject is copied with it).
+                if wanted.subject is not None and not await destination.has_manifest(
+                    remote, wanted.subject
+                ):
+                    log.info(
+                        "%s: event %d: the subject of referrer %s is not on the target; not copied",
+                        c.name,
+                        event_id,
+                        wanted.digest,
+                    )
+                    return attempts + 1, None
                 for tag in wanted.tags or (None,):
                     report.add(
                         await copy_image(

@@ -14,11 +14,12 @@ from dockyard.meta.records import StoredEvent
 @dataclass(frozen=True, slots=True)
 class WantedImage:
     """An image a push event names: ``digest`` in ``repository``, under ``tags`` (none:
-    a referrer, copied by digest)."""
+    a referrer of ``subject``, copied by digest)."""
 
     repository: str
     digest: str
     tags: tuple[str, ...]
+    subject: str | None = None
 
 
 def consumer_name(rule: ReplicationRule, target: ReplicationEndpoint) -> str:
@@ -46,7 +47,8 @@ class RuleMatcher:
     def wanted(self, event: StoredEvent) -> WantedImage | None:
         """What ``event`` asks this rule to copy: a tagged manifest push whose tag (any of
         its tags) matches -> the image under the matching tags; an untagged push with a
-        subject (a referrer) -> it, by digest, when the rule copies referrers; anything
+        subject (a referrer) -> it, by digest, when the rule copies referrers (and the
+        target has its subject: the consumer checks, see push.py); anything
         else (deletes, blobs, an index's untagged children, which are copied with their
         index) -> None."""
         if event.action != "push" or not event.repository or not event.digest:
@@ -61,7 +63,7 @@ class RuleMatcher:
                 return None
             return WantedImage(event.repository, event.digest, matched)
         if target.get("subject") and self.rule.referrers:
-            return WantedImage(event.repository, event.digest, ())
+            return WantedImage(event.repository, event.digest, (), str(target["subject"]))
         return None
 
     def wildcard_free(self) -> list[str] | None:

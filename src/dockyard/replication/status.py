@@ -64,6 +64,7 @@ def status_rows(settings: Settings, meta: MetadataStore) -> dict[str, Any]:
             entry["source"] = {"url": rule.source.url, "prefix": rule.source.prefix}
             entry["interval"] = rule.interval
             entry["job"] = job_name(rule)
+            entry["lease"] = meta.replication_job_holder(job_name(rule), now)
             entry["last_run"] = (
                 None
                 if run is None
