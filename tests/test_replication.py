@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
-from dockyard.config import ConfigError, ReplicationEndpoint, ReplicationRule, load
+from dockyard.config import ConfigError, ReplicationEndpoint, ReplicationRule, Settings, load
 from dockyard.config.validate import validate
 from dockyard.config.validate_replication import validate_replication
-from dockyard.meta.records import StoredEvent
+from dockyard.meta.records import Event, StoredEvent
+from dockyard.meta.replication import ReplicationRun
+from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.replication.copy import MountMemory, remote_repository
 from dockyard.replication.rules import RuleMatcher, consumer_name
+from dockyard.replication.status import status_rows
 
 DIGEST = "sha256:" + "a" * 64
 SUBJECT = "sha256:" + "b" * 64
@@ -208,3 +211,32 @@ def test_the_shipped_example_names_every_key_with_its_default(tmp_path: Path) ->
     assert shown == ReplicationRule()
     target = dataclasses.replace(loaded.targets[0], url="", username="", password="")
     assert target == ReplicationEndpoint()
+
+
+def test_status_rows(tmp_path: Path) -> None:
+    """What `dockyard replication status` reads: a push target's cursor and backlog, a
+    pull rule's last run, and a consumer whose rule was removed."""
+    target = ReplicationEndpoint(url="http://127.0.0.1:1")
+    push = ReplicationRule(name="to-b", targets=[target])
+    pull = ReplicationRule(name="from-c", mode="pull", source=target)
+    settings = Settings(replication=[push, pull])
+    meta = SQLiteMeta(tmp_path / "meta.sqlite3")
+    try:
+        meta.migrate()
+        meta.webhook_init([consumer_name(push, target), "replication:gone:http://x"])
+        meta.append_events([Event("push", "apps/web"), Event("push", "apps/web")])
+        meta.replication_record_run(ReplicationRun("from-c", 100.0, 101.0, 2, 1, "boom"))
+        doc = status_rows(settings, meta)
+    finally:
+        meta.close()
+    assert doc["log_end"] == 2
+    to_b, from_c = doc["rules"]
+    (row,) = to_b["targets"]
+    assert row["consumer"] == "replication:to-b:http://127.0.0.1:1"
+    assert (row["cursor"], row["backlog_events"], row["failed"], row["lease"]) == (0, 2, 0, None)
+    run = from_c["last_run"]
+    assert (run["copied"], run["failed"], run["last_error"]) == (2, 1, "boom")
+    assert from_c["lease"] is None and from_c["job"] == "replication:from-c"
+    assert doc["unconfigured"] == [
+        {"consumer": "replication:gone:http://x", "cursor": 0, "failed": 0}
+    ]

@@ -102,10 +102,14 @@ def _redeliver(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print(doc: dict[str, Any]) -> None:
-    if not doc["rules"]:
+    if not doc["rules"] and not doc["unconfigured"]:
         print("no replication rules configured (add [[replication]] tables; see docs/proxy.md)")
         return
     print(f"event log ends at {doc['log_end']}")
+    for old in doc["unconfigured"]:
+        print(f"{old['consumer']} (no longer configured)")
+        print(f"    cursor:         {old['cursor']}")
+        print(f"    failed events:  {old['failed']}")
     for rule in doc["rules"]:
         print(f"{rule['name']} ({rule['mode']})")
         for t in rule.get("targets", []):

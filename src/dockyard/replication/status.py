@@ -11,7 +11,7 @@ from dockyard.config import Settings
 from dockyard.events.schema import timestamp
 from dockyard.meta.store import MetadataStore
 from dockyard.replication.pull import job_name
-from dockyard.replication.rules import consumer_name
+from dockyard.replication.rules import CONSUMER_PREFIX, consumer_name
 
 
 def _time(ts: float | None) -> str | None:
@@ -77,4 +77,14 @@ def status_rows(settings: Settings, meta: MetadataStore) -> dict[str, Any]:
                 }
             )
         rules.append(entry)
-    return {"log_end": end, "rules": rules}
+    # Consumers of rules (or targets) no longer configured keep their cursor, and so the
+    # event pruner's floor, as a removed webhook endpoint does: shown so that it is seen.
+    configured = {
+        consumer_name(r, t) for r in settings.replication if r.mode == "push" for t in r.targets
+    }
+    unconfigured = [
+        {"consumer": name, "cursor": c.cursor, "failed": c.failed}
+        for name, c in sorted(cursors.items())
+        if name.startswith(CONSUMER_PREFIX) and name not in configured
+    ]
+    return {"log_end": end, "rules": rules, "unconfigured": unconfigured}
