@@ -10,7 +10,15 @@ import signal
 import ssl
 import sys
 
-from dockyard import __version__, cli_gc, cli_housekeeping, cli_retention, cli_users, cli_webhooks
+from dockyard import (
+    __version__,
+    cli_gc,
+    cli_housekeeping,
+    cli_replication,
+    cli_retention,
+    cli_users,
+    cli_webhooks,
+)
 from dockyard.config import ConfigError, Settings, as_dict, load
 
 
@@ -285,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_retention.add_parsers(sub, _settings)
     cli_housekeeping.add_usage_parser(sub, _settings)
     cli_gc.add_parser(sub, _settings)
+    cli_replication.add_parsers(sub, _settings)
 
     args = parser.parse_args(argv)
     try:

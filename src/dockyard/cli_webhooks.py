@@ -93,7 +93,9 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     now = time.time()
     rows: list[dict[str, Any]] = []
     configured = {h.name: h for h in settings.webhooks}
-    for name in list(configured) + sorted(set(cursors) - set(configured)):
+    # Replication's push consumers share the cursor table: `dockyard replication status`.
+    stale = {n for n in set(cursors) - set(configured) if not n.startswith("replication:")}
+    for name in list(configured) + sorted(stale):
         hook, c = configured.get(name), cursors.get(name)
         live = c is not None and c.lease is not None and (c.lease_expires or 0) > now
         rows.append(
@@ -134,6 +136,8 @@ def _failed(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with open_store(settings) as meta:
             failures = meta.webhook_failures(args.endpoint)
+            if args.endpoint is None:  # replication's consumers: `dockyard replication status`
+                failures = [f for f in failures if not f.name.startswith("replication:")]
             events = {f.event_id: meta.event(f.event_id) for f in failures}
     except NoDatabase as e:
         return _fail(str(e))

@@ -56,6 +56,7 @@ from dockyard.services_housekeeping import (
     prune_events,
 )
 from dockyard.services_metrics import mount_metrics
+from dockyard.services_replication import ReplicationService, build_replication
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -124,6 +125,7 @@ class Services:
     webhooks: WebhookDeliverer | None = None
     sampler: Sampler | None = None
     retention: Retention | None = None
+    replication: ReplicationService | None = None
     metrics: RegistryMetrics | None = None
     clock: Callable[[], float] = time.time
     cache: PullThroughCache | None = None
@@ -147,6 +149,8 @@ class Services:
         await nursery.start(self.hub.run)
         if self.webhooks is not None:
             await nursery.start(self.webhooks.run)
+        if self.replication is not None:
+            await nursery.start(self.replication.run)
         await nursery.start(self.pulls.run)
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
@@ -335,6 +339,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             base_url=settings.base_url,
             lease_seconds=settings.events.webhook_lease_seconds,
         )
+    services.replication = build_replication(
+        settings, db, hub, registry, storage, instance_name(settings), metrics, clock
+    )
     if metrics is not None:
         services.sampler = mount_metrics(
             app, settings, metrics, db, hub, pulls, lambda: services.webhooks

@@ -31,6 +31,7 @@ from dockyard.config.model import (
 )
 from dockyard.config.validate_azure import validate_azure
 from dockyard.config.validate_gc import validate_gc
+from dockyard.config.validate_replication import validate_replication
 from dockyard.config.validate_retention import validate_retention
 from dockyard.config.validate_s3 import validate_s3
 from dockyard.config.validate_upstreams import validate_upstreams
@@ -53,6 +54,10 @@ def _validate_webhooks(hooks: list[WebhookSettings]) -> None:
             )
         if h.name in seen:
             raise ConfigError(f"{key}.name: duplicate endpoint name {h.name!r}")
+        # Replication's consumers share the webhook cursor table under these names
+        # (the name pattern above has no ':' either; this says why).
+        if h.name.startswith("replication:"):
+            raise ConfigError(f"{key}.name: names starting with 'replication:' are reserved")
         seen.add(h.name)
         key = f"{key} ({h.name})"
         if not h.url:
@@ -322,6 +327,7 @@ def validate(s: Settings) -> None:
     _validate_tls(s)
     _validate_network_and_limits(s)
     _validate_webhooks(s.webhooks)
+    validate_replication(s.replication)
     validate_retention(s.retention)
     _validate_auth(s)
     _validate_token(s.auth.token)

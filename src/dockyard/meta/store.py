@@ -39,6 +39,7 @@ from dockyard.meta.records import (
     WebhookCursor,
     WebhookFailure,
 )
+from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.repository_admin import RepositoryManagement
 from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
@@ -350,8 +351,26 @@ class Collection(Protocol):
         """Link a blob only if its row exists (mounts), refreshing it; False otherwise."""
 
 
+class Replication(Protocol):
+    """Pull-mode replication's runs and a push consumer's backlog (``meta/replication.py``;
+    push cursors are ``Webhooks`` rows named ``replication:<rule>:<target url>``)."""
+
+    def replication_record_run(self, run: ReplicationRun) -> None:
+        """Store ``run`` as its rule's last run (replacing the one before)."""
+
+    def replication_runs(self) -> list[ReplicationRun]:
+        """Every rule's last run, by name."""
+
+    def replication_job_holder(self, job: str, now: float) -> str | None:
+        """Who holds the job lease ``job`` (a pull rule's run) at ``now``, or None."""
+
+    def events_after_count(self, cursor: int) -> int:
+        """How many events the log holds after ``cursor``."""
+
+
 class MetadataStore(
     CachedContent,
+    Replication,
     EventPruner,
     UsageReports,
     RepositoryManagement,

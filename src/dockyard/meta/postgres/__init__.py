@@ -8,7 +8,8 @@
     leases.py      ``meta/leases.py``'s SQL in PostgreSQL's dialect
     (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
     webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
-    leases; both dialects)
+    leases; meta/replication.py: pull-mode replication runs, a consumer's backlog;
+    both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -22,6 +23,7 @@ from dockyard.meta.postgres.content import ContentStore
 from dockyard.meta.postgres.events import EventStore
 from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
+from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
@@ -38,6 +40,7 @@ class PostgresMeta(
     WebhookStore,
     UploadStore,
     CacheStore,
+    ReplicationStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

@@ -6,7 +6,8 @@
     stats.py      the dashboard snapshot
     (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
     webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
-    leases; both dialects)
+    leases; meta/replication.py: pull-mode replication runs, a consumer's backlog;
+    both dialects)
 
 The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
 in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
@@ -17,6 +18,7 @@ and blob sizes, run inline on the event loop) pay for no extra layer.
 from __future__ import annotations
 
 from dockyard.meta.cached import CacheStore
+from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
@@ -28,6 +30,13 @@ __all__ = ["SQLiteMeta"]
 
 
 class SQLiteMeta(
-    ContentStore, EventStore, StatsStore, RetentionStore, WebhookStore, UploadStore, CacheStore
+    ContentStore,
+    EventStore,
+    StatsStore,
+    RetentionStore,
+    WebhookStore,
+    UploadStore,
+    CacheStore,
+    ReplicationStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
