@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import trio
 
 from dockyard.oci.digest import digest_of
 from dockyard.upstream.client import (
@@ -217,18 +218,25 @@ async def test_wrong_credentials_are_denied(
 
 
 async def test_tokens_are_reused_until_they_expire(dockyard_token: DockyardServer) -> None:
-    def token_requests() -> int:
-        return dockyard_token.log_path.read_text().count("/auth/token")
+    async def token_requests() -> int:
+        # The access log is written by a thread: read until it stops changing.
+        seen = -1
+        while True:
+            count = dockyard_token.log_path.read_text().count("/auth/token")
+            if count == seen:
+                return count
+            seen = count
+            await trio.sleep(0.3)
 
     async with RegistryClient(
         dockyard_token.url, username="root", password=PASSWORDS["root"]
     ) as client:
         await client.head_manifest("client/reuse", "v1")
-        before = token_requests()
+        before = await token_requests()
         for _ in range(5):
             await client.head_manifest("client/reuse", "v1")
             await client.tags("client/reuse")
-        assert token_requests() == before
+        assert await token_requests() == before
 
 
 async def test_a_manifest_that_does_not_match_its_digest_is_corrupt(
