@@ -74,7 +74,7 @@ def test_migrating_a_version_2_database_keeps_its_tags(tmp_path: Path) -> None:
     assert tagged is not None and (tagged.digest, tagged.payload) == ("sha256:m", b"{}")
     meta.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS) == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS) == 7
     columns = [row[1] for row in conn.execute("PRAGMA table_info(tags)")]
     # Migration 3 dropped a pulled column that was never written; 5 adds the one retention
     # reads; 6 the time a cached tag was resolved upstream.

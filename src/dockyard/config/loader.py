@@ -25,6 +25,7 @@ from dockyard.config.model import (
     ReplicationEndpoint,
     ReplicationRule,
     RetentionPolicy,
+    ScanPolicy,
     Settings,
     UpstreamSettings,
     WebhookSettings,
@@ -231,6 +232,9 @@ def load(
                 if (section, key) == ("retention", "policies"):
                     settings.retention.policies = _retention_policies(value)
                     continue
+                if (section, key) == ("scanning", "policies"):
+                    settings.scanning.policies = _tables("scanning.policies", ScanPolicy, value)
+                    continue
                 _apply(settings, section, key, value, from_env=False)
     env = os.environ if environ is None else environ
     sections = sorted(_sections(), key=len, reverse=True)
@@ -242,6 +246,11 @@ def load(
             table = rest.partition("_")[0]
             raise ConfigError(
                 f"{var}: {table} are configured only in the config file ([[{table}]] tables)"
+            )
+        if rest.startswith("scanning_policies"):
+            raise ConfigError(
+                f"{var}: scan policies are configured only in the config file"
+                " ([[scanning.policies]] tables)"
             )
         if rest.startswith("retention_policies"):
             raise ConfigError(
@@ -280,6 +289,8 @@ def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
         remotes = list(d["upstreams"])
         for rule in d["replication"]:
             remotes += [*rule["targets"], rule["source"]]
+        if d["scanning"]["harbor"]["authorization"]:
+            d["scanning"]["harbor"]["authorization"] = "<redacted>"
         for remote in remotes:
             if remote["password"]:
                 remote["password"] = "<redacted>"

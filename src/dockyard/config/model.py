@@ -485,6 +485,75 @@ class ReplicationRule:
     backoff_max: float = 60.0
 
 
+SCANNERS = ("", "trivy", "harbor")
+# Vulnerability severities, lowest first (Trivy's and Harbor's names).
+SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+
+@dataclass
+class HarborScannerSettings:
+    """``[scanning.harbor]``: an adapter speaking Harbor's Pluggable Scanner API v1.2."""
+
+    # Base URL of the adapter (the API is under <url>/api/v1).
+    url: str = ""
+    # Sent as the Authorization header to the adapter ("Bearer <token>", "Basic <...>").
+    authorization: str = field(default="", repr=False)
+    verify_tls: bool = True
+    ca_bundle: str = ""
+    # Seconds between polls of a report that is not ready, when the adapter names none.
+    poll_interval: float = 2.0
+
+
+@dataclass
+class ScanPolicy:
+    """One ``[[scanning.policies]]`` table; the first whose globs match a repository
+    applies to its manifest pulls."""
+
+    repositories: list[str] = field(default_factory=list)
+    # Refuse pulls of an image with a finding at or above this severity ("": never).
+    block_severity: str = ""
+    # Refuse pulls of an image that has not been scanned (yet).
+    require_scan: bool = False
+    # Findings with these ids (CVE-..., GHSA-...) do not count; images with these
+    # digests are never refused.
+    exempt_cves: list[str] = field(default_factory=list)
+    exempt_digests: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScanningSettings:
+    # "trivy" (the built-in Trivy runner), "harbor" (an adapter of Harbor's scanner API,
+    # [scanning.harbor]) or "" (no scanning).
+    scanner: str = ""
+    # The trivy binary (empty: the one on PATH).
+    trivy: str = ""
+    # trivy --server URL: scan through a `trivy server` instead of a local database.
+    trivy_server: str = ""
+    # Where trivy downloads its vulnerability database ("HOST:PORT/REPO", passed to
+    # --db-repository; empty: trivy's default). It may be dockyard itself.
+    db_repository: str = ""
+    # trivy's cache directory (database, layers; empty: <storage root>/trivy-cache).
+    cache_dir: str = ""
+    # Scan every pushed manifest (or those in ``repositories``) after the push.
+    on_push: bool = False
+    # Repository globs scanned on push (empty: every repository).
+    repositories: list[str] = field(default_factory=list)
+    # Also store a CycloneDX SBOM next to each report.
+    sbom: bool = False
+    # Scans running at once in each instance; seconds one scan may take.
+    concurrency: int = 2
+    timeout: float = 600.0
+    # A failed scan is tried again after backoff_initial seconds, doubling up to
+    # backoff_max (it is never dropped).
+    backoff_initial: float = 5.0
+    backoff_max: float = 600.0
+    # Seconds between looks at the vulnerability database for a new version, which
+    # rescans what was scanned with an older one (0: never).
+    rescan_interval: float = 3600.0
+    harbor: HarborScannerSettings = field(default_factory=HarborScannerSettings)
+    policies: list[ScanPolicy] = field(default_factory=list)
+
+
 TLS_VERSIONS = ("1.2", "1.3")
 CLIENT_AUTH_MODES = ("none", "optional", "required")
 # Action classes of network lists and rate limits (auth/network.py, auth/limits.py).
@@ -575,6 +644,7 @@ class Settings:
     manifests: ManifestsSettings = field(default_factory=ManifestsSettings)
     upstreams: list[UpstreamSettings] = field(default_factory=list)
     replication: list[ReplicationRule] = field(default_factory=list)
+    scanning: ScanningSettings = field(default_factory=ScanningSettings)
     webhooks: list[WebhookSettings] = field(default_factory=list)
     access: list[AccessSettings] = field(default_factory=list)
     quotas: list[QuotaSettings] = field(default_factory=list)

@@ -42,6 +42,15 @@ Schema after the last migration::
     replication_runs(name PK, started, finished, copied, failed, last_error)
                                                           pull-mode replication: each rule's
                                                           last run (docs/proxy.md)
+    scans(digest PK, repository, media_type, status, requested, started, finished,
+          scanner, db_version, db_updated, critical, high, medium, low, unknown,
+          findings, report_digest, attempts, next_attempt, last_error, lease,
+          lease_expires)                                  one row per scanned manifest: its
+                                                          queue state, its summary, the
+                                                          report referrer (docs/scanning.md)
+    robot_tokens(name PK, secret_hash, scopes, created, expires, revoked, last_used,
+                 created_by)                              long-lived scoped credentials of
+                                                          pipelines (docs/ci.md)
 """
 
 from __future__ import annotations
@@ -189,6 +198,44 @@ MIGRATIONS: tuple[str, ...] = (
         copied INTEGER NOT NULL DEFAULT 0,
         failed INTEGER NOT NULL DEFAULT 0,
         last_error TEXT
+    );
+    """,
+    # 7: vulnerability scans and robot tokens (docs/scanning.md, docs/ci.md).
+    """
+    CREATE TABLE scans (
+        digest TEXT PRIMARY KEY,
+        repository TEXT NOT NULL,
+        media_type TEXT,
+        status TEXT NOT NULL,
+        requested REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        scanner TEXT,
+        db_version TEXT,
+        db_updated REAL,
+        critical INTEGER,
+        high INTEGER,
+        medium INTEGER,
+        low INTEGER,
+        unknown INTEGER,
+        findings TEXT,
+        report_digest TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL,
+        last_error TEXT,
+        lease TEXT,
+        lease_expires REAL
+    );
+    CREATE INDEX scans_due ON scans(status, next_attempt);
+    CREATE TABLE robot_tokens (
+        name TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL,
+        revoked REAL,
+        last_used REAL,
+        created_by TEXT
     );
     """,
 )

@@ -169,6 +169,44 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT
     );
     """,
+    # 7: vulnerability scans and robot tokens (docs/scanning.md, docs/ci.md).
+    """
+    CREATE TABLE scans (
+        digest TEXT COLLATE "C" PRIMARY KEY,
+        repository TEXT COLLATE "C" NOT NULL,
+        media_type TEXT,
+        status TEXT NOT NULL,
+        requested DOUBLE PRECISION NOT NULL,
+        started DOUBLE PRECISION,
+        finished DOUBLE PRECISION,
+        scanner TEXT,
+        db_version TEXT,
+        db_updated DOUBLE PRECISION,
+        critical BIGINT,
+        high BIGINT,
+        medium BIGINT,
+        low BIGINT,
+        unknown BIGINT,
+        findings TEXT,
+        report_digest TEXT,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt DOUBLE PRECISION,
+        last_error TEXT,
+        lease TEXT,
+        lease_expires DOUBLE PRECISION
+    );
+    CREATE INDEX scans_due ON scans(status, next_attempt);
+    CREATE TABLE robot_tokens (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        expires DOUBLE PRECISION,
+        revoked DOUBLE PRECISION,
+        last_used DOUBLE PRECISION,
+        created_by TEXT
+    );
+    """,
 )
 
 
