@@ -3,6 +3,7 @@ examples valid."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,10 @@ def test_environment_sets_pruning() -> None:
 
 def test_shipped_quota_examples_are_valid(tmp_path: Path) -> None:
     lines = CONF.read_text().splitlines()
-    example = [line[2:] for line in lines[lines.index("# [[quotas]]") :] if line.startswith("#")]
+    example = list(
+        itertools.takewhile(lambda line: line.startswith("#"), lines[lines.index("# [[quotas]]") :])
+    )
+    example = [line[2:] for line in example]
     settings = load_text(tmp_path, "\n".join(example) + "\n")
     assert settings.quotas == [  # type: ignore[attr-defined]
         QuotaSettings(repositories=["ci/*"], max_bytes=10 * 1024**3),

@@ -256,7 +256,13 @@ class WebhookDeliverer:
         meta = self.db.meta
         attempts, error = await self._send(hook, client, event)
         if error is None:
-            return await self.db.run(meta.webhook_advance, hook.name, self.lease, event.id, True)
+            # Shielded: the endpoint has the event, so a graceful stop arriving now must
+            # not keep the cursor from moving (the next holder would send it again).
+            with trio.CancelScope(shield=True):
+                advanced = await self.db.run(
+                    meta.webhook_advance, hook.name, self.lease, event.id, True
+                )
+            return advanced
         log.error(
             "webhook %s: event %d failed %d times, giving up (last error: %s)",
             hook.name,

@@ -238,7 +238,12 @@ class ReplicationPusher:
         attempts, error = await self._copy(c, destination, event.id, wanted)
         meta = self.db.meta
         if error is None:
-            return await self.db.run(meta.webhook_advance, c.name, self.lease, event.id, True)
+            # Shielded: the copy is done, so a graceful stop must not keep the cursor back.
+            with trio.CancelScope(shield=True):
+                advanced = await self.db.run(
+                    meta.webhook_advance, c.name, self.lease, event.id, True
+                )
+            return advanced
         log.error(
             "%s: event %d (%s@%s) failed %d times, giving up (last error: %s)",
             c.name,
