@@ -3,7 +3,7 @@
 These commands read the same configuration as ``dockyard serve`` (``--config``,
 ``DOCKYARD_*``) to find the database and the configured endpoints, and work while the
 server runs: ``redeliver`` only marks failed events in the database; the process that
-holds the endpoint's lease sends them within about a second (``webhooks.IDLE_CHECK``).
+holds the endpoint's lease sends them within about a second (``events.consumer.IDLE_CHECK``).
 """
 
 from __future__ import annotations

@@ -1,33 +1,11 @@
 """Webhook delivery: at-least-once, from the durable event log.
 
-Deliveries read the ``events`` table, not an in-memory queue: every change commits its
-event with the change, so what the log holds is exactly what happened, and a restart or
-a crash loses no event that an endpoint has not yet received.
-
-Every worker process runs one task per configured endpoint. The tasks of one endpoint, in
-every worker and every instance sharing the database, compete for the endpoint's lease
-(a row of ``webhook_cursors``); the holder delivers, renews the lease every third of
-``lease_seconds``, and the others stand by, taking over when the lease is released (a
-graceful stop) or expires (a crash; ``dockyard serve`` also frees its own instance's
-leases when it starts). Endpoints never wait for one another.
-
-The holder's loop::
-
-    send the endpoint's events marked for redelivery (dockyard events webhooks redeliver)
-    read the log after the cursor, a page at a time
-    for each event the endpoint's filter matches:
-        POST it (one event per request); on failure retry after backoff_initial seconds,
-        doubling up to backoff_max, max_attempts times in all
-        2xx:          cursor := event id
-        gave up:      record (endpoint, event, attempts, last error, time) as failed and
-                      cursor := event id, in one transaction
-    nothing new: wait for the event hub (new events, at once) or IDLE_CHECK seconds
-
-Every write is conditional on still holding the lease, so a process that lost it (it
-stalled past its expiry and another process took over) changes nothing and stops. The
-cursor moves only after the endpoint answered 2xx or the event was recorded as failed: a
-crash repeats at most the event in flight, never skips one. Events reach an endpoint in
-log order, except redelivered ones, which are sent when asked for.
+Each endpoint is one consumer of the log (``events/consumer.py``: its cursor and lease,
+the holder's loop, redelivery, what a crash or a lost lease means); this module is what
+delivering one event to an endpoint means. For each event the endpoint's filter matches:
+POST it (one event per request); on failure retry after backoff_initial seconds, doubling
+up to backoff_max, max_attempts times in all; 2xx moves the cursor, giving up records the
+event as failed (``dockyard events webhooks failed``, ``redeliver``) and moves on.
 
 A new endpoint starts at the end of the log as it is when a server first runs with it.
 
@@ -54,8 +32,8 @@ import trio
 
 from dockyard import __version__
 from dockyard.config import WebhookSettings
-from dockyard.events.hub import PAGE, EventHub
-from dockyard.events.outage import log_failure
+from dockyard.events.consumer import LogConsumer
+from dockyard.events.hub import EventHub
 from dockyard.events.schema import (
     CLOUDEVENTS_MEDIA_TYPE,
     DISTRIBUTION_MEDIA_TYPE,
@@ -70,8 +48,6 @@ from dockyard.meta.store import Database
 log = logging.getLogger("dockyard.webhooks")
 
 SIGNATURE_HEADER = "X-Dockyard-Signature"
-# Seconds between looks at redelivery requests and at a lease held by another process.
-IDLE_CHECK = 1.0
 # Bytes of a response read: enough for an error message, bounded whatever the endpoint sends.
 RESPONSE_LIMIT = 64 * 1024
 
@@ -159,140 +135,22 @@ class WebhookDeliverer:
         await self.db.run(self.db.meta.webhook_init, [h.name for h in self.hooks])
         async with trio.open_nursery() as nursery:
             for hook in self.hooks:
-                nursery.start_soon(self._endpoint, hook, name=f"webhook {hook.name}")
+                stats = self._stats[hook.name]
+
+                def holding(held: bool, stats: EndpointStatistics = stats) -> None:
+                    stats.holding_lease = held
+
+                consumer = LogConsumer(
+                    self.db,
+                    self.hub,
+                    _Endpoint(self, hook),
+                    lease=self.lease,
+                    lease_seconds=self.lease_seconds,
+                    log=log,
+                    holding=holding,
+                )
+                nursery.start_soon(consumer.run, name=f"webhook {hook.name}")
             task_status.started()
-
-    # -- one endpoint
-
-    async def _endpoint(self, hook: WebhookSettings) -> None:
-        meta = self.db.meta
-        # trust_env: deliveries honour HTTP(S)_PROXY / NO_PROXY like other HTTP clients.
-        client = httpx.AsyncClient(timeout=hook.timeout, follow_redirects=False)
-        try:
-            while True:
-                try:
-                    cursor = await self._acquire(hook.name)
-                except Exception:
-                    log_failure(log, "webhook %s: taking the lease failed; will retry", hook.name)
-                    cursor = None
-                if cursor is None:
-                    await trio.sleep(IDLE_CHECK)
-                    continue
-                log.info("webhook %s: delivering from event %d", hook.name, cursor)
-                self._stats[hook.name].holding_lease = True
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._keep_lease, hook.name, nursery.cancel_scope)
-                        await self._deliver(hook, client, cursor)
-                        nursery.cancel_scope.cancel()
-                finally:
-                    self._stats[hook.name].holding_lease = False
-                log.warning("webhook %s: lost the lease; standing by", hook.name)
-        finally:
-            # A graceful stop hands the endpoint to another process at once.
-            with trio.move_on_after(2) as scope:
-                scope.shield = True
-                await client.aclose()
-                try:
-                    await self.db.run(meta.webhook_release, hook.name, self.lease)
-                except Exception:  # it expires by itself
-                    log_failure(log, "webhook %s: releasing the lease failed", hook.name)
-
-    async def _acquire(self, name: str) -> int | None:
-        """Take the lease if it is free or expired (a read first: standing by is cheap)."""
-        meta = self.db.meta
-        if not await self.db.run(meta.webhook_lease_free, name, self.lease):
-            return None
-        return await self.db.run(meta.webhook_acquire, name, self.lease, self.lease_seconds)
-
-    async def _keep_lease(self, name: str, scope: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(self.lease_seconds / 3)
-            try:
-                held = await self.db.run(
-                    self.db.meta.webhook_renew, name, self.lease, self.lease_seconds
-                )
-            except Exception:  # e.g. the database is busy: the next renewal may succeed
-                log_failure(log, "webhook %s: renewing the lease failed", name)
-                continue
-            if not held:
-                scope.cancel()
-                return
-
-    async def _deliver(self, hook: WebhookSettings, client: httpx.AsyncClient, cursor: int) -> None:
-        """Deliver while holding the lease; returns when a write finds the lease gone."""
-        db, meta, name = self.db, self.db.meta, hook.name
-        wanted = event_filter(hook)
-        handled = saved = cursor  # handled in memory / recorded in the database
-        while True:
-            try:
-                for event_id in await db.run(meta.webhook_to_redeliver, name, 100):
-                    if not await self._redeliver(hook, client, event_id):
-                        return
-                rows = await db.run(meta.events_after, handled, PAGE)
-                for row in rows:
-                    if wanted.matches(row):
-                        if not await self._deliver_one(hook, client, row):
-                            return
-                        saved = row.id
-                    handled = row.id
-                if handled != saved:  # events no filter matched: move past them too
-                    if not await db.run(meta.webhook_advance, name, self.lease, handled, False):
-                        return
-                    saved = handled
-            except Exception:  # a bug or a database error: log it, keep the endpoint going
-                log_failure(log, "webhook %s: delivery loop failed; retrying", name)
-                await trio.sleep(IDLE_CHECK)
-                continue
-            if rows:
-                continue
-            with trio.move_on_after(IDLE_CHECK):
-                await self.hub.wait_past(handled)
-
-    async def _deliver_one(
-        self, hook: WebhookSettings, client: httpx.AsyncClient, event: StoredEvent
-    ) -> bool:
-        """Send ``event`` with retries; record the outcome. False: the lease is gone."""
-        meta = self.db.meta
-        attempts, error = await self._send(hook, client, event)
-        if error is None:
-            # Shielded: the endpoint has the event, so a graceful stop arriving now must
-            # not keep the cursor from moving (the next holder would send it again).
-            with trio.CancelScope(shield=True):
-                advanced = await self.db.run(
-                    meta.webhook_advance, hook.name, self.lease, event.id, True
-                )
-            return advanced
-        log.error(
-            "webhook %s: event %d failed %d times, giving up (last error: %s)",
-            hook.name,
-            event.id,
-            attempts,
-            error,
-        )
-        self._stats[hook.name].failed_events += 1
-        return await self.db.run(
-            meta.webhook_failed, hook.name, self.lease, event.id, attempts, error, True
-        )
-
-    async def _redeliver(
-        self, hook: WebhookSettings, client: httpx.AsyncClient, event_id: int
-    ) -> bool:
-        meta = self.db.meta
-        event = await self.db.run(meta.event, event_id)
-        attempts: int
-        error: str | None
-        if event is None:
-            attempts, error = 0, "the event is no longer in the event log"
-        else:
-            log.info("webhook %s: redelivering event %d", hook.name, event_id)
-            attempts, error = await self._send(hook, client, event)
-        if error is None:
-            return await self.db.run(meta.webhook_redelivered, hook.name, self.lease, event_id)
-        log.error("webhook %s: redelivery of event %d failed: %s", hook.name, event_id, error)
-        return await self.db.run(
-            meta.webhook_failed, hook.name, self.lease, event_id, attempts, error, False
-        )
 
     async def _send(
         self, hook: WebhookSettings, client: httpx.AsyncClient, event: StoredEvent
@@ -324,6 +182,31 @@ class WebhookDeliverer:
             )
             await trio.sleep(delay)
             delay = min(delay * 2, hook.backoff_max)
+
+
+class _Endpoint:
+    """One endpoint as a consumer of the log (events/consumer.py's Handler)."""
+
+    def __init__(self, deliverer: WebhookDeliverer, hook: WebhookSettings) -> None:
+        self.deliverer = deliverer
+        self.hook = hook
+        self.name = hook.name
+        self.label = f"webhook {hook.name}"
+        self.filter = event_filter(hook)
+        # trust_env: deliveries honour HTTP(S)_PROXY / NO_PROXY like other HTTP clients.
+        self.client = httpx.AsyncClient(timeout=hook.timeout, follow_redirects=False)
+
+    def wants(self, event: StoredEvent) -> bool | None:
+        return True if self.filter.matches(event) else None
+
+    async def handle(self, event: StoredEvent, work: bool) -> tuple[int, str | None]:
+        attempts, error = await self.deliverer._send(self.hook, self.client, event)
+        if error is not None:
+            self.deliverer._stats[self.hook.name].failed_events += 1
+        return attempts, error
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 async def _post(
