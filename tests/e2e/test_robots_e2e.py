@@ -177,6 +177,10 @@ def test_skopeo_login_push_and_pull_within_scope(
     assert get(basic, f"/v2/public/app/{MISSING_BLOB}", auth).status_code == 403
     r = httpx.delete(f"{basic.url}/v2/team/app/manifests/v1", auth=auth, timeout=10)
     assert r.status_code == 403
+    # The catalog shows it only what it may pull.
+    r = get(basic, "/v2/_catalog", auth)
+    assert r.status_code == 200 and "team/app" in r.json()["repositories"]
+    assert all(n.startswith("team/") for n in r.json()["repositories"]), r.text
     listed = json.loads(tokens_cli(basic, "list", "--json").stdout)["robots"]
     assert next(r for r in listed if r["name"] == "ci")["lastUsed"] is not None
 
@@ -266,8 +270,12 @@ def claims(token: str) -> dict[str, Any]:
     return doc
 
 
-def issue(server: DockyardServer, auth: tuple[str, str], *scopes: str) -> httpx.Response:
-    params = {"service": "dockyard", "scope": list(scopes)}
+def issue(
+    server: DockyardServer, auth: tuple[str, str], *scopes: str, offline: bool = False
+) -> httpx.Response:
+    params: dict[str, str | list[str]] = {"service": "dockyard", "scope": list(scopes)}
+    if offline:
+        params["offline_token"] = "true"
     return httpx.get(f"{server.url}/auth/token", params=params, auth=auth, timeout=10)
 
 
@@ -302,8 +310,12 @@ def test_token_endpoint_grants_within_scopes(token: DockyardServer) -> None:
         "password": secret,
         "scope": "repository:team/app:pull",
     }
-    r = httpx.post(f"{token.url}/auth/token", data=form, timeout=10)
+    r = httpx.post(f"{token.url}/auth/token", data={**form, "access_type": "offline"}, timeout=10)
     assert r.status_code == 200 and r.json()["scope"] == "repository:team/app:pull", r.text
+    # No refresh token for a robot: revocation must reach its next login.
+    assert "refresh_token" not in r.json()
+    r = issue(token, auth, "repository:team/app:pull", offline=True)
+    assert r.status_code == 200 and "refresh_token" not in r.json()
 
 
 def test_skopeo_through_tokens_and_revocation(

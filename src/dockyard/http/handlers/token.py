@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 from dockyard.auth import ANONYMOUS, Identity
 from dockyard.auth.issuer import IssuedToken, RefreshTokenInvalid, TokenIssuer
 from dockyard.auth.limits import LoginLimiter
-from dockyard.auth.robots import ROBOT_PREFIX, RobotTokens
+from dockyard.auth.robots import ROBOT_PREFIX, RobotIdentity, RobotTokens
 from dockyard.auth.scopes import ResourceScope, TooManyScopes, parse_scopes
 from dockyard.core import errors as err
 from dockyard.http.errors import Code, error_body
@@ -190,6 +190,9 @@ class TokenEndpoint:
         if account and identity.name is not None and account != identity.name:
             raise OAuthError(INVALID_REQUEST, "account does not match the credentials")
         offline = (req.arg("offline_token") or "").lower() == "true"
+        # No refresh token for a robot: it logs in with its secret each time, so
+        # revocation and expiry apply (docker then keeps the secret as its login).
+        offline = offline and not isinstance(identity, RobotIdentity)
         token = self.issuer.issue(identity, self._scopes(req.query.get("scope", [])), offline)
         doc: dict[str, object] = {
             "token": token.token,
@@ -242,7 +245,7 @@ class TokenEndpoint:
                 UNSUPPORTED_GRANT_TYPE,
                 f"unsupported grant_type {grant_type[:40]!r} (password, refresh_token)",
             )
-        offline = field("access_type") == "offline"
+        offline = field("access_type") == "offline" and not isinstance(identity, RobotIdentity)
         token = self.issuer.issue(identity, self._scopes(form.get("scope", [])), offline)
         doc: dict[str, object] = {
             "access_token": token.token,
