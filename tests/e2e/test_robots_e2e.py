@@ -113,6 +113,7 @@ def test_cli_create_list_revoke(basic: DockyardServer) -> None:
     entry = next(r for r in listed if r["name"] == "lister")
     assert entry["scopes"] == ["repository:team/*:pull,push"]
     assert entry["status"] == "active" and entry["expires"] and entry["lastUsed"] is None
+    assert entry["createdBy"].startswith("cli")
     assert secret not in json.dumps(listed)
     text = tokens_cli(basic, "list").stdout
     assert "lister" in text and secret not in text
@@ -302,6 +303,9 @@ def test_token_endpoint_grants_within_scopes(token: DockyardServer) -> None:
     wrong = issue(token, ("robot$ci", "nope"), "repository:team/app:pull")
     user = issue(token, ("alice", "nope"), "repository:team/app:pull")
     assert wrong.status_code == user.status_code == 401 and wrong.json() == user.json()
+    # Wrong secrets count as failed logins at the token service too.
+    statuses = [issue(token, ("robot$guessed", "x")).status_code for _ in range(8)]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
     form = {
         "grant_type": "password",
         "client_id": "ci",
