@@ -14,6 +14,11 @@ Errors are OAuth2's (RFC 6749 section 5.2), not the OCI error codes of ``/v2/``:
 and ``invalid_client`` with 401. The GET form answers its bad requests the same way; wrong
 Basic credentials there keep distribution's 401 ``UNAUTHORIZED`` with a Basic challenge,
 which docker and containers/image clients turn into "invalid username or password".
+
+Robot tokens (``auth/robots.py``) log in here as user ``robot$<name>``: the token grants
+what was asked ∩ the robot's scopes, never with a refresh token. A wrong, revoked or
+expired robot gets the wrong-password answer and counts as a failed login; while the
+failed-login limiter says wait, 429 ``{"error": "too_many_requests"}`` with Retry-After.
 """
 
 from __future__ import annotations
