@@ -38,12 +38,14 @@ MISSING_BLOB = "blobs/sha256:" + "0" * 64
 def tokens_cli(
     server: DockyardServer, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``dockyard tokens ARGS`` with the server's configuration and data directory."""
+    """``dockyard tokens COMMAND --config F ARGS`` with the server's configuration file and
+    data directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-    env.update(server.env)
     env["DOCKYARD_STORAGE_ROOT"] = str(server.data_dir)
+    command, *rest = args
+    config = ["--config", server.env["DOCKYARD_CONFIG"]]
     done = subprocess.run(
-        [sys.executable, "-m", "dockyard.cli", "tokens", *args],
+        [sys.executable, "-m", "dockyard.cli", "tokens", command, *config, *rest],
         env=env,
         capture_output=True,
         text=True,
