@@ -49,6 +49,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,6 +83,7 @@ _OWN_ENV = ("TRIVY_USERNAME", "TRIVY_PASSWORD", "TRIVY_REGISTRY_TOKEN", "TRIVY_C
 class DatabaseInfo:
     version: str
     updated: float | None  # metadata.json's UpdatedAt, seconds since the epoch
+    next_update: float | None  # metadata.json's NextUpdate: when a newer one is due
 
 
 def _parse_time(text: object) -> float | None:
@@ -237,9 +239,13 @@ class TrivyScanner:
             metadata = json.loads((link / "metadata.json").read_text())
         except (OSError, ValueError):
             return None
-        version = target.parent.name
-        updated = _parse_time(metadata.get("UpdatedAt")) if isinstance(metadata, dict) else None
-        return DatabaseInfo(version, updated)
+        if not isinstance(metadata, dict):
+            return None
+        return DatabaseInfo(
+            target.parent.name,
+            _parse_time(metadata.get("UpdatedAt")),
+            _parse_time(metadata.get("NextUpdate")),
+        )
 
     async def _remote_digest(self) -> str | None:
         """The digest of ``db_repository:2``; None when it is not there (yet)."""
@@ -273,9 +279,13 @@ class TrivyScanner:
                 -1
             ]
             stored = self.cache_dir / "dbs" / name / "db"
-            if not stored.exists():
-                stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            try:
                 (incoming / "db").rename(stored)  # a whole directory appears at once
+            except OSError:
+                # Another worker process sharing the cache stored this version first.
+                if not (stored / "metadata.json").exists():
+                    raise
             self._scan_cache.mkdir(parents=True, exist_ok=True)
             link = self._scan_cache / f"db.{uuid.uuid4().hex}"
             link.symlink_to(Path("..") / "dbs" / name / "db")
@@ -295,12 +305,23 @@ class TrivyScanner:
                 shutil.rmtree(old, ignore_errors=True)
 
     async def _refresh(self) -> DatabaseInfo | None:
-        """Download the database when ``db_repository:2`` changed (or, with trivy's
-        default repository, when there is none yet); the one in use after."""
+        """Download the database when ``db_repository:2`` changed (with trivy's default
+        repository: when there is none, or the one in use says a newer one is due); the
+        one in use after. A failed look or download keeps the one in use."""
         async with self._db_lock:
             current = self.current_database()
             if not self.settings.db_repository:
-                return current or await self._download(None)
+                # trivy's default repository: a new database when the one in use says
+                # one is due (its NextUpdate).
+                if current is not None and (current.next_update or 0) > time.time():
+                    return current
+                try:
+                    return await self._download(None)
+                except ScanFailed:
+                    if current is None:
+                        raise
+                    log.warning("keeping trivy database %s: download failed", current.version)
+                    return current
             try:
                 digest = await self._remote_digest()
             except UpstreamError as e:
