@@ -146,6 +146,10 @@ async def test_concurrent_scans_share_the_cache(
 ) -> None:
     scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
     results: list[ScanResult] = []
+    # What a process that died mid-download left: removed by the next download.
+    abandoned = tmp_path / "cache" / "incoming-abandoned"
+    (abandoned / "db").mkdir(parents=True)
+    os.utime(abandoned, (0, 0))
 
     async def one(digest: str) -> None:
         results.append(await scanner.scan(request(registry, digest)))

@@ -40,6 +40,7 @@ artifact that is not an image -> "unsupported".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -262,6 +263,7 @@ class TrivyScanner:
         """Download the database into a fresh directory and make it the one scans use.
         ``version``: the digest it is known by (None: named by its metadata)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_downloads()
         incoming = self.cache_dir / f"incoming-{uuid.uuid4().hex}"
         try:
             args = ["image", "--download-db-only", "--quiet", "--cache-dir", str(incoming)]
@@ -297,6 +299,14 @@ class TrivyScanner:
         assert info is not None
         log.info("trivy database %s (updated %s) is in use", info.version, info.updated)
         return info
+
+    def _remove_abandoned_downloads(self) -> None:
+        # Left by a process that died mid-download: none lives longer than a timeout.
+        stale = time.time() - 2 * self.settings.timeout - 60
+        for old in self.cache_dir.glob("incoming-*"):
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < stale:
+                    shutil.rmtree(old, ignore_errors=True)
 
     def _prune(self, keep: str) -> None:
         # Older versions go; a scan still reading one keeps its open file on POSIX.
@@ -374,7 +384,8 @@ class TrivyScanner:
             f"{math.ceil(self.settings.timeout)}s",
         ]
         if self.settings.trivy_server:
-            args += ["--server", self.settings.trivy_server]
+            # Whatever the client keeps stays in dockyard's cache, not in $HOME.
+            args += ["--server", self.settings.trivy_server, "--cache-dir", str(self._scan_cache)]
         else:
             database = self.current_database() or await self._refresh()
             if database is None:
