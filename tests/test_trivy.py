@@ -24,7 +24,13 @@ import trio
 
 from dockyard.config import ScanningSettings
 from dockyard.scanning.scanner import ScanFailed, ScanRequest, ScanResult
-from dockyard.scanning.trivy import REPORT_MEDIA_TYPE, SBOM_MEDIA_TYPE, TrivyScanner
+from dockyard.scanning.trivy import (
+    REPORT_MEDIA_TYPE,
+    SBOM_MEDIA_TYPE,
+    TrivyScanner,
+    _is_loopback,
+    _split_repository,
+)
 from tests.authfixtures import write_htpasswd
 from tests.scanimages import (
     EXPECTED,
@@ -399,3 +405,34 @@ async def test_server_mode(
         await down.scan(request(registry, VULNERABLE.digest))
     assert failed.value.reason == "unavailable"
     await down.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("127.0.0.1:5000/security/trivy-db", ("127.0.0.1:5000", "security/trivy-db")),
+        ("127.0.0.1:5000/security/trivy-db:2", ("127.0.0.1:5000", "security/trivy-db")),
+        ("registry.example/trivy-db", ("registry.example", "trivy-db")),
+    ],
+)
+def test_db_repository_forms(reference: str, expected: tuple[str, str]) -> None:
+    assert _split_repository(reference) == expected
+
+
+def test_db_repository_without_a_repository_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HOST"):
+        TrivyScanner(settings("trivy", "registry.example:5000"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("host", "plain_http"),
+    [
+        ("127.0.0.1:5000", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("registry.example:5000", False),
+        ("10.0.0.1:5000", False),
+    ],
+)
+def test_loopback_database_registries_speak_plain_http(host: str, plain_http: bool) -> None:
+    assert _is_loopback(host) is plain_http
