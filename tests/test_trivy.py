@@ -326,6 +326,23 @@ async def test_credentials_against_basic_auth(
         assert no_db.value.reason == "database"
 
         assert await scanner.database_version() is not None
+
+        # Credentials asked for each look at the database (as the queue's robots give).
+        asked: list[tuple[str, float]] = []
+
+        async def pull_credentials(repository: str, seconds: float) -> tuple[str, str] | None:
+            asked.append((repository, seconds))
+            return ("alice", "alice-pw")
+
+        fresh = TrivyScanner(
+            settings(trivy, db), tmp_path / "fresh", db_credentials=pull_credentials
+        )
+        try:
+            assert await fresh.database_version() == await scanner.database_version()
+            assert asked and asked[0][0] == DB_REPO and asked[0][1] > 60
+        finally:
+            await fresh.aclose()
+
         result = await scanner.scan(
             request(auth_registry, VULNERABLE.digest, username="alice", password="alice-pw")
         )
