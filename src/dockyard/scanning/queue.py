@@ -493,6 +493,7 @@ class ScanQueue:
             row.repository,
             row.digest,
             row.media_type,
+            kind="manifest",
             status="done",
             scanner=outcome.scanner,
             summary=outcome.counts,
