@@ -41,6 +41,7 @@ from dockyard.meta.records import (
 )
 from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.repository_admin import RepositoryManagement
+from dockyard.meta.robots import RobotRecords
 from dockyard.meta.scans import NewScan, ScanOutcome, ScanRecord
 from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
@@ -410,6 +411,7 @@ class Scans(Protocol):
 class MetadataStore(
     Scans,
     CachedContent,
+    RobotRecords,
     Replication,
     EventPruner,
     UsageReports,
