@@ -12,9 +12,9 @@ Never refused: digests in ``exempt_digests``; manifests with a subject (referrer
 reports, signatures); artifacts the queue does not scan ("unsupported"); the scanner's
 own pulls (actor ``robot$scan-*``, the short-lived credentials of ``auth/robots.py``).
 
-The check costs one point read of the manifest's ``scans`` row, and its verdict is
-cached per digest until a ``scan`` event for that digest (any worker's or instance's,
-through the event hub) drops it.
+The check costs one point read of the manifest's ``scans`` row; the verdict on a scanned
+(or unsupported) manifest is cached per digest and repository until a ``scan`` event for
+that digest (any worker's or instance's, through the event hub) drops it.
 """
 
 from __future__ import annotations
@@ -130,12 +130,14 @@ class PullPolicy:
         verdict = self._cache.get(found.digest, {}).get(repository)
         if verdict is None:
             rows = await self.db.read(self.db.meta.scans_get, [found.digest])
-            verdict = judge(
-                policy, rows.get(found.digest), found.digest, lambda: _has_subject(found.payload)
-            )
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            self._cache.setdefault(found.digest, {})[repository] = verdict
+            row = rows.get(found.digest)
+            verdict = judge(policy, row, found.digest, lambda: _has_subject(found.payload))
+            # Only final answers: a row becomes unsupported without a scan event, and one
+            # not scanned yet is read again (a point read) until its scan event.
+            if row is not None and row.status in ("done", "unsupported"):
+                if len(self._cache) >= CACHE_SIZE:
+                    self._cache.clear()
+                self._cache.setdefault(found.digest, {})[repository] = verdict
         if not verdict.allowed:
             raise Denied(verdict.reason or "refused by a scanning policy")
 
