@@ -94,7 +94,7 @@ def mount_scanning(
         return None
     policy = None
     if s.policies:
-        policy = PullPolicy(db, hub, s.policies)
+        policy = PullPolicy(db, hub, s.policies, open_while_scanning=settings.auth.mode == "none")
         registry.manifests.pull_check = policy.check
     queue = None
     if scanner is not None:
