@@ -11,7 +11,8 @@ One server for the module; the tests run in order and build on one another:
 3. the pull policy refuses the vulnerable image, lets the exempt digest and the patched
    image through;
 4. a new database version rescans what the old one scanned;
-5. ``dockyard scan`` (CLI) against the running server's database.
+5. the trivy binary gone: scans fail ("unavailable") and are done once it is back;
+6. ``dockyard scan`` (CLI) against the running server's database.
 """
 
 from __future__ import annotations
@@ -55,12 +56,15 @@ def trivy_binary() -> str:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
     root = tmp_path_factory.mktemp("scan-e2e")
     port = free_port()
+    # A link to trivy that test_a_missing_trivy_binary_delays_scans removes and restores.
+    (root / "bin").mkdir()
+    (root / "bin" / "trivy").symlink_to(trivy_binary())
     config = root / "dockyard.toml"
     config.write_text(
         f"""
 [scanning]
 scanner = "trivy"
-trivy = {json.dumps(trivy_binary())}
+trivy = {json.dumps(str(root / "bin" / "trivy"))}
 db_repository = "127.0.0.1:{port}/{DB_REPO}"
 on_push = true
 repositories = ["prod/*"]
@@ -193,6 +197,31 @@ async def test_a_database_update_rescans(registry: DockyardServer) -> None:
                 await trio.sleep(0.2)
         assert found(doc) == EXPECTED_V2
         assert doc["report"] != before["report"]
+
+
+async def test_a_missing_trivy_binary_delays_scans(registry: DockyardServer) -> None:
+    link = registry.data_dir.parent / "bin" / "trivy"
+    target = link.readlink()
+    link.unlink()
+    try:
+        async with httpx.AsyncClient(base_url=registry.url, timeout=30) as client:
+            # Scanned before (in prod/app): asked for again, as a new push of it is not.
+            await push_image(client, registry.url, "prod/later", PATCHED_IMAGE, tag="v2")
+            r = await client.post(f"{SCANS}/prod/later/scans/{PATCHED_IMAGE.digest}")
+            assert r.status_code == 202
+            with trio.fail_after(60):
+                while True:
+                    doc = await scan_doc(client, "prod/later", PATCHED_IMAGE.digest)
+                    if doc["lastError"] and doc["lastError"].startswith("unavailable"):
+                        break
+                    await trio.sleep(0.2)
+            assert doc["status"] in ("queued", "running")
+            link.symlink_to(target)
+            doc = await wait_done(client, "prod/later", PATCHED_IMAGE.digest)
+            assert doc["findings"] == [] and doc["lastError"] is None
+    finally:
+        if not link.is_symlink():
+            link.symlink_to(target)
 
 
 async def test_the_scan_cli(registry: DockyardServer) -> None:
