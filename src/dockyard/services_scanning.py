@@ -69,7 +69,7 @@ def build_scanner(settings: Settings) -> Scanner:
         return TrivyScanner(s, cache)
     # Until the harbor branch is merged (then: a plain import, as trivy's).
     harbor: Any = importlib.import_module("dockyard.scanning.harbor")
-    adapter: Scanner = harbor.HarborScanner(s.harbor)
+    adapter: Scanner = harbor.HarborScanner(s.harbor, timeout=s.timeout)
     return adapter
 
 
