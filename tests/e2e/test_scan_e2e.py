@@ -11,8 +11,9 @@ One server for the module; the tests run in order and build on one another:
 3. the pull policy refuses the vulnerable image, lets the exempt digest and the patched
    image through;
 4. a new database version rescans what the old one scanned;
-5. the trivy binary gone: scans fail ("unavailable") and are done once it is back;
-6. ``dockyard scan`` (CLI) against the running server's database.
+5. an index: its platforms' findings together, refused as a whole;
+6. the trivy binary gone: scans fail ("unavailable") and are done once it is back;
+7. ``dockyard scan`` (CLI) against the running server's database.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import trio
 
 from dockyard.scanning.report import REPORT_ARTIFACT_TYPE
 from tests.e2e.conftest import serving
+from tests.imagegen import OCI_INDEX, OCI_MANIFEST, canonical_json, sha256
 from tests.scanimages import EXPECTED, EXPECTED_V2, PATCHED_IMAGE, VULNERABLE, push_image
 from tests.serverproc import DockyardServer, free_port
 from tests.trivydb import ADVISORIES_V2, push_trivy_db
@@ -199,6 +201,40 @@ async def test_a_database_update_rescans(registry: DockyardServer) -> None:
         assert doc["report"] != before["report"]
 
 
+async def test_an_index_is_judged_on_its_platforms_together(registry: DockyardServer) -> None:
+    async with httpx.AsyncClient(base_url=registry.url, timeout=30) as client:
+        await push_image(client, registry.url, "prod/multi", VULNERABLE, tag="amd64")
+        await push_image(client, registry.url, "prod/multi", PATCHED_IMAGE, tag="arm64")
+        index = canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": image.digest,
+                        "size": len(image.manifest.data),
+                        "platform": {"os": "linux", "architecture": arch},
+                    }
+                    for image, arch in ((VULNERABLE, "amd64"), (PATCHED_IMAGE, "arm64"))
+                ],
+            }
+        )
+        r = await client.put(
+            "/v2/prod/multi/manifests/v1", content=index, headers={"content-type": OCI_INDEX}
+        )
+        assert r.status_code == 201
+        doc = await wait_done(client, "prod/multi", sha256(index))
+        assert found(doc) == EXPECTED_V2  # the patched platform adds none
+        assert [(p["platform"], p["status"]) for p in doc["platforms"]] == [
+            ("linux/amd64", "done"),
+            ("linux/arm64", "done"),
+        ]
+        r = await client.get("/v2/prod/multi/manifests/v1")
+        assert r.status_code == 403 and "CVE-2099-10001" in r.text
+        assert (await client.get("/v2/prod/multi/manifests/arm64")).status_code == 200
+
+
 async def test_a_missing_trivy_binary_delays_scans(registry: DockyardServer) -> None:
     link = registry.data_dir.parent / "bin" / "trivy"
     target = link.readlink()
@@ -237,5 +273,6 @@ async def test_the_scan_cli(registry: DockyardServer) -> None:
     assert doc["status"] == "done" and doc["findings"] == []
     status = await trio.run_process([*command, "status", "--json"], capture_stdout=True, env=env)
     counts = json.loads(status.stdout)["counts"]
-    # prod/exempt holds the same digest as prod/app: one row (rows are per digest).
-    assert counts == {"done": 2}
+    # The two images (rows are per digest: prod/exempt, prod/multi and prod/later hold the
+    # same ones) and the index.
+    assert counts == {"done": 3}
