@@ -58,11 +58,13 @@ class TestScanner:
         self.failures: list[ScanFailed] = []  # raised, in order, before scanning again
         self.version = "db-1"
         self.scanned: list[ScanRequest] = []
+        self.times: list[float] = []  # trio.current_time() of each scan
         self.closed = False
         self.padding = 0  # bytes added to each report
 
     async def scan(self, request: ScanRequest) -> ScanResult:
         self.scanned.append(request)
+        self.times.append(trio.current_time())
         if self.failures:
             raise self.failures.pop(0)
         findings = self.findings.get(request.repository, ())
@@ -233,8 +235,10 @@ async def test_an_outage_delays_scans_and_loses_none(tmp_path: Path) -> None:
         doc = await wait_scan(client, "app", image.digest)
         assert doc["attempts"] == 4 and doc["lastError"] is None
         assert len(scanner.scanned) == 4
-        # Backoff: 0.05, then the scanner's 0.3, then 0.2 (backoff_max).
-        assert scanner.scanned  # keep mypy quiet about the list's use
+        # Backoff: 0.05, then the scanner's Retry-After 0.3, then 0.2 (backoff_max).
+        gaps = [b - a for a, b in zip(scanner.times, scanner.times[1:], strict=False)]
+        assert gaps[0] >= 0.05 and gaps[1] >= 0.3 and gaps[2] >= 0.2
+        assert gaps[1] < 2 and gaps[2] < 2  # and not much later (workers are woken)
 
 
 async def test_a_restart_loses_no_queued_scan(tmp_path: Path) -> None:
