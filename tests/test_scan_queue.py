@@ -23,7 +23,7 @@ import trio
 from dockyard.cli import main
 from dockyard.config import ScanPolicy, Settings
 from dockyard.config.model import QuotaSettings
-from dockyard.scanning.report import REPORT_ARTIFACT_TYPE
+from dockyard.scanning.report import REPORT_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE
 from dockyard.scanning.scanner import Finding, ScanFailed, ScanRequest, ScanResult
 from dockyard.services import Services, build
 from tests.conftest import (
@@ -71,7 +71,17 @@ class TestScanner:
         report = json.dumps(
             {"digest": request.digest, "n": len(findings), "pad": "x" * self.padding}
         ).encode()
-        return ScanResult("Test 1.0", self.version, 1_760_000_000.0, findings, report, REPORT_TYPE)
+        sbom = b'{"bomFormat": "CycloneDX"}' if request.sbom else None
+        return ScanResult(
+            "Test 1.0",
+            self.version,
+            1_760_000_000.0,
+            findings,
+            report,
+            REPORT_TYPE,
+            sbom,
+            "application/vnd.cyclonedx+json" if sbom else None,
+        )
 
     async def database_version(self) -> str | None:
         return self.version
@@ -418,3 +428,18 @@ async def test_a_report_over_the_quota_is_retried_not_lost(tmp_path: Path) -> No
         svc.registry.quotas.rules = ()  # the quota lifted: the next attempt stores it
         doc = await wait_scan(client, "small", image.digest)
         assert doc["summary"] is not None and doc["attempts"] >= 2
+
+
+async def test_an_sbom_is_a_second_referrer(tmp_path: Path) -> None:
+    scanner = TestScanner()
+    settings = scan_settings(tmp_path, sbom=True)
+    async with running(settings, scanner) as svc, make_client(svc) as client:
+        image = await push_image(client, "app")
+        doc = await wait_scan(client, "app", image.digest)
+        r = await client.get(f"/v2/app/referrers/{image.digest}")
+        kinds = {m["artifactType"]: m["digest"] for m in r.json()["manifests"]}
+        assert set(kinds) == {REPORT_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE}
+        assert kinds[REPORT_ARTIFACT_TYPE] == doc["report"]
+        sbom = (await client.get(f"/v2/app/manifests/{kinds[SBOM_ARTIFACT_TYPE]}")).json()
+        assert sbom["layers"][0]["mediaType"] == "application/vnd.cyclonedx+json"
+        assert scanner.scanned[0].sbom
