@@ -443,3 +443,23 @@ async def test_an_sbom_is_a_second_referrer(tmp_path: Path) -> None:
         sbom = (await client.get(f"/v2/app/manifests/{kinds[SBOM_ARTIFACT_TYPE]}")).json()
         assert sbom["layers"][0]["mediaType"] == "application/vnd.cyclonedx+json"
         assert scanner.scanned[0].sbom
+
+
+async def test_two_instances_never_scan_a_row_twice(tmp_path: Path) -> None:
+    """Two registries on one database (two instances): every image scanned exactly once."""
+    first, second = TestScanner(), TestScanner()
+    settings = scan_settings(tmp_path, concurrency=3)
+    other = scan_settings(tmp_path)
+    other.scanning.concurrency = 3
+    other.server.instance = "other"
+    async with (
+        running(settings, first) as svc,
+        running(other, second),
+        make_client(svc) as client,
+    ):
+        images = [await push_image(client, "app", f"v{i}") for i in range(8)]
+        for image in images:
+            await wait_scan(client, "app", image.digest)
+        await trio.sleep(0.3)
+    scanned = [r.digest for r in first.scanned + second.scanned]
+    assert sorted(scanned) == sorted(i.digest for i in images)
