@@ -16,6 +16,7 @@ from dockyard import (
     cli_housekeeping,
     cli_replication,
     cli_retention,
+    cli_scan,
     cli_tokens,
     cli_users,
     cli_webhooks,
@@ -100,8 +101,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Upload leases held by an earlier run of this instance can no longer be in use.
     released = meta.release_leases_of(instance_name(settings))
-    # So are its webhook leases: the new workers take the endpoints over at once.
+    # So are its webhook leases and scans: the new workers take them over at once.
     meta.webhook_release_leases_of(instance_name(settings))
+    meta.scans_release_leases_of(instance_name(settings))
     meta.close()
     if released:
         log.info("released %d upload leases of a previous run", released)
@@ -296,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_housekeeping.add_usage_parser(sub, _settings)
     cli_gc.add_parser(sub, _settings)
     cli_replication.add_parsers(sub, _settings)
+    cli_scan.add_parsers(sub, _settings)
 
     args = parser.parse_args(argv)
     try:

@@ -26,6 +26,7 @@ from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.robots import RobotStore
+from dockyard.meta.scans import ScanStore
 from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
 
@@ -42,6 +43,7 @@ class PostgresMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
+    ScanStore,
     RobotStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and

@@ -21,6 +21,7 @@ from dockyard.meta.cached import CacheStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.robots import RobotStore
+from dockyard.meta.scans import ScanStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
@@ -39,6 +40,7 @@ class SQLiteMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
+    ScanStore,
     RobotStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
