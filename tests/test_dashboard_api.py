@@ -68,6 +68,7 @@ async def test_dashboard_files_are_served(client: httpx.AsyncClient) -> None:
         "favicon.svg",
         "favicon.svg",
         "format.js",
+        "scans.js",
     ]
     types = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
     for name in set(assets):

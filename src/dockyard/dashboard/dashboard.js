@@ -251,6 +251,7 @@
     if (ev.id <= state.lastId) return; // never list or count an event twice
     state.lastId = ev.id;
     $("last-id").textContent = `#${ev.id}`;
+    if (window.dockyardScans) window.dockyardScans.onEvent(ev); // the vulnerability view
     if (ev.id > state.countedThrough && state.countedThrough >= 0) {
       count(ev);
       state.recent.push(ev);
