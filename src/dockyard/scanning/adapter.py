@@ -24,11 +24,12 @@ With ``[scanning.adapter] authorization`` set, a request whose Authorization hea
 exactly that is answered 401.
 
 Scans run in the adapter's own nursery (``serve``), at most ``concurrency`` at once, each
-within ``timeout``; a report is kept in memory ``report_ttl`` seconds after its scan ends
-(a restarted adapter knows no scan: the client gets 404 and scans again). The registry
-the request names is where the scanner pulls from: ``registry.url``'s host and port,
-plain HTTP when its scheme is ``http``, and the ``Basic`` credentials of
-``registry.authorization``.
+within ``timeout``; every ``database_interval`` seconds the scanner is asked for a newer
+vulnerability database (``Scanner.database_version``, what the queue does in dockyard). A
+report is kept in memory ``report_ttl`` seconds after its scan ends (a restarted adapter
+knows no scan: the client gets 404 and scans again). The registry the request names is
+where the scanner pulls from: ``registry.url``'s host and port, plain HTTP when its
+scheme is ``http``, and the ``Basic`` credentials of ``registry.authorization``.
 
 A small raw ASGI application rather than a framework app: three routes, and scan tasks
 that must live in a nursery the adapter owns, not in a request's.
@@ -212,6 +213,8 @@ class ScannerAdapter:
         concurrency: int = 2,
         timeout: float = 600.0,
         refresh_after: int = 1,
+        db_updated: float | None = None,
+        database_interval: float = 0.0,
     ) -> None:
         self.scanner = scanner
         self.settings = settings
@@ -220,7 +223,9 @@ class ScannerAdapter:
         self.refresh_after = refresh_after
         self._limiter = trio.CapacityLimiter(max(1, concurrency))
         self._jobs: dict[str, Job] = {}
-        self._db_updated: float | None = None
+        self._db_updated = db_updated  # the database's date, as the last scan said
+        # Seconds between asks for a newer database (0: only when a scan needs one).
+        self.database_interval = database_interval
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> dict[str, int]:
@@ -245,6 +250,8 @@ class ScannerAdapter:
         config.errorlog = log
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.database_interval > 0:
+                nursery.start_soon(self._refresh_database)
             try:
                 await serve(
                     self,  # type: ignore[arg-type]  # hypercorn's Framework union
@@ -255,6 +262,17 @@ class ScannerAdapter:
             finally:
                 self._nursery = None
                 nursery.cancel_scope.cancel()
+
+    async def _refresh_database(self) -> None:
+        """No queue asks this adapter's scanner for a newer database: ask it here, so
+        scans use a database updated in the meantime (scanner.database_version())."""
+        while True:
+            try:
+                version = await self.scanner.database_version()
+                log.info("vulnerability database: %s", version or "none yet")
+            except Exception:  # a broken registry must not stop the adapter
+                log.exception("looking for a newer vulnerability database failed")
+            await trio.sleep(self.database_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -53,6 +53,10 @@ DB_UPDATED_PROPERTY = "harbor.scanner-adapter/vulnerability-database-updated-at"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 IMAGE_MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
 # Harbor's severity names -> dockyard's (Negligible is below Low: counted as LOW).
 SEVERITY_NAMES = {
     "unknown": "UNKNOWN",
@@ -229,7 +233,8 @@ class HarborScanner:
         OCI image manifest's when dockyard does not say (a token challenge, say)."""
         scheme = "http" if request.insecure else "https"
         url = f"{scheme}://{request.registry}/v2/{request.repository}/manifests/{request.digest}"
-        headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)}
+        # Every manifest type: an index must say it is one (the adapter is not asked).
+        headers = {"Accept": ", ".join((*IMAGE_MANIFEST_TYPES, *INDEX_TYPES))}
         authorization = _basic(request)
         if authorization:
             headers["Authorization"] = authorization
