@@ -25,6 +25,7 @@ from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.scans import ScanStore
 from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
 
@@ -41,6 +42,7 @@ class PostgresMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
+    ScanStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

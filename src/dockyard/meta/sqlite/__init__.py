@@ -20,6 +20,7 @@ from __future__ import annotations
 from dockyard.meta.cached import CacheStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.scans import ScanStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
@@ -38,5 +39,6 @@ class SQLiteMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
+    ScanStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
