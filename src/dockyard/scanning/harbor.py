@@ -6,7 +6,8 @@ One scan::
 
     GET  <url>/api/v1/metadata         once per client (again after a failure): the
                                        scanner's name and version, that it consumes
-                                       image manifests and produces REPORT_TYPE, the
+                                       image manifests and produces REPORT_TYPE (or its
+                                       1.0 name, the same schema, for older adapters), the
                                        database date (properties)
     POST <url>/api/v1/scan             ScanRequest {registry {url, authorization},
                                        artifact {repository, digest, mime_type}} -> 202 {id}
@@ -176,6 +177,7 @@ class HarborScanner:
             headers=headers, verify=verify, timeout=httpx.Timeout(30.0)
         )
         self._metadata: dict[str, Any] | None = None
+        self.report_type = REPORT_TYPE  # what the adapter's metadata offers
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -187,7 +189,8 @@ class HarborScanner:
             raise ScanFailed("unavailable", f"GET {self._base}{path}: {e!r}") from None
 
     async def metadata(self, refresh: bool = False) -> dict[str, Any]:
-        """The adapter's metadata, checked: it scans image manifests into REPORT_TYPE."""
+        """The adapter's metadata, checked: it scans image manifests into REPORT_TYPE (or
+        REPORT_TYPE_1_0, the same schema: adapters made for Harbor 1.x offer only that)."""
         if self._metadata is not None and not refresh:
             return self._metadata
         r = await self._get("/metadata", f"{METADATA_TYPE}, application/json")
@@ -207,7 +210,12 @@ class HarborScanner:
             for c in capabilities
             if isinstance(c, dict) and c.get("type", "vulnerability") == "vulnerability"
         ]
-        if not any(REPORT_TYPE in c.get("produces_mime_types", []) for c in vulnerability):
+        produced = {t for c in vulnerability for t in c.get("produces_mime_types", [])}
+        for report_type in (REPORT_TYPE, REPORT_TYPE_1_0):
+            if report_type in produced:
+                self.report_type = report_type
+                break
+        else:
             raise ScanFailed("unsupported", f"the adapter does not produce {REPORT_TYPE}")
         self._metadata = doc
         return self._metadata
@@ -260,7 +268,7 @@ class HarborScanner:
                 "mime_type": media_type,
             },
             "enabled_capabilities": [
-                {"type": "vulnerability", "produces_mime_types": [REPORT_TYPE]}
+                {"type": "vulnerability", "produces_mime_types": [self.report_type]}
             ],
         }
 
@@ -306,7 +314,7 @@ class HarborScanner:
         while True:
             try:
                 async with self._http.stream(
-                    "GET", self._base + path, headers={"Accept": REPORT_TYPE}
+                    "GET", self._base + path, headers={"Accept": self.report_type}
                 ) as r:
                     if r.status_code == 302:
                         wait = self._refresh_after(r)
@@ -357,5 +365,5 @@ class HarborScanner:
             db_updated=parse_time(db),
             findings=findings,
             report=body,
-            report_media_type=REPORT_TYPE,
+            report_media_type=self.report_type,
         )
