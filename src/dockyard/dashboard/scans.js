@@ -32,7 +32,7 @@
   ]);
 
   const $ = (id) => document.getElementById(id);
-  const { shortDigest, span, formatCount } = window.dockyardFormat;
+  const { shortDigest, span, formatCount, clock } = window.dockyardFormat;
 
   const rows = new Map(); // "repo@digest" -> row state
   const lookups = []; // keys waiting for their scan state
@@ -210,7 +210,8 @@
       const when = document.createElement("td");
       when.dataset.col = "scanned";
       when.className = "num";
-      when.textContent = row.scannedAt ? new Date(Date.parse(row.scannedAt)).toLocaleTimeString() : "";
+      when.textContent = row.scannedAt ? clock(new Date(Date.parse(row.scannedAt))) : "";
+      if (row.scannedAt) when.title = row.scannedAt;
       tr.append(image, status, severityChips(row.summary, row.status), when);
       return tr;
     });
@@ -327,7 +328,14 @@
     render();
   }
 
-  window.dockyardScans = { onEvent, showDetails, loadTags };
+  // "C1 H1 L1", "no findings" or the status: the event stream's words for a scan event.
+  function summaryText(target) {
+    if (target.status !== "done" || !target.summary) return STATUS_LABELS[target.status] || target.status || "";
+    const parts = SEVERITIES.filter((sev) => target.summary[sev]).map((sev) => `${sev[0]}${target.summary[sev]}`);
+    return parts.length ? parts.join(" ") : "no findings";
+  }
+
+  window.dockyardScans = { onEvent, showDetails, loadTags, summaryText };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();
