@@ -28,6 +28,7 @@ from dockyard.scanning.harbor import (
     ERROR_TYPE,
     OCI_MANIFEST,
     RAW_REPORT_TYPE,
+    REPORT_LAYER_TYPE,
     REPORT_TYPE,
     SCAN_REQUEST_TYPE,
     HarborScanner,
@@ -235,7 +236,7 @@ async def test_scan_polls_and_reports_exact_findings(
         result = await scanner.scan(request(registry, VULNERABLE.digest))
         assert found(result) == EXPECTED
         assert result.scanner == "Trivy 0.76.0"
-        assert result.report_media_type == REPORT_TYPE
+        assert result.report_media_type == REPORT_LAYER_TYPE
         report = json.loads(result.report)
         assert report["artifact"]["digest"] == VULNERABLE.digest
         assert report["severity"] == "Critical"
@@ -351,3 +352,56 @@ def test_basic_authorization_is_what_harbor_sends() -> None:
     value = _basic(ScanRequest("h:1", True, APP, VULNERABLE.digest, "robot$x", "s3cr:et"))
     assert value == "Basic " + base64.b64encode(b"robot$x:s3cr:et").decode()
     assert _basic(ScanRequest("h:1", True, APP, VULNERABLE.digest)) == ""
+
+
+@pytest.fixture(scope="module")
+def harbor_dockyard(
+    adapter: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DockyardServer]:
+    """A dockyard that scans on push through the adapter (``scanner = "harbor"``)."""
+    root = tmp_path_factory.mktemp("harbor-dockyard")
+    config = root / "dockyard.toml"
+    config.write_text(
+        '[scanning]\nscanner = "harbor"\non_push = true\ntimeout = 120.0\n'
+        "backoff_initial = 1.0\n\n"
+        f'[scanning.harbor]\nurl = "{adapter}"\nauthorization = "{TOKEN}"\n'
+        "poll_interval = 0.5\n"
+    )
+    with DockyardServer(root / "data", env={"DOCKYARD_CONFIG": str(config)}) as server:
+        yield server
+
+
+async def test_dockyard_scans_on_push_through_the_adapter(
+    harbor_dockyard: DockyardServer,
+) -> None:
+    server = harbor_dockyard
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await push_image(http, server.url, APP, VULNERABLE, tag="v1")
+        scan: dict[str, object] = {}
+        with trio.fail_after(90):
+            while scan.get("status") != "done":
+                r = await http.get(f"/v2/_dockyard/repositories/{APP}/scans/{VULNERABLE.digest}")
+                assert r.status_code == 200, r.text
+                scan = r.json()
+                assert scan["status"] in ("none", "queued", "running", "done"), scan
+                await trio.sleep(0.3)
+        findings = scan["findings"]
+        assert isinstance(findings, list)
+        assert {
+            (f["id"], f["severity"], f["package"], f["installed"], f["fixed"]) for f in findings
+        } == EXPECTED
+        assert scan["scanner"] == "Trivy 0.76.0"
+        # The adapter's report is the referrer's layer, found through the referrers API.
+        referrers = (await http.get(f"/v2/{APP}/referrers/{VULNERABLE.digest}")).json()
+        [descriptor] = [m for m in referrers["manifests"] if m["digest"] == scan["report"]]
+        manifest = (
+            await http.get(
+                f"/v2/{APP}/manifests/{descriptor['digest']}",
+                headers={"accept": descriptor["mediaType"]},
+            )
+        ).json()
+        [layer] = manifest["layers"]
+        assert layer["mediaType"] == REPORT_LAYER_TYPE
+        report = (await http.get(f"/v2/{APP}/blobs/{layer['digest']}")).json()
+        assert report["artifact"]["digest"] == VULNERABLE.digest
+        assert {v["id"] for v in report["vulnerabilities"]} == {f[0] for f in EXPECTED}

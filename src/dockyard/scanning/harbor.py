@@ -46,6 +46,9 @@ REPORT_TYPE = "application/vnd.security.vulnerability.report; version=1.1"
 # The older name of the same report schema (Harbor's Trivy adapter still offers both).
 REPORT_TYPE_1_0 = "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0"
 RAW_REPORT_TYPE = "application/vnd.scanner.adapter.vuln.report.raw"
+# The report as the referrer's layer: OCI descriptors allow no media type parameters
+# ("; version=1.1"), so the 1.0 name without its parameter (the schema is the same).
+REPORT_LAYER_TYPE = "application/vnd.scanner.adapter.vuln.report.harbor+json"
 METADATA_TYPE = "application/vnd.scanner.adapter.metadata+json; version=1.1"
 SCAN_REQUEST_TYPE = "application/vnd.scanner.adapter.scan.request+json; version=1.1"
 SCAN_RESPONSE_TYPE = "application/vnd.scanner.adapter.scan.response+json; version=1.0"
@@ -365,5 +368,5 @@ class HarborScanner:
             db_updated=parse_time(db),
             findings=findings,
             report=body,
-            report_media_type=self.report_type,
+            report_media_type=REPORT_LAYER_TYPE,
         )
