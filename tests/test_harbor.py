@@ -11,6 +11,7 @@ client passes must reach trivy), and the adapter, which asks callers for a Beare
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,12 +25,14 @@ import trio
 
 from dockyard.config import HarborScannerSettings
 from dockyard.scanning.harbor import (
+    CYCLONEDX,
     DB_UPDATED_PROPERTY,
     ERROR_TYPE,
     OCI_MANIFEST,
     RAW_REPORT_TYPE,
     REPORT_LAYER_TYPE,
     REPORT_TYPE,
+    SBOM_REPORT_TYPE,
     SCAN_REQUEST_TYPE,
     HarborScanner,
 )
@@ -197,10 +200,11 @@ async def test_metadata_and_authorization(adapter: str) -> None:
         assert ok.status_code == 200
         doc = ok.json()
         assert doc["scanner"] == {"name": "Trivy", "vendor": "Aqua Security", "version": "0.76.0"}
-        [capability] = doc["capabilities"]
-        assert capability["type"] == "vulnerability"
-        assert OCI_MANIFEST in capability["consumes_mime_types"]
-        assert REPORT_TYPE in capability["produces_mime_types"]
+        capabilities = {c["type"]: c for c in doc["capabilities"]}
+        assert set(capabilities) == {"vulnerability", "sbom"}
+        assert OCI_MANIFEST in capabilities["vulnerability"]["consumes_mime_types"]
+        assert REPORT_TYPE in capabilities["vulnerability"]["produces_mime_types"]
+        assert capabilities["sbom"]["produces_mime_types"] == [SBOM_REPORT_TYPE]
 
     # The client refused: its ScanFailed says so, and nothing is scanned.
     scanner = client(adapter, authorization="Bearer wrong")
@@ -245,7 +249,16 @@ async def test_scan_polls_and_reports_exact_findings(
         assert await scanner.database_version() == result.db_version
 
         patched = await scanner.scan(request(registry, PATCHED_IMAGE.digest))
-        assert patched.findings == ()
+        assert patched.findings == () and patched.sbom is None
+        # Asked for an SBOM: the adapter's sbom capability, a second report.
+        with_sbom = await scanner.scan(
+            dataclasses.replace(request(registry, VULNERABLE.digest), sbom=True)
+        )
+        assert found(with_sbom) == EXPECTED
+        assert with_sbom.sbom_media_type == CYCLONEDX and with_sbom.sbom is not None
+        bom = json.loads(with_sbom.sbom)
+        assert bom["bomFormat"] == "CycloneDX"
+        assert {"musl", "zlib", "busybox"} <= {c.get("name") for c in bom.get("components", [])}
     finally:
         await scanner.aclose()
 
@@ -307,6 +320,12 @@ async def test_error_answers(adapter: str, registry: DockyardServer) -> None:
             f"/api/v1/scan/{posted.json()['id']}/report", headers={"accept": "text/html"}
         )
         assert wrong_type.status_code == 501
+        no_sbom = await http.get(
+            f"/api/v1/scan/{posted.json()['id']}/report",
+            headers={"accept": SBOM_REPORT_TYPE},
+            params={"sbom_media_type": CYCLONEDX},
+        )
+        assert no_sbom.status_code == 400  # the scan was not asked for one
 
     scanner = client(adapter)
     try:

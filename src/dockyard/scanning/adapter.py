@@ -4,10 +4,11 @@ own ``HarborScanner`` in another instance, can scan through it.
 
 Routes (under ``/api/v1``)::
 
-    GET  /metadata             scanner {name, vendor, version}; one "vulnerability"
+    GET  /metadata             scanner {name, vendor, version}; a "vulnerability"
                                capability: consumes OCI and Docker image manifests,
                                produces REPORT_TYPE (and its 1.0 name) and the scanner's
-                               raw report; properties: the database date once known
+                               raw report; an "sbom" one (CycloneDX); properties: the
+                               database date once known
     POST /scan                 ScanRequest -> 202 {id}; 400 not a ScanRequest (bad
                                JSON, wrong types); 422 a field it cannot use (an artifact
                                that is not an image manifest, a malformed digest or
@@ -18,6 +19,8 @@ Routes (under ``/api/v1``)::
                                expired id; 500 the scan failed ("<reason>: <message>",
                                the ScanFailed reason first); 501 a report type it does
                                not produce
+         ?sbom_media_type=...  with Accept SBOM_REPORT_TYPE: the CycloneDX SBOM of a scan
+                               whose request enabled the "sbom" capability (else 400)
 
 Every answer but 2xx/302 has an ErrorResponse body ``{"error": {"message": ...}}``.
 With ``[scanning.adapter] authorization`` set, a request whose Authorization header is not
@@ -47,7 +50,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
@@ -57,6 +60,7 @@ from dockyard.oci.digest import Digest, DigestError
 from dockyard.oci.names import is_valid_name
 from dockyard.scanning.harbor import (
     API,
+    CYCLONEDX,
     DB_UPDATED_PROPERTY,
     ERROR_TYPE,
     IMAGE_MANIFEST_TYPES,
@@ -64,6 +68,7 @@ from dockyard.scanning.harbor import (
     RAW_REPORT_TYPE,
     REPORT_TYPE,
     REPORT_TYPE_1_0,
+    SBOM_REPORT_TYPE,
     SCAN_RESPONSE_TYPE,
     harbor_severity,
 )
@@ -201,6 +206,27 @@ def _artifact_of(value: Any) -> dict[str, str]:
     return artifact
 
 
+def _wants_sbom(value: Any) -> bool:
+    """Whether ScanRequest.enabled_capabilities asks for an SBOM (absent: only the
+    vulnerability report; an SBOM costs a second trivy run)."""
+    if value is None:
+        return False
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise AdapterError(400, "enabled_capabilities: expected a list of objects")
+    for capability in value:
+        if capability.get("type") not in ("vulnerability", "sbom"):
+            raise AdapterError(
+                422, f"enabled_capabilities: unknown type {capability.get('type')!r:.100}"
+            )
+    sbom = [c for c in value if c.get("type") == "sbom"]
+    if not sbom:
+        return False
+    types = (sbom[0].get("parameters") or {}).get("sbom_media_types") or [CYCLONEDX]
+    if CYCLONEDX not in types:
+        raise AdapterError(422, f"enabled_capabilities: SBOMs are made only as {CYCLONEDX}")
+    return True
+
+
 class ScannerAdapter:
     """The ASGI application; ``serve`` runs it on hypercorn with its scan tasks."""
 
@@ -319,7 +345,8 @@ class ScannerAdapter:
         if prefix == "" and rest and slash and tail == "report":
             if method != "GET":
                 raise AdapterError(405, f"{method} not allowed", {"Allow": "GET"})
-            return self._report(scan_id, headers.get("accept", ""))
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            return self._report(scan_id, headers.get("accept", ""), query)
         raise AdapterError(404, f"no such endpoint: {path[:200]}")
 
     async def _body(self, receive: Receive) -> bytes:
@@ -353,7 +380,13 @@ class ScannerAdapter:
                     "type": "vulnerability",
                     "consumes_mime_types": list(IMAGE_MANIFEST_TYPES),
                     "produces_mime_types": [REPORT_TYPE, REPORT_TYPE_1_0, RAW_REPORT_TYPE],
-                }
+                },
+                {
+                    "type": "sbom",
+                    "consumes_mime_types": list(IMAGE_MANIFEST_TYPES),
+                    "produces_mime_types": [SBOM_REPORT_TYPE],
+                    "additional_attributes": {"sbom_media_types": [CYCLONEDX]},
+                },
             ],
             "properties": properties,
         }
@@ -367,6 +400,7 @@ class ScannerAdapter:
             raise AdapterError(400, "a ScanRequest is a JSON object")
         registry, insecure, username, password = _registry_of(doc.get("registry"))
         artifact = _artifact_of(doc.get("artifact"))
+        sbom = _wants_sbom(doc.get("enabled_capabilities"))
         if self.statistics()["pending"] >= self.settings.max_pending:
             raise AdapterError(
                 503,
@@ -382,6 +416,7 @@ class ScannerAdapter:
             digest=artifact["digest"],
             username=username,
             password=password,
+            sbom=sbom,
         )
         scan_id = str(uuid.uuid4())
         job = Job(artifact, request)
@@ -414,6 +449,29 @@ class ScannerAdapter:
         elif job.error is not None:
             log.warning("scan %s failed: %s: %s", scan_id, job.error.reason, job.error)
 
+    def _sbom_report(self, job: Job) -> bytes:
+        """A HarborSbomReport: the scanner's CycloneDX document under ``sbom``."""
+        assert job.result is not None
+        if job.result.sbom is None:
+            raise AdapterError(500, "crashed: the scanner made no SBOM")
+        try:
+            document = json.loads(job.result.sbom)
+        except ValueError:
+            raise AdapterError(500, "crashed: the scanner's SBOM is not JSON") from None
+        return json.dumps(
+            {
+                "generated_at": _utc(datetime.now(UTC).timestamp()),
+                "artifact": job.artifact,
+                "scanner": {
+                    "name": self.identity.name,
+                    "vendor": self.identity.vendor,
+                    "version": self.identity.version,
+                },
+                "media_type": CYCLONEDX,
+                "sbom": document,
+            }
+        ).encode()
+
     def _expire(self) -> None:
         cutoff = trio.current_time() - self.settings.report_ttl
         for scan_id in [
@@ -421,12 +479,14 @@ class ScannerAdapter:
         ]:
             del self._jobs[scan_id]
 
-    def _report(self, scan_id: str, accept: str) -> tuple[int, dict[str, str], bytes]:
+    def _report(
+        self, scan_id: str, accept: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, str], bytes]:
         job = self._jobs.get(scan_id)
         if job is None:
             raise AdapterError(404, f"no scan {scan_id[:100]!r} (unknown, or its report expired)")
         wanted = _accepts(accept) or [REPORT_TYPE]
-        known = (REPORT_TYPE, REPORT_TYPE_1_0, RAW_REPORT_TYPE)
+        known = (REPORT_TYPE, REPORT_TYPE_1_0, RAW_REPORT_TYPE, SBOM_REPORT_TYPE)
         chosen = next((t for t in wanted if t in known), None)
         if chosen is None and any(t in ("*/*", "application/*") for t in wanted):
             chosen = REPORT_TYPE
@@ -434,6 +494,11 @@ class ScannerAdapter:
             raise AdapterError(
                 501, f"no report of type {accept[:200]!r} (produces: {', '.join(known)})"
             )
+        if chosen == SBOM_REPORT_TYPE:
+            if query.get("sbom_media_type") != [CYCLONEDX]:
+                raise AdapterError(400, f"an SBOM report needs ?sbom_media_type={CYCLONEDX}")
+            if not job.request.sbom:
+                raise AdapterError(400, "this scan was not asked for an SBOM")
         if job.finished is None:
             return 302, {"Refresh-After": str(self.refresh_after)}, b""
         if job.error is not None:
@@ -441,5 +506,7 @@ class ScannerAdapter:
         assert job.result is not None
         if chosen == RAW_REPORT_TYPE:
             return 200, {"Content-Type": RAW_REPORT_TYPE}, job.result.report
+        if chosen == SBOM_REPORT_TYPE:
+            return 200, {"Content-Type": SBOM_REPORT_TYPE}, self._sbom_report(job)
         report = harbor_report(job.result, job.artifact, self.identity)
         return 200, {"Content-Type": chosen}, json.dumps(report).encode()

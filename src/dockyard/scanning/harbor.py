@@ -13,6 +13,9 @@ One scan::
                                        artifact {repository, digest, mime_type}} -> 202 {id}
     GET  <url>/api/v1/scan/<id>/report Accept: REPORT_TYPE -> 302 Refresh-After: <s> while
                                        it runs (polled within the scan timeout), 200 report
+    GET  ...?sbom_media_type=<CycloneDX> Accept: SBOM_REPORT_TYPE: the SBOM, when the
+                                       request asks for one and the adapter has an "sbom"
+                                       capability (enabled in the ScanRequest)
 
 The registry authorization is ``Basic base64(user:password)`` of the request's short-lived
 pull credential (none for anonymous pulls); the adapter itself is sent
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import math
 from datetime import datetime
@@ -49,6 +53,8 @@ RAW_REPORT_TYPE = "application/vnd.scanner.adapter.vuln.report.raw"
 # The report as the referrer's layer: OCI descriptors allow no media type parameters
 # ("; version=1.1"), so the 1.0 name without its parameter (the schema is the same).
 REPORT_LAYER_TYPE = "application/vnd.scanner.adapter.vuln.report.harbor+json"
+SBOM_REPORT_TYPE = "application/vnd.security.sbom.report+json; version=1.0"
+CYCLONEDX = "application/vnd.cyclonedx+json"
 METADATA_TYPE = "application/vnd.scanner.adapter.metadata+json; version=1.1"
 SCAN_REQUEST_TYPE = "application/vnd.scanner.adapter.scan.request+json; version=1.1"
 SCAN_RESPONSE_TYPE = "application/vnd.scanner.adapter.scan.response+json; version=1.0"
@@ -181,6 +187,7 @@ class HarborScanner:
         )
         self._metadata: dict[str, Any] | None = None
         self.report_type = REPORT_TYPE  # what the adapter's metadata offers
+        self.sbom = False  # whether it makes CycloneDX SBOMs (an "sbom" capability)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -220,6 +227,14 @@ class HarborScanner:
                 break
         else:
             raise ScanFailed("unsupported", f"the adapter does not produce {REPORT_TYPE}")
+        self.sbom = any(
+            isinstance(c, dict)
+            and c.get("type") == "sbom"
+            and SBOM_REPORT_TYPE in c.get("produces_mime_types", [])
+            and CYCLONEDX
+            in ((c.get("additional_attributes") or {}).get("sbom_media_types") or [CYCLONEDX])
+            for c in capabilities
+        )
         self._metadata = doc
         return self._metadata
 
@@ -271,7 +286,18 @@ class HarborScanner:
                 "mime_type": media_type,
             },
             "enabled_capabilities": [
-                {"type": "vulnerability", "produces_mime_types": [self.report_type]}
+                {"type": "vulnerability", "produces_mime_types": [self.report_type]},
+                *(
+                    [
+                        {
+                            "type": "sbom",
+                            "produces_mime_types": [SBOM_REPORT_TYPE],
+                            "parameters": {"sbom_media_types": [CYCLONEDX]},
+                        }
+                    ]
+                    if request.sbom and self.sbom
+                    else []
+                ),
             ],
         }
 
@@ -306,18 +332,32 @@ class HarborScanner:
             assert isinstance(scan_id, str) and scan_id and "/" not in scan_id
         except (ValueError, KeyError, TypeError, AssertionError):
             raise ScanFailed("crashed", f"scan: not a ScanResponse: {r.text:.200}") from None
-        report, body = await self._poll(scan_id)
+        report, body = await self._poll(scan_id, self.report_type)
+        sbom = None
+        if request.sbom and self.sbom:
+            sbom_report, _ = await self._poll(
+                scan_id, SBOM_REPORT_TYPE, {"sbom_media_type": CYCLONEDX}
+            )
+            if not isinstance(sbom_report.get("sbom"), dict):
+                raise ScanFailed("crashed", "SBOM report: no sbom document")
+            sbom = json.dumps(sbom_report["sbom"]).encode()
         # The database date now (the adapter may have updated it for this scan).
         with contextlib.suppress(ScanFailed):
             metadata = await self.metadata(refresh=True)
-        return self._result(metadata, report, body)
+        result = self._result(metadata, report, body)
+        if sbom is None:
+            return result
+        return dataclasses.replace(result, sbom=sbom, sbom_media_type=CYCLONEDX)
 
-    async def _poll(self, scan_id: str) -> tuple[dict[str, Any], bytes]:
+    async def _poll(
+        self, scan_id: str, accept: str, params: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], bytes]:
+        """The report of type ``accept`` once ready (302 Refresh-After until then)."""
         path = f"/scan/{scan_id}/report"
         while True:
             try:
                 async with self._http.stream(
-                    "GET", self._base + path, headers={"Accept": self.report_type}
+                    "GET", self._base + path, headers={"Accept": accept}, params=params
                 ) as r:
                     if r.status_code == 302:
                         wait = self._refresh_after(r)
