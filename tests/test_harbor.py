@@ -424,3 +424,22 @@ async def test_dockyard_scans_on_push_through_the_adapter(
         report = (await http.get(f"/v2/{APP}/blobs/{layer['digest']}")).json()
         assert report["artifact"]["digest"] == VULNERABLE.digest
         assert {v["id"] for v in report["vulnerabilities"]} == {f[0] for f in EXPECTED}
+
+
+def test_adapter_settings(tmp_path: Path) -> None:
+    from dockyard.cli import main
+    from dockyard.config import ConfigError, as_dict, load
+
+    config = tmp_path / "adapter.toml"
+    config.write_text('[scanning.adapter]\nauthorization = "Bearer s3cret"\nmax_pending = 5\n')
+    settings = load(config, environ={})
+    assert settings.scanning.adapter.authorization == "Bearer s3cret"
+    assert settings.scanning.adapter.max_pending == 5
+    assert as_dict(settings, redact=True)["scanning"]["adapter"]["authorization"] == "<redacted>"
+    from_env = load(None, environ={"DOCKYARD_SCANNING_ADAPTER_AUTHORIZATION": "Bearer e"})
+    assert from_env.scanning.adapter.authorization == "Bearer e"
+    for bad in ("report_ttl = 0.0", "max_pending = 0"):
+        config.write_text(f"[scanning.adapter]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"scanning\.adapter"):
+            load(config, environ={})
+    assert main(["scanner-adapter", "--listen", "no-port"]) == 2
