@@ -5,6 +5,8 @@
 //   - the live feed, through dashboard.js calling window.dockyardScans.onEvent(ev) for each
 //     event: an image manifest's `push` adds a row (its scan state is then asked once),
 //     a `scan` event updates it (status, summary, report), a manifest `delete` removes it;
+//     a scan that ends without an event (failed, unsupported) is seen by asking again
+//     every few seconds while the row says queued or running;
 //   - a click on a repository in the Repositories table: its tags, each with its `scan`
 //     field, from GET ../v2/_dockyard/repositories/<name>/tags;
 //   - a click on a row: GET ../v2/_dockyard/repositories/<name>/scans/<digest> (the
@@ -15,6 +17,10 @@
   const SEVERITIES = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
   const ROWS_MAX = 200; // images listed, most recently changed first
   const LOOKUPS_AT_ONCE = 4; // scan-state requests in flight
+  const ASK_AGAIN = 3000; // ms before asking again about a scan not finished
+  const NONE_ASKS = 5; // times a "none" (not queued yet, or scanning off) is asked
+  const PENDING_ASKS = 100; // times a queued or running scan is asked (5 minutes)
+  const PENDING = new Set(["", "none", "queued", "running"]);
   const STATUS_LABELS = {
     none: "not scanned",
     queued: "queued",
@@ -109,12 +115,19 @@
   function pump() {
     while (lookingUp < LOOKUPS_AT_ONCE && lookups.length) {
       const row = rows.get(lookups.shift());
-      if (!row || row.status) continue;
+      if (!row || !PENDING.has(row.status || "none")) continue;
       lookingUp += 1;
+      row.asked = (row.asked || 0) + 1;
       getJson(apiUrl(`${repoPath(row.repository)}/scans/${row.digest}`))
         .then((scan) => {
           // A scan event may have come meanwhile: it is newer than this answer.
-          if (!row.status || row.status === "none") applyScan(row, scan);
+          if (PENDING.has(row.status || "none")) applyScan(row, scan);
+          // Only a finished scan makes an event: ask again while it waits (a while for
+          // "none", which stays so when scanning is off).
+          const limit = row.status === "none" ? NONE_ASKS : PENDING_ASKS;
+          if (PENDING.has(row.status) && row.asked < limit) {
+            setTimeout(() => lookUp(row.key), ASK_AGAIN);
+          }
         })
         .catch(() => {})
         .finally(() => {
@@ -147,6 +160,7 @@
         } else if (!row.status) {
           row.status = "none";
         }
+        if (PENDING.has(row.status) && !row.asked) lookUp(row.key);
       }
       note.textContent = `${repository}: ${formatCount((doc.tags || []).length)} tags listed`;
       document.body.dataset.scanTags = repository;
