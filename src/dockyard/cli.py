@@ -18,6 +18,7 @@ from dockyard import (
     cli_replication,
     cli_retention,
     cli_scan,
+    cli_tokens,
     cli_users,
     cli_webhooks,
 )
@@ -101,8 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Upload leases held by an earlier run of this instance can no longer be in use.
     released = meta.release_leases_of(instance_name(settings))
-    # So are its webhook leases: the new workers take the endpoints over at once.
+    # So are its webhook leases and scans: the new workers take them over at once.
     meta.webhook_release_leases_of(instance_name(settings))
+    meta.scans_release_leases_of(instance_name(settings))
     meta.close()
     if released:
         log.info("released %d upload leases of a previous run", released)
@@ -292,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_tail_parser(events_sub)
     cli_housekeeping.add_prune_parser(events_sub, _settings)
     cli_users.add_parsers(sub, _settings)
+    cli_tokens.add_parsers(sub, _settings)
     cli_retention.add_parsers(sub, _settings)
     cli_housekeeping.add_usage_parser(sub, _settings)
     cli_gc.add_parser(sub, _settings)

@@ -20,6 +20,8 @@ from pathlib import Path
 import trio
 
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
+from dockyard.auth.limits import LoginLimiter
+from dockyard.auth.robots import RobotTokens
 from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
 from dockyard.cache import PullThroughCache
@@ -47,6 +49,7 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.scanning.queue import no_credentials
 from dockyard.scanning.scanner import Scanner
 from dockyard.services_cache import mount_cache
 from dockyard.services_gc import collect_on_schedule
@@ -132,6 +135,8 @@ class Services:
     clock: Callable[[], float] = time.time
     cache: PullThroughCache | None = None
     scanning: ScanningService | None = None
+    # Robot tokens and scanners' pull credentials; None when auth.mode is "none".
+    robots: RobotTokens | None = None
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -292,9 +297,10 @@ def build(
     client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
     # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
     guard = build_guard(settings)
+    robots = RobotTokens(db, clock) if settings.auth.mode != "none" else None
     app = RegistryApp(
         registry,
-        build_authorizer(settings, meta.shared_secret, guard.logins),
+        build_authorizer(settings, meta.shared_secret, guard.logins, robots),
         max_manifest_bytes=settings.limits.max_manifest_bytes,
         default_page_size=settings.limits.default_page_size,
         max_page_size=settings.limits.max_page_size,
@@ -325,7 +331,9 @@ def build(
         async def verify_password(user: str, password: str) -> bool:
             return users is not None and await users.verify(user, password)
 
-        mount_token_endpoint(app, settings, authorizer.tokens, verify_password)
+        mount_token_endpoint(
+            app, settings, authorizer.tokens, verify_password, robots=robots, logins=guard.logins
+        )
     app.websockets[FEED_PATH] = EventFeed(
         hub,
         app.authorizer,
@@ -341,6 +349,7 @@ def build(
     services = Services(
         settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
     )
+    services.robots = robots
     services.cache = mount_cache(app, settings, registry, metrics, instance_name(settings), clock)
     if settings.retention.policies:
         services.retention = Retention(db, policies, instance_name(settings), clock)
@@ -367,6 +376,7 @@ def build(
         metrics,
         clock,
         scanner=scanner,
+        credentials=robots.pull_credentials if robots is not None else no_credentials,
     )
     if metrics is not None:
         services.sampler = mount_metrics(
@@ -376,12 +386,17 @@ def build(
 
 
 def mount_token_endpoint(
-    app: RegistryApp, settings: Settings, tokens: TokenAuth, verify_password: VerifyPassword
+    app: RegistryApp,
+    settings: Settings,
+    tokens: TokenAuth,
+    verify_password: VerifyPassword,
+    robots: RobotTokens | None = None,
+    logins: LoginLimiter | None = None,
 ) -> None:
     """Serve the built-in token service (auth.token.path) and its JWKS from ``app``."""
     if tokens.issuer is None:
         return
-    endpoint = TokenEndpoint(tokens.issuer, verify_password, tokens.jwks)
+    endpoint = TokenEndpoint(tokens.issuer, verify_password, tokens.jwks, robots, logins)
     path = settings.auth.token.path
     app.add_routes(token_routes(endpoint, path), [path, jwks_path(path)])
 

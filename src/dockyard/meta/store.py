@@ -41,6 +41,7 @@ from dockyard.meta.records import (
 )
 from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.repository_admin import RepositoryManagement
+from dockyard.meta.robots import RobotRecords
 from dockyard.meta.scans import NewScan, ScanOutcome, ScanRecord
 from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
@@ -396,6 +397,9 @@ class Scans(Protocol):
     ) -> bool:
         """Give a running row back: queued at ``next_attempt``, or unsupported/failed."""
 
+    def scans_release_leases_of(self, instance: str) -> int:
+        """Free the rows an earlier run of ``instance`` was scanning."""
+
     def scans_get(self, digests: Sequence[str]) -> dict[str, ScanRecord]: ...
 
     def scans_counts(self) -> dict[str, int]:
@@ -410,6 +414,7 @@ class Scans(Protocol):
 class MetadataStore(
     Scans,
     CachedContent,
+    RobotRecords,
     Replication,
     EventPruner,
     UsageReports,

@@ -40,6 +40,7 @@ artifact that is not an image -> "unsupported".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -49,7 +50,9 @@ import os
 import re
 import shutil
 import sys
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +64,10 @@ import trio
 from dockyard.config import SEVERITIES, ScanningSettings
 from dockyard.scanning.scanner import Finding, ScanFailed, ScanRequest, ScanResult
 from dockyard.upstream.client import RegistryClient, UpstreamError
+
+# A short-lived credential (username, password) that may pull a repository, valid for
+# the seconds given; None: anonymous. The queue's PullCredentials has this shape.
+PullCredentials = Callable[[str, float], Awaitable[tuple[str, str] | None]]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,7 @@ _OWN_ENV = ("TRIVY_USERNAME", "TRIVY_PASSWORD", "TRIVY_REGISTRY_TOKEN", "TRIVY_C
 class DatabaseInfo:
     version: str
     updated: float | None  # metadata.json's UpdatedAt, seconds since the epoch
+    next_update: float | None  # metadata.json's NextUpdate: when a newer one is due
 
 
 def _parse_time(text: object) -> float | None:
@@ -150,14 +158,19 @@ class TrivyScanner:
         *,
         db_username: str = "",
         db_password: str = "",
+        db_credentials: PullCredentials | None = None,
         db_insecure: bool | None = None,
     ) -> None:
         """``db_username``/``db_password``: credentials for ``db_repository`` (empty:
+        anonymous); ``db_credentials``: asked for a fresh credential for each look and
+        download instead (the queue's pull credentials, e.g. robots' ephemeral pull-only
+        robot, when the database lives in this dockyard with auth on; None from it:
         anonymous); ``db_insecure``: it speaks plain HTTP (None: when it is a loopback
         address, as trivy and Docker assume)."""
         self.settings = settings
         self.cache_dir = cache_dir
-        self._db_credentials = (db_username, db_password)
+        self._db_static_credentials = (db_username, db_password)
+        self._db_pull_credentials = db_credentials
         self._db_host = ""
         self._db_repo = ""
         if settings.db_repository:
@@ -165,7 +178,6 @@ class TrivyScanner:
         self._db_insecure = _is_loopback(self._db_host) if db_insecure is None else db_insecure
         self._db_lock = trio.Lock()
         self._version: str | None = None
-        self._registry: RegistryClient | None = None
 
     # -- the binary ---------------------------------------------------------------------
 
@@ -237,25 +249,38 @@ class TrivyScanner:
             metadata = json.loads((link / "metadata.json").read_text())
         except (OSError, ValueError):
             return None
-        version = target.parent.name
-        updated = _parse_time(metadata.get("UpdatedAt")) if isinstance(metadata, dict) else None
-        return DatabaseInfo(version, updated)
+        if not isinstance(metadata, dict):
+            return None
+        return DatabaseInfo(
+            target.parent.name,
+            _parse_time(metadata.get("UpdatedAt")),
+            _parse_time(metadata.get("NextUpdate")),
+        )
 
-    async def _remote_digest(self) -> str | None:
+    async def _db_login(self) -> tuple[str, str]:
+        if self._db_pull_credentials is None:
+            return self._db_static_credentials
+        # Long enough for a look and a download.
+        found = await self._db_pull_credentials(self._db_repo, 2 * self.settings.timeout + 60)
+        return found or ("", "")
+
+    async def _remote_digest(self, credentials: tuple[str, str]) -> str | None:
         """The digest of ``db_repository:2``; None when it is not there (yet)."""
-        if self._registry is None:
-            scheme = "http" if self._db_insecure else "https"
-            username, password = self._db_credentials
-            self._registry = RegistryClient(
-                f"{scheme}://{self._db_host}", username=username, password=password
-            )
-        found = await self._registry.head_manifest(self._db_repo, DB_TAG)
+        scheme = "http" if self._db_insecure else "https"
+        username, password = credentials
+        async with RegistryClient(
+            f"{scheme}://{self._db_host}", username=username, password=password
+        ) as registry:
+            found = await registry.head_manifest(self._db_repo, DB_TAG)
         return found.digest if found else None
 
-    async def _download(self, version: str | None) -> DatabaseInfo:
+    async def _download(
+        self, version: str | None, credentials: tuple[str, str] = ("", "")
+    ) -> DatabaseInfo:
         """Download the database into a fresh directory and make it the one scans use.
         ``version``: the digest it is known by (None: named by its metadata)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_downloads()
         incoming = self.cache_dir / f"incoming-{uuid.uuid4().hex}"
         try:
             args = ["image", "--download-db-only", "--quiet", "--cache-dir", str(incoming)]
@@ -263,9 +288,7 @@ class TrivyScanner:
                 args += ["--db-repository", f"{self._db_host}/{self._db_repo}:{DB_TAG}"]
             if self._db_insecure:
                 args.append("--insecure")
-            status, _, err = await self._run(
-                args, self._env(*self._db_credentials), self.settings.timeout
-            )
+            status, _, err = await self._run(args, self._env(*credentials), self.settings.timeout)
             metadata_path = incoming / "db" / "metadata.json"
             if status != 0 or not metadata_path.exists():
                 raise ScanFailed("database", f"downloading trivy's database failed: {err.strip()}")
@@ -273,9 +296,13 @@ class TrivyScanner:
                 -1
             ]
             stored = self.cache_dir / "dbs" / name / "db"
-            if not stored.exists():
-                stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            try:
                 (incoming / "db").rename(stored)  # a whole directory appears at once
+            except OSError:
+                # Another worker process sharing the cache stored this version first.
+                if not (stored / "metadata.json").exists():
+                    raise
             self._scan_cache.mkdir(parents=True, exist_ok=True)
             link = self._scan_cache / f"db.{uuid.uuid4().hex}"
             link.symlink_to(Path("..") / "dbs" / name / "db")
@@ -288,6 +315,14 @@ class TrivyScanner:
         log.info("trivy database %s (updated %s) is in use", info.version, info.updated)
         return info
 
+    def _remove_abandoned_downloads(self) -> None:
+        # Left by a process that died mid-download: none lives longer than a timeout.
+        stale = time.time() - 2 * self.settings.timeout - 60
+        for old in self.cache_dir.glob("incoming-*"):
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < stale:
+                    shutil.rmtree(old, ignore_errors=True)
+
     def _prune(self, keep: str) -> None:
         # Older versions go; a scan still reading one keeps its open file on POSIX.
         for old in (self.cache_dir / "dbs").iterdir():
@@ -295,14 +330,26 @@ class TrivyScanner:
                 shutil.rmtree(old, ignore_errors=True)
 
     async def _refresh(self) -> DatabaseInfo | None:
-        """Download the database when ``db_repository:2`` changed (or, with trivy's
-        default repository, when there is none yet); the one in use after."""
+        """Download the database when ``db_repository:2`` changed (with trivy's default
+        repository: when there is none, or the one in use says a newer one is due); the
+        one in use after. A failed look or download keeps the one in use."""
         async with self._db_lock:
             current = self.current_database()
             if not self.settings.db_repository:
-                return current or await self._download(None)
+                # trivy's default repository: a new database when the one in use says
+                # one is due (its NextUpdate).
+                if current is not None and (current.next_update or 0) > time.time():
+                    return current
+                try:
+                    return await self._download(None)
+                except ScanFailed:
+                    if current is None:
+                        raise
+                    log.warning("keeping trivy database %s: download failed", current.version)
+                    return current
             try:
-                digest = await self._remote_digest()
+                credentials = await self._db_login()
+                digest = await self._remote_digest(credentials)
             except UpstreamError as e:
                 if current is None:
                     raise ScanFailed(
@@ -318,7 +365,7 @@ class TrivyScanner:
                 return current
             if current is not None and current.version == digest.split(":")[-1]:
                 return current
-            return await self._download(digest)
+            return await self._download(digest, credentials)
 
     async def database_version(self) -> str | None:
         """The version of the database the next scan uses, after downloading a new one
@@ -353,7 +400,8 @@ class TrivyScanner:
             f"{math.ceil(self.settings.timeout)}s",
         ]
         if self.settings.trivy_server:
-            args += ["--server", self.settings.trivy_server]
+            # Whatever the client keeps stays in dockyard's cache, not in $HOME.
+            args += ["--server", self.settings.trivy_server, "--cache-dir", str(self._scan_cache)]
         else:
             database = self.current_database() or await self._refresh()
             if database is None:
@@ -419,6 +467,4 @@ class TrivyScanner:
         return out
 
     async def aclose(self) -> None:
-        if self._registry is not None:
-            await self._registry.aclose()
-            self._registry = None
+        """Nothing stays open between scans (each runs and waits for its own trivy)."""
