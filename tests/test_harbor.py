@@ -5,7 +5,9 @@ also hosts (tests/trivydb.py, tests/scanimages.py).
 
 Servers, once for the module: an anonymous dockyard (the database and the images), a
 dockyard with basic auth (an image only alice may pull: the registry credentials the
-client passes must reach trivy), and the adapter, which asks callers for a Bearer token.
+client passes must reach trivy), the adapter, which asks callers for a Bearer token, and
+a dockyard with basic auth and ``scanner = "harbor"`` that scans its pushes through the
+adapter (with the queue's robot credentials).
 """
 
 from __future__ import annotations
@@ -377,10 +379,14 @@ def test_basic_authorization_is_what_harbor_sends() -> None:
 def harbor_dockyard(
     adapter: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DockyardServer]:
-    """A dockyard that scans on push through the adapter (``scanner = "harbor"``)."""
+    """A dockyard with basic auth that scans on push through the adapter (``scanner =
+    "harbor"``): the adapter's trivy pulls with the queue's short-lived robot credential."""
     root = tmp_path_factory.mktemp("harbor-dockyard")
+    htpasswd = write_htpasswd(root / "htpasswd")
     config = root / "dockyard.toml"
     config.write_text(
+        f'[auth]\nmode = "basic"\nhtpasswd = {json.dumps(str(htpasswd))}\n\n'
+        '[[access]]\nusers = ["root"]\nrepositories = ["*"]\nactions = ["*"]\n\n'
         '[scanning]\nscanner = "harbor"\non_push = true\ntimeout = 120.0\n'
         "backoff_initial = 1.0\n\n"
         f'[scanning.harbor]\nurl = "{adapter}"\nauthorization = "{TOKEN}"\n'
@@ -394,7 +400,7 @@ async def test_dockyard_scans_on_push_through_the_adapter(
     harbor_dockyard: DockyardServer,
 ) -> None:
     server = harbor_dockyard
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with httpx.AsyncClient(base_url=server.url, auth=("root", "root-pw")) as http:
         await push_image(http, server.url, APP, VULNERABLE, tag="v1")
         scan: dict[str, object] = {}
         with trio.fail_after(90):
