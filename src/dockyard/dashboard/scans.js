@@ -274,6 +274,11 @@
       ["Report", scan.report || "–", "report"],
     ];
     if (scan.lastError) facts.push(["Last error", scan.lastError, "error"]);
+    // An index: its findings are its platforms' together; say how each platform fared.
+    if (scan.platforms && scan.platforms.length) {
+      const each = scan.platforms.map((p) => `${p.platform || shortDigest(p.digest)}: ${summaryText(p)}`);
+      facts.push(["Platforms", each.join(" · "), "platforms"]);
+    }
     if (scan.policy && scan.policy.allowed === false) facts.push(["Pulls", `refused: ${scan.policy.reason}`, "policy"]);
     const dl = $("scan-detail-meta");
     dl.replaceChildren();
