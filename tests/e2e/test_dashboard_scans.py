@@ -5,8 +5,9 @@ database hosted by that same dockyard (tests/trivydb.py, tests/scanimages.py).
 The test opens the page, pushes an image with known vulnerable packages, waits for its row
 to say "scanned" with the expected counts per severity (from the live ``scan`` event),
 opens its details (every expected finding, the report referrer's digest the scans API
-names), then lists the repository's tags (the tags list's ``scan`` field) and checks a
-patched image shows no findings. The page is saved as ``test-artifacts/dashboard-scans.png``.
+names); a patched image shows no findings; an index of both counts its platforms together
+and its details name each; a click on the repository lists its tags with their scan state
+(the tags list's ``scan`` field). The page is saved as ``test-artifacts/dashboard-scans.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from selenium import webdriver
 
 from tests.e2e.conftest import serving
 from tests.e2e.test_dashboard import ARTIFACTS, Page, browser, severe_console_messages
+from tests.imagegen import OCI_INDEX, OCI_MANIFEST, canonical_json, sha256
 from tests.scanimages import EXPECTED, PATCHED_IMAGE, VULNERABLE, push_image
 from tests.serverproc import DockyardServer
 from tests.test_harbor import trivy_binary
@@ -161,6 +163,52 @@ def test_vulnerability_column_and_details(
             timeout=SCAN_WAIT,
         )
         assert sum(clean["counts"].values()) == 0 and "none found" in clean["text"]
+
+        # An index of both: its row counts its platforms' findings together, and its
+        # details say how each platform fared.
+        index = canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": image.digest,
+                        "size": len(image.manifest.data),
+                        "platform": {"os": "linux", "architecture": arch},
+                    }
+                    for image, arch in ((VULNERABLE, "amd64"), (PATCHED_IMAGE, "arm64"))
+                ],
+            }
+        )
+        put = httpx.put(
+            f"{server.url}/v2/{APP}/manifests/multi",
+            content=index,
+            headers={"content-type": OCI_INDEX},
+        )
+        assert put.status_code == 201
+        multi = page.wait(
+            "the index to be scanned",
+            lambda: scan_row(page, sha256(index), "done"),
+            timeout=SCAN_WAIT,
+        )
+        assert multi["counts"] == expected_counts and multi["tags"] == "multi"
+        browser.execute_script(
+            "[...document.querySelectorAll('#scans tbody tr')]"
+            ".find((tr) => tr.dataset.digest === arguments[0]).click()",
+            sha256(index),
+        )
+        index_detail = page.wait(
+            "the index's details",
+            lambda: (
+                (d := page.script(DETAIL_JS))["digest"] == sha256(index)
+                and d["state"] == "shown"
+                and d
+            ),
+        )
+        assert {tuple(f) for f in index_detail["findings"]} == EXPECTED
+        assert "linux/amd64: C1 H1 L1" in index_detail["text"]
+        assert "linux/arm64: no findings" in index_detail["text"]
 
         # A click on the repository lists its tags with their scan state.
         page.wait("the repository in the list", lambda: page.repository_cells(APP))
