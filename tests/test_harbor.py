@@ -340,6 +340,11 @@ async def test_error_answers(adapter: str, registry: DockyardServer) -> None:
         with pytest.raises(ScanFailed) as artifact:
             await scanner.scan(request(registry, PUSHED["notes"], repository="team/notes"))
         assert artifact.value.reason == "unsupported", str(artifact.value)
+        # A scan the adapter does not know (as after its restart): tried again later.
+        await scanner.metadata()
+        with pytest.raises(ScanFailed) as forgotten:
+            await scanner._poll("no-such-scan", REPORT_TYPE)
+        assert forgotten.value.reason == "unavailable"
         # A manifest the registry does not have: trivy fails, the adapter says 500.
         with pytest.raises(ScanFailed) as missing:
             await scanner.scan(request(registry, "sha256:" + "0" * 64))

@@ -24,8 +24,9 @@ pull credential (none for anonymous pulls); the adapter itself is sent
 Failures, as ``ScanFailed`` reasons: the adapter cannot be reached, refuses the
 authorization, or answers 502/503/504: "unavailable" (503's Retry-After kept); any other
 5xx: "crashed" (or the reason an ErrorResponse message starts with, "database: ...", as
-dockyard's adapter writes them); 400/422/501 or an adapter that does not consume the
-manifest's media type: "unsupported"; no report within the timeout: "timeout".
+dockyard's adapter writes them); 404 (a scan the adapter forgot: restarted): "unavailable";
+400/422/501 or an adapter that does not consume the manifest's media type: "unsupported";
+no report within the timeout: "timeout".
 """
 
 from __future__ import annotations
@@ -143,8 +144,12 @@ def failure(r: httpx.Response, what: str) -> ScanFailed:
     """The ScanFailed an error answer means."""
     message = _error_message(r)
     text = f"{what}: {r.status_code} {message}"
-    if r.status_code in (400, 404, 415, 422, 501):
+    if r.status_code in (400, 415, 422, 501):
         return ScanFailed("unsupported", text)
+    if r.status_code == 404:
+        # A scan the adapter forgot (restarted, or the report expired) or a wrong URL:
+        # worth another try, unlike a request the adapter cannot serve.
+        return ScanFailed("unavailable", f"{text} (adapter restarted, or a wrong url?)")
     if r.status_code in (401, 403):
         return ScanFailed("unavailable", f"{what}: the adapter refused the authorization")
     if r.status_code in (502, 503, 504, 429):
