@@ -263,6 +263,19 @@ async def test_missing_binary(registry: DockyardServer, tmp_path: Path) -> None:
     await scanner.aclose()
 
 
+def trivy_processes(argument: str) -> list[int]:
+    """Process ids of trivy commands with ``argument`` in their command line."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command and command[0].endswith(b"trivy") and argument.encode() in b" ".join(command):
+            found.append(int(proc.name))
+    return found
+
+
 async def test_timeout_kills_trivy(trivy: str, registry: DockyardServer, tmp_path: Path) -> None:
     # A "registry" that accepts connections and never answers.
     listener = trio.socket.socket()
@@ -279,6 +292,7 @@ async def test_timeout_kills_trivy(trivy: str, registry: DockyardServer, tmp_pat
             await scanner.scan(ScanRequest(f"127.0.0.1:{port}", True, APP, VULNERABLE.digest))
         assert failed.value.reason == "timeout"
         assert time.monotonic() - started < 15
+        assert not trivy_processes(f"127.0.0.1:{port}/")  # nothing left running
     finally:
         listener.close()
         await scanner.aclose()
