@@ -68,6 +68,7 @@ async def test_dashboard_files_are_served(client: httpx.AsyncClient) -> None:
         "favicon.svg",
         "favicon.svg",
         "format.js",
+        "scans.js",
     ]
     types = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
     for name in set(assets):
@@ -163,7 +164,14 @@ async def test_stats_count_repositories_and_activity(settings: Settings) -> None
         assert doc["repositories_truncated"] is False
 
         activity = doc["activity"]
-        assert activity["actions"] == {"push": 8, "pull": 2, "mount": 0, "delete": 0, "untag": 0}
+        assert activity["actions"] == {
+            "push": 8,
+            "pull": 2,
+            "mount": 0,
+            "delete": 0,
+            "untag": 0,
+            "scan": 0,  # the scan queue's events (none here)
+        }
         pushed = app_bytes + lib_bytes + len(lib.payload)  # the re-tag sends the manifest again
         pulled = len(layer) + len(app.payload)
         assert (activity["bytes_in"], activity["bytes_out"]) == (pushed, pulled)
@@ -184,6 +192,7 @@ async def test_stats_count_repositories_and_activity(settings: Settings) -> None
                 "mount": 0,
                 "delete": 0,
                 "untag": 0,
+                "scan": 0,
                 "bytes_in": app_bytes,
                 "bytes_out": pulled,
             },
@@ -195,6 +204,7 @@ async def test_stats_count_repositories_and_activity(settings: Settings) -> None
                 "mount": 0,
                 "delete": 0,
                 "untag": 0,
+                "scan": 0,
                 "bytes_in": lib_bytes + len(lib.payload),
                 "bytes_out": 0,
             },

@@ -12,6 +12,7 @@ import sys
 
 from dockyard import (
     __version__,
+    cli_adapter,
     cli_gc,
     cli_housekeeping,
     cli_replication,
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_housekeeping.add_usage_parser(sub, _settings)
     cli_gc.add_parser(sub, _settings)
     cli_replication.add_parsers(sub, _settings)
+    cli_adapter.add_parser(sub, _settings)
     cli_scan.add_parsers(sub, _settings)
 
     args = parser.parse_args(argv)

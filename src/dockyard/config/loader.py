@@ -291,6 +291,8 @@ def as_dict(settings: Settings, redact: bool = False) -> dict[str, Any]:
             remotes += [*rule["targets"], rule["source"]]
         if d["scanning"]["harbor"]["authorization"]:
             d["scanning"]["harbor"]["authorization"] = "<redacted>"
+        if d["scanning"]["adapter"]["authorization"]:
+            d["scanning"]["adapter"]["authorization"] = "<redacted>"
         for remote in remotes:
             if remote["password"]:
                 remote["password"] = "<redacted>"

@@ -505,6 +505,20 @@ class HarborScannerSettings:
 
 
 @dataclass
+class ScannerAdapterSettings:
+    """``[scanning.adapter]``: ``dockyard scanner-adapter``, which serves Harbor's
+    Pluggable Scanner API v1.2 over the built-in Trivy runner (scanning/adapter.py)."""
+
+    # The Authorization header callers must send ("Bearer <token>" or "Basic <...>",
+    # compared exactly; empty: no check, for a loopback-only adapter).
+    authorization: str = field(default="", repr=False)
+    # Seconds a finished scan's report stays retrievable.
+    report_ttl: float = 3600.0
+    # Scans accepted but not finished at once; more are refused with 503 and Retry-After.
+    max_pending: int = 100
+
+
+@dataclass
 class ScanPolicy:
     """One ``[[scanning.policies]]`` table; the first whose globs match a repository
     applies to its manifest pulls."""
@@ -551,6 +565,7 @@ class ScanningSettings:
     # rescans what was scanned with an older one (0: never).
     rescan_interval: float = 3600.0
     harbor: HarborScannerSettings = field(default_factory=HarborScannerSettings)
+    adapter: ScannerAdapterSettings = field(default_factory=ScannerAdapterSettings)
     policies: list[ScanPolicy] = field(default_factory=list)
 
 

@@ -336,6 +336,15 @@ def validate(s: Settings) -> None:
     _validate_pruning(s)
     _validate_quotas(s)
     validate_upstreams(s.upstreams)
+    _validate_scanner_adapter(s)
+
+
+def _validate_scanner_adapter(s: Settings) -> None:
+    adapter = s.scanning.adapter
+    if not 1 <= adapter.report_ttl <= 7 * 86400:
+        raise ConfigError("scanning.adapter.report_ttl: must be between 1 and 604800 seconds")
+    if adapter.max_pending < 1:
+        raise ConfigError("scanning.adapter.max_pending: must be at least 1")
 
 
 # The dashboard's longest window (core/stats.py MAX_WINDOW, one day) rounded up to whole

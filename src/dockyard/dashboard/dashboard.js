@@ -251,6 +251,7 @@
     if (ev.id <= state.lastId) return; // never list or count an event twice
     state.lastId = ev.id;
     $("last-id").textContent = `#${ev.id}`;
+    if (window.dockyardScans) window.dockyardScans.onEvent(ev); // the vulnerability view
     if (ev.id > state.countedThrough && state.countedThrough >= 0) {
       count(ev);
       state.recent.push(ev);
@@ -325,6 +326,8 @@
     what.title = `${t.repository || ""}${t.digest ? "@" + t.digest : ""}${t.mediaType ? "\n" + t.mediaType : ""}${who ? "\n" + who : ""}`;
     row.append(what);
     const kind = span("kind", t.kind === "manifest" ? manifestLabel(t) : t.kind || "");
+    // A scan event says what the scan found (scans.js), not what kind of manifest it was.
+    if (ev.action === "scan" && window.dockyardScans) kind.textContent = window.dockyardScans.summaryText(t);
     if (t.mediaType) kind.title = t.mediaType;
     row.append(kind);
     row.append(span("size", t.size !== undefined ? formatBytes(t.size) : ""));
