@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -71,10 +69,9 @@ def build_scanner(settings: Settings, credentials: PullCredentials | None = None
         own = RegistryAddress.from_url(settings.base_url).host
         here = s.db_repository.split("/", 1)[0] == own
         return TrivyScanner(s, cache, db_credentials=credentials if here else None)
-    # Until the harbor branch is merged (then: a plain import, as trivy's).
-    harbor: Any = importlib.import_module("dockyard.scanning.harbor")
-    adapter: Scanner = harbor.HarborScanner(s.harbor, timeout=s.timeout)
-    return adapter
+    from dockyard.scanning.harbor import HarborScanner
+
+    return HarborScanner(s.harbor, timeout=s.timeout)
 
 
 def mount_scanning(

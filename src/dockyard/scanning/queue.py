@@ -3,10 +3,10 @@ workers that scan them.
 
 Three kinds of task run in every worker process (``ScanQueue.run``):
 
-- the consumer (with ``on_push``): a consumer of the event log named ``scanning``, whose
-  cursor and lease are a row of the webhook tables (as replication's push consumers,
-  ``replication/push.py``), so the event pruner's floor (``meta/prune.py``) keeps every
-  event it has not read. One holder at a time across every worker and instance. Each
+- the consumer (with ``on_push``): a consumer of the event log named ``scanning``
+  (``events/consumer.py``: its cursor and lease are a row of the webhook tables, as every
+  consumer's), so the event pruner's floor (``meta/prune.py``) keeps every event it has
+  not read. One holder at a time across every worker and instance. Each
   manifest push in ``repositories`` becomes rows (``rows_for_push``):
 
       an image manifest (OCI or Docker, config an image config)  a row, queued
@@ -54,7 +54,8 @@ from dockyard.config import ScanningSettings
 from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.errors import RegistryError
 from dockyard.core.registry import Registry
-from dockyard.events.hub import PAGE, EventHub
+from dockyard.events.consumer import LogConsumer
+from dockyard.events.hub import EventHub
 from dockyard.events.outage import log_failure
 from dockyard.globs import any_glob_matches
 from dockyard.meta.records import Event, StoredEvent, StoreUnavailable
@@ -217,7 +218,15 @@ class ScanQueue:
             await self.db.run(self.db.meta.webhook_init, [CONSUMER])
         async with trio.open_nursery() as nursery:
             if s.on_push:
-                nursery.start_soon(self._consumer, name="scan consumer")
+                consumer = LogConsumer(
+                    self.db,
+                    self.hub,
+                    _PushConsumer(self),
+                    lease=self.lease,
+                    lease_seconds=self.lease_seconds,
+                    log=log,
+                )
+                nursery.start_soon(consumer.run, name="scan consumer")
             for i in range(max(1, s.concurrency)):
                 nursery.start_soon(self._worker, i, name=f"scan worker {i}")
             if s.rescan_interval > 0:
@@ -257,83 +266,19 @@ class ScanQueue:
         globs = self.settings.repositories
         return not globs or any_glob_matches(event.repository, globs)
 
-    async def _consumer(self) -> None:
+    async def _enqueue_push(self, event: StoredEvent) -> None:
+        """The rows a wanted push event becomes (none when its manifest was deleted)."""
+        assert event.repository and event.digest
         meta = self.db.meta
-        while True:
-            try:
-                cursor = None
-                if await self.db.run(meta.webhook_lease_free, CONSUMER, self.lease):
-                    cursor = await self.db.run(
-                        meta.webhook_acquire, CONSUMER, self.lease, self.lease_seconds
-                    )
-            except Exception:
-                log_failure(log, "scanning: taking the consumer lease failed; will retry")
-                cursor = None
-            if cursor is None:
-                await trio.sleep(IDLE_CHECK)
-                continue
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._keep_consumer_lease, nursery.cancel_scope)
-                    await self._follow(cursor)
-                    nursery.cancel_scope.cancel()
-            finally:
-                with trio.move_on_after(2) as scope:
-                    scope.shield = True
-                    try:
-                        await self.db.run(meta.webhook_release, CONSUMER, self.lease)
-                    except Exception:  # it expires by itself
-                        log_failure(log, "scanning: releasing the consumer lease failed")
-
-    async def _keep_consumer_lease(self, scope: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(self.lease_seconds / 3)
-            try:
-                held = await self.db.run(
-                    self.db.meta.webhook_renew, CONSUMER, self.lease, self.lease_seconds
-                )
-            except Exception:
-                log_failure(log, "scanning: renewing the consumer lease failed")
-                continue
-            if not held:
-                scope.cancel()
-                return
-
-    async def _follow(self, cursor: int) -> None:
-        db, meta = self.db, self.db.meta
-        handled = cursor
-        while True:
-            try:
-                rows = await db.run(meta.events_after, handled, PAGE)
-                queued: list[NewScan] = []
-                for event in rows:
-                    if self.wanted(event):
-                        assert event.repository and event.digest
-                        found = await db.run(meta.get_manifest, event.repository, event.digest)
-                        if found is not None:  # deleted since: nothing to scan
-                            queued += await self.rows_for(
-                                event.repository,
-                                event.digest,
-                                found.media_type,
-                                found.payload,
-                                None,
-                            )
-                if queued:
-                    await db.run(meta.scans_enqueue, queued, False)
-                    self.wake()
-                if rows:
-                    if not await db.run(
-                        meta.webhook_advance, CONSUMER, self.lease, rows[-1].id, bool(queued)
-                    ):
-                        return  # the lease is gone
-                    handled = rows[-1].id
-                    continue
-            except Exception:
-                log_failure(log, "scanning: reading the event log failed; retrying")
-                await trio.sleep(IDLE_CHECK)
-                continue
-            with trio.move_on_after(IDLE_CHECK):
-                await self.hub.wait_past(handled)
+        found = await self.db.run(meta.get_manifest, event.repository, event.digest)
+        if found is None:  # deleted since: nothing to scan
+            return
+        rows = await self.rows_for(
+            event.repository, event.digest, found.media_type, found.payload, None
+        )
+        if rows:
+            await self.db.run(meta.scans_enqueue, rows, False)
+            self.wake()
 
     # -- the workers
 
@@ -630,3 +575,24 @@ class ScanQueue:
             if n < RESCAN_BATCH:
                 return total
             await trio.sleep(RESCAN_PAUSE)
+
+
+class _PushConsumer:
+    """The queue's side of the event log (events/consumer.py's Handler): each wanted
+    manifest push becomes rows of ``scans``; an error is retried by the consumer's loop
+    (the cursor stays), so no push is ever left unscanned."""
+
+    name = label = CONSUMER
+
+    def __init__(self, queue: ScanQueue) -> None:
+        self.queue = queue
+
+    def wants(self, event: StoredEvent) -> bool | None:
+        return True if self.queue.wanted(event) else None
+
+    async def handle(self, event: StoredEvent, work: bool) -> tuple[int, str | None]:
+        await self.queue._enqueue_push(event)
+        return 1, None
+
+    async def aclose(self) -> None:
+        pass
