@@ -74,8 +74,9 @@ AUTH_HEADER=""
 authenticate() { # SCOPE, e.g. repository:team/app:pull,push
     local challenge realm service basic token
     basic="Authorization: Basic $(printf '%s:%s' "$DOCKYARD_USER" "$DOCKYARD_PASSWORD" | base64 | tr -d '\n')"
-    challenge=$("${CURL[@]}" --output /dev/null --dump-header - "$DOCKYARD_URL/v2/" \
-        | tr -d '\r' | sed -n 's/^[Ww][Ww][Ww]-[Aa]uthenticate: *//p' | head -n 1)
+    challenge=$("${CURL[@]}" --output /dev/null --dump-header - "$DOCKYARD_URL/v2/") \
+        || die "cannot reach $DOCKYARD_URL/v2/"
+    challenge=$(tr -d '\r' <<<"$challenge" | sed -n 's/^[Ww][Ww][Ww]-[Aa]uthenticate: *//p' | head -n 1)
     if [[ $challenge == [Bb]earer* ]]; then
         realm=$(sed -n 's/.*realm="\([^"]*\)".*/\1/p' <<<"$challenge")
         service=$(sed -n 's/.*service="\([^"]*\)".*/\1/p' <<<"$challenge")
@@ -180,8 +181,8 @@ promote() {
     digest=$(image_digest)
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' RETURN
-    authenticate "repository:$IMAGE_REPOSITORY:pull,push"
     log "promoting $IMAGE_REPOSITORY@$digest to :$RELEASE_TAG"
+    authenticate "repository:$IMAGE_REPOSITORY:pull,push"
     # The manifest exactly as pushed, in its own media type ...
     code=$(api --output "$tmp/manifest" --dump-header "$tmp/headers" --write-out '%{http_code}' \
         --header "Accept: $MANIFEST_TYPES" "$DOCKYARD_URL/v2/$IMAGE_REPOSITORY/manifests/$digest")
