@@ -16,6 +16,7 @@ from dockyard import (
     cli_housekeeping,
     cli_replication,
     cli_retention,
+    cli_tokens,
     cli_users,
     cli_webhooks,
 )
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_tail_parser(events_sub)
     cli_housekeeping.add_prune_parser(events_sub, _settings)
     cli_users.add_parsers(sub, _settings)
+    cli_tokens.add_parsers(sub, _settings)
     cli_retention.add_parsers(sub, _settings)
     cli_housekeeping.add_usage_parser(sub, _settings)
     cli_gc.add_parser(sub, _settings)

@@ -20,6 +20,8 @@ from pathlib import Path
 import trio
 
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
+from dockyard.auth.limits import LoginLimiter
+from dockyard.auth.robots import RobotTokens
 from dockyard.auth.tickets import FeedTickets, shared_ticket_key
 from dockyard.auth.tokens import TokenAuth
 from dockyard.cache import PullThroughCache
@@ -129,6 +131,8 @@ class Services:
     metrics: RegistryMetrics | None = None
     clock: Callable[[], float] = time.time
     cache: PullThroughCache | None = None
+    # Robot tokens and scanners' pull credentials; None when auth.mode is "none".
+    robots: RobotTokens | None = None
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -280,9 +284,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     client_user = settings.tls.client_user if settings.tls.client_auth != "none" else None
     # Network lists, rate limits and the failed-login limiter (guard.logins), one per process.
     guard = build_guard(settings)
+    robots = RobotTokens(db, clock) if settings.auth.mode != "none" else None
     app = RegistryApp(
         registry,
-        build_authorizer(settings, meta.shared_secret, guard.logins),
+        build_authorizer(settings, meta.shared_secret, guard.logins, robots),
         max_manifest_bytes=settings.limits.max_manifest_bytes,
         default_page_size=settings.limits.default_page_size,
         max_page_size=settings.limits.max_page_size,
@@ -313,7 +318,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         async def verify_password(user: str, password: str) -> bool:
             return users is not None and await users.verify(user, password)
 
-        mount_token_endpoint(app, settings, authorizer.tokens, verify_password)
+        mount_token_endpoint(
+            app, settings, authorizer.tokens, verify_password, robots=robots, logins=guard.logins
+        )
     app.websockets[FEED_PATH] = EventFeed(
         hub,
         app.authorizer,
@@ -327,6 +334,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     services = Services(
         settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
     )
+    services.robots = robots
     services.cache = mount_cache(app, settings, registry, metrics, instance_name(settings), clock)
     if settings.retention.policies:
         services.retention = Retention(db, policies, instance_name(settings), clock)
@@ -350,12 +358,17 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
 
 
 def mount_token_endpoint(
-    app: RegistryApp, settings: Settings, tokens: TokenAuth, verify_password: VerifyPassword
+    app: RegistryApp,
+    settings: Settings,
+    tokens: TokenAuth,
+    verify_password: VerifyPassword,
+    robots: RobotTokens | None = None,
+    logins: LoginLimiter | None = None,
 ) -> None:
     """Serve the built-in token service (auth.token.path) and its JWKS from ``app``."""
     if tokens.issuer is None:
         return
-    endpoint = TokenEndpoint(tokens.issuer, verify_password, tokens.jwks)
+    endpoint = TokenEndpoint(tokens.issuer, verify_password, tokens.jwks, robots, logins)
     path = settings.auth.token.path
     app.add_routes(token_routes(endpoint, path), [path, jwks_path(path)])
 

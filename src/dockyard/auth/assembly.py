@@ -27,18 +27,25 @@ from dockyard.auth.issuer import Grant, TokenIssuer, UserExists
 from dockyard.auth.jwks import KeyRing, jwks_source
 from dockyard.auth.keys import certificate_keys, load_or_generate
 from dockyard.auth.limits import LoginLimiter
+from dockyard.auth.robots import ROBOT_PREFIX, RobotIdentity, RobotTokens
 from dockyard.auth.rules import AccessRule, AccessRules
+from dockyard.auth.scopes import ResourceScope
 from dockyard.auth.tokens import TokenAuth, rules_grant
 from dockyard.auth.verifier import TokenInvalid, TokenVerifier, load_roots
 from dockyard.config import Settings
 
 
 def build_authorizer(
-    settings: Settings, shared_secret: SharedSecret, logins: LoginLimiter | None = None
+    settings: Settings,
+    shared_secret: SharedSecret,
+    logins: LoginLimiter | None = None,
+    robots: RobotTokens | None = None,
 ) -> Authorizer:
     """``AllowAll`` for ``auth.mode = "none"``, else the users file and the rules, and for
     ``"token"`` the bearer tokens of the built-in service or an external issuer
     (``shared_secret`` keeps the generated signing key, see ``keys.load_or_generate``).
+
+    ``robots``: robot tokens (``robot$<name>`` users limited to their scopes), or None.
 
     Raises ``HtpasswdError`` if the users file is unusable (start-up stops)."""
     auth = settings.auth
@@ -50,15 +57,27 @@ def build_authorizer(
     users = Users(auth.htpasswd, auth.cache_seconds) if auth.htpasswd else None
     if auth.mode != "token":
         return AccessAuthorizer(
-            rules, users=users, challenge=basic_challenge(auth.realm), logins=logins
+            rules,
+            users=users,
+            challenge=basic_challenge(auth.realm),
+            logins=logins,
+            robots=robots,
         )
 
     async def user_exists(user: str) -> bool:
         return users is not None and users.exists(user)
 
+    by_rules = rules_grant(rules.allowed_actions, lambda i: rules.allows(i, None, "pull"))
+
+    def grant(identity: Identity, scope: ResourceScope) -> frozenset[str]:
+        # A robot's scopes are its rules: requested ∩ its scopes, nothing else.
+        if isinstance(identity, RobotIdentity):
+            return identity.grant(scope)
+        return by_rules(identity, scope)
+
     tokens = build_token_auth(
         settings,
-        grant=rules_grant(rules.allowed_actions, lambda i: rules.allows(i, None, "pull")),
+        grant=grant,
         user_exists=user_exists,
         shared_secret=shared_secret,
     )
@@ -68,7 +87,14 @@ def build_authorizer(
             verified = await tokens.verify(token)
         except TokenInvalid as e:
             raise Unauthenticated(str(e), tokens.challenge(error=INVALID_TOKEN)) from None
-        return verified.bearer
+        identity = verified.bearer
+        name = identity.name or ""
+        robot = robots is not None and tokens.issuer is not None and name.startswith(ROBOT_PREFIX)
+        # A revoked or expired robot's tokens stop working too (within seconds).
+        if robot and robots is not None and not await robots.active(name):
+            message = f"{name} is revoked or expired"
+            raise Unauthenticated(message, tokens.challenge(error=INVALID_TOKEN))
+        return identity
 
     return TokenAccessAuthorizer(
         rules,
@@ -77,6 +103,7 @@ def build_authorizer(
         bearer=bearer,
         logins=logins,
         tokens=tokens,
+        robots=robots,
     )
 
 

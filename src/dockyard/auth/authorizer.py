@@ -27,6 +27,7 @@ from dockyard.auth import (
 )
 from dockyard.auth.htpasswd import Users
 from dockyard.auth.limits import LoginLimiter
+from dockyard.auth.robots import ROBOT_PREFIX, RobotIdentity, RobotTokens
 from dockyard.auth.rules import AccessRules
 
 # Longest Authorization header looked at; anything longer is refused unparsed.
@@ -67,8 +68,11 @@ class AccessAuthorizer:
         bearer: BearerAuthenticator | None = None,
         checks: Sequence[Check] = (),
         logins: LoginLimiter | None = None,
+        robots: RobotTokens | None = None,
     ) -> None:
         self.rules = rules
+        # Robot tokens (auth/robots.py): "robot$<name>" users, limited to their scopes.
+        self.robots = robots
         # Failed logins per (address, user) and per user: password guessing gets 429.
         self.logins = logins
         self.users = users
@@ -89,7 +93,7 @@ class AccessAuthorizer:
             raise self._refuse("Authorization header too long", Scope("login"))
         scheme, _, credentials = header.strip().partition(" ")
         scheme = scheme.lower()
-        if scheme == "basic" and self.users is not None:
+        if scheme == "basic" and (self.users is not None or self.robots is not None):
             parsed = parse_basic(credentials)
             if parsed is None:
                 raise self._refuse("malformed Basic credentials", Scope("login"))
@@ -102,11 +106,15 @@ class AccessAuthorizer:
                 wait = self.logins.check(caller.client, user)
                 if wait is not None:
                     raise Throttled("too many failed logins; retry later", wait)
-            if not await self.users.verify(user, password):
-                if self.logins is not None:
-                    self.logins.failed(caller.client, user)
-                raise self._refuse("wrong user name or password", Scope("login"))
-            return Identity(user, "basic")
+            if self.robots is not None and user.startswith(ROBOT_PREFIX):
+                robot = await self.robots.authenticate(user, password)
+                if robot is not None:
+                    return robot
+            elif self.users is not None and await self.users.verify(user, password):
+                return Identity(user, "basic")
+            if self.logins is not None:
+                self.logins.failed(caller.client, user)
+            raise self._refuse("wrong user name or password", Scope("login"))
         if scheme == "bearer" and self.bearer is not None:
             return await self.bearer(credentials.strip())
         raise self._refuse(f"unsupported authorization scheme {scheme[:20]!r}", Scope("login"))
@@ -134,6 +142,8 @@ class AccessAuthorizer:
         raise Forbidden(f"{identity.name} may not {scope.action} {scope.repository or ''}".strip())
 
     def may(self, identity: Identity, repository: str | None, action: str) -> bool:
+        if isinstance(identity, RobotIdentity):
+            return identity.may(repository, action)  # its scopes, never the rules
         if identity.granted is not None:
             # A token's access claim names repositories, never globs (distribution's
             # token spec): an external issuer's "team/*" or "*" grants nothing.
@@ -144,6 +154,8 @@ class AccessAuthorizer:
         return self.rules.allows(identity, repository, action)
 
     def sees_everything(self, identity: Identity) -> bool:
+        if isinstance(identity, RobotIdentity):
+            return False  # filters ask its scopes per repository
         if identity.granted is not None:
             return False  # a token names each repository it grants
         return self.rules.covers_all(identity, "pull")

@@ -41,6 +41,7 @@ from dockyard.meta.records import (
 )
 from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.repository_admin import RepositoryManagement
+from dockyard.meta.robots import RobotRecords
 from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
 P = ParamSpec("P")
@@ -370,6 +371,7 @@ class Replication(Protocol):
 
 class MetadataStore(
     CachedContent,
+    RobotRecords,
     Replication,
     EventPruner,
     UsageReports,

@@ -27,6 +27,8 @@ from urllib.parse import parse_qs
 
 from dockyard.auth import ANONYMOUS, Identity
 from dockyard.auth.issuer import IssuedToken, RefreshTokenInvalid, TokenIssuer
+from dockyard.auth.limits import LoginLimiter
+from dockyard.auth.robots import ROBOT_PREFIX, RobotTokens
 from dockyard.auth.scopes import ResourceScope, TooManyScopes, parse_scopes
 from dockyard.core import errors as err
 from dockyard.http.errors import Code, error_body
@@ -81,16 +83,50 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+class TooManyLogins(Exception):
+    """The failed-login limiter says wait (robot logins): 429 with Retry-After."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many failed logins; retry later")
+        self.retry_after = retry_after
+
+
 class TokenEndpoint:
     def __init__(
         self,
         issuer: TokenIssuer,
         verify_password: VerifyPassword,
         jwks: Callable[[], dict[str, Any]],
+        robots: RobotTokens | None = None,
+        logins: LoginLimiter | None = None,
     ) -> None:
         self.issuer = issuer
         self._verify_password = verify_password
         self._jwks = jwks
+        # Robot tokens log in as "robot$<name>"; their scopes bound what is granted.
+        self.robots = robots
+        self.logins = logins
+
+    async def _robot_login(self, req: Request, user: str, password: str) -> Identity | None:
+        """The robot ``user`` if ``password`` is its live secret; failures count towards
+        the failed-login limiter (raises TooManyLogins while it says wait)."""
+        assert self.robots is not None
+        if self.logins is not None:
+            wait = self.logins.check(req.client, user)
+            if wait is not None:
+                raise TooManyLogins(wait)
+        robot = await self.robots.authenticate(user, password)
+        if robot is None and self.logins is not None:
+            self.logins.failed(req.client, user)
+        return robot
+
+    def _too_many(self, e: TooManyLogins) -> Response:
+        doc = {"error": "too_many_requests", "error_description": str(e)}
+        retry = [("retry-after", str(max(1, round(e.retry_after))))]
+        return json_response(429, doc, [*retry, *_NO_STORE])
+
+    def _is_robot(self, user: str) -> bool:
+        return self.robots is not None and user.startswith(ROBOT_PREFIX)
 
     def _basic_challenge(self) -> tuple[str, str]:
         realm = self.issuer.service.replace("\\", "").replace('"', "")
@@ -124,12 +160,16 @@ class TokenEndpoint:
             return await self._get(req)
         except OAuthError as e:
             return self._oauth_error(e)
+        except TooManyLogins as e:
+            return self._too_many(e)
 
     async def post(self, req: Request, p: dict[str, str]) -> Response:
         try:
             return await self._post(req)
         except OAuthError as e:
             return self._oauth_error(e)
+        except TooManyLogins as e:
+            return self._too_many(e)
 
     async def _get(self, req: Request) -> Response:
         self._check_service(req.arg("service"))
@@ -137,9 +177,15 @@ class TokenEndpoint:
         identity: Identity = ANONYMOUS
         if credentials is not None:
             user, password = credentials
-            if not await self._verify_password(user, password):
+            if self._is_robot(user):
+                robot = await self._robot_login(req, user, password)
+                if robot is None:
+                    return self._unauthorized("invalid username or password")
+                identity = robot
+            elif not await self._verify_password(user, password):
                 return self._unauthorized("invalid username or password")
-            identity = Identity(user)
+            else:
+                identity = Identity(user)
         account = req.arg("account")
         if account and identity.name is not None and account != identity.name:
             raise OAuthError(INVALID_REQUEST, "account does not match the credentials")
@@ -179,9 +225,13 @@ class TokenEndpoint:
         grant_type = field("grant_type", required=True)
         if grant_type == "password":
             user, password = field("username", required=True), field("password")
-            if not await self._verify_password(user, password):
+            robot = await self._robot_login(req, user, password) if self._is_robot(user) else None
+            if robot is not None:
+                identity = robot
+            elif self._is_robot(user) or not await self._verify_password(user, password):
                 raise OAuthError(INVALID_GRANT, "invalid username or password")
-            identity = Identity(user)
+            else:
+                identity = Identity(user)
         elif grant_type == "refresh_token":
             try:
                 identity = await self.issuer.redeem(field("refresh_token", required=True))

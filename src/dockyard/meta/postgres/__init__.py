@@ -9,7 +9,7 @@
     (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
     webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
     leases; meta/replication.py: pull-mode replication runs, a consumer's backlog;
-    both dialects)
+    meta/robots.py: robot tokens' rows; both dialects)
     listen.py      event wake-ups across processes (LISTEN/NOTIFY)
     migrations.py  the schema, in step with ``meta/migrations.py``
 
@@ -25,6 +25,7 @@ from dockyard.meta.postgres.listen import EventListener
 from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.robots import RobotStore
 from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
 
@@ -41,6 +42,7 @@ class PostgresMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
+    RobotStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

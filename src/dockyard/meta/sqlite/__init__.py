@@ -7,7 +7,7 @@
     (meta/retention.py: tag details, retention's deletes, pulled times; meta/webhooks.py:
     webhook cursors, leases and failures; meta/uploads.py: upload sessions and their
     leases; meta/replication.py: pull-mode replication runs, a consumer's backlog;
-    both dialects)
+    meta/robots.py: robot tokens' rows; both dialects)
 
 The schema is in ``meta/migrations.py``; the lease SQL that uploads and webhooks share is
 in ``meta/leases.py``. Each domain class derives from ``SQLiteCore`` and adds methods
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dockyard.meta.cached import CacheStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
+from dockyard.meta.robots import RobotStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
@@ -38,5 +39,6 @@ class SQLiteMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
+    RobotStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
