@@ -10,6 +10,6 @@ checks that the two agree.
 from __future__ import annotations
 
 # In the order the dashboard shows them.
-ACTIONS = ("push", "pull", "mount", "delete", "untag")
+ACTIONS = ("push", "pull", "mount", "delete", "untag", "scan")
 
 __all__ = ["ACTIONS"]

@@ -16,6 +16,7 @@ from dockyard import (
     cli_housekeeping,
     cli_replication,
     cli_retention,
+    cli_scan,
     cli_tokens,
     cli_users,
     cli_webhooks,
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_housekeeping.add_usage_parser(sub, _settings)
     cli_gc.add_parser(sub, _settings)
     cli_replication.add_parsers(sub, _settings)
+    cli_scan.add_parsers(sub, _settings)
 
     args = parser.parse_args(argv)
     try:

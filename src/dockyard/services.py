@@ -49,6 +49,8 @@ from dockyard.observability.logs import configure_logging, log_request
 from dockyard.observability.metrics import RegistryMetrics
 from dockyard.observability.sampler import Sampler
 from dockyard.observability.storage import TimedStore
+from dockyard.scanning.queue import no_credentials
+from dockyard.scanning.scanner import Scanner
 from dockyard.services_cache import mount_cache
 from dockyard.services_gc import collect_on_schedule
 from dockyard.services_housekeeping import (
@@ -59,6 +61,7 @@ from dockyard.services_housekeeping import (
 )
 from dockyard.services_metrics import mount_metrics
 from dockyard.services_replication import ReplicationService, build_replication
+from dockyard.services_scanning import ScanningService, mount_scanning
 from dockyard.storage.base import BlobStore, StorageError
 from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
@@ -133,6 +136,7 @@ class Services:
     cache: PullThroughCache | None = None
     # Robot tokens and scanners' pull credentials; None when auth.mode is "none".
     robots: RobotTokens | None = None
+    scanning: ScanningService | None = None
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -155,6 +159,8 @@ class Services:
             await nursery.start(self.webhooks.run)
         if self.replication is not None:
             await nursery.start(self.replication.run)
+        if self.scanning is not None:
+            await nursery.start(self.scanning.run)
         await nursery.start(self.pulls.run)
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
@@ -186,6 +192,8 @@ class Services:
         await self.storage.aclose()
         if self.cache is not None:
             await self.cache.upstreams.aclose()
+        if self.scanning is not None:
+            await self.scanning.aclose()
         if self.sampler is not None:
             self.sampler.close()
 
@@ -240,7 +248,12 @@ class Services:
             self.metrics.retention_last_run.set(time.time())
 
 
-def build(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
+def build(
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    scanner: Scanner | None = None,
+) -> Services:
+    """``scanner``: the scanner to use instead of the one ``[scanning]`` names (tests)."""
     meta = open_meta(settings, clock)
     meta.migrate()
     metrics = RegistryMetrics() if settings.metrics.enabled else None
@@ -330,7 +343,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         app.guard,
         client_user,
     )
-    mount_repositories(app, settings, db, instance_name(settings), clock, policies.immutable)
+    repositories = mount_repositories(
+        app, settings, db, instance_name(settings), clock, policies.immutable
+    )
     services = Services(
         settings, meta, db, storage, pulls, registry, hub, app, metrics=metrics, clock=clock
     )
@@ -349,6 +364,20 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         )
     services.replication = build_replication(
         settings, db, hub, registry, storage, instance_name(settings), metrics, clock
+    )
+    services.scanning = mount_scanning(
+        app,
+        settings,
+        db,
+        hub,
+        registry,
+        repositories,
+        instance_name(settings),
+        metrics,
+        clock,
+        scanner=scanner,
+        # Scanners pull with a short-lived robot of their own when auth is on.
+        credentials=robots.pull_credentials if robots is not None else no_credentials,
     )
     if metrics is not None:
         services.sampler = mount_metrics(

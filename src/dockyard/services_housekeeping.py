@@ -40,13 +40,14 @@ def mount_repositories(
     instance: str,
     clock: Callable[[], float],
     immutable: ImmutableTags | None = None,
-) -> None:
-    """Serve /v2/_dockyard/repositories/ from ``app``."""
+) -> Repositories:
+    """Serve /v2/_dockyard/repositories/ from ``app``; the resource (scanning adds to it)."""
     manager = RepositoryManager(db, EventMaker(instance, clock), immutable=immutable)
     limits = settings.limits
     resource = Repositories(manager, app.authorizer, limits.default_page_size, limits.max_page_size)
     resource.guard = app.guard
     app.add_routes(repository_routes(resource), [])
+    return resource
 
 
 def build_pruner(

@@ -34,6 +34,7 @@ from dockyard.config.validate_gc import validate_gc
 from dockyard.config.validate_replication import validate_replication
 from dockyard.config.validate_retention import validate_retention
 from dockyard.config.validate_s3 import validate_s3
+from dockyard.config.validate_scanning import validate_scanning
 from dockyard.config.validate_upstreams import validate_upstreams
 
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -328,6 +329,7 @@ def validate(s: Settings) -> None:
     _validate_network_and_limits(s)
     _validate_webhooks(s.webhooks)
     validate_replication(s.replication)
+    validate_scanning(s.scanning)
     validate_retention(s.retention)
     _validate_auth(s)
     _validate_token(s.auth.token)

@@ -19,7 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from dockyard.core.common import (
     EventMaker,
@@ -65,8 +65,14 @@ def _immutable_denied(repository: str, tag: str) -> Denied:
     return Denied(f"tag {tag} is immutable in {repository} (retention policy)")
 
 
+# Called with each manifest a GET or HEAD found; raises (Denied) to refuse the pull
+# (scanning/policy.py's pull policies, set by the composition root).
+PullCheck = Callable[[RequestInfo, str, ManifestRecord], Awaitable[None]]
+
+
 class Manifests:
     quotas: Quotas = NO_QUOTAS  # set by the Registry
+    pull_check: PullCheck | None = None
 
     def __init__(
         self,
@@ -106,6 +112,8 @@ class Manifests:
             raise ManifestUnknown(
                 f"manifest is {found.media_type}, which the Accept header does not list"
             )
+        if self.pull_check is not None:
+            await self.pull_check(ctx, repository, found)
         if record_pull:
             tag = None if isinstance(ref, Digest) else ref
             self.pulls.record(

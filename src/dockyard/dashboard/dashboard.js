@@ -23,7 +23,7 @@
   const RECENT_MAX = 5000; // live events kept to re-apply on top of a new snapshot
   const REFRESH_DELAY = 1000; // ms after a change before the snapshot is reloaded
   const REFRESH_EVERY = 60000; // ms between routine snapshot reloads
-  const ACTIONS = ["push", "pull", "mount", "delete", "untag"];
+  const ACTIONS = ["push", "pull", "mount", "delete", "untag", "scan"];
   const COLORS = { push: "#2dd4bf", pull: "#60a5fa" };
 
   const $ = (id) => document.getElementById(id);

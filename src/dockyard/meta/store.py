@@ -42,6 +42,7 @@ from dockyard.meta.records import (
 from dockyard.meta.replication import ReplicationRun
 from dockyard.meta.repository_admin import RepositoryManagement
 from dockyard.meta.robots import RobotRecords
+from dockyard.meta.scans import NewScan, ScanOutcome, ScanRecord
 from dockyard.meta.usage import QuotaExceeded, QuotaScope, UsageReports
 
 P = ParamSpec("P")
@@ -369,7 +370,46 @@ class Replication(Protocol):
         """How many events the log holds after ``cursor``."""
 
 
+class Scans(Protocol):
+    """The scan queue and results (``meta/scans.py``: the row's life, the lease)."""
+
+    def scans_enqueue(self, scans: Sequence[NewScan], again: bool = False) -> int:
+        """Rows due now (a digest with a row keeps it unless ``again``); how many changed."""
+
+    def scans_claim(self, lease: str, seconds: float, limit: int) -> list[ScanRecord]:
+        """Take up to ``limit`` due rows under ``lease`` (status running)."""
+
+    def scans_renew(self, digest: str, lease: str, seconds: float) -> bool: ...
+
+    def scans_finish(
+        self, digest: str, lease: str, outcome: ScanOutcome, events: Sequence[Event]
+    ) -> bool:
+        """Store the result (done) and append ``events`` in the same transaction."""
+
+    def scans_release(
+        self,
+        digest: str,
+        lease: str,
+        status: str,
+        next_attempt: float | None,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        """Give a running row back: queued at ``next_attempt``, or unsupported/failed."""
+
+    def scans_get(self, digests: Sequence[str]) -> dict[str, ScanRecord]: ...
+
+    def scans_counts(self) -> dict[str, int]:
+        """Rows per status (queued rows that failed before: ``retrying``)."""
+
+    def scans_failing(self, limit: int) -> list[ScanRecord]: ...
+
+    def scans_requeue_stale(self, db_version: str, limit: int) -> int:
+        """Queue again done rows scanned with another database version, oldest first."""
+
+
 class MetadataStore(
+    Scans,
     CachedContent,
     RobotRecords,
     Replication,

@@ -4,6 +4,7 @@ Routes (``<name>`` may contain slashes; a repository whose name ends in ``/tags`
 only be reached by its own tags route)::
 
     GET     /v2/_dockyard/repositories/<name>/tags  ?n= &last=   pull
+    (GET|POST /v2/_dockyard/repositories/<name>/scans/<digest>: http/handlers/scans.py)
     GET     /v2/_dockyard/repositories/<name>                    pull
     DELETE  /v2/_dockyard/repositories/<name>                    delete
 """
@@ -11,7 +12,9 @@ only be reached by its own tags route)::
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from dockyard.auth import Authorizer
 from dockyard.core.repositories import RepositoryManager
@@ -20,6 +23,8 @@ from dockyard.http.request import Page, Request, Response, json_response
 from dockyard.http.routing import Route, on_repository
 
 PREFIX = "/v2/_dockyard/repositories/"
+# The tags list's ``scan`` field of each digest scanned (scanning/status.py; unset: null).
+ScanSummaries = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -30,6 +35,8 @@ def timestamp(seconds: float | None) -> str | None:
 
 
 class Repositories(Resource):
+    scan_summaries: ScanSummaries | None = None
+
     def __init__(
         self,
         manager: RepositoryManager,
@@ -46,6 +53,9 @@ class Repositories(Resource):
         name = p["name"]
         page = Page(req, self.default_page_size, self.max_page_size)
         found = await self.manager.tags(name, page.n, page.last)
+        scans: dict[str, dict[str, Any]] = {}
+        if self.scan_summaries is not None and found.tags:
+            scans = await self.scan_summaries([t.digest for t in found.tags])
         tags = [
             {
                 "name": t.name,
@@ -54,6 +64,7 @@ class Repositories(Resource):
                 "size": t.size,
                 "pushed_at": timestamp(t.pushed),
                 "last_pulled_at": timestamp(t.pulled),
+                "scan": scans.get(t.digest),
             }
             for t in found.tags
         ]

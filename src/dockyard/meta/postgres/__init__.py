@@ -26,6 +26,7 @@ from dockyard.meta.postgres.stats import StatsStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.robots import RobotStore
+from dockyard.meta.scans import ScanStore
 from dockyard.meta.uploads import UploadStore
 from dockyard.meta.webhooks import WebhookStore
 
@@ -43,6 +44,7 @@ class PostgresMeta(
     CacheStore,
     ReplicationStore,
     RobotStore,
+    ScanStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

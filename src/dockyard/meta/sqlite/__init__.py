@@ -21,6 +21,7 @@ from dockyard.meta.cached import CacheStore
 from dockyard.meta.replication import ReplicationStore
 from dockyard.meta.retention import RetentionStore
 from dockyard.meta.robots import RobotStore
+from dockyard.meta.scans import ScanStore
 from dockyard.meta.sqlite.content import ContentStore
 from dockyard.meta.sqlite.events import EventStore
 from dockyard.meta.sqlite.stats import StatsStore
@@ -40,5 +41,6 @@ class SQLiteMeta(
     CacheStore,
     ReplicationStore,
     RobotStore,
+    ScanStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
