@@ -33,10 +33,12 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -201,6 +203,15 @@ def wait_for_scans(url: str, images: list[tuple[str, str]], timeout: float) -> d
         time.sleep(0.2)
 
 
+def niced(trivy: str, nice: int, directory: Path | None) -> str:
+    """A script running ``trivy`` at niceness ``nice``: what the scanner's priority does
+    to pushes, without changing the runner (the experiment of perf/RESULTS.md)."""
+    wrapper = (directory or Path(tempfile.mkdtemp(prefix="perf-scan-"))) / "trivy"
+    wrapper.write_text(f'#!/bin/sh\nexec nice -n {nice} {shlex.quote(trivy)} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def push_database(server: Dockyard) -> None:
     import trio
     from tests.trivydb import push_trivy_db
@@ -225,13 +236,26 @@ def settings(trivy: str, port: int) -> dict[str, dict[str, str]]:
 
 
 def run(
-    params: Params, repeats: int, workers: int, settle: float = 0.5
+    params: Params,
+    repeats: int,
+    workers: int,
+    settle: float = 0.5,
+    extra: dict[str, str] | None = None,
+    nice: int = 0,
+    wrappers: Path | None = None,
 ) -> dict[str, list[Figures]]:
+    """``extra``: more environment of the "on" server (DOCKYARD_SCANNING_CONCURRENCY,
+    GOMAXPROCS for its trivy processes, ...); ``nice``: run trivy at that niceness
+    (through a wrapper script in ``wrappers``)."""
     trivy = trivy_binary()
+    if nice:
+        trivy = niced(trivy, nice, wrappers)
     port = free_port()
+    modes = settings(trivy, port)
+    modes["on"].update(extra or {})
     servers = {
         mode: Dockyard(workers=workers, port=port if mode == "on" else None, settings=s)
-        for mode, s in settings(trivy, port).items()
+        for mode, s in modes.items()
     }
     results: dict[str, list[Figures]] = {m: [] for m in MODES}
     scenario = ScannableCiStorm(params)
@@ -336,13 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=None, help="alternated (default 3)")
     ap.add_argument("--workers", type=int, default=2, help="dockyard workers per server")
+    ap.add_argument(
+        "--on-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the scanning server, e.g. DOCKYARD_SCANNING_CONCURRENCY=1",
+    )
+    ap.add_argument(
+        "--nice", type=int, default=0, help="run the scanning server's trivy at this niceness"
+    )
     quick_and_record(ap, "tiny ci-storm sizes, 1 repeat")
     args = ap.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.on_env)
     params = Params.quick() if args.quick else Params()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     started = dt.datetime.now(dt.UTC)
     m = machine()
-    results = run(params, repeats, args.workers)
+    with tempfile.TemporaryDirectory(prefix="perf-scan-") as wrappers:
+        results = run(
+            params, repeats, args.workers, extra=extra, nice=args.nice, wrappers=Path(wrappers)
+        )
     text = table(results)
     print()
     print(text)
@@ -359,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
             f"off, {repeats} alternated repeats (on, off, then reversed), each starting "
             "when every scan of the last one was done. Server CPU includes the trivy "
             "processes."
+            + (f" Scanning server's extra environment: {args.on_env}." if extra else "")
+            + (f" trivy run at niceness {args.nice} (`nice -n {args.nice}`)." if args.nice else "")
         )
         record("perf.scan", started, m, setup, text)
         print("appended a section to perf/RESULTS.md")
