@@ -12,6 +12,9 @@ hook of examples/ci/deploy-hook behind a [[webhooks]] endpoint.
 - The same image with the pipeline's threshold off in a repository whose pull policy
   blocks CRITICAL: the scan job fails on the registry's 403.
 
+pipeline.sh is also run directly against a dockyard with basic auth that does not scan on
+push: its Basic path, and the scan it asks for when none came.
+
 The images are built FROM scratch by buildah (nothing can be downloaded here) from the
 files of tests/scanimages.py.
 """
@@ -98,22 +101,20 @@ def dockyard_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> s
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    for tool in ("gitlab-ci-local", "buildah", "git", "rsync", "jq", "curl"):
-        require_tool(tool)
+def start_dockyard(
+    work: Path, mode: str, on_push: bool, more: str = "", port: int | None = None
+) -> tuple[DockyardServer, dict[str, str], str, str]:
+    """dockyard with ``auth.mode`` ``mode``, an admin, trivy scanning (on push or not) on
+    the made-up database pushed into itself; (server, its env, robot user, robot secret)
+    with the robot made by ``dockyard tokens create``."""
     trivy = trivy_binary()
-    work = tmp_path_factory.mktemp("ci-gitlab")
-    data = work / "data"
-    port = free_port()
-    hook_port = free_port()
-    deployed = work / "deployed.txt"
+    port = port or free_port()
     htpasswd = work / "htpasswd"
     config = work / "dockyard.toml"
     config.write_text(
         f"""
 [auth]
-mode = "token"
+mode = "{mode}"
 htpasswd = {json.dumps(str(htpasswd))}
 
 [[access]]
@@ -130,11 +131,54 @@ actions = ["pull"]
 scanner = "trivy"
 trivy = {json.dumps(trivy)}
 db_repository = "127.0.0.1:{port}/{DB_REPOSITORY}"
-on_push = true
+on_push = {json.dumps(on_push)}
 repositories = ["team/*"]
 backoff_initial = 1.0
 backoff_max = 2.0
+{more}"""
+    )
+    env = {
+        "DOCKYARD_CONFIG": str(config),
+        "DOCKYARD_STORAGE_ROOT": str(work / "data"),
+        "DOCKYARD_LOG_ACCESS": "true",
+    }
+    dockyard_cli(
+        "users", "add", "admin", "--password-stdin", "--htpasswd", str(htpasswd),
+        env={}, stdin=ADMIN_PASSWORD + "\n",
+    )  # fmt: skip
+    server = DockyardServer(work / "data", workers=1, env=env, port=port)
+    try:
+        server.start()
+        # The pipeline's credentials, as an operator makes them (docs/ci.md).
+        robot = ["tokens", "create", "--name", "ci", "--scope", "repository:team/*:push,pull"]
+        created = json.loads(dockyard_cli(*robot, "--expires", "1d", "--json", env=env))
+        if mode == "token":
+            token = admin_token(server, f"repository:{DB_REPOSITORY}:pull,push")
+            headers = {"authorization": f"Bearer {token}"}
+            auth = None
+        else:
+            headers, auth = {}, ("admin", ADMIN_PASSWORD)
 
+        async def push_db() -> None:
+            async with httpx.AsyncClient(headers=headers, auth=auth, timeout=60) as client:
+                await push_trivy_db(client, server.url, DB_REPOSITORY)
+
+        trio.run(push_db)
+    except BaseException:
+        server.stop()
+        raise
+    return server, env, created["username"], created["secret"]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    for tool in ("gitlab-ci-local", "buildah", "git", "rsync", "jq", "curl"):
+        require_tool(tool)
+    work = tmp_path_factory.mktemp("ci-gitlab")
+    port = free_port()
+    hook_port = free_port()
+    deployed = work / "deployed.txt"
+    more = f"""
 [[scanning.policies]]
 repositories = ["team/prod-*"]
 block_severity = "CRITICAL"
@@ -148,16 +192,6 @@ repositories = ["team/*"]
 actions = ["push"]
 backoff_initial = 0.2
 """
-    )
-    env = {
-        "DOCKYARD_CONFIG": str(config),
-        "DOCKYARD_STORAGE_ROOT": str(data),
-        "DOCKYARD_LOG_ACCESS": "true",
-    }
-    dockyard_cli(
-        "users", "add", "admin", "--password-stdin", "--htpasswd", str(htpasswd),
-        env={}, stdin=ADMIN_PASSWORD + "\n",
-    )  # fmt: skip
     hook_log = open(work / "deploy-hook.log", "wb")  # noqa: SIM115 - handed to the child
     hook = subprocess.Popen(
         [
@@ -170,24 +204,15 @@ backoff_initial = 0.2
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     hook_log.close()
-    server = DockyardServer(data, workers=1, env=env, port=port)
     try:
-        server.start()
-        # The pipeline's credentials, as an operator makes them (docs/ci.md).
-        robot = ["tokens", "create", "--name", "ci", "--scope", "repository:team/*:push,pull"]
-        created = json.loads(dockyard_cli(*robot, "--expires", "1d", "--json", env=env))
-        token = admin_token(server, f"repository:{DB_REPOSITORY}:pull,push")
-
-        async def push_db() -> None:
-            headers = {"authorization": f"Bearer {token}"}
-            async with httpx.AsyncClient(headers=headers, timeout=60) as client:
-                await push_trivy_db(client, server.url, DB_REPOSITORY)
-
-        trio.run(push_db)
+        server, _, user, secret = start_dockyard(work, "token", True, more, port)
+    except BaseException:
+        hook.terminate()
+        hook.wait(10)
+        raise
+    try:
         store = ContainerStore(work / "containers")
-        yield Registry(
-            server, created["username"], created["secret"], deployed, store, work / "projects"
-        )
+        yield Registry(server, user, secret, deployed, store, work / "projects")
     finally:
         server.stop()
         hook.terminate()
@@ -353,3 +378,60 @@ def test_pull_policy_refusal_fails_the_scan_job(registry: Registry) -> None:
     assert run.jobs == {"build": "PASS", "scan": "FAIL"}, explain(run, registry)
     assert "the registry's pull policy refuses" in run.output
     assert registry.get("team/prod-app", "/v2/team/prod-app/manifests/release").status_code == 404
+
+
+def test_pipeline_script_with_basic_auth_and_a_scan_on_demand(tmp_path: Path) -> None:
+    """pipeline.sh's other paths, run directly: Basic credentials (auth.mode "basic") and
+    a registry that does not scan on push, so ``scan`` asks for one (POST) and waits."""
+    for tool in ("buildah", "jq", "curl"):
+        require_tool(tool)
+    server, _, user, secret = start_dockyard(tmp_path, "basic", on_push=False)
+    try:
+        root = tmp_path / "project"
+        root.mkdir()
+        (root / "Containerfile").write_text("FROM scratch\nCOPY hello.txt /\n")
+        (root / "hello.txt").write_text("hello\n")
+        store = ContainerStore(tmp_path / "containers")
+        env = {
+            **store.env,
+            "DOCKYARD_URL": server.url,
+            "DOCKYARD_USER": user,
+            "DOCKYARD_PASSWORD": secret,
+            "IMAGE_REPOSITORY": "team/basic",
+            "IMAGE_TAG": "b1",
+            "NONE_GRACE": "1",
+            "SCAN_TIMEOUT": "120",
+        }
+        outputs = []
+        for step in ("build", "scan", "promote"):
+            done = subprocess.run(
+                ["bash", str(EXAMPLES / "pipeline.sh"), step],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            outputs.append(done.stderr)
+            assert done.returncode == 0, f"{step}:\n{done.stdout}{done.stderr}\n{server.log()}"
+        assert "not scanned on push: asking for a scan" in outputs[1]
+        digest = (root / "dockyard.env").read_text().strip().removeprefix("IMAGE_DIGEST=")
+        answer = httpx.get(
+            f"{server.url}/v2/team/basic/manifests/release",
+            auth=("admin", ADMIN_PASSWORD),
+            headers={"accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert answer.status_code == 200
+        assert answer.headers["docker-content-digest"] == digest
+        # No token endpoint in basic mode: every call carried the robot's Basic credentials.
+        users = {
+            field(d, "user.name")
+            for d in access_log(server)
+            if "team/basic" in str(field(d, "url.path"))
+        }
+        # trivy pulled with a short-lived robot of its own (robot$scan-...).
+        scanners = {u for u in users if str(u).startswith("robot$scan-")}
+        assert scanners and users - scanners == {user}
+    finally:
+        server.stop()
