@@ -272,3 +272,12 @@ async def test_pull_credentials(databases: tuple[Database, Database], times: Tim
     assert len(names) == 1 and user != f"robot${names[0]}"
     with pytest.raises(InvalidRobotScope):
         await robots.pull_credentials("team/*", 30)
+
+
+async def test_a_new_robot_works_at_once(
+    databases: tuple[Database, Database], times: Times
+) -> None:
+    one, two = robots_on(databases[0], times), robots_on(databases[1], times)
+    assert await two.authenticate("robot$late", "guess") is None  # not remembered
+    secret = await one.create("late", parse_robot_scopes(["repository:a:pull"]), None)
+    assert await two.authenticate("robot$late", secret) is not None

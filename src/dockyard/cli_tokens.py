@@ -9,6 +9,7 @@ by every worker within ``robots.VERIFIED_SECONDS``. The secret is printed once, 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import time
@@ -72,6 +73,14 @@ def _time(ts: float | None) -> str | None:
     return None if ts is None else timestamp(ts)
 
 
+def _creator() -> str:
+    """Who ran the command (the operating system's user), for ``tokens list``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name in this environment
+        return "cli"
+
+
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     try:
         name = check_name(args.name)
@@ -87,7 +96,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
             "are not needed (they work once auth.mode is basic or token)",
             file=sys.stderr,
         )
-    row, secret = new_robot(name, scopes, expires_in, time.time(), created_by="cli")
+    row, secret = new_robot(name, scopes, expires_in, time.time(), created_by=_creator())
     try:
         with open_store(settings) as meta:
             created = meta.robot_create(row)
@@ -134,6 +143,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             "expires": _time(r.expires),
             "lastUsed": _time(r.last_used),
             "revoked": _time(r.revoked),
+            "createdBy": r.created_by,
         }
         for r in rows
     ]

@@ -38,12 +38,14 @@ MISSING_BLOB = "blobs/sha256:" + "0" * 64
 def tokens_cli(
     server: DockyardServer, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``dockyard tokens ARGS`` with the server's configuration and data directory."""
+    """``dockyard tokens COMMAND --config F ARGS`` with the server's configuration file and
+    data directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-    env.update(server.env)
     env["DOCKYARD_STORAGE_ROOT"] = str(server.data_dir)
+    command, *rest = args
+    config = ["--config", server.env["DOCKYARD_CONFIG"]]
     done = subprocess.run(
-        [sys.executable, "-m", "dockyard.cli", "tokens", *args],
+        [sys.executable, "-m", "dockyard.cli", "tokens", command, *config, *rest],
         env=env,
         capture_output=True,
         text=True,
@@ -113,6 +115,7 @@ def test_cli_create_list_revoke(basic: DockyardServer) -> None:
     entry = next(r for r in listed if r["name"] == "lister")
     assert entry["scopes"] == ["repository:team/*:pull,push"]
     assert entry["status"] == "active" and entry["expires"] and entry["lastUsed"] is None
+    assert entry["createdBy"].startswith("cli")
     assert secret not in json.dumps(listed)
     text = tokens_cli(basic, "list").stdout
     assert "lister" in text and secret not in text
@@ -177,6 +180,10 @@ def test_skopeo_login_push_and_pull_within_scope(
     assert get(basic, f"/v2/public/app/{MISSING_BLOB}", auth).status_code == 403
     r = httpx.delete(f"{basic.url}/v2/team/app/manifests/v1", auth=auth, timeout=10)
     assert r.status_code == 403
+    # The catalog shows it only what it may pull.
+    r = get(basic, "/v2/_catalog", auth)
+    assert r.status_code == 200 and "team/app" in r.json()["repositories"]
+    assert all(n.startswith("team/") for n in r.json()["repositories"]), r.text
     listed = json.loads(tokens_cli(basic, "list", "--json").stdout)["robots"]
     assert next(r for r in listed if r["name"] == "ci")["lastUsed"] is not None
 
@@ -266,8 +273,12 @@ def claims(token: str) -> dict[str, Any]:
     return doc
 
 
-def issue(server: DockyardServer, auth: tuple[str, str], *scopes: str) -> httpx.Response:
-    params = {"service": "dockyard", "scope": list(scopes)}
+def issue(
+    server: DockyardServer, auth: tuple[str, str], *scopes: str, offline: bool = False
+) -> httpx.Response:
+    params: dict[str, str | list[str]] = {"service": "dockyard", "scope": list(scopes)}
+    if offline:
+        params["offline_token"] = "true"
     return httpx.get(f"{server.url}/auth/token", params=params, auth=auth, timeout=10)
 
 
@@ -294,6 +305,9 @@ def test_token_endpoint_grants_within_scopes(token: DockyardServer) -> None:
     wrong = issue(token, ("robot$ci", "nope"), "repository:team/app:pull")
     user = issue(token, ("alice", "nope"), "repository:team/app:pull")
     assert wrong.status_code == user.status_code == 401 and wrong.json() == user.json()
+    # Wrong secrets count as failed logins at the token service too.
+    statuses = [issue(token, ("robot$guessed", "x")).status_code for _ in range(8)]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
     form = {
         "grant_type": "password",
         "client_id": "ci",
@@ -302,8 +316,12 @@ def test_token_endpoint_grants_within_scopes(token: DockyardServer) -> None:
         "password": secret,
         "scope": "repository:team/app:pull",
     }
-    r = httpx.post(f"{token.url}/auth/token", data=form, timeout=10)
+    r = httpx.post(f"{token.url}/auth/token", data={**form, "access_type": "offline"}, timeout=10)
     assert r.status_code == 200 and r.json()["scope"] == "repository:team/app:pull", r.text
+    # No refresh token for a robot: revocation must reach its next login.
+    assert "refresh_token" not in r.json()
+    r = issue(token, auth, "repository:team/app:pull", offline=True)
+    assert r.status_code == 200 and "refresh_token" not in r.json()
 
 
 def test_skopeo_through_tokens_and_revocation(

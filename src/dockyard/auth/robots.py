@@ -218,8 +218,8 @@ class RobotTokens:
         self._clock = clock
         self._monotonic = time.monotonic
         self.verified_seconds = verified_seconds
-        # name -> (monotonic time read, row or None for "no such robot")
-        self._rows: OrderedDict[str, tuple[float, RobotToken | None]] = OrderedDict()
+        # name -> (monotonic time read, row)
+        self._rows: OrderedDict[str, tuple[float, RobotToken]] = OrderedDict()
         self._touched: dict[str, float] = {}
 
     async def create(
@@ -242,6 +242,11 @@ class RobotTokens:
         if cached is not None and now - cached[0] < self.verified_seconds:
             return cached[1]
         row = await self._db.run(self._db.meta.robot_get, name)
+        if row is None:
+            # Not remembered: a robot created a moment later works at once (guessing
+            # names is slowed by the failed-login limiter, not by this cache).
+            self._rows.pop(name, None)
+            return None
         self._rows[name] = (now, row)
         self._rows.move_to_end(name)
         if len(self._rows) > CACHE_ENTRIES:

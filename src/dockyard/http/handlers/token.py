@@ -14,6 +14,11 @@ Errors are OAuth2's (RFC 6749 section 5.2), not the OCI error codes of ``/v2/``:
 and ``invalid_client`` with 401. The GET form answers its bad requests the same way; wrong
 Basic credentials there keep distribution's 401 ``UNAUTHORIZED`` with a Basic challenge,
 which docker and containers/image clients turn into "invalid username or password".
+
+Robot tokens (``auth/robots.py``) log in here as user ``robot$<name>``: the token grants
+what was asked ∩ the robot's scopes, never with a refresh token. A wrong, revoked or
+expired robot gets the wrong-password answer and counts as a failed login; while the
+failed-login limiter says wait, 429 ``{"error": "too_many_requests"}`` with Retry-After.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from urllib.parse import parse_qs
 from dockyard.auth import ANONYMOUS, Identity
 from dockyard.auth.issuer import IssuedToken, RefreshTokenInvalid, TokenIssuer
 from dockyard.auth.limits import LoginLimiter
-from dockyard.auth.robots import ROBOT_PREFIX, RobotTokens
+from dockyard.auth.robots import ROBOT_PREFIX, RobotIdentity, RobotTokens
 from dockyard.auth.scopes import ResourceScope, TooManyScopes, parse_scopes
 from dockyard.core import errors as err
 from dockyard.http.errors import Code, error_body
@@ -190,6 +195,9 @@ class TokenEndpoint:
         if account and identity.name is not None and account != identity.name:
             raise OAuthError(INVALID_REQUEST, "account does not match the credentials")
         offline = (req.arg("offline_token") or "").lower() == "true"
+        # No refresh token for a robot: it logs in with its secret each time, so
+        # revocation and expiry apply (docker then keeps the secret as its login).
+        offline = offline and not isinstance(identity, RobotIdentity)
         token = self.issuer.issue(identity, self._scopes(req.query.get("scope", [])), offline)
         doc: dict[str, object] = {
             "token": token.token,
@@ -242,7 +250,7 @@ class TokenEndpoint:
                 UNSUPPORTED_GRANT_TYPE,
                 f"unsupported grant_type {grant_type[:40]!r} (password, refresh_token)",
             )
-        offline = field("access_type") == "offline"
+        offline = field("access_type") == "offline" and not isinstance(identity, RobotIdentity)
         token = self.issuer.issue(identity, self._scopes(form.get("scope", [])), offline)
         doc: dict[str, object] = {
             "access_token": token.token,
