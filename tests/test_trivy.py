@@ -24,7 +24,13 @@ import trio
 
 from dockyard.config import ScanningSettings
 from dockyard.scanning.scanner import ScanFailed, ScanRequest, ScanResult
-from dockyard.scanning.trivy import REPORT_MEDIA_TYPE, SBOM_MEDIA_TYPE, TrivyScanner
+from dockyard.scanning.trivy import (
+    REPORT_MEDIA_TYPE,
+    SBOM_MEDIA_TYPE,
+    TrivyScanner,
+    _is_loopback,
+    _split_repository,
+)
 from tests.authfixtures import write_htpasswd
 from tests.scanimages import (
     EXPECTED,
@@ -146,6 +152,10 @@ async def test_concurrent_scans_share_the_cache(
 ) -> None:
     scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
     results: list[ScanResult] = []
+    # What a process that died mid-download left: removed by the next download.
+    abandoned = tmp_path / "cache" / "incoming-abandoned"
+    (abandoned / "db").mkdir(parents=True)
+    os.utime(abandoned, (0, 0))
 
     async def one(digest: str) -> None:
         results.append(await scanner.scan(request(registry, digest)))
@@ -253,6 +263,19 @@ async def test_missing_binary(registry: DockyardServer, tmp_path: Path) -> None:
     await scanner.aclose()
 
 
+def trivy_processes(argument: str) -> list[int]:
+    """Process ids of trivy commands with ``argument`` in their command line."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command and command[0].endswith(b"trivy") and argument.encode() in b" ".join(command):
+            found.append(int(proc.name))
+    return found
+
+
 async def test_timeout_kills_trivy(trivy: str, registry: DockyardServer, tmp_path: Path) -> None:
     # A "registry" that accepts connections and never answers.
     listener = trio.socket.socket()
@@ -269,6 +292,7 @@ async def test_timeout_kills_trivy(trivy: str, registry: DockyardServer, tmp_pat
             await scanner.scan(ScanRequest(f"127.0.0.1:{port}", True, APP, VULNERABLE.digest))
         assert failed.value.reason == "timeout"
         assert time.monotonic() - started < 15
+        assert not trivy_processes(f"127.0.0.1:{port}/")  # nothing left running
     finally:
         listener.close()
         await scanner.aclose()
@@ -316,6 +340,23 @@ async def test_credentials_against_basic_auth(
         assert no_db.value.reason == "database"
 
         assert await scanner.database_version() is not None
+
+        # Credentials asked for each look at the database (as the queue's robots give).
+        asked: list[tuple[str, float]] = []
+
+        async def pull_credentials(repository: str, seconds: float) -> tuple[str, str] | None:
+            asked.append((repository, seconds))
+            return ("alice", "alice-pw")
+
+        fresh = TrivyScanner(
+            settings(trivy, db), tmp_path / "fresh", db_credentials=pull_credentials
+        )
+        try:
+            assert await fresh.database_version() == await scanner.database_version()
+            assert asked and asked[0][0] == DB_REPO and asked[0][1] > 60
+        finally:
+            await fresh.aclose()
+
         result = await scanner.scan(
             request(auth_registry, VULNERABLE.digest, username="alice", password="alice-pw")
         )
@@ -395,3 +436,34 @@ async def test_server_mode(
         await down.scan(request(registry, VULNERABLE.digest))
     assert failed.value.reason == "unavailable"
     await down.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("127.0.0.1:5000/security/trivy-db", ("127.0.0.1:5000", "security/trivy-db")),
+        ("127.0.0.1:5000/security/trivy-db:2", ("127.0.0.1:5000", "security/trivy-db")),
+        ("registry.example/trivy-db", ("registry.example", "trivy-db")),
+    ],
+)
+def test_db_repository_forms(reference: str, expected: tuple[str, str]) -> None:
+    assert _split_repository(reference) == expected
+
+
+def test_db_repository_without_a_repository_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HOST"):
+        TrivyScanner(settings("trivy", "registry.example:5000"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("host", "plain_http"),
+    [
+        ("127.0.0.1:5000", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("registry.example:5000", False),
+        ("10.0.0.1:5000", False),
+    ],
+)
+def test_loopback_database_registries_speak_plain_http(host: str, plain_http: bool) -> None:
+    assert _is_loopback(host) is plain_http

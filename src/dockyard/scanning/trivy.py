@@ -40,6 +40,7 @@ artifact that is not an image -> "unsupported".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -51,6 +52,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +64,10 @@ import trio
 from dockyard.config import SEVERITIES, ScanningSettings
 from dockyard.scanning.scanner import Finding, ScanFailed, ScanRequest, ScanResult
 from dockyard.upstream.client import RegistryClient, UpstreamError
+
+# A short-lived credential (username, password) that may pull a repository, valid for
+# the seconds given; None: anonymous. The queue's PullCredentials has this shape.
+PullCredentials = Callable[[str, float], Awaitable[tuple[str, str] | None]]
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +158,19 @@ class TrivyScanner:
         *,
         db_username: str = "",
         db_password: str = "",
+        db_credentials: PullCredentials | None = None,
         db_insecure: bool | None = None,
     ) -> None:
         """``db_username``/``db_password``: credentials for ``db_repository`` (empty:
+        anonymous); ``db_credentials``: asked for a fresh credential for each look and
+        download instead (the queue's pull credentials, e.g. robots' ephemeral pull-only
+        robot, when the database lives in this dockyard with auth on; None from it:
         anonymous); ``db_insecure``: it speaks plain HTTP (None: when it is a loopback
         address, as trivy and Docker assume)."""
         self.settings = settings
         self.cache_dir = cache_dir
-        self._db_credentials = (db_username, db_password)
+        self._db_static_credentials = (db_username, db_password)
+        self._db_pull_credentials = db_credentials
         self._db_host = ""
         self._db_repo = ""
         if settings.db_repository:
@@ -167,7 +178,6 @@ class TrivyScanner:
         self._db_insecure = _is_loopback(self._db_host) if db_insecure is None else db_insecure
         self._db_lock = trio.Lock()
         self._version: str | None = None
-        self._registry: RegistryClient | None = None
 
     # -- the binary ---------------------------------------------------------------------
 
@@ -247,21 +257,30 @@ class TrivyScanner:
             _parse_time(metadata.get("NextUpdate")),
         )
 
-    async def _remote_digest(self) -> str | None:
+    async def _db_login(self) -> tuple[str, str]:
+        if self._db_pull_credentials is None:
+            return self._db_static_credentials
+        # Long enough for a look and a download.
+        found = await self._db_pull_credentials(self._db_repo, 2 * self.settings.timeout + 60)
+        return found or ("", "")
+
+    async def _remote_digest(self, credentials: tuple[str, str]) -> str | None:
         """The digest of ``db_repository:2``; None when it is not there (yet)."""
-        if self._registry is None:
-            scheme = "http" if self._db_insecure else "https"
-            username, password = self._db_credentials
-            self._registry = RegistryClient(
-                f"{scheme}://{self._db_host}", username=username, password=password
-            )
-        found = await self._registry.head_manifest(self._db_repo, DB_TAG)
+        scheme = "http" if self._db_insecure else "https"
+        username, password = credentials
+        async with RegistryClient(
+            f"{scheme}://{self._db_host}", username=username, password=password
+        ) as registry:
+            found = await registry.head_manifest(self._db_repo, DB_TAG)
         return found.digest if found else None
 
-    async def _download(self, version: str | None) -> DatabaseInfo:
+    async def _download(
+        self, version: str | None, credentials: tuple[str, str] = ("", "")
+    ) -> DatabaseInfo:
         """Download the database into a fresh directory and make it the one scans use.
         ``version``: the digest it is known by (None: named by its metadata)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_downloads()
         incoming = self.cache_dir / f"incoming-{uuid.uuid4().hex}"
         try:
             args = ["image", "--download-db-only", "--quiet", "--cache-dir", str(incoming)]
@@ -269,9 +288,7 @@ class TrivyScanner:
                 args += ["--db-repository", f"{self._db_host}/{self._db_repo}:{DB_TAG}"]
             if self._db_insecure:
                 args.append("--insecure")
-            status, _, err = await self._run(
-                args, self._env(*self._db_credentials), self.settings.timeout
-            )
+            status, _, err = await self._run(args, self._env(*credentials), self.settings.timeout)
             metadata_path = incoming / "db" / "metadata.json"
             if status != 0 or not metadata_path.exists():
                 raise ScanFailed("database", f"downloading trivy's database failed: {err.strip()}")
@@ -298,6 +315,14 @@ class TrivyScanner:
         log.info("trivy database %s (updated %s) is in use", info.version, info.updated)
         return info
 
+    def _remove_abandoned_downloads(self) -> None:
+        # Left by a process that died mid-download: none lives longer than a timeout.
+        stale = time.time() - 2 * self.settings.timeout - 60
+        for old in self.cache_dir.glob("incoming-*"):
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < stale:
+                    shutil.rmtree(old, ignore_errors=True)
+
     def _prune(self, keep: str) -> None:
         # Older versions go; a scan still reading one keeps its open file on POSIX.
         for old in (self.cache_dir / "dbs").iterdir():
@@ -323,7 +348,8 @@ class TrivyScanner:
                     log.warning("keeping trivy database %s: download failed", current.version)
                     return current
             try:
-                digest = await self._remote_digest()
+                credentials = await self._db_login()
+                digest = await self._remote_digest(credentials)
             except UpstreamError as e:
                 if current is None:
                     raise ScanFailed(
@@ -339,7 +365,7 @@ class TrivyScanner:
                 return current
             if current is not None and current.version == digest.split(":")[-1]:
                 return current
-            return await self._download(digest)
+            return await self._download(digest, credentials)
 
     async def database_version(self) -> str | None:
         """The version of the database the next scan uses, after downloading a new one
@@ -374,7 +400,8 @@ class TrivyScanner:
             f"{math.ceil(self.settings.timeout)}s",
         ]
         if self.settings.trivy_server:
-            args += ["--server", self.settings.trivy_server]
+            # Whatever the client keeps stays in dockyard's cache, not in $HOME.
+            args += ["--server", self.settings.trivy_server, "--cache-dir", str(self._scan_cache)]
         else:
             database = self.current_database() or await self._refresh()
             if database is None:
@@ -440,6 +467,4 @@ class TrivyScanner:
         return out
 
     async def aclose(self) -> None:
-        if self._registry is not None:
-            await self._registry.aclose()
-            self._registry = None
+        """Nothing stays open between scans (each runs and waits for its own trivy)."""
