@@ -106,3 +106,13 @@ class ScanConformance:
         assert store.scans_requeue_stale("db-2", 10) == 1
         assert store.scans_get([C])[C].status == "done"
         assert store.scans_requeue_stale("db-2", 10) == 0
+
+    def test_a_restarted_instance_frees_its_rows(self, store: MetadataStore) -> None:
+        store.scans_enqueue([NewScan(A, "r", "m"), NewScan(B, "r", "m")])
+        assert len(store.scans_claim("inst/1-abc-w0", 600, 1)) == 1
+        assert len(store.scans_claim("inst-2/1-abc-w0", 600, 1)) == 1
+        assert store.scans_release_leases_of("inst") == 1
+        (again,) = store.scans_claim("inst/2-def-w0", 600, 5)
+        assert again.lease == "inst/2-def-w0"
+        other = next(r for r in store.scans_get([A, B]).values() if r.digest != again.digest)
+        assert other.lease == "inst-2/1-abc-w0"  # another instance's: not freed

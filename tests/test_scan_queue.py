@@ -22,6 +22,7 @@ import trio
 
 from dockyard.cli import main
 from dockyard.config import ScanPolicy, Settings
+from dockyard.config.model import QuotaSettings
 from dockyard.scanning.report import REPORT_ARTIFACT_TYPE
 from dockyard.scanning.scanner import Finding, ScanFailed, ScanRequest, ScanResult
 from dockyard.services import Services, build
@@ -58,13 +59,16 @@ class TestScanner:
         self.version = "db-1"
         self.scanned: list[ScanRequest] = []
         self.closed = False
+        self.padding = 0  # bytes added to each report
 
     async def scan(self, request: ScanRequest) -> ScanResult:
         self.scanned.append(request)
         if self.failures:
             raise self.failures.pop(0)
         findings = self.findings.get(request.repository, ())
-        report = json.dumps({"digest": request.digest, "n": len(findings)}).encode()
+        report = json.dumps(
+            {"digest": request.digest, "n": len(findings), "pad": "x" * self.padding}
+        ).encode()
         return ScanResult("Test 1.0", self.version, 1_760_000_000.0, findings, report, REPORT_TYPE)
 
     async def database_version(self) -> str | None:
@@ -148,7 +152,7 @@ async def test_a_push_is_scanned_and_its_report_is_a_referrer(tmp_path: Path) ->
         layer = manifest["layers"][0]
         assert layer["mediaType"] == REPORT_TYPE
         blob = await client.get(f"/v2/team/app/blobs/{layer['digest']}")
-        assert json.loads(blob.content) == {"digest": image.digest, "n": 2}
+        assert json.loads(blob.content) == {"digest": image.digest, "n": 2, "pad": ""}
         # The scan event, written with the summary; the report itself is not scanned.
         scans = [e for e in events(svc) if e.action == "scan"]
         assert [e.digest for e in scans] == [image.digest]
@@ -395,3 +399,18 @@ async def test_the_scan_cli(
         )
         os.close(write)
         assert result.returncode == 0 and result.stderr == b""
+
+
+async def test_a_report_over_the_quota_is_retried_not_lost(tmp_path: Path) -> None:
+    settings = scan_settings(tmp_path)
+    settings.quotas = [QuotaSettings(repositories=["small"], max_bytes=20_000)]
+    scanner = TestScanner()
+    scanner.padding = 50_000
+    async with running(settings, scanner) as svc, make_client(svc) as client:
+        image = await push_image(client, "small")
+        doc = await wait_scan(client, "small", image.digest, lambda d: d["attempts"] >= 1)
+        assert doc["lastError"].startswith("report: storing the report: quota exceeded")
+        assert doc["status"] in ("queued", "running") and doc["summary"] is None
+        svc.registry.quotas.rules = ()  # the quota lifted: the next attempt stores it
+        doc = await wait_scan(client, "small", image.digest)
+        assert doc["summary"] is not None and doc["attempts"] >= 2

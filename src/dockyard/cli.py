@@ -101,8 +101,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Upload leases held by an earlier run of this instance can no longer be in use.
     released = meta.release_leases_of(instance_name(settings))
-    # So are its webhook leases: the new workers take the endpoints over at once.
+    # So are its webhook leases and scans: the new workers take them over at once.
     meta.webhook_release_leases_of(instance_name(settings))
+    meta.scans_release_leases_of(instance_name(settings))
     meta.close()
     if released:
         log.info("released %d upload leases of a previous run", released)

@@ -93,8 +93,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     now = time.time()
     rows: list[dict[str, Any]] = []
     configured = {h.name: h for h in settings.webhooks}
-    # Replication's push consumers share the cursor table: `dockyard replication status`.
-    stale = {n for n in set(cursors) - set(configured) if not n.startswith("replication:")}
+    # Replication's push consumers share the cursor table: `dockyard replication status`;
+    # so does the scan queue's consumer "scanning" (scanning/queue.py): `dockyard scan status`.
+    stale = {
+        n
+        for n in set(cursors) - set(configured)
+        if not n.startswith("replication:") and n != "scanning"
+    }
     for name in list(configured) + sorted(stale):
         hook, c = configured.get(name), cursors.get(name)
         live = c is not None and c.lease is not None and (c.lease_expires or 0) > now

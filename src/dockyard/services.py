@@ -134,9 +134,9 @@ class Services:
     metrics: RegistryMetrics | None = None
     clock: Callable[[], float] = time.time
     cache: PullThroughCache | None = None
+    scanning: ScanningService | None = None
     # Robot tokens and scanners' pull credentials; None when auth.mode is "none".
     robots: RobotTokens | None = None
-    scanning: ScanningService | None = None
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
@@ -376,7 +376,6 @@ def build(
         metrics,
         clock,
         scanner=scanner,
-        # Scanners pull with a short-lived robot of their own when auth is on.
         credentials=robots.pull_credentials if robots is not None else no_credentials,
     )
     if metrics is not None:

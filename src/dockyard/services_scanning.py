@@ -59,16 +59,21 @@ class ScanningService:
                 await self.scanner.aclose()
 
 
-def build_scanner(settings: Settings) -> Scanner:
-    """The scanner ``[scanning] scanner`` names (imported here: only where it is used)."""
+def build_scanner(settings: Settings, credentials: PullCredentials | None = None) -> Scanner:
+    """The scanner ``[scanning] scanner`` names (imported here: only where it is used).
+    ``credentials``: the robots' pull credentials (auth on), which trivy also uses for a
+    ``db_repository`` in this dockyard (never sent to another registry)."""
     s = settings.scanning
     if s.scanner == "trivy":
         cache = Path(s.cache_dir or Path(settings.storage.root) / "trivy-cache")
-        trivy: Any = importlib.import_module("dockyard.scanning.trivy")
-        scanner: Scanner = trivy.TrivyScanner(s, cache)
-        return scanner
+        from dockyard.scanning.trivy import TrivyScanner
+
+        own = RegistryAddress.from_url(settings.base_url).host
+        here = s.db_repository.split("/", 1)[0] == own
+        return TrivyScanner(s, cache, db_credentials=credentials if here else None)
+    # Until the harbor branch is merged (then: a plain import, as trivy's).
     harbor: Any = importlib.import_module("dockyard.scanning.harbor")
-    adapter: Scanner = harbor.HarborScanner(s.harbor)
+    adapter: Scanner = harbor.HarborScanner(s.harbor, timeout=s.timeout)
     return adapter
 
 
@@ -89,12 +94,12 @@ def mount_scanning(
     None when neither a scanner nor a pull policy is configured."""
     s = settings.scanning
     if scanner is None and s.scanner:
-        scanner = build_scanner(settings)
+        scanner = build_scanner(settings, None if credentials is no_credentials else credentials)
     if scanner is None and not s.policies:
         return None
     policy = None
     if s.policies:
-        policy = PullPolicy(db, hub, s.policies)
+        policy = PullPolicy(db, hub, s.policies, open_while_scanning=settings.auth.mode == "none")
         registry.manifests.pull_check = policy.check
     queue = None
     if scanner is not None:

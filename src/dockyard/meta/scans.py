@@ -26,9 +26,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from dockyard.meta.leases import LeaseSQL
+from dockyard.meta.leases import LeasedTable, LeaseSQL
 from dockyard.meta.records import Event
 
+SCANS = LeasedTable("scans", "digest")
 STATUSES = ("queued", "running", "done", "failed", "unsupported")
 SEVERITY_COLUMNS = ("critical", "high", "medium", "low", "unknown")
 
@@ -263,6 +264,12 @@ class ScanStore:
                 ),
             )
             return int(cur.rowcount) == 1
+
+    def scans_release_leases_of(self, instance: str) -> int:
+        """Free the rows an earlier run of ``instance`` was scanning (``dockyard serve``
+        at start: they are taken again at once instead of when their leases expire)."""
+        with self._write() as conn:
+            return self.lease_sql.release_of(conn, SCANS, instance)
 
     def scans_get(self, digests: Sequence[str]) -> dict[str, ScanRecord]:
         if not digests:

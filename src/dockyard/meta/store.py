@@ -397,6 +397,9 @@ class Scans(Protocol):
     ) -> bool:
         """Give a running row back: queued at ``next_attempt``, or unsupported/failed."""
 
+    def scans_release_leases_of(self, instance: str) -> int:
+        """Free the rows an earlier run of ``instance`` was scanning."""
+
     def scans_get(self, digests: Sequence[str]) -> dict[str, ScanRecord]: ...
 
     def scans_counts(self) -> dict[str, int]:

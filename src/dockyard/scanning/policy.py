@@ -10,11 +10,14 @@ all, at no cost). For a manifest it refuses with ``Denied`` (403 DENIED):
 
 Never refused: digests in ``exempt_digests``; manifests with a subject (referrers: scan
 reports, signatures); artifacts the queue does not scan ("unsupported"); the scanner's
-own pulls (actor ``robot$scan-*``, the short-lived credentials of ``auth/robots.py``).
+own pulls (actor ``robot$scan-*``, the short-lived credentials of ``auth/robots.py``);
+with auth off the scanner pulls anonymously, so a manifest is not refused while its row
+is running (being scanned), and verdicts are not cached (a rescan starts without an
+event): turn auth on for a policy without that window.
 
-The check costs one point read of the manifest's ``scans`` row, and its verdict is
-cached per digest until a ``scan`` event for that digest (any worker's or instance's,
-through the event hub) drops it.
+The check costs one point read of the manifest's ``scans`` row; the verdict on a scanned
+(or unsupported) manifest is cached per digest and repository until a ``scan`` event for
+that digest (any worker's or instance's, through the event hub) drops it.
 """
 
 from __future__ import annotations
@@ -70,13 +73,22 @@ def blocking(policy: ScanPolicy, row: ScanRecord | None) -> list[str]:
 
 
 def judge(
-    policy: ScanPolicy, row: ScanRecord | None, digest: str, has_subject: Callable[[], bool]
+    policy: ScanPolicy,
+    row: ScanRecord | None,
+    digest: str,
+    has_subject: Callable[[], bool],
+    open_while_scanning: bool = False,
 ) -> Verdict:
-    """Whether ``policy`` lets ``digest`` (its scan ``row``) be pulled, and why not."""
+    """Whether ``policy`` lets ``digest`` (its scan ``row``) be pulled, and why not. A row
+    scanned before is judged on its last findings while a rescan is queued or runs;
+    ``open_while_scanning``: a row being scanned is not refused (auth off: the scanner's
+    pulls are anonymous)."""
     if digest in policy.exempt_digests:
         return ALLOWED
+    if open_while_scanning and row is not None and row.status == "running":
+        return ALLOWED
     where = f"(policy for {', '.join(policy.repositories) or '*'})"
-    if row is not None and row.status == "done":
+    if row is not None and row.counts is not None:
         ids = blocking(policy, row)
         if ids:
             shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
@@ -96,8 +108,15 @@ def judge(
 class PullPolicy:
     """``check`` for the core's manifest reads; ``run`` (a task) keeps its cache true."""
 
-    def __init__(self, db: Database, hub: EventHub, policies: list[ScanPolicy]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hub: EventHub,
+        policies: list[ScanPolicy],
+        open_while_scanning: bool = False,
+    ) -> None:
         self.db = db
+        self.open_while_scanning = open_while_scanning
         self.hub = hub
         self.policies = policies
         # digest -> repository -> verdict (policies are per repository).
@@ -118,7 +137,7 @@ class PullPolicy:
         if policy is None:
             return ALLOWED
         rows = await self.db.read(self.db.meta.scans_get, [digest])
-        return judge(policy, rows.get(digest), digest, lambda: _has_subject(payload))
+        return judge(policy, rows.get(digest), digest, lambda: _has_subject(payload), False)
 
     async def check(self, ctx: RequestInfo, repository: str, found: ManifestRecord) -> None:
         """Raise ``Denied`` if a policy refuses this pull of ``found``."""
@@ -130,12 +149,22 @@ class PullPolicy:
         verdict = self._cache.get(found.digest, {}).get(repository)
         if verdict is None:
             rows = await self.db.read(self.db.meta.scans_get, [found.digest])
+            row = rows.get(found.digest)
             verdict = judge(
-                policy, rows.get(found.digest), found.digest, lambda: _has_subject(found.payload)
+                policy,
+                row,
+                found.digest,
+                lambda: _has_subject(found.payload),
+                self.open_while_scanning,
             )
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            self._cache.setdefault(found.digest, {})[repository] = verdict
+            # Only final answers: a row becomes unsupported without a scan event, and one
+            # not scanned yet is read again (a point read) until its scan event.
+            # Auth off: a cached verdict would refuse a rescan's anonymous pulls.
+            final = row is not None and row.status in ("done", "unsupported")
+            if final and not self.open_while_scanning:
+                if len(self._cache) >= CACHE_SIZE:
+                    self._cache.clear()
+                self._cache.setdefault(found.digest, {})[repository] = verdict
         if not verdict.allowed:
             raise Denied(verdict.reason or "refused by a scanning policy")
 

@@ -29,7 +29,8 @@ Three kinds of task run in every worker process (``ScanQueue.run``):
 
 Failures (``ScanFailed`` or anything unexpected): the row's attempts + 1, its
 ``last_error``, and it is queued again after ``backoff_initial`` doubling per attempt up
-to ``backoff_max`` (or the scanner's Retry-After, if later). Never dropped: a scanner
+to ``backoff_max`` (or the scanner's Retry-After, if later); a report the registry would
+not store (a quota, the blob store down) likewise, as reason "report". Never dropped: a scanner
 outage or a missing database delays scans, loses none; a restart loses none (rows and
 cursor are in the database, a dead worker's lease expires). "unsupported" from the
 scanner is final. Nothing of this runs on a push's request path: the push writes its
@@ -51,11 +52,12 @@ import trio
 
 from dockyard.config import ScanningSettings
 from dockyard.core.common import EventMaker, RequestInfo
+from dockyard.core.errors import RegistryError
 from dockyard.core.registry import Registry
 from dockyard.events.hub import PAGE, EventHub
 from dockyard.events.outage import log_failure
 from dockyard.globs import any_glob_matches
-from dockyard.meta.records import Event, StoredEvent
+from dockyard.meta.records import Event, StoredEvent, StoreUnavailable
 from dockyard.meta.scans import NewScan, ScanOutcome, ScanRecord
 from dockyard.meta.store import Database, MetadataStore
 from dockyard.oci.manifest import IMAGE_TYPES, INDEX_TYPES, ManifestError, parse_manifest
@@ -68,6 +70,7 @@ from dockyard.scanning.report import (
     rfc3339,
 )
 from dockyard.scanning.scanner import Finding, ScanFailed, Scanner, ScanRequest, ScanResult
+from dockyard.storage.base import StorageError
 
 log = logging.getLogger("dockyard.scanning")
 
@@ -409,7 +412,13 @@ class ScanQueue:
         started = time.monotonic()
         try:
             result = await self._scan(row)
-            report = await self._store_reports(row, found.media_type, found.size, result)
+            try:
+                report = await self._store_reports(row, found.media_type, found.size, result)
+            except (RegistryError, StorageError, StoreUnavailable) as e:
+                # A quota, the blob store or the database refused the report: tried again.
+                self._observe(started)
+                await self._retry(row, lease, "report", f"storing the report: {e}", None)
+                return
         except ScanFailed as e:
             self._observe(started)
             if e.reason == "unsupported":

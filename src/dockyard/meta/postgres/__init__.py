@@ -43,8 +43,8 @@ class PostgresMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
-    RobotStore,
     ScanStore,
+    RobotStore,
 ):
     """Every ``MetadataStore`` method, on a PostgreSQL database shared by every worker and
     instance; with ``wait_for_events`` (``EventWakeups``) besides."""

@@ -40,7 +40,7 @@ class SQLiteMeta(
     UploadStore,
     CacheStore,
     ReplicationStore,
-    RobotStore,
     ScanStore,
+    RobotStore,
 ):
     """Every ``MetadataStore`` method, on one SQLite file shared by all workers."""
