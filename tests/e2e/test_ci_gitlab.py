@@ -105,8 +105,9 @@ def start_dockyard(
     work: Path, mode: str, on_push: bool, more: str = "", port: int | None = None
 ) -> tuple[DockyardServer, dict[str, str], str, str]:
     """dockyard with ``auth.mode`` ``mode``, an admin, trivy scanning (on push or not) on
-    the made-up database pushed into itself; (server, its env, robot user, robot secret)
-    with the robot made by ``dockyard tokens create``."""
+    the made-up database pushed into itself (no anonymous access: trivy pulls the image and
+    the database with dockyard's short-lived scanner robots); (server, its env, robot
+    user, robot secret) with the robot made by ``dockyard tokens create``."""
     trivy = trivy_binary()
     port = port or free_port()
     htpasswd = work / "htpasswd"
@@ -121,11 +122,6 @@ htpasswd = {json.dumps(str(htpasswd))}
 users = ["admin"]
 repositories = ["*"]
 actions = ["*"]
-
-[[access]]  # trivy downloads its database without credentials
-users = ["anonymous"]
-repositories = ["{DB_REPOSITORY}"]
-actions = ["pull"]
 
 [scanning]
 scanner = "trivy"
