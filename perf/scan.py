@@ -203,10 +203,10 @@ def wait_for_scans(url: str, images: list[tuple[str, str]], timeout: float) -> d
         time.sleep(0.2)
 
 
-def niced(trivy: str, nice: int, directory: Path | None) -> str:
+def niced(trivy: str, nice: int, directory: Path) -> str:
     """A script running ``trivy`` at niceness ``nice``: what the scanner's priority does
     to pushes, without changing the runner (the experiment of perf/RESULTS.md)."""
-    wrapper = (directory or Path(tempfile.mkdtemp(prefix="perf-scan-"))) / "trivy"
+    wrapper = directory / "trivy"
     wrapper.write_text(f'#!/bin/sh\nexec nice -n {nice} {shlex.quote(trivy)} "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
@@ -242,17 +242,28 @@ def run(
     settle: float = 0.5,
     extra: dict[str, str] | None = None,
     nice: int = 0,
-    wrappers: Path | None = None,
 ) -> dict[str, list[Figures]]:
     """``extra``: more environment of the "on" server (DOCKYARD_SCANNING_CONCURRENCY,
     GOMAXPROCS for its trivy processes, ...); ``nice``: run trivy at that niceness
-    (through a wrapper script in ``wrappers``)."""
-    trivy = trivy_binary()
-    if nice:
-        trivy = niced(trivy, nice, wrappers)
+    (through a wrapper script)."""
+    with tempfile.TemporaryDirectory(prefix="perf-scan-") as wrappers:
+        trivy = trivy_binary()
+        if nice:
+            trivy = niced(trivy, nice, Path(wrappers))
+        return _run(params, repeats, workers, settle, trivy, extra or {})
+
+
+def _run(
+    params: Params,
+    repeats: int,
+    workers: int,
+    settle: float,
+    trivy: str,
+    extra: dict[str, str],
+) -> dict[str, list[Figures]]:
     port = free_port()
     modes = settings(trivy, port)
-    modes["on"].update(extra or {})
+    modes["on"].update(extra)
     servers = {
         mode: Dockyard(workers=workers, port=port if mode == "on" else None, settings=s)
         for mode, s in modes.items()
@@ -377,10 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     started = dt.datetime.now(dt.UTC)
     m = machine()
-    with tempfile.TemporaryDirectory(prefix="perf-scan-") as wrappers:
-        results = run(
-            params, repeats, args.workers, extra=extra, nice=args.nice, wrappers=Path(wrappers)
-        )
+    results = run(params, repeats, args.workers, extra=extra, nice=args.nice)
     text = table(results)
     print()
     print(text)
