@@ -119,7 +119,7 @@ blocking_count() { # SCAN_JSON
 
 scan() {
     need_credentials
-    local digest scans_url deadline response status blocking code body why ask_at
+    local digest scans_url deadline response status blocking code body why ask_at error last_error=""
     digest=$(image_digest)
     if [[ -n $BLOCK_SEVERITY && ! " ${SEVERITIES[*]} " == *" $BLOCK_SEVERITY "* ]]; then
         die "BLOCK_SEVERITY must be one of ${SEVERITIES[*]} or empty, not '$BLOCK_SEVERITY'"
@@ -137,6 +137,14 @@ scan() {
         status=$(jq -r .status <<<"$response")
         case $status in
             done) break ;;
+            queued | running)
+                # A scan that failed (scanner down, no database yet) is queued again with
+                # backoff: say why it is taking long, once per new error.
+                error=$(jq -r '.lastError // ""' <<<"$response")
+                if [[ -n $error && $error != "$last_error" ]]; then
+                    log "waiting: the last attempt failed ($error), next at $(jq -r '.nextAttempt // "?"' <<<"$response")"
+                    last_error=$error
+                fi ;;
             none)
                 if ((SECONDS >= ask_at)); then
                     log "not scanned on push: asking for a scan"
@@ -144,11 +152,7 @@ scan() {
                         || die "POST $scans_url refused"
                     ask_at=$deadline
                 fi ;;
-            failed)
-                # dockyard retries failed scans with backoff; give up when it stops.
-                log "scan failed: $(jq -r '.lastError // "?"' <<<"$response"), next attempt $(jq -r '.nextAttempt // "none"' <<<"$response")"
-                [[ $(jq -r '.nextAttempt // ""' <<<"$response") ]] \
-                    || die "the scan of $digest failed: $(jq -r '.lastError // "?"' <<<"$response")" ;;
+            failed) die "the scan of $digest failed for good: $(jq -r '.lastError // "?"' <<<"$response")" ;;
             unsupported) die "dockyard cannot scan $digest (not an image it knows how to scan)" ;;
         esac
         ((SECONDS < deadline)) || die "no scan result for $digest after $SCAN_TIMEOUT s (status $status)"
