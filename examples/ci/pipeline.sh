@@ -18,6 +18,7 @@
 #   BLOCK_SEVERITY       UNKNOWN, LOW, MEDIUM, HIGH (default) or CRITICAL; empty: never fail
 #                        on findings (the registry's pull policy still applies)
 #   SCAN_TIMEOUT         seconds to wait for the scan (default 600)
+#   NONE_GRACE           seconds a scan may stay "none" before asking for one (default 10)
 #   BUILDER              buildah (default) or podman
 #   CONTAINERFILE        default Containerfile;  BUILD_CONTEXT  default .
 #   DOCKYARD_TLS_VERIFY  false to accept a self-signed certificate (default true)
