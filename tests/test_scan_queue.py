@@ -23,7 +23,7 @@ import trio
 from dockyard.cli import main
 from dockyard.config import ScanPolicy, Settings
 from dockyard.config.model import QuotaSettings
-from dockyard.scanning.report import REPORT_ARTIFACT_TYPE
+from dockyard.scanning.report import REPORT_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE
 from dockyard.scanning.scanner import Finding, ScanFailed, ScanRequest, ScanResult
 from dockyard.services import Services, build
 from tests.conftest import (
@@ -58,18 +58,30 @@ class TestScanner:
         self.failures: list[ScanFailed] = []  # raised, in order, before scanning again
         self.version = "db-1"
         self.scanned: list[ScanRequest] = []
+        self.times: list[float] = []  # trio.current_time() of each scan
         self.closed = False
         self.padding = 0  # bytes added to each report
 
     async def scan(self, request: ScanRequest) -> ScanResult:
         self.scanned.append(request)
+        self.times.append(trio.current_time())
         if self.failures:
             raise self.failures.pop(0)
         findings = self.findings.get(request.repository, ())
         report = json.dumps(
             {"digest": request.digest, "n": len(findings), "pad": "x" * self.padding}
         ).encode()
-        return ScanResult("Test 1.0", self.version, 1_760_000_000.0, findings, report, REPORT_TYPE)
+        sbom = b'{"bomFormat": "CycloneDX"}' if request.sbom else None
+        return ScanResult(
+            "Test 1.0",
+            self.version,
+            1_760_000_000.0,
+            findings,
+            report,
+            REPORT_TYPE,
+            sbom,
+            "application/vnd.cyclonedx+json" if sbom else None,
+        )
 
     async def database_version(self) -> str | None:
         return self.version
@@ -233,8 +245,10 @@ async def test_an_outage_delays_scans_and_loses_none(tmp_path: Path) -> None:
         doc = await wait_scan(client, "app", image.digest)
         assert doc["attempts"] == 4 and doc["lastError"] is None
         assert len(scanner.scanned) == 4
-        # Backoff: 0.05, then the scanner's 0.3, then 0.2 (backoff_max).
-        assert scanner.scanned  # keep mypy quiet about the list's use
+        # Backoff: 0.05, then the scanner's Retry-After 0.3, then 0.2 (backoff_max).
+        gaps = [b - a for a, b in zip(scanner.times, scanner.times[1:], strict=False)]
+        assert gaps[0] >= 0.05 and gaps[1] >= 0.3 and gaps[2] >= 0.2
+        assert gaps[1] < 2 and gaps[2] < 2  # and not much later (workers are woken)
 
 
 async def test_a_restart_loses_no_queued_scan(tmp_path: Path) -> None:
@@ -414,3 +428,38 @@ async def test_a_report_over_the_quota_is_retried_not_lost(tmp_path: Path) -> No
         svc.registry.quotas.rules = ()  # the quota lifted: the next attempt stores it
         doc = await wait_scan(client, "small", image.digest)
         assert doc["summary"] is not None and doc["attempts"] >= 2
+
+
+async def test_an_sbom_is_a_second_referrer(tmp_path: Path) -> None:
+    scanner = TestScanner()
+    settings = scan_settings(tmp_path, sbom=True)
+    async with running(settings, scanner) as svc, make_client(svc) as client:
+        image = await push_image(client, "app")
+        doc = await wait_scan(client, "app", image.digest)
+        r = await client.get(f"/v2/app/referrers/{image.digest}")
+        kinds = {m["artifactType"]: m["digest"] for m in r.json()["manifests"]}
+        assert set(kinds) == {REPORT_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE}
+        assert kinds[REPORT_ARTIFACT_TYPE] == doc["report"]
+        sbom = (await client.get(f"/v2/app/manifests/{kinds[SBOM_ARTIFACT_TYPE]}")).json()
+        assert sbom["layers"][0]["mediaType"] == "application/vnd.cyclonedx+json"
+        assert scanner.scanned[0].sbom
+
+
+async def test_two_instances_never_scan_a_row_twice(tmp_path: Path) -> None:
+    """Two registries on one database (two instances): every image scanned exactly once."""
+    first, second = TestScanner(), TestScanner()
+    settings = scan_settings(tmp_path, concurrency=3)
+    other = scan_settings(tmp_path)
+    other.scanning.concurrency = 3
+    other.server.instance = "other"
+    async with (
+        running(settings, first) as svc,
+        running(other, second),
+        make_client(svc) as client,
+    ):
+        images = [await push_image(client, "app", f"v{i}") for i in range(8)]
+        for image in images:
+            await wait_scan(client, "app", image.digest)
+        await trio.sleep(0.3)
+    scanned = [r.digest for r in first.scanned + second.scanned]
+    assert sorted(scanned) == sorted(i.digest for i in images)
