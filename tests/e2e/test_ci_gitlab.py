@@ -224,6 +224,14 @@ backoff_initial = 0.2
         server.stop()
         hook.terminate()
         hook.wait(10)
+    no_traceback(server)
+
+
+def no_traceback(server: DockyardServer) -> None:
+    """An unhandled error on the server is a bug even when the pipeline got through."""
+    text = server.log_path.read_text(errors="replace")
+    if "Traceback" in text:
+        pytest.fail(f"dockyard logged an unhandled error:\n{text[-8000:]}", pytrace=False)
 
 
 def project(registry: Registry, name: str, packages: dict[str, str]) -> Path:
@@ -463,3 +471,4 @@ def test_pipeline_script_with_basic_auth_and_a_scan_on_demand(tmp_path: Path) ->
         assert scanners and users - scanners - {"admin"} == {user}  # admin: the test's GETs
     finally:
         server.stop()
+    no_traceback(server)
