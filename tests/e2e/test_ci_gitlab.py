@@ -12,8 +12,9 @@ hook of examples/ci/deploy-hook behind a [[webhooks]] endpoint.
 - The same image with the pipeline's threshold off in a repository whose pull policy
   blocks CRITICAL: the scan job fails on the registry's 403.
 
-pipeline.sh is also run directly against a dockyard with basic auth that does not scan on
-push: its Basic path, and the scan it asks for when none came.
+pipeline.sh is also run directly, building with podman, against a dockyard with basic
+auth that does not scan on push and has no vulnerability database at first: its Basic
+path, the scan it asks for when none came, and its wait through failed attempts.
 
 The images are built FROM scratch by buildah (nothing can be downloaded here) from the
 files of tests/scanimages.py.
@@ -400,7 +401,7 @@ def test_pipeline_script_with_basic_auth_and_a_scan_on_demand(tmp_path: Path) ->
     registry that does not scan on push, so ``scan`` asks for one (POST), and whose
     scanner has no database yet: the attempts fail and are retried, the script waits and
     says why, and the scan passes once the database is pushed."""
-    for tool in ("buildah", "jq", "curl"):
+    for tool in ("podman", "jq", "curl"):
         require_tool(tool)
     server, _, user, secret = start_dockyard(tmp_path, "basic", on_push=False, with_database=False)
     try:
@@ -416,6 +417,7 @@ def test_pipeline_script_with_basic_auth_and_a_scan_on_demand(tmp_path: Path) ->
             "DOCKYARD_PASSWORD": secret,
             "IMAGE_REPOSITORY": "team/basic",
             "IMAGE_TAG": "b1",
+            "BUILDER": "podman",  # the GitLab run uses buildah
             "NONE_GRACE": "1",
             "SCAN_TIMEOUT": "120",
         }
