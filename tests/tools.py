@@ -23,6 +23,8 @@ INSTALL_HINTS = {
     "mmdebstrap": "apt-get install -y mmdebstrap",
     "runc": "apt-get install -y runc",
     "docker-compose": "apt-get install -y --no-install-recommends docker-compose",
+    "gitlab-ci-local": "apt-get install -y npm rsync && npm install -g gitlab-ci-local@4.65.1",
+    "jq": "apt-get install -y jq",
 }
 
 
