@@ -486,6 +486,7 @@ class ReplicationRule:
 
 
 SCANNERS = ("", "trivy", "harbor")
+SCAN_PRIORITIES = ("idle", "low", "normal")
 # Vulnerability severities, lowest first (Trivy's and Harbor's names).
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 
@@ -554,6 +555,10 @@ class ScanningSettings:
     repositories: list[str] = field(default_factory=list)
     # Also store a CycloneDX SBOM next to each report.
     sbom: bool = False
+    # CPU priority of the scanner's processes: "idle" (Linux SCHED_IDLE: only CPU time
+    # nothing else wants, so scans never slow pushes and pulls), "low" (nice 19) or
+    # "normal".
+    priority: str = "idle"
     # Scans running at once in each instance; seconds one scan may take.
     concurrency: int = 2
     timeout: float = 600.0

