@@ -172,6 +172,35 @@ async def test_concurrent_scans_share_the_cache(
         await scanner.aclose()
 
 
+async def test_a_layer_analysed_before_is_not_pulled_again(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    """A scan slot keeps its layer cache: the second scan of an image (CI images share
+    their base layers) finds the same, and the registry serves its layer once."""
+    layer = VULNERABLE.layers[0].blob.digest
+
+    async def layer_gets() -> int:
+        seen = -1
+        while True:  # the access log is written by a thread: read it once it settled
+            count = registry.log_path.read_text().count(f"/blobs/{layer}")
+            if count == seen:
+                return count
+            seen = count
+            await trio.sleep(0.3)
+
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    try:
+        before = await layer_gets()
+        first = await scanner.scan(request(registry, VULNERABLE.digest))
+        pulled = await layer_gets()
+        assert pulled > before
+        second = await scanner.scan(request(registry, VULNERABLE.digest))
+        assert found(second) == found(first) == EXPECTED
+        assert await layer_gets() == pulled
+    finally:
+        await scanner.aclose()
+
+
 async def test_database_missing_then_pushed(
     trivy: str, registry: DockyardServer, tmp_path: Path
 ) -> None:

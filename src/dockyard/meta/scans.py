@@ -174,6 +174,11 @@ class ScanStore:
             " AND (lease IS NULL OR lease_expires < ?)"
         )
         taken: list[str] = []
+        # A read first: idle workers ask often, and a write transaction each time would
+        # queue behind (and delay) the pushes' own writes.
+        with self._read() as conn:
+            if not conn.execute(due, (now, now, 1)).fetchall():
+                return []
         with self._write() as conn:
             for (digest,) in conn.execute(due, (now, now, limit)).fetchall():
                 # Conditional: another instance may have taken it since the SELECT.

@@ -24,11 +24,16 @@ Cache layout (``cache_dir``)::
                                                replaced atomically (a new symlink renamed
                                                over it), so a scan sees one whole version
     incoming-<random>/                         a download in progress (removed after)
+    slots/<n>/db -> ../../scan/db              a scan slot: --cache-dir of one scan at a
+    slots/<n>/fanal/                           time (held with an flock on slots/<n>.lock,
+                                               across processes), with its own layer cache
 
 Concurrency: trivy opens ``trivy.db`` read-only (a shared lock: scans run side by side),
 but its layer cache (``fanal/fanal.db``) takes an exclusive lock for a whole run, which
-would serialize scans; scans use ``--cache-backend memory`` instead (layers are analysed
-again each scan). Downloads are serialized by a lock, and a scan never waits on one unless
+would serialize scans sharing it; so each running scan holds a slot with a layer cache of
+its own. A layer a slot analysed before (CI images share their base layers) is neither
+pulled from the registry nor analysed again: the registry serves, and trivy analyses, only
+what is new. Downloads are serialized by a lock, and a scan never waits on one unless
 there is no database at all.
 
 Errors (``ScanFailed`` reasons): the binary missing or not executable, or the trivy server
@@ -41,6 +46,7 @@ artifact that is not an image -> "unsupported".
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -52,7 +58,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +81,9 @@ REPORT_MEDIA_TYPE = "application/vnd.aquasec.trivy.report.v1+json"
 SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 DB_TAG = "2"  # trivy's database schema version, the tag it downloads
 STDERR_TAIL = 2000  # characters of trivy's stderr kept in a failure's message
+# Scan slots (each a layer cache, see the module docstring) per cache directory; more
+# scans at once than this keep their layer caches in memory.
+MAX_SLOTS = 32
 # trivy's own answer for something that is not an image (an artifact, a Helm chart...).
 _UNSUPPORTED = re.compile(r"unsupported (artifact type|media ?type|config)", re.IGNORECASE)
 _UNREACHABLE_SERVER = re.compile(r"connection refused|no such host|twirp", re.IGNORECASE)
@@ -253,6 +262,30 @@ class TrivyScanner:
     def _scan_cache(self) -> Path:
         return self.cache_dir / "scan"
 
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[Path | None]:
+        """A scan slot's cache directory, held (flock) until the scan ends; None when all
+        MAX_SLOTS are busy (the scan then keeps its layer cache in memory)."""
+        slots = self.cache_dir / "slots"
+        slots.mkdir(parents=True, exist_ok=True)
+        for n in range(MAX_SLOTS):
+            fd = os.open(slots / f"{n}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                slot = slots / str(n)
+                slot.mkdir(exist_ok=True)
+                if not (slot / "db").is_symlink():
+                    (slot / "db").symlink_to(os.path.join("..", "..", "scan", "db"))
+                yield slot
+                return
+            finally:
+                os.close(fd)  # closing releases the flock
+        yield None
+
     def current_database(self) -> DatabaseInfo | None:
         """The database scans use now; None when none was downloaded."""
         link = self._scan_cache / "db"
@@ -396,7 +429,6 @@ class TrivyScanner:
 
     async def scan(self, request: ScanRequest) -> ScanResult:
         version = await self.version()
-        database: DatabaseInfo | None = None
         args = [
             "image",
             "--image-src",
@@ -406,25 +438,32 @@ class TrivyScanner:
             "--quiet",
             "--scanners",
             "vuln",
-            "--cache-backend",
-            "memory",
             "--timeout",
             f"{math.ceil(self.settings.timeout)}s",
         ]
         if self.settings.trivy_server:
             # Whatever the client keeps stays in dockyard's cache, not in $HOME.
             args += ["--server", self.settings.trivy_server, "--cache-dir", str(self._scan_cache)]
-        else:
-            database = self.current_database() or await self._refresh()
-            if database is None:
-                raise ScanFailed("database", "no trivy database")
-            args += [
-                "--cache-dir",
-                str(self._scan_cache),
-                "--skip-db-update",
-                "--skip-java-db-update",
-                "--offline-scan",
-            ]
+            args += ["--cache-backend", "memory"]
+            return await self._scan(request, version, None, args)
+        database = self.current_database() or await self._refresh()
+        if database is None:
+            raise ScanFailed("database", "no trivy database")
+        args += ["--skip-db-update", "--skip-java-db-update", "--offline-scan"]
+        with self._slot() as slot:
+            if slot is None:
+                args += ["--cache-dir", str(self._scan_cache), "--cache-backend", "memory"]
+            else:
+                args += ["--cache-dir", str(slot), "--cache-backend", "fs"]
+            return await self._scan(request, version, database, args)
+
+    async def _scan(
+        self,
+        request: ScanRequest,
+        version: str,
+        database: DatabaseInfo | None,
+        args: list[str],
+    ) -> ScanResult:
         if request.insecure:
             args.append("--insecure")
         if request.sbom:
