@@ -9,6 +9,7 @@ downloads the database the way a fresh dockyard would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import pytest
 import trio
 
 from dockyard.config import ScanningSettings
-from dockyard.scanning.scanner import ScanFailed, ScanRequest, ScanResult
+from dockyard.scanning.scanner import LocalImage, ScanFailed, ScanRequest, ScanResult
 from dockyard.scanning.trivy import (
     REPORT_MEDIA_TYPE,
     SBOM_MEDIA_TYPE,
@@ -197,6 +198,36 @@ async def test_a_layer_analysed_before_is_not_pulled_again(
         second = await scanner.scan(request(registry, VULNERABLE.digest))
         assert found(second) == found(first) == EXPECTED
         assert await layer_gets() == pulled
+    finally:
+        await scanner.aclose()
+
+
+async def test_a_local_image_is_read_in_place(
+    trivy: str, registry: DockyardServer, tmp_path: Path
+) -> None:
+    """With the image's files (a filesystem blob store), trivy reads them in place: the
+    same findings, and nothing of the image is pulled from the registry."""
+    files = tmp_path / "blobs"
+    files.mkdir()
+    blobs = []
+    for blob in (VULNERABLE.config, *(layer.blob for layer in VULNERABLE.layers)):
+        path = files / blob.digest.replace(":", "-")
+        path.write_bytes(blob.data)
+        blobs.append((blob.digest, str(path)))
+    local = LocalImage(VULNERABLE.manifest.media_type, VULNERABLE.manifest.data, tuple(blobs))
+    scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
+    layer = VULNERABLE.layers[0].blob.digest
+    try:
+        await scanner.database_version()  # the database comes from the registry
+        before = registry.log_path.read_text().count(f"/blobs/{layer}")
+        in_place = dataclasses.replace(request(registry, VULNERABLE.digest), local=local)
+        result = await scanner.scan(in_place)
+        assert found(result) == EXPECTED
+        report = json.loads(result.report)
+        assert report["ArtifactName"] == f"{registry.host}/{APP}@{VULNERABLE.digest}"
+        await trio.sleep(1)  # the access log is written by a thread
+        assert registry.log_path.read_text().count(f"/blobs/{layer}") == before
+        assert not list((tmp_path / "cache" / "layouts").iterdir())  # removed after
     finally:
         await scanner.aclose()
 

@@ -377,6 +377,7 @@ def build(
         clock,
         scanner=scanner,
         credentials=robots.pull_credentials if robots is not None else no_credentials,
+        local_path=storage.local_path,
     )
     if metrics is not None:
         services.sampler = mount_metrics(

@@ -86,6 +86,7 @@ def mount_scanning(
     clock: Callable[[], float] = time.time,
     scanner: Scanner | None = None,
     credentials: PullCredentials = no_credentials,
+    local_path: Callable[[str], str | None] = lambda digest: None,
 ) -> ScanningService | None:
     """Build scanning from ``settings`` (``scanner``: one built by the caller instead);
     None when neither a scanner nor a pull policy is configured."""
@@ -110,6 +111,7 @@ def mount_scanning(
             instance=instance,
             lease_seconds=settings.events.webhook_lease_seconds,
             credentials=credentials,
+            local_path=local_path,
             metrics=ScanMetrics(metrics) if metrics is not None else None,
             clock=clock,
         )

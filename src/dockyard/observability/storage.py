@@ -147,6 +147,9 @@ class TimedStore:
             "presigned_url", lambda: self.inner.presigned_url(digest, method)
         )
 
+    def local_path(self, digest: str) -> str | None:
+        return self.inner.local_path(digest)
+
     async def check(self) -> None:
         await self._timer.call("check", self.inner.check)
 

@@ -70,7 +70,14 @@ from dockyard.scanning.report import (
     report_annotations,
     rfc3339,
 )
-from dockyard.scanning.scanner import Finding, ScanFailed, Scanner, ScanRequest, ScanResult
+from dockyard.scanning.scanner import (
+    Finding,
+    LocalImage,
+    ScanFailed,
+    Scanner,
+    ScanRequest,
+    ScanResult,
+)
 from dockyard.storage.base import StorageError
 
 log = logging.getLogger("dockyard.scanning")
@@ -184,6 +191,7 @@ class ScanQueue:
         instance: str,
         lease_seconds: float,
         credentials: PullCredentials = no_credentials,
+        local_path: Callable[[str], str | None] = lambda digest: None,
         metrics: ScanMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -195,6 +203,8 @@ class ScanQueue:
         self.address = address
         self.lease_seconds = lease_seconds
         self.credentials = credentials
+        # Where the blob store keeps a blob on this machine (filesystem driver), or None.
+        self.local_path = local_path
         self.metrics = metrics
         self.clock = clock
         self.instance = instance
@@ -397,6 +407,8 @@ class ScanQueue:
 
     async def _scan(self, row: ScanRecord) -> ScanResult:
         timeout = self.settings.timeout
+        local = await self._local_image(row)
+        # Even with a local image: the scanner falls back to pulling when it cannot link.
         creds = await self.credentials(row.repository, timeout + 60)
         request = ScanRequest(
             self.address.host,
@@ -406,11 +418,31 @@ class ScanQueue:
             None if creds is None else creds[0],
             None if creds is None else creds[1],
             sbom=self.settings.sbom,
+            local=local,
         )
         with trio.move_on_after(timeout) as scope:
             return await self.scanner.scan(request)
         assert scope.cancelled_caught
         raise ScanFailed("timeout", f"the scan took longer than {timeout:g} seconds")
+
+    async def _local_image(self, row: ScanRecord) -> LocalImage | None:
+        """The image as the blob store's own files, when it keeps them on this machine and
+        holds every blob: the scanner then reads them in place, and the registry serves
+        nothing to it (its HTTP workers are the pushes' and pulls')."""
+        found = await self.db.run(self.db.meta.get_manifest, row.repository, row.digest)
+        if found is None:
+            return None
+        try:
+            manifest = parse_manifest(found.payload, found.media_type)
+        except ManifestError:
+            return None
+        blobs: list[tuple[str, str]] = []
+        for descriptor in manifest.blobs:
+            path = self.local_path(str(descriptor.digest))
+            if path is None:
+                return None
+            blobs.append((str(descriptor.digest), path))
+        return LocalImage(found.media_type, found.payload, tuple(blobs))
 
     async def _store_reports(
         self, row: ScanRecord, media_type: str, size: int, result: ScanResult

@@ -3,7 +3,9 @@
 ``ScanResult`` or raising ``ScanFailed``.
 
 A scanner pulls the image from dockyard itself (``ScanRequest.registry``, with a
-short-lived pull-only credential when auth is on), so it sees exactly the stored bytes.
+short-lived pull-only credential when auth is on), or reads it in place
+(``ScanRequest.local``, the stored files of a filesystem blob store), so it sees exactly
+the stored bytes.
 Scanners know nothing of the queue, the metadata store or the HTTP layer.
 
 Errors::
@@ -35,6 +37,16 @@ class ScanFailed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class LocalImage:
+    """The image as files on this machine (a filesystem blob store): a scanner that can
+    read it in place does, instead of pulling it from the registry over HTTP."""
+
+    media_type: str
+    manifest: bytes
+    blobs: tuple[tuple[str, str], ...]  # (digest, path) of the config and every layer
+
+
+@dataclass(frozen=True, slots=True)
 class ScanRequest:
     # host:port the scanner pulls from (dockyard itself), and whether it is plain HTTP.
     registry: str
@@ -46,6 +58,8 @@ class ScanRequest:
     password: str | None = field(default=None, repr=False)
     # Also produce a CycloneDX SBOM.
     sbom: bool = False
+    # The same image readable in place, when the blob store keeps files here.
+    local: LocalImage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ from urllib.parse import urlsplit
 import trio
 
 from dockyard.config import SEVERITIES, ScanningSettings
-from dockyard.scanning.scanner import Finding, ScanFailed, ScanRequest, ScanResult
+from dockyard.scanning.scanner import Finding, LocalImage, ScanFailed, ScanRequest, ScanResult
 from dockyard.upstream.client import RegistryClient, UpstreamError
 
 # A short-lived credential (username, password) that may pull a repository, valid for
@@ -263,6 +263,47 @@ class TrivyScanner:
         return self.cache_dir / "scan"
 
     @contextlib.contextmanager
+    def _layout(self, image: LocalImage | None) -> Iterator[Path | None]:
+        """An OCI image layout of ``image`` for ``trivy image --input``: the manifest
+        written, the config and layers hard links to the stored files (trivy refuses
+        symbolic links in a layout; a link copies nothing); removed after. None when there
+        is no local image, or the files cannot be linked (the cache directory on another
+        file system than the blobs): the scan then pulls from the registry."""
+        if image is None:
+            yield None
+            return
+        layout = self.cache_dir / "layouts" / uuid.uuid4().hex
+        try:
+            blobs = layout / "blobs"
+            blobs.mkdir(parents=True)
+            manifest_digest = hashlib.sha256(image.manifest).hexdigest()
+            (blobs / "sha256").mkdir()
+            (blobs / "sha256" / manifest_digest).write_bytes(image.manifest)
+            for digest, path in image.blobs:
+                algorithm, _, encoded = digest.partition(":")
+                (blobs / algorithm).mkdir(exist_ok=True)
+                target = blobs / algorithm / encoded
+                if not target.exists():
+                    try:
+                        os.link(path, target)
+                    except OSError:
+                        log.info("cannot link %s into %s: scanning over HTTP", path, layout)
+                        yield None
+                        return
+            (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+            descriptor = {
+                "mediaType": image.media_type,
+                "digest": f"sha256:{manifest_digest}",
+                "size": len(image.manifest),
+            }
+            (layout / "index.json").write_text(
+                json.dumps({"schemaVersion": 2, "manifests": [descriptor]})
+            )
+            yield layout
+        finally:
+            shutil.rmtree(layout, ignore_errors=True)
+
+    @contextlib.contextmanager
     def _slot(self) -> Iterator[Path | None]:
         """A scan slot's cache directory, held (flock) until the scan ends; None when all
         MAX_SLOTS are busy (the scan then keeps its layer cache in memory)."""
@@ -431,8 +472,6 @@ class TrivyScanner:
         version = await self.version()
         args = [
             "image",
-            "--image-src",
-            "remote",
             "--format",
             "json",
             "--quiet",
@@ -464,15 +503,22 @@ class TrivyScanner:
         database: DatabaseInfo | None,
         args: list[str],
     ) -> ScanResult:
-        if request.insecure:
-            args.append("--insecure")
         if request.sbom:
             args.append("--list-all-pkgs")  # the SBOM is converted from this report
-        args.append(f"{request.registry}/{request.repository}@{request.digest}")
-        # A little more than trivy's own --timeout, so trivy reports its own first.
-        status, out, err = await self._run(
-            args, self._env(request.username, request.password), self.settings.timeout + 5
-        )
+        with self._layout(request.local) as layout:
+            if layout is not None:
+                # The stored files read in place: nothing goes through the registry's
+                # HTTP server (whose CPU the pushes need), no credential is needed.
+                args += ["--input", str(layout)]
+            else:
+                args += ["--image-src", "remote"]
+                if request.insecure:
+                    args.append("--insecure")
+                args.append(f"{request.registry}/{request.repository}@{request.digest}")
+            # A little more than trivy's own --timeout, so trivy reports its own first.
+            status, out, err = await self._run(
+                args, self._env(request.username, request.password), self.settings.timeout + 5
+            )
         if status != 0:
             if _UNSUPPORTED.search(err):
                 raise ScanFailed("unsupported", f"trivy cannot scan this artifact: {err.strip()}")
@@ -487,6 +533,10 @@ class TrivyScanner:
                 raise ValueError("not a JSON object")
         except ValueError as e:
             raise ScanFailed("crashed", f"trivy's report is not JSON ({e}): {err.strip()}") from e
+        if request.local is not None:
+            # Named as a remote scan names it, not by the temporary layout's path.
+            report["ArtifactName"] = f"{request.registry}/{request.repository}@{request.digest}"
+            out = json.dumps(report).encode()
         sbom = await self._sbom(out) if request.sbom else None
         return ScanResult(
             scanner=f"Trivy {version}",

@@ -319,6 +319,9 @@ class AzureStore:
             modified = item.last_modified.timestamp() if item.last_modified else 0.0
             yield item.name[len(start) :], modified
 
+    def local_path(self, digest: str) -> str | None:
+        return None  # not on this machine's file system
+
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         return None
 

@@ -117,6 +117,12 @@ class BlobStore(Protocol):
         """A URL a client may fetch the blob from directly, or None: not supported."""
         ...
 
+    def local_path(self, digest: str) -> str | None:
+        """The path of a stored blob's bytes on this machine's file system, for a local
+        reader that may open it (never write it: scanners read layers in place); None
+        when the driver keeps blobs elsewhere or the blob is not stored."""
+        ...
+
     async def check(self) -> None:
         """Raise ``StorageError`` unless the backend answers now (``/readyz``: a balancer
         takes an instance whose store is unreachable out of rotation). Cheap: one round

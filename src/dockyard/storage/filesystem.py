@@ -286,6 +286,13 @@ class FilesystemStore:
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         return None
 
+    def local_path(self, digest: str) -> str | None:
+        try:
+            path = self._blob_path(digest)
+        except StorageError:  # not a digest this store could hold
+            return None
+        return path if os.path.isfile(path) else None
+
     async def check(self) -> None:
         # Both directories, as a removed or unmounted data directory makes every push fail.
         def look() -> None:

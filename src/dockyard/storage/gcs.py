@@ -325,6 +325,9 @@ class GcsStore:
 
     # -- the rest ---------------------------------------------------------------------------
 
+    def local_path(self, digest: str) -> str | None:
+        return None  # not on this machine's file system
+
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         return None
 

@@ -112,6 +112,9 @@ class MemoryStore:
         for upload_id, (_, touched) in list(self._uploads.items()):
             yield upload_id, touched
 
+    def local_path(self, digest: str) -> str | None:
+        return None  # not on this machine's file system
+
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         return None
 

@@ -250,6 +250,9 @@ class S3Store:
 
     # -- the rest -------------------------------------------------------------------------
 
+    def local_path(self, digest: str) -> str | None:
+        return None  # not on this machine's file system
+
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
         if not self.redirect or method not in ("GET", "HEAD"):
             return None
