@@ -60,6 +60,20 @@ async def test_tags_list_digest_size_and_times(client: httpx.AsyncClient) -> Non
     assert doc["tags"][1]["digest"] == second.digest
 
 
+async def test_scans_api_without_a_scanner(client: httpx.AsyncClient) -> None:
+    """Scanning off: a manifest's scan is "none" (what the dashboard asks about every
+    pushed image), the tags carry no scan, and asking for a scan is refused."""
+    pushed = await push_image(client, "team/app", "v1")
+    r = await client.get(f"{BASE}/team/app/scans/{pushed.digest}")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "none" and r.json()["findings"] == []
+    assert (await client.get(f"{BASE}/team/app/tags")).json()["tags"][0]["scan"] is None
+    r = await client.post(f"{BASE}/team/app/scans/{pushed.digest}")
+    assert_error(r, 405, "UNSUPPORTED")
+    missing = digest_of(b"not pushed")
+    assert_error(await client.get(f"{BASE}/team/app/scans/{missing}"), 404, "MANIFEST_UNKNOWN")
+
+
 async def test_tags_are_paged_with_a_link(client: httpx.AsyncClient) -> None:
     image = await push_image(client, "app", "a")
     for tag in ("b", "c"):

@@ -94,6 +94,8 @@ def mount_scanning(
     if scanner is None and s.scanner:
         scanner = build_scanner(settings, None if credentials is no_credentials else credentials)
     if scanner is None and not s.policies:
+        # Still answered: a manifest's scan is "none", and asking for one is refused.
+        mount_scans_api(app, repositories, Scans(db, None, None))
         return None
     policy = None
     if s.policies:
@@ -117,9 +119,14 @@ def mount_scanning(
         )
         if policy is not None:
             queue.on_scanned.append(policy.forget)
-        scans = Scans(db, queue, policy)
-        resource = ScansResource(scans, app.authorizer)
-        resource.guard = app.guard
-        app.add_routes(scan_routes(resource), [])
-        repositories.scan_summaries = scans.summaries
+    mount_scans_api(app, repositories, Scans(db, queue, policy))
     return ScanningService(queue, policy, scanner)
+
+
+def mount_scans_api(app: RegistryApp, repositories: Repositories, scans: Scans) -> None:
+    """GET/POST /v2/_dockyard/repositories/<name>/scans/<digest>, and the tags list's
+    ``scan`` field."""
+    resource = ScansResource(scans, app.authorizer)
+    resource.guard = app.guard
+    app.add_routes(scan_routes(resource), [])
+    repositories.scan_summaries = scans.summaries

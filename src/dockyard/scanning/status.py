@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dockyard.core.errors import ManifestUnknown
+from dockyard.core.errors import ManifestUnknown, Unsupported
 from dockyard.meta.scans import ScanRecord
 from dockyard.meta.store import Database
 from dockyard.oci.manifest import INDEX_TYPES
@@ -65,12 +65,16 @@ def document(
 
 
 class Scans:
-    def __init__(self, db: Database, queue: ScanQueue, policy: PullPolicy | None) -> None:
+    def __init__(self, db: Database, queue: ScanQueue | None, policy: PullPolicy | None) -> None:
+        # queue None: no scanner configured. A manifest's scan is then "none" (what the
+        # dashboard shows for every image), and asking for a scan is refused.
         self.db = db
         self.queue = queue
         self.policy = policy
 
     async def request(self, repository: str, digest: str) -> None:
+        if self.queue is None:
+            raise Unsupported("no scanner is configured ([scanning] scanner)")
         if not await self.queue.request(repository, digest):
             raise ManifestUnknown(f"no manifest {digest} in {repository}")
 
