@@ -39,9 +39,9 @@ import trio
 from dockyard.cache.common import CacheCounters, NoCounters, failure, log, reason_of
 from dockyard.cache.upstreams import Route, UpstreamMap
 from dockyard.core.common import Body, EventMaker, RequestInfo, parse_digest
-from dockyard.core.errors import BlobUnknown, TooManyRequests, UpstreamUnavailable
+from dockyard.core.errors import BlobUnknown, UpstreamUnavailable
+from dockyard.core.uploads import claim_blob
 from dockyard.events.pulls import PullEventWriter
-from dockyard.meta.records import BlobBeingDeleted
 from dockyard.meta.store import Database
 from dockyard.oci.digest import new_hasher
 from dockyard.storage.base import BlobStore, DriverState, UploadWriter
@@ -56,9 +56,6 @@ FILL_WAIT = 600.0
 # A waiting request tries to take the lease itself (the other fill may have failed)
 # every this many polls.
 ACQUIRE_EVERY = 10
-# A fill whose blob the collector is deleting waits this long at most (core/uploads.py).
-CLAIM_WAIT = 30.0
-CLAIM_RETRY = 0.1
 
 BlobSize = Callable[[str, str], Awaitable[int]]
 ReadBlob = Callable[[RequestInfo, str, str, int, int, int | None], Awaitable[Body]]
@@ -220,18 +217,7 @@ class CachedBlobs:
         return True
 
     async def _claim(self, digest: str, size: int) -> None:
-        waited = 0.0
-        while True:
-            try:
-                await self.db.run(self.meta.claim_blob, digest, size, self.gc_lease_seconds)
-                return
-            except BlobBeingDeleted:
-                if waited >= CLAIM_WAIT:
-                    raise TooManyRequests(
-                        f"blob {digest} is being garbage-collected; pull it again shortly", 5.0
-                    ) from None
-            await trio.sleep(CLAIM_RETRY)
-            waited += CLAIM_RETRY
+        await claim_blob(self.db, digest, size, self.gc_lease_seconds, "pull")
 
     async def _fill(
         self,

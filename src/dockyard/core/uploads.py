@@ -350,21 +350,6 @@ class Uploads:
                 with trio.CancelScope(shield=True):
                     await self.storage.delete_upload(storage_id, state)
 
-    async def _claim_blob(self, digest: str, size: int) -> None:
-        waited = 0.0
-        while True:
-            try:
-                await self.db.run(self.meta.claim_blob, digest, size, self.gc_lease_seconds)
-                return
-            except BlobBeingDeleted:
-                if waited >= CLAIM_WAIT:
-                    raise TooManyRequests(
-                        f"blob {digest} is being garbage-collected; push it again shortly",
-                        CLAIM_RETRY_AFTER,
-                    ) from None
-            await trio.sleep(CLAIM_RETRY)
-            waited += CLAIM_RETRY
-
     async def _commit(
         self,
         ctx: RequestInfo,
@@ -389,7 +374,7 @@ class Uploads:
                 raise self.quotas.refused(repository, e) from None
         # Before the commit, which may drop these bytes for stored ones (dedupe): from now
         # on the collector keeps the stored bytes, or this waits until it has deleted them.
-        await self._claim_blob(digest, size)
+        await claim_blob(self.db, digest, size, self.gc_lease_seconds, "push")
         try:
             await self.storage.commit_upload(sid, state, size, digest)
         except UploadNotFound:
@@ -415,3 +400,24 @@ class Uploads:
             if upload_id is not None:
                 await self.db.run(self.meta.delete_upload, upload_id)
             raise self.quotas.refused(repository, e) from None
+
+
+async def claim_blob(
+    db: Database, digest: str, size: int, gc_lease_seconds: float, then: str
+) -> None:
+    """Claim a blob row before committing bytes of ``digest`` (``meta.claim_blob``: from
+    then on the collector keeps the stored bytes), waiting up to CLAIM_WAIT while garbage
+    collection is deleting them; then 429, telling the client to ``then`` it again."""
+    waited = 0.0
+    while True:
+        try:
+            await db.run(db.meta.claim_blob, digest, size, gc_lease_seconds)
+            return
+        except BlobBeingDeleted:
+            if waited >= CLAIM_WAIT:
+                raise TooManyRequests(
+                    f"blob {digest} is being garbage-collected; {then} it again shortly",
+                    CLAIM_RETRY_AFTER,
+                ) from None
+        await trio.sleep(CLAIM_RETRY)
+        waited += CLAIM_RETRY
