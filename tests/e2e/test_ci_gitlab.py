@@ -28,8 +28,10 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -37,7 +39,7 @@ import pytest
 import trio
 
 from tests.e2e.containers_tools import ContainerStore
-from tests.e2e.logread import access_log, field
+from tests.e2e.logread import access_log, field, logged_request
 from tests.scanimages import PACKAGES, PATCHED, apk_installed
 from tests.serverproc import DockyardServer, free_port
 from tests.tools import require_tool
@@ -306,11 +308,21 @@ def explain(run: Run, registry: Registry) -> str:
     return f"--- gitlab-ci-local\n{run.output[-6000:]}\n--- dockyard\n{registry.server.log()}"
 
 
+def settled_access_log(registry: Registry) -> list[dict[str, Any]]:
+    """The access log once every request made so far is in it: the server writes access
+    lines from a log thread after the response, so the pipeline's last PUT may still be
+    on its way; a marker request's line comes after it (one worker, one ordered queue)."""
+    marker = f"settle-{uuid.uuid4().hex}"
+    httpx.get(registry.server.url + "/v2/", headers={"x-request-id": marker}, timeout=30)
+    logged_request(registry.server, marker)
+    return access_log(registry.server)
+
+
 def uploads(registry: Registry, repository: str) -> list[tuple[str, str]]:
     """(method, path) of the access log's blob upload requests in ``repository``."""
     return [
         (str(field(d, "http.request.method")), str(field(d, "url.path")))
-        for d in access_log(registry.server)
+        for d in settled_access_log(registry)
         if str(field(d, "url.path")).startswith(f"/v2/{repository}/blobs/uploads/")
     ]
 
@@ -319,7 +331,7 @@ def manifest_puts(registry: Registry, repository: str) -> list[str]:
     """Paths of the manifest PUTs in ``repository``; each by the robot, with a token."""
     lines = [
         d
-        for d in access_log(registry.server)
+        for d in settled_access_log(registry)
         if field(d, "http.request.method") == "PUT"
         and str(field(d, "url.path")).startswith(f"/v2/{repository}/manifests/")
     ]
