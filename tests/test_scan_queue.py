@@ -97,6 +97,7 @@ def scan_settings(root: Path, **changes: Any) -> Settings:
     s.backoff_initial = 0.05
     s.backoff_max = 0.2
     s.rescan_interval = 0
+    s.quiet = 0.05
     for key, value in changes.items():
         setattr(s, key, value)
     return settings
@@ -344,6 +345,39 @@ async def test_pull_policies(tmp_path: Path) -> None:
                 if r.status_code == 200:
                     break
                 await trio.sleep(0.02)
+
+
+async def test_scans_wait_for_the_pushes_to_pause(tmp_path: Path) -> None:
+    """``quiet``: no scan starts while pushes keep coming; the first soon after they stop."""
+    scanner = TestScanner()
+    settings = scan_settings(tmp_path, quiet=0.6, quiet_max=60)
+    async with running(settings, scanner) as svc, make_client(svc) as client:
+        digests = []
+        for i in range(8):  # a push every ~0.15 s, for longer than ``quiet``
+            digests.append((await push_image(client, "storm", f"v{i}")).digest)
+            await trio.sleep(0.1)
+        last_push = trio.current_time()
+        for digest in digests:
+            await wait_scan(client, "storm", digest)
+        assert len(scanner.times) == len(digests)
+        assert min(scanner.times) >= last_push + 0.4, (last_push, scanner.times)
+        # Our own report pushes (referrers) do not count as pushes: the scans after the
+        # first did not wait a quiet period each.
+        assert max(scanner.times) - min(scanner.times) < 0.4, scanner.times
+
+
+async def test_pushes_that_never_pause_delay_scans_only_quiet_max(tmp_path: Path) -> None:
+    scanner = TestScanner()
+    settings = scan_settings(tmp_path, quiet=5, quiet_max=0.3, concurrency=1)
+    async with running(settings, scanner) as svc, make_client(svc) as client:
+        first = await push_image(client, "storm", "v0")
+        pushed = trio.current_time()
+        with trio.fail_after(10):
+            while not scanner.times:
+                await push_image(client, "storm", "next")
+                await trio.sleep(0.05)
+        assert pushed + 0.2 <= scanner.times[0] < pushed + 3, (pushed, scanner.times)
+        await wait_scan(client, "storm", first.digest)
 
 
 @pytest.mark.parametrize("layer", [OCI_LAYER])

@@ -559,6 +559,12 @@ class ScanningSettings:
     # nothing else wants, so scans never slow pushes and pulls), "low" (nice 19) or
     # "normal".
     priority: str = "idle"
+    # Scans start once nothing has been pushed for ``quiet`` seconds: pushes come in
+    # storms (a CI farm's builds), and a scan waits for the storm's end rather than
+    # taking its CPU and disk. Under pushes that never pause, each scan worker still
+    # starts a scan after ``quiet_max`` seconds of waiting. 0: scans start at once.
+    quiet: float = 1.0
+    quiet_max: float = 30.0
     # Scans running at once in each instance; seconds one scan may take.
     concurrency: int = 2
     timeout: float = 600.0

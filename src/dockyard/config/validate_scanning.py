@@ -68,6 +68,8 @@ def validate_scanning(s: ScanningSettings) -> None:
             raise ConfigError(f"scanning.{name}: must be positive")
     if s.backoff_max < s.backoff_initial:
         raise ConfigError("scanning.backoff_max: must not be less than backoff_initial")
+    if s.quiet < 0 or s.quiet_max < 0:
+        raise ConfigError("scanning.quiet, quiet_max: must be 0 (no wait) or positive")
     if s.rescan_interval < 0:
         raise ConfigError("scanning.rescan_interval: must be 0 (never) or positive")
     for i, p in enumerate(s.policies):

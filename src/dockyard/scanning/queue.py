@@ -23,6 +23,12 @@ Three kinds of task run in every worker process (``ScanQueue.run``):
   index's row waits (not counted as an attempt) until every child row is done, then
   stores their findings together.
 
+- the push watcher: a subscriber of this process's event hub (every worker's and
+  instance's events) noting when the last push happened (not counting the queue's own
+  pushes of reports and SBOMs). A worker starts a scan only once none came for ``quiet`` seconds, or
+  after waiting ``quiet_max``: pushes come in storms, and a scan during one takes the CPU
+  and disk the storm's pushes wait for (perf/scan.py measures it).
+
 - the rescan schedule: every ``rescan_interval``, whoever takes the job lease
   ``scan.db`` asks the scanner for its database version and queues again, a batch at a
   time, the rows a different version scanned (oldest first).
@@ -55,8 +61,9 @@ from dockyard.core.common import EventMaker, RequestInfo
 from dockyard.core.errors import RegistryError
 from dockyard.core.registry import Registry
 from dockyard.events.consumer import LogConsumer
-from dockyard.events.hub import EventHub
+from dockyard.events.hub import EventHub, SubscriberLagged
 from dockyard.events.outage import log_failure
+from dockyard.events.schema import EventFilter
 from dockyard.globs import any_glob_matches
 from dockyard.meta.records import Event, StoredEvent, StoreUnavailable
 from dockyard.meta.scans import NewScan, ScanOutcome, ScanRecord
@@ -66,6 +73,8 @@ from dockyard.scanning.metrics import ScanMetrics
 from dockyard.scanning.report import (
     REPORT_ARTIFACT_TYPE,
     SBOM_ARTIFACT_TYPE,
+    SCANNER_ACTOR,
+    SCANNER_METHOD,
     push_referrer,
     report_annotations,
     rfc3339,
@@ -212,6 +221,7 @@ class ScanQueue:
         # The instance name first: `dockyard serve` frees leases that start with it.
         self.lease = f"{instance}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._wakeup = trio.Event()
+        self._last_push = -float("inf")  # trio.current_time() of the last push seen
         self._depth_seen = 0.0
         # Called with a digest whose scan changed (the pull policy's cache).
         self.on_scanned: list[Callable[[str], None]] = []
@@ -237,6 +247,8 @@ class ScanQueue:
                     log=log,
                 )
                 nursery.start_soon(consumer.run, name="scan consumer")
+            if s.quiet > 0:
+                await nursery.start(self._watch_pushes, name="scan push watcher")
             for i in range(max(1, s.concurrency)):
                 nursery.start_soon(self._worker, i, name=f"scan worker {i}")
             if s.rescan_interval > 0:
@@ -290,11 +302,44 @@ class ScanQueue:
             await self.db.run(meta.scans_enqueue, rows, False)
             self.wake()
 
+    # -- waiting for a quiet moment
+
+    async def _watch_pushes(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        pushes = EventFilter(actions=frozenset({"push"}))
+        started = False
+        while True:
+            try:
+                async with self.hub.subscribe(pushes) as subscription:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for event in subscription:
+                        if (event.body.get("request") or {}).get("method") != SCANNER_METHOD:
+                            self._last_push = trio.current_time()
+            except SubscriberLagged:  # so many pushes that it fell behind: busy
+                self._last_push = trio.current_time()
+
+    async def _quiet_moment(self) -> None:
+        """Return once no push came for ``quiet`` seconds, or after ``quiet_max``."""
+        quiet = self.settings.quiet
+        if quiet <= 0:
+            return
+        give_up = trio.current_time() + self.settings.quiet_max
+        while True:
+            now = trio.current_time()
+            wait = min(self._last_push + quiet, give_up) - now
+            if wait <= 0:
+                return
+            await trio.sleep(wait)
+
     # -- the workers
 
     async def _worker(self, number: int) -> None:
         lease = f"{self.lease}-w{number}"
         while True:
+            await self._quiet_moment()
             try:
                 claimed = await self.db.run(self.db.meta.scans_claim, lease, self.lease_seconds, 1)
             except Exception:
@@ -474,7 +519,7 @@ class ScanQueue:
 
     def _scan_event(self, row: ScanRecord, outcome: ScanOutcome) -> Event:
         return self.events(
-            RequestInfo(method="SCAN", actor="scanner"),
+            RequestInfo(method=SCANNER_METHOD, actor=SCANNER_ACTOR),
             "scan",
             row.repository,
             row.digest,

@@ -34,6 +34,9 @@ from dockyard.oci.manifest import OCI_EMPTY, OCI_MANIFEST
 REPORT_ARTIFACT_TYPE = "application/vnd.dockyard.vulnerability.report.v1+json"
 SBOM_ARTIFACT_TYPE = "application/vnd.dockyard.sbom.v1+json"
 SCANNER_ACTOR = "scanner"
+# The request method of the queue's own changes in the event log (no client can send it
+# to a route that changes anything).
+SCANNER_METHOD = "SCAN"
 ANNOTATION_PREFIX = "io.dockyard.scan."
 _EMPTY = b"{}"
 
@@ -94,7 +97,7 @@ async def push_referrer(
     annotations: dict[str, str],
 ) -> str:
     """Store one referrer of ``subject`` in ``repository``; its manifest digest."""
-    ctx = RequestInfo(method="SCAN", actor=SCANNER_ACTOR)
+    ctx = RequestInfo(method=SCANNER_METHOD, actor=SCANNER_ACTOR)
     for blob in (_EMPTY, layer):
         await registry.put_blob(ctx, repository, _digest(blob), _one(blob), len(blob))
     payload = referrer_manifest(artifact_type, subject, layer, layer_media_type, annotations)
