@@ -1,0 +1,416 @@
+"""Where a served request's CPU goes: the HTTP stack's floor, dockyard, and Distribution.
+
+Two measurements (issue 14's "find where the time goes"):
+
+``floor``: server CPU microseconds per request for the same small-request load (HEAD, 16
+keep-alive connections, ``perf.rate``'s client) against, alternated in one run:
+
+- a 10-line ASGI app (``perf.floor``'s) under hypercorn: the trio worker with hypercorn's
+  defaults, with the settings ``dockyard serve`` gives hypercorn, with those plus
+  ``keep_alive_max_requests`` unbounded and no Date/Server headers, with an access log
+  written to a file; the asyncio worker; the uvloop worker (if uvloop is installed);
+- dockyard: ``dockyard serve --workers 1`` (access log off, as in ``perf.run``), manifest
+  HEAD by tag, and ``/healthz``;
+- Distribution (``DOCKYARD_PERF_DISTRIBUTION``'s binary, or Debian's), manifest HEAD by
+  tag.
+
+Each server is one process (hypercorn: one worker); CPU is read from ``/proc`` over the
+server's process tree. Usage::
+
+    python -m perf.profile_serve floor [--repeats 5] [--duration 4] [--only NAME ...]
+
+``sample``: ``py-spy record`` (sampling, all threads, idle stacks left out) on the one
+worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``)
+or monolithic blob pushes (``push``), or of the trivial app under hypercorn's trio or
+asyncio worker with dockyard's settings answering HEADs (``trivial-trio``,
+``trivial-asyncio``), then each sample is charged to the innermost frame
+of a known part (hypercorn, h11, trio, dockyard's HTTP middleware/auth/logging, dockyard's
+registry logic, dockyard's SQLite layer; other frames are charged to the part that called
+them) and the functions with the most own and cumulative samples are listed. Needs
+``pip install py-spy`` (root, or ptrace allowed). Usage::
+
+    python -m perf.profile_serve sample head [--duration 20] [--top 15]
+    python -m perf.profile_serve sample push [--size-mib 256] [--count 4] [--top 15]
+    python -m perf.profile_serve sample trivial-trio [--duration 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perf import oci
+from perf.data import ACCEPT, blob, image
+from perf.floor import TRIVIAL_APP, _wait_ready
+from perf.httpclient import Connection
+from perf.procstat import cpu_seconds, process_tree
+from perf.profile_upload import push as push_blob
+from perf.rate import build_requests, run_py
+from perf.servers import Distribution, free_port
+
+# What ``dockyard serve`` sets on hypercorn's Config (src/dockyard/cli.py) with the default
+# settings, for the trivial app: read_timeout, h11_max_incomplete_size,
+# h2_max_header_list_size, max_app_queue_size, websocket settings, no access log.
+DOCKYARD_HYPERCORN = """
+read_timeout = 60
+h11_max_incomplete_size = 16384
+h2_max_header_list_size = 16384
+max_app_queue_size = 4
+websocket_max_message_size = 65536
+"""
+
+TUNED = """
+keep_alive_max_requests = 1000000000
+include_date_header = false
+include_server_header = false
+"""
+
+
+@dataclass
+class Subject:
+    name: str
+    what: str
+    start: Callable[[Path], tuple[subprocess.Popen[bytes], int]]
+    path: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    port: int = 0
+
+
+def _hypercorn(worker: str, toml: str) -> Callable[[Path], tuple[subprocess.Popen[bytes], int]]:
+    def start(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+        (work / "trivial_asgi.py").write_text(TRIVIAL_APP)
+        port = free_port()
+        config = work / f"hypercorn-{worker}-{abs(hash(toml))}.toml"
+        config.write_text(f'bind = ["127.0.0.1:{port}"]\nworker_class = "{worker}"\n{toml}')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "--config", str(config), "trivial_asgi:app"],
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_ready(port, "/")
+        return proc, port
+
+    return start
+
+
+def _dockyard(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env["DOCKYARD_LOG_ACCESS"] = "false"  # as perf.run's dockyard
+    data = Path(tempfile.mkdtemp(prefix="dockyard-", dir=work))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dockyard.cli", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    _wait_ready(port, "/healthz")
+    _push_manifest(port)
+    return proc, port
+
+
+def _distribution(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    server = Distribution(install=False)
+    server.start()
+    _push_manifest(server.port)
+    assert server.proc is not None
+    _DISTRIBUTIONS.append(server)
+    return server.proc, server.port
+
+
+_DISTRIBUTIONS: list[Distribution] = []
+
+
+def _push_manifest(port: int) -> None:
+    """floor:v1, a one-layer image, pushed the same way to every registry."""
+    with Connection("127.0.0.1", port, timeout=30) as conn:
+        oci.push_image(conn, "floor", "v1", image("floor", [blob("floor-layer", 4096)]))
+
+
+def subjects() -> list[Subject]:
+    found = [
+        Subject(
+            "trivial-trio", "hypercorn 0.18 trio worker, defaults", _hypercorn("trio", ""), "/"
+        ),
+        Subject(
+            "trivial-trio-dockyardcfg",
+            "trio worker, dockyard serve's hypercorn settings",
+            _hypercorn("trio", DOCKYARD_HYPERCORN),
+            "/",
+        ),
+        Subject(
+            "trivial-trio-tuned",
+            "trio worker, dockyard's settings + keep_alive_max_requests unbounded, "
+            "no Date/Server header",
+            _hypercorn("trio", DOCKYARD_HYPERCORN + TUNED),
+            "/",
+        ),
+        Subject(
+            "trivial-trio-accesslog",
+            "trio worker, dockyard's settings + hypercorn access log to a file",
+            _hypercorn("trio", DOCKYARD_HYPERCORN + 'accesslog = "access.log"\n'),
+            "/",
+        ),
+        Subject(
+            "trivial-asyncio", "hypercorn asyncio worker, defaults", _hypercorn("asyncio", ""), "/"
+        ),
+    ]
+    try:
+        import uvloop  # noqa: F401
+
+        found.append(
+            Subject(
+                "trivial-uvloop", "hypercorn uvloop worker, defaults", _hypercorn("uvloop", ""), "/"
+            )
+        )
+    except ImportError:
+        print("uvloop is not installed: no trivial-uvloop row", flush=True)
+    found += [
+        Subject("dockyard-healthz", "dockyard serve --workers 1, /healthz", _dockyard, "/healthz"),
+        Subject(
+            "dockyard-head-tag",
+            "dockyard serve --workers 1, manifest HEAD by tag",
+            _dockyard,
+            "/v2/floor/manifests/v1",
+        ),
+        Subject(
+            "distribution-head-tag",
+            "Distribution (perf/servers.py), manifest HEAD by tag",
+            _distribution,
+            "/v2/floor/manifests/v1",
+        ),
+    ]
+    return found
+
+
+def floor(repeats: int, duration: float, only: list[str]) -> int:
+    chosen = [s for s in subjects() if not only or s.name in only]
+    results: dict[str, list[tuple[float, float]]] = {s.name: [] for s in chosen}
+    with tempfile.TemporaryDirectory(prefix="perf-profile-serve-") as tmp:
+        work = Path(tmp)
+        started: list[subprocess.Popen[bytes]] = []
+        try:
+            for s in chosen:
+                proc, s.port = s.start(work)
+                started.append(proc)
+                s.procs = [proc]
+            if _DISTRIBUTIONS:
+                print(f"Distribution: {_DISTRIBUTIONS[0].description}", flush=True)
+            for repeat in range(repeats):
+                for s in chosen if repeat % 2 == 0 else list(reversed(chosen)):
+                    time.sleep(0.3)
+                    pids = process_tree([p.pid for p in s.procs])
+                    requests = build_requests(
+                        "127.0.0.1", s.port, "HEAD", [s.path], [("Accept", ACCEPT)]
+                    )
+                    before = cpu_seconds(pids)
+                    res = run_py(
+                        "127.0.0.1", s.port, requests, head=True, connections=16,
+                        duration=duration, max_requests=10**7,
+                    )  # fmt: skip
+                    cpu = cpu_seconds(process_tree([p.pid for p in s.procs])) - before
+                    if res.failed or not res.ok:
+                        raise RuntimeError(f"{s.name}: {res.failed} failed, {res.errors[:2]}")
+                    results[s.name].append((res.ok / res.elapsed, cpu / res.ok * 1e6))
+                    print(
+                        f"  r{repeat} {s.name}: {res.ok / res.elapsed:.0f} req/s, "
+                        f"{cpu / res.ok * 1e6:.0f} CPU-us/req",
+                        flush=True,
+                    )
+        finally:
+            for d in _DISTRIBUTIONS:
+                d.stop()
+            for proc in started:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(20)
+    print()
+    print("| server | what | req/s (median) | server CPU-us/req (median [min-max]) |")
+    print("|---|---|---|---|")
+    for s in chosen:
+        values = results[s.name]
+        costs = [c for _, c in values]
+        rate = statistics.median([r for r, _ in values])
+        print(
+            f"| {s.name} | {s.what} | {rate:.0f} | {statistics.median(costs):.0f} "
+            f"[{min(costs):.0f}-{max(costs):.0f}] |"
+        )
+    return 0
+
+
+# Parts a sample is charged to: the innermost frame whose file matches, checked in order.
+PARTS: list[tuple[str, re.Pattern[str]]] = [
+    ("SQLite (dockyard/meta/sqlite, sqlite3)", re.compile(r"dockyard/meta/sqlite/|(^|/)sqlite3/")),
+    (
+        "dockyard HTTP middleware/auth/logging",
+        re.compile(r"dockyard/http/[a-z0-9_]+\.py|dockyard/(auth|observability)/"),
+    ),
+    ("dockyard registry logic (handlers, core, meta, storage)", re.compile(r"dockyard/")),
+    ("h11", re.compile(r"(^|/)h11/")),
+    ("hypercorn", re.compile(r"(^|/)hypercorn/")),
+    ("trio", re.compile(r"(^|/)(trio|outcome|sniffio)/")),
+]
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
+
+
+def part_of(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        m = FRAME.match(frame)
+        if m is None:
+            continue
+        for name, pattern in PARTS:
+            if pattern.search(m["file"]):
+                return name
+    return "other (interpreter, stdlib not called from the above)"
+
+
+def summarize(lines: Iterable[str], top: int) -> str:
+    """Charged parts and top functions from py-spy's raw (collapsed) output."""
+    parts: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    cumulative: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        stacktext, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        # py-spy puts the thread ("process 1:thread 2") first when asked; we do not ask.
+        stack = stacktext.split(";")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack]  # per function, not per line
+        total += count
+        parts[part_of(stack)] += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            cumulative[f] += count
+    out = [f"{total} samples (non-idle)", "", "| part | share of samples |", "|---|---|"]
+    out += [f"| {name} | {100 * n / total:.1f}% |" for name, n in parts.most_common()]
+    # The worker's root chain (process start, trio.run, hypercorn's serve loop) is in
+    # nearly every sample and says nothing: cumulative lists start below it.
+    below = collections.Counter({f: n for f, n in cumulative.items() if n < 0.9 * total})
+    for title, counter in (("own", own), ("cumulative (below 90%)", below)):
+        out += ["", f"| top {top} by {title} samples | share |", "|---|---|"]
+        out += [f"| `{f}` | {100 * n / total:.1f}% |" for f, n in counter.most_common(top)]
+    return "\n".join(out)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def sample(kind: str, duration: float, size_mib: int, count: int, top: int, rate: int) -> int:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        print("needs py-spy: pip install py-spy", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="perf-profile-serve-") as tmp:
+        work = Path(tmp)
+        if kind.startswith("trivial-"):
+            worker = kind.removeprefix("trivial-")
+            proc, port = _hypercorn(worker, DOCKYARD_HYPERCORN)(work)
+            path = "/"
+        else:
+            proc, port = _dockyard(work)
+            path = "/v2/floor/manifests/v1"
+        try:
+            # hypercorn's one worker is a child process (dockyard's and the CLI's alike).
+            workers = [
+                p for p in process_tree([proc.pid]) if p != proc.pid and "spawn_main" in _cmdline(p)
+            ] or [proc.pid]
+            if len(workers) != 1:
+                raise RuntimeError(f"expected one worker under {proc.pid}, found {workers}")
+            out = Path(os.environ.get("PERF_PYSPY_RAW", work / "pyspy.txt"))
+            spy_seconds = 600 if kind == "push" else duration
+            spy = subprocess.Popen(
+                [pyspy, "record", "--pid", str(workers[0]), "--format", "raw",
+                 "--rate", str(rate), "--duration", str(int(spy_seconds)),
+                 "--nonblocking", "--output", str(out)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            time.sleep(1.0)  # py-spy attaches
+            cpu0 = cpu_seconds([workers[0]])
+            t0 = time.monotonic()
+            if kind != "push":
+                requests = build_requests("127.0.0.1", port, "HEAD", [path], [("Accept", ACCEPT)])
+                res = run_py(
+                    "127.0.0.1", port, requests, head=True, connections=16,
+                    duration=duration - 2, max_requests=10**7,
+                )  # fmt: skip
+                done, unit = res.ok, "requests"
+            else:
+                done, unit = 0, "MiB pushed"
+                for i in range(count):
+                    mib_s = push_blob(port, size_mib << 20, 1000 + i)
+                    print(f"push {i + 1}: {mib_s:.0f} MiB/s", flush=True)
+                    done += size_mib
+            cpu = cpu_seconds([workers[0]]) - cpu0
+            wall = time.monotonic() - t0
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            _, err = spy.communicate(timeout=60)
+            print(
+                f"worker: {done} {unit} in {wall:.1f} s, {cpu:.2f} CPU-s "
+                + (
+                    f"({cpu / done * 1e6:.0f} CPU-us per request)"
+                    if kind != "push"
+                    else f"({cpu / done * 1024:.2f} CPU-s per GiB)"
+                )
+            )
+            if not out.exists():
+                print(err.decode(errors="replace"), file=sys.stderr)
+                return 1
+            print(summarize(out.read_text().splitlines(), top))
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(20)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.profile_serve",
+        description=(__doc__ or "").split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("floor", help="server CPU-us per HEAD, alternated")
+    f.add_argument("--repeats", type=int, default=5)
+    f.add_argument("--duration", type=float, default=4.0)
+    f.add_argument("--only", nargs="*", default=[], help="subject names")
+    s = sub.add_parser("sample", help="py-spy on dockyard's worker")
+    s.add_argument("kind", choices=["head", "push", "trivial-trio", "trivial-asyncio"])
+    s.add_argument("--duration", type=float, default=20.0, help="head: seconds sampled")
+    s.add_argument("--size-mib", type=int, default=256, help="push: blob size")
+    s.add_argument("--count", type=int, default=4, help="push: blobs")
+    s.add_argument("--top", type=int, default=15)
+    s.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    args = parser.parse_args(argv)
+    if args.what == "floor":
+        return floor(args.repeats, args.duration, args.only)
+    return sample(args.kind, args.duration, args.size_mib, args.count, args.top, args.rate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
