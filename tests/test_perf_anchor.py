@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from perf.httpclient import Connection
+from perf.profile_serve import part_of, summarize
 from perf.run import distribution_note
 from perf.servers import (
     DISTRIBUTION_ENV,
@@ -110,3 +111,31 @@ def test_started_from_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert "Debian's docker-registry package" in distribution_note(fallback)
     finally:
         fallback.stop()
+
+
+def test_samples_are_charged_to_the_innermost_known_part() -> None:
+    # py-spy's raw format: frames root first, "function (file:line)", then the count.
+    root = "<module> (<string>:1);run (trio/_core/_run.py:2);unrolled_run (trio/_core/_run.py:9)"
+    lines = [
+        f"{root};handle (hypercorn/protocol/h11.py:5);next_event (h11/_connection.py:7) 3",
+        f"{root};app (dockyard/http/asgi.py:1);get (dockyard/core/manifests.py:2);"
+        "execute (dockyard/meta/sqlite/store.py:3);fetch (sqlite3/dbapi2.py:4) 2",
+        f"{root};app (dockyard/http/asgi.py:1);get (dockyard/core/manifests.py:2);"
+        "dumps (json/encoder.py:8) 4",
+        f"{root};app (dockyard/http/asgi.py:1);log (dockyard/observability/logs.py:3) 1",
+        "select (selectors.py:1) 1",
+    ]
+    text = summarize(lines, 3)
+    assert text.startswith("11 samples")
+    assert "| h11 | 27.3% |" in text
+    assert "| SQLite (dockyard/meta/sqlite, sqlite3) | 18.2% |" in text
+    # json called by registry code is the registry's.
+    assert "| dockyard registry logic (handlers, core, meta, storage) | 36.4% |" in text
+    assert "| dockyard HTTP middleware/auth/logging | 9.1% |" in text
+    assert "| other (interpreter, stdlib not called from the above) | 9.1% |" in text
+    assert "| `dumps (json/encoder.py)` | 36.4% |" in text  # own, per function
+    # Cumulative leaves out the root chain (in 10 of 11 samples) and keeps the app's.
+    cumulative = text.split("by cumulative")[1]
+    assert "unrolled_run" not in cumulative
+    assert "| `app (dockyard/http/asgi.py)` | 63.6% |" in cumulative
+    assert part_of(["handle (hypercorn/trio/tcp_server.py:1)", "x (ssl.py:2)"]) == "hypercorn"
