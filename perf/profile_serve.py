@@ -61,10 +61,8 @@ from perf.rate import build_requests, run_py
 from perf.servers import Distribution, free_port
 
 # What ``dockyard serve`` sets on hypercorn's Config (src/dockyard/cli.py) with the default
-# settings, for the trivial app: read_timeout, h11_max_incomplete_size,
-# h2_max_header_list_size, max_app_queue_size, websocket settings, no access log.
+# settings, for the trivial app (read_timeout stays unset: server.read_timeout is 0, off).
 DOCKYARD_HYPERCORN = """
-read_timeout = 60
 h11_max_incomplete_size = 16384
 h2_max_header_list_size = 16384
 max_app_queue_size = 4
