@@ -133,6 +133,7 @@ def _distribution(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 _DISTRIBUTIONS: list[Distribution] = []
+NONBLOCKING = [] if os.environ.get("PERF_PYSPY_BLOCKING") else ["--nonblocking"]
 
 
 def _push_manifest(port: int) -> None:
@@ -262,9 +263,28 @@ PARTS: list[tuple[str, re.Pattern[str]]] = [
     ("dockyard registry logic (handlers, core, meta, storage)", re.compile(r"dockyard/")),
     ("h11", re.compile(r"(^|/)h11/")),
     ("hypercorn", re.compile(r"(^|/)hypercorn/")),
-    ("trio", re.compile(r"(^|/)(trio|outcome|sniffio)/")),
+    (
+        "trio socket I/O (its wrappers and the send/recv system calls)",
+        re.compile(r"(^|/)trio/(_socket|_highlevel_socket)\.py"),
+    ),
+    ("trio to_thread hand-off", re.compile(r"(^|/)trio/(_threads\.py|_core/_thread_cache\.py)")),
+    ("trio scheduler and the rest of trio", re.compile(r"(^|/)(trio|outcome|sniffio)/")),
+    ("asyncio event loop and transports", re.compile(r"(^|/)(asyncio|uvloop)/|selectors\.py")),
 ]
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
+
+
+# py-spy's own shortening names some of dockyard's modules by their file name alone
+# ("stream.py"), so it is asked for full names and these prefixes are cut here.
+_PREFIX = re.compile(r"^.*/site-packages/|^.*/src/|^.*/lib/python3\.\d+/")
+
+
+def short_frame(frame: str) -> str:
+    """``func (path:line)`` with the path from its package (``dockyard/core/stream.py``)."""
+    m = FRAME.match(frame)
+    if m is None:
+        return frame
+    return f"{m['func']} ({_PREFIX.sub('', m['file'])}:{m['line']})"
 
 
 def part_of(stack: list[str]) -> str:
@@ -291,7 +311,7 @@ def summarize(lines: Iterable[str], top: int) -> str:
         stacktext, _, count_text = line.rpartition(" ")
         count = int(count_text)
         # py-spy puts the thread ("process 1:thread 2") first when asked; we do not ask.
-        stack = stacktext.split(";")
+        stack = [short_frame(f) for f in stacktext.split(";")]
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack]  # per function, not per line
         total += count
         parts[part_of(stack)] += count
@@ -342,7 +362,7 @@ def sample(kind: str, duration: float, size_mib: int, count: int, top: int, rate
             spy = subprocess.Popen(
                 [pyspy, "record", "--pid", str(workers[0]), "--format", "raw",
                  "--rate", str(rate), "--duration", str(int(spy_seconds)),
-                 "--nonblocking", "--output", str(out)],
+                 *NONBLOCKING, "--full-filenames", "--output", str(out)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )  # fmt: skip

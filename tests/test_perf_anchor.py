@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from perf.httpclient import Connection
-from perf.profile_serve import part_of, summarize
+from perf.profile_serve import part_of, short_frame, summarize
 from perf.run import distribution_note
 from perf.servers import (
     DISTRIBUTION_ENV,
@@ -123,7 +123,7 @@ def test_samples_are_charged_to_the_innermost_known_part() -> None:
         f"{root};app (dockyard/http/asgi.py:1);get (dockyard/core/manifests.py:2);"
         "dumps (json/encoder.py:8) 4",
         f"{root};app (dockyard/http/asgi.py:1);log (dockyard/observability/logs.py:3) 1",
-        "select (selectors.py:1) 1",
+        "run (threading.py:1) 1",
     ]
     text = summarize(lines, 3)
     assert text.startswith("11 samples")
@@ -139,3 +139,18 @@ def test_samples_are_charged_to_the_innermost_known_part() -> None:
     assert "unrolled_run" not in cumulative
     assert "| `app (dockyard/http/asgi.py)` | 63.6% |" in cumulative
     assert part_of(["handle (hypercorn/trio/tcp_server.py:1)", "x (ssl.py:2)"]) == "hypercorn"
+
+
+def test_full_file_names_are_cut_to_the_package() -> None:
+    assert (
+        short_frame("validate (/opt/venv/lib/python3.11/site-packages/h11/_util.py:91)")
+        == "validate (h11/_util.py:91)"
+    )
+    assert (
+        short_frame("receive (/home/u/dockyard/src/dockyard/core/stream.py:62)")
+        == "receive (dockyard/core/stream.py:62)"
+    )
+    assert short_frame("select (/usr/lib/python3.11/selectors.py:468)") == (
+        "select (selectors.py:468)"
+    )
+    assert short_frame("") == ""
