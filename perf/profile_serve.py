@@ -7,8 +7,11 @@ keep-alive connections, ``perf.rate``'s client) against, alternated in one run:
 
 - a 10-line ASGI app (``perf.floor``'s) under hypercorn: the trio worker with hypercorn's
   defaults, with the settings ``dockyard serve`` gives hypercorn, with those plus
-  ``keep_alive_max_requests`` unbounded and no Date/Server headers, with an access log
-  written to a file; the asyncio worker; the uvloop worker (if uvloop is installed);
+  ``keep_alive_max_requests`` unbounded and no Date/Server headers, with dockyard's
+  patches to hypercorn installed (its HTTP/1 edge, connection guard and read size, as
+  ``create_app()`` does), with the cyclic garbage collector run less often
+  (``gc.freeze()``, generation 0 threshold 50,000), with an access log written to a
+  file; the asyncio worker; the uvloop worker (if uvloop is installed);
 - dockyard: ``dockyard serve --workers 1`` (access log off, as in ``perf.run``), manifest
   HEAD by tag, and ``/healthz``;
 - Distribution (``DOCKYARD_PERF_DISTRIBUTION``'s binary, or Debian's), manifest HEAD by
@@ -32,6 +35,13 @@ them) and the functions with the most own and cumulative samples are listed. Nee
     python -m perf.profile_serve sample head [--duration 20] [--top 15]
     python -m perf.profile_serve sample push [--size-mib 256] [--count 4] [--top 15]
     python -m perf.profile_serve sample trivial-trio [--duration 20]
+
+``cprofile``: cProfile of the main thread of one dockyard worker (built as
+``create_app()`` builds it, served by hypercorn's trio ``serve()`` in process) while it
+answers manifest HEADs by tag: functions by cumulative and own time (cProfile's own
+overhead inflates the absolute figures; py-spy's ``sample`` is the unbiased split)::
+
+    python -m perf.profile_serve cprofile [--duration 10] [--top 30]
 """
 
 from __future__ import annotations
@@ -86,14 +96,44 @@ class Subject:
     port: int = 0
 
 
-def _hypercorn(worker: str, toml: str) -> Callable[[Path], tuple[subprocess.Popen[bytes], int]]:
+# The trivial app with what dockyard's create_app() does to hypercorn before serving:
+# its HTTP/1 edge (a stricter h11 connection), the connection guard, the read size.
+EDGE_APP = (
+    TRIVIAL_APP
+    + """
+from dockyard.http import edge, h2edge
+from dockyard.services import set_read_size
+set_read_size(256 * 1024)
+edge.install()
+h2edge.install()
+"""
+)
+
+
+# The trivial app with the cyclic garbage collector run less often: objects alive after
+# start-up are frozen out of it and generation 0 collects every 50,000 allocations
+# (default 700). Per-request garbage is mostly freed by reference counting anyway.
+GC_APP = (
+    TRIVIAL_APP
+    + """
+import gc
+gc.freeze()
+gc.set_threshold(50_000, 20, 100)
+"""
+)
+
+
+def _hypercorn(
+    worker: str, toml: str, app: str = TRIVIAL_APP
+) -> Callable[[Path], tuple[subprocess.Popen[bytes], int]]:
     def start(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-        (work / "trivial_asgi.py").write_text(TRIVIAL_APP)
+        module = f"trivial_{abs(hash(app))}"
+        (work / f"{module}.py").write_text(app)
         port = free_port()
         config = work / f"hypercorn-{worker}-{abs(hash(toml))}.toml"
         config.write_text(f'bind = ["127.0.0.1:{port}"]\nworker_class = "{worker}"\n{toml}')
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", "--config", str(config), "trivial_asgi:app"],
+            [sys.executable, "-m", "hypercorn", "--config", str(config), f"{module}:app"],
             cwd=work,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -158,6 +198,18 @@ def subjects() -> list[Subject]:
             "trio worker, dockyard's settings + keep_alive_max_requests unbounded, "
             "no Date/Server header",
             _hypercorn("trio", DOCKYARD_HYPERCORN + TUNED),
+            "/",
+        ),
+        Subject(
+            "trivial-trio-dockyardedge",
+            "trio worker, dockyard's settings + its HTTP/1 edge, connection guard, read size",
+            _hypercorn("trio", DOCKYARD_HYPERCORN, EDGE_APP),
+            "/",
+        ),
+        Subject(
+            "trivial-trio-gc",
+            "trio worker, dockyard's settings, gc.freeze() + gc threshold 50,000",
+            _hypercorn("trio", DOCKYARD_HYPERCORN, GC_APP),
             "/",
         ),
         Subject(
@@ -303,12 +355,15 @@ def summarize(lines: Iterable[str], top: int) -> str:
     parts: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     cumulative: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = torn = 0
     for line in lines:
         line = line.rstrip("\n")
         if not line:
             continue
         stacktext, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():  # a stack torn by --nonblocking reads: left out
+            torn += 1
+            continue
         count = int(count_text)
         # py-spy puts the thread ("process 1:thread 2") first when asked; we do not ask.
         stack = [short_frame(f) for f in stacktext.split(";")]
@@ -318,7 +373,12 @@ def summarize(lines: Iterable[str], top: int) -> str:
         own[frames[-1]] += count
         for f in set(frames):
             cumulative[f] += count
-    out = [f"{total} samples (non-idle)", "", "| part | share of samples |", "|---|---|"]
+    out = [
+        f"{total} samples (non-idle; {torn} unreadable lines left out)",
+        "",
+        "| part | share of samples |",
+        "|---|---|",
+    ]
     out += [f"| {name} | {100 * n / total:.1f}% |" for name, n in parts.most_common()]
     # The worker's root chain (process start, trio.run, hypercorn's serve loop) is in
     # nearly every sample and says nothing: cumulative lists start below it.
@@ -397,11 +457,91 @@ def sample(kind: str, duration: float, size_mib: int, count: int, top: int, rate
             if not out.exists():
                 print(err.decode(errors="replace"), file=sys.stderr)
                 return 1
-            print(summarize(out.read_text().splitlines(), top))
+            print(summarize(out.read_text(errors="replace").split("\n"), top))
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(20)
+    return 0
+
+
+# One dockyard worker as create_app() makes it (hypercorn patches included), served by
+# hypercorn's trio serve() inside cProfile; stdin's end stops it and prints the profile.
+CPROFILE_SERVER = """
+import cProfile, pstats, sys, trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from dockyard.config import load
+from dockyard.http import edge, h2edge
+from dockyard.services import build, set_read_size
+
+root, port, out, top = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+settings = load(environ={"DOCKYARD_STORAGE_ROOT": root, "DOCKYARD_LOG_ACCESS": "false"})
+set_read_size(settings.server.read_size)
+edge.install(settings.server.header_timeout, settings.server.max_header_bytes,
+             settings.server.max_headers)
+h2edge.install()
+app = build(settings).app
+config = Config()
+config.bind = [f"127.0.0.1:{port}"]
+config.accesslog = None
+config.max_app_queue_size = 4
+profile = cProfile.Profile()
+
+
+async def main() -> None:
+    stop = trio.Event()
+
+    async def watch_stdin() -> None:
+        await trio.to_thread.run_sync(sys.stdin.readline)
+        profile.enable()  # the first line starts the profile, the end of stdin stops
+        await trio.to_thread.run_sync(sys.stdin.read)
+        profile.disable()
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_stdin)
+        await serve(app, config, shutdown_trigger=stop.wait)
+        nursery.cancel_scope.cancel()
+
+
+trio.run(main)
+profile.dump_stats(out)
+for key in ("cumulative", "tottime"):
+    print(f"== by {key}")
+    pstats.Stats(out).sort_stats(key).print_stats(top)
+"""
+
+
+def cprofile_head(duration: float, top: int) -> int:
+    """cProfile of one worker's main thread (trio, hypercorn, h11, dockyard; not the
+    to_thread workers, where SQLite runs) while it answers manifest HEADs by tag."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="perf-profile-serve-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+        server = subprocess.Popen(
+            [sys.executable, "-c", CPROFILE_SERVER, f"{tmp}/data", str(port),
+             f"{tmp}/profile.out", str(top)],
+            stdin=subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        assert server.stdin is not None
+        try:
+            _wait_ready(port, "/v2/")
+            _push_manifest(port)
+            server.stdin.write(b"go\n")
+            server.stdin.flush()
+            requests = build_requests(
+                "127.0.0.1", port, "HEAD", ["/v2/floor/manifests/v1"], [("Accept", ACCEPT)]
+            )
+            res = run_py(
+                "127.0.0.1", port, requests, head=True, connections=16,
+                duration=duration, max_requests=10**7,
+            )  # fmt: skip
+            print(f"{res.ok} HEADs profiled ({res.failed} failed)", flush=True)
+        finally:
+            server.stdin.close()
+            server.wait(120)
     return 0
 
 
@@ -424,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--count", type=int, default=4, help="push: blobs")
     s.add_argument("--top", type=int, default=15)
     s.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    c = sub.add_parser("cprofile", help="cProfile of dockyard's worker answering HEADs")
+    c.add_argument("--duration", type=float, default=10.0)
+    c.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
+    if args.what == "cprofile":
+        return cprofile_head(args.duration, args.top)
     if args.what == "floor":
         return floor(args.repeats, args.duration, args.only)
     return sample(args.kind, args.duration, args.size_mib, args.count, args.top, args.rate)

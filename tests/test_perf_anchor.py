@@ -126,7 +126,7 @@ def test_samples_are_charged_to_the_innermost_known_part() -> None:
         "run (threading.py:1) 1",
     ]
     text = summarize(lines, 3)
-    assert text.startswith("11 samples")
+    assert text.startswith("11 samples (non-idle; 0 unreadable")
     assert "| h11 | 27.3% |" in text
     assert "| SQLite (dockyard/meta/sqlite, sqlite3) | 18.2% |" in text
     # json called by registry code is the registry's.
