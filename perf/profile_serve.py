@@ -336,7 +336,10 @@ def short_frame(frame: str) -> str:
     m = FRAME.match(frame)
     if m is None:
         return frame
-    return f"{m['func']} ({_PREFIX.sub('', m['file'])}:{m['line']})"
+    path = _PREFIX.sub("", m["file"])
+    if path.startswith("/"):  # outside any package (the trivial app's module)
+        path = Path(path).name
+    return f"{m['func']} ({path}:{m['line']})"
 
 
 def part_of(stack: list[str]) -> str:

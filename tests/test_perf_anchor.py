@@ -153,4 +153,5 @@ def test_full_file_names_are_cut_to_the_package() -> None:
     assert short_frame("select (/usr/lib/python3.11/selectors.py:468)") == (
         "select (selectors.py:468)"
     )
+    assert short_frame("app (/tmp/x/trivial_1.py:9)") == "app (trivial_1.py:9)"
     assert short_frame("") == ""
