@@ -513,6 +513,8 @@ profile.dump_stats(out)
 for key in ("cumulative", "tottime"):
     print(f"== by {key}")
     pstats.Stats(out).sort_stats(key).print_stats(top)
+print("== dockyard's own functions by cumulative")
+pstats.Stats(out).sort_stats("cumulative").print_stats("/dockyard/", top)
 """
 
 
