@@ -13,7 +13,7 @@ keep-alive connections, ``perf.rate``'s client) against, alternated in one run:
   (``gc.freeze()``, generation 0 threshold 50,000), with an access log written to a
   file; the asyncio worker; the uvloop worker (if uvloop is installed);
 - dockyard: ``dockyard serve --workers 1`` (access log off, as in ``perf.run``), manifest
-  HEAD by tag, and ``/healthz``;
+  HEAD by tag (with pull events recorded, the default, and off), and ``/healthz``;
 - Distribution (``DOCKYARD_PERF_DISTRIBUTION``'s binary, or Debian's), manifest HEAD by
   tag.
 
@@ -68,7 +68,7 @@ from perf.httpclient import Connection
 from perf.procstat import cpu_seconds, process_tree
 from perf.profile_upload import push as push_blob
 from perf.rate import build_requests, run_py
-from perf.servers import Distribution, free_port
+from perf.servers import PULL_EVENTS_OFF, Distribution, free_port
 
 # What ``dockyard serve`` sets on hypercorn's Config (src/dockyard/cli.py) with the default
 # settings, for the trivial app (read_timeout stays unset: server.read_timeout is 0, off).
@@ -145,10 +145,13 @@ def _hypercorn(
     return start
 
 
-def _dockyard(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _dockyard(
+    work: Path, settings: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     env["DOCKYARD_LOG_ACCESS"] = "false"  # as perf.run's dockyard
+    env.update(settings or {})
     data = Path(tempfile.mkdtemp(prefix="dockyard-", dir=work))
     proc = subprocess.Popen(
         [sys.executable, "-m", "dockyard.cli", "serve", "--host", "127.0.0.1",
@@ -238,6 +241,12 @@ def subjects() -> list[Subject]:
             "dockyard-head-tag",
             "dockyard serve --workers 1, manifest HEAD by tag",
             _dockyard,
+            "/v2/floor/manifests/v1",
+        ),
+        Subject(
+            "dockyard-head-tag-nopulls",
+            "the same with pull events off (DOCKYARD_EVENTS_RECORD_PULLS=false)",
+            lambda work: _dockyard(work, PULL_EVENTS_OFF),
             "/v2/floor/manifests/v1",
         ),
         Subject(
