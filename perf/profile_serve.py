@@ -22,6 +22,13 @@ server's process tree. Usage::
 
     python -m perf.profile_serve floor [--repeats 5] [--duration 4] [--only NAME ...]
 
+``upload-floor``: server CPU seconds per GiB of request body for an app that only drains
+it (no hashing, no file), under the trio worker (defaults; dockyard's settings and
+256 KiB reads), the asyncio worker and the uvloop worker, alternated; ``--count`` POSTs
+of ``--size-mib`` each, one at a time. The HTTP stack's share of a push::
+
+    python -m perf.profile_serve upload-floor [--repeats 5] [--size-mib 64] [--count 8]
+
 ``sample``: ``py-spy record`` (sampling, all threads, idle stacks left out) on the one
 worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``)
 or monolithic blob pushes (``push``), or of the trivial app under hypercorn's trio or
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import http.client
 import os
 import re
 import shutil
@@ -314,6 +322,132 @@ def floor(repeats: int, duration: float, only: list[str]) -> int:
     return 0
 
 
+# An app that drains a request body and answers 201: the HTTP stack's cost per GiB
+# received, with no hashing and no file.
+SINK_APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 201,
+                "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+SINK_READ_SIZE = """
+from dockyard.services import set_read_size
+set_read_size(256 * 1024)
+"""
+
+
+def upload_subjects() -> list[Subject]:
+    found = [
+        Subject(
+            "sink-trio",
+            "trio worker, defaults (64 KiB reads)",
+            _hypercorn("trio", "", SINK_APP),
+            "/",
+        ),
+        Subject(
+            "sink-trio-dockyardcfg",
+            "trio worker, dockyard's settings and 256 KiB reads (server.read_size)",
+            _hypercorn("trio", DOCKYARD_HYPERCORN, SINK_APP + SINK_READ_SIZE),
+            "/",
+        ),
+        Subject(
+            "sink-trio-1mib",
+            "trio worker, dockyard's settings and 1 MiB reads",
+            _hypercorn(
+                "trio", DOCKYARD_HYPERCORN, SINK_APP + SINK_READ_SIZE.replace("256", "1024")
+            ),
+            "/",
+        ),
+        Subject(
+            "sink-asyncio", "asyncio worker, defaults", _hypercorn("asyncio", "", SINK_APP), "/"
+        ),
+    ]
+    try:
+        import uvloop  # noqa: F401
+
+        found.append(
+            Subject(
+                "sink-uvloop", "uvloop worker, defaults", _hypercorn("uvloop", "", SINK_APP), "/"
+            )
+        )
+    except ImportError:
+        print("uvloop is not installed: no sink-uvloop row", flush=True)
+    return found
+
+
+def _post(port: int, size: int, block: bytes) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.putrequest("POST", "/")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    for _ in range(size // len(block)):
+        conn.send(block)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    if response.status != 201:
+        raise RuntimeError(f"POST answered {response.status}")
+
+
+def upload_floor(repeats: int, size_mib: int, count: int) -> int:
+    """Server CPU-s per GiB of request body for the sink app under each worker."""
+    chosen = upload_subjects()
+    results: dict[str, list[tuple[float, float]]] = {s.name: [] for s in chosen}
+    block = os.urandom(1 << 20)
+    with tempfile.TemporaryDirectory(prefix="perf-profile-serve-") as tmp:
+        started: list[subprocess.Popen[bytes]] = []
+        try:
+            for s in chosen:
+                proc, s.port = s.start(Path(tmp))
+                started.append(proc)
+                s.procs = [proc]
+            for repeat in range(repeats):
+                for s in chosen if repeat % 2 == 0 else list(reversed(chosen)):
+                    time.sleep(0.3)
+                    pids = process_tree([p.pid for p in s.procs])
+                    before = cpu_seconds(pids)
+                    t0 = time.monotonic()
+                    for _ in range(count):
+                        _post(s.port, size_mib << 20, block)
+                    wall = time.monotonic() - t0
+                    cpu = cpu_seconds(process_tree([p.pid for p in s.procs])) - before
+                    gib = count * size_mib / 1024
+                    results[s.name].append((count * size_mib / wall, cpu / gib))
+                    print(
+                        f"  r{repeat} {s.name}: {count * size_mib / wall:.0f} MiB/s, "
+                        f"{cpu / gib:.2f} CPU-s/GiB",
+                        flush=True,
+                    )
+        finally:
+            for proc in started:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(20)
+    print()
+    print("| server | what | MiB/s (median) | server CPU-s/GiB (median [min-max]) |")
+    print("|---|---|---|---|")
+    for s in chosen:
+        values = results[s.name]
+        costs = [c for _, c in values]
+        rate = statistics.median([r for r, _ in values])
+        print(
+            f"| {s.name} | {s.what} | {rate:.0f} | {statistics.median(costs):.2f} "
+            f"[{min(costs):.2f}-{max(costs):.2f}] |"
+        )
+    return 0
+
+
 # Parts a sample is charged to: the innermost frame whose file matches, checked in order.
 PARTS: list[tuple[str, re.Pattern[str]]] = [
     ("SQLite (dockyard/meta/sqlite, sqlite3)", re.compile(r"dockyard/meta/sqlite/|(^|/)sqlite3/")),
@@ -571,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--repeats", type=int, default=5)
     f.add_argument("--duration", type=float, default=4.0)
     f.add_argument("--only", nargs="*", default=[], help="subject names")
+    u = sub.add_parser("upload-floor", help="server CPU-s per GiB of body, sink app")
+    u.add_argument("--repeats", type=int, default=5)
+    u.add_argument("--size-mib", type=int, default=64)
+    u.add_argument("--count", type=int, default=8)
     s = sub.add_parser("sample", help="py-spy on dockyard's worker")
     s.add_argument("kind", choices=["head", "push", "trivial-trio", "trivial-asyncio"])
     s.add_argument("--duration", type=float, default=20.0, help="head: seconds sampled")
@@ -582,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--duration", type=float, default=10.0)
     c.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
+    if args.what == "upload-floor":
+        return upload_floor(args.repeats, args.size_mib, args.count)
     if args.what == "cprofile":
         return cprofile_head(args.duration, args.top)
     if args.what == "floor":
