@@ -184,7 +184,6 @@ def _distribution(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 _DISTRIBUTIONS: list[Distribution] = []
-NONBLOCKING = [] if os.environ.get("PERF_PYSPY_BLOCKING") else ["--nonblocking"]
 
 
 def _push_manifest(port: int) -> None:
@@ -542,7 +541,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def sample(kind: str, duration: float, size_mib: int, count: int, top: int, rate: int) -> int:
+def sample(
+    kind: str, duration: float, size_mib: int, count: int, top: int, rate: int, raw: Path | None
+) -> int:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         print("needs py-spy: pip install py-spy", file=sys.stderr)
@@ -563,12 +564,14 @@ def sample(kind: str, duration: float, size_mib: int, count: int, top: int, rate
             ] or [proc.pid]
             if len(workers) != 1:
                 raise RuntimeError(f"expected one worker under {proc.pid}, found {workers}")
-            out = Path(os.environ.get("PERF_PYSPY_RAW", work / "pyspy.txt"))
+            out = raw or work / "pyspy.txt"
             spy_seconds = 600 if kind == "push" else duration
+            # --nonblocking: without it py-spy stops the worker for every sample, and in a
+            # trial it counted the to_thread workers' waits as busy (half the samples).
             spy = subprocess.Popen(
                 [pyspy, "record", "--pid", str(workers[0]), "--format", "raw",
                  "--rate", str(rate), "--duration", str(int(spy_seconds)),
-                 *NONBLOCKING, "--full-filenames", "--output", str(out)],
+                 "--nonblocking", "--full-filenames", "--output", str(out)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )  # fmt: skip
@@ -716,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--count", type=int, default=4, help="push: blobs")
     s.add_argument("--top", type=int, default=15)
     s.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    s.add_argument("--raw", type=Path, help="keep py-spy's raw (collapsed) stacks in this file")
     c = sub.add_parser("cprofile", help="cProfile of dockyard's worker answering HEADs")
     c.add_argument("--duration", type=float, default=10.0)
     c.add_argument("--top", type=int, default=30)
@@ -726,7 +730,9 @@ def main(argv: list[str] | None = None) -> int:
         return cprofile_head(args.duration, args.top)
     if args.what == "floor":
         return floor(args.repeats, args.duration, args.only)
-    return sample(args.kind, args.duration, args.size_mib, args.count, args.top, args.rate)
+    return sample(
+        args.kind, args.duration, args.size_mib, args.count, args.top, args.rate, args.raw
+    )
 
 
 if __name__ == "__main__":
