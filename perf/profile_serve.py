@@ -1,6 +1,7 @@
 """Where a served request's CPU goes: the HTTP stack's floor, dockyard, and Distribution.
 
-Two measurements (issue 14's "find where the time goes"):
+Four measurements (issue 14's "find where the time goes"; results in perf/RESULTS.md,
+"Where the time goes (3.1.1 comparison)"):
 
 ``floor``: server CPU microseconds per request for the same small-request load (HEAD, 16
 keep-alive connections, ``perf.rate``'s client) against, alternated in one run:
@@ -23,8 +24,9 @@ server's process tree. Usage::
     python -m perf.profile_serve floor [--repeats 5] [--duration 4] [--only NAME ...]
 
 ``upload-floor``: server CPU seconds per GiB of request body for an app that only drains
-it (no hashing, no file), under the trio worker (defaults; dockyard's settings and
-256 KiB reads), the asyncio worker and the uvloop worker, alternated; ``--count`` POSTs
+it (no hashing, no file), under the trio worker (defaults with 64 KiB reads; dockyard's
+settings with its 256 KiB reads; with 1 MiB reads), the asyncio worker and the uvloop
+worker, alternated; ``--count`` POSTs
 of ``--size-mib`` each, one at a time. The HTTP stack's share of a push::
 
     python -m perf.profile_serve upload-floor [--repeats 5] [--size-mib 64] [--count 8]
@@ -33,15 +35,16 @@ of ``--size-mib`` each, one at a time. The HTTP stack's share of a push::
 worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``)
 or monolithic blob pushes (``push``), or of the trivial app under hypercorn's trio or
 asyncio worker with dockyard's settings answering HEADs (``trivial-trio``,
-``trivial-asyncio``), then each sample is charged to the innermost frame
-of a known part (hypercorn, h11, trio, dockyard's HTTP middleware/auth/logging, dockyard's
-registry logic, dockyard's SQLite layer; other frames are charged to the part that called
-them) and the functions with the most own and cumulative samples are listed. Needs
+``trivial-asyncio``), then each sample is charged to the innermost frame of a known part
+(hypercorn, h11, trio's socket I/O, to_thread hand-off and scheduler, asyncio, dockyard's
+HTTP middleware/auth/logging, dockyard's registry logic, dockyard's SQLite layer; other
+frames are charged to the part that called them) and the functions with the most own and
+cumulative samples are listed. Needs
 ``pip install py-spy`` (root, or ptrace allowed). Usage::
 
     python -m perf.profile_serve sample head [--duration 20] [--top 15]
     python -m perf.profile_serve sample push [--size-mib 256] [--count 4] [--top 15]
-    python -m perf.profile_serve sample trivial-trio [--duration 20]
+    python -m perf.profile_serve sample trivial-trio [--duration 20] [--raw FILE]
 
 ``cprofile``: cProfile of the main thread of one dockyard worker (built as
 ``create_app()`` builds it, served by hypercorn's trio ``serve()`` in process) while it
@@ -76,7 +79,7 @@ from perf.httpclient import Connection
 from perf.procstat import cpu_seconds, process_tree
 from perf.profile_upload import push as push_blob
 from perf.rate import build_requests, run_py
-from perf.servers import PULL_EVENTS_OFF, Distribution, free_port
+from perf.servers import PULL_EVENTS_OFF, Distribution, distribution_binary, free_port
 
 # What ``dockyard serve`` sets on hypercorn's Config (src/dockyard/cli.py) with the default
 # settings, for the trivial app (read_timeout stays unset: server.read_timeout is 0, off).
@@ -256,13 +259,19 @@ def subjects() -> list[Subject]:
             lambda work: _dockyard(work, PULL_EVENTS_OFF),
             "/v2/floor/manifests/v1",
         ),
-        Subject(
-            "distribution-head-tag",
-            "Distribution (perf/servers.py), manifest HEAD by tag",
-            _distribution,
-            "/v2/floor/manifests/v1",
-        ),
     ]
+    try:
+        distribution_binary(install=False)
+        found.append(
+            Subject(
+                "distribution-head-tag",
+                "Distribution (perf/servers.py), manifest HEAD by tag",
+                _distribution,
+                "/v2/floor/manifests/v1",
+            )
+        )
+    except FileNotFoundError as e:
+        print(f"no distribution-head-tag row: {e}", flush=True)
     return found
 
 
