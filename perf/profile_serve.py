@@ -134,6 +134,17 @@ gc.set_threshold(50_000, 20, 100)
 )
 
 
+def _ready_or_stop(proc: subprocess.Popen[bytes], ready: Callable[[], object]) -> None:
+    """Run ``ready``; if it fails, stop the server's process group before raising."""
+    try:
+        ready()
+    except BaseException:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        raise
+
+
 def _hypercorn(
     worker: str, toml: str, app: str = TRIVIAL_APP
 ) -> Callable[[Path], tuple[subprocess.Popen[bytes], int]]:
@@ -150,7 +161,7 @@ def _hypercorn(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        _wait_ready(port, "/")
+        _ready_or_stop(proc, lambda: _wait_ready(port, "/"))
         return proc, port
 
     return start
@@ -172,17 +183,21 @@ def _dockyard(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    _wait_ready(port, "/healthz")
-    _push_manifest(port)
+
+    def ready() -> None:
+        _wait_ready(port, "/healthz")
+        _push_manifest(port)
+
+    _ready_or_stop(proc, ready)
     return proc, port
 
 
 def _distribution(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     server = Distribution(install=False)
     server.start()
+    _DISTRIBUTIONS.append(server)  # stopped by the caller's cleanup, even if the push fails
     _push_manifest(server.port)
     assert server.proc is not None
-    _DISTRIBUTIONS.append(server)
     return server.proc, server.port
 
 
