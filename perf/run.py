@@ -4,14 +4,16 @@ The documented full comparison (also ``nox -s perf``)::
 
     python -m perf.run all --compare
 
-installs Debian's docker-registry if missing, starts dockyard (``--workers`` one per
-core) and docker-registry on loopback with temporary data directories, runs every
-scenario once against the discard server (the client's ceiling), then 5 alternated
-repeats against both (A, B, B, A, ...), stops both by pid, and appends a dated section to
-``perf/RESULTS.md`` with the raw JSON lines in ``perf/results/``. The events scenario runs
-last and against dockyard only (Distribution has no event feed): for it a second
-dockyard with pull events off is started, compared with the first (on, off, off, on, ...)
-and stopped again.
+installs Debian's docker-registry if missing (or, with
+``DOCKYARD_PERF_DISTRIBUTION=PATH``, uses that Distribution binary, e.g. 3.1.1 built from
+source: ``perf/README.md``), starts dockyard (``--workers`` one per core) and the
+Distribution on loopback with temporary data directories, runs every scenario once
+against the discard server (the client's ceiling), then 5 alternated repeats against both
+(A, B, B, A, ...), stops both by pid, and appends a dated section to ``perf/RESULTS.md``
+(naming the Distribution version) with the raw JSON lines in ``perf/results/``. The
+events scenario runs last and against dockyard only (Distribution has no event feed): for
+it a second dockyard with pull events off is started, compared with the first (on, off,
+off, on, ...) and stopped again.
 
 Other uses::
 
@@ -41,7 +43,14 @@ from typing import Any, TextIO
 
 from perf import report
 from perf.scenarios import SCENARIOS, Params, Record, Scenario, Target
-from perf.servers import PULL_EVENTS_OFF, DiscardServer, Distribution, Dockyard, Server
+from perf.servers import (
+    DISTRIBUTION_ENV,
+    PULL_EVENTS_OFF,
+    DiscardServer,
+    Distribution,
+    Dockyard,
+    Server,
+)
 
 HERE = Path(__file__).resolve().parent
 ORDER = list(SCENARIOS)
@@ -154,6 +163,22 @@ def results_section(
         "",
     ]
     return "\n".join(lines)
+
+
+def distribution_note(distribution: Distribution) -> str:
+    """Which Distribution B was and where it came from (RESULTS.md)."""
+    version = ".".join(map(str, distribution.version)) or "unknown version"
+    if os.environ.get(DISTRIBUTION_ENV):
+        source = f"the binary `{DISTRIBUTION_ENV}` named"
+    else:
+        source = "Debian's docker-registry package"
+    extra = ""
+    exporter = distribution.env().get("OTEL_TRACES_EXPORTER")
+    if distribution.version >= (3,) and exporter:
+        extra = f", `OTEL_TRACES_EXPORTER={exporter}`"
+    return (
+        f"Distribution compared against: {version} ({source}; `{distribution.description}`){extra}."
+    )
 
 
 def events_notes(records: Sequence[Record]) -> list[str]:
@@ -300,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"dockyard runs {workers} hypercorn worker(s) (`--workers {workers}`, one per "
                 "core); its CPU is summed over the serve process and all its workers."
             )
+            notes.append(distribution_note(distribution))
         elif args.compare:
             targets = [
                 Target("A", args.a_name, args.a, args.a_pid),
@@ -318,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             discard.start()
             ceiling = Target("ceiling", "discard", discard.url, [discard.pid])
         for t in targets:
-            print(f"{t.label}: {t.name} at {t.url} pids {t.pids}", flush=True)
+            shown = descriptions.get(t.label, t.name)
+            print(f"{t.label}: {shown} at {t.url} pids {t.pids}", flush=True)
             if not t.pids:
                 print(f"  (no pid for {t.name}: server CPU figures will read 0)", flush=True)
         if managed:

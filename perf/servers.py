@@ -9,16 +9,22 @@ For the events scenario a second dockyard runs with ``DOCKYARD_EVENTS_RECORD_PUL
 (:data:`PULL_EVENTS_OFF`): same build and workers, its own temporary data directory.
 
 Distribution is Debian's ``docker-registry`` package (2.8.2): :func:`ensure_distribution`
-installs it with apt-get when missing. It is started as ``docker-registry serve
-CONFIG.yml`` with our own config (never its systemd service): filesystem root in the
+installs it with apt-get when missing. Or, when :data:`DISTRIBUTION_ENV`
+(``DOCKYARD_PERF_DISTRIBUTION``) names a ``registry`` binary, that one: CNCF Distribution
+3.1.1 built from source (``perf/README.md`` says how). Either is started as ``BINARY serve
+CONFIG.yml`` with our own config (never a systemd service): filesystem root in the
 temporary directory, loopback address, access log off and log level ``error`` (dockyard's
 access log is off here too, see ``Dockyard``), the in-memory blob descriptor cache Debian's
-default config enables, delete enabled.
+default config enables, delete enabled. 3.x reads the same keys; it also traces every
+request with OpenTelemetry and exports the spans to an OTLP collector on localhost:4318
+unless ``OTEL_TRACES_EXPORTER=none``, which its deployment docs give for "no collector"
+and which we set (spans are still made: that cost is 3.x's own).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -56,6 +63,10 @@ health:
 """
 
 
+# A Distribution binary to compare against instead of Debian's docker-registry.
+DISTRIBUTION_ENV = "DOCKYARD_PERF_DISTRIBUTION"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,9 +95,42 @@ def ensure_distribution(install: bool = True) -> str:
     return found
 
 
+def distribution_binary(environ: Mapping[str, str] | None = None, install: bool = True) -> str:
+    """The Distribution to start: :data:`DISTRIBUTION_ENV`'s binary when set, else Debian's.
+
+    A set but unusable path is an error, never a silent fallback to 2.8.2 (a comparison
+    against the wrong version would look like a real one).
+    """
+    environ = os.environ if environ is None else environ
+    given = environ.get(DISTRIBUTION_ENV, "")
+    if not given:
+        return ensure_distribution(install)
+    path = Path(given).expanduser()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{DISTRIBUTION_ENV}={given}: not an executable file")
+    return str(path.resolve())
+
+
 def distribution_version(binary: str) -> str:
+    """``--version``'s line, with the program's name for the path it starts with (results
+    name no directory of the machine that measured)."""
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip() or out.stderr.strip()
+    text = out.stdout.strip() or out.stderr.strip()
+    if text.startswith(binary):
+        text = Path(binary).name + text[len(binary) :]
+    return text
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(3, 1, 1) from ``registry github.com/distribution/distribution/v3 v3.1.1``, (2, 8, 2)
+    from ``docker-registry github.com/docker/distribution 2.8.2+ds1``; () if none."""
+    found = re.search(r"(?:^|\s)v?(\d+)\.(\d+)\.(\d+)", version)
+    return tuple(int(x) for x in found.groups()) if found else ()
+
+
+def distribution_config(root: Path, port: int) -> str:
+    """The loopback config; 2.8 and 3.x read the same keys (checked by starting both)."""
+    return DISTRIBUTION_CONFIG.format(root=root, port=port)
 
 
 class Server:
@@ -217,20 +261,40 @@ class Dockyard(Server):
 PULL_EVENTS_OFF = {"DOCKYARD_EVENTS_RECORD_PULLS": "false"}
 
 
+def distribution_env(version: tuple[int, ...], environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment to start a Distribution of ``version`` with."""
+    env = dict(environ)
+    if version >= (3,):
+        # No collector here: 3.x would otherwise retry OTLP exports to localhost:4318.
+        env.setdefault("OTEL_TRACES_EXPORTER", "none")
+    return env
+
+
 class Distribution(Server):
-    """Debian's docker-registry (CNCF Distribution 2.8.2) with a loopback config."""
+    """CNCF Distribution with a loopback config: the binary :data:`DISTRIBUTION_ENV` names
+    (3.1.1 built from source), else Debian's docker-registry (2.8.2)."""
 
     name = "distribution"
 
-    def __init__(self, port: int | None = None, keep: bool = False, install: bool = True) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        keep: bool = False,
+        install: bool = True,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or distribution_binary(install=install)
         super().__init__(port, keep)
-        self.binary = ensure_distribution(install)
         self.description = distribution_version(self.binary)
-        config = DISTRIBUTION_CONFIG.format(root=self.tmp / "data", port=self.port)
+        self.version = version_tuple(self.description)
+        config = distribution_config(self.tmp / "data", self.port)
         (self.tmp / "config.yml").write_text(config)
 
     def command(self) -> list[str]:
         return [self.binary, "serve", str(self.tmp / "config.yml")]
+
+    def env(self) -> dict[str, str]:
+        return distribution_env(self.version, os.environ)
 
 
 class DiscardServer(Server):
