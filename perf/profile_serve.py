@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import collections
 import http.client
+import importlib.util
 import os
 import re
 import shutil
@@ -250,15 +251,13 @@ def subjects() -> list[Subject]:
             "trivial-asyncio", "hypercorn asyncio worker, defaults", _hypercorn("asyncio", ""), "/"
         ),
     ]
-    try:
-        import uvloop  # noqa: F401
-
+    if importlib.util.find_spec("uvloop") is not None:
         found.append(
             Subject(
                 "trivial-uvloop", "hypercorn uvloop worker, defaults", _hypercorn("uvloop", ""), "/"
             )
         )
-    except ImportError:
+    else:
         print("uvloop is not installed: no trivial-uvloop row", flush=True)
     found += [
         Subject("dockyard-healthz", "dockyard serve --workers 1, /healthz", _dockyard, "/healthz"),
