@@ -395,15 +395,13 @@ def upload_subjects() -> list[Subject]:
             "sink-asyncio", "asyncio worker, defaults", _hypercorn("asyncio", "", SINK_APP), "/"
         ),
     ]
-    try:
-        import uvloop  # noqa: F401
-
+    if importlib.util.find_spec("uvloop") is not None:
         found.append(
             Subject(
                 "sink-uvloop", "uvloop worker, defaults", _hypercorn("uvloop", "", SINK_APP), "/"
             )
         )
-    except ImportError:
+    else:
         print("uvloop is not installed: no sink-uvloop row", flush=True)
     return found
 
