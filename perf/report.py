@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -131,6 +132,29 @@ GOALS = (
     Goal("events", None, "pull_events_cost_pct", "abs_max", 10.0),
 )
 
+# The goals against CNCF Distribution 3.x (the performance issue: per-request and per-GiB
+# server CPU, throughput at least equal), used when B is a 3.x release.
+GOALS_3 = (
+    Goal("manifest-rps", None, "server_cpu_us_per_req", "ratio_max", 1.0),
+    Goal("blob-push", None, "server_cpu_s_per_gib", "ratio_max", 1.2),
+    Goal("blob-push", None, "mib_s", "ratio_min", 1.0),
+    Goal("ci-storm", None, "server_cpu_s_per_gib", "ratio_max", 1.2),
+    Goal("ci-storm", None, "images_s", "ratio_min", 1.0),
+    Goal("blob-pull", "full", "mib_s", "ratio_min", 1.0),
+    Goal("pull-storm", None, "images_s", "ratio_min", 1.0),
+    Goal("catalog", None, "seconds", "abs_max", 0.2),
+    Goal("big-blob", None, "peak_rss_growth_mib", "abs_max", 64.0),
+    Goal("events", "delivery", "p99_ms", "abs_max", 100.0),
+    Goal("events", None, "pull_events_cost_pct", "abs_max", 10.0),
+)
+
+
+def goals_against(b_description: str) -> tuple[Goal, ...]:
+    """The goals for a comparison with B (its description names its version)."""
+    major = re.search(r"\bv?(\d+)\.\d+\.\d+", b_description)
+    return GOALS_3 if major and int(major.group(1)) >= 3 else GOALS
+
+
 # Distribution 3.1's server CPU per unit of work, as measured for the issue (its medians).
 REFERENCE_31 = {
     ("blob-push", "server_cpu_s_per_gib"): "2.1-2.3 CPU-s/GiB",
@@ -179,6 +203,7 @@ class Row:
     ceiling: float | None
     failures: int
     b_skipped: str | None = None  # why the case did not run against B
+    goals: tuple[Goal, ...] = GOALS
 
     def b_cell(self) -> str:
         return "not run" if self.b_skipped and not self.b else self.cell(self.b)
@@ -192,7 +217,7 @@ class Row:
         return f"{fmt(m)} [{fmt(min(values))}-{fmt(max(values))}]"
 
     def target(self) -> Goal | None:
-        for t in GOALS:
+        for t in self.goals:
             if (
                 t.scenario == self.scenario
                 and t.figure == self.figure
@@ -217,7 +242,7 @@ class Row:
         return "met" if ok else "SHORT"
 
 
-def build_rows(records: Iterable[Record]) -> list[Row]:
+def build_rows(records: Iterable[Record], goals: tuple[Goal, ...] = GOALS) -> list[Row]:
     by_key: dict[tuple[str, str], dict[str, dict[int, Record]]] = {}
     order: list[tuple[str, str]] = []
     for r in records:
@@ -246,7 +271,9 @@ def build_rows(records: Iterable[Record]) -> list[Row]:
                 if figure in a[k].figures and b[k].figures.get(figure)
             ]
             ceil = next(iter(ceiling.values())).figures.get(figure) if ceiling else None
-            rows.append(Row(scenario, case, figure, av, bv, ratios, ceil, failures, b_skipped))
+            rows.append(
+                Row(scenario, case, figure, av, bv, ratios, ceil, failures, b_skipped, goals)
+            )
             failures = 0  # report a case's failures once
     return rows
 
@@ -268,10 +295,13 @@ def skipped_notes(records: Sequence[Record], names: dict[str, str]) -> list[str]
     ]
 
 
-def table(records: Sequence[Record], names: dict[str, str], goals: bool = True) -> str:
+def table(
+    records: Sequence[Record], names: dict[str, str], goals: bool = True, against: str = ""
+) -> str:
     """A Markdown table of headline figures; ``names`` maps labels to server names.
-    ``goals``: the target and verdict columns (the goals are against Distribution)."""
-    rows = build_rows(records)
+    ``goals``: the target and verdict columns (the goals are against Distribution: 3.x's
+    when ``against``, B's description, names a 3.x release, else those against 2.8)."""
+    rows = build_rows(records, goals_against(against))
     compare = any(r.b or r.b_skipped for r in rows)
     has_ceiling = any(r.ceiling is not None for r in rows)
     has_a = any(r.a for r in rows)

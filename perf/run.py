@@ -154,7 +154,7 @@ def results_section(
         f"- Raw JSON lines: `{shown}`",
         *[f"- {n}" for n in notes],
         "",
-        report.table(records, names),
+        report.table(records, names, against=info["descriptions"].get("B", "")),
         "",
         *events_notes(records),
         "Server CPU per unit of work beside Distribution 3.1's (from the perf issue):",
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             s.stop()
     info["loadavg_end"] = os.getloadavg()
     print()
-    print(report.table(records, names_map))
+    print(report.table(records, names_map, against=descriptions.get("B", "")))
     reference = report.reference_table(records, names_map)
     if len(targets) == 2 and len(reference.splitlines()) > 2:
         print()

@@ -239,6 +239,17 @@ def test_compare_alternates_and_aggregates(discard: Target) -> None:
     assert report.build_rows(fake)[0].verdict() == "SHORT"
     table = report.table(fake, {"A": "dockyard", "B": "distribution"})
     assert "A: dockyard" in table and ">= 1.5x" in table and "SHORT" in table
+    # Against a 3.x Distribution the goals are the performance issue's: CPU per GiB at
+    # most 1.2x (2.0 vs 2.0 here: met) and throughput at least 1.0x (ratio 1.2: met).
+    v3 = "registry github.com/distribution/distribution/v3 v3.1.1"
+    assert report.goals_against(v3) is report.GOALS_3
+    assert report.goals_against("docker-registry github.com/docker/distribution 2.8.2+ds1") is (
+        report.GOALS
+    )
+    rows = {r.figure: r for r in report.build_rows(fake, report.goals_against(v3))}
+    assert rows["mib_s"].verdict() == "met" and rows["server_cpu_s_per_gib"].verdict() == "met"
+    table3 = report.table(fake, {"A": "dockyard", "B": "distribution"}, against=v3)
+    assert "<= 1.2x" in table3 and ">= 1x" in table3 and ">= 1.5x" not in table3
 
     section = results_section(
         "python -m perf.run all --compare",
