@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from dockyard.storage.azure_client import AzureAccount
 from tests.serverproc import free_port
-from tests.tools import require_tool
+from tests.tools import require_tool, wait_ready
 
 
 class AzuriteServer:
@@ -65,17 +64,17 @@ class AzuriteServer:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"azurite-blob exited at start:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"azurite-blob did not listen within {timeout} s:\n{self.log()}")
+
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+
+        try:
+            wait_ready(self.proc, listening, name="azurite-blob", timeout=timeout, log=self.log)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is None:

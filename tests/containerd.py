@@ -25,11 +25,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
 import pytest
+
+from tests.tools import wait_ready
 
 # Seconds one ctr command may take (a pull of a few small layers takes well under one).
 CTR_TIMEOUT = 120.0
@@ -123,14 +124,14 @@ class Containerd:
                 stderr=log,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {self.log()}")
-            if self.socket.exists() and self.ctr("version", check=False).returncode == 0:
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"containerd did not start: {self.log()}")
+        wait_ready(
+            self.proc,
+            lambda: self.socket.exists() and self.ctr("version", check=False).returncode == 0,
+            name="containerd",
+            timeout=timeout,
+            log=self.log,
+        )
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

