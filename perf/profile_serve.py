@@ -330,18 +330,28 @@ def floor(repeats: int, duration: float, only: list[str]) -> int:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(20)
+    _print_table(chosen, results, "req/s", "server CPU-us/req", 0)
+    return 0
+
+
+def _print_table(
+    chosen: list[Subject],
+    results: dict[str, list[tuple[float, float]]],
+    rate: str,
+    cost: str,
+    digits: int,
+) -> None:
+    """The Markdown table of (rate, cost) per subject: median rate, cost median [min-max]."""
     print()
-    print("| server | what | req/s (median) | server CPU-us/req (median [min-max]) |")
+    print(f"| server | what | {rate} (median) | {cost} (median [min-max]) |")
     print("|---|---|---|---|")
     for s in chosen:
-        values = results[s.name]
-        costs = [c for _, c in values]
-        rate = statistics.median([r for r, _ in values])
+        costs = [c for _, c in results[s.name]]
+        middle = statistics.median([r for r, _ in results[s.name]])
         print(
-            f"| {s.name} | {s.what} | {rate:.0f} | {statistics.median(costs):.0f} "
-            f"[{min(costs):.0f}-{max(costs):.0f}] |"
+            f"| {s.name} | {s.what} | {middle:.0f} | {statistics.median(costs):.{digits}f} "
+            f"[{min(costs):.{digits}f}-{max(costs):.{digits}f}] |"
         )
-    return 0
 
 
 # An app that drains a request body and answers 201: the HTTP stack's cost per GiB
@@ -454,17 +464,7 @@ def upload_floor(repeats: int, size_mib: int, count: int) -> int:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(20)
-    print()
-    print("| server | what | MiB/s (median) | server CPU-s/GiB (median [min-max]) |")
-    print("|---|---|---|---|")
-    for s in chosen:
-        values = results[s.name]
-        costs = [c for _, c in values]
-        rate = statistics.median([r for r, _ in values])
-        print(
-            f"| {s.name} | {s.what} | {rate:.0f} | {statistics.median(costs):.2f} "
-            f"[{min(costs):.2f}-{max(costs):.2f}] |"
-        )
+    _print_table(chosen, results, "MiB/s", "server CPU-s/GiB", 2)
     return 0
 
 
