@@ -231,6 +231,17 @@ class EventHub:
     def _unregister(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
+    async def position(self) -> int:
+        """The id of the newest committed event: a subscription with this ``since`` gets
+        everything from now on.
+
+        After everything committed, not only what this hub has dispatched: events another
+        worker wrote since the last poll (or this one's still on their way to the hub)
+        were made before now.
+        """
+        await self._started.wait()
+        return max(self.cursor, await self.db.run(self.db.meta.last_event_id))
+
     @asynccontextmanager
     async def subscribe(
         self, event_filter: EventFilter, since: int | None = None, buffer: int = 1000
@@ -241,10 +252,7 @@ class EventHub:
         """
         await self._started.wait()
         if since is None:
-            # After everything committed, not only what this hub has dispatched: events
-            # another worker wrote since the last poll (or this one's still on their way
-            # to the hub) were made before the subscription and are not "from now on".
-            since = max(self.cursor, await self.db.run(self.db.meta.last_event_id))
+            since = await self.position()
         sub = Subscription(self, event_filter, since, buffer)
         try:
             yield sub

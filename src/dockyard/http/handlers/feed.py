@@ -111,6 +111,11 @@ class EventFeed:
         client = self.guard.proxies.client_address(peer_address(scope), headers)
         caller = Caller(headers, client)
         ws = WebSocket(receive, send)
+        # Without a query string the subscription may come in a message up to
+        # SUBSCRIBE_WAIT seconds later: what is committed from now on is the subscriber's
+        # (read before the handshake completes, so nothing the client causes after it
+        # sees the connection open is missed).
+        connected = None if query else await self.hub.position()
         await ws.accept()
         identity: Identity | None = None
         user = certificate_user(scope, self.client_user) if self.client_user else None
@@ -128,7 +133,7 @@ class EventFeed:
             await ws.close(CLOSE_DENIED, e.message[:120])
             return
         try:
-            subscription = await self._subscription(ws, query)
+            subscription = await self._subscription(ws, query, connected)
         except Disconnected:
             return
         except BadSubscription as e:
@@ -136,12 +141,14 @@ class EventFeed:
             return
         await self._serve(ws, *subscription, pull_filter(self.authorizer, identity))
 
-    async def _subscription(self, ws: WebSocket, query: str) -> Subscription:
-        if query:
+    async def _subscription(self, ws: WebSocket, query: str, connected: int | None) -> Subscription:
+        if query or connected is None:
             return parse_query(query)
-        # No query string: the subscription may come as a first message.
+        # No query string: the subscription may come as a first message; events from the
+        # connection on are replayed from the log once it is known (or the wait is over).
         text = await ws.first_text(SUBSCRIBE_WAIT)
-        return parse_query("") if text is None else parse_subscribe_message(text)
+        event_filter, since = parse_query("") if text is None else parse_subscribe_message(text)
+        return event_filter, connected if since is None else since
 
     async def _serve(
         self,
