@@ -48,7 +48,13 @@ from dockyard.http.request import (
     peer_address,
     scope_headers,
 )
-from dockyard.http.websocket import Disconnected, WebSocket
+from dockyard.http.websocket import (
+    CLOSE_GOING_AWAY,
+    Disconnected,
+    Stopping,
+    WebSocket,
+    stopping,
+)
 from dockyard.meta.records import StoredEvent
 
 MESSAGE_CACHE = 4096  # encoded event messages kept per worker
@@ -139,7 +145,9 @@ class EventFeed:
         except BadSubscription as e:
             await ws.close(CLOSE_BAD_REQUEST, str(e)[:120])
             return
-        await self._serve(ws, *subscription, pull_filter(self.authorizer, identity))
+        await self._serve(
+            ws, *subscription, pull_filter(self.authorizer, identity), stopping(scope)
+        )
 
     async def _subscription(self, ws: WebSocket, query: str, connected: int | None) -> Subscription:
         if query or connected is None:
@@ -156,8 +164,10 @@ class EventFeed:
         event_filter: EventFilter,
         since: int | None,
         visible: Callable[[str], bool] | None = None,
+        stop: Stopping | None = None,
     ) -> None:
-        """Send the events; with ``visible``, only those of repositories it accepts."""
+        """Send the events; with ``visible``, only those of repositories it accepts. When
+        ``stop`` is set (a graceful stop began) close with 1001 at once."""
         async with self.hub.subscribe(event_filter, since, self.buffer) as sub:
             await ws.send_text(
                 welcome_message(self.hub.cursor, sub.last_id, event_filter, self.heartbeat)
@@ -185,7 +195,17 @@ class EventFeed:
                 await ws.wait_disconnect()
                 nursery.cancel_scope.cancel()
 
+            async def go_away(stop: Stopping) -> None:
+                # The server stops: the client reconnects elsewhere (or after the restart)
+                # with since=<its last id>, rather than holding the stop for the whole
+                # graceful_timeout.
+                await stop.wait()
+                await ws.close(CLOSE_GOING_AWAY, "server stopping")
+                nursery.cancel_scope.cancel()
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
                 nursery.start_soon(beat)
                 nursery.start_soon(read)
+                if stop is not None:
+                    nursery.start_soon(go_away, stop)
