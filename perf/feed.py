@@ -25,6 +25,9 @@ The subscriber processes are ``python -m perf.feed`` children (not forked: the c
 may have threads; not multiprocessing's spawn: that re-imports the caller's main module),
 talking JSON lines over their stdin and stdout.
 
+Each subscriber process raises its own soft limit of open files to what it needs (at most
+the hard limit, ``raise_open_files``): 10,000 subscribers need more than the usual 1024.
+
 Every loop is bounded: connecting by ``setup_timeout``, the live phase by the stop time
 the parent sends and by ``time_limit``; the parent waits for its children with timeouts
 and kills what is left.
@@ -39,6 +42,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import select
 import socket
 import struct
@@ -471,6 +475,7 @@ def _subscriber_loop(
     ctl: Channel,
 ) -> None:
     """One subscriber process: connect ``count`` subscribers, report, record, report."""
+    raise_open_files(count + 64)
     ep = select.epoll()
     subs: dict[int, _Sub] = {}
     event_times: dict[bytes, bytes] = {}
@@ -664,6 +669,16 @@ def _subscriber_loop(
         for sub in subs.values():
             sub.sock.close()
         ep.close()
+
+
+def raise_open_files(need: int) -> None:
+    """Raise this process's soft limit of open files to ``need`` (at most the hard
+    limit): 10,000 subscribers in a few processes need more sockets than the usual
+    default soft limit of 1024. Each subscriber process does it for itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 @dataclass

@@ -15,12 +15,19 @@ Replay then live, with no gap and no duplicate: a subscriber with ``since`` firs
 log from the database until it reaches the hub's cursor, and registers for live events in
 the same step (no await in between), so every later event reaches it through the channel;
 ids it already saw are skipped.
+
+A subscription may instead take live events through a ``deliver`` callback, called in
+the hub's own task as each event is dispatched (the event feed writes a pre-built frame
+to the socket there: no channel, no task wake-up per subscriber and event); it returns
+False when the subscriber is too far behind, which cuts it off like a full channel. Each
+event is matched once per distinct filter, not once per subscriber.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
@@ -60,19 +67,40 @@ class HubStatistics:
     dropped: int = 0
 
 
+Deliver = Callable[[StoredEvent], bool]
+
+
 class Subscription:
-    def __init__(self, hub: EventHub, event_filter: EventFilter, since: int, buffer: int) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        event_filter: EventFilter,
+        since: int,
+        buffer: int,
+        deliver: Deliver | None = None,
+    ) -> None:
         self.filter = event_filter
         self.last_id = since
         self._hub = hub
-        self._send, self._receive = trio.open_memory_channel[StoredEvent](buffer)
+        self._deliver = deliver
+        self._send, self._receive = trio.open_memory_channel[StoredEvent](
+            0 if deliver is not None else buffer
+        )
         self.lagged = False
         self.dropped = 0  # events discarded when it was cut off
 
-    def _offer(self, event: StoredEvent) -> bool:
-        """Queue ``event`` if it matches; False if this subscriber is too far behind."""
-        if event.id <= self.last_id or not self.filter.matches(event):
+    def _offer(self, event: StoredEvent, matched: bool) -> bool:
+        """Queue (or deliver) ``event`` if it ``matched`` the filter; False if this
+        subscriber is too far behind."""
+        if event.id <= self.last_id or not matched:
             return True
+        if self._deliver is not None:
+            self.last_id = event.id
+            if self._deliver(event):
+                return True
+            self.lagged = True
+            self.dropped += 1
+            return False
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -107,10 +135,13 @@ class Subscription:
         return self.events()
 
     async def events(self) -> AsyncGenerator[StoredEvent, None]:
-        """Replayed events, then live ones; close it (``aclosing``) if you stop early."""
+        """Replayed events, then live ones; close it (``aclosing``) if you stop early.
+        With ``deliver``, only the replayed ones (live ones go to ``deliver``)."""
         async with aclosing(self._replay()) as replay:
             async for event in replay:
                 yield event
+        if self._deliver is not None:
+            return
         async for event in self._receive:
             if event.id <= self.last_id:
                 continue
@@ -134,6 +165,10 @@ class EventHub:
         self.fallback_poll_interval = fallback_poll_interval
         self.cursor = 0
         self._subscribers: set[Subscription] = set()
+        # The filter object of each distinct filter that subscriptions hold.
+        self._filters: weakref.WeakValueDictionary[EventFilter, EventFilter] = (
+            weakref.WeakValueDictionary()
+        )
         self._wake = trio.Event()
         self._started = trio.Event()
         self._advanced = trio.Event()  # set (and replaced) when the cursor moves
@@ -208,8 +243,13 @@ class EventHub:
     def _dispatch(self, event: StoredEvent) -> None:
         self.cursor = event.id
         self._dispatched += 1
+        # Subscribers mostly share a few filters, one object each (``subscribe``).
+        matched: dict[int, bool] = {}
         for sub in list(self._subscribers):
-            if not sub._offer(event):
+            m = matched.get(id(sub.filter))
+            if m is None:
+                m = matched[id(sub.filter)] = sub.filter.matches(event)
+            if not sub._offer(event, m):
                 self._subscribers.discard(sub)
                 self._lagged += 1
                 self._dropped += sub.dropped
@@ -244,16 +284,25 @@ class EventHub:
 
     @asynccontextmanager
     async def subscribe(
-        self, event_filter: EventFilter, since: int | None = None, buffer: int = 1000
+        self,
+        event_filter: EventFilter,
+        since: int | None = None,
+        buffer: int = 1000,
+        deliver: Deliver | None = None,
     ) -> AsyncIterator[Subscription]:
         """A subscription to events after ``since`` (None: from now on).
 
         Iterate it for events; iteration raises ``SubscriberLagged`` if it falls behind.
+        With ``deliver`` it yields only the replayed events, and live ones are handed to
+        ``deliver`` (see the module docstring).
         """
         await self._started.wait()
         if since is None:
             since = await self.position()
-        sub = Subscription(self, event_filter, since, buffer)
+        # One filter object per distinct filter: the dispatch's lookup by filter then
+        # mostly compares identical objects.
+        event_filter = self._filters.setdefault(event_filter, event_filter)
+        sub = Subscription(self, event_filter, since, buffer, deliver)
         try:
             yield sub
         finally:
