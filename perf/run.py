@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--subscriber-procs", type=int, default=None, help="events: subscriber processes (2)"
     )
+    parser.add_argument("--event-rate", type=float, default=None, help="events: pushes/s (10)")
     parser.add_argument(
         "--workers", type=int, default=None, help="dockyard workers (default: one per core)"
     )
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=args.procs,
         events_subscribers=args.subscribers,
         events_procs=args.subscriber_procs,
+        events_rate=args.event_rate,
     )
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     managed = args.compare and not (args.a or args.b)

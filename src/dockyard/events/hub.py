@@ -89,10 +89,10 @@ class Subscription:
         self.lagged = False
         self.dropped = 0  # events discarded when it was cut off
 
-    def _offer(self, event: StoredEvent, matched: bool) -> bool:
-        """Queue (or deliver) ``event`` if it ``matched`` the filter; False if this
+    def _offer(self, event: StoredEvent) -> bool:
+        """Queue (or deliver) ``event``, which matches the filter; False if this
         subscriber is too far behind."""
-        if event.id <= self.last_id or not matched:
+        if event.id <= self.last_id:
             return True
         if self._deliver is not None:
             self.last_id = event.id
@@ -165,7 +165,9 @@ class EventHub:
         self.fallback_poll_interval = fallback_poll_interval
         self.cursor = 0
         self._subscribers: set[Subscription] = set()
-        # The filter object of each distinct filter that subscriptions hold.
+        # The live subscribers by filter (each event is matched once per filter), and
+        # the filter object of each distinct filter that subscriptions hold.
+        self._by_filter: dict[EventFilter, dict[Subscription, None]] = {}
         self._filters: weakref.WeakValueDictionary[EventFilter, EventFilter] = (
             weakref.WeakValueDictionary()
         )
@@ -243,16 +245,16 @@ class EventHub:
     def _dispatch(self, event: StoredEvent) -> None:
         self.cursor = event.id
         self._dispatched += 1
-        # Subscribers mostly share a few filters, one object each (``subscribe``).
-        matched: dict[int, bool] = {}
-        for sub in list(self._subscribers):
-            m = matched.get(id(sub.filter))
-            if m is None:
-                m = matched[id(sub.filter)] = sub.filter.matches(event)
-            if not sub._offer(event, m):
-                self._subscribers.discard(sub)
-                self._lagged += 1
-                self._dropped += sub.dropped
+        # Subscribers mostly share a few filters: match once per filter, and skip the
+        # subscribers of filters the event does not match.
+        for event_filter, subs in list(self._by_filter.items()):
+            if not event_filter.matches(event):
+                continue
+            for sub in list(subs):
+                if not sub._offer(event):
+                    self._unregister(sub)
+                    self._lagged += 1
+                    self._dropped += sub.dropped
 
     async def wait_past(self, event_id: int) -> int:
         """Wait until the hub has seen an event after ``event_id``; returns its cursor.
@@ -267,9 +269,15 @@ class EventHub:
 
     def _register(self, sub: Subscription) -> None:
         self._subscribers.add(sub)
+        self._by_filter.setdefault(sub.filter, {})[sub] = None
 
     def _unregister(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+        subs = self._by_filter.get(sub.filter)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._by_filter[sub.filter]
 
     async def position(self) -> int:
         """The id of the newest committed event: a subscription with this ``since`` gets

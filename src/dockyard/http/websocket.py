@@ -232,6 +232,7 @@ class FrameWriter:
         self.last_sent = trio.current_time()
         self.overflowed = trio.Event()
         self.broken = False
+        self._done = False  # broken or overflowed: offer does nothing more
 
     @classmethod
     def of(cls, scope: Scope_, limit: int) -> FrameWriter | None:
@@ -253,7 +254,7 @@ class FrameWriter:
 
     def offer(self, frame: bytes, event_id: int = 0) -> bool:
         """Write ``frame`` now or queue it; False on an overflow (see the class)."""
-        if self.broken or self.overflowed.is_set():
+        if self._done:  # broken or overflowed: one test per event and subscriber
             return not self.overflowed.is_set()
         self.last_sent = self._now()
         if self._queue or self._partial or self._lock.held:
@@ -261,6 +262,7 @@ class FrameWriter:
                 self.dropped += len(self._queue) + 1
                 self._queue.clear()
                 self.overflowed.set()
+                self._done = True
                 self._wake.set()  # still finish a partly written frame
                 return False
             self._queue.append((event_id, frame))
@@ -272,7 +274,7 @@ class FrameWriter:
         except BlockingIOError:
             n = 0
         except OSError:
-            self.broken = True  # the client is gone: its reader ends the handler
+            self.broken = self._done = True  # the client is gone: its reader ends the handler
             return True
         if event_id:
             self.written_id = event_id
@@ -302,7 +304,7 @@ class FrameWriter:
                     try:
                         await self._stream.send_all(b"".join(chunks))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.broken = True
+                        self.broken = self._done = True
                     if last:
                         self.written_id = last
                     self.last_sent = self._now()
