@@ -218,7 +218,7 @@ class FrameWriter:
 
     def __init__(self, connection: Any, limit: int) -> None:
         self._stream: trio.SocketStream = connection.stream
-        self._fd = self._stream.socket.fileno()
+        self._socket = self._stream.socket
         self._lock: SendLock = connection.send_lock
         self._held = False
         self._partial = b""  # the rest of a frame the kernel took in part: goes first
@@ -269,8 +269,15 @@ class FrameWriter:
             self._drained = trio.Event() if self._drained.is_set() else self._drained
             self._wake.set()
             return True
+        # hypercorn closes the socket when the client's close frame or EOF arrives, and
+        # the handler hears of it only later: a closed socket's fileno() is -1 (its old
+        # number may already be another connection's).
+        fd = self._socket.fileno()
+        if fd < 0:
+            self.broken = self._done = True
+            return True
         try:
-            n = os.write(self._fd, frame)
+            n = os.write(fd, frame)
         except BlockingIOError:
             n = 0
         except OSError:
