@@ -94,7 +94,7 @@ class Subscription:
         subscriber is too far behind."""
         if event.id <= self.last_id:
             return True
-        if self._deliver is not None:
+        if self._deliver is not None:  # (EventHub._dispatch inlines this case)
             self.last_id = event.id
             if self._deliver(event):
                 return True
@@ -250,8 +250,22 @@ class EventHub:
         for event_filter, subs in list(self._by_filter.items()):
             if not event_filter.matches(event):
                 continue
+            eid = event.id
             for sub in list(subs):
-                if not sub._offer(event):
+                # Subscription._offer with its deliver case inlined: this loop runs once
+                # per subscriber and event.
+                if eid <= sub.last_id:
+                    continue
+                deliver = sub._deliver
+                if deliver is None:
+                    kept = sub._offer(event)
+                else:
+                    sub.last_id = eid
+                    kept = deliver(event)
+                    if not kept:
+                        sub.lagged = True
+                        sub.dropped += 1
+                if not kept:  # cut off
                     self._unregister(sub)
                     self._lagged += 1
                     self._dropped += sub.dropped

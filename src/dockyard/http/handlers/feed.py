@@ -110,6 +110,7 @@ class EventFeed:
         self._messages: OrderedDict[int, str] = OrderedDict()
         # The same as websocket frames, for the subscribers written to directly.
         self._frames: OrderedDict[int, bytes] = OrderedDict()
+        self._last_frame: tuple[int, bytes] = (-1, b"")
 
     def _event_message(self, event: StoredEvent) -> str:
         text = self._messages.get(event.id)
@@ -127,6 +128,7 @@ class EventFeed:
             self._frames[event.id] = frame
             if len(self._frames) > MESSAGE_CACHE:
                 self._frames.popitem(last=False)
+        self._last_frame = (event.id, frame)
         return frame
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
@@ -250,7 +252,9 @@ class EventFeed:
             # In the hub's task, once per subscriber and event: keep it short.
             if visible is not None and not visible(event.repository or ""):
                 return True
-            if writer.offer(self._event_frame(event), event.id):
+            last = self._last_frame  # every subscriber of this worker gets it in turn
+            frame = last[1] if last[0] == event.id else self._event_frame(event)
+            if writer.offer(frame, event.id):
                 return True
             holder[0].dropped += writer.dropped - 1  # the queue's; the hub counts this one
             return False
