@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import json
 import re
@@ -252,7 +253,10 @@ class Discard(asyncio.BufferedProtocol):
         s.events += 1
         target: dict[str, object] = {"kind": "manifest", "repository": name, "digest": digest}
         target.update(mediaType=media, size=size, tag=ref)
-        doc = {"type": "event", "event": {"id": s.events, "action": "push", "target": target}}
+        # A timestamp as dockyard's: the events scenario measures delay from it.
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {"id": s.events, "timestamp": now, "action": "push", "target": target}
+        doc = {"type": "event", "event": event}
         frame = ws_frame(json.dumps(doc, separators=(",", ":")).encode())
         for sub in list(s.subscribers):
             if sub.transport is not None and not sub.transport.is_closing():

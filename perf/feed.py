@@ -15,11 +15,18 @@ header arithmetic, and for an event message a ``find`` of the digest in the JSON
 
 Clock: ``time.monotonic()`` is CLOCK_MONOTONIC, one clock for every process of the
 machine, so a subscriber process's arrival time and the pushing process's time of the
-push response are comparable.
+push response are comparable. Each process also keeps the first ``timestamp`` it saw of
+each event (the server's CLOCK_REALTIME when the change was made, microseconds): the
+delay a subscriber sees starts there (``event_time``, moved to CLOCK_MONOTONIC by the
+parent). The push response is no start: a server may send it after (part of) its
+fan-out, and events then "arrived" before they happened (issue 14: -114 ms).
 
 The subscriber processes are ``python -m perf.feed`` children (not forked: the caller
 may have threads; not multiprocessing's spawn: that re-imports the caller's main module),
 talking JSON lines over their stdin and stdout.
+
+Each subscriber process raises its own soft limit of open files to what it needs (at most
+the hard limit, ``raise_open_files``): 10,000 subscribers need more than the usual 1024.
 
 Every loop is bounded: connecting by ``setup_timeout``, the live phase by the stop time
 the parent sends and by ``time_limit``; the parent waits for its children with timeouts
@@ -30,10 +37,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
 import platform
+import resource
 import select
 import socket
 import struct
@@ -326,11 +335,18 @@ class Channel:
 
 class _Sub:
     __slots__ = (
-        "accept", "arrivals", "buf", "close_code", "dups", "eof", "fd", "frag", "heartbeats",
-        "lagged", "others", "request", "sock", "state", "welcome_since", "welcomed",
+        "accept", "arrivals", "buf", "close_code", "dups", "eof", "event_times", "fd", "frag",
+        "heartbeats", "lagged", "others", "request", "sock", "state", "welcome_since",
+        "welcomed",
     )  # fmt: skip
 
-    def __init__(self, sock: socket.socket, request: bytes, accept: bytes) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        request: bytes,
+        accept: bytes,
+        event_times: dict[bytes, bytes] | None = None,
+    ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.request = request
@@ -349,6 +365,8 @@ class _Sub:
         self.eof = False
         self.welcome_since: int | None = None
         self.welcomed = False
+        # digest -> the event's "timestamp" text: one dict per process, shared
+        self.event_times = {} if event_times is None else event_times
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -364,6 +382,25 @@ class _Sub:
 
 EVENT_PREFIX = b'{"type":"event"'
 DIGEST_KEY = b'"digest":"'
+TIMESTAMP_KEY = b'"timestamp":"'
+
+
+def _event_time(sub: _Sub, digest: bytes, payload: bytes) -> None:
+    """Keep the event's timestamp, once per process (the first subscriber to get it)."""
+    if digest not in sub.event_times:
+        i = payload.find(TIMESTAMP_KEY)
+        if i >= 0:
+            j = payload.find(b'"', i + len(TIMESTAMP_KEY))
+            sub.event_times[digest] = payload[i + len(TIMESTAMP_KEY) : j]
+
+
+def event_time(text: str) -> float:
+    """An event's ``timestamp`` (RFC 3339, UTC, as dockyard writes it) in seconds since
+    the epoch: CLOCK_REALTIME."""
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def _text(sub: _Sub, t: tuple[float, float], payload: bytes) -> None:
@@ -377,6 +414,7 @@ def _text(sub: _Sub, t: tuple[float, float], payload: bytes) -> None:
                 sub.dups += 1
             else:
                 sub.arrivals[digest] = t
+                _event_time(sub, digest, payload)
             return
     doc = json.loads(payload)
     kind = doc.get("type") if isinstance(doc, dict) else None
@@ -386,6 +424,9 @@ def _text(sub: _Sub, t: tuple[float, float], payload: bytes) -> None:
             sub.dups += 1
         else:
             sub.arrivals[digest] = t
+            ts = doc["event"].get("timestamp")
+            if isinstance(ts, str):
+                sub.event_times.setdefault(digest, ts.encode("latin-1"))
     elif kind == "heartbeat":
         sub.heartbeats += 1
     elif kind == "lagged":
@@ -434,8 +475,10 @@ def _subscriber_loop(
     ctl: Channel,
 ) -> None:
     """One subscriber process: connect ``count`` subscribers, report, record, report."""
+    raise_open_files(count + 64)
     ep = select.epoll()
     subs: dict[int, _Sub] = {}
+    event_times: dict[bytes, bytes] = {}
     errors: list[str] = []
     failed = 0
 
@@ -470,7 +513,7 @@ def _subscriber_loop(
                         stamps = False  # arrivals then stand in for the kernel's stamps
                 sock.setblocking(False)
                 request, accept = handshake(host, port, resource)
-                sub = _Sub(sock, request, accept)
+                sub = _Sub(sock, request, accept, event_times)
                 subs[sub.fd] = sub
                 started += 1
                 err = sock.connect_ex(address)
@@ -609,6 +652,9 @@ def _subscriber_loop(
         ctl.send(
             {
                 "subs": [s.summary() for s in subs.values()],
+                "event_times": {
+                    d.decode("latin-1"): ts.decode("latin-1") for d, ts in event_times.items()
+                },
                 "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
                 "errors": errors,
             }
@@ -625,6 +671,16 @@ def _subscriber_loop(
         ep.close()
 
 
+def raise_open_files(need: int) -> None:
+    """Raise this process's soft limit of open files to ``need`` (at most the hard
+    limit): 10,000 subscribers in a few processes need more sockets than the usual
+    default soft limit of 1024. Each subscriber process does it for itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 @dataclass
 class Ready:
     welcomed: int = 0
@@ -637,6 +693,8 @@ class Ready:
 class FeedResult:
     subs: list[dict[str, Any]] = field(default_factory=list)  # one per welcomed subscriber
     client_cpu_s: float = 0.0  # subscriber processes, over the live phase
+    # digest -> when the event was made (its timestamp), CLOCK_MONOTONIC of this host
+    event_times: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -717,6 +775,10 @@ class Subscribers:
             msg = self._receive(channel, max(0.0, stop_at - time.monotonic()) + 60)
             result.subs += msg.get("subs", [])
             result.client_cpu_s += msg.get("cpu_s", 0.0)
+            offset = realtime_minus_monotonic()
+            for digest, text in msg.get("event_times", {}).items():
+                with contextlib.suppress(ValueError):
+                    result.event_times.setdefault(digest, event_time(text) - offset)
             result.errors += msg.get("errors", [])[: max(0, 5 - len(result.errors))]
         return result
 

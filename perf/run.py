@@ -188,9 +188,10 @@ def events_notes(records: Sequence[Record]) -> list[str]:
     return [
         "events: `delivery` latency is, per subscriber and push, the subscriber's arrival "
         "time of the event (CLOCK_MONOTONIC right after the `recv` that completed its "
-        "websocket frame, in the subscriber processes) minus the time the PUT's 201 "
-        "response reached this host (its kernel receive timestamp, SO_TIMESTAMPNS, moved "
-        "to CLOCK_MONOTONIC); negative when an event beat its push response (`min_ms`). "
+        "websocket frame, in the subscriber processes) minus the event's `timestamp` "
+        "(when the server made it, CLOCK_REALTIME of the same host, moved to "
+        "CLOCK_MONOTONIC); `from_response_*` use the PUT's 201 response arrival instead "
+        "(negative when the server fans out before it answers: no latency). "
         "`pulls-*` run the same workload against dockyard with pull events on and a twin "
         "with `DOCKYARD_EVENTS_RECORD_PULLS=false` (same workers), alternately; "
         "`pull_events_cost_pct` is 100 x (1 - on/off) of req/s per repeat, `cpu_cost_pct` "
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--subscriber-procs", type=int, default=None, help="events: subscriber processes (2)"
     )
+    parser.add_argument("--event-rate", type=float, default=None, help="events: pushes/s (10)")
     parser.add_argument(
         "--workers", type=int, default=None, help="dockyard workers (default: one per core)"
     )
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=args.procs,
         events_subscribers=args.subscribers,
         events_procs=args.subscriber_procs,
+        events_rate=args.event_rate,
     )
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     managed = args.compare and not (args.a or args.b)

@@ -736,12 +736,16 @@ class Events(Scenario):
     loops, ``events_procs`` processes) subscribe to ``repository=perf/events&action=push``
     and each gets its welcome before anything is pushed; then M small manifests, unique
     by an annotation, are PUT by tag at ``events_rate`` per second on one keep-alive
-    connection. For each push t0 is when its 201 response reached this host (the kernel's
-    receive timestamp, ``feed.TimedConnection``), and each subscriber's arrival is the
-    CLOCK_MONOTONIC time right after the ``recv`` that completed the event's frame (events
-    are matched by digest). Latency = arrival - t0 over every subscriber x push; an event
-    that arrives before its push response counts as negative (the server may fan out
-    before its response is on the wire). Lost events (a subscriber without the event
+    connection. For each push t0 is when the server made the event: its ``timestamp``
+    (CLOCK_REALTIME of this host, moved to CLOCK_MONOTONIC), and each subscriber's
+    arrival is the CLOCK_MONOTONIC time right after the ``recv`` that completed the
+    event's frame (events are matched by digest). Latency = arrival - t0 over every
+    subscriber x push. ``from_response_*`` pair the arrival with the time the PUT's 201
+    response reached this host (the kernel's receive timestamp, ``feed.TimedConnection``)
+    instead: negative when the server fans out before its response is on the wire, so it
+    is no latency (what the scenario reported before, -114 ms minimum); an event without
+    a timestamp (a feed that sends none) falls back to it and is counted in
+    ``untimed_events``. Lost events (a subscriber without the event
     ``events_grace`` s after the last push), duplicates and failed pushes are failures.
     Server CPU is read from the first push to the last arrival. The subscribers' sockets
     have kernel receive stamps too: ``wire_*`` is latency up to the subscriber host's
@@ -870,10 +874,11 @@ class Events(Scenario):
             cpu = cpu_seconds(pids) - cpu0
             errors += result.errors
         lat: list[float] = []
+        from_response: list[float] = []
         from_request: list[float] = []
         wire: list[float] = []  # the subscriber's kernel stamp - t0: before client delays
         client_lag: list[float] = []  # arrival - the subscriber's kernel stamp
-        complete = duplicates = lagged = disconnected = heartbeats = 0
+        complete = duplicates = lagged = disconnected = heartbeats = untimed = 0
         for sub in result.subs:
             arrivals = sub["arrivals"]
             got = 0
@@ -882,9 +887,14 @@ class Events(Scenario):
                 if arrival is not None:
                     t, kernel = arrival
                     got += 1
-                    lat.append(t - timed.arrived)
+                    t0 = result.event_times.get(digest)
+                    if t0 is None:
+                        untimed += 1
+                        t0 = timed.arrived
+                    lat.append(t - t0)
+                    from_response.append(t - timed.arrived)
                     from_request.append(t - timed.sent)
-                    wire.append(kernel - timed.arrived)
+                    wire.append(kernel - t0)
                     client_lag.append(t - kernel)
             complete += got == len(pushed)
             duplicates += sub["dups"]
@@ -916,6 +926,9 @@ class Events(Scenario):
             "max_ms": 1000 * max(lat) if lat else float("nan"),
             "min_ms": 1000 * min(lat) if lat else float("nan"),
             "early_events": sum(1 for x in lat if x < 0),
+            "untimed_events": untimed,
+            "from_response_p50_ms": _ms(from_response, 50),
+            "from_response_min_ms": 1000 * min(from_response) if from_response else float("nan"),
             "from_request_p50_ms": _ms(from_request, 50),
             "from_request_p99_ms": _ms(from_request, 99),
             "from_request_min_ms": 1000 * min(from_request) if from_request else float("nan"),
@@ -937,8 +950,8 @@ class Events(Scenario):
             "rate": p.events_rate,
             "resource": self.resource,
             "kernel_stamps": all(t.kernel_stamp for _, t in pushed),
-            "clock": "t0: kernel receive time of the PUT response (SO_TIMESTAMPNS) on "
-            "CLOCK_MONOTONIC; arrival: CLOCK_MONOTONIC after the recv completing the frame",
+            "clock": "t0: the event's timestamp (server CLOCK_REALTIME) on CLOCK_MONOTONIC; "
+            "arrival: CLOCK_MONOTONIC after the recv completing the frame",
         }
         if errors:
             info["errors"] = errors[:5]

@@ -1,9 +1,11 @@
 """Websocket clients of the event feed, and an in-process loopback server for them.
 
 ``serve_app`` runs a built registry's ASGI app under hypercorn in the test's own trio run,
-on a loopback port, so in-process tests use a real websocket client (trio-websocket) over
-a real TCP connection. ``open_feed`` connects one subscriber; its ``Feed`` reads the
-protocol's messages (``welcome``, ``event``, ``heartbeat``, ``lagged``) and the close code.
+on a loopback port, with the connection hooks ``dockyard serve`` installs (so feeds write
+their frames straight to the socket, as in production); in-process tests use a real
+websocket client (trio-websocket) over a real TCP connection. ``open_feed`` connects one
+subscriber; its ``Feed`` reads the protocol's messages (``welcome``, ``event``,
+``heartbeat``, ``lagged``) and the close code.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from dockyard.events.feed import FEED_PATH
+from dockyard.http import websocket
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -71,6 +74,9 @@ class LoopbackServer:
 @asynccontextmanager
 async def serve_app(app: ASGIApp) -> AsyncIterator[LoopbackServer]:
     """Serve ``app`` with hypercorn on 127.0.0.1 (a free port) until the block ends."""
+    # As each dockyard worker does: feeds then write their frames straight to the socket
+    # (http/websocket.py), the way they are served in production.
+    websocket.install_stop_notice()
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None

@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run
 
-    from dockyard.http import h2edge
+    from dockyard.http import h2edge, websocket
     from dockyard.meta.open import open_meta
     from dockyard.meta.records import StoreUnavailable
     from dockyard.observability.logs import configure_logging
@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         check_read_size_hook()  # before any worker starts (each would fail the same way)
         h2edge.check_hooks()
+        websocket.check_stop_notice_hook()
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2

@@ -13,14 +13,13 @@ Both read the same configuration as ``dockyard serve`` and work while the server
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dockyard.cli_webhooks import NoDatabase, open_store
+from dockyard.cli_webhooks import output as _output
 from dockyard.config import Settings
 from dockyard.meta.store import MetadataStore
 from dockyard.oci.manifest import INDEX_TYPES
@@ -61,20 +60,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _fail(message: str) -> int:
     print(f"dockyard: {message}", file=sys.stderr)
     return 1
-
-
-def _output(args: argparse.Namespace, doc: dict[str, Any], show: Callable[[Any], None]) -> int:
-    try:
-        if args.json:
-            print(json.dumps(doc, indent=2))
-        else:
-            show(doc)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `| head` closed the pipe: stop quietly, and keep Python's exit flush from failing.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    return 0
 
 
 def _scan(args: argparse.Namespace, meta: MetadataStore) -> int:

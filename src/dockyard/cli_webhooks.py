@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +80,22 @@ def _fail(message: str) -> int:
     return 1
 
 
+def output(args: argparse.Namespace, doc: dict[str, Any], show: Callable[[Any], None]) -> int:
+    """Print ``doc`` as JSON with ``--json``, else by ``show``; 0 (the commands here and
+    ``dockyard scan``)."""
+    try:
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            show(doc)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `| head` closed the pipe: stop quietly, and keep Python's exit flush from failing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def _time(ts: float | None) -> str | None:
     return None if ts is None else timestamp(ts)
 
@@ -117,12 +134,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
                 "failed": c.failed if c else 0,
             }
         )
-    if args.json:
-        print(json.dumps({"endpoints": rows}, indent=2))
-        return 0
+    return output(args, {"endpoints": rows}, lambda doc: _print_list(doc["endpoints"], end))
+
+
+def _print_list(rows: list[dict[str, Any]], end: int) -> None:
     if not rows:
         print("no webhook endpoints configured (add [[webhooks]] tables; see docs/webhooks.md)")
-        return 0
+        return
     print(f"event log ends at {end}")
     for r in rows:
         cursor = "not started" if r["cursor"] is None else str(r["cursor"])
@@ -134,7 +152,6 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  lease holder:   {r['lease'] or '-'}")
         print(f"  last delivered: {r['last_delivered'] or '-'}")
         print(f"  failed events:  {r['failed']}")
-    return 0
 
 
 def _failed(args: argparse.Namespace, settings: Settings) -> int:
@@ -163,18 +180,18 @@ def _failed(args: argparse.Namespace, settings: Settings) -> int:
                 "redeliver": f.redeliver,
             }
         )
-    if args.json:
-        print(json.dumps({"failed": rows}, indent=2))
-        return 0
+    return output(args, {"failed": rows}, lambda doc: _print_failed(doc["failed"]))
+
+
+def _print_failed(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no failed deliveries")
-        return 0
+        return
     for r in rows:
         what = " ".join(str(r[k]) for k in ("action", "repository", "digest", "tag") if r[k])
         pending = " (redelivery pending)" if r["redeliver"] else ""
         print(f"{r['endpoint']} event {r['event_id']}: {what or '(not in the log)'}{pending}")
         print(f"  {r['attempts']} attempts, last at {r['failed']}: {r['last_error']}")
-    return 0
 
 
 def _redeliver(args: argparse.Namespace, settings: Settings) -> int:

@@ -34,7 +34,7 @@ from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
-from dockyard.http import edge, h2edge
+from dockyard.http import edge, h2edge, websocket
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.bodyrate import BodyPace
 from dockyard.http.guard import build_guard
@@ -454,4 +454,6 @@ def create_app() -> RegistryApp:
     )
     # One connection's error inside hypercorn must not end the worker (http/h2edge.py).
     h2edge.install()
+    # Feeds hear of a graceful stop and close with 1001 (http/websocket.py).
+    websocket.install_stop_notice()
     return build(settings).app

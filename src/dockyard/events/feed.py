@@ -7,7 +7,9 @@ documented for users in ``docs/events.md``.
   ``mediaType=<type>`` (the last three repeatable or comma-separated). With no query
   string the server waits up to ``SUBSCRIBE_WAIT`` seconds for a first text message
   ``{"type": "subscribe", "since": 17, "repository": ["team/*"], "action": ["push"]}``
-  (without one it subscribes to everything from now on).
+  (without one it subscribes to everything). Either way the subscriber gets the events
+  committed from the moment it connected (replayed from the log after the wait), unless
+  the message gives a ``since``.
 - The server sends ``{"type": "welcome", "last_id": N, "since": S, "filter": {...},
   "heartbeat": H}``, then one ``{"type": "event", "event": {...}}`` per matching event
   (replayed ones first when ``since`` is given, then live ones, with no gap and no

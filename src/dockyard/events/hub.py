@@ -15,12 +15,19 @@ Replay then live, with no gap and no duplicate: a subscriber with ``since`` firs
 log from the database until it reaches the hub's cursor, and registers for live events in
 the same step (no await in between), so every later event reaches it through the channel;
 ids it already saw are skipped.
+
+A subscription may instead take live events through a ``deliver`` callback, called in
+the hub's own task as each event is dispatched (the event feed writes a pre-built frame
+to the socket there: no channel, no task wake-up per subscriber and event); it returns
+False when the subscriber is too far behind, which cuts it off like a full channel. Each
+event is matched once per distinct filter, not once per subscriber.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
@@ -60,19 +67,40 @@ class HubStatistics:
     dropped: int = 0
 
 
+Deliver = Callable[[StoredEvent], bool]
+
+
 class Subscription:
-    def __init__(self, hub: EventHub, event_filter: EventFilter, since: int, buffer: int) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        event_filter: EventFilter,
+        since: int,
+        buffer: int,
+        deliver: Deliver | None = None,
+    ) -> None:
         self.filter = event_filter
         self.last_id = since
         self._hub = hub
-        self._send, self._receive = trio.open_memory_channel[StoredEvent](buffer)
+        self._deliver = deliver
+        self._send, self._receive = trio.open_memory_channel[StoredEvent](
+            0 if deliver is not None else buffer
+        )
         self.lagged = False
         self.dropped = 0  # events discarded when it was cut off
 
     def _offer(self, event: StoredEvent) -> bool:
-        """Queue ``event`` if it matches; False if this subscriber is too far behind."""
-        if event.id <= self.last_id or not self.filter.matches(event):
+        """Queue (or deliver) ``event``, which matches the filter; False if this
+        subscriber is too far behind."""
+        if event.id <= self.last_id:
             return True
+        if self._deliver is not None:  # (EventHub._dispatch inlines this case)
+            self.last_id = event.id
+            if self._deliver(event):
+                return True
+            self.lagged = True
+            self.dropped += 1
+            return False
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -107,10 +135,13 @@ class Subscription:
         return self.events()
 
     async def events(self) -> AsyncGenerator[StoredEvent, None]:
-        """Replayed events, then live ones; close it (``aclosing``) if you stop early."""
+        """Replayed events, then live ones; close it (``aclosing``) if you stop early.
+        With ``deliver``, only the replayed ones (live ones go to ``deliver``)."""
         async with aclosing(self._replay()) as replay:
             async for event in replay:
                 yield event
+        if self._deliver is not None:
+            return
         async for event in self._receive:
             if event.id <= self.last_id:
                 continue
@@ -134,6 +165,12 @@ class EventHub:
         self.fallback_poll_interval = fallback_poll_interval
         self.cursor = 0
         self._subscribers: set[Subscription] = set()
+        # The live subscribers by filter (each event is matched once per filter), and
+        # the filter object of each distinct filter that subscriptions hold.
+        self._by_filter: dict[EventFilter, dict[Subscription, None]] = {}
+        self._filters: weakref.WeakValueDictionary[EventFilter, EventFilter] = (
+            weakref.WeakValueDictionary()
+        )
         self._wake = trio.Event()
         self._started = trio.Event()
         self._advanced = trio.Event()  # set (and replaced) when the cursor moves
@@ -208,11 +245,30 @@ class EventHub:
     def _dispatch(self, event: StoredEvent) -> None:
         self.cursor = event.id
         self._dispatched += 1
-        for sub in list(self._subscribers):
-            if not sub._offer(event):
-                self._subscribers.discard(sub)
-                self._lagged += 1
-                self._dropped += sub.dropped
+        # Subscribers mostly share a few filters: match once per filter, and skip the
+        # subscribers of filters the event does not match.
+        for event_filter, subs in list(self._by_filter.items()):
+            if not event_filter.matches(event):
+                continue
+            eid = event.id
+            for sub in list(subs):
+                # Subscription._offer with its deliver case inlined: this loop runs once
+                # per subscriber and event.
+                if eid <= sub.last_id:
+                    continue
+                deliver = sub._deliver
+                if deliver is None:
+                    kept = sub._offer(event)
+                else:
+                    sub.last_id = eid
+                    kept = deliver(event)
+                    if not kept:
+                        sub.lagged = True
+                        sub.dropped += 1
+                if not kept:  # cut off
+                    self._unregister(sub)
+                    self._lagged += 1
+                    self._dropped += sub.dropped
 
     async def wait_past(self, event_id: int) -> int:
         """Wait until the hub has seen an event after ``event_id``; returns its cursor.
@@ -227,25 +283,48 @@ class EventHub:
 
     def _register(self, sub: Subscription) -> None:
         self._subscribers.add(sub)
+        self._by_filter.setdefault(sub.filter, {})[sub] = None
 
     def _unregister(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+        subs = self._by_filter.get(sub.filter)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._by_filter[sub.filter]
+
+    async def position(self) -> int:
+        """The id of the newest committed event: a subscription with this ``since`` gets
+        everything from now on.
+
+        After everything committed, not only what this hub has dispatched: events another
+        worker wrote since the last poll (or this one's still on their way to the hub)
+        were made before now.
+        """
+        await self._started.wait()
+        return max(self.cursor, await self.db.run(self.db.meta.last_event_id))
 
     @asynccontextmanager
     async def subscribe(
-        self, event_filter: EventFilter, since: int | None = None, buffer: int = 1000
+        self,
+        event_filter: EventFilter,
+        since: int | None = None,
+        buffer: int = 1000,
+        deliver: Deliver | None = None,
     ) -> AsyncIterator[Subscription]:
         """A subscription to events after ``since`` (None: from now on).
 
         Iterate it for events; iteration raises ``SubscriberLagged`` if it falls behind.
+        With ``deliver`` it yields only the replayed events, and live ones are handed to
+        ``deliver`` (see the module docstring).
         """
         await self._started.wait()
         if since is None:
-            # After everything committed, not only what this hub has dispatched: events
-            # another worker wrote since the last poll (or this one's still on their way
-            # to the hub) were made before the subscription and are not "from now on".
-            since = max(self.cursor, await self.db.run(self.db.meta.last_event_id))
-        sub = Subscription(self, event_filter, since, buffer)
+            since = await self.position()
+        # One filter object per distinct filter: the dispatch's lookup by filter then
+        # mostly compares identical objects.
+        event_filter = self._filters.setdefault(event_filter, event_filter)
+        sub = Subscription(self, event_filter, since, buffer, deliver)
         try:
             yield sub
         finally:

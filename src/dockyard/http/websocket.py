@@ -1,19 +1,123 @@
-"""ASGI websocket plumbing: one accepted connection as an object, and the close sent for
-a path that has no websocket endpoint.
+"""ASGI websocket plumbing: one accepted connection as an object, the close sent for a
+path that has no websocket endpoint, and the notice of a graceful stop.
 
 Handlers (the event feed, ``http/handlers/feed.py``) run several tasks on one connection,
 so every send goes through one lock; the time of the last send lets a handler keep the
 connection alive only when it has been quiet.
+
+A graceful stop: hypercorn stops accepting, then waits up to ``graceful_timeout`` for
+every connection to end, and tells an ASGI app nothing (the lifespan's shutdown comes
+after the wait). A feed never ends by itself, so every stop with a subscriber connected
+took the whole timeout. ``install_stop_notice`` makes each hypercorn connection carry its
+worker's "terminated" event in the ASGI scope's ``state``; ``stopping(scope)`` returns
+it, and a handler that waits on it can close its websocket with 1001 (going away) at
+once.
+
+Fan-out (``FrameWriter``): through ASGI every ``websocket.send`` costs a trio lock, a
+wsproto framing and a ``send_all`` with its checkpoints in hypercorn, about 150 CPU-us per
+message, where the socket write itself is about 9 (perf/RESULTS.md, issue 14). Server
+frames are not masked, so one encoded frame serves every subscriber of an event. The
+same hook puts the hypercorn connection in the scope's state, and a ``FrameWriter``
+writes such pre-built frames straight to its socket, synchronously, from the one task
+that fans an event out; a frame the socket cannot take whole, and everything after it,
+is queued and written by the connection's writer task. hypercorn's own sends on the
+connection (the close frame, a pong) take its send lock, which ``install_stop_notice``
+replaces with one (``SendLock``) the fan-out can hold across a partly written frame, so
+frames never interleave. Only plain-TCP HTTP/1.1 websockets qualify; over TLS or HTTP/2
+the handler sends through ASGI.
 """
 
 from __future__ import annotations
 
-import trio
+import inspect
+import os
+from collections import deque
+from typing import Any, Protocol
 
-from dockyard.http.request import Receive, Send
+import trio
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import TextMessage
+
+from dockyard.http.request import Receive, Scope_, Send
 
 # The standard code for "policy violation": the nearest to "no such endpoint".
 CLOSE_NO_ENDPOINT = 1008
+# The standard code for "the server is going away" (a graceful stop).
+CLOSE_GOING_AWAY = 1001
+# The key of the worker's terminated event in hypercorn's connection state (ASGI
+# ``scope["state"]``, a copy per request of the connection's).
+STOPPING_KEY = "dockyard.stopping"
+# The key of the hypercorn connection itself (a ``FrameWriter`` writes to its socket).
+CONNECTION_KEY = "dockyard.connection"
+
+
+class Stopping(Protocol):
+    """hypercorn's worker event, set when a graceful stop begins."""
+
+    async def wait(self) -> Any: ...
+
+    def is_set(self) -> bool: ...
+
+
+def stopping(scope: Scope_) -> Stopping | None:
+    """The event set when this worker begins a graceful stop (None when not served by a
+    hypercorn with ``install_stop_notice``: in-process tests)."""
+    state = scope.get("state")
+    event = state.get(STOPPING_KEY) if isinstance(state, dict) else None
+    return event if event is not None and hasattr(event, "wait") else None
+
+
+def check_stop_notice_hook() -> None:
+    """Fail fast if hypercorn's trio connection class or worker context are no longer
+    what ``install_stop_notice`` relies on (every stop would wait the whole timeout
+    again, silently)."""
+    from importlib.metadata import version
+
+    try:
+        import hypercorn.trio.run
+        from hypercorn.trio.worker_context import WorkerContext
+
+        server = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+        params = list(inspect.signature(server.__init__).parameters)
+        source = inspect.getsource(hypercorn.trio.run.worker_serve)
+        ok = (
+            params[:6] == ["self", "app", "config", "context", "state", "stream"]
+            and "async with self.send_lock:" in inspect.getsource(server.protocol_send)
+            and "terminated" in inspect.getsource(WorkerContext.__init__)
+            and "context.terminated.set()" in source
+        )
+    except (ImportError, AttributeError, OSError, TypeError):
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"hypercorn {version('hypercorn')} is not the trio connection class and worker "
+            "context dockyard.http.websocket.install_stop_notice relies on (TCPServer(app, "
+            "config, context, state, stream), WorkerContext.terminated); install the "
+            "hypercorn version in constraints.txt or update dockyard.http.websocket"
+        )
+
+
+def install_stop_notice() -> None:
+    """Give every hypercorn connection of this worker its ``terminated`` event in the
+    connection state (idempotent; after ``h2edge.install``, whose class it extends)."""
+    import hypercorn.trio.run
+
+    check_stop_notice_hook()
+    base: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+    if getattr(base, "dockyard_stop_notice", False):
+        return
+
+    class StopNoticeTCPServer(base):  # type: ignore[misc]
+        dockyard_stop_notice = True
+
+        def __init__(
+            self, app: Any, config: Any, context: Any, state: dict[str, Any], stream: Any
+        ) -> None:
+            state = {**state, STOPPING_KEY: context.terminated, CONNECTION_KEY: self}
+            super().__init__(app, config, context, state, stream)
+            self.send_lock = SendLock()
+
+    setattr(hypercorn.trio.run, "TCPServer", StopNoticeTCPServer)  # noqa: B010
 
 
 class WebSocket:
@@ -65,3 +169,163 @@ async def no_endpoint(receive: Receive, send: Send) -> None:
     """Answer a websocket handshake at a path with no websocket endpoint."""
     await receive()  # websocket.connect
     await send({"type": "websocket.close", "code": CLOSE_NO_ENDPOINT, "reason": "no such feed"})
+
+
+class SendLock:
+    """hypercorn's per-connection send lock, as a semaphore: a ``FrameWriter`` takes it
+    without waiting when a frame went out only in part, and its writer task, another
+    task, releases it once the rest is written."""
+
+    def __init__(self) -> None:
+        self._semaphore = trio.Semaphore(1)
+        self.held = False  # read once per event and subscriber: an attribute
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire_nowait(self) -> None:
+        self._semaphore.acquire_nowait()
+        self.held = True
+
+    async def acquire(self) -> None:
+        await self._semaphore.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self._semaphore.release()
+
+
+def text_frame(text: str) -> bytes:
+    """``text`` as one unmasked, final websocket text frame (what a server sends)."""
+    data: bytes = Connection(ConnectionType.SERVER).send(TextMessage(data=text))
+    return data
+
+
+class FrameWriter:
+    """Pre-built frames written straight to a hypercorn websocket connection's socket.
+
+    ``offer`` (synchronous) writes a frame at once when nothing is queued and nobody
+    holds the connection's send lock; otherwise, or for the rest of a frame the socket
+    took only in part, it queues, and ``run`` (the connection's writer task) writes the
+    queue in order, in one ``send_all`` per wake-up. More than ``limit`` queued frames
+    is an overflow: the queue is dropped (the partly written frame is still finished),
+    ``overflowed`` is set and ``offer`` returns False.
+    """
+
+    def __init__(self, connection: Any, limit: int) -> None:
+        self._stream: trio.SocketStream = connection.stream
+        self._socket = self._stream.socket
+        self._lock: SendLock = connection.send_lock
+        self._held = False
+        self._partial = b""  # the rest of a frame the kernel took in part: goes first
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+        self.limit = limit
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
+        self.written_id = 0  # the last event whose frame is in the kernel (or finishing)
+        self.dropped = 0  # queued frames dropped by an overflow
+        self.last_sent = trio.current_time()
+        self.overflowed = trio.Event()
+        self.broken = False
+        self._done = False  # broken or overflowed: offer does nothing more
+
+    @classmethod
+    def of(cls, scope: Scope_, limit: int) -> FrameWriter | None:
+        """A writer for this websocket, or None when it must be sent to through ASGI
+        (not served by a hooked hypercorn, TLS, HTTP/2)."""
+        state = scope.get("state")
+        connection = state.get(CONNECTION_KEY) if isinstance(state, dict) else None
+        if (
+            connection is None
+            or scope.get("http_version") != "1.1"
+            or not isinstance(getattr(connection, "stream", None), trio.SocketStream)
+            or not isinstance(getattr(connection, "send_lock", None), SendLock)
+        ):
+            return None
+        return cls(connection, limit)
+
+    def queued(self) -> int:
+        return len(self._queue) + (1 if self._partial else 0)
+
+    def offer(self, frame: bytes, event_id: int = 0) -> bool:
+        """Write ``frame`` now or queue it; False on an overflow (see the class)."""
+        if self._done:  # broken or overflowed: one test per event and subscriber
+            return not self.overflowed.is_set()
+        self.last_sent = self._now()
+        if self._queue or self._partial or self._lock.held:
+            if len(self._queue) >= self.limit:
+                self.dropped += len(self._queue) + 1
+                self._queue.clear()
+                self.overflowed.set()
+                self._done = True
+                self._wake.set()  # still finish a partly written frame
+                return False
+            self._queue.append((event_id, frame))
+            self._drained = trio.Event() if self._drained.is_set() else self._drained
+            self._wake.set()
+            return True
+        # hypercorn closes the socket when the client's close frame or EOF arrives, and
+        # the handler hears of it only later: a closed socket's fileno() is -1 (its old
+        # number may already be another connection's).
+        fd = self._socket.fileno()
+        if fd < 0:
+            self.broken = self._done = True
+            return True
+        try:
+            n = os.write(fd, frame)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.broken = self._done = True  # the client is gone: its reader ends the handler
+            return True
+        if event_id:
+            self.written_id = event_id
+        if n < len(frame):
+            # Nobody else may write until the rest is out: hold the lock for the writer.
+            self._lock.acquire_nowait()
+            self._held = True
+            self._partial = frame[n:]
+            self._drained = trio.Event() if self._drained.is_set() else self._drained
+            self._wake.set()
+        return True
+
+    async def run(self) -> None:
+        """Write what ``offer`` queued, as long as the connection lasts."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while (self._partial or self._queue) and not self.broken:
+                    if not self._held:
+                        await self._lock.acquire()
+                        self._held = True
+                    chunks = [self._partial, *(f for _, f in self._queue)]
+                    last = max((i for i, _ in self._queue), default=0)
+                    self._partial = b""
+                    self._queue.clear()
+                    try:
+                        await self._stream.send_all(b"".join(chunks))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.broken = self._done = True
+                    if last:
+                        self.written_id = last
+                    self.last_sent = self._now()
+                self._release()
+                self._drained.set()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+    async def wait_drained(self) -> None:
+        """Until everything offered so far is in the kernel (or the client is gone)."""
+        while (self._partial or self._queue or self._held) and not self.broken:
+            await self._drained.wait()  # offer replaces it (unset) whenever it queues

@@ -1,9 +1,16 @@
 """The live event feed's server side: the websocket at ``/v2/_dockyard/events``.
 
 The protocol (subscription, messages, close codes) is ``events/feed.py``; the fan-out is
-the worker's ``EventHub``. Each connection runs three tasks: one sends the subscriber's
-events, one sends a heartbeat after ``heartbeat`` quiet seconds, one reads until the
-client leaves. A subscriber that falls ``buffer`` events behind is cut off (4008).
+the worker's ``EventHub``. A subscriber that falls ``buffer`` events behind is cut off
+(4008); when the worker begins a graceful stop every feed is closed with 1001.
+
+Two ways to send, one protocol. On a plain-TCP HTTP/1.1 connection served by dockyard's
+hooked hypercorn (``http/websocket.py``), live events are delivered in the hub's task:
+each event is encoded and framed once per worker, and the same bytes are written to
+every matching subscriber's socket (``FrameWriter``); per connection a writer task writes
+what a socket could not take at once, one sends heartbeats, one reads until the client
+leaves. Otherwise (TLS, HTTP/2, another ASGI server) every message goes through ASGI
+``websocket.send`` from a per-connection task fed by the hub's channel.
 
 The feed needs ``admin`` and sends only events of repositories the caller may pull. A
 caller proves who it is with an ``Authorization`` header or, from a browser, which cannot
@@ -37,6 +44,7 @@ from dockyard.events.feed import (
     welcome_message,
 )
 from dockyard.events.hub import EventHub, SubscriberLagged
+from dockyard.events.hub import Subscription as Subscription_
 from dockyard.events.schema import EventFilter
 from dockyard.http.guard import Guard, action_class, open_guard
 from dockyard.http.handlers.resource import check, pull_filter
@@ -48,7 +56,15 @@ from dockyard.http.request import (
     peer_address,
     scope_headers,
 )
-from dockyard.http.websocket import Disconnected, WebSocket
+from dockyard.http.websocket import (
+    CLOSE_GOING_AWAY,
+    Disconnected,
+    FrameWriter,
+    Stopping,
+    WebSocket,
+    stopping,
+    text_frame,
+)
 from dockyard.meta.records import StoredEvent
 
 MESSAGE_CACHE = 4096  # encoded event messages kept per worker
@@ -92,6 +108,9 @@ class EventFeed:
         # this worker, and encoding it once instead of once per subscriber saves about
         # a seventh of the fan-out's CPU (profiled with 500 subscribers).
         self._messages: OrderedDict[int, str] = OrderedDict()
+        # The same as websocket frames, for the subscribers written to directly.
+        self._frames: OrderedDict[int, bytes] = OrderedDict()
+        self._last_frame: tuple[int, bytes] = (-1, b"")
 
     def _event_message(self, event: StoredEvent) -> str:
         text = self._messages.get(event.id)
@@ -102,6 +121,16 @@ class EventFeed:
                 self._messages.popitem(last=False)
         return text
 
+    def _event_frame(self, event: StoredEvent) -> bytes:
+        frame = self._frames.get(event.id)
+        if frame is None:
+            frame = text_frame(self._event_message(event))
+            self._frames[event.id] = frame
+            if len(self._frames) > MESSAGE_CACHE:
+                self._frames.popitem(last=False)
+        self._last_frame = (event.id, frame)
+        return frame
+
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -111,6 +140,11 @@ class EventFeed:
         client = self.guard.proxies.client_address(peer_address(scope), headers)
         caller = Caller(headers, client)
         ws = WebSocket(receive, send)
+        # Without a query string the subscription may come in a message up to
+        # SUBSCRIBE_WAIT seconds later: what is committed from now on is the subscriber's
+        # (read before the handshake completes, so nothing the client causes after it
+        # sees the connection open is missed).
+        connected = None if query else await self.hub.position()
         await ws.accept()
         identity: Identity | None = None
         user = certificate_user(scope, self.client_user) if self.client_user else None
@@ -128,20 +162,27 @@ class EventFeed:
             await ws.close(CLOSE_DENIED, e.message[:120])
             return
         try:
-            subscription = await self._subscription(ws, query)
+            subscription = await self._subscription(ws, query, connected)
         except Disconnected:
             return
         except BadSubscription as e:
             await ws.close(CLOSE_BAD_REQUEST, str(e)[:120])
             return
-        await self._serve(ws, *subscription, pull_filter(self.authorizer, identity))
+        visible = pull_filter(self.authorizer, identity)
+        writer = FrameWriter.of(scope, self.buffer)
+        if writer is not None:
+            await self._serve_direct(ws, writer, *subscription, visible, stopping(scope))
+        else:
+            await self._serve(ws, *subscription, visible, stopping(scope))
 
-    async def _subscription(self, ws: WebSocket, query: str) -> Subscription:
-        if query:
+    async def _subscription(self, ws: WebSocket, query: str, connected: int | None) -> Subscription:
+        if query or connected is None:
             return parse_query(query)
-        # No query string: the subscription may come as a first message.
+        # No query string: the subscription may come as a first message; events from the
+        # connection on are replayed from the log once it is known (or the wait is over).
         text = await ws.first_text(SUBSCRIBE_WAIT)
-        return parse_query("") if text is None else parse_subscribe_message(text)
+        event_filter, since = parse_query("") if text is None else parse_subscribe_message(text)
+        return event_filter, connected if since is None else since
 
     async def _serve(
         self,
@@ -149,8 +190,10 @@ class EventFeed:
         event_filter: EventFilter,
         since: int | None,
         visible: Callable[[str], bool] | None = None,
+        stop: Stopping | None = None,
     ) -> None:
-        """Send the events; with ``visible``, only those of repositories it accepts."""
+        """Send the events; with ``visible``, only those of repositories it accepts. When
+        ``stop`` is set (a graceful stop began) close with 1001 at once."""
         async with self.hub.subscribe(event_filter, since, self.buffer) as sub:
             await ws.send_text(
                 welcome_message(self.hub.cursor, sub.last_id, event_filter, self.heartbeat)
@@ -178,7 +221,89 @@ class EventFeed:
                 await ws.wait_disconnect()
                 nursery.cancel_scope.cancel()
 
+            async def go_away(stop: Stopping) -> None:
+                # The server stops: the client reconnects elsewhere (or after the restart)
+                # with since=<its last id>, rather than holding the stop for the whole
+                # graceful_timeout.
+                await stop.wait()
+                await ws.close(CLOSE_GOING_AWAY, "server stopping")
+                nursery.cancel_scope.cancel()
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
                 nursery.start_soon(beat)
                 nursery.start_soon(read)
+                if stop is not None:
+                    nursery.start_soon(go_away, stop)
+
+    async def _serve_direct(
+        self,
+        ws: WebSocket,
+        writer: FrameWriter,
+        event_filter: EventFilter,
+        since: int | None,
+        visible: Callable[[str], bool] | None = None,
+        stop: Stopping | None = None,
+    ) -> None:
+        """``_serve`` with the frames written by ``writer`` (see the module docstring)."""
+        holder: list[Subscription_] = []
+
+        def deliver(event: StoredEvent) -> bool:
+            # In the hub's task, once per subscriber and event: keep it short.
+            if visible is not None and not visible(event.repository or ""):
+                return True
+            last = self._last_frame  # every subscriber of this worker gets it in turn
+            frame = last[1] if last[0] == event.id else self._event_frame(event)
+            if writer.offer(frame, event.id):
+                return True
+            holder[0].dropped += writer.dropped - 1  # the queue's; the hub counts this one
+            return False
+
+        async with self.hub.subscribe(event_filter, since, self.buffer, deliver) as sub:
+            holder.append(sub)
+            writer.written_id = sub.last_id
+            welcome = welcome_message(self.hub.cursor, sub.last_id, event_filter, self.heartbeat)
+            writer.offer(text_frame(welcome))
+
+            async def replay() -> None:
+                # The replayed events (with since); the live ones then go to ``deliver``.
+                async with aclosing(sub.events()) as events:
+                    async for event in events:
+                        if visible is not None and not visible(event.repository or ""):
+                            continue
+                        writer.offer(self._event_frame(event), event.id)
+                        if writer.queued() >= self.buffer // 2:
+                            await writer.wait_drained()
+
+            async def lagged() -> None:
+                await writer.overflowed.wait()
+                await writer.wait_drained()  # the frame the socket has part of
+                last_id = writer.written_id
+                await ws.send_text(lagged_message(last_id))
+                await ws.close(CLOSE_LAGGED, lagged_reason(last_id))
+                nursery.cancel_scope.cancel()
+
+            async def beat() -> None:
+                while True:
+                    await trio.sleep_until(writer.last_sent + self.heartbeat)
+                    if trio.current_time() >= writer.last_sent + self.heartbeat:
+                        writer.offer(text_frame(heartbeat_message(sub.last_id)))
+
+            async def read() -> None:
+                await ws.wait_disconnect()
+                nursery.cancel_scope.cancel()
+
+            async def go_away(stop: Stopping) -> None:
+                await stop.wait()  # as in ``_serve``
+                await writer.wait_drained()
+                await ws.close(CLOSE_GOING_AWAY, "server stopping")
+                nursery.cancel_scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.run)
+                nursery.start_soon(replay)
+                nursery.start_soon(lagged)
+                nursery.start_soon(beat)
+                nursery.start_soon(read)
+                if stop is not None:
+                    nursery.start_soon(go_away, stop)
