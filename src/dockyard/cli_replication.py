@@ -9,13 +9,11 @@ holder picks the marks up within a second, as webhook redelivery does)."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from dockyard.cli_webhooks import NoDatabase, open_store
+from dockyard.cli_webhooks import NoDatabase, open_store, output
 from dockyard.config import Settings
 from dockyard.replication.rules import consumer_name
 from dockyard.replication.status import status_rows
@@ -52,17 +50,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     except NoDatabase as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 1
-    try:
-        if args.json:
-            print(json.dumps(doc, indent=2))
-        else:
-            _print(doc)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `| head` closed the pipe: stop quietly, and keep Python's exit flush from failing.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    return 0
+    return output(args, doc, _print)
 
 
 def _redeliver(args: argparse.Namespace, settings: Settings) -> int:

@@ -81,8 +81,8 @@ def _fail(message: str) -> int:
 
 
 def output(args: argparse.Namespace, doc: dict[str, Any], show: Callable[[Any], None]) -> int:
-    """Print ``doc`` as JSON with ``--json``, else by ``show``; 0 (the commands here and
-    ``dockyard scan``)."""
+    """Print ``doc`` as JSON with ``--json``, else by ``show``; 0 (the commands here,
+    ``dockyard scan`` and ``dockyard replication status``)."""
     try:
         if args.json:
             print(json.dumps(doc, indent=2))
