@@ -12,7 +12,7 @@ import pytest
 
 from dockyard.cli import main
 from dockyard.http import h2edge
-from dockyard.services import check_read_size_hook, set_read_size
+from dockyard.services import app_queue_size, check_read_size_hook, set_read_size
 
 
 def test_the_installed_hypercorn_has_the_constant() -> None:
@@ -58,3 +58,14 @@ def test_a_hypercorn_without_it_stops_start_up_too(
     assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
     assert "dockyard.http.h2edge" in capsys.readouterr().err
     assert not (tmp_path / "dockyard.sqlite3").exists()
+
+
+def test_memory_per_upload_is_bounded_whatever_the_read_size() -> None:
+    """The app queue holds as many reads as make 1 MiB, at least 2: an upload holds at
+    most max(1 MiB, 2 reads) of body in memory."""
+    mib = 1 << 20
+    for read_size in (16 * 1024, 64 * 1024, 256 * 1024, 300_000, mib, 4 * mib, 16 * mib):
+        queued = app_queue_size(read_size) * read_size
+        assert app_queue_size(read_size) >= 2
+        assert queued <= max(mib, 2 * read_size), read_size
+    assert app_queue_size(mib) == 2 and app_queue_size(256 * 1024) == 4

@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     from dockyard.meta.open import open_meta
     from dockyard.meta.records import StoreUnavailable
     from dockyard.observability.logs import configure_logging
-    from dockyard.services import check_read_size_hook, instance_name
+    from dockyard.services import app_queue_size, check_read_size_hook, instance_name
 
     settings = _settings(args)
     try:
@@ -136,8 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
     config.h11_max_incomplete_size = settings.server.max_header_bytes
     # HTTP/2: h2 refuses a larger decoded header block (a connection error).
     config.h2_max_header_list_size = settings.server.max_header_bytes
-    # Body chunks queued per request: with server.read_size this bounds memory per upload.
-    config.max_app_queue_size = 4
+    # Body chunks queued per request: as many as make 1 MiB, at least 2, so memory per
+    # upload is bounded by max(1 MiB, 2 x server.read_size).
+    config.max_app_queue_size = app_queue_size(settings.server.read_size)
     # No hypercorn websocket pings: its ping loop never checks for pongs, and it keeps each
     # closed websocket's task alive until its next ping (a graceful stop then waits the
     # whole graceful_timeout). The event feed's own heartbeat messages keep connections

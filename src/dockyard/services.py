@@ -417,6 +417,12 @@ def set_read_size(read_size: int) -> None:
     hypercorn.trio.tcp_server.MAX_RECV = read_size
 
 
+def app_queue_size(read_size: int) -> int:
+    """hypercorn's ``max_app_queue_size`` for ``read_size`` reads: as many body messages
+    as make 1 MiB, at least 2 (one being handled while the next is read)."""
+    return max(2, (1 << 20) // read_size)
+
+
 def check_read_size_hook() -> None:
     """Fail fast if hypercorn no longer has the constant ``set_read_size`` replaces.
 
