@@ -135,14 +135,19 @@ gc.set_threshold(50_000, 20, 100)
 )
 
 
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a started server's process group (it runs in a session of its own)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
 def _ready_or_stop(proc: subprocess.Popen[bytes], ready: Callable[[], object]) -> None:
     """Run ``ready``; if it fails, stop the server's process group before raising."""
     try:
         ready()
     except BaseException:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
+        _stop_group(proc)
         raise
 
 
@@ -327,9 +332,7 @@ def floor(repeats: int, duration: float, only: list[str]) -> int:
             for d in _DISTRIBUTIONS:
                 d.stop()
             for proc in started:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(20)
+                _stop_group(proc)
     _print_table(chosen, results, "req/s", "server CPU-us/req", 0)
     return 0
 
@@ -461,9 +464,7 @@ def upload_floor(repeats: int, size_mib: int, count: int) -> int:
                     )
         finally:
             for proc in started:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(20)
+                _stop_group(proc)
     _print_table(chosen, results, "MiB/s", "server CPU-s/GiB", 2)
     return 0
 
@@ -629,9 +630,7 @@ def sample(
                 return 1
             print(summarize(out.read_text(errors="replace").split("\n"), top))
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(20)
+            _stop_group(proc)
     return 0
 
 
