@@ -33,7 +33,8 @@ from perf.procstat import cpu_seconds, process_tree
 from perf.rate import build_requests, run_py
 from perf.servers import free_port
 
-TRIVIAL_APP = """
+# The start of every measured ASGI app: lifespan events answered, nothing run.
+APP_LIFESPAN = """
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -41,10 +42,16 @@ async def app(scope, receive, send):
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
+"""
+
+TRIVIAL_APP = (
+    APP_LIFESPAN
+    + """\
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})
 """
+)
 
 
 def _wait_ready(port: int, path: str) -> None:

@@ -75,7 +75,7 @@ from pathlib import Path
 
 from perf import oci
 from perf.data import ACCEPT, blob, image
-from perf.floor import TRIVIAL_APP, _wait_ready
+from perf.floor import APP_LIFESPAN, TRIVIAL_APP, _wait_ready
 from perf.httpclient import Connection
 from perf.procstat import cpu_seconds, process_tree
 from perf.profile_upload import push as push_blob
@@ -359,14 +359,9 @@ def _print_table(
 
 # An app that drains a request body and answers 201: the HTTP stack's cost per GiB
 # received, with no hashing and no file.
-SINK_APP = """
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+SINK_APP = (
+    APP_LIFESPAN
+    + """\
     more = True
     while more:
         message = await receive()
@@ -375,6 +370,7 @@ async def app(scope, receive, send):
                 "headers": [(b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})
 """
+)
 
 SINK_READ_SIZE = """
 from dockyard.services import set_read_size
