@@ -164,9 +164,9 @@ class EventHub:
         self.poll_interval = poll_interval
         self.fallback_poll_interval = fallback_poll_interval
         self.cursor = 0
-        self._subscribers: set[Subscription] = set()
-        # The live subscribers by filter (each event is matched once per filter), and
-        # the filter object of each distinct filter that subscriptions hold.
+        # The live subscribers by filter (each event is matched once per filter; a filter
+        # with none left is removed, so an empty dict means no subscriber), and the
+        # filter object of each distinct filter that subscriptions hold.
         self._by_filter: dict[EventFilter, dict[Subscription, None]] = {}
         self._filters: weakref.WeakValueDictionary[EventFilter, EventFilter] = (
             weakref.WeakValueDictionary()
@@ -217,13 +217,13 @@ class EventHub:
             before = self.cursor
             failed = False
             try:
-                if not self._subscribers:
+                if not self._by_filter:
                     # Nobody to hand rows to: learn the newest id instead of reading and
                     # decoding every row (pull events make this the common case).
                     latest = await self.db.run(self.db.meta.last_event_id)
-                    if not self._subscribers:  # still none after the await
+                    if not self._by_filter:  # still none after the await
                         self.cursor = max(self.cursor, latest)
-                while self._subscribers:
+                while self._by_filter:
                     rows = await self.db.run(self.db.meta.events_after, self.cursor, PAGE)
                     for row in rows:
                         self._dispatch(row)
@@ -282,11 +282,9 @@ class EventHub:
         return self.cursor
 
     def _register(self, sub: Subscription) -> None:
-        self._subscribers.add(sub)
         self._by_filter.setdefault(sub.filter, {})[sub] = None
 
     def _unregister(self, sub: Subscription) -> None:
-        self._subscribers.discard(sub)
         subs = self._by_filter.get(sub.filter)
         if subs is not None:
             subs.pop(sub, None)
@@ -333,7 +331,7 @@ class EventHub:
     def statistics(self) -> HubStatistics:
         return HubStatistics(
             self.cursor,
-            len(self._subscribers),
+            sum(len(subs) for subs in self._by_filter.values()),
             self._dispatched,
             self._lagged,
             self._read_failures,
