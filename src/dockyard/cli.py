@@ -59,17 +59,21 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run
 
-    from dockyard.http import h2edge, websocket
+    from dockyard.http import h2edge, websocket, worker
     from dockyard.meta.open import open_meta
     from dockyard.meta.records import StoreUnavailable
     from dockyard.observability.logs import configure_logging
     from dockyard.services import app_queue_size, check_read_size_hook, instance_name
 
     settings = _settings(args)
+    backend = settings.server.backend
     try:
-        check_read_size_hook()  # before any worker starts (each would fail the same way)
-        h2edge.check_hooks()
-        websocket.check_stop_notice_hook()
+        worker.check_available(backend)  # uvloop installed, for "uvloop"
+        # Before any worker starts (each would fail the same way): the hooks of the
+        # worker that will serve.
+        check_read_size_hook(backend)
+        h2edge.check_hooks(backend)
+        websocket.check_stop_notice_hook(backend)
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2
@@ -79,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             server_context(settings)  # a bad certificate or key stops start-up here, once
             if settings.tls.client_auth != "none":
-                check_tls_hook()
+                check_tls_hook(backend)
         except (OSError, ssl.SSLError, RuntimeError) as e:
             print(f"dockyard: TLS: {e}", file=sys.stderr)
             return 2
@@ -125,7 +129,8 @@ def _serve(args: argparse.Namespace) -> int:
         if settings.metrics.listen:
             config.bind.append(settings.metrics.listen)  # serves only metrics.path
     config.application_path = "dockyard.services:create_app()"
-    config.worker_class = "trio"
+    # hypercorn's worker: "trio", "asyncio" or "uvloop" (server.backend).
+    config.worker_class = backend
     # One process per worker, even for one: hypercorn's supervising process turns SIGTERM
     # into a graceful stop (in-process, workers=0, SIGTERM killed requests in flight).
     config.workers = settings.server.workers
@@ -152,13 +157,14 @@ def _serve(args: argparse.Namespace) -> int:
     # errorlog = "-", printed every line twice, once in each format).
     config.errorlog = logging.getLogger("hypercorn.error")
     log.info(
-        "dockyard %s serving on %s://%s:%d (data: %s, workers: %d)",
+        "dockyard %s serving on %s://%s:%d (data: %s, workers: %d, backend: %s)",
         __version__,
         "https" if settings.tls.cert else "http",
         settings.server.host,
         settings.server.port,
         settings.storage.root,
         settings.server.workers,
+        backend,
     )
     # Workers inherit this and stop when the supervisor tells them to, so a SIGTERM sent to
     # the whole process group (systemd, kill -- -pgid) is graceful too.

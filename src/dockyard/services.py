@@ -13,11 +13,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-import trio
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from dockyard.auth.assembly import TokenAccessAuthorizer, build_authorizer
 from dockyard.auth.limits import LoginLimiter
@@ -42,6 +45,7 @@ from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
 from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
+from dockyard.http.worker import DEFAULT_BACKEND, tcp_server_module
 from dockyard.meta.open import open_meta
 from dockyard.meta.records import StoreUnavailable
 from dockyard.meta.store import Database, MetadataStore
@@ -67,6 +71,19 @@ from dockyard.storage.filesystem import FilesystemStore
 from dockyard.storage.memory import MemoryStore
 
 log = logging.getLogger("dockyard")
+
+
+class TaskStarter(Protocol):
+    """Where ``Services.start`` runs the background tasks: an anyio task group (the
+    ASGI lifespan's) or a trio nursery (in-process tests and perf scripts on trio)."""
+
+    def start_soon(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: object = None
+    ) -> object: ...
+
+    async def start(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: object = None
+    ) -> Any: ...
 
 
 # /readyz answers "not ready" when a dependency takes longer than this: a balancer's health
@@ -140,7 +157,7 @@ class Services:
 
     async def ready(self) -> bool:
         """Whether the database and the blob store both answer within READY_SECONDS."""
-        with trio.move_on_after(READY_SECONDS):
+        with anyio.move_on_after(READY_SECONDS):
             try:
                 await self.db.run(self.meta.repository_exists, "")
                 await self.storage.check()
@@ -149,11 +166,15 @@ class Services:
             return True
         return False
 
-    async def start(self, nursery: trio.Nursery) -> None:
-        token = trio.lowlevel.current_trio_token()
+    async def start(self, nursery: TaskStarter) -> None:
+        soon = call_soon_threadsafe()
         hub = self.hub
-        # Called in database worker threads; run_sync_soon is the thread-safe way in.
-        self.meta.on_events_committed = lambda: token.run_sync_soon(hub.notify)
+
+        def committed() -> None:
+            # Called in database worker threads: the event loop runs hub.notify soon after.
+            soon(hub.notify)
+
+        self.meta.on_events_committed = committed
         await nursery.start(self.hub.run)
         if self.webhooks is not None:
             await nursery.start(self.webhooks.run)
@@ -165,6 +186,11 @@ class Services:
         if self.sampler is not None:
             await nursery.start(self.sampler.run)
         nursery.start_soon(self._janitor)
+        if self.settings.tls.cert and self.settings.tls.reload_interval > 0:
+            from dockyard.tls import CERTIFICATES
+
+            # Watches the context hypercorn asks TLSConfig for once this lifespan started.
+            nursery.start_soon(CERTIFICATES.run, self.settings.tls.reload_interval)
         if self.retention is not None and self.settings.retention.interval > 0:
             nursery.start_soon(self._scheduled_retention, self.retention)
         pruner = build_pruner(self.settings, self.db, instance_name(self.settings))
@@ -186,7 +212,7 @@ class Services:
         """Flush pull events; the caller then cancels the nursery."""
         log.info("worker %d stopping", os.getpid())
         self.pulls.close()
-        with trio.move_on_after(5):
+        with anyio.move_on_after(5):
             await self.pulls.wait_finished()
         self.meta.on_events_committed = None
         await self.storage.aclose()
@@ -212,7 +238,7 @@ class Services:
                 log.warning("purging stale uploads failed: %s; will retry", e)
             except Exception:
                 log.exception("purging stale uploads failed; will retry")
-            await trio.sleep(self.settings.uploads.purge_interval)
+            await anyio.sleep(self.settings.uploads.purge_interval)
 
     async def _scheduled_retention(self, retention: Retention) -> None:
         """Apply the retention policies once per ``[retention] interval`` across every
@@ -221,7 +247,7 @@ class Services:
         interval = self.settings.retention.interval
         token = f"{instance_name(self.settings)}/{os.getpid()}-schedule"
         while True:
-            await trio.sleep(min(interval, RETENTION_CHECK))
+            await anyio.sleep(min(interval, RETENTION_CHECK))
             try:
                 if not await self.db.run(
                     self.meta.job_acquire, SCHEDULE_JOB, f"{token}-{time.time()}", interval
@@ -285,7 +311,7 @@ def build(
     async def ready() -> bool:
         return await services.ready()
 
-    async def lifespan(nursery: trio.Nursery) -> None:
+    async def lifespan(nursery: TaskGroup) -> None:
         await services.start(nursery)
 
     async def shutdown() -> None:
@@ -312,7 +338,7 @@ def build(
             *([metrics.observe] if metrics else []),
         ],
         statistics=Statistics(db, clock),
-        web=build_web(),
+        web=build_web(backend=settings.server.backend),
         tickets=tickets,
         guard=guard,
         client_user=client_user,
@@ -402,8 +428,9 @@ def mount_token_endpoint(
     app.add_routes(token_routes(endpoint, path), [path, jwks_path(path)])
 
 
-def set_read_size(read_size: int) -> None:
-    """Make hypercorn's trio server read up to ``read_size`` bytes per socket read.
+def set_read_size(read_size: int, backend: str = DEFAULT_BACKEND) -> None:
+    """Make hypercorn's server (of ``backend``'s worker) read up to ``read_size`` bytes
+    per socket read.
 
     hypercorn has no setting for it (a module constant, 64 KiB, read at every call).
     Each read becomes one ASGI body message, and dockyard's per-message cost (h11 event,
@@ -411,10 +438,8 @@ def set_read_size(read_size: int) -> None:
     uploaded from 2.7 to 1.8 s (perf/RESULTS.md). Memory per upload stays bounded by
     hypercorn's app queue (``max_app_queue_size`` messages of at most this size).
     """
-    import hypercorn.trio.tcp_server
-
-    check_read_size_hook()
-    hypercorn.trio.tcp_server.MAX_RECV = read_size
+    check_read_size_hook(backend)
+    setattr(tcp_server_module(backend), "MAX_RECV", read_size)  # noqa: B010 - checked above
 
 
 def app_queue_size(read_size: int) -> int:
@@ -423,7 +448,7 @@ def app_queue_size(read_size: int) -> int:
     return max(2, (1 << 20) // read_size)
 
 
-def check_read_size_hook() -> None:
+def check_read_size_hook(backend: str = DEFAULT_BACKEND) -> None:
     """Fail fast if hypercorn no longer has the constant ``set_read_size`` replaces.
 
     Setting a missing module attribute would succeed silently and change nothing: uploads
@@ -432,11 +457,10 @@ def check_read_size_hook() -> None:
     """
     from importlib.metadata import version
 
-    import hypercorn.trio.tcp_server
-
-    if not isinstance(getattr(hypercorn.trio.tcp_server, "MAX_RECV", None), int):
+    module = tcp_server_module(backend)
+    if not isinstance(getattr(module, "MAX_RECV", None), int):
         raise RuntimeError(
-            f"hypercorn {version('hypercorn')} has no hypercorn.trio.tcp_server.MAX_RECV, "
+            f"hypercorn {version('hypercorn')} has no {module.__name__}.MAX_RECV, "
             "the socket read size dockyard sets (server.read_size); install a hypercorn "
             "version that has it (see constraints.txt) or update dockyard.services.set_read_size"
         )
@@ -451,15 +475,28 @@ def create_app() -> RegistryApp:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load(os.environ.get("DOCKYARD_CONFIG") or None)
     configure_logging(settings)
-    set_read_size(settings.server.read_size)
-    # Refuse ambiguous framing, invalid request lines and slow or large heads (http/edge.py).
+    backend = settings.server.backend
+    set_read_size(settings.server.read_size, backend)
+    # Refuse ambiguous framing, invalid request lines and slow or large heads (http/edge.py;
+    # hypercorn's HTTP/1 protocol, the same on every worker).
     edge.install(
         settings.server.header_timeout,
         settings.server.max_header_bytes,
         settings.server.max_headers,
     )
     # One connection's error inside hypercorn must not end the worker (http/h2edge.py).
-    h2edge.install()
+    h2edge.install(backend)
     # Feeds hear of a graceful stop and close with 1001 (http/websocket.py).
-    websocket.install_stop_notice()
+    websocket.install_stop_notice(backend)
     return build(settings).app
+
+
+def call_soon_threadsafe() -> Callable[[Callable[[], None]], object]:
+    """A function that, from any thread, has the current event loop call a function soon
+    (without waiting for it, unlike ``anyio.from_thread.run_sync``)."""
+    native: Any = anyio.lowlevel.current_token().native_token
+    # trio: its TrioToken; asyncio (uvloop included): the running loop.
+    run_soon: Callable[[Callable[[], None]], object] = (
+        native.run_sync_soon if hasattr(native, "run_sync_soon") else native.call_soon_threadsafe
+    )
+    return run_soon

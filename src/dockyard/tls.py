@@ -4,14 +4,17 @@ hypercorn builds its SSLContext once per worker (``Config.create_ssl_context``),
 dockyard owns it instead (``TLSConfig``): TLS 1.2 or newer, ALPN h2 and http/1.1, and a
 task in each worker that looks at the certificate and key every ``tls.reload_interval``
 seconds and, when they changed, loads them into the same context. New handshakes get the
-new certificate; connections already open keep theirs.
+new certificate; connections already open keep theirs. hypercorn asks for the context
+after the app's lifespan started, so ``TLSConfig`` hands it to ``CERTIFICATES``, which a
+task of the lifespan's task group (``services.py``) runs.
 
 hypercorn 0.18 does not pass the client certificate to the app (no ASGI ``tls``
 extension). With client certificates on, each worker replaces the connection class
-hypercorn's trio worker uses (``hypercorn.trio.run.TCPServer``, a private name) by a
-subclass that finishes the handshake first and adds ``scope["extensions"]["tls"]``
-(the ASGI TLS extension's fields, plus the verified subject) to every request of the
-connection. ``check_tls_hook`` fails start-up if that name is gone.
+hypercorn's worker uses (``hypercorn.trio.run.TCPServer`` or ``hypercorn.asyncio.run``'s,
+a private name) by a subclass that adds ``scope["extensions"]["tls"]`` (the ASGI TLS
+extension's fields, plus the verified subject) to every request of the connection; on
+trio it finishes the handshake first, on asyncio the server did before the connection
+class is made. ``check_tls_hook`` fails start-up if that name is gone.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import trio
+import anyio
 from hypercorn.config import Config
 
 from dockyard.config import Settings
 from dockyard.http.request import CLIENT_SUBJECT, SHORT_NAMES
+from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module
 
 log = logging.getLogger("dockyard.tls")
 
@@ -67,29 +71,46 @@ def load_cert_chain_safely(context: ssl.SSLContext, cert: str, key: str) -> None
         context.load_cert_chain(cert_copy, key_copy)
 
 
-async def watch_certificate(
-    context: ssl.SSLContext, cert: str, key: str, interval: float, seen: FileState
-) -> None:
-    """Reload cert and key into ``context`` whenever either file changes from ``seen``
-    (their state from before the context first loaded them).
+def reload_if_changed(context: ssl.SSLContext, cert: str, key: str, seen: FileState) -> FileState:
+    """Load cert and key into ``context`` if either file changed from ``seen`` (their
+    state from before the context last loaded them); the state now loaded."""
+    try:
+        state = file_state((cert, key))
+        if state == seen:
+            return seen
+        load_cert_chain_safely(context, cert, key)
+    except (OSError, ssl.SSLError) as e:
+        # Mid-replacement (key not yet written) or broken: keep serving the old one.
+        log.warning("TLS certificate not reloaded (will retry): %s", e)
+        return seen
+    log.info("TLS certificate reloaded from %s", cert)
+    return state
 
-    Runs in the worker's trio thread, the one doing every handshake on this context, so
-    a reload never races a handshake.
+
+class CertificateWatch:
+    """The server contexts of this worker whose certificate files are watched.
+
+    ``TLSConfig`` adds its context when hypercorn asks for it; ``run``, a task of the
+    app's lifespan (``services.py``), looks at the files every ``interval`` seconds. It
+    runs in the worker's event loop thread, the one doing every handshake on the
+    context, so a reload never races a handshake.
     """
-    paths = (cert, key)
-    while True:
-        await trio.sleep(interval)
-        try:
-            state = file_state(paths)
-            if state == seen:
-                continue
-            load_cert_chain_safely(context, cert, key)
-        except (OSError, ssl.SSLError) as e:
-            # Mid-replacement (key not yet written) or broken: keep serving the old one.
-            log.warning("TLS certificate not reloaded (will retry): %s", e)
-            continue
-        seen = state
-        log.info("TLS certificate reloaded from %s", cert)
+
+    def __init__(self) -> None:
+        self._watched: list[tuple[ssl.SSLContext, str, str, FileState]] = []
+
+    def add(self, context: ssl.SSLContext, cert: str, key: str, seen: FileState) -> None:
+        self._watched.append((context, cert, key, seen))
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            for i, (context, cert, key, seen) in enumerate(self._watched):
+                self._watched[i] = (context, cert, key, reload_if_changed(context, cert, key, seen))
+
+
+# One per worker process (hypercorn makes one context per worker).
+CERTIFICATES = CertificateWatch()
 
 
 def server_context(settings: Settings) -> ssl.SSLContext:
@@ -124,39 +145,55 @@ def tls_extension(stream: Any) -> dict[str, Any]:
     }
 
 
-def _tcp_server_class() -> type[Any]:
-    import hypercorn.trio.run
-
-    cls: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+def _tcp_server_class(backend: str) -> type[Any]:
+    cls: type[Any] = getattr(run_module(backend), "TCPServer")  # noqa: B009 - private name
     return cls
 
 
-def check_tls_hook() -> None:
+def check_tls_hook(backend: str = DEFAULT_BACKEND) -> None:
     """Fail fast if hypercorn no longer has the connection class client certificates need."""
     from importlib.metadata import version
 
+    # The trio worker's connection has the TLS stream; the asyncio one a stream writer.
+    needed = "writer" if is_asyncio(backend) else "stream"
     try:
-        cls = _tcp_server_class()
+        cls = _tcp_server_class(backend)
         params = list(inspect.signature(cls.__init__).parameters)
-        ok = inspect.iscoroutinefunction(cls.run) and "app" in params and "stream" in params
+        ok = inspect.iscoroutinefunction(cls.run) and "app" in params and needed in params
     except (ImportError, AttributeError, TypeError, ValueError):
         ok = False
     if not ok:
         raise RuntimeError(
-            f"hypercorn {version('hypercorn')} has no hypercorn.trio.run.TCPServer(app, ...,"
-            " stream) with async run(), which client certificates (tls.client_auth) rely on;"
-            " install the hypercorn version in constraints.txt or update dockyard.tls"
+            f"hypercorn {version('hypercorn')} has no {backend} worker TCPServer(app, ...,"
+            f" {needed}) with async run(), which client certificates (tls.client_auth) rely"
+            " on; install the hypercorn version in constraints.txt or update dockyard.tls"
         )
 
 
-def install_client_certificate_hook() -> None:
+def install_client_certificate_hook(backend: str = DEFAULT_BACKEND) -> None:
     """Make this worker's connections put the client certificate into each request scope."""
-    import hypercorn.trio.run
-
-    check_tls_hook()
-    base = _tcp_server_class()
+    check_tls_hook(backend)
+    base = _tcp_server_class(backend)
     if getattr(base, "dockyard_tls_hook", False):
         return
+
+    if is_asyncio(backend):
+
+        class AsyncioClientCertificateTCPServer(base):  # type: ignore[misc,valid-type]
+            dockyard_tls_hook = True
+
+            async def run(self) -> None:
+                # asyncio's server did the handshake (within ssl_handshake_timeout).
+                ssl_object = self.writer.get_extra_info("ssl_object")
+                if ssl_object is not None:
+                    app: Any = getattr(self, "app")  # noqa: B009 - typed by hypercorn only
+                    self.app = _with_tls_scope(app, tls_extension(ssl_object))
+                await super().run()
+
+        setattr(run_module(backend), "TCPServer", AsyncioClientCertificateTCPServer)  # noqa: B010
+        return
+
+    import trio  # the trio worker's connection: a trio.SSLStream to finish first
 
     class ClientCertificateTCPServer(base):  # type: ignore[misc,valid-type]
         dockyard_tls_hook = True
@@ -164,9 +201,9 @@ def install_client_certificate_hook() -> None:
         async def run(self) -> None:
             if isinstance(self.stream, trio.SSLStream):
                 try:
-                    with trio.fail_after(self.config.ssl_handshake_timeout):
+                    with anyio.fail_after(self.config.ssl_handshake_timeout):
                         await self.stream.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError):
+                except (trio.BrokenResourceError, TimeoutError):
                     await self.stream.aclose()
                     return
                 # hypercorn's run() does the (now finished) handshake again: a no-op.
@@ -174,7 +211,7 @@ def install_client_certificate_hook() -> None:
                 self.app = _with_tls_scope(app, tls_extension(self.stream))
             await super().run()
 
-    setattr(hypercorn.trio.run, "TCPServer", ClientCertificateTCPServer)  # noqa: B010
+    setattr(run_module(backend), "TCPServer", ClientCertificateTCPServer)  # noqa: B010
 
 
 def _with_tls_scope(app: Any, extension: dict[str, Any]) -> Callable[..., Any]:
@@ -207,15 +244,9 @@ class TLSConfig(Config):
                     raise
                 time.sleep(0.1)  # caught half-way through a replacement: try again
         if settings.tls.client_auth != "none":
-            install_client_certificate_hook()
+            install_client_certificate_hook(settings.server.backend)
         if settings.tls.reload_interval > 0:
-            # Called inside the worker's trio run, before it starts serving.
-            trio.lowlevel.spawn_system_task(
-                watch_certificate,
-                context,
-                settings.tls.cert,
-                settings.tls.key,
-                settings.tls.reload_interval,
-                seen,
-            )
+            # Called inside the worker's event loop, after the lifespan started the task
+            # that watches what is added here (services.py).
+            CERTIFICATES.add(context, settings.tls.cert, settings.tls.key, seen)
         return context

@@ -55,6 +55,10 @@ class ServerSettings:
     min_body_rate: int = 1024
     body_rate_window: float = 30.0
     body_timeout: float = 30.0
+    # hypercorn's worker: "trio", or its asyncio worker on the standard event loop
+    # ("asyncio") or on uvloop's ("uvloop", the dockyard[uvloop] extra). Same registry on
+    # each; the asyncio ones cost less CPU per request (docs/architecture.md).
+    backend: str = "trio"
 
 
 @dataclass
@@ -697,5 +701,7 @@ class Settings:
 
 
 STORAGE_DRIVERS = ("filesystem", "memory", "s3", "azure", "gcs")
+# [server] backend: hypercorn's trio worker, or its asyncio worker (uvloop's loop or not).
+SERVER_BACKENDS = ("trio", "asyncio", "uvloop")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -19,6 +19,7 @@ from dockyard.config.model import (
     CLIENT_AUTH_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
+    SERVER_BACKENDS,
     STORAGE_DRIVERS,
     TLS_VERSIONS,
     TOKEN_ALGORITHMS,
@@ -293,6 +294,11 @@ def validate(s: Settings) -> None:
         raise ConfigError("server.body_timeout: must be between 0 (off) and 86400 seconds")
     if s.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
+    if s.server.backend not in SERVER_BACKENDS:
+        raise ConfigError(
+            f"server.backend: unknown backend {s.server.backend!r} "
+            f"(one of {', '.join(SERVER_BACKENDS)})"
+        )
     if s.database.threads < 1:
         raise ConfigError("database.threads: must be at least 1")
     if s.database.url and not s.database.url.startswith(("postgresql://", "postgres://")):

@@ -1,5 +1,5 @@
 """The ASGI entry point: ``RegistryApp`` serves ``/v2/`` and the health endpoints itself
-and hands every other path to the Quart-trio app (``http/web.py``).
+and hands every other path to the Quart app (``http/web.py``).
 
 It owns what surrounds a handler: building the ``Request`` from the scope, dispatch
 through the route table (``http/routing.py``), turning core errors into OCI error
@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 from urllib.parse import parse_qs
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
 
 from dockyard.auth import Authorizer, Identity
 from dockyard.auth.tickets import FeedTickets
@@ -72,7 +73,7 @@ class WebApp(Protocol):
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None: ...
 
-    async def startup(self, nursery: trio.Nursery) -> None: ...
+    async def startup(self, nursery: TaskGroup) -> None: ...
 
     async def shutdown(self) -> None: ...
 
@@ -94,7 +95,7 @@ class RegistryApp:
         default_page_size: int,
         max_page_size: int,
         ready: Callable[[], Awaitable[bool]],
-        lifespan: Callable[[trio.Nursery], Awaitable[None]] | None = None,
+        lifespan: Callable[[TaskGroup], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         observers: Iterable[Observer] = (),
         statistics: Statistics | None = None,
@@ -200,11 +201,11 @@ class RegistryApp:
         if message["type"] != "lifespan.startup":
             return
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 if self._lifespan is not None:
                     await self._lifespan(nursery)
                 # The web app's own nursery: its shutdown may put a deadline on it.
-                async with trio.open_nursery() as web_nursery:
+                async with anyio.create_task_group() as web_nursery:
                     if self.web is not None:
                         await self.web.startup(web_nursery)
                     await send({"type": "lifespan.startup.complete"})
@@ -300,7 +301,7 @@ class RegistryApp:
             # An early answer (an error before the body was read). hypercorn queues only a
             # few body chunks and, once the response is sent, waits for room to post
             # http.disconnect: unless the rest is drained, the connection hangs for good.
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(_drain, receive_tracked)
                 sent = await self._send(send, response, head, request_id)
         if self.observers:

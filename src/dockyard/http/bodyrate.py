@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import trio
+import anyio
 
 from dockyard.http.request import Message, Receive
 
@@ -69,10 +69,10 @@ class PacedReceive:
         if self.tripped or not self._pace.enabled:
             return await self._receive()
         timeout = self._timeout()
-        started = trio.current_time()
-        with trio.move_on_after(timeout):
+        started = anyio.current_time()
+        with anyio.move_on_after(timeout):
             message = await self._receive()
-            self._count(message, trio.current_time() - started)
+            self._count(message, anyio.current_time() - started)
             return message
         self.tripped = True
         if self._pace.idle > 0 and timeout >= self._pace.idle:

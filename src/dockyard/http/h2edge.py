@@ -3,11 +3,12 @@
 hypercorn 0.18's HTTP/2 protocol looks a stream up by id for each DATA frame, and drops
 the stream once the app has answered. A client still sending the body of a request that
 was answered early (an error before the body was read, a 408 for a slow body) thus
-raised ``KeyError`` inside hypercorn, which ended the worker process and every other
+raised ``KeyError`` inside hypercorn, which ended the trio worker process and every other
 connection it held (hypercorn issue 329; the fixes proposed upstream are not released).
 ``install`` makes such frames go to a stream that drops them (their flow-control credit
 is still returned), and wraps each connection (``GuardedTCPServer``) so that an error
-inside hypercorn closes that connection with a log line instead of ending the worker.
+inside hypercorn closes that connection with a log line instead of ending the worker
+(the connection class of the worker that serves: trio's or asyncio's, ``http/worker.py``).
 
 Header limits over HTTP/2: hypercorn's ``h2_max_header_list_size`` (``dockyard serve``
 sets it to ``server.max_header_bytes``) is advertised to clients but was never enforced
@@ -22,6 +23,8 @@ from __future__ import annotations
 import inspect
 import logging
 from typing import Any
+
+from dockyard.http.worker import DEFAULT_BACKEND, run_module
 
 log = logging.getLogger("dockyard.http")
 
@@ -51,17 +54,16 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def check_hooks() -> None:
+def check_hooks(backend: str = DEFAULT_BACKEND) -> None:
     """Fail fast if hypercorn no longer has what ``install`` changes: a silently missing
     hook would bring the worker-ending KeyError back. ``dockyard serve`` checks before it
     starts workers, and each worker again when it installs them."""
     from importlib.metadata import version
 
     try:
-        import hypercorn.trio.run
         from hypercorn.protocol.h2 import H2Protocol
 
-        server = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+        server = getattr(run_module(backend), "TCPServer")  # noqa: B009 - private name
         source = inspect.getsource(H2Protocol)
         ok = (
             inspect.iscoroutinefunction(server.run)
@@ -73,7 +75,7 @@ def check_hooks() -> None:
     if not ok:
         raise RuntimeError(
             f"hypercorn {version('hypercorn')} is not the HTTP/2 protocol and connection "
-            "class dockyard.http.h2edge guards (H2Protocol.streams, trio TCPServer.run); "
+            f"class dockyard.http.h2edge guards (H2Protocol.streams, {backend} TCPServer.run); "
             "install the hypercorn version in constraints.txt or update dockyard.http.h2edge"
         )
 
@@ -97,11 +99,11 @@ def _install_h2() -> None:
     protocol._dockyard_guarded = True  # type: ignore[attr-defined]
 
 
-def install_connection_guard() -> None:
-    """Wrap hypercorn's connection class (``hypercorn.trio.run.TCPServer``) in the guard."""
-    import hypercorn.trio.run
-
-    base: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+def install_connection_guard(backend: str = DEFAULT_BACKEND) -> None:
+    """Wrap hypercorn's connection class (``hypercorn.trio.run.TCPServer``, or the asyncio
+    worker's) in the guard."""
+    module = run_module(backend)
+    base: type[Any] = getattr(module, "TCPServer")  # noqa: B009 - private name
     if getattr(base, "dockyard_guarded", False):
         return
 
@@ -111,17 +113,19 @@ def install_connection_guard() -> None:
         async def run(self) -> None:
             try:
                 await super().run()  # closes the stream on the way out, whatever happened
-            except Exception as e:  # not Cancelled: a stopping worker must still stop
+            # Not Cancelled (trio) nor CancelledError (asyncio, a BaseException too): a
+            # stopping worker must still stop.
+            except Exception as e:
                 log.error("connection closed after an error inside hypercorn: %s", _describe(e))
 
-    setattr(hypercorn.trio.run, "TCPServer", GuardedTCPServer)  # noqa: B010
+    setattr(module, "TCPServer", GuardedTCPServer)  # noqa: B010
 
 
-def install() -> None:
+def install(backend: str = DEFAULT_BACKEND) -> None:
     """Guard hypercorn's HTTP/2 protocol and its connections in this worker (idempotent)."""
-    check_hooks()
+    check_hooks(backend)
     _install_h2()
-    install_connection_guard()
+    install_connection_guard(backend)
 
 
 __all__ = ["StreamTable", "check_hooks", "install", "install_connection_guard"]

@@ -1,8 +1,10 @@
-"""The Quart-trio application for everything outside ``/v2/``: the live dashboard.
+"""The Quart application for everything outside ``/v2/``: the live dashboard.
 
 ``RegistryApp`` keeps ``/v2/`` and the health endpoints on its raw ASGI path and hands
 every other request here; its ASGI lifespan starts and stops this app (``startup``,
-``shutdown``, and the nursery Quart runs background tasks in).
+``shutdown``, and the task group QuartTrio runs background tasks in). On hypercorn's trio
+worker the app is a ``QuartTrio`` (quart-trio); on its asyncio worker (``server.backend``
+asyncio or uvloop) a plain ``Quart``, which runs only on asyncio, as QuartTrio only on trio.
 
 Routes::
 
@@ -24,15 +26,17 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import trio
+import sniffio
 import xxhash
-from quart import Response, request
+from anyio.abc import TaskGroup
+from quart import Quart, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dockyard.auth import PUBLIC, Scope
 from dockyard.http.errors import error_body, for_status
 from dockyard.http.request import API_VERSION
+from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -79,8 +83,10 @@ def load_dashboard_assets() -> dict[str, Asset]:
     return assets
 
 
-def create_web_app(assets: Mapping[str, Asset]) -> QuartTrio:
-    app = QuartTrio(__name__, static_folder=None, template_folder=None)
+def create_web_app(assets: Mapping[str, Asset], backend: str = DEFAULT_BACKEND) -> Quart:
+    """The dashboard's app for the worker of ``backend`` (see the module docstring)."""
+    app_class = Quart if is_asyncio(backend) else QuartTrio
+    app = app_class(__name__, static_folder=None, template_folder=None)
 
     def serve(name: str) -> Response:
         asset = assets.get(name)
@@ -135,15 +141,25 @@ def _error(status: int, message: str) -> Response:
 class QuartWeb:
     """The Quart app with the interface ``RegistryApp`` drives (ASGI calls, lifespan)."""
 
-    def __init__(self, app: QuartTrio) -> None:
+    def __init__(self, app: Quart, assets: Mapping[str, Asset] | None = None) -> None:
         self.app = app
+        self._assets = assets
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
 
-    async def startup(self, nursery: trio.Nursery) -> None:
-        """Start serving: Quart's before-serving hooks; background tasks go in ``nursery``."""
-        self.app.nursery = nursery
+    async def startup(self, task_group: TaskGroup) -> None:
+        """Start serving: Quart's before-serving hooks; QuartTrio's background tasks go in
+        ``task_group`` (Quart's own are asyncio tasks of its own)."""
+        running = sniffio.current_async_library()
+        if self._assets is not None and isinstance(self.app, QuartTrio) != (running == "trio"):
+            # Built for the other event loop (an app built once and run in process on
+            # each of the test backends): the class that runs on this one.
+            self.app = create_web_app(self._assets, running)
+        if isinstance(self.app, QuartTrio):
+            # QuartTrio uses start_soon and cancel_scope (its deadline on shutdown), which
+            # an anyio task group has as a trio nursery does.
+            self.app.nursery = task_group  # type: ignore[assignment]
         await self.app.startup()
 
     async def shutdown(self) -> None:
@@ -151,8 +167,11 @@ class QuartWeb:
         await self.app.shutdown()
 
 
-def build_web(assets: Mapping[str, Asset] | None = None) -> QuartWeb:
-    return QuartWeb(create_web_app(load_dashboard_assets() if assets is None else assets))
+def build_web(
+    assets: Mapping[str, Asset] | None = None, backend: str = DEFAULT_BACKEND
+) -> QuartWeb:
+    assets = load_dashboard_assets() if assets is None else assets
+    return QuartWeb(create_web_app(assets, backend), assets)
 
 
 __all__ = [

@@ -13,7 +13,7 @@ worker's "terminated" event in the ASGI scope's ``state``; ``stopping(scope)`` r
 it, and a handler that waits on it can close its websocket with 1001 (going away) at
 once.
 
-Fan-out (``FrameWriter``): through ASGI every ``websocket.send`` costs a trio lock, a
+Fan-out (``FrameWriter``): through ASGI every ``websocket.send`` costs a lock, a
 wsproto framing and a ``send_all`` with its checkpoints in hypercorn, about 150 CPU-us per
 message, where the socket write itself is about 9 (perf/RESULTS.md, issue 14). Server
 frames are not masked, so one encoded frame serves every subscriber of an event. The
@@ -23,8 +23,9 @@ that fans an event out; a frame the socket cannot take whole, and everything aft
 is queued and written by the connection's writer task. hypercorn's own sends on the
 connection (the close frame, a pong) take its send lock, which ``install_stop_notice``
 replaces with one (``SendLock``) the fan-out can hold across a partly written frame, so
-frames never interleave. Only plain-TCP HTTP/1.1 websockets qualify; over TLS or HTTP/2
-the handler sends through ASGI.
+frames never interleave. Only plain-TCP HTTP/1.1 websockets of the trio worker
+qualify; over TLS or HTTP/2, and on the asyncio worker (``server.backend`` asyncio or
+uvloop), the handler sends through ASGI.
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from __future__ import annotations
 import inspect
 import os
 from collections import deque
+from types import ModuleType
 from typing import Any, Protocol
 
-import trio
+import anyio
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from dockyard.http.request import Receive, Scope_, Send
+from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module, worker_context_module
 
 # The standard code for "policy violation": the nearest to "no such endpoint".
 CLOSE_NO_ENDPOINT = 1008
@@ -67,44 +70,71 @@ def stopping(scope: Scope_) -> Stopping | None:
     return event if event is not None and hasattr(event, "wait") else None
 
 
-def check_stop_notice_hook() -> None:
-    """Fail fast if hypercorn's trio connection class or worker context are no longer
-    what ``install_stop_notice`` relies on (every stop would wait the whole timeout
-    again, silently)."""
+def check_stop_notice_hook(backend: str = DEFAULT_BACKEND) -> None:
+    """Fail fast if hypercorn's connection class or worker context (of ``backend``'s
+    worker) are no longer what ``install_stop_notice`` relies on (every stop would wait
+    the whole timeout again, silently)."""
     from importlib.metadata import version
 
+    # The connection class's parameters on each worker (the asyncio one is given the
+    # loop and a reader/writer pair instead of a stream).
+    expected = (
+        ["self", "app", "loop", "config", "context", "state", "reader", "writer"]
+        if is_asyncio(backend)
+        else ["self", "app", "config", "context", "state", "stream"]
+    )
     try:
-        import hypercorn.trio.run
-        from hypercorn.trio.worker_context import WorkerContext
-
-        server = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+        module = run_module(backend)
+        context = getattr(worker_context_module(backend), "WorkerContext")  # noqa: B009
+        server = getattr(module, "TCPServer")  # noqa: B009 - private name
         params = list(inspect.signature(server.__init__).parameters)
-        source = inspect.getsource(hypercorn.trio.run.worker_serve)
+        source = inspect.getsource(module.worker_serve)
         ok = (
-            params[:6] == ["self", "app", "config", "context", "state", "stream"]
+            params[: len(expected)] == expected
             and "async with self.send_lock:" in inspect.getsource(server.protocol_send)
-            and "terminated" in inspect.getsource(WorkerContext.__init__)
+            and "terminated" in inspect.getsource(context.__init__)
             and "context.terminated.set()" in source
         )
     except (ImportError, AttributeError, OSError, TypeError):
         ok = False
     if not ok:
         raise RuntimeError(
-            f"hypercorn {version('hypercorn')} is not the trio connection class and worker "
-            "context dockyard.http.websocket.install_stop_notice relies on (TCPServer(app, "
-            "config, context, state, stream), WorkerContext.terminated); install the "
+            f"hypercorn {version('hypercorn')} is not the {backend} connection class and "
+            "worker context dockyard.http.websocket.install_stop_notice relies on "
+            f"(TCPServer({', '.join(expected[1:])}), WorkerContext.terminated); install the "
             "hypercorn version in constraints.txt or update dockyard.http.websocket"
         )
 
 
-def install_stop_notice() -> None:
+def install_stop_notice(backend: str = DEFAULT_BACKEND) -> None:
     """Give every hypercorn connection of this worker its ``terminated`` event in the
     connection state (idempotent; after ``h2edge.install``, whose class it extends)."""
-    import hypercorn.trio.run
-
-    check_stop_notice_hook()
-    base: type[Any] = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - private name
+    check_stop_notice_hook(backend)
+    module = run_module(backend)
+    base: type[Any] = getattr(module, "TCPServer")  # noqa: B009 - private name
     if getattr(base, "dockyard_stop_notice", False):
+        return
+
+    if is_asyncio(backend):
+
+        class AsyncioStopNoticeTCPServer(base):  # type: ignore[misc]
+            dockyard_stop_notice = True
+
+            def __init__(
+                self,
+                app: Any,
+                loop: Any,
+                config: Any,
+                context: Any,
+                state: dict[str, Any],
+                reader: Any,
+                writer: Any,
+            ) -> None:
+                state = {**state, STOPPING_KEY: context.terminated, CONNECTION_KEY: self}
+                super().__init__(app, loop, config, context, state, reader, writer)
+                self.send_lock = SendLock()
+
+        setattr(module, "TCPServer", AsyncioStopNoticeTCPServer)  # noqa: B010
         return
 
     class StopNoticeTCPServer(base):  # type: ignore[misc]
@@ -117,7 +147,7 @@ def install_stop_notice() -> None:
             super().__init__(app, config, context, state, stream)
             self.send_lock = SendLock()
 
-    setattr(hypercorn.trio.run, "TCPServer", StopNoticeTCPServer)  # noqa: B010
+    setattr(module, "TCPServer", StopNoticeTCPServer)  # noqa: B010
 
 
 class WebSocket:
@@ -126,17 +156,17 @@ class WebSocket:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
-        self._lock = trio.Lock()
-        self.last_sent = trio.current_time()
+        self._lock = anyio.Lock()
+        self.last_sent = anyio.current_time()
 
     async def accept(self) -> None:
         await self._send({"type": "websocket.accept"})
-        self.last_sent = trio.current_time()
+        self.last_sent = anyio.current_time()
 
     async def send_text(self, text: str) -> None:
         async with self._lock:
             await self._send({"type": "websocket.send", "text": text})
-            self.last_sent = trio.current_time()
+            self.last_sent = anyio.current_time()
 
     async def close(self, code: int, reason: str) -> None:
         async with self._lock:
@@ -145,7 +175,7 @@ class WebSocket:
     async def first_text(self, wait: float) -> str | None:
         """The client's first message as text ("" if it sent bytes); None if it sent
         nothing within ``wait`` seconds. Raises ``Disconnected`` if it left."""
-        with trio.move_on_after(wait):
+        with anyio.move_on_after(wait):
             message = await self._receive()
             if message["type"] == "websocket.disconnect":
                 raise Disconnected()
@@ -177,7 +207,7 @@ class SendLock:
     task, releases it once the rest is written."""
 
     def __init__(self) -> None:
-        self._semaphore = trio.Semaphore(1)
+        self._semaphore = anyio.Semaphore(1)
         self.held = False  # read once per event and subscriber: an attribute
 
     async def __aenter__(self) -> None:
@@ -205,6 +235,14 @@ def text_frame(text: str) -> bytes:
     return data
 
 
+def _trio() -> ModuleType:
+    # Only connections of hypercorn's trio worker get a FrameWriter: it writes to their
+    # trio socket stream, so it uses trio itself (imported where it is the backend).
+    import trio
+
+    return trio
+
+
 class FrameWriter:
     """Pre-built frames written straight to a hypercorn websocket connection's socket.
 
@@ -217,7 +255,10 @@ class FrameWriter:
     """
 
     def __init__(self, connection: Any, limit: int) -> None:
-        self._stream: trio.SocketStream = connection.stream
+        trio = _trio()
+        self._stream: Any = connection.stream  # a trio.SocketStream (see ``of``)
+        self._event = trio.Event
+        self._broken = (trio.BrokenResourceError, trio.ClosedResourceError)
         self._socket = self._stream.socket
         self._lock: SendLock = connection.send_lock
         self._held = False
@@ -240,11 +281,14 @@ class FrameWriter:
         (not served by a hooked hypercorn, TLS, HTTP/2)."""
         state = scope.get("state")
         connection = state.get(CONNECTION_KEY) if isinstance(state, dict) else None
+        # The asyncio worker's connections have no ``stream`` (a reader/writer pair): the
+        # handler sends through ASGI there (docs/events.md).
+        stream = getattr(connection, "stream", None)
         if (
-            connection is None
+            stream is None
             or scope.get("http_version") != "1.1"
-            or not isinstance(getattr(connection, "stream", None), trio.SocketStream)
             or not isinstance(getattr(connection, "send_lock", None), SendLock)
+            or not isinstance(stream, _trio().SocketStream)
         ):
             return None
         return cls(connection, limit)
@@ -266,7 +310,7 @@ class FrameWriter:
                 self._wake.set()  # still finish a partly written frame
                 return False
             self._queue.append((event_id, frame))
-            self._drained = trio.Event() if self._drained.is_set() else self._drained
+            self._drained = self._event() if self._drained.is_set() else self._drained
             self._wake.set()
             return True
         # hypercorn closes the socket when the client's close frame or EOF arrives, and
@@ -290,7 +334,7 @@ class FrameWriter:
             self._lock.acquire_nowait()
             self._held = True
             self._partial = frame[n:]
-            self._drained = trio.Event() if self._drained.is_set() else self._drained
+            self._drained = self._event() if self._drained.is_set() else self._drained
             self._wake.set()
         return True
 
@@ -299,7 +343,7 @@ class FrameWriter:
         try:
             while True:
                 await self._wake.wait()
-                self._wake = trio.Event()
+                self._wake = self._event()
                 while (self._partial or self._queue) and not self.broken:
                     if not self._held:
                         await self._lock.acquire()
@@ -310,7 +354,7 @@ class FrameWriter:
                     self._queue.clear()
                     try:
                         await self._stream.send_all(b"".join(chunks))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    except self._broken:
                         self.broken = self._done = True
                     if last:
                         self.written_id = last

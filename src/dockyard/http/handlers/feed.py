@@ -5,12 +5,13 @@ the worker's ``EventHub``. A subscriber that falls ``buffer`` events behind is c
 (4008); when the worker begins a graceful stop every feed is closed with 1001.
 
 Two ways to send, one protocol. On a plain-TCP HTTP/1.1 connection served by dockyard's
-hooked hypercorn (``http/websocket.py``), live events are delivered in the hub's task:
+hooked hypercorn trio worker (``http/websocket.py``), live events are delivered in the hub's task:
 each event is encoded and framed once per worker, and the same bytes are written to
 every matching subscriber's socket (``FrameWriter``); per connection a writer task writes
 what a socket could not take at once, one sends heartbeats, one reads until the client
-leaves. Otherwise (TLS, HTTP/2, another ASGI server) every message goes through ASGI
-``websocket.send`` from a per-connection task fed by the hub's channel.
+leaves. Otherwise (TLS, HTTP/2, hypercorn's asyncio worker, another ASGI server) every
+message goes through ASGI ``websocket.send`` from a per-connection task fed by the hub's
+channel.
 
 The feed needs ``admin`` and sends only events of repositories the caller may pull. A
 caller proves who it is with an ``Authorization`` header or, from a browser, which cannot
@@ -23,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import aclosing
 
-import trio
+import anyio
 
 from dockyard.auth import ADMIN, Authorizer, Caller, Identity
 from dockyard.auth.tickets import FeedTickets
@@ -213,8 +214,8 @@ class EventFeed:
 
             async def beat() -> None:
                 while True:
-                    await trio.sleep_until(ws.last_sent + self.heartbeat)
-                    if trio.current_time() >= ws.last_sent + self.heartbeat:
+                    await anyio.sleep_until(ws.last_sent + self.heartbeat)
+                    if anyio.current_time() >= ws.last_sent + self.heartbeat:
                         await ws.send_text(heartbeat_message(sub.last_id))
 
             async def read() -> None:
@@ -229,7 +230,7 @@ class EventFeed:
                 await ws.close(CLOSE_GOING_AWAY, "server stopping")
                 nursery.cancel_scope.cancel()
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(pump)
                 nursery.start_soon(beat)
                 nursery.start_soon(read)
@@ -285,8 +286,8 @@ class EventFeed:
 
             async def beat() -> None:
                 while True:
-                    await trio.sleep_until(writer.last_sent + self.heartbeat)
-                    if trio.current_time() >= writer.last_sent + self.heartbeat:
+                    await anyio.sleep_until(writer.last_sent + self.heartbeat)
+                    if anyio.current_time() >= writer.last_sent + self.heartbeat:
                         writer.offer(text_frame(heartbeat_message(sub.last_id)))
 
             async def read() -> None:
@@ -299,7 +300,7 @@ class EventFeed:
                 await ws.close(CLOSE_GOING_AWAY, "server stopping")
                 nursery.cancel_scope.cancel()
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(writer.run)
                 nursery.start_soon(replay)
                 nursery.start_soon(lagged)

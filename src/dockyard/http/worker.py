@@ -1,0 +1,68 @@
+"""Which hypercorn worker serves dockyard (``[server] backend``), and its modules.
+
+``trio`` is hypercorn's trio worker; ``asyncio`` and ``uvloop`` are its asyncio worker,
+on the standard event loop or on uvloop's. The application code is the same on all three
+(anyio); what differs is hypercorn's own connection code, which dockyard's hooks
+(``services.set_read_size``, ``http/h2edge.py``, ``http/websocket.py``, ``tls.py``)
+change: each hooks the modules of the worker named here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from dockyard.config.model import SERVER_BACKENDS as BACKENDS
+
+DEFAULT_BACKEND = "trio"
+
+
+def is_asyncio(backend: str) -> bool:
+    """Whether ``backend`` runs on hypercorn's asyncio worker (uvloop included)."""
+    return backend in ("asyncio", "uvloop")
+
+
+def run_module(backend: str) -> ModuleType:
+    """``hypercorn.trio.run`` or ``hypercorn.asyncio.run``: where the worker looks up its
+    connection class (``TCPServer``, a private name) for each connection."""
+    return importlib.import_module(f"hypercorn.{_package(backend)}.run")
+
+
+def tcp_server_module(backend: str) -> ModuleType:
+    """``hypercorn.trio.tcp_server`` or ``hypercorn.asyncio.tcp_server`` (``MAX_RECV``)."""
+    return importlib.import_module(f"hypercorn.{_package(backend)}.tcp_server")
+
+
+def worker_context_module(backend: str) -> ModuleType:
+    return importlib.import_module(f"hypercorn.{_package(backend)}.worker_context")
+
+
+def check_available(backend: str) -> None:
+    """Raise ``RuntimeError`` if ``backend`` cannot run here (uvloop not installed)."""
+    if backend not in BACKENDS:
+        raise RuntimeError(f"unknown server backend {backend!r} (one of {', '.join(BACKENDS)})")
+    if backend == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                'server.backend = "uvloop" needs uvloop: install dockyard[uvloop] '
+                '(or choose "asyncio")'
+            ) from None
+
+
+def _package(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown server backend {backend!r}")
+    return "asyncio" if is_asyncio(backend) else "trio"
+
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "check_available",
+    "is_asyncio",
+    "run_module",
+    "tcp_server_module",
+    "worker_context_module",
+]
