@@ -153,7 +153,7 @@ async def open_services(
     svc = build(settings, clock=clock)
     try:
         async with anyio.create_task_group() as tasks:
-            await svc.start(tasks)  # type: ignore[arg-type]  # until services.py takes an anyio task group
+            await svc.start(tasks)
             yield svc
             await svc.stop()
             tasks.cancel_scope.cancel()
