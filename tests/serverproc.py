@@ -15,6 +15,12 @@ from types import TracebackType
 import httpx
 
 
+def server_backend() -> str:
+    """The ``[server] backend`` test servers run on: ``DOCKYARD_TEST_SERVER_BACKEND``
+    (trio, asyncio or uvloop; default trio), so the whole e2e suite can run on each."""
+    return os.environ.get("DOCKYARD_TEST_SERVER_BACKEND") or "trio"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,7 +32,8 @@ class DockyardServer:
     """``dockyard serve`` in a child process; ``url`` is http://127.0.0.1:<port>.
 
     ``kill()`` sends SIGKILL (a crash); ``stop()`` a graceful SIGTERM; ``start()`` again
-    restarts on the same data directory and port. With ``ssl_context`` (the client side:
+    restarts on the same data directory and port. It runs on ``server_backend()`` unless
+    ``env`` names DOCKYARD_SERVER_BACKEND. With ``ssl_context`` (the client side:
     the CA to trust, a client certificate) the server is expected to speak HTTPS (set
     DOCKYARD_TLS_* in ``env``) and ``url`` is https://.
     """
@@ -57,6 +64,7 @@ class DockyardServer:
 
     def start(self, timeout: float = 20.0) -> DockyardServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+        env["DOCKYARD_SERVER_BACKEND"] = server_backend()
         env.update(self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(

@@ -19,7 +19,7 @@ from dockyard.meta.records import StoredEvent
 from dockyard.meta.sqlite import SQLiteMeta
 from tests.pgserver import PostgresServer
 from tests.seaweed import SeaweedServer
-from tests.serverproc import DockyardServer
+from tests.serverproc import DockyardServer, server_backend
 from tests.tools import require_tool
 from tests.topology import Topology, pg_s3_backend
 from tests.webhook_receiver import Receiver, hook, webhooks_toml
@@ -118,6 +118,9 @@ def _serve(root: Path, workers: int, env: dict[str, str] | None = None) -> Itera
 def serving(server: DockyardServer) -> Iterator[DockyardServer]:
     """Run ``server`` for the caller's fixture; fail if it logged an unhandled error."""
     server.start()
+    # The worker chosen by DOCKYARD_TEST_SERVER_BACKEND (tests/serverproc.py) serves.
+    backend = server.env.get("DOCKYARD_SERVER_BACKEND") or server_backend()
+    assert f"backend: {backend})" in server.log(), server.log()
     try:
         yield server
     finally:
