@@ -1,27 +1,46 @@
 """Websocket clients of the event feed, and an in-process loopback server for them.
 
-``serve_app`` runs a built registry's ASGI app under hypercorn in the test's own trio run,
-on a loopback port, with the connection hooks ``dockyard serve`` installs (so feeds write
-their frames straight to the socket, as in production); in-process tests use a real
-websocket client (trio-websocket) over a real TCP connection. ``open_feed`` connects one
-subscriber; its ``Feed`` reads the protocol's messages (``welcome``, ``event``,
-``heartbeat``, ``lagged``) and the close code.
+``serve_app`` runs a built registry's ASGI app under hypercorn in the test's own event
+loop (hypercorn's trio or asyncio worker, as the test's backend), on a loopback port, with
+the connection hooks ``dockyard serve`` installs (so on trio feeds write their frames
+straight to the socket, as in production); in-process tests use a real websocket client
+(wsproto over an anyio socket, on either backend) over a real TCP connection.
+``open_feed`` connects one subscriber; its ``Feed`` reads the protocol's messages
+(``welcome``, ``event``, ``heartbeat``, ``lagged``) and the close code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlencode
 
-import trio
-import trio_websocket
+import anyio
+import anyio.abc
+import sniffio
+import trio_websocket  # its exception classes only: what the tests already expect
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 
 from dockyard.events.feed import FEED_PATH
 from dockyard.http import websocket
@@ -73,26 +92,52 @@ class LoopbackServer:
 
 @asynccontextmanager
 async def serve_app(app: ASGIApp) -> AsyncIterator[LoopbackServer]:
-    """Serve ``app`` with hypercorn on 127.0.0.1 (a free port) until the block ends."""
-    # As each dockyard worker does: feeds then write their frames straight to the socket
-    # (http/websocket.py), the way they are served in production.
-    websocket.install_stop_notice()
+    """Serve ``app`` with hypercorn on 127.0.0.1 (a free port) until the block ends, with
+    the worker of the test's backend (hypercorn's trio worker, or its asyncio one)."""
+    backend = sniffio.current_async_library()
+    # As each dockyard worker does: on trio, feeds then write their frames straight to
+    # the socket (http/websocket.py), the way they are served in production.
+    websocket.install_stop_notice(backend)
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
     served = _Served(app)
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
+    # hypercorn's ASGI types are narrower TypedDicts than this module's mappings.
+    wrapped = cast(Any, served)
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tasks:
+        if backend == "trio":
+            from hypercorn.trio import serve
 
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            # hypercorn's ASGI types are narrower TypedDicts than this module's mappings.
-            app = cast(Any, served)
-            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+            async def run(task_status: Any) -> None:  # trio's TaskStatus, through anyio
+                await serve(
+                    wrapped, config, shutdown_trigger=shutdown.wait, task_status=task_status
+                )
 
-        binds: list[str] = await nursery.start(run)
-        server = LoopbackServer(int(binds[0].rsplit(":", 1)[1]), served)
+            binds: list[str] = await tasks.start(run)
+            port = int(binds[0].rsplit(":", 1)[1])
+        else:
+            from hypercorn.asyncio.run import worker_serve
+            from hypercorn.utils import wrap_app
+
+            # The asyncio worker does not report its port: bind (and listen) here, so
+            # connections wait in the backlog until it serves.
+            sockets = config.create_sockets()
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+            port = sockets.insecure_sockets[0].getsockname()[1]
+            tasks.start_soon(
+                partial(
+                    worker_serve,
+                    wrap_app(wrapped, config.wsgi_max_body_size, "asgi"),
+                    config,
+                    sockets=sockets,
+                    shutdown_trigger=shutdown.wait,
+                )
+            )
+        server = LoopbackServer(port, served)
         try:
             yield server
         finally:
@@ -109,16 +154,95 @@ class FeedClosed(Exception):
         self.reason = reason
 
 
+class WebSocketClient:
+    """A websocket client connection (wsproto over an anyio socket stream): reads from
+    the socket only when a message is asked for, so a client that stops reading stalls
+    the server's sends (the lag tests rely on it)."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self._messages: deque[str | bytes] = deque()
+        self._parts: list[str | bytes] = []
+        self.close_reason: tuple[int, str | None] | None = None
+
+    async def handshake(self, host: str, target: str, headers: list[tuple[bytes, bytes]]) -> None:
+        await self._stream.send(self._ws.send(Request(host, target, extra_headers=headers)))
+        while True:
+            for event in await self._events():
+                if isinstance(event, AcceptConnection):
+                    return
+                if isinstance(event, (RejectConnection, RejectData)):
+                    status = event.status_code if isinstance(event, RejectConnection) else 0
+                    raise trio_websocket.ConnectionRejected(status, (), None)
+            if self.close_reason is not None:
+                raise trio_websocket.ConnectionRejected(0, (), None)
+
+    async def _events(self) -> list[Event]:
+        try:
+            data: bytes | None = await self._stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            data = None
+        self._ws.receive_data(data)
+        events = list(self._ws.events())
+        for event in events:
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._parts.append(
+                    bytes(event.data) if isinstance(event, BytesMessage) else event.data
+                )
+                if event.message_finished:
+                    parts, self._parts = self._parts, []
+                    self._messages.append(
+                        "".join(cast(list[str], parts))
+                        if isinstance(event, TextMessage)
+                        else b"".join(cast(list[bytes], parts))
+                    )
+            elif isinstance(event, CloseConnection):
+                self.close_reason = (event.code, event.reason)
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await self._stream.send(self._ws.send(event.response()))
+            elif isinstance(event, Ping):
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await self._stream.send(self._ws.send(event.response()))
+        if data is None and self.close_reason is None:
+            self.close_reason = (1006, None)  # the connection ended without a close frame
+        return events
+
+    async def get_message(self) -> str | bytes:
+        """The next message; ``trio_websocket.ConnectionClosed`` once the server closed
+        (its reason None for a connection that ended without a close frame)."""
+        while not self._messages:
+            if self.close_reason is not None:
+                code, reason = self.close_reason
+                raise trio_websocket.ConnectionClosed(
+                    None if code == 1006 else trio_websocket.CloseReason(code, reason)
+                )
+            await self._events()
+        return self._messages.popleft()
+
+    async def send_message(self, text: str) -> None:
+        await self._stream.send(self._ws.send(TextMessage(data=text)))
+
+    async def aclose(self) -> None:
+        """Close with 1000 and wait (a little) for the server's close frame."""
+        if self.close_reason is None and self._ws.state is ConnectionState.OPEN:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self._stream.send(self._ws.send(CloseConnection(1000)))
+                with anyio.move_on_after(1):
+                    while self.close_reason is None:
+                        await self._events()
+
+
 @dataclass
 class Feed:
-    ws: trio_websocket.WebSocketConnection
+    ws: WebSocketClient
     local_port: int = 0  # the client end of the TCP connection (which worker serves it)
     welcome: dict[str, Any] = field(default_factory=dict)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
 
     async def message(self, timeout: float = 5.0) -> dict[str, Any]:
         """The next message of any type; ``FeedClosed`` once the server closed."""
-        with trio.fail_after(timeout):
+        with anyio.fail_after(timeout):
             try:
                 text = await self.ws.get_message()
             except trio_websocket.ConnectionClosed as e:
@@ -153,7 +277,7 @@ class Feed:
     async def quiet(self, seconds: float) -> list[dict[str, Any]]:
         """Events arriving within ``seconds`` (expected: none)."""
         found: list[dict[str, Any]] = []
-        with trio.move_on_after(seconds):
+        with anyio.move_on_after(seconds):
             while True:
                 found.append(await self.event(seconds + 1))
         return found
@@ -161,7 +285,7 @@ class Feed:
     async def closed(self, timeout: float = 5.0) -> tuple[FeedClosed, list[dict[str, Any]]]:
         """Read until the server closes; the close and every message before it."""
         before: list[dict[str, Any]] = []
-        with trio.fail_after(timeout):
+        with anyio.fail_after(timeout):
             while True:
                 try:
                     before.append(await self.message(timeout))
@@ -189,41 +313,44 @@ async def open_feed(
     client socket gets that SO_RCVBUF (a reader that stops reading then stalls the
     server's sends after a few KiB). With ``welcome`` the welcome message is read.
     ``headers`` go on the handshake (credentials)."""
-    sock = trio.socket.socket()
-    # The socket is ours (wrap_client_stream): closed here on every path, also when the
-    # handshake is refused or the server closed first.
-    stream: trio.SocketStream | None = None
+    sock = socket.socket()
+    # The socket is ours: closed here on every path, also when the handshake is refused
+    # or the server closed first.
+    stream: anyio.abc.SocketStream | None = None
     try:
         if receive_buffer is not None:
+            # Before connecting: the window the client advertises is set from it.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        with trio.fail_after(10):
-            await sock.connect(("127.0.0.1", port))
-        stream = trio.SocketStream(sock)
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery,
-                stream,
-                "127.0.0.1",
-                feed_resource(query, path),
-                message_queue_size=1,
-                extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()],
-            )
+        sock.setblocking(False)
+        with anyio.fail_after(10):
             try:
-                feed = Feed(ws, local_port=sock.getsockname()[1])
-                if subscribe is not None:
-                    await ws.send_message(json.dumps({"type": "subscribe", **subscribe}))
-                if welcome:
-                    doc = await feed.message()
-                    assert doc["type"] == "welcome", doc
-                    feed.welcome = doc
-                yield feed
-            finally:
-                with trio.move_on_after(2) as cleanup:
-                    cleanup.shield = True
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+                sock.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error)) from None
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+        ws = WebSocketClient(stream)
+        await ws.handshake(
+            "127.0.0.1",
+            feed_resource(query, path),
+            [(k.encode(), v.encode()) for k, v in (headers or {}).items()],
+        )
+        try:
+            feed = Feed(ws, local_port=sock.getsockname()[1])
+            if subscribe is not None:
+                await ws.send_message(json.dumps({"type": "subscribe", **subscribe}))
+            if welcome:
+                doc = await feed.message()
+                assert doc["type"] == "welcome", doc
+                feed.welcome = doc
+            yield feed
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                await ws.aclose()
     finally:
         if stream is not None:
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
         else:
             sock.close()

@@ -1,6 +1,7 @@
 """An error inside hypercorn on one connection closes that connection only: the guard
 dockyard wraps around hypercorn's connections (``http/h2edge.py``) logs it, and the
-worker (here: the test's own hypercorn) goes on serving its other connections.
+worker (here: the test's own hypercorn, trio's or asyncio's worker as the test's
+backend) goes on serving its other connections.
 
 The error is hypercorn 0.18's own KeyError for HTTP/2 data on a stream it already
 closed, with only the guard installed (``dockyard serve`` also installs the fix for that
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import logging
 
-import hypercorn.trio.run
+import anyio
 import pytest
-import trio
+import sniffio
 
 from dockyard.http import h2edge
+from dockyard.http.worker import run_module
 from tests.feedclient import Message, Receive, Send, serve_app
 from tests.h2client import H2Client
 
@@ -31,10 +33,13 @@ async def answer_at_once(scope: Message, receive: Receive, send: Send) -> None:
 async def test_one_connections_error_closes_only_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Restored after the test: the guard is installed on hypercorn's module.
-    original = getattr(hypercorn.trio.run, "TCPServer")  # noqa: B009 - not exported
-    monkeypatch.setattr(hypercorn.trio.run, "TCPServer", original)
-    h2edge.install_connection_guard()
+    # Restored after the test: the guard is installed on hypercorn's module (that of the
+    # worker serve_app runs: trio's or asyncio's, as the test's backend).
+    backend = sniffio.current_async_library()
+    module = run_module(backend)
+    original = getattr(module, "TCPServer")  # noqa: B009 - not exported
+    monkeypatch.setattr(module, "TCPServer", original)
+    h2edge.install_connection_guard(backend)
     caplog.set_level(logging.ERROR, logger="dockyard.http")
     async with serve_app(answer_at_once) as server:
 
@@ -54,5 +59,5 @@ async def test_one_connections_error_closes_only_it(
                 for client in clients:
                     client.close()
 
-        await trio.to_thread.run_sync(run)
+        await anyio.to_thread.run_sync(run)
     assert "connection closed after an error inside hypercorn: KeyError" in caplog.text

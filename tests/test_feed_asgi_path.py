@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.events.feed import CLOSE_LAGGED
 from dockyard.http.websocket import CONNECTION_KEY
@@ -72,7 +72,7 @@ async def test_a_slow_subscriber_is_cut_off_through_asgi(tmp_path: Path) -> None
         open_feed(server.port, {"since": 0}, receive_buffer=2048) as slow,
     ):
         pushed = 0
-        with trio.fail_after(40):
+        with anyio.fail_after(40):
             while svc.hub.statistics().lagged == 0:
                 await push_blob(http, "busy", random_blob(64))
                 pushed += 1

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.events.feed import SUBSCRIBE_WAIT
 from dockyard.services import Services
@@ -37,7 +37,7 @@ async def test_events_during_the_subscribe_wait_are_delivered(
     services: Services, server: LoopbackServer, http: httpx.AsyncClient
 ) -> None:
     before = await push_blob(http, "early", b"before the connection")
-    with trio.fail_after(SUBSCRIBE_WAIT + 10):
+    with anyio.fail_after(SUBSCRIBE_WAIT + 10):
         async with open_feed(server.port, welcome=False) as feed:
             # The handshake is done: these happen while the server waits for a message.
             during = [await push_blob(http, "early", f"during {i}".encode()) for i in range(3)]
@@ -55,14 +55,14 @@ async def test_a_late_subscribe_message_filters_the_wait_and_replays_its_since(
 ) -> None:
     first = await push_blob(http, "team/a", b"first")
     since = services.meta.last_event_id() - 1
-    with trio.fail_after(SUBSCRIBE_WAIT + 10):
+    with anyio.fail_after(SUBSCRIBE_WAIT + 10):
         async with (
             open_feed(server.port, welcome=False) as filtered,
             open_feed(server.port, welcome=False) as replaying,
         ):
             during = await push_blob(http, "team/a", b"during")
             await push_blob(http, "other", b"not team")
-            await trio.sleep(SUBSCRIBE_WAIT / 4)
+            await anyio.sleep(SUBSCRIBE_WAIT / 4)
             await filtered.ws.send_message('{"type": "subscribe", "repository": "team/*"}')
             await replaying.ws.send_message(f'{{"type": "subscribe", "since": {since}}}')
             assert (await filtered.message())["type"] == "welcome"

@@ -7,9 +7,17 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+import pytest
 import trio
 
 from dockyard.http.websocket import FrameWriter, SendLock, text_frame
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Trio only: FrameWriter writes to hypercorn's trio worker's socket streams and is
+    used only there (on asyncio the feed sends through ASGI, tests/test_feed_asgi_path.py)."""
+    return "trio"
 
 
 @dataclass
