@@ -199,8 +199,9 @@ class WebSocketClient:
                     )
             elif isinstance(event, CloseConnection):
                 self.close_reason = (event.code, event.reason)
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await self._stream.send(self._ws.send(event.response()))
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:  # not the reply to ours
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        await self._stream.send(self._ws.send(event.response()))
             elif isinstance(event, Ping):
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await self._stream.send(self._ws.send(event.response()))

@@ -1,62 +1,113 @@
 """The socket read size dockyard sets in hypercorn (services.set_read_size) is a hypercorn
 module constant, and the HTTP/2 guard (http/h2edge.py) changes private hypercorn classes:
-start-up fails, naming the hypercorn version, if a release drops either."""
+start-up fails, naming the hypercorn version, if a release drops either, for the worker
+``[server] backend`` chooses; and an unknown backend, or uvloop not installed, stop it too."""
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-import hypercorn.trio.tcp_server
 import pytest
 
 from dockyard.cli import main
 from dockyard.http import h2edge
+from dockyard.http.worker import run_module, tcp_server_module
 from dockyard.services import app_queue_size, check_read_size_hook, set_read_size
 
+# hypercorn's two workers ("uvloop" is its asyncio worker on another event loop).
+HYPERCORN_WORKERS = ("trio", "asyncio")
 
-def test_the_installed_hypercorn_has_the_constant() -> None:
-    before = hypercorn.trio.tcp_server.MAX_RECV
+
+@pytest.mark.parametrize("backend", HYPERCORN_WORKERS)
+def test_the_installed_hypercorn_has_the_constant(backend: str) -> None:
+    module: Any = tcp_server_module(backend)
+    before = module.MAX_RECV
     try:
-        check_read_size_hook()
-        set_read_size(128 * 1024)
-        assert hypercorn.trio.tcp_server.MAX_RECV == 128 * 1024
+        check_read_size_hook(backend)
+        set_read_size(128 * 1024, backend)
+        assert module.MAX_RECV == 128 * 1024
     finally:
-        hypercorn.trio.tcp_server.MAX_RECV = before
+        module.MAX_RECV = before
 
 
+@pytest.mark.parametrize("backend", HYPERCORN_WORKERS)
 def test_a_hypercorn_without_it_stops_start_up(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.delattr(hypercorn.trio.tcp_server, "MAX_RECV")
+    module = tcp_server_module(backend)
+    monkeypatch.delattr(module, "MAX_RECV")
     # `serve` puts its overrides in the environment (for the workers): restore it after.
     monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
     monkeypatch.setenv("DOCKYARD_SERVER_PORT", "0")
+    monkeypatch.setenv("DOCKYARD_SERVER_BACKEND", backend)
     with pytest.raises(RuntimeError, match=f"hypercorn {version('hypercorn')} has no .*MAX_RECV"):
-        set_read_size(256 * 1024)
-    assert not hasattr(hypercorn.trio.tcp_server, "MAX_RECV")  # nothing set in its place
+        set_read_size(256 * 1024, backend)
+    assert not hasattr(module, "MAX_RECV")  # nothing set in its place
     # `dockyard serve` says so before it touches the data directory or starts workers.
     assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
-    assert "MAX_RECV" in capsys.readouterr().err
+    assert f"{module.__name__}.MAX_RECV" in capsys.readouterr().err
     assert not (tmp_path / "dockyard.sqlite3").exists()
 
 
-def test_the_installed_hypercorn_has_what_the_http2_guard_changes() -> None:
-    h2edge.check_hooks()
+@pytest.mark.parametrize("backend", HYPERCORN_WORKERS)
+def test_the_installed_hypercorn_has_what_the_http2_guard_changes(backend: str) -> None:
+    h2edge.check_hooks(backend)
 
 
+@pytest.mark.parametrize("backend", HYPERCORN_WORKERS)
 def test_a_hypercorn_without_it_stops_start_up_too(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import hypercorn.trio.run
-
-    monkeypatch.delattr(hypercorn.trio.run, "TCPServer")
+    monkeypatch.delattr(run_module(backend), "TCPServer")
     monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
     monkeypatch.setenv("DOCKYARD_SERVER_PORT", "0")
+    monkeypatch.setenv("DOCKYARD_SERVER_BACKEND", backend)
     with pytest.raises(RuntimeError, match=f"hypercorn {version('hypercorn')} is not the HTTP/2"):
-        h2edge.check_hooks()
+        h2edge.check_hooks(backend)
     assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
     assert "dockyard.http.h2edge" in capsys.readouterr().err
+    assert not (tmp_path / "dockyard.sqlite3").exists()
+
+
+def test_start_up_checks_only_the_chosen_workers_hooks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The trio worker's constant gone does not concern a server on the asyncio worker."""
+    monkeypatch.delattr(tcp_server_module("trio"), "MAX_RECV")
+    check_read_size_hook("asyncio")
+    with pytest.raises(RuntimeError):
+        check_read_size_hook("trio")
+
+
+def test_an_unknown_backend_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("DOCKYARD_SERVER_BACKEND", "curio")
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "server.backend: unknown backend 'curio' (one of trio, asyncio, uvloop)" in err
+    assert not (tmp_path / "dockyard.sqlite3").exists()
+
+
+def test_uvloop_without_uvloop_installed_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # None in sys.modules makes `import uvloop` raise ImportError, as when not installed.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("DOCKYARD_SERVER_BACKEND", "uvloop")
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
+    assert "needs uvloop: install dockyard[uvloop]" in capsys.readouterr().err
     assert not (tmp_path / "dockyard.sqlite3").exists()
 
 

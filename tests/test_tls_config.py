@@ -6,12 +6,12 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
-import hypercorn.trio.run
 import pytest
 
 from dockyard.cli import main
 from dockyard.config import ConfigError
 from dockyard.http.request import certificate_user
+from dockyard.http.worker import run_module
 from dockyard.tls import check_tls_hook
 from tests.conftest import make_settings
 from tests.pki import server_files
@@ -57,18 +57,24 @@ def test_a_key_that_does_not_match_stops_start_up(
     assert "TLS:" in capsys.readouterr().err
 
 
-def test_the_installed_hypercorn_has_the_connection_hook() -> None:
-    check_tls_hook()
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_the_installed_hypercorn_has_the_connection_hook(backend: str) -> None:
+    check_tls_hook(backend)
 
 
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_a_hypercorn_without_it_stops_start_up(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.delattr(hypercorn.trio.run, "TCPServer")
+    monkeypatch.delattr(run_module(backend), "TCPServer")
     with pytest.raises(RuntimeError, match=f"hypercorn {version('hypercorn')} has no .*TCPServer"):
-        check_tls_hook()
+        check_tls_hook(backend)
     files = server_files(tmp_path / "certs")
     for name, value in {
+        "DOCKYARD_SERVER_BACKEND": backend,
         "DOCKYARD_TLS_CERT": str(files.cert),
         "DOCKYARD_TLS_KEY": str(files.key),
         "DOCKYARD_TLS_CLIENT_AUTH": "required",
