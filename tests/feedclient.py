@@ -154,13 +154,39 @@ class FeedClosed(Exception):
         self.reason = reason
 
 
-class WebSocketClient:
-    """A websocket client connection (wsproto over an anyio socket stream): reads from
-    the socket only when a message is asked for, so a client that stops reading stalls
-    the server's sends (the lag tests rely on it)."""
+class _Socket:
+    """A connected non-blocking socket's reads and writes, waiting through anyio."""
 
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def receive(self, size: int) -> bytes | None:
+        """Up to ``size`` bytes; None at the end of the stream."""
+        while True:
+            await anyio.wait_readable(self.sock)
+            try:
+                return self.sock.recv(size) or None
+            except BlockingIOError:
+                continue
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            await anyio.wait_writable(self.sock)
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                continue
+
+
+class WebSocketClient:
+    """A websocket client connection (wsproto over a non-blocking socket, waited on
+    through anyio): reads from the socket only when a message is asked for, so a client
+    that stops reading stalls the server's sends (the lag tests rely on it). Not an anyio
+    stream: on asyncio those read whatever arrives, whether asked for or not."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._stream = _Socket(sock)
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._messages: deque[str | bytes] = deque()
         self._parts: list[str | bytes] = []
@@ -181,7 +207,7 @@ class WebSocketClient:
     async def _events(self) -> list[Event]:
         try:
             data: bytes | None = await self._stream.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except OSError:
             data = None
         self._ws.receive_data(data)
         events = list(self._ws.events())
@@ -200,10 +226,10 @@ class WebSocketClient:
             elif isinstance(event, CloseConnection):
                 self.close_reason = (event.code, event.reason)
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:  # not the reply to ours
-                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    with contextlib.suppress(OSError):
                         await self._stream.send(self._ws.send(event.response()))
             elif isinstance(event, Ping):
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                with contextlib.suppress(OSError):
                     await self._stream.send(self._ws.send(event.response()))
         if data is None and self.close_reason is None:
             self.close_reason = (1006, None)  # the connection ended without a close frame
@@ -227,7 +253,7 @@ class WebSocketClient:
     async def aclose(self) -> None:
         """Close with 1000 and wait (a little) for the server's close frame."""
         if self.close_reason is None and self._ws.state is ConnectionState.OPEN:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            with contextlib.suppress(OSError):
                 await self._stream.send(self._ws.send(CloseConnection(1000)))
                 with anyio.move_on_after(1):
                     while self.close_reason is None:
@@ -317,7 +343,6 @@ async def open_feed(
     sock = socket.socket()
     # The socket is ours: closed here on every path, also when the handshake is refused
     # or the server closed first.
-    stream: anyio.abc.SocketStream | None = None
     try:
         if receive_buffer is not None:
             # Before connecting: the window the client advertises is set from it.
@@ -331,8 +356,7 @@ async def open_feed(
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
                     raise OSError(error, os.strerror(error)) from None
-        stream = await anyio.abc.SocketStream.from_socket(sock)
-        ws = WebSocketClient(stream)
+        ws = WebSocketClient(sock)
         await ws.handshake(
             "127.0.0.1",
             feed_resource(query, path),
@@ -351,7 +375,4 @@ async def open_feed(
             with anyio.move_on_after(2, shield=True):
                 await ws.aclose()
     finally:
-        if stream is not None:
-            await anyio.aclose_forcefully(stream)
-        else:
-            sock.close()
+        sock.close()
