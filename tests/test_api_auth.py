@@ -7,9 +7,9 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.auth import PUBLIC, Scope
 from dockyard.config import Settings
@@ -311,6 +311,8 @@ async def test_every_route_names_its_scope(services: Services) -> None:
     assert not any(re.search("stats|events|ticket", rule) for rule in rules)
 
 
+# Trio only: `dockyard events tail` (events/tail.py) is a trio program (trio-websocket).
+@pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_events_tail_logs_in(services: Services, root: httpx.AsyncClient) -> None:
     await push_blob(root, "team/t", random_blob())
     async with serve_app(services.app) as server:
@@ -323,7 +325,7 @@ async def test_events_tail_logs_in(services: Services, root: httpx.AsyncClient) 
         await run_tail(tail, lambda: len(printed) >= 1)
         assert "team/t@sha256:" in printed[0]
         refused = Tail(TailOptions(server.url), lambda _: None, lambda _: None)
-        with pytest.raises(FeedRejected) as e, trio.fail_after(10):
+        with pytest.raises(FeedRejected) as e, anyio.fail_after(10):
             await refused.run()
         assert e.value.code == CLOSE_DENIED
 

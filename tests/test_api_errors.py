@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.config import Settings
 from dockyard.services import Services, build
@@ -335,8 +335,8 @@ async def test_error_body_shape(client: httpx.AsyncClient) -> None:
 async def test_lifespan_protocol(settings: Settings) -> None:
     """The ASGI lifespan (as hypercorn drives it) starts and stops the background tasks."""
     svc = build(settings)
-    to_app_send, to_app_receive = trio.open_memory_channel[dict[str, Any]](4)
-    from_app_send, from_app_receive = trio.open_memory_channel[dict[str, Any]](4)
+    to_app_send, to_app_receive = anyio.create_memory_object_stream[dict[str, Any]](4)
+    from_app_send, from_app_receive = anyio.create_memory_object_stream[dict[str, Any]](4)
 
     async def receive() -> dict[str, Any]:
         return await to_app_receive.receive()
@@ -345,8 +345,8 @@ async def test_lifespan_protocol(settings: Settings) -> None:
         await from_app_send.send(dict(message))
 
     try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as nursery:
                 scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
                 nursery.start_soon(svc.app, scope, receive, send)
                 await to_app_send.send({"type": "lifespan.startup"})
@@ -360,6 +360,8 @@ async def test_lifespan_protocol(settings: Settings) -> None:
                 await to_app_send.send({"type": "lifespan.shutdown"})
                 assert (await from_app_receive.receive())["type"] == "lifespan.shutdown.complete"
     finally:
+        for stream in (to_app_send, to_app_receive, from_app_send, from_app_receive):
+            stream.close()  # anyio warns of memory streams left open
         svc.meta.close()
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.config import Settings
 from dockyard.config.model import QuotaSettings
@@ -260,7 +260,7 @@ async def test_concurrent_pushes_cannot_both_pass(quota_services: Services) -> N
             )
             results.append(r.status_code)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for i in range(10):
             nursery.start_soon(push, i)
     assert sorted(results) == [201] * 3 + [403] * 7

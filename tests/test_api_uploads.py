@@ -6,9 +6,9 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.services import Services
 from tests.authfixtures import (  # noqa: F401
@@ -489,7 +489,7 @@ async def test_put_length_mismatch_changes_nothing(client: httpx.AsyncClient) ->
 
 async def test_concurrent_patches_of_one_upload(client: httpx.AsyncClient) -> None:
     location = await start_upload(client, "lease")
-    holding, release = trio.Event(), trio.Event()
+    holding, release = anyio.Event(), anyio.Event()
     first = random_blob(100)
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -503,7 +503,7 @@ async def test_concurrent_patches_of_one_upload(client: httpx.AsyncClient) -> No
     async def slow_patch() -> None:
         results.append(await client.patch(location, content=slow_body()))
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(slow_patch)
         await holding.wait()
         r = await client.patch(location, content=b"zzzz", headers={"content-range": "0-3"})

@@ -1,4 +1,4 @@
-"""The dashboard's server side, in process: its files (served by the Quart-trio app that
+"""The dashboard's server side, in process: its files (served by the Quart app that
 gets every path outside /v2/), the statistics endpoint it loads, the SQL behind it, and
 the web app's lifespan wiring. The page itself runs in Chromium in tests/e2e."""
 
@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 from quart_trio import QuartTrio
 
 from dockyard.config import Settings
@@ -320,8 +320,8 @@ async def test_lifespan_starts_and_stops_the_web_app(settings: Settings) -> None
     async def stopped() -> None:
         calls.append("shutdown")
 
-    to_app, app_receives = trio.open_memory_channel[dict[str, Any]](4)
-    app_sends, from_app = trio.open_memory_channel[dict[str, Any]](4)
+    to_app, app_receives = anyio.create_memory_object_stream[dict[str, Any]](4)
+    app_sends, from_app = anyio.create_memory_object_stream[dict[str, Any]](4)
 
     async def receive() -> dict[str, Any]:
         return await app_receives.receive()
@@ -330,8 +330,8 @@ async def test_lifespan_starts_and_stops_the_web_app(settings: Settings) -> None
         await app_sends.send(dict(message))
 
     try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(svc.app, {"type": "lifespan"}, receive, send)
                 await to_app.send({"type": "lifespan.startup"})
                 assert (await from_app.receive())["type"] == "lifespan.startup.complete"
@@ -344,4 +344,6 @@ async def test_lifespan_starts_and_stops_the_web_app(settings: Settings) -> None
                 assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
                 assert calls == ["startup", "shutdown"]
     finally:
+        for stream in (to_app, app_receives, app_sends, from_app):
+            stream.close()  # anyio warns of memory streams left open
         svc.meta.close()
