@@ -1,44 +1,48 @@
-"""The registry app served in a trio thread for a fuzz module: hypothesis drives requests
-from the test thread (it cannot drive trio tests directly)."""
+"""The registry app served in an event loop thread for a fuzz module: hypothesis drives
+requests from the test thread (it cannot drive async tests directly). The loop runs on
+the first of the test backends (DOCKYARD_TEST_BACKENDS, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import functools
-import threading
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
-import trio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from dockyard.config import Settings
-from tests.conftest import make_client, open_services
+from tests.conftest import chosen_backends, make_client, open_services
 
 
 class App:
-    """A registry served in a trio thread; ``request`` is a blocking httpx request."""
+    """A registry served in a thread of its own (an anyio blocking portal); ``request``
+    is a blocking httpx request."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backend: str | None = None) -> None:
         self.settings = settings
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
-
-    async def _main(self) -> None:
-        async with open_services(self.settings) as svc, make_client(svc) as client:
-            self.client = client
-            self.token = trio.lowlevel.current_trio_token()
-            self.stop = trio.Event()
-            self._ready.set()
-            await self.stop.wait()
+        self.backend = backend or chosen_backends()[0]
+        self._stack = ExitStack()
 
     def __enter__(self) -> App:
-        self._thread.start()
-        assert self._ready.wait(30), "the registry did not start"
+        portal: BlockingPortal = self._stack.enter_context(
+            start_blocking_portal(backend=self.backend)
+        )
+        self._portal = portal
+        self._stack.enter_context(portal.wrap_async_context_manager(self._serve()))
         return self
 
+    @asynccontextmanager
+    async def _serve(self) -> AsyncIterator[None]:
+        # One task of the portal enters and leaves it (open_services has a task group).
+        async with open_services(self.settings) as svc, make_client(svc) as client:
+            self.client = client
+            yield
+
     def __exit__(self, *exc: object) -> None:
-        trio.from_thread.run_sync(self.stop.set, trio_token=self.token)
-        self._thread.join(30)
+        self._stack.close()
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         call = functools.partial(self.client.request, method, url, **kwargs)
-        return trio.from_thread.run(call, trio_token=self.token)
+        return self._portal.call(call)
