@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dockyard.cli import main
+from dockyard.config import load
 from dockyard.http import h2edge
 from dockyard.http.worker import run_module, tcp_server_module
 from dockyard.services import app_queue_size, check_read_size_hook, set_read_size
@@ -97,6 +98,14 @@ def test_an_unknown_backend_stops_start_up(
     err = capsys.readouterr().err
     assert "server.backend: unknown backend 'curio' (one of trio, asyncio, uvloop)" in err
     assert not (tmp_path / "dockyard.sqlite3").exists()
+
+
+def test_the_test_suites_backend_choices_are_not_settings() -> None:
+    """DOCKYARD_TEST_BACKENDS and DOCKYARD_TEST_SERVER_BACKEND (the event loops the tests
+    and their servers run on) are not DOCKYARD_<SECTION>_<KEY> settings: start-up
+    within a test run does not refuse them as unknown."""
+    environ = {"DOCKYARD_TEST_BACKENDS": "trio,asyncio", "DOCKYARD_TEST_SERVER_BACKEND": "uvloop"}
+    assert load(environ=environ).server.backend == "trio"
 
 
 def test_uvloop_without_uvloop_installed_stops_start_up(

@@ -241,6 +241,10 @@ def load(
     for var, value in env.items():
         if not var.startswith("DOCKYARD_") or var in ("DOCKYARD_CONFIG",):
             continue
+        if var.startswith("DOCKYARD_TEST_"):
+            # The test suite's own choices (tests/conftest.py, tests/serverproc.py: which
+            # event loops tests and test servers run on), not settings.
+            continue
         rest = var[len("DOCKYARD_") :].lower()
         if rest.startswith(("webhooks_", "access_", "quotas_", "upstreams_", "replication_")):
             table = rest.partition("_")[0]
