@@ -133,10 +133,14 @@ def sqlite_and_postgres(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, anyio_backend: str | tuple[str, Any]) -> Settings:
+    """Settings of a test registry whose server.backend is the test's event loop (the app
+    then builds the dashboard app that runs on it, http/web.py)."""
+    backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
+    environ = {"DOCKYARD_SERVER_BACKEND": backend}
     if database_url:
-        return make_settings(tmp_path / "data", DOCKYARD_DATABASE_URL=database_url)
-    return make_settings(tmp_path / "data")
+        environ["DOCKYARD_DATABASE_URL"] = database_url
+    return make_settings(tmp_path / "data", **environ)
 
 
 @pytest.fixture

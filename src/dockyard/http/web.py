@@ -146,16 +146,21 @@ class QuartWeb:
         self._assets = assets
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self._for_running_loop()
         await self.app(scope, receive, send)
+
+    def _for_running_loop(self) -> None:
+        """Rebuild the app for the event loop that runs it, if it was built for the other
+        one (an app built once and run in process on each of the test backends, without
+        its lifespan; hooks registered on the first app are not carried over)."""
+        running = sniffio.current_async_library()
+        if self._assets is not None and isinstance(self.app, QuartTrio) != (running == "trio"):
+            self.app = create_web_app(self._assets, running)
 
     async def startup(self, task_group: TaskGroup) -> None:
         """Start serving: Quart's before-serving hooks; QuartTrio's background tasks go in
         ``task_group`` (Quart's own are asyncio tasks of its own)."""
-        running = sniffio.current_async_library()
-        if self._assets is not None and isinstance(self.app, QuartTrio) != (running == "trio"):
-            # Built for the other event loop (an app built once and run in process on
-            # each of the test backends): the class that runs on this one.
-            self.app = create_web_app(self._assets, running)
+        self._for_running_loop()
         if isinstance(self.app, QuartTrio):
             # QuartTrio uses start_soon and cancel_scope (its deadline on shutdown), which
             # an anyio task group has as a trio nursery does.
