@@ -133,10 +133,13 @@ def sqlite_and_postgres(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, anyio_backend: str | tuple[str, Any]) -> Settings:
-    """Settings of a test registry whose server.backend is the test's event loop (the app
-    then builds the dashboard app that runs on it, http/web.py)."""
-    backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
+def settings(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Settings:
+    """Settings of a test registry whose server.backend is an async test's event loop (the
+    app then builds the dashboard app that runs on it, http/web.py); trio for others."""
+    backend = "trio"
+    if "anyio_backend" in request.fixturenames:  # an async test: not parametrized anew
+        chosen = request.getfixturevalue("anyio_backend")
+        backend = chosen if isinstance(chosen, str) else chosen[0]
     environ = {"DOCKYARD_SERVER_BACKEND": backend}
     if database_url:
         environ["DOCKYARD_DATABASE_URL"] = database_url
