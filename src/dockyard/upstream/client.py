@@ -1,7 +1,7 @@
 """``RegistryClient``: one remote registry spoken to over the OCI Distribution API.
 
 One client per remote registry, shared by every task of a process (httpx's connection
-pool underneath, running on trio or asyncio through anyio). Repository names are the remote's own.
+pool underneath, on trio or asyncio through anyio). Repository names are the remote's own.
 
 Authentication, as Docker and containerd do it: a request goes out with the credential
 cached for its scope (none at first); a 401 answer's ``WWW-Authenticate`` challenge says
