@@ -298,7 +298,9 @@ class RegistryApp:
         if not body_pending:
             sent = await self._send(send, response, head, request_id)
         else:
-            sent = await self._answer_early(send, response, head, request_id, receive_tracked)
+            sent = await self._answer_early(
+                send, response, head, request_id, receive_tracked, scope.get("http_version") == "2"
+            )
         if self.observers:
             self._observe(req, response, sent, bytes_in, started)
 
@@ -336,7 +338,13 @@ class RegistryApp:
         return Response(status, headers, body, error_code=code.value if code else None)
 
     async def _answer_early(
-        self, send: Send, response: Response, head: bool, request_id: str, receive: Receive
+        self,
+        send: Send,
+        response: Response,
+        head: bool,
+        request_id: str,
+        receive: Receive,
+        http2: bool = False,
     ) -> int:
         """Send an answer given before the request body was read (an error), draining the
         body meanwhile; the number of body bytes sent.
@@ -346,7 +354,7 @@ class RegistryApp:
         good. And it keeps an HTTP/1 connection only if the request was read whole when
         the response ends. So the answer goes out at once (a client that stops sending on
         an early answer sees it) but its end only after the drain, unless the answer
-        closes the connection anyway (a body too slow: 408).
+        closes the connection anyway (a body too slow: 408) or is one HTTP/2 stream.
         """
         drained = anyio.Event()
 
@@ -360,11 +368,14 @@ class RegistryApp:
             with anyio.move_on_after(_DRAIN_WAIT):
                 await drained.wait()
 
-        closing = ("connection", "close") in response.headers
+        # HTTP/2 keeps the connection whatever one stream does, and a client may go on
+        # sending a body nobody reads (its frames are dropped, http/h2edge.py) or stall it:
+        # the stream's answer ends at once (tests/e2e/test_http2_edge.py).
+        end_at_once = http2 or ("connection", "close") in response.headers
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(drain)
             sent = await self._send(
-                send, response, head, request_id, None if closing else drained_or_late
+                send, response, head, request_id, None if end_at_once else drained_or_late
             )
         return sent
 

@@ -20,11 +20,12 @@ larger header block as a connection error (GOAWAY). The count of header fields
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from typing import Any
 
-from dockyard.http.worker import DEFAULT_BACKEND, run_module
+from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module
 
 log = logging.getLogger("dockyard.http")
 
@@ -107,6 +108,8 @@ def install_connection_guard(backend: str = DEFAULT_BACKEND) -> None:
     if getattr(base, "dockyard_guarded", False):
         return
 
+    asyncio_worker = is_asyncio(backend)
+
     class GuardedTCPServer(base):  # type: ignore[misc]
         dockyard_guarded = True
 
@@ -117,6 +120,15 @@ def install_connection_guard(backend: str = DEFAULT_BACKEND) -> None:
             # stopping worker must still stop.
             except Exception as e:
                 log.error("connection closed after an error inside hypercorn: %s", _describe(e))
+            except asyncio.CancelledError:
+                if not asyncio_worker:
+                    raise
+                # Only the asyncio worker's stop cancels a connection's task (one still
+                # open after graceful_timeout), and Python 3.11's asyncio then logs it as
+                # an unhandled error with a traceback (its client_connected_cb callback
+                # asks the cancelled task for its exception; 3.12 checks first). The task
+                # ends here, quietly, as it would have.
+                return
 
     setattr(module, "TCPServer", GuardedTCPServer)  # noqa: B010
 
