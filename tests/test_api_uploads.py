@@ -22,6 +22,7 @@ from tests.conftest import (
     chunks,
     digest_of,
     fake_digest,
+    open_services,
     push_blob,
     random_blob,
     start_upload,
@@ -618,20 +619,15 @@ async def test_upload_id_of_another_repository(client: httpx.AsyncClient) -> Non
 async def test_upload_survives_a_new_app_on_the_same_data(
     services: Services, client: httpx.AsyncClient
 ) -> None:
-    # Resumable: the saved hash state lets a fresh process continue the upload.
-    from dockyard.services import build
-
+    # Resumable: the saved hash state lets a fresh process continue the upload (started
+    # and stopped as a worker is: what it built is closed again).
     location = await start_upload(client, "resume")
     head, tail = random_blob(70_000), random_blob(30_000)
     assert (await client.patch(location, content=head)).status_code == 202
-    other = build(services.settings)
-    try:
-        async with root_client(other) as second:
-            assert_upload_headers(await second.get(location), location, 70_000)
-            r = await second.put(location, params={"digest": digest_of(head + tail)}, content=tail)
-            assert r.status_code == 201, r.text
-    finally:
-        other.meta.close()
+    async with open_services(services.settings) as other, root_client(other) as second:
+        assert_upload_headers(await second.get(location), location, 70_000)
+        r = await second.put(location, params={"digest": digest_of(head + tail)}, content=tail)
+        assert r.status_code == 201, r.text
     await assert_stored(client, "resume", head + tail, digest_of(head + tail))
 
 
