@@ -1,7 +1,7 @@
 """Shared fixtures and helpers for the in-process HTTP tests.
 
 ``services`` builds the whole registry from settings (filesystem storage and SQLite under
-``tmp_path``) and runs its background tasks in a trio nursery; ``client`` is an
+``tmp_path``) and runs its background tasks in a task group; ``client`` is an
 ``httpx.AsyncClient`` talking to the ASGI app in process through ``ASGITransport`` below
 (request bodies stream chunk by chunk; see its docstring for why not httpx's own).
 
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import blake3
 import httpx
 import pytest
-import trio
 
 from dockyard.config import Settings, load
 from dockyard.meta.records import StoredEvent
@@ -56,6 +56,26 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 BASE_URL = "http://registry"
+
+# -- the async backends every in-process test runs on (anyio's pytest plugin, auto mode)
+
+TEST_BACKENDS = ("trio", "asyncio")
+
+
+def chosen_backends() -> list[str]:
+    """The backends to run async tests on: ``DOCKYARD_TEST_BACKENDS`` (comma-separated),
+    by default trio only until the code is ported to anyio (then both)."""
+    chosen = os.environ.get("DOCKYARD_TEST_BACKENDS", "")
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
+    unknown = set(names) - set(TEST_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"DOCKYARD_TEST_BACKENDS: unknown {sorted(unknown)}")
+    return names or ["trio"]
+
+
+@pytest.fixture(scope="module", params=chosen_backends())
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 # -- settings and the running registry
@@ -132,11 +152,11 @@ async def open_services(
     """A built registry with its background tasks running, as ``dockyard serve`` runs it."""
     svc = build(settings, clock=clock)
     try:
-        async with trio.open_nursery() as nursery:
-            await svc.start(nursery)
+        async with anyio.create_task_group() as tasks:
+            await svc.start(tasks)  # type: ignore[arg-type]  # until services.py takes an anyio task group
             yield svc
             await svc.stop()
-            nursery.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
     finally:
         svc.meta.close()
 
@@ -155,12 +175,12 @@ ASGIApp = Callable[
 
 
 class ASGITransport(httpx.AsyncBaseTransport):
-    """An httpx transport that calls an ASGI app in process, under trio.
+    """An httpx transport that calls an ASGI app in process (on either backend).
 
     Like ``httpx.ASGITransport``, with one difference that matters here: when the app
     answers before reading the whole request body (a bad length, a rejected chunk), the
     rest of the body is still sent, as a real client would. httpx's transport leaves its
-    body generator half-consumed, which trio reports as a ResourceWarning (an error
+    body generator half-consumed, which is reported as a ResourceWarning (an error
     under this suite's warning filter).
     """
 
@@ -186,7 +206,7 @@ class ASGITransport(httpx.AsyncBaseTransport):
         }
         body = request.stream.__aiter__()
         request_done = False
-        response_done = trio.Event()
+        response_done = anyio.Event()
         status: int | None = None
         headers: list[tuple[bytes, bytes]] = []
         parts: list[bytes] = []
@@ -463,12 +483,12 @@ async def wait_for_events(
     svc: Services, after: int, count: int, timeout: float = 5.0
 ) -> list[StoredEvent]:
     """Wait until at least ``count`` events follow ``after`` (pull events are batched)."""
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while True:
             found = events(svc, after)
             if len(found) >= count:
                 return found
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 # -- servers started once per session

@@ -182,3 +182,44 @@ def test_header_count_is_bounded(impatient: DockyardServer) -> None:
     lines = b"".join(b"X-%d: v\r\n" % i for i in range(19))
     raw = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n"
     assert exchange(impatient, raw, wait=1.0)[0] == [200]
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole response (head and Content-Length body) from ``sock``: status, body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a whole head: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    fields = dict(line.split(b":", 1) for line in lines[1:])
+    length = int({k.strip().lower(): v for k, v in fields.items()}[b"content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside the body"
+        body += chunk
+    return int(lines[0].split()[1]), body[:length]
+
+
+def test_early_answer_keeps_the_connection(registry: DockyardServer) -> None:
+    """An answer given before a body is read (a PUT to an unknown upload: 404) arrives
+    while the client is still sending, and the connection stays usable once the body is
+    sent: the client reads the error, sends the rest, and its next request is answered.
+    (hypercorn closes a connection whose request was not read whole when the response
+    ended, so dockyard ends an early answer only after the body is drained.)"""
+    size = 8 << 20
+    digest = "sha256:" + "0" * 64
+    head = (
+        f"PUT /v2/edge/blobs/uploads/no-such-upload?digest={digest} HTTP/1.1\r\n"
+        f"Host: x\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", registry.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(head + b"x" * (1 << 20))
+        status, body = read_response(sock)  # the answer comes before the body is all sent
+        assert status == 404 and b"BLOB_UPLOAD_UNKNOWN" in body
+        time.sleep(0.3)  # the server has sent the answer: nothing else must end it
+        sock.sendall(b"x" * (size - (1 << 20)))
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0] == 200

@@ -34,7 +34,7 @@ class ServerSettings:
     # Bytes read from a connection at a time: the largest request-body chunk handled at
     # once. Memory per upload is at most max(1 MiB, 2 such chunks) (hypercorn's app
     # queue, services.app_queue_size).
-    read_size: int = 256 * 1024
+    read_size: int = 1024 * 1024
     # Peers (CIDRs) allowed to name the client in Forwarded / X-Forwarded-For: the reverse
     # proxies in front of dockyard. Empty: the peer is always the client.
     trusted_proxies: list[str] = field(default_factory=list)

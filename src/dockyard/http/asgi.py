@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 from urllib.parse import parse_qs
 
+import anyio
 import trio
 
 from dockyard.auth import Authorizer, Identity
@@ -297,12 +298,7 @@ class RegistryApp:
         if not body_pending:
             sent = await self._send(send, response, head, request_id)
         else:
-            # An early answer (an error before the body was read). hypercorn queues only a
-            # few body chunks and, once the response is sent, waits for room to post
-            # http.disconnect: unless the rest is drained, the connection hangs for good.
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, receive_tracked)
-                sent = await self._send(send, response, head, request_id)
+            sent = await self._answer_early(send, response, head, request_id, receive_tracked)
         if self.observers:
             self._observe(req, response, sent, bytes_in, started)
 
@@ -339,18 +335,68 @@ class RegistryApp:
         code = entry_for(e).code
         return Response(status, headers, body, error_code=code.value if code else None)
 
-    async def _send(self, send: Send, response: Response, head: bool, request_id: str) -> int:
-        """Send ``response``; the number of body bytes sent."""
+    async def _answer_early(
+        self, send: Send, response: Response, head: bool, request_id: str, receive: Receive
+    ) -> int:
+        """Send an answer given before the request body was read (an error), draining the
+        body meanwhile; the number of body bytes sent.
+
+        hypercorn queues only a few body chunks and, once the response is sent, waits for
+        room to post http.disconnect: unless the rest is drained, the connection hangs for
+        good. And it keeps an HTTP/1 connection only if the request was read whole when
+        the response ends. So the answer goes out at once (a client that stops sending on
+        an early answer sees it) but its end only after the drain, unless the answer
+        closes the connection anyway (a body too slow: 408).
+        """
+        drained = anyio.Event()
+
+        async def drain() -> None:
+            try:
+                await _drain(receive)
+            finally:
+                drained.set()
+
+        async def drained_or_late() -> None:
+            with anyio.move_on_after(_DRAIN_WAIT):
+                await drained.wait()
+
+        closing = ("connection", "close") in response.headers
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(drain)
+            sent = await self._send(
+                send, response, head, request_id, None if closing else drained_or_late
+            )
+        return sent
+
+    async def _send(
+        self,
+        send: Send,
+        response: Response,
+        head: bool,
+        request_id: str,
+        before_end: Callable[[], Awaitable[object]] | None = None,
+    ) -> int:
+        """Send ``response``; the number of body bytes sent. ``before_end``, if given, is
+        awaited after the body is sent and before the response's end is."""
         raw = [_API_VERSION_RAW, (b"x-request-id", request_id.encode())]
         raw += [(k.encode(), v.encode("latin-1")) for k, v in response.headers]
         if response.status not in (204, 304):
             raw.append((b"content-length", str(response.length).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
         if head or response.status in (204, 304):
+            if before_end is not None:
+                await before_end()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return 0
         if response.stream is None:
-            await send({"type": "http.response.body", "body": response.body, "more_body": False})
+            if before_end is None:
+                await send(
+                    {"type": "http.response.body", "body": response.body, "more_body": False}
+                )
+            else:
+                await send({"type": "http.response.body", "body": response.body, "more_body": True})
+                await before_end()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             return len(response.body)
         # Hold one chunk back so the last one carries more_body=False: one ASGI message
         # (and h11 event) less per download, which counts for 1 MiB ranged GETs.
@@ -369,8 +415,15 @@ class RegistryApp:
             # is never sent. A pull-through fill whose bytes do not match is one case.
             log.warning("response cut short (request %s): %s", request_id, e)
             return sent
+        if before_end is not None:
+            await before_end()
         await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         return sent + len(held or b"")
+
+
+# How long an early answer's end waits for the rest of the body (a client that neither
+# sends it nor goes away, with body pacing off); then hypercorn closes the connection.
+_DRAIN_WAIT = 30.0
 
 
 async def _drain(receive: Receive) -> None:
