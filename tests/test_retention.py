@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.config import Settings, load
 from dockyard.core.jobs import JobBusy
@@ -294,7 +294,7 @@ async def test_scheduled_run_in_the_server(open_registry: Open) -> None:
         for _ in range(600):  # the first run starts after one interval (slow when loaded)
             if reg.tags("app") == ["b"]:
                 break
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
         assert reg.tags("app") == ["b"]
         assert reg.svc.metrics is not None
         deleted = reg.svc.metrics.retention_deleted._value.get()
