@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,7 +224,8 @@ async def test_a_local_image_is_read_in_place(
 async def test_database_missing_then_pushed(
     trivy: str, registry: DockyardServer, tmp_path: Path
 ) -> None:
-    late = "security/late-db"
+    # Its own repository: the registry outlives the test, which runs once per backend.
+    late = f"security/late-db-{uuid.uuid4().hex[:8]}"
     scanner = TrivyScanner(settings(trivy, f"{registry.host}/{late}"), tmp_path / "cache")
     try:
         with pytest.raises(ScanFailed) as failed:
