@@ -39,9 +39,8 @@ import contextlib
 import hashlib
 import time
 
+import anyio
 import pytest
-import trio
-import trio.lowlevel
 
 from dockyard.storage.base import (
     READ_CHUNK,
@@ -307,9 +306,9 @@ class StorageConformance:
         async def commit(upload_id: str) -> None:
             await store.commit_upload(upload_id, states[upload_id], len(data), digest)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for upload_id in ids:
-                nursery.start_soon(commit, upload_id)
+                tasks.start_soon(commit, upload_id)
 
         assert await all_blobs(store) == {digest}
         assert await read_all(store, digest) == data
@@ -601,12 +600,12 @@ class StorageConformance:
                 writer = await store.open_writer(upload_id, start, state)
                 await writer.write(data[start:end])
                 state = await writer.close()
-                await trio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
             states[upload_id] = state
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for upload_id in blobs:
-                nursery.start_soon(upload, upload_id)
+                tasks.start_soon(upload, upload_id)
         for upload_id, data in blobs.items():
             assert await read_upload_all(store, upload_id, states[upload_id], len(data)) == data
 
@@ -614,9 +613,9 @@ class StorageConformance:
             data = blobs[upload_id]
             await store.commit_upload(upload_id, states[upload_id], len(data), sha256(data))
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for upload_id in blobs:
-                nursery.start_soon(commit, upload_id)
+                tasks.start_soon(commit, upload_id)
         assert await all_blobs(store) == {sha256(data) for data in blobs.values()}
         for data in blobs.values():
             assert await read_all(store, sha256(data)) == data
@@ -634,9 +633,9 @@ class StorageConformance:
         async def commit(upload_id: str) -> None:
             await store.commit_upload(upload_id, states[upload_id], len(data), digest)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for upload_id in ids:
-                nursery.start_soon(commit, upload_id)
+                tasks.start_soon(commit, upload_id)
         assert await all_blobs(store) == {digest}
         assert await read_all(store, digest) == data
         assert await all_uploads(store) == {}
@@ -691,7 +690,7 @@ class StorageConformance:
         # Object stores list 1000 keys a page: more than that must all be listed.
         count = 1003
         blobs = [b"blob %d" % i for i in range(count)]
-        limiter = trio.CapacityLimiter(16)
+        limiter = anyio.CapacityLimiter(16)
 
         async def push_one(i: int) -> None:
             async with limiter:
@@ -701,10 +700,10 @@ class StorageConformance:
             async with limiter:
                 await store.create_upload(f"open-{i}")
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for i in range(count):
-                nursery.start_soon(push_one, i)
-                nursery.start_soon(create_one, i)
+                tasks.start_soon(push_one, i)
+                tasks.start_soon(create_one, i)
         assert await all_blobs(store) == {sha256(b) for b in blobs}
         assert set(await all_uploads(store)) == {f"open-{i}" for i in range(count)}
 
@@ -713,9 +712,9 @@ class StorageConformance:
                 assert await store.delete(sha256(blobs[i])) is True
                 await store.delete_upload(f"open-{i}", {})
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for i in range(count):
-                nursery.start_soon(delete_one, i)
+                tasks.start_soon(delete_one, i)
         await self.assert_empty(store)
 
     async def test_upload_continued_on_another_store(self, store: BlobStore) -> None:

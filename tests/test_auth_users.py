@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio
 import bcrypt
 import pytest
-import trio
 
 from dockyard.auth.htpasswd import HtpasswdError, Users, parse_htpasswd
 from dockyard.cli import main
@@ -128,11 +128,11 @@ async def test_concurrent_checks_of_one_credential_share_one_bcrypt(tmp_path: Pa
     async def login(password: str) -> None:
         results.append(await users.verify("alice", password))
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for _ in range(8):
-            nursery.start_soon(login, "a-pw")
+            tasks.start_soon(login, "a-pw")
         for _ in range(3):
-            nursery.start_soon(login, "wrong")
+            tasks.start_soon(login, "wrong")
     assert sorted(results) == [False] * 3 + [True] * 8
     assert counting.calls == 2  # one for the right password, one for the wrong one
 
@@ -184,7 +184,7 @@ def _users(monkeypatch: pytest.MonkeyPatch, stdin: str, *args: str) -> int:
 
 
 def _verify(path: Path, user: str, password: str) -> bool:
-    return trio.run(Users(path).verify, user, password)
+    return anyio.run(Users(path).verify, user, password)
 
 
 def test_cli_add_passwd_remove_list(
@@ -273,9 +273,9 @@ def test_files_written_by_apache_htpasswd(
         subprocess.run(
             [htpasswd, "-B", "-C", "5", "-b", *flags, str(path), name, password], check=True
         )
-    assert trio.run(Users(path).verify, "alice", "a-pw")
-    assert trio.run(Users(path).verify, "bob", "b pw")
-    assert not trio.run(Users(path).verify, "bob", "a-pw")
+    assert anyio.run(Users(path).verify, "alice", "a-pw")
+    assert anyio.run(Users(path).verify, "bob", "b pw")
+    assert not anyio.run(Users(path).verify, "bob", "a-pw")
     # dockyard users edits the same file and keeps the other entries as they are.
     bob_line = path.read_text().splitlines()[1]
     assert (
@@ -283,7 +283,7 @@ def test_files_written_by_apache_htpasswd(
         == 0
     )
     assert path.read_text().splitlines()[1] == bob_line
-    assert trio.run(Users(path).verify, "alice", "new")
+    assert anyio.run(Users(path).verify, "alice", "new")
     # htpasswd's default (MD5) is refused, naming the line.
     subprocess.run([htpasswd, "-b", str(path), "carol", "c-pw"], check=True)
     with pytest.raises(HtpasswdError, match=r"line 3: user 'carol' has MD5"):

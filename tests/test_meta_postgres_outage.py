@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import pytest
-import trio
 
 from dockyard.meta.postgres import PostgresMeta
 from dockyard.meta.records import StoreUnavailable
@@ -81,7 +81,7 @@ async def test_requests_get_503_and_background_tasks_log_one_line(
     async with open_services(settings) as svc, make_client(svc) as client:
         r = await client.get("/v2/outage/tags/list")
         assert r.status_code == 404, r.text  # the database answers
-        await trio.to_thread.run_sync(tcp.cut)
+        await anyio.to_thread.run_sync(tcp.cut)
         r = await client.get("/v2/outage/tags/list")
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "1"
@@ -90,13 +90,13 @@ async def test_requests_get_503_and_background_tasks_log_one_line(
         for _ in range(100):
             if any("reading the event log failed" in m for m in caplog.messages):
                 break
-            await trio.sleep(0.1)
-        await trio.to_thread.run_sync(tcp.heal)
+            await anyio.sleep(0.1)
+        await anyio.to_thread.run_sync(tcp.heal)
         for _ in range(75):
             r = await client.get("/v2/outage/tags/list")
             if r.status_code != 503:
                 break
-            await trio.sleep(0.2)
+            await anyio.sleep(0.2)
         assert r.status_code == 404, r.text
     assert any("reading the event log failed" in m for m in caplog.messages)
     failures = [r for r in caplog.records if "failed" in r.getMessage()]

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from dockyard.storage.azure import DEFAULT_BLOCK_SIZE, AzureStore
@@ -53,7 +53,7 @@ class TestAzureStore(StorageConformance):
     async def store(self, azurite: AzuriteServer) -> AsyncIterator[BlobStore]:
         account = azurite.account_for(azurite.new_container())
         s = AzureStore(account, self.prefix, block_size=self.block_size)
-        # pytest-trio runs fixtures and tests on other instances of this class.
+        # pytest runs fixtures and tests on other instances of this class.
         SERVERS[s.container] = azurite
         yield s
         await s.aclose()
@@ -326,10 +326,10 @@ async def test_calls_are_retried_while_the_service_restarts(tmp_path: Path) -> N
         server.stop()
 
         async def restart() -> None:
-            await trio.to_thread.run_sync(server.start)
+            await anyio.to_thread.run_sync(server.start)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(restart)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(restart)
             assert await s.stat(digest) == len(b"survives a restart")
         assert await read_all(s, digest) == b"survives a restart"
         await s.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import trio
+import anyio
 
 from dockyard.core.registry import Registry
 from dockyard.core.uploads import Purged
@@ -46,9 +46,9 @@ async def test_every_instance_purging_purges_each_session_once(tmp_path: Path) -
         async def purge(registry: Registry) -> None:
             results.append(await registry.purge_stale_uploads(max_idle=50))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(purge, first.registry)
-            nursery.start_soon(purge, second.registry)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(purge, first.registry)
+            tasks.start_soon(purge, second.registry)
         assert sum(r.sessions for r in results) == len(stale)
         assert sum(r.orphans for r in results) == 0
         left = {upload_id async for upload_id, _ in first.storage.list_uploads()}

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import anyio
 import pytest
-import trio
 
 from dockyard.oci.digest import digest_of
 from dockyard.upstream.client import (
@@ -226,7 +226,7 @@ async def test_tokens_are_reused_until_they_expire(dockyard_token: DockyardServe
             if count == seen:
                 return count
             seen = count
-            await trio.sleep(0.3)
+            await anyio.sleep(0.3)
 
     async with RegistryClient(
         dockyard_token.url, username="root", password=PASSWORDS["root"]

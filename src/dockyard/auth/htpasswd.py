@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import bcrypt
-import trio
 
 log = logging.getLogger("dockyard.auth")
 
@@ -140,8 +140,8 @@ class Users:
         self._key = secrets.token_bytes(32)
         # HMAC(user, password) -> (expiry, the user's hash when it was verified)
         self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
-        self._inflight: dict[bytes, trio.Event] = {}
-        self._limiter = trio.CapacityLimiter(max_concurrent_checks or (os.cpu_count() or 2))
+        self._inflight: dict[bytes, anyio.Event] = {}
+        self._limiter = anyio.CapacityLimiter(max_concurrent_checks or (os.cpu_count() or 2))
         self._loaded = _Loaded(None, {})
         self.load()
 
@@ -206,9 +206,9 @@ class Users:
             await pending.wait()
             if key not in self._cache:
                 return False
-        done = self._inflight[key] = trio.Event()
+        done = self._inflight[key] = anyio.Event()
         try:
-            ok = await trio.to_thread.run_sync(
+            ok = await anyio.to_thread.run_sync(
                 self._check_password,
                 secret,
                 hashed if hashed is not None else _dummy_hash(),

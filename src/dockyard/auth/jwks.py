@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import httpx
 import jwt
-import trio
 
 from dockyard.auth.keys import PublicKey
 
@@ -37,7 +37,7 @@ class JwksFile:
         self.path = Path(path)
 
     async def fetch(self) -> dict[str, Any]:
-        text = await trio.to_thread.run_sync(self.path.read_bytes)
+        text = await anyio.to_thread.run_sync(self.path.read_bytes)
         doc = json.loads(text[:_MAX_JWKS_BYTES])
         if not isinstance(doc, dict):
             raise ValueError("a JWKS is a JSON object")
@@ -114,7 +114,7 @@ class KeyRing:
         self._min_interval = min_interval
         self._clock = clock
         self._last_fetch: float | None = None
-        self._lock = trio.Lock()
+        self._lock = anyio.Lock()
         self.fetches = 0  # for statistics and tests
 
     async def key(self, kid: str) -> PublicKey | None:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
-import trio
+import anyio
 
 from dockyard.cache.common import CacheCounters, NoCounters, failure, log, reason_of
 from dockyard.cache.upstreams import Route, UpstreamMap
@@ -160,7 +160,7 @@ class CachedBlobs:
         parse_digest(digest)
         job = f"fill:{digest}"
         lease = f"{self.instance}/fill-{uuid.uuid4().hex}"
-        with trio.move_on_after(FILL_WAIT):
+        with anyio.move_on_after(FILL_WAIT):
             polls = 0
             while True:
                 if await self._linked(repository, digest) is not None:
@@ -172,7 +172,7 @@ class CachedBlobs:
                 ):
                     break
                 polls += 1
-                await trio.sleep(FILL_POLL)
+                await anyio.sleep(FILL_POLL)
         if not await self.db.run(self.meta.job_renew, job, lease, FILL_LEASE):
             raise UpstreamUnavailable(f"timed out waiting for another fill of {digest}")
         stack = AsyncExitStack()
@@ -196,13 +196,13 @@ class CachedBlobs:
                     f"upstream {name} sends {remote.size} bytes for {digest}, its HEAD said {size}"
                 )
         except BaseException:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await stack.aclose()
             raise
         return self._fill(ctx, route, repository, digest, size, remote, stack, job, lease, record)
 
     async def _release(self, job: str, lease: str) -> None:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await self.db.run(self.meta.job_release, job, lease)
             await self.db.run(self.meta.job_forget, job, lease)
 
@@ -276,7 +276,7 @@ class CachedBlobs:
                     size,
                 )
                 raise UpstreamUnavailable(f"upstream {name} sent content that is not {digest}")
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._claim(digest, size)
                 await self.storage.commit_upload(storage_id, state, size, digest)
                 committed = True
@@ -299,7 +299,7 @@ class CachedBlobs:
             if held is not None:
                 yield held
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 if writer is not None:
                     await writer.abort()
                 if not committed:

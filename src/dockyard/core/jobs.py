@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import trio
+import anyio
 
 from dockyard.meta.store import Database
 
@@ -46,7 +46,7 @@ class JobLease:
         try:
             yield cls(db, job, token, seconds)
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await db.run(db.meta.job_release, job, token)
 
     async def keep(self, lost: str) -> None:

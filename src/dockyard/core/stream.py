@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import trio
+import anyio
 
 from dockyard.core.common import Body
 from dockyard.core.errors import SizeInvalid
@@ -83,6 +83,6 @@ async def receive(
         return await progress.writer.close()
     except BaseException:
         if progress.writer is not None:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await progress.writer.abort()
         raise

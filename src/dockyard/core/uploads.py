@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
+import anyio
 
 from dockyard.core.common import Body, EventMaker, RequestInfo, UploadStatus, parse_digest
 from dockyard.core.errors import (
@@ -197,7 +197,7 @@ class Uploads:
         return lease
 
     async def _release(self, upload_id: str, lease: str) -> None:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await self.db.run(self.meta.release_upload, upload_id, lease)
 
     # -- bodies
@@ -224,7 +224,7 @@ class Uploads:
                 )
             except UploadNotFound:
                 # A crash after the commit moved the bytes, before the session went.
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self.db.run(self.meta.delete_upload, record.id)
                 raise UploadUnknown(f"upload {record.id} lost its bytes; start again") from None
 
@@ -268,7 +268,7 @@ class Uploads:
                 record, lease, body, expected, record.algorithm, finishing=False
             )
             offset = record.received + progress.written
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self.db.run(
                     self.meta.save_upload, upload_id, lease, offset, progress.hasher.state(), state
                 )
@@ -303,12 +303,12 @@ class Uploads:
             got = progress.hasher.digest()
             if got != want:
                 # Nothing is stored: the session and its bytes go.
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self.db.run(self.meta.delete_upload, upload_id)
                     await self.storage.delete_upload(upload_id, state)
                 self._live_hashers.pop(upload_id, None)
                 raise DigestInvalid(f"content has digest {got}, not {want}")
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._commit(ctx, repository, upload_id, state, size, str(want))
             self._live_hashers.pop(upload_id, None)
             return str(want)
@@ -339,7 +339,7 @@ class Uploads:
             got = progress.hasher.digest()
             if got != want:
                 raise DigestInvalid(f"content has digest {got}, not {want}")
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._commit(
                     ctx, repository, None, state, progress.written, str(want), storage_id
                 )
@@ -347,7 +347,7 @@ class Uploads:
             return str(want)
         finally:
             if not committed:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self.storage.delete_upload(storage_id, state)
 
     async def _commit(
@@ -419,5 +419,5 @@ async def claim_blob(
                     f"blob {digest} is being garbage-collected; {then} it again shortly",
                     CLAIM_RETRY_AFTER,
                 ) from None
-        await trio.sleep(CLAIM_RETRY)
+        await anyio.sleep(CLAIM_RETRY)
         waited += CLAIM_RETRY

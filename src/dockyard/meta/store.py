@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-import trio
+import anyio
 
 from dockyard.meta.cached import CachedContent
 from dockyard.meta.gcrecords import Doomed, GcBlob, GcRepository
@@ -446,19 +446,19 @@ class Database:
 
     def __init__(self, meta: MetadataStore, threads: int, timer: CallTimer | None = None) -> None:
         self.meta = meta
-        self._limiter = trio.CapacityLimiter(threads)
+        self._limiter = anyio.CapacityLimiter(threads)
         self.timer = timer
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         timer = self.timer
         if timer is None:
-            return await trio.to_thread.run_sync(
+            return await anyio.to_thread.run_sync(
                 lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
             )
         started = time.perf_counter()
         failed = False
         try:
-            return await trio.to_thread.run_sync(
+            return await anyio.to_thread.run_sync(
                 lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=False
             )
         except (Conflict, QuotaExceeded):  # answers, not failures

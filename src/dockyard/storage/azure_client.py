@@ -1,7 +1,7 @@
 """The Azure side of the ``azure`` driver: the SDK client, worker threads, error mapping.
 
 azure-storage-blob's sync client runs in worker threads (its aio client is asyncio-only),
-at most ``connections`` calls at once per store (a ``trio.CapacityLimiter``), over one
+at most ``connections`` calls at once per store (a ``anyio.CapacityLimiter``), over one
 requests session whose pool holds that many connections. Retries of throttling (503),
 5xx answers and dropped connections are the SDK's retry policy, with short backoffs.
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import anyio
 import requests
-import trio
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -131,7 +131,7 @@ class AzureCalls:
             self.container = build_container_client(account, connections)
         except (ValueError, AzureError) as e:
             raise storage_error("client", e, "") from None
-        self._limiter = trio.CapacityLimiter(connections)
+        self._limiter = anyio.CapacityLimiter(connections)
         # For "cannot reach" messages: scheme, host and port, no path or query.
         url = urlsplit(self.container.url)
         self.where = f"{url.scheme}://{url.netloc}"
@@ -144,7 +144,7 @@ class AzureCalls:
                 # Made in the thread: the SDK's exception (and its message) stays there.
                 raise storage_error(what, e, self.where) from None
 
-        return await trio.to_thread.run_sync(
+        return await anyio.to_thread.run_sync(
             call, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
+import anyio
 from azure.core import MatchConditions
 from azure.storage.blob import BlobClient, BlobProperties
 
@@ -64,7 +64,7 @@ async def copy_blob(
 async def wait_for_copy(calls: AzureCalls, target: BlobClient) -> BlobProperties | None:
     """The blob once complete; None if it is not there or its copy failed (then the
     failed copy is deleted, so that the commit can try again)."""
-    with trio.move_on_after(COPY_WAIT_SECONDS):
+    with anyio.move_on_after(COPY_WAIT_SECONDS):
         while True:
             props = await properties(calls, target)
             if props is None or complete(props):
@@ -72,7 +72,7 @@ async def wait_for_copy(calls: AzureCalls, target: BlobClient) -> BlobProperties
             if props.copy.status != "pending":
                 await _delete_failed_copy(calls, target, props.etag)
                 return None
-            await trio.sleep(COPY_POLL_SECONDS)
+            await anyio.sleep(COPY_POLL_SECONDS)
     raise StorageError(f"azure: the copy to {target.blob_name} is still pending")
 
 

@@ -24,7 +24,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import trio
+import anyio
 
 from dockyard.storage.base import (
     READ_CHUNK,
@@ -178,7 +178,7 @@ class FilesystemStore:
                         found.append(f"{algorithm}:{encoded}")
             return found
 
-        for digest in await trio.to_thread.run_sync(walk):
+        for digest in await anyio.to_thread.run_sync(walk):
             yield digest
 
     async def list_blob_details(self) -> AsyncIterator[StoredBlob]:
@@ -208,7 +208,7 @@ class FilesystemStore:
         if shared:
             # A commit died between link() and unlink(): this file is also a stored blob,
             # which must never change. Continue on a private copy of the saved bytes.
-            await trio.to_thread.run_sync(_private_copy, path, offset)
+            await anyio.to_thread.run_sync(_private_copy, path, offset)
         return FilesystemWriter(path, offset)
 
     async def read_upload(
@@ -255,7 +255,7 @@ class FilesystemStore:
                 _fsync_path(parent, directory=True)
             os.unlink(source)
 
-        await trio.to_thread.run_sync(commit)
+        await anyio.to_thread.run_sync(commit)
 
     async def delete_upload(self, upload_id: str, state: DriverState) -> None:
         try:
@@ -280,7 +280,7 @@ class FilesystemStore:
                 raise StorageError(f"cannot list uploads: {e}") from e
             return out
 
-        for item in await trio.to_thread.run_sync(scan):
+        for item in await anyio.to_thread.run_sync(scan):
             yield item
 
     async def presigned_url(self, digest: str, method: str = "GET") -> str | None:
@@ -300,7 +300,7 @@ class FilesystemStore:
                 if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
                     raise StorageError(f"{directory} is not a writable directory")
 
-        await trio.to_thread.run_sync(look)
+        await anyio.to_thread.run_sync(look)
 
     async def aclose(self) -> None:
         return None

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import trio
+import anyio
 
 from dockyard.storage.base import (
     BlobNotFound,
@@ -300,7 +300,7 @@ class GcsStore:
             return
         names = [str(item["name"]) async for item in self._client.list(folder)]
         marker = folder + "info"
-        limiter = trio.CapacityLimiter(DELETE_PARALLEL)
+        limiter = anyio.CapacityLimiter(DELETE_PARALLEL)
 
         async def delete(name: str) -> None:
             async with limiter:
@@ -308,10 +308,10 @@ class GcsStore:
 
         # Parts first, the marker last: an upload half cleaned up still exists, and the
         # stale-upload purge finishes the job.
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for name in names:
                 if name != marker:
-                    nursery.start_soon(delete, name)
+                    tasks.start_soon(delete, name)
         await self._client.delete(marker)
 
     async def list_uploads(self) -> AsyncIterator[tuple[str, float]]:

@@ -1,8 +1,8 @@
 """A small async client for the Google Cloud Storage JSON API: only what ``gcs`` needs.
 
-httpx on trio, OAuth2 access tokens from google-auth (a service account file or
-Application Default Credentials; refreshed in a worker thread, as google-auth is
-synchronous). Against a plain-HTTP endpoint (an emulator) without a credentials file,
+httpx (on trio or asyncio, through anyio), OAuth2 access tokens from google-auth (a
+service account file or Application Default Credentials; refreshed in a worker thread, as
+google-auth is synchronous). Against a plain-HTTP endpoint (an emulator) without a credentials file,
 requests go unauthenticated. Errors become ``StorageError`` with the operation, object and status:
 never a header, so never a token.
 """
@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
-import trio
 
 from dockyard.storage.base import READ_CHUNK, StorageError
 
@@ -47,7 +47,7 @@ class GcsClient:
         # own or a private one, use the file or Application Default Credentials.
         self._anonymous = endpoint.startswith("http://") and not credentials_file
         self._credentials: Any = None
-        self._token_lock = trio.Lock()
+        self._token_lock = anyio.Lock()
         self._params = {"userProject": project} if project else {}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0, connect=10.0),
@@ -83,7 +83,7 @@ class GcsClient:
         async with self._token_lock:
             if self._credentials is None or not self._credentials.valid:
                 try:
-                    await trio.to_thread.run_sync(self._refresh)
+                    await anyio.to_thread.run_sync(self._refresh)
                 except Exception as e:
                     # google-auth's messages name the file and the failure, not the key.
                     raise StorageError(
@@ -128,14 +128,14 @@ class GcsClient:
                 )
             except httpx.HTTPError as e:
                 if retry and attempt + 1 < ATTEMPTS:
-                    await trio.sleep(delay)
+                    await anyio.sleep(delay)
                     delay *= 2
                     continue
                 raise StorageError(f"gcs: {what}: {type(e).__name__}") from None
             if response.status_code in ok or response.status_code in (404, 412):
                 return response
             if retry and response.status_code in RETRY_STATUSES and attempt + 1 < ATTEMPTS:
-                await trio.sleep(delay)
+                await anyio.sleep(delay)
                 delay *= 2
                 continue
             raise StorageError(

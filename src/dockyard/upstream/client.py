@@ -1,7 +1,7 @@
 """``RegistryClient``: one remote registry spoken to over the OCI Distribution API.
 
 One client per remote registry, shared by every task of a process (httpx's connection
-pool underneath, running on trio through anyio). Repository names are the remote's own.
+pool underneath, on trio or asyncio through anyio). Repository names are the remote's own.
 
 Authentication, as Docker and containerd do it: a request goes out with the credential
 cached for its scope (none at first); a 401 answer's ``WWW-Authenticate`` challenge says
@@ -42,8 +42,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urljoin
 
+import anyio
 import httpx
-import trio
 
 from dockyard import __version__
 from dockyard.config import RemoteRegistry
@@ -325,7 +325,7 @@ class RegistryClient:
                 delay = self._backoff * 2 ** (attempt - 1)
                 if e.retry_after is not None:
                     delay = min(MAX_RETRY_AFTER, max(delay, e.retry_after))
-                await trio.sleep(delay)
+                await anyio.sleep(delay)
 
     async def _attempt(
         self,
@@ -559,7 +559,7 @@ class RegistryClient:
                 # The upload session may be gone with the failure: start again.
                 if attempt >= self._max_attempts:
                     raise
-                await trio.sleep(self._backoff * 2 ** (attempt - 1))
+                await anyio.sleep(self._backoff * 2 ** (attempt - 1))
 
     async def _start_upload(
         self, repository: str, digest: str, scopes: tuple[str, ...], mount_from: str | None

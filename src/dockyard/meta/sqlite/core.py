@@ -1,7 +1,7 @@
 """The SQLite store's core: per-thread connections, write transactions, the event append.
 
 Methods of the store are synchronous and run in worker threads (``Database.run``): the
-sqlite3 module blocks, and trio must not. Each thread keeps its own connection; an inline
+sqlite3 module blocks, and the event loop must not. Each thread keeps its own connection; an inline
 read (``inline_reads``, on the event loop thread) uses a second one with a short busy
 timeout and turns a lock into ``StoreBusy``.
 

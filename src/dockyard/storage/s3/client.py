@@ -1,7 +1,7 @@
 """The botocore client the S3 driver uses, run in worker threads, and its errors.
 
 botocore is synchronous: each call runs in a worker thread, at most ``max_connections``
-at a time (one ``trio.CapacityLimiter`` per store, the same size as the connection pool).
+at a time (one ``anyio.CapacityLimiter`` per store, the same size as the connection pool).
 Retries with backoff on throttling (503 SlowDown, 429) and 5xx are botocore's "standard"
 retry mode, bounded by ``max_attempts``. Error texts name the operation, the key and the
 S3 error code and message, never a credential.
@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
 import botocore.session
-import trio
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -98,10 +98,10 @@ class ThreadedClient:
 
     def __init__(self, client: Any, max_threads: int) -> None:
         self.raw = client
-        self._limiter = trio.CapacityLimiter(max_threads)
+        self._limiter = anyio.CapacityLimiter(max_threads)
 
     async def run(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def call(self, operation: str, key: str, **params: Any) -> Any:
         """``client.<operation>(**params)``; ``ClientError`` is left to the caller when

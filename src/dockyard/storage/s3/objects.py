@@ -12,7 +12,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
+import anyio
 from botocore.exceptions import ClientError
 
 from dockyard.storage.base import READ_CHUNK, StorageError
@@ -165,9 +165,9 @@ class BucketObjects:
 
         try:
             try:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as tasks:
                     for index, key in enumerate(sources):
-                        nursery.start_soon(copy_part, index, key)
+                        tasks.start_soon(copy_part, index, key)
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
             parts = [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
@@ -182,7 +182,7 @@ class BucketObjects:
         except BaseException as e:
             # A failed abort leaves an incomplete upload for the bucket's lifecycle rule;
             # the error that matters is the one that got us here.
-            with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
+            with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
                 await self.abort_multipart(target, multipart)
             if only_new and is_precondition_failed(e):
                 return False  # stored meanwhile by another commit: keep that copy
@@ -200,7 +200,7 @@ class BucketObjects:
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error of a nursery's group (a StorageError when there is one)."""
+    """The first real error of a task group's exception group (a StorageError when there is one)."""
     leaves: list[BaseException] = []
 
     def walk(error: BaseException) -> None:
@@ -214,5 +214,5 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for error in leaves:
         if isinstance(error, StorageError):
             return error
-    failures = [error for error in leaves if not isinstance(error, trio.Cancelled)]
+    failures = [error for error in leaves if not isinstance(error, anyio.get_cancelled_exc_class())]
     return failures[0] if failures else group  # only cancelled: the group, as it came
