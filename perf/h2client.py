@@ -232,7 +232,12 @@ class H2Connection(Connection):
         stream = self._streams[sid] = _Stream(keep_body)
         try:
             state.send_headers(sid, fields, end_stream=size == 0)
-            self._flush()
+            try:
+                self._flush()
+            except (BrokenPipeError, ConnectionResetError) as e:
+                if self._used:  # closed while idle: the request never reached the server
+                    raise NotStarted(f"connection closed while idle: {e}") from e
+                raise
             if size:
                 assert body is not None
                 self._send_body(sid, stream, body)

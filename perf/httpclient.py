@@ -97,6 +97,21 @@ def split_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def wrap(sock: socket.socket, context: ssl.SSLContext, tls: ClientTLS, host: str) -> ssl.SSLSocket:
+    """``sock`` after a verified TLS handshake that chose ``tls.protocol``; closed if not."""
+    try:
+        wrapped = context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        tls.check(wrapped)
+    except BaseException:
+        wrapped.close()
+        raise
+    return wrapped
+
+
 def target_of(location: str) -> str:
     """The request target (path and query) of a Location header, absolute or not."""
     if location.startswith(("http://", "https://")):
@@ -131,13 +146,7 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is None or self._context is None:
             return sock
-        try:
-            wrapped = self._context.wrap_socket(sock, server_hostname=self.host)
-            self.tls.check(wrapped)
-        except BaseException:
-            sock.close()
-            raise
-        return wrapped
+        return wrap(sock, self._context, self.tls, self.host)
 
     def connect(self) -> None:
         if self._sock is not None:

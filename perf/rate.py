@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perf.forked import run_forked
+from perf.httpclient import wrap
 from perf.procstat import own_cpu_seconds
 from perf.tls import ClientTLS
 
@@ -98,12 +99,7 @@ def _connect(
     if tls is None:
         sock.settimeout(None)
         return sock
-    try:
-        wrapped = (context or tls.context()).wrap_socket(sock, server_hostname=host)
-        tls.check(wrapped)
-    except BaseException:
-        sock.close()
-        raise
+    wrapped = wrap(sock, context or tls.context(), tls, host)
     wrapped.setblocking(False)
     return wrapped
 
@@ -284,7 +280,10 @@ def run_py(
 
 
 def _forked(
-    procs: int, work: Callable[[int, Callable[[], Any]], RateResult], join_timeout: float
+    procs: int,
+    work: Callable[[int, Callable[[], Any]], RateResult],
+    join_timeout: float,
+    engine: str = "py",
 ) -> RateResult:
 
     def failed(e: BaseException) -> RateResult:
@@ -292,7 +291,8 @@ def _forked(
         result.ended = time.monotonic()
         return result
 
-    return run_forked(procs, work, failed, RateResult(), join_timeout=join_timeout)
+    total = RateResult(engine=engine)
+    return run_forked(procs, work, failed, total, join_timeout=join_timeout)
 
 
 H2Request = list[tuple[bytes, bytes]]
@@ -494,7 +494,7 @@ def run_h2(
             host, port, requests, n, share, duration, drain, wait_for_start, index * 131, tls
         )
 
-    return _forked(procs, work, duration + drain + 30)
+    return _forked(procs, work, duration + drain + 30, engine="py-h2")
 
 
 WRK_SCRIPT = """
