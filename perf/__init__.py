@@ -37,6 +37,8 @@ Modules::
                 push rate while it runs
     gcdata      that data written straight into SQLite and the filesystem storage, with
                 the reference model of what a collection keeps
+    transport   what TLS and HTTP/2 cost dockyard itself: plain vs TLS vs HTTP/2
+                clients on one build, alternated; trio SSLStream's read sizes
     proxy       the pull-through cache: a cold pull through it vs a direct pull from
                 Distribution, a warm pull vs a pull of a normally pushed image
 """

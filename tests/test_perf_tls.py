@@ -25,6 +25,7 @@ from perf.run import probe, run_scenarios
 from perf.scenarios import Params, Record, Target
 from perf.servers import DiscardServer, Dockyard
 from perf.tls import ClientTLS, ProtocolMismatch, ServerTLS, make_certificates
+from perf.transport import main as transport_main
 
 TINY = Params.quick().with_overrides(
     push_count=3,
@@ -162,3 +163,7 @@ def test_http2_through_the_command_line(
     for x in pushes:
         assert x["figures"]["failed"] == 0 and x["figures"]["ok"] == quick.push_count
         assert x["figures"]["sent_mib"] == quick.push_count * quick.push_size / MiB
+
+
+def test_transport_comparison_runs() -> None:
+    assert transport_main(["--quick", "--workers", "1"]) == 0
