@@ -310,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         "--http2", action="store_true", help="the client speaks HTTP/2 by ALPN (implies --tls)"
     )
     parser.add_argument(
+        "--backend",
+        choices=["trio", "asyncio", "uvloop"],
+        default=None,
+        help="the dockyard it starts serves on this event loop ([server] backend; default trio)",
+    )
+    parser.add_argument(
         "--ca",
         type=Path,
         help="with --tls and running registries (--url, --a/--b): the CA to verify them with",
@@ -384,9 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         client_tls = ClientTLS(server_tls.ca, args.http2)
     elif tls_on:
         client_tls = ClientTLS(args.ca, args.http2)
+    # The event loop the dockyard it starts runs on (its description names it).
+    backend = {"DOCKYARD_SERVER_BACKEND": args.backend} if args.backend else {}
     try:
         if managed:
-            dockyard = Dockyard(workers=workers, tls=server_tls)
+            dockyard = Dockyard(workers=workers, tls=server_tls, settings=backend)
             distribution = Distribution(install=not args.no_install, tls=server_tls)
             for server in (dockyard, distribution):
                 servers.append(server)
@@ -459,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             if "events" in names:
                 twin: Dockyard | None = None
                 if managed:
-                    twin = Dockyard(workers=workers, settings=PULL_EVENTS_OFF)
+                    twin = Dockyard(workers=workers, settings={**PULL_EVENTS_OFF, **backend})
                     servers.append(twin)
                     twin.start()
                     targets[0].pulls_off = Target(
