@@ -13,6 +13,7 @@ answered, one ``event`` message to every subscriber (no filters, no log, no repl
 the events scenario's subscribers have a ceiling too.
 
 Run alone: ``python -m perf.discard --port 5999`` (loopback only). One process, asyncio.
+With ``--cert`` and ``--key`` it speaks HTTPS (HTTP/1.1 only: ALPN offers http/1.1).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import json
 import re
 import signal
+import ssl
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
@@ -325,17 +327,23 @@ class Discard(asyncio.BufferedProtocol):
             self.paused.set()
 
 
-async def serve(host: str, port: int, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    ready: asyncio.Event | None = None,
+    context: ssl.SSLContext | None = None,
+) -> None:
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise ValueError("the discard server listens on loopback only")
     loop = asyncio.get_running_loop()
     state = State()
-    server = await loop.create_server(lambda: Discard(state), host, port, backlog=1024)
+    server = await loop.create_server(lambda: Discard(state), host, port, backlog=1024, ssl=context)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     async with server:
-        print(f"discard server on http://{host}:{port}", flush=True)
+        scheme = "https" if context else "http"
+        print(f"discard server on {scheme}://{host}:{port}", flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -345,8 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", help="PEM certificate chain: serve HTTPS (with --key)")
+    parser.add_argument("--key", help="PEM private key")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    context = None
+    if args.cert or args.key:
+        if not (args.cert and args.key):
+            parser.error("--cert and --key go together")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+        context.set_alpn_protocols(["http/1.1"])
+    asyncio.run(serve(args.host, args.port, context=context))
     return 0
 
 

@@ -9,6 +9,10 @@
 - Content-Length, chunked and read-until-close bodies; HEAD, 1xx, 204 and 304 carry none.
 - A request on a reused connection that the server closed while idle is retried once on a
   new connection (``reconnects`` counts them); any other failure raises.
+- Over TLS (``tls``: ``perf.tls.ClientTLS``) the socket is wrapped after connecting, the
+  server's certificate verified against the run's CA, and ALPN must choose http/1.1.
+  :func:`open_connection` gives an HTTP/2 connection instead when ``tls.http2`` is set
+  (``perf.h2client``).
 
 Not thread-safe: one :class:`Connection` per thread.
 """
@@ -16,9 +20,12 @@ Not thread-safe: one :class:`Connection` per thread.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from perf.tls import ClientTLS
 
 BUFFER = 1 << 20
 HEAD_READ = 64 * 1024
@@ -79,15 +86,30 @@ class Counters:
 
 
 def split_url(url: str) -> tuple[str, int]:
-    """(host, port) of an ``http://host:port`` URL; loopback hosts only."""
+    """(host, port) of an ``http://`` or ``https://host:port`` URL; loopback hosts only."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or parts.hostname is None:
-        raise ValueError(f"only http:// URLs are supported, not {url!r}")
+    if parts.scheme not in ("http", "https") or parts.hostname is None:
+        raise ValueError(f"only http:// and https:// URLs are supported, not {url!r}")
     if parts.hostname not in ("127.0.0.1", "localhost", "::1") and not parts.hostname.startswith(
         "127."
     ):
         raise ValueError(f"the perf suite talks to loopback addresses only, not {url!r}")
-    return parts.hostname, parts.port or 80
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def wrap(sock: socket.socket, context: ssl.SSLContext, tls: ClientTLS, host: str) -> ssl.SSLSocket:
+    """``sock`` after a verified TLS handshake that chose ``tls.protocol``; closed if not."""
+    try:
+        wrapped = context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        tls.check(wrapped)
+    except BaseException:
+        wrapped.close()
+        raise
+    return wrapped
 
 
 def target_of(location: str) -> str:
@@ -104,6 +126,7 @@ class Connection:
     port: int
     timeout: float = 120.0
     counters: Counters = field(default_factory=Counters)
+    tls: ClientTLS | None = None
 
     def __post_init__(self) -> None:
         self._sock: socket.socket | None = None
@@ -113,15 +136,22 @@ class Connection:
         self._used = 0  # responses read on the current socket
         self._nothing_read = True  # no byte of the current response arrived yet
         self._host_header = f"{self.host}:{self.port}"
+        self._context = self.tls.context() if self.tls is not None else None
 
     # -- socket
+
+    def _open_socket(self) -> socket.socket:
+        """A connected socket; over TLS verified and with the protocol ALPN must choose."""
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is None or self._context is None:
+            return sock
+        return wrap(sock, self._context, self.tls, self.host)
 
     def connect(self) -> None:
         if self._sock is not None:
             return
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock = sock
+        self._sock = self._open_socket()
         self._pending.clear()
         self._used = 0
 
@@ -130,6 +160,17 @@ class Connection:
             self._sock.close()
             self._sock = None
         self._pending.clear()
+
+    def negotiated(self) -> str:
+        """What the open connection speaks: "plain HTTP/1.1" or, over TLS, its version,
+        cipher and the ALPN protocol, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384, ALPN h2"."""
+        self.connect()
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return "plain HTTP/1.1"
+        cipher = sock.cipher()
+        alpn = sock.selected_alpn_protocol() or "none"
+        return f"{sock.version()} {cipher[0] if cipher else '?'}, ALPN {alpn}"
 
     def __enter__(self) -> Connection:
         return self
@@ -224,7 +265,7 @@ class Connection:
         assert self._sock is not None
         try:
             n = self._sock.recv_into(self._view[:HEAD_READ])
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             n = 0
         if n == 0:
             raise ConnectionClosed("connection closed by the server")
@@ -334,3 +375,14 @@ class Connection:
         if close:
             self.close()
         return Response(status, headers, bytes(out) if out is not None else b"", received)
+
+
+def open_connection(
+    host: str, port: int, timeout: float = 120.0, tls: ClientTLS | None = None
+) -> Connection:
+    """A :class:`Connection`, or over TLS with ``tls.http2`` an HTTP/2 one (same methods)."""
+    if tls is not None and tls.http2:
+        from perf.h2client import H2Connection
+
+        return H2Connection(host, port, timeout, tls=tls)
+    return Connection(host, port, timeout, tls=tls)

@@ -9,6 +9,9 @@ connects before the clock starts.
 Lanes are threads; with ``procs > 1`` they are spread over forked processes (data made
 before the fork is shared copy-on-write, so nothing is pickled but the results), which
 keeps a client doing many small requests off a single core's GIL.
+
+With ``tls`` every lane's connection is TLS (and HTTP/2 with ``tls.http2``:
+``httpclient.open_connection``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perf.forked import run_forked
-from perf.httpclient import Connection
+from perf.httpclient import Connection, open_connection
 from perf.procstat import own_cpu_seconds
+from perf.tls import ClientTLS
 
 Task = Callable[[Connection], object]
 
@@ -93,14 +97,15 @@ def _lane(
     result: LoadResult,
     lock: threading.Lock,
     timeout: float,
+    tls: ClientTLS | None,
 ) -> None:
-    conn = Connection(host, port, timeout)
+    conn = open_connection(host, port, timeout, tls)
     local = LoadResult()
     try:
         try:
             conn.connect()
         except OSError as e:
-            local.errors.append(f"connect: {e}")
+            local.errors.append(f"connect: {type(e).__name__}: {e}")
         ready.wait()
         go.wait()
         while True:
@@ -141,6 +146,7 @@ def _run_threads(
     time_limit: float,
     timeout: float,
     before_start: Callable[[], Any] | None,
+    tls: ClientTLS | None = None,
 ) -> LoadResult:
     result = LoadResult()
     lock = threading.Lock()
@@ -150,7 +156,7 @@ def _run_threads(
     threads = [
         threading.Thread(
             target=_lane,
-            args=(host, port, tasks, queue, ready, go, deadline, result, lock, timeout),
+            args=(host, port, tasks, queue, ready, go, deadline, result, lock, timeout, tls),
             name=f"lane-{i}",
             daemon=True,
         )
@@ -180,6 +186,7 @@ def run_tasks(
     procs: int = 1,
     time_limit: float = 600.0,
     timeout: float = 120.0,
+    tls: ClientTLS | None = None,
 ) -> LoadResult:
     """Run ``tasks`` on ``concurrency`` connections; returns counts, bytes and latencies.
 
@@ -190,7 +197,7 @@ def run_tasks(
     procs = max(1, min(procs, concurrency))
     if procs == 1 or threading.active_count() > 1:
         return _run_threads(
-            host, port, tasks, concurrency, _Queue(len(tasks)), time_limit, timeout, None
+            host, port, tasks, concurrency, _Queue(len(tasks)), time_limit, timeout, None, tls
         )
     shared = multiprocessing.get_context("fork").Value("q", 0)
     queue = _Queue(len(tasks), shared)
@@ -198,7 +205,7 @@ def run_tasks(
 
     def work(index: int, wait_for_start: Callable[[], Any]) -> LoadResult:
         return _run_threads(
-            host, port, tasks, split[index], queue, time_limit, timeout, wait_for_start
+            host, port, tasks, split[index], queue, time_limit, timeout, wait_for_start, tls
         )
 
     def failed(e: BaseException) -> LoadResult:

@@ -6,6 +6,12 @@ when its head (and Content-Length or chunked body) has arrived; per-request work
 ``recv``, a ``find`` and a ``send``. Each process stops issuing at the deadline or after
 its share of ``max_requests``; requests in flight then finish (bounded by ``drain``).
 
+Over TLS (``tls``) the same loop runs on TLS sockets (non-blocking, so a record that is
+not application data never stalls the loop; ALPN must choose http/1.1). With
+``tls.http2`` :func:`run_h2` runs it over HTTP/2 instead: one h2 state machine per
+connection (``perf.h2client``'s settings), one stream at a time on each, so the number
+of requests in flight is the number of connections as over HTTP/1.1.
+
 ``wrk``: Debian's wrk 4.1 driven by a generated Lua script (GET only: wrk 4.1 waits for
 a body after a HEAD response that has a Content-Length, so HEAD hangs). Lighter than
 Python per request; use it to check that the ``py`` engine is not the limit.
@@ -19,6 +25,7 @@ import resource
 import select
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -29,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perf.forked import run_forked
+from perf.httpclient import wrap
 from perf.procstat import own_cpu_seconds
+from perf.tls import ClientTLS
 
 
 @dataclass
@@ -82,11 +91,31 @@ class _Conn:
         self.t0 = 0.0
 
 
-def _connect(host: str, port: int) -> socket.socket:
+def _connect(
+    host: str, port: int, tls: ClientTLS | None = None, context: ssl.SSLContext | None = None
+) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(None)
-    return sock
+    if tls is None:
+        sock.settimeout(None)
+        return sock
+    wrapped = wrap(sock, context or tls.context(), tls, host)
+    wrapped.setblocking(False)
+    return wrapped
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """What arrived (b"" when closed); None when a TLS socket has no application data yet
+    (a record such as a session ticket was all there was)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return sock.recv(65536)
+    try:
+        data = sock.recv(65536)
+    except ssl.SSLWantReadError:
+        return None
+    while data and sock.pending():  # decrypted bytes epoll cannot see
+        data += sock.recv(sock.pending())
+    return data
 
 
 def _loop(
@@ -100,14 +129,16 @@ def _loop(
     drain: float,
     wait: Callable[[], Any],
     offset: int,
+    tls: ClientTLS | None = None,
 ) -> RateResult:
     result = RateResult()
     lat = array("d")
     ep = select.epoll()
     states: dict[int, _Conn] = {}
+    context = tls.context() if tls is not None else None
     try:
         for i in range(conns):
-            sock = _connect(host, port)
+            sock = _connect(host, port, tls, context)
             states[sock.fileno()] = _Conn(sock, (offset + i * 7) % len(requests))
             ep.register(sock.fileno(), select.EPOLLIN)
         wait()
@@ -135,11 +166,14 @@ def _loop(
             for fd, _ in events:
                 st = states[fd]
                 try:
-                    data = st.sock.recv(65536)
+                    got = _recv(st.sock)
                 except OSError as e:
-                    data = b""
+                    got = b""
                     if len(result.errors) < 5:
                         result.errors.append(str(e)[:200])
+                if got is None:
+                    continue
+                data = got
                 if not data:
                     result.failed += 1
                     inflight -= 1
@@ -188,7 +222,7 @@ def _loop(
                     ep.unregister(fd)
                     st.sock.close()
                     del states[fd]
-                    st.sock = _connect(host, port)
+                    st.sock = _connect(host, port, tls, context)
                     states[st.sock.fileno()] = st
                     ep.register(st.sock.fileno(), select.EPOLLIN)
                 st.buf = bytearray()
@@ -221,26 +255,246 @@ def run_py(
     max_requests: int,
     procs: int = 1,
     drain: float = 10.0,
+    tls: ClientTLS | None = None,
 ) -> RateResult:
+    """``requests`` (from :func:`build_requests`) round-robin over HTTP/1.1, over TLS
+    with ``tls`` (for HTTP/2 use :func:`run_h2`)."""
+    if tls is not None and tls.http2:
+        raise ValueError("run_py speaks HTTP/1.1: use run_h2 for HTTP/2")
     procs = max(1, min(procs, connections))
     if procs == 1 or threading.active_count() > 1:
         return _loop(
-            host, port, requests, head, connections, max_requests, duration, drain, lambda: None, 0
-        )
+            host, port, requests, head, connections, max_requests, duration, drain,
+            lambda: None, 0, tls,
+        )  # fmt: skip
 
     def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
         n = connections // procs + (1 if index < connections % procs else 0)
         share = max_requests // procs + (1 if index < max_requests % procs else 0)
         return _loop(
-            host, port, requests, head, n, share, duration, drain, wait_for_start, index * 131
-        )
+            host, port, requests, head, n, share, duration, drain, wait_for_start, index * 131,
+            tls,
+        )  # fmt: skip
+
+    return _forked(procs, work, duration + drain + 30)
+
+
+def _forked(
+    procs: int,
+    work: Callable[[int, Callable[[], Any]], RateResult],
+    join_timeout: float,
+    engine: str = "py",
+) -> RateResult:
 
     def failed(e: BaseException) -> RateResult:
         result = RateResult(failed=1, errors=[f"{type(e).__name__}: {e}"])
         result.ended = time.monotonic()
         return result
 
-    return run_forked(procs, work, failed, RateResult(), join_timeout=duration + drain + 30)
+    total = RateResult(engine=engine)
+    return run_forked(procs, work, failed, total, join_timeout=join_timeout)
+
+
+H2Request = list[tuple[bytes, bytes]]
+
+
+def build_h2_requests(
+    host: str, port: int, method: str, targets: Sequence[str], headers: Sequence[tuple[str, str]]
+) -> list[H2Request]:
+    """HTTP/2 header lists (pseudo-headers first), built before the clock starts."""
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return [
+        [
+            (b":method", method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", f"{host}:{port}".encode()),
+            (b":path", t.encode("latin-1")),
+            *extra,
+        ]
+        for t in targets
+    ]
+
+
+class _H2Conn:
+    __slots__ = ("next", "received", "sid", "sock", "state", "status", "t0", "terminated")
+
+    def __init__(self, sock: socket.socket, start: int) -> None:
+        from perf.h2client import client_state
+
+        self.sock = sock
+        self.state = client_state()
+        self.next = start
+        self.sid = 0
+        self.status = 0
+        self.received = 0
+        self.t0 = 0.0
+        self.terminated: int | None = None  # a GOAWAY's last stream id
+        sock.sendall(self.state.data_to_send())
+
+    def send(self, request: H2Request) -> None:
+        self.sid = self.state.get_next_available_stream_id()
+        self.status = 0
+        self.received = 0
+        self.state.send_headers(self.sid, request, end_stream=True)
+        self.sock.sendall(self.state.data_to_send())
+
+
+def _loop_h2(
+    host: str,
+    port: int,
+    requests: Sequence[H2Request],
+    conns: int,
+    max_requests: int,
+    duration: float,
+    drain: float,
+    wait: Callable[[], Any],
+    offset: int,
+    tls: ClientTLS,
+) -> RateResult:
+    import h2.events
+
+    result = RateResult(engine="py-h2")
+    lat = array("d")
+    ep = select.epoll()
+    states: dict[int, _H2Conn] = {}
+    context = tls.context()
+
+    def connect(start: int) -> _H2Conn:
+        st = _H2Conn(_connect(host, port, tls, context), start)
+        states[st.sock.fileno()] = st
+        ep.register(st.sock.fileno(), select.EPOLLIN)
+        return st
+
+    def drop(fd: int, st: _H2Conn) -> None:
+        ep.unregister(fd)
+        st.sock.close()
+        del states[fd]
+
+    def error(text: str) -> None:
+        if len(result.errors) < 5:
+            result.errors.append(text[:200])
+
+    try:
+        for i in range(conns):
+            connect((offset + i * 7) % len(requests))
+        wait()
+        cpu0 = own_cpu_seconds()
+        result.started = now = time.monotonic()
+        deadline = now + duration
+        hard_deadline = deadline + drain
+        issued = inflight = 0
+        nreq = len(requests)
+        perf = time.perf_counter
+        for st in list(states.values()):
+            if issued >= max_requests:
+                break
+            st.t0 = perf()
+            st.send(requests[st.next])
+            issued += 1
+            inflight += 1
+        while inflight > 0:
+            events = ep.poll(0.5)
+            if time.monotonic() > hard_deadline:
+                result.failed += inflight
+                result.errors.append(f"{inflight} requests still open after the drain time")
+                break
+            for fd, _ in events:
+                st = states[fd]
+                try:
+                    data = _recv(st.sock)
+                except OSError as e:
+                    data = b""
+                    error(str(e))
+                if data is None:
+                    continue
+                if not data:
+                    result.failed += 1
+                    inflight -= 1
+                    error("connection closed by the server")
+                    drop(fd, st)
+                    continue
+                result.received += len(data)
+                done = retry = False
+                for ev in st.state.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == st.sid:
+                        st.status = int(dict(ev.headers)[b":status"])
+                    elif isinstance(ev, h2.events.DataReceived):
+                        st.state.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == st.sid:
+                        done = True
+                    elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == st.sid:
+                        done = True
+                        error(f"stream reset ({ev.error_code})")
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        st.terminated = ev.last_stream_id or 0
+                        retry = not done and st.sid > st.terminated
+                pending = st.state.data_to_send()
+                if pending:
+                    st.sock.sendall(pending)
+                if retry:  # the server went away before this request: send it anew
+                    drop(fd, st)
+                    new = connect(st.next)
+                    new.t0 = st.t0
+                    new.send(requests[new.next])
+                    continue
+                if not done:
+                    continue
+                t1 = perf()
+                if 200 <= st.status < 400:
+                    result.ok += 1
+                    lat.append(t1 - st.t0)
+                else:
+                    result.failed += 1
+                    error(f"HTTP {st.status or 'reset'}")
+                if st.terminated is not None:  # GOAWAY: continue on a new connection
+                    drop(fd, st)
+                    st = connect(st.next)
+                if issued < max_requests and time.monotonic() < deadline:
+                    st.next = (st.next + 1) % nreq
+                    st.t0 = perf()
+                    st.send(requests[st.next])
+                    issued += 1
+                else:
+                    inflight -= 1
+        result.ended = time.monotonic()
+        result.client_cpu_s = own_cpu_seconds() - cpu0
+    finally:
+        for st in states.values():
+            st.sock.close()
+        ep.close()
+    result.latencies = lat.tolist()
+    return result
+
+
+def run_h2(
+    host: str,
+    port: int,
+    requests: Sequence[H2Request],
+    *,
+    tls: ClientTLS,
+    connections: int,
+    duration: float,
+    max_requests: int,
+    procs: int = 1,
+    drain: float = 10.0,
+) -> RateResult:
+    """``requests`` (from :func:`build_h2_requests`) round-robin over HTTP/2 (ALPN h2 is
+    checked on every connection), one stream at a time per connection."""
+    procs = max(1, min(procs, connections))
+    if procs == 1 or threading.active_count() > 1:
+        return _loop_h2(
+            host, port, requests, connections, max_requests, duration, drain, lambda: None, 0,
+            tls,
+        )  # fmt: skip
+
+    def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
+        n = connections // procs + (1 if index < connections % procs else 0)
+        share = max_requests // procs + (1 if index < max_requests % procs else 0)
+        return _loop_h2(
+            host, port, requests, n, share, duration, drain, wait_for_start, index * 131, tls
+        )
+
+    return _forked(procs, work, duration + drain + 30, engine="py-h2")
 
 
 WRK_SCRIPT = """

@@ -25,6 +25,16 @@ Other uses::
     python -m perf.run all --compare --a http://127.0.0.1:5000 --a-pid 11 \\
                                      --b http://127.0.0.1:5001 --b-pid 22
     python -m perf.run all --ceiling                  # only the discard server
+    python -m perf.run manifest-rps blob-push --compare --repeats 3 --tls      # over TLS
+    python -m perf.run manifest-rps blob-push --compare --repeats 3 --http2    # HTTP/2
+
+``--tls`` makes every server of a managed run (dockyard, the Distribution, the discard
+server) speak HTTPS with a certificate made for the run (``perf/tls.py``) and the client
+verify it, over HTTP/1.1 (ALPN http/1.1). ``--http2`` (implies ``--tls``) has the client
+speak HTTP/2 (ALPN h2); the discard server speaks HTTP/1.1 only, so that run has no
+ceiling. Every connection checks that the server chose the protocol asked for and fails
+otherwise; the run also probes each server before the first scenario and records what it
+negotiated. The events scenario is not run over TLS (its subscribers speak plain HTTP).
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -51,6 +63,7 @@ from perf.servers import (
     Dockyard,
     Server,
 )
+from perf.tls import ClientTLS, ServerTLS, make_certificates
 
 HERE = Path(__file__).resolve().parent
 ORDER = list(SCENARIOS)
@@ -134,11 +147,13 @@ def results_section(
     names: dict[str, str],
     jsonl: Path,
     notes: Sequence[str],
+    transport: str = "",
 ) -> str:
     m = info["machine"]
     shown = jsonl.relative_to(HERE.parent) if jsonl.is_relative_to(HERE.parent) else jsonl
+    over = f" ({transport})" if transport else ""
     lines = [
-        f"## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`",
+        f"## {started.strftime('%Y-%m-%d %H:%M UTC')}: `{command}`{over}",
         "",
         f"- Machine: nproc {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB memory, "
         f"Linux {m['kernel']}, Python {m['python']}; load average at start "
@@ -199,6 +214,24 @@ def events_notes(records: Sequence[Record]) -> list[str]:
         "after the workload are done). No subscriber is connected during the pulls.",
         "",
     ]
+
+
+def transport_name(tls: bool, http2: bool) -> str:
+    """How the client speaks to every server of the run (RESULTS.md heading)."""
+    if not (tls or http2):
+        return ""
+    return "over TLS, HTTP/2 (ALPN h2)" if http2 else "over TLS, HTTP/1.1"
+
+
+def probe(target: Target) -> str:
+    """Connect to ``target`` as the scenarios will and say what was negotiated; raises
+    (``perf.tls.ProtocolMismatch``) if the server did not choose the protocol asked for."""
+    with target.connection(timeout=10) as conn:
+        what = conn.negotiated()
+        status = conn.request("GET", "/v2/").status
+    if status not in (200, 401):
+        raise RuntimeError(f"{target.name} at {target.url}: GET /v2/ answered {status}")
+    return what
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +301,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--note", action="append", default=[], help="a line to add to the RESULTS.md section"
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="every server speaks HTTPS (a certificate made for the run), client HTTP/1.1",
+    )
+    parser.add_argument(
+        "--http2", action="store_true", help="the client speaks HTTP/2 by ALPN (implies --tls)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["trio", "asyncio", "uvloop"],
+        default=None,
+        help="the dockyard it starts serves on this event loop ([server] backend; default trio)",
+    )
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        help="with --tls and running registries (--url, --a/--b): the CA to verify them with",
+    )
     args = parser.parse_args(argv)  # fmt: skip
 
     names = ORDER if "all" in args.scenarios else args.scenarios
@@ -296,6 +348,23 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or len(os.sched_getaffinity(0))
     if args.pulls_off_url and managed:
         parser.error("--pulls-off-url is for registries already running (--url or --a)")
+    tls_on = args.tls or args.http2
+    transport = ""
+    if tls_on:
+        if "events" in args.scenarios:
+            parser.error("events is not run over TLS (its subscribers speak plain HTTP)")
+        if "events" in names:
+            names = [n for n in names if n != "events"]
+            print("events left out: its subscribers speak plain HTTP, not TLS", flush=True)
+        if params.rps_engine == "wrk":
+            parser.error("--rps-engine wrk does not verify certificates: not with --tls")
+        if not managed and args.ca is None:
+            parser.error("--tls with running registries needs --ca (the CA they use)")
+        if args.http2 and args.ceiling:
+            parser.error("the discard server speaks HTTP/1.1 only: no ceiling with --http2")
+        if args.http2:
+            ceiling_on = False
+        transport = transport_name(args.tls, args.http2)
 
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -312,16 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     descriptions: dict[str, str] = {}
     notes: list[str] = list(args.note)
     ceiling: Target | None = None
+    certificates: Path | None = None
+    server_tls: ServerTLS | None = None
+    client_tls: ClientTLS | None = None
+    if tls_on and managed:
+        certificates = Path(tempfile.mkdtemp(prefix="perf-tls-"))
+        server_tls = make_certificates(certificates)
+        client_tls = ClientTLS(server_tls.ca, args.http2)
+    elif tls_on:
+        client_tls = ClientTLS(args.ca, args.http2)
+    # The event loop the dockyard it starts runs on (its description names it).
+    backend = {"DOCKYARD_SERVER_BACKEND": args.backend} if args.backend else {}
     try:
         if managed:
-            dockyard = Dockyard(workers=workers)
-            distribution = Distribution(install=not args.no_install)
+            dockyard = Dockyard(workers=workers, tls=server_tls, settings=backend)
+            distribution = Distribution(install=not args.no_install, tls=server_tls)
             for server in (dockyard, distribution):
                 servers.append(server)
                 server.start()
             targets = [
-                Target("A", "dockyard", dockyard.url, [dockyard.pid]),
-                Target("B", "distribution", distribution.url, [distribution.pid]),
+                Target("A", "dockyard", dockyard.url, [dockyard.pid], tls=client_tls),
+                Target("B", "distribution", distribution.url, [distribution.pid], tls=client_tls),
             ]
             descriptions = {"A": dockyard.description, "B": distribution.description}
             notes.append(
@@ -331,26 +411,35 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(distribution_note(distribution))
         elif args.compare:
             targets = [
-                Target("A", args.a_name, args.a, args.a_pid),
-                Target("B", args.b_name, args.b, args.b_pid),
+                Target("A", args.a_name, args.a, args.a_pid, tls=client_tls),
+                Target("B", args.b_name, args.b, args.b_pid, tls=client_tls),
             ]
         elif args.url:
-            targets = [Target("A", args.name, args.url, args.pid)]
+            targets = [Target("A", args.name, args.url, args.pid, tls=client_tls)]
         if args.pulls_off_url and targets:
             targets[0].pulls_off = Target(
                 "A-off", f"{targets[0].name} (pull events off)", args.pulls_off_url,
                 args.pulls_off_pid,
             )  # fmt: skip
         if ceiling_on:
-            discard = DiscardServer()
+            discard = DiscardServer(tls=server_tls)
             servers.append(discard)
             discard.start()
-            ceiling = Target("ceiling", "discard", discard.url, [discard.pid])
+            ceiling = Target("ceiling", "discard", discard.url, [discard.pid], tls=client_tls)
         for t in targets:
             shown = descriptions.get(t.label, t.name)
             print(f"{t.label}: {shown} at {t.url} pids {t.pids}", flush=True)
             if not t.pids:
                 print(f"  (no pid for {t.name}: server CPU figures will read 0)", flush=True)
+        if client_tls is not None:
+            for t in targets + ([ceiling] if ceiling else []):
+                what = probe(t)
+                print(f"{t.label}: negotiated {what}", flush=True)
+                notes.append(
+                    f"{t.label} ({t.name}) negotiated {what} (checked on every connection)."
+                )
+            if args.http2:
+                notes.append("No ceiling: the discard server speaks HTTP/1.1 only.")
         if managed:
             print(f"dockyard runs with --workers {workers} (one per core)", flush=True)
         names_map = {t.label: t.name for t in targets}
@@ -364,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             "params": params.as_dict(),
             "targets": [asdict(t) for t in targets],
             "descriptions": descriptions or names_map,
+            "transport": transport or "plain HTTP/1.1",
         }
         with open(out_path, "w") as out:
             out.write(json.dumps(info, default=str) + "\n")
@@ -377,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             if "events" in names:
                 twin: Dockyard | None = None
                 if managed:
-                    twin = Dockyard(workers=workers, settings=PULL_EVENTS_OFF)
+                    twin = Dockyard(workers=workers, settings={**PULL_EVENTS_OFF, **backend})
                     servers.append(twin)
                     twin.start()
                     targets[0].pulls_off = Target(
@@ -392,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in reversed(servers):
             s.stop()
+        if certificates is not None:
+            shutil.rmtree(certificates, ignore_errors=True)
     info["loadavg_end"] = os.getloadavg()
     print()
     print(report.table(records, names_map, against=descriptions.get("B", "")))
@@ -401,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         print(reference)
     print(f"\nraw JSON lines: {out_path}")
     if record:
-        section = results_section(command, started, info, records, names_map, out_path, notes)
+        section = results_section(
+            command, started, info, records, names_map, out_path, notes, transport
+        )
         with open(HERE / "RESULTS.md", "a") as f:
             f.write("\n" + section)
         print(f"appended a section to {HERE / 'RESULTS.md'}")

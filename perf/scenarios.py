@@ -48,10 +48,11 @@ from typing import Any, TypeVar
 
 from perf import feed, oci
 from perf.data import ACCEPT, OCI_MANIFEST, Blob, GiB, Image, MiB, blob, image, streamed_blob
-from perf.httpclient import Connection, split_url
+from perf.httpclient import Connection, open_connection, split_url
 from perf.load import LoadResult, Task, run_tasks
 from perf.procstat import MemorySampler, cpu_seconds, process_tree
-from perf.rate import RateResult, build_requests, run_py, run_wrk
+from perf.rate import RateResult, build_h2_requests, build_requests, run_h2, run_py, run_wrk
+from perf.tls import ClientTLS
 
 T = TypeVar("T")
 
@@ -158,7 +159,8 @@ class Target:
     """A registry under test: ``label`` is A, B or ``ceiling``; ``pids`` its processes.
 
     ``pulls_off``: the same registry (build, workers) with pull events off, for the
-    events scenario's on/off comparison.
+    events scenario's on/off comparison. ``tls``: speak HTTPS to it (HTTP/2 with
+    ``tls.http2``), verifying its certificate against the run's CA.
     """
 
     label: str
@@ -166,6 +168,7 @@ class Target:
     url: str
     pids: list[int] = field(default_factory=list)
     pulls_off: Target | None = None
+    tls: ClientTLS | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -173,7 +176,7 @@ class Target:
 
     def connection(self, timeout: float = 120.0) -> Connection:
         host, port = self.address
-        return Connection(host, port, timeout)
+        return open_connection(host, port, timeout, self.tls)
 
 
 @dataclass
@@ -240,13 +243,18 @@ def _run_load(
     host, port = target.address
     return measured(
         target,
-        lambda: run_tasks(host, port, tasks, concurrency, procs=procs, time_limit=p.time_limit),
+        lambda: run_tasks(
+            host, port, tasks, concurrency, procs=procs, time_limit=p.time_limit, tls=target.tls
+        ),
     )
 
 
 def _setup(target: Target, tasks: Sequence[Task], p: Params, what: str) -> None:
     host, port = target.address
-    res = run_tasks(host, port, tasks, p.setup_concurrency, time_limit=max(p.time_limit, 1800))
+    res = run_tasks(
+        host, port, tasks, p.setup_concurrency, time_limit=max(p.time_limit, 1800),
+        tls=target.tls,
+    )  # fmt: skip
     if res.failed or res.not_run:
         raise RuntimeError(f"setup of {what} on {target.name} failed: {res.errors}")
 
@@ -453,6 +461,17 @@ class ManifestRps(Scenario):
     ) -> RateResult:
         p = self.p
         host, port = target.address
+        if target.tls is not None and target.tls.http2:
+            return run_h2(
+                host,
+                port,
+                build_h2_requests(host, port, method, targets, headers),
+                tls=target.tls,
+                connections=conns,
+                duration=p.rps_duration,
+                max_requests=p.rps_max_requests,
+                procs=p.procs,
+            )
         if p.rps_engine == "wrk" and method == "GET":
             return run_wrk(
                 host,
@@ -473,6 +492,7 @@ class ManifestRps(Scenario):
             duration=p.rps_duration,
             max_requests=p.rps_max_requests,
             procs=p.procs,
+            tls=target.tls,
         )
 
 
@@ -781,6 +801,9 @@ class Events(Scenario):
 
     def setup(self, target: Target) -> None:
         host, port = target.address
+        if target.tls is not None:
+            self.unsupported[target.url] = "the feed's subscribers speak plain HTTP only"
+            return
         try:
             feed.welcome(host, port, self.resource)
         except feed.FeedUnavailable as e:

@@ -19,6 +19,12 @@ default config enables, delete enabled. 3.x reads the same keys; it also traces 
 request with OpenTelemetry and exports the spans to an OTLP collector on localhost:4318
 unless ``OTEL_TRACES_EXPORTER=none``, which its deployment docs give for "no collector"
 and which we set (spans are still made: that cost is 3.x's own).
+
+With ``tls`` (``perf.tls.ServerTLS``: the run's certificate) every server speaks HTTPS
+only: dockyard through ``DOCKYARD_TLS_CERT``/``_KEY`` (ALPN h2 and http/1.1), Distribution
+through ``http.tls.certificate``/``key`` in its config (Go's server offers h2 and
+http/1.1 by itself), the discard server through ``--cert``/``--key`` (http/1.1 only).
+Readiness is checked over TLS, verifying the certificate.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 
 from perf.httpclient import Connection, HTTPError
+from perf.tls import ClientTLS, ServerTLS
 
 DISTRIBUTION_CONFIG = """\
 version: 0.1
@@ -57,7 +64,7 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: perf-suite-secret
-health:
+{tls}health:
   storagedriver:
     enabled: false
 """
@@ -128,9 +135,12 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in found.groups()) if found else ()
 
 
-def distribution_config(root: Path, port: int) -> str:
+def distribution_config(root: Path, port: int, tls: ServerTLS | None = None) -> str:
     """The loopback config; 2.8 and 3.x read the same keys (checked by starting both)."""
-    return DISTRIBUTION_CONFIG.format(root=root, port=port)
+    block = ""
+    if tls is not None:
+        block = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n"
+    return DISTRIBUTION_CONFIG.format(root=root, port=port, tls=block)
 
 
 class Server:
@@ -138,16 +148,19 @@ class Server:
 
     name = "server"
 
-    def __init__(self, port: int | None = None, keep: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, keep: bool = False, tls: ServerTLS | None = None
+    ) -> None:
         self.port = port or free_port()
         self.keep = keep
+        self.tls = tls
         self.tmp = Path(tempfile.mkdtemp(prefix=f"perf-{self.name}-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.description = self.name
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -183,7 +196,8 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"{self.name} exited with {code}:\n{text}")
             try:
-                with Connection("127.0.0.1", self.port, timeout=2) as conn:
+                client = ClientTLS(self.tls.ca) if self.tls else None
+                with Connection("127.0.0.1", self.port, timeout=2, tls=client) as conn:
                     if conn.request("GET", self.ready_path()).status == 200:
                         return self
             except (OSError, HTTPError):
@@ -231,8 +245,9 @@ class Dockyard(Server):
         port: int | None = None,
         keep: bool = False,
         settings: dict[str, str] | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
-        super().__init__(port, keep)
+        super().__init__(port, keep, tls)
         self.workers = workers
         # DOCKYARD_* variables, e.g. pull events off. The access log is off unless asked
         # for, like Distribution's here (its cost is measured by perf.logs).
@@ -240,6 +255,7 @@ class Dockyard(Server):
         from dockyard import __version__
 
         extra = "".join(f", {k}={v}" for k, v in sorted(self.settings.items()))
+        extra += ", HTTPS (TLS, ALPN h2 and http/1.1)" if tls else ""
         self.description = f"dockyard {__version__} (--workers {workers}{extra})"
 
     def command(self) -> list[str]:
@@ -252,6 +268,8 @@ class Dockyard(Server):
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
         env.update(self.settings)
+        if self.tls is not None:
+            env.update(DOCKYARD_TLS_CERT=str(self.tls.cert), DOCKYARD_TLS_KEY=str(self.tls.key))
         return env
 
     def ready_path(self) -> str:
@@ -282,12 +300,13 @@ class Distribution(Server):
         keep: bool = False,
         install: bool = True,
         binary: str | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.binary = binary or distribution_binary(install=install)
-        super().__init__(port, keep)
+        super().__init__(port, keep, tls)
         self.description = distribution_version(self.binary)
         self.version = version_tuple(self.description)
-        config = distribution_config(self.tmp / "data", self.port)
+        config = distribution_config(self.tmp / "data", self.port, tls)
         (self.tmp / "config.yml").write_text(config)
 
     def command(self) -> list[str]:
@@ -301,7 +320,10 @@ class DiscardServer(Server):
     name = "discard"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "perf.discard", "--port", str(self.port)]
+        command = [sys.executable, "-m", "perf.discard", "--port", str(self.port)]
+        if self.tls is not None:
+            command += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
+        return command
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
-import trio
 
 from tests.imagegen import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, OCILayout
 
@@ -202,7 +202,7 @@ async def api_pusher(
     repos = [f"gcc/api-{task}-{r}" for r in range(3)]
     recycled = blob_pool(task, 12)
     serial = 0
-    while trio.current_time() < deadline:
+    while anyio.current_time() < deadline:
         repo = rng.choice(repos)
         mine = [(k, p) for k, p in ledger.tags.items() if k[0] == repo]
         action = rng.random()
@@ -218,7 +218,7 @@ async def api_pusher(
                 mount = source if source != repo and rng.random() < 0.5 else None
                 await api.ensure(repo, data, mount)
             if rng.random() < 0.3:  # a slow CI job: layers up, the manifest much later
-                await trio.sleep(rng.uniform(0, 1.5 * grace_period))
+                await anyio.sleep(rng.uniform(0, 1.5 * grace_period))
             pushed = Pushed(
                 manifest_for(config, layers, f"{task}/{serial}"),
                 {sha256(d): d for d in [config, *layers]},
@@ -267,14 +267,12 @@ async def skopeo_pusher(
     rng = random.Random(7)
     repos = ["gcc/sk-0", "gcc/sk-1"]
     flags = ["--insecure-policy"]
-    while trio.current_time() < deadline:
+    while anyio.current_time() < deadline:
         repo, i = rng.choice(repos), rng.randrange(len(images))
         tag = f"v{rng.randrange(3)}"
         if rng.random() < 0.25 and (repo, tag) in ledger.tags:
             cmd = [skopeo, *flags, "delete", "--tls-verify=false", f"docker://{host}/{repo}:{tag}"]
-            done = await trio.run_process(
-                cmd, capture_stdout=True, capture_stderr=True, check=False
-            )
+            done = await anyio.run_process(cmd, check=False)
             if done.returncode != 0:
                 ledger.fail(f"skopeo delete {repo}:{tag}: {done.stderr.decode()[-500:]}")
             ledger.forget_manifest(repo, ledger.tags[(repo, tag)].digest)
@@ -284,7 +282,7 @@ async def skopeo_pusher(
             skopeo, *flags, "copy", "--dest-tls-verify=false", "--preserve-digests",
             layout.ref(f"img{i}"), f"docker://{host}/{repo}:{tag}",
         ]  # fmt: skip
-        done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+        done = await anyio.run_process(cmd, check=False)
         image = images[i]
         if done.returncode == 0:
             blobs = {image.config.digest: image.config.data}
@@ -305,10 +303,8 @@ def gc_command(config: Path, *flags: str) -> list[str]:
 
 async def run_gc(config: Path, env: Mapping[str, str], ledger: Ledger) -> dict[str, Any] | None:
     """One ``dockyard gc --json``: its report, or None when another run held the lease."""
-    done = await trio.run_process(
+    done = await anyio.run_process(
         gc_command(config, "--json"),
-        capture_stdout=True,
-        capture_stderr=True,
         check=False,
         env=dict(env),
     )
@@ -329,6 +325,6 @@ async def gc_loop(
 ) -> None:
     """``dockyard gc --json`` again and again, a random pause between runs."""
     rng = random.Random(seed)
-    while trio.current_time() < deadline:
+    while anyio.current_time() < deadline:
         await run_gc(config, env, ledger)
-        await trio.sleep(rng.uniform(0, 0.5))
+        await anyio.sleep(rng.uniform(0, 0.5))

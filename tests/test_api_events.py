@@ -3,9 +3,9 @@ a rejected request appends nothing."""
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.meta.records import StoredEvent
 from dockyard.services import Services
@@ -57,12 +57,12 @@ async def events_before_a_sentinel_pull(
     sentinel = random_blob(64)
     digest = await push_blob(client, "sentinel", sentinel)
     assert (await client.get(f"/v2/sentinel/blobs/{digest}")).content == sentinel
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         while True:
             found = events(svc, after)
             if any(e.action == "pull" and e.digest == digest for e in found):
                 break
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
     return [e for e in found if e.repository != "sentinel"]
 
 

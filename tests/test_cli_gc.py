@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from dockyard.cli import main
 from dockyard.core.registry import RequestInfo
@@ -29,7 +29,7 @@ def config(tmp_path: Path) -> Path:
             data = b"nothing references this"
             await svc.registry.put_blob(RequestInfo(), "app", digest_of(data), chunks(data), 23)
 
-    trio.run(push)
+    anyio.run(push, backend="trio")  # as `dockyard gc` runs it
     path = tmp_path / "dockyard.toml"
     path.write_text(f'[storage]\nroot = "{root}"\n[gc]\ngrace_period = 0\n')
     return path

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from dockyard.actions import ACTIONS
 from dockyard.events.hub import EventHub
@@ -33,11 +33,11 @@ def meta(tmp_path: Path) -> SQLiteMeta:
 
 
 async def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while True:
             if condition():
                 return
-            await trio.sleep(0.005)
+            await anyio.sleep(0.005)
 
 
 async def test_pull_writer_survives_a_failed_write(
@@ -60,7 +60,7 @@ async def test_pull_writer_survives_a_failed_write(
     monkeypatch.setattr("dockyard.events.pulls.RETRY_AFTER", 0.01)
     writer = PullEventWriter(Database(meta, 2), buffer=100, flush_interval=0.01)
     try:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             await nursery.start(writer.run)
             writer.record(pull("sha256:lost"))
             await wait_until(lambda: calls)
@@ -86,7 +86,7 @@ async def test_pull_writer_counts_events_dropped_when_its_buffer_is_full(
         writer.close()
         writer.record(pull("sha256:late"))  # after close: dropped too
         assert writer.statistics().dropped == 4
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(writer.run)
             await writer.wait_finished()
         assert writer.statistics().written == 2
@@ -98,7 +98,7 @@ async def test_hub_counts_the_events_a_cut_off_subscriber_never_got(meta: SQLite
     hub = EventHub(Database(meta, 2), poll_interval=0.01)
     got: list[int] = []
     try:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             await nursery.start(hub.run)
             async with hub.subscribe(EventFilter(), buffer=2) as sub:
 
@@ -106,7 +106,7 @@ async def test_hub_counts_the_events_a_cut_off_subscriber_never_got(meta: SQLite
                     async with aclosing(sub.events()) as events:
                         async for event in events:
                             got.append(event.id)
-                            await trio.sleep_forever()  # takes one event, then stalls
+                            await anyio.sleep_forever()  # takes one event, then stalls
 
                 nursery.start_soon(stalled_reader)
                 await wait_until(lambda: hub.statistics().subscribers == 1)

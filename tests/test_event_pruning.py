@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import trio
+import anyio
 
 from dockyard.core.prune import DAY, EventPruner
 from dockyard.meta.prune import PruneSQL
@@ -78,11 +78,11 @@ async def test_the_server_prunes_on_its_schedule(tmp_path: Path) -> None:
     async with open_services(settings) as svc:
         svc.meta.append_events([old("pull", 40), old("pull", 40), old("push", 40)])
         svc.meta.append_events([old("push", 0)])
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while True:  # polls the database: nothing to wait on in this process
                 if len(events(svc)) <= 2:
                     break
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
         assert [(e.id, e.action) for e in events(svc)] == [(3, "push"), (4, "push")]
 
 

@@ -1,5 +1,5 @@
 """The live event feed, end to end in one process: a real hypercorn serving the registry
-on loopback and real websocket clients (trio-websocket).
+on loopback and real websocket clients.
 
 What a subscriber sees for every action (the native JSON documented in
 ``events/schema.py`` and ``docs/events.md``), replay with ``since`` and its seam with live
@@ -19,9 +19,9 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 import trio_websocket
 
 from dockyard.actions import ACTIONS
@@ -58,6 +58,10 @@ from tests.conftest import (
 )
 from tests.feedclient import Feed, LoopbackServer, open_feed, serve_app
 
+# `dockyard events tail` is a command-line client on trio (trio-websocket, in its own
+# process): its tests run only there.
+TAIL_ON_TRIO = pytest.mark.parametrize("anyio_backend", ["trio"])
+
 OCTET = "application/octet-stream"
 USER_AGENT = "feed-tests/1.0"
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -91,12 +95,12 @@ def last_event_id(svc: Services) -> int:
 
 async def wait_logged(svc: Services, count: int, after: int = 0) -> list[dict[str, Any]]:
     """The log once it holds ``count`` events after ``after`` (pull events are batched)."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         while True:
             found = logged(svc, after)
             if len(found) >= count:
                 return found
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 async def expect(
@@ -308,7 +312,7 @@ async def test_pull_events_can_be_turned_off(tmp_path: Path) -> None:
         async with open_feed(server.port, {"since": last_event_id(svc)}) as feed:
             assert (await http.get(f"/v2/app/blobs/{digest_of(image.config)}")).status_code == 200
             assert (await http.get("/v2/app/manifests/v1")).status_code == 200
-            await trio.sleep(0.1)  # several flush intervals of the (off) pull writer
+            await anyio.sleep(0.1)  # several flush intervals of the (off) pull writer
             sentinel = await push_blob(http, "app", b"sentinel")
             event = await feed.event()
             assert (event["action"], event["target"]["digest"]) == ("push", sentinel)
@@ -351,8 +355,8 @@ async def test_seam_between_replay_and_live_has_no_gap_and_no_duplicate(
     )
     received: list[dict[str, Any]] = []
     pushed: list[str] = []
-    some_pushed = trio.Event()
-    live_for_a_while = trio.Event()
+    some_pushed = anyio.Event()
+    live_for_a_while = anyio.Event()
 
     async def pusher() -> None:
         while not (live_for_a_while.is_set() and len(pushed) >= 30):
@@ -362,7 +366,7 @@ async def test_seam_between_replay_and_live_has_no_gap_and_no_duplicate(
 
     async with open_feed(server.port, {"since": 0}) as feed:
         assert feed.welcome["since"] == 0
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(pusher)
             while not live_for_a_while.is_set():
                 received.append(await feed.event())
@@ -404,8 +408,8 @@ async def test_slow_subscriber_is_cut_off_with_its_last_id(tmp_path: Path) -> No
                     fast_got.append(await fast.event())
 
             pushed = 0
-            with trio.fail_after(40):
-                async with trio.open_nursery() as nursery:
+            with anyio.fail_after(40):
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(read_fast, 10**9)
                     while svc.hub.statistics().lagged == 0:
                         await push_blob(http, "busy", random_blob(64))
@@ -419,7 +423,7 @@ async def test_slow_subscriber_is_cut_off_with_its_last_id(tmp_path: Path) -> No
                     while True:
                         if len(fast_got) >= total:
                             break
-                        await trio.sleep(0.01)
+                        await anyio.sleep(0.01)
                     nursery.cancel_scope.cancel()
             assert [e["id"] for e in fast_got] == list(range(1, total + 1))
             stats = svc.hub.statistics()
@@ -568,7 +572,7 @@ async def test_bad_subscriptions_close_with_4400(
 async def test_without_a_subscription_everything_after_a_short_wait(
     services: Services, server: LoopbackServer, http: httpx.AsyncClient
 ) -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with open_feed(server.port) as feed:
             assert feed.welcome["filter"] == {"repository": [], "action": [], "mediaType": []}
             digest = await push_blob(http, "any", b"thing")
@@ -611,11 +615,11 @@ async def test_feed_closes_cleanly_when_the_client_leaves(
     for _ in range(3):
         async with open_feed(server.port, {"since": 0}):
             await push_blob(http, "leave", random_blob(10))
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         while True:
             if services.hub.statistics().subscribers == 0:
                 break
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 def test_the_user_documentation_covers_the_protocol() -> None:
@@ -654,11 +658,11 @@ async def test_feed_survives_a_failing_read_of_the_log(
         other = sqlite3.connect(services.settings.database_path, isolation_level=None)
         try:
             other.execute("ALTER TABLE events RENAME TO events_away")
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 while True:
                     if services.hub.statistics().read_failures:
                         break
-                    await trio.sleep(0.01)
+                    await anyio.sleep(0.01)
             other.execute("ALTER TABLE events_away RENAME TO events")
         finally:
             other.close()
@@ -670,16 +674,17 @@ async def test_feed_survives_a_failing_read_of_the_log(
 
 
 async def run_tail(tail: Tail, until: Callable[[], bool]) -> None:
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(tail.run)
             while True:
                 if until():
                     break
-                await trio.sleep(0.01)
+                await anyio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
 
+@TAIL_ON_TRIO
 async def test_tail_resumes_after_being_cut_off_as_lagged(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", DOCKYARD_EVENTS_FEED_BUFFER="8")
     async with (
@@ -695,18 +700,18 @@ async def test_tail_resumes_after_being_cut_off_as_lagged(tmp_path: Path) -> Non
         async def burst() -> None:
             # Wait for the tail's subscription, then far more events at once than its
             # 8-event buffer holds (as another worker's batch of pull events would come).
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 while True:
                     if svc.hub.statistics().subscribers:
                         break
-                    await trio.sleep(0.01)
+                    await anyio.sleep(0.01)
             await svc.db.run(
                 svc.meta.append_events,
                 [Event("pull", "t", fake_digest(), OCTET, 5) for _ in range(1200)],
             )
             await push_blob(http, "t", b"after the burst")
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(burst)
             await run_tail(tail, lambda: len(printed) >= 1201)
         assert svc.hub.statistics().lagged >= 1
@@ -718,6 +723,7 @@ async def test_tail_resumes_after_being_cut_off_as_lagged(tmp_path: Path) -> Non
         assert first == digest_of(b"before the tail")
 
 
+@TAIL_ON_TRIO
 async def test_tail_prints_readable_lines(
     services: Services, server: LoopbackServer, http: httpx.AsyncClient
 ) -> None:
@@ -737,13 +743,14 @@ async def test_tail_prints_readable_lines(
     assert TIMESTAMP.match(line)
 
 
+@TAIL_ON_TRIO
 async def test_tail_stops_when_the_subscription_is_refused(server: LoopbackServer) -> None:
     tail = Tail(
         TailOptions(server.url, event_filter=EventFilter(actions=frozenset({"fetch"}))),
         lambda _: None,
         lambda _: None,
     )
-    with pytest.raises(FeedRejected) as refused, trio.fail_after(10):
+    with pytest.raises(FeedRejected) as refused, anyio.fail_after(10):
         await tail.run()
     assert refused.value.code == 4400
     assert "unknown action 'fetch'" in refused.value.reason
@@ -790,26 +797,27 @@ async def test_a_lagged_subscription_is_told_at_once(services: Services) -> None
         async def take_one() -> None:
             taken.append(await events.__anext__())
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(take_one)
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 while True:  # it has replayed (nothing) and is live
                     if services.hub.statistics().subscribers == 1:
                         break
-                    await trio.sleep(0.01)
+                    await anyio.sleep(0.01)
             await services.db.run(services.meta.append_events, burst(1))
         await services.db.run(services.meta.append_events, burst(20))
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             while True:
                 if services.hub.statistics().lagged == 1:
                     break
-                await trio.sleep(0.01)
+                await anyio.sleep(0.01)
         with pytest.raises(SubscriberLagged) as lagged:
             await events.__anext__()
         assert lagged.value.last_id == taken[0].id == 1
         await events.aclose()
 
 
+@TAIL_ON_TRIO
 async def test_tail_stops_when_its_output_is_gone(
     server: LoopbackServer, http: httpx.AsyncClient
 ) -> None:
@@ -820,7 +828,7 @@ async def test_tail_stops_when_its_output_is_gone(
 
     await push_blob(http, "pipe", b"one")
     tail = Tail(TailOptions(server.url, since=0), out, lambda _: None)
-    with pytest.raises(BrokenPipeError), trio.fail_after(10):
+    with pytest.raises(BrokenPipeError), anyio.fail_after(10):
         await tail.run()
 
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 from dockyard.config import Settings
 from dockyard.config.model import RetentionPolicy
@@ -417,19 +417,19 @@ async def test_an_upload_waits_while_its_bytes_are_being_deleted(env: Env) -> No
     # A collector (holding the lease) marked the blob and is about to delete its bytes.
     assert await db.run(meta.job_acquire, "gc", "collector/1", 60)
     assert await db.run(meta.gc_mark_blobs, [Doomed(d, T0 + GRACE, _ev(d))]) == [d]
-    uploaded = trio.Event()
+    uploaded = anyio.Event()
 
     async def upload() -> None:
         await env.blob("other", data)
         uploaded.set()
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(upload)
-        await trio.sleep(0.5)
+        await anyio.sleep(0.5)
         assert not uploaded.is_set()  # the claim waits for the collector
         await env.svc.storage.delete(d)
         await db.run(meta.gc_unmark_blobs, [d])
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await uploaded.wait()
     # The upload wrote the bytes again: the row points at bytes that exist.
     assert await env.stored(d) and await env.linked("other", d)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import trio
+import anyio
 
 from dockyard.config import Settings
 from dockyard.core.registry import RequestInfo
@@ -33,11 +33,11 @@ async def loose_blob(svc: Services, data: bytes) -> tuple[str, RegistryMetrics]:
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         for _ in range(int(timeout / 0.05) + 1):
             if condition():
                 return
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
 
 
 async def test_the_server_collects_on_its_schedule(tmp_path: Path) -> None:
@@ -69,6 +69,6 @@ async def test_no_schedule_by_default(tmp_path: Path) -> None:
         assert svc.settings.gc.interval == 0
         data = b"nobody collects"
         d, metrics = await loose_blob(svc, data)
-        await trio.sleep(1.5)
+        await anyio.sleep(1.5)
         assert sample(metrics, "dockyard_gc_runs_total", result="busy") == 0
         assert await svc.storage.stat(d) == len(data)

@@ -18,12 +18,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.config import HarborScannerSettings
 from dockyard.scanning.harbor import (
@@ -73,7 +74,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServe
                 assert put.status_code == 201, put.text
                 PUSHED["notes"] = await push_not_an_image(client, server.url, "team/notes")
 
-        trio.run(fill)
+        anyio.run(fill)
         yield server
 
 
@@ -95,7 +96,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockyard
             async with httpx.AsyncClient(auth=("root", "root-pw")) as client:
                 await push_image(client, server.url, APP, VULNERABLE)
 
-        trio.run(fill)
+        anyio.run(fill)
         yield server
 
 
@@ -134,7 +135,7 @@ def adapter(registry: DockyardServer, tmp_path_factory: pytest.TempPathFactory) 
             except httpx.TransportError:
                 pass
             assert proc.poll() is None, (root / "adapter.log").read_text()
-            trio.run(trio.sleep, 0.05)
+            time.sleep(0.05)
         else:
             pytest.fail("the adapter did not start: " + (root / "adapter.log").read_text())
         yield url
@@ -395,13 +396,13 @@ async def test_dockyard_scans_on_push_through_the_adapter(
     async with httpx.AsyncClient(base_url=server.url, auth=("root", "root-pw")) as http:
         await push_image(http, server.url, APP, VULNERABLE, tag="v1")
         scan: dict[str, object] = {}
-        with trio.fail_after(90):
+        with anyio.fail_after(90):
             while scan.get("status") != "done":
                 r = await http.get(f"/v2/_dockyard/repositories/{APP}/scans/{VULNERABLE.digest}")
                 assert r.status_code == 200, r.text
                 scan = r.json()
                 assert scan["status"] in ("none", "queued", "running", "done"), scan
-                await trio.sleep(0.3)
+                await anyio.sleep(0.3)
         findings = scan["findings"]
         assert isinstance(findings, list)
         assert {

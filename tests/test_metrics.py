@@ -11,9 +11,9 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -146,8 +146,11 @@ async def test_feed_and_pull_events_are_sampled(
     sampler = services.sampler
     assert sampler is not None
     hub = services.hub
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery, hub.subscribe(EventFilter.parse({})) as sub:
+    with anyio.fail_after(5):
+        async with (
+            anyio.create_task_group() as nursery,
+            hub.subscribe(EventFilter.parse({})) as sub,
+        ):
 
             async def consume() -> None:
                 async for _ in sub:
@@ -155,7 +158,7 @@ async def test_feed_and_pull_events_are_sampled(
 
             nursery.start_soon(consume)
             while hub.statistics().subscribers == 0:  # noqa: ASYNC110 (the hub has no event for it)
-                await trio.sleep(0.01)
+                await anyio.sleep(0.01)
             sampler.sample()
             assert value(await scrape(client), "dockyard_feed_subscribers") == 1
             nursery.cancel_scope.cancel()
@@ -286,7 +289,7 @@ m.memory.set(1000)
 SCRAPER = """
 import sys
 from pathlib import Path
-import trio
+import anyio
 from dockyard.meta.sqlite import SQLiteMeta
 from dockyard.meta.store import Database
 from dockyard.observability.exposition import Exporter
@@ -296,7 +299,7 @@ meta.migrate()
 m = RegistryMetrics()
 m.workers.set(1)
 m.requests.labels("manifest_put", "success").inc(1)
-print(trio.run(Exporter(m, Database(meta, 1), 0).render).decode())
+print(anyio.run(Exporter(m, Database(meta, 1), 0).render).decode())
 """
 
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from dockyard.config import load
 from dockyard.core.retention import JOB
@@ -43,7 +43,7 @@ def conf(tmp_path: Path) -> Path:
     path.write_text(
         f'[storage]\nroot = {data}\n[[retention.policies]]\nrepositories = ["*"]\nkeep_last = 1\n'
     )
-    trio.run(push_two_tags, path)
+    anyio.run(push_two_tags, path, backend="trio")  # as `dockyard retention` runs it
     return path
 
 

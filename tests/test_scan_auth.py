@@ -7,8 +7,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 from dockyard.config import ConfigError, ScanPolicy, load
 from dockyard.config.validate_scanning import validate_scanning
@@ -53,9 +53,9 @@ async def test_the_scanner_pulls_with_robot_credentials_no_policy_refuses(
         metrics = (await client.get("/metrics")).text
         assert 'dockyard_scans_total{result="vulnerable"} 1.0' in metrics
         assert "dockyard_scan_duration_seconds_count 1.0" in metrics
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while 'dockyard_scan_queue_depth{status="queued"} 0.0' not in metrics:
-                await trio.sleep(0.5)
+                await anyio.sleep(0.5)
                 metrics = (await client.get("/metrics")).text
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 
 from dockyard.config import ScanningSettings
 from dockyard.scanning.scanner import LocalImage, ScanFailed, ScanRequest, ScanResult
@@ -64,7 +66,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockyardServe
                 await push_image(client, server.url, APP, VULNERABLE)
                 await push_image(client, server.url, APP, PATCHED_IMAGE, tag="patched")
 
-        trio.run(fill)
+        anyio.run(fill)
         yield server
 
 
@@ -150,7 +152,7 @@ async def test_concurrent_scans_share_the_cache(
 
     try:
         # The first scans of a fresh cache all want the database: one download.
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for digest in (VULNERABLE.digest, PATCHED_IMAGE.digest, VULNERABLE.digest):
                 nursery.start_soon(one, digest)
         assert sorted(len(r.findings) for r in results) == [0, len(EXPECTED), len(EXPECTED)]
@@ -174,7 +176,7 @@ async def test_a_layer_analysed_before_is_not_pulled_again(
             if count == seen:
                 return count
             seen = count
-            await trio.sleep(0.3)
+            await anyio.sleep(0.3)
 
     scanner = TrivyScanner(settings(trivy, f"{registry.host}/{DB_REPO}"), tmp_path / "cache")
     try:
@@ -212,7 +214,7 @@ async def test_a_local_image_is_read_in_place(
         assert found(result) == EXPECTED
         report = json.loads(result.report)
         assert report["ArtifactName"] == f"{registry.host}/{APP}@{VULNERABLE.digest}"
-        await trio.sleep(1)  # the access log is written by a thread
+        await anyio.sleep(1)  # the access log is written by a thread
         assert registry.log_path.read_text().count(f"/blobs/{layer}") == before
         assert not list((tmp_path / "cache" / "layouts").iterdir())  # removed after
     finally:
@@ -222,7 +224,8 @@ async def test_a_local_image_is_read_in_place(
 async def test_database_missing_then_pushed(
     trivy: str, registry: DockyardServer, tmp_path: Path
 ) -> None:
-    late = "security/late-db"
+    # Its own repository: the registry outlives the test, which runs once per backend.
+    late = f"security/late-db-{uuid.uuid4().hex[:8]}"
     scanner = TrivyScanner(settings(trivy, f"{registry.host}/{late}"), tmp_path / "cache")
     try:
         with pytest.raises(ScanFailed) as failed:
@@ -325,9 +328,7 @@ def trivy_processes(argument: str) -> list[int]:
 
 async def test_timeout_kills_trivy(trivy: str, registry: DockyardServer, tmp_path: Path) -> None:
     # A "registry" that accepts connections and never answers.
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
     port = listener.getsockname()[1]
     scanner = TrivyScanner(
         settings(trivy, f"{registry.host}/{DB_REPO}", timeout=2.0), tmp_path / "cache"
@@ -367,7 +368,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockyard
                 await push_trivy_db(client, server.url, DB_REPO)
                 await push_image(client, server.url, APP, VULNERABLE)
 
-        trio.run(fill)
+        anyio.run(fill)
         yield server
 
 

@@ -17,9 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
+from anyio.abc import TaskStatus
 
 from dockyard import cli
 from dockyard.config import ConfigError, Settings, load
@@ -74,11 +75,11 @@ async def registry(
 
 
 async def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while True:
             if check():
                 return
-            await trio.sleep(0.01)  # the condition is in another process or thread
+            await anyio.sleep(0.01)  # the condition is in another process or thread
 
 
 def cursor_of(svc: Services, name: str) -> int:
@@ -531,16 +532,16 @@ async def test_one_deliverer_per_endpoint_and_handover(tmp_path: Path) -> None:
     with Receiver() as rx:
         hooks = [hook("shared", rx.url + "/")]
         running: dict[str, tuple[Services, httpx.AsyncClient]] = {}
-        stops = {"a": trio.Event(), "b": trio.Event()}
+        stops = {"a": anyio.Event(), "b": anyio.Event()}
 
-        async def serve(instance: str, task_status: trio.TaskStatus[None]) -> None:
+        async def serve(instance: str, task_status: TaskStatus[None]) -> None:
             async with registry(tmp_path, hooks, instance) as (svc, client):
                 running[instance] = (svc, client)
                 task_status.started()
                 await stops[instance].wait()
             del running[instance]
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             await nursery.start(serve, "a")
             await nursery.start(serve, "b")
             for i in range(6):
@@ -571,7 +572,7 @@ async def test_expired_lease_is_taken_over(tmp_path: Path) -> None:
     meta.migrate()
     meta.webhook_init(["x"])
     # A process that died holding the lease, with 1.5 s left on it.
-    started = trio.current_time()
+    started = anyio.current_time()
     assert meta.webhook_acquire("x", "gone/1", 1.5) is not None
     meta.close()
     with Receiver() as rx:
@@ -581,7 +582,7 @@ async def test_expired_lease_is_taken_over(tmp_path: Path) -> None:
             ids = {e.id for e in events(svc)}
             await rx.wait_for_ids(ids, timeout=5)
             # Not before the lease expired, and soon after (IDLE_CHECK).
-            assert 1.4 <= trio.current_time() - started < 4
+            assert 1.4 <= anyio.current_time() - started < 4
             assert [d.event_id for d in rx.deliveries()] == sorted(ids)
             lease = svc.meta.webhook_cursors()[0].lease
             assert lease is not None and lease.startswith("test/")

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-import trio
+import anyio
 
 from tests.serverproc import free_port
 
@@ -139,11 +139,11 @@ class Receiver:
         self, ids: set[int], path: str | None = None, timeout: float = 10.0
     ) -> list[int]:
         """Wait until every event id in ``ids`` was accepted at ``path``."""
-        with trio.move_on_after(timeout):
+        with anyio.move_on_after(timeout):
             while True:
                 if ids <= set(self.accepted_ids(path)):
                     break
-                await trio.sleep(0.01)  # deliveries arrive on the server's threads
+                await anyio.sleep(0.01)  # deliveries arrive on the server's threads
         got = self.accepted_ids(path)
         missing = ids - set(got)
         assert not missing, f"not delivered to {path or 'the receiver'}: {sorted(missing)}"

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable
 
-import trio
+import anyio
 
 from dockyard.config import Settings
 from dockyard.core.common import EventMaker
@@ -44,7 +44,7 @@ async def collect_on_schedule(
     )
     while True:
         # Spread out, so the workers do not all ask for the lease at the same moment.
-        await trio.sleep(settings.gc.interval * random.uniform(0.9, 1.1))
+        await anyio.sleep(settings.gc.interval * random.uniform(0.9, 1.1))
         await collect_once(collector, metrics, clock)
 
 

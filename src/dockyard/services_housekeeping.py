@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 
-import trio
+import anyio
 
 from dockyard.config import Settings
 from dockyard.core.common import EventMaker
@@ -70,7 +70,7 @@ def build_pruner(
 async def prune_events(pruner: EventPruner, interval: float) -> None:
     """Every worker tries each interval; the prune job lease lets one run at a time."""
     # Spread the workers' tries: the first takes the lease, the others find it taken.
-    await trio.sleep(interval * (0.1 + 0.4 * random.random()))
+    await anyio.sleep(interval * (0.1 + 0.4 * random.random()))
     while True:
         try:
             report = await pruner.run()
@@ -86,4 +86,4 @@ async def prune_events(pruner: EventPruner, interval: float) -> None:
             log.warning("pruning the event log failed: %s; will retry", e)
         except Exception:
             log.exception("pruning the event log failed; will retry")
-        await trio.sleep(interval)
+        await anyio.sleep(interval)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.config import Settings
 from dockyard.core.registry import Registry
@@ -25,8 +26,8 @@ class ReplicationService:
         self.pusher = pusher
         self.schedules = schedules
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as nursery:
             # The consumers' cursors exist before the server answers (webhook_init).
             await nursery.start(self.pusher.run)
             for schedule in self.schedules:

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.config import Settings
 from dockyard.core.registry import Registry
@@ -41,8 +42,8 @@ class ScanningService:
         self.policy = policy
         self.scanner = scanner
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as nursery:
             if self.policy is not None:
                 await nursery.start(self.policy.run)
             if self.queue is not None:
@@ -52,7 +53,7 @@ class ScanningService:
 
     async def aclose(self) -> None:
         if self.scanner is not None:
-            with trio.move_on_after(5) as scope:
+            with anyio.move_on_after(5) as scope:
                 scope.shield = True
                 await self.scanner.aclose()
 

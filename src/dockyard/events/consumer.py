@@ -42,7 +42,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-import trio
+import anyio
 
 from dockyard.events.hub import PAGE, EventHub
 from dockyard.events.outage import log_failure
@@ -108,12 +108,12 @@ class LogConsumer(Generic[W]):
                     log_failure(self.log, "%s: taking the lease failed; will retry", label)
                     cursor = None
                 if cursor is None:
-                    await trio.sleep(IDLE_CHECK)
+                    await anyio.sleep(IDLE_CHECK)
                     continue
                 self.log.info("%s: handling events from %d", label, cursor)
                 self._holding(True)
                 try:
-                    async with trio.open_nursery() as nursery:
+                    async with anyio.create_task_group() as nursery:
                         nursery.start_soon(self._keep_lease, nursery.cancel_scope)
                         await self._follow(cursor)
                         nursery.cancel_scope.cancel()
@@ -122,7 +122,7 @@ class LogConsumer(Generic[W]):
                 self.log.warning("%s: lost the lease; standing by", label)
         finally:
             # A graceful stop hands the consumer to another process at once.
-            with trio.move_on_after(2) as scope:
+            with anyio.move_on_after(2) as scope:
                 scope.shield = True
                 await self.handler.aclose()
                 try:
@@ -137,10 +137,10 @@ class LogConsumer(Generic[W]):
             return None
         return await self.db.run(meta.webhook_acquire, name, self.lease, self.lease_seconds)
 
-    async def _keep_lease(self, scope: trio.CancelScope) -> None:
+    async def _keep_lease(self, scope: anyio.CancelScope) -> None:
         meta, name = self.db.meta, self.handler.name
         while True:
-            await trio.sleep(self.lease_seconds / 3)
+            await anyio.sleep(self.lease_seconds / 3)
             try:
                 held = await self.db.run(meta.webhook_renew, name, self.lease, self.lease_seconds)
             except Exception:  # e.g. the database is busy: the next renewal may succeed
@@ -173,11 +173,11 @@ class LogConsumer(Generic[W]):
                     saved = handled
             except Exception:  # a bug or a database error: log it, keep the consumer going
                 log_failure(self.log, "%s: the loop failed; retrying", self.handler.label)
-                await trio.sleep(IDLE_CHECK)
+                await anyio.sleep(IDLE_CHECK)
                 continue
             if rows:
                 continue
-            with trio.move_on_after(IDLE_CHECK):
+            with anyio.move_on_after(IDLE_CHECK):
                 await self.hub.wait_past(handled)
 
     async def _handle_one(self, event: StoredEvent, work: W) -> bool:
@@ -187,7 +187,7 @@ class LogConsumer(Generic[W]):
         if error is None:
             # Shielded: the event is handled, so a graceful stop arriving now must not
             # keep the cursor from moving (the next holder would handle it again).
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 advanced = await self.db.run(meta.webhook_advance, name, self.lease, event.id, True)
             return advanced
         self.log.error(

@@ -31,7 +31,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
-import trio
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
 
 from dockyard.events.outage import log_failure
 from dockyard.events.schema import EventFilter
@@ -83,7 +85,7 @@ class Subscription:
         self.last_id = since
         self._hub = hub
         self._deliver = deliver
-        self._send, self._receive = trio.open_memory_channel[StoredEvent](
+        self._send, self._receive = anyio.create_memory_object_stream[StoredEvent](
             0 if deliver is not None else buffer
         )
         self.lagged = False
@@ -103,7 +105,7 @@ class Subscription:
             return False
         try:
             self._send.send_nowait(event)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             self.lagged = True
             self.dropped += 1  # this one
             self._send.close()
@@ -113,7 +115,7 @@ class Subscription:
             while True:
                 try:
                     self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
+                except (anyio.WouldBlock, anyio.EndOfStream):
                     break
                 self.dropped += 1
             return False
@@ -171,9 +173,9 @@ class EventHub:
         self._filters: weakref.WeakValueDictionary[EventFilter, EventFilter] = (
             weakref.WeakValueDictionary()
         )
-        self._wake = trio.Event()
-        self._started = trio.Event()
-        self._advanced = trio.Event()  # set (and replaced) when the cursor moves
+        self._wake = anyio.Event()
+        self._started = anyio.Event()
+        self._advanced = anyio.Event()  # set (and replaced) when the cursor moves
         self._dispatched = 0
         self._lagged = 0
         self._read_failures = 0
@@ -183,11 +185,11 @@ class EventHub:
         """This process appended events: look now rather than at the next poll."""
         self._wake.set()
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.cursor = await self.db.run(self.db.meta.last_event_id)
         meta = self.db.meta
         interval = self.poll_interval
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             if isinstance(meta, EventWakeups):
                 interval = max(interval, self.fallback_poll_interval)
                 nursery.start_soon(self._wait_for_wakeups, meta)
@@ -199,21 +201,21 @@ class EventHub:
         """Notify the hub whenever the store says events were committed anywhere."""
         while True:
             try:
-                woke = await trio.to_thread.run_sync(
+                woke = await anyio.to_thread.run_sync(
                     wakeups.wait_for_events, WAKEUP_SLICE, abandon_on_cancel=True
                 )
             except Exception:
                 log_failure(log, "waiting for event wake-ups failed; polling meanwhile")
-                await trio.sleep(RETRY_AFTER)
+                await anyio.sleep(RETRY_AFTER)
                 continue
             if woke:
                 self.notify()
 
     async def _tail(self, interval: float) -> None:
         while True:
-            with trio.move_on_after(interval):
+            with anyio.move_on_after(interval):
                 await self._wake.wait()
-            self._wake = trio.Event()
+            self._wake = anyio.Event()
             before = self.cursor
             failed = False
             try:
@@ -238,9 +240,9 @@ class EventHub:
                 failed = True
             if self.cursor != before:
                 self._advanced.set()
-                self._advanced = trio.Event()
+                self._advanced = anyio.Event()
             if failed:
-                await trio.sleep(RETRY_AFTER)
+                await anyio.sleep(RETRY_AFTER)
 
     def _dispatch(self, event: StoredEvent) -> None:
         self.cursor = event.id

@@ -22,7 +22,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.events.outage import log_failure
 from dockyard.meta.records import Event, PullTime
@@ -70,26 +71,26 @@ class PullEventWriter:
     ) -> None:
         self._db = db
         self._enabled = enabled
-        self._send, self._receive = trio.open_memory_channel[Event](buffer)
+        self._send, self._receive = anyio.create_memory_object_stream[Event](buffer)
         self._flush_interval = flush_interval
         self._written = 0
         self._dropped = 0
         self._write_failures = 0
         self._failed = 0
-        self._finished = trio.Event()
-        self._closed = trio.Event()
+        self._finished = anyio.Event()
+        self._closed = anyio.Event()
 
     def record(self, event: Event) -> None:
         if not self._enabled:
             return
         try:
             self._send.send_nowait(event)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             self._dropped += 1
-        except trio.ClosedResourceError:
+        except anyio.ClosedResourceError:
             self._dropped += 1
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Write batches until ``close`` is called, then write what is left and return.
 
         After the first event of a batch arrives, wait ``flush_interval`` for more (cut
@@ -99,29 +100,38 @@ class PullEventWriter:
         thread hops per handful of GETs (a fifth of a manifest GET's CPU, measured).
         """
         task_status.started()
+        try:
+            await self._write_batches()
+        finally:
+            # Closed, not left to the garbage collector (anyio warns of that); a pull
+            # after a cancelled run is then dropped like one after ``close``.
+            self._send.close()
+            self._receive.close()
+        self._finished.set()
+
+    async def _write_batches(self) -> None:
         done = False
         while not done:
             batch: list[Event] = []
             try:
                 batch.append(await self._receive.receive())
-            except trio.EndOfChannel:
+            except anyio.EndOfStream:
                 done = True
             if not done and self._receive.statistics().current_buffer_used < MAX_BATCH:
-                with trio.move_on_after(self._flush_interval):
+                with anyio.move_on_after(self._flush_interval):
                     await self._closed.wait()
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
+                except anyio.WouldBlock:
                     break
-                except trio.EndOfChannel:
+                except anyio.EndOfStream:
                     done = True
                     break
             if batch and not await self._write(batch) and not done:
                 # Give a locked or unavailable database a moment (cut short by close).
-                with trio.move_on_after(RETRY_AFTER):
+                with anyio.move_on_after(RETRY_AFTER):
                     await self._closed.wait()
-        self._finished.set()
 
     async def _write(self, batch: list[Event]) -> bool:
         """Append ``batch`` in one transaction; False (logged and counted) if that failed.
@@ -132,7 +142,7 @@ class PullEventWriter:
         Pushes, mounts and deletes are different: their events commit with the change.
         """
         try:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 tags, manifests = pull_times(batch)
                 await self._db.run(self._db.meta.record_pulls, batch, tags, manifests)
         except Exception:

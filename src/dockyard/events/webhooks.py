@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
-import trio
+from anyio.abc import TaskStatus
 
 from dockyard import __version__
 from dockyard.config import WebhookSettings
@@ -127,13 +128,13 @@ class WebhookDeliverer:
     def statistics(self) -> dict[str, EndpointStatistics]:
         return {k: dataclasses.replace(v) for k, v in self._stats.items()}
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if not self.hooks:
             task_status.started()
             return
         # Before the server answers requests: events pushed from now on reach new endpoints.
         await self.db.run(self.db.meta.webhook_init, [h.name for h in self.hooks])
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for hook in self.hooks:
                 stats = self._stats[hook.name]
 
@@ -180,7 +181,7 @@ class WebhookDeliverer:
                 error,
                 delay,
             )
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
             delay = min(delay * 2, hook.backoff_max)
 
 
@@ -213,7 +214,7 @@ async def _post(
     client: httpx.AsyncClient, hook: WebhookSettings, body: bytes, headers: dict[str, str]
 ) -> None:
     """One attempt; raises DeliveryFailed unless the endpoint answers 2xx in time."""
-    with trio.move_on_after(hook.timeout):
+    with anyio.move_on_after(hook.timeout):
         try:
             async with client.stream("POST", hook.url, content=body, headers=headers) as r:
                 text = await _read_some(r)

@@ -21,7 +21,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import trio
+import anyio
+import anyio.to_thread
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -90,7 +91,7 @@ class Exporter:
         self.inventory_cache = inventory_cache
         self.inventory = InventoryCollector()
         self._read_at = float("-inf")
-        self._lock = trio.Lock()  # one store reading at a time; the others reuse it
+        self._lock = anyio.Lock()  # one store reading at a time; the others reuse it
         self._directory = multiprocess_dir()
         if self._directory is not None:
             self.registry = CollectorRegistry()
@@ -138,7 +139,7 @@ class Exporter:
         self.metrics.batch.flush()  # this worker's figures up to this request
         await self._refresh_inventory()
         # Reading every worker's files is file I/O: off the event loop.
-        return await trio.to_thread.run_sync(self._render)
+        return await anyio.to_thread.run_sync(self._render)
 
 
 def _alive(pid: int) -> bool:

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
@@ -65,12 +66,12 @@ class Sampler:
                 counter.labels(name)
             m.webhook_failed_events.labels(name)
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.metrics.workers.set(1)
         task_status.started()
         while True:
             self.sample()
-            await trio.sleep(INTERVAL)
+            await anyio.sleep(INTERVAL)
 
     def close(self) -> None:
         """The worker stops: hand over what is batched, drop its live gauges (its

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
+import anyio
 
 from dockyard.config import ReplicationRule
 from dockyard.core.jobs import JobBusy, JobLease, LeaseLost
@@ -89,7 +89,7 @@ class PullSchedule:
                 try:
                     wait = await self._until_due()
                     if wait > 0:
-                        await trio.sleep(min(wait, SCHEDULE_CHECK))
+                        await anyio.sleep(min(wait, SCHEDULE_CHECK))
                         continue
                     async with JobLease.hold(
                         self.db, job_name(self.rule), self.token, RUN_LEASE, "busy"
@@ -97,14 +97,14 @@ class PullSchedule:
                         if await self._until_due() <= 0:
                             await self.run_once(client, lease)
                 except JobBusy:
-                    await trio.sleep(SCHEDULE_CHECK)
+                    await anyio.sleep(SCHEDULE_CHECK)
                 except LeaseLost:
                     log.warning("replication %s: lost the run's lease", self.rule.name)
                 except Exception:  # a bug or the database: log it, keep the schedule going
                     log_failure(log, "replication %s: the run failed; will retry", self.rule.name)
-                    await trio.sleep(SCHEDULE_CHECK)
+                    await anyio.sleep(SCHEDULE_CHECK)
         finally:
-            with trio.move_on_after(2) as scope:
+            with anyio.move_on_after(2) as scope:
                 scope.shield = True
                 await client.aclose()
 
@@ -177,7 +177,7 @@ class PullSchedule:
                 self.metrics.retries.labels(rule.name, rule.source.url).inc()
         finally:
             run = ReplicationRun(rule.name, run.started, self.clock(), copied, failed, last_error)
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self.db.run(meta.replication_record_run, run)
         self.stats.runs += 1
         self.stats.images += copied

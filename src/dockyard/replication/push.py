@@ -32,7 +32,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.config import ReplicationEndpoint, ReplicationRule
 from dockyard.core.errors import RegistryError
@@ -130,13 +131,13 @@ class ReplicationPusher:
     def statistics(self) -> dict[str, ConsumerStatistics]:
         return {c.name: dataclasses.replace(c.stats) for c in self.consumers}
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if not self.consumers:
             task_status.started()
             return
         # Before the server answers requests: pushes from now on reach new targets.
         await self.db.run(self.db.meta.webhook_init, [c.name for c in self.consumers])
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for c in self.consumers:
 
                 def holding(held: bool, stats: ConsumerStatistics = c.stats) -> None:
@@ -215,7 +216,7 @@ class ReplicationPusher:
                         error,
                         delay,
                     )
-                await trio.sleep(delay)
+                await anyio.sleep(delay)
                 delay = min(delay * 2, rule.backoff_max)
                 continue
             self._count(c, report)

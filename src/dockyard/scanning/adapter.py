@@ -52,7 +52,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import trio
+from anyio.abc import TaskGroup
 
 from dockyard import __version__
 from dockyard.config import SEVERITIES, ScannerAdapterSettings
@@ -96,7 +98,7 @@ class ScannerIdentity:
 class Job:
     artifact: dict[str, str]
     request: ScanRequest
-    finished: float | None = None  # trio.current_time() when it ended
+    finished: float | None = None  # anyio.current_time() when it ended
     result: ScanResult | None = None
     error: ScanFailed | None = None
 
@@ -247,12 +249,12 @@ class ScannerAdapter:
         self.identity = identity
         self.timeout = timeout
         self.refresh_after = refresh_after
-        self._limiter = trio.CapacityLimiter(max(1, concurrency))
+        self._limiter = anyio.CapacityLimiter(max(1, concurrency))
         self._jobs: dict[str, Job] = {}
         self._db_updated = db_updated  # the database's date, as the last scan said
         # Seconds between asks for a newer database (0: only when a scan needs one).
         self.database_interval = database_interval
-        self._nursery: trio.Nursery | None = None
+        self._nursery: TaskGroup | None = None
 
     def statistics(self) -> dict[str, int]:
         pending = sum(1 for j in self._jobs.values() if j.finished is None)
@@ -266,7 +268,11 @@ class ScannerAdapter:
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on ``bind`` until ``shutdown_trigger`` returns; ``task_status`` gets the
-        bound addresses (``http://127.0.0.1:PORT``). Scans in flight are cancelled."""
+        bound addresses (``http://127.0.0.1:PORT``). Scans in flight are cancelled.
+
+        On trio only: hypercorn's trio worker is the one that reports the bound addresses,
+        and the adapter is its own process (``dockyard scanner-adapter``, under
+        ``trio.run``), never a registry worker; the rest of the adapter is anyio."""
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
@@ -274,7 +280,7 @@ class ScannerAdapter:
         config.bind = bind
         config.accesslog = None
         config.errorlog = log
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             self._nursery = nursery
             if self.database_interval > 0:
                 nursery.start_soon(self._refresh_database)
@@ -298,7 +304,7 @@ class ScannerAdapter:
                 log.info("vulnerability database: %s", version or "none yet")
             except Exception:  # a broken registry must not stop the adapter
                 log.exception("looking for a newer vulnerability database failed")
-            await trio.sleep(self.database_interval)
+            await anyio.sleep(self.database_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -428,17 +434,17 @@ class ScannerAdapter:
     async def _run(self, scan_id: str, job: Job) -> None:
         try:
             async with self._limiter:
-                with trio.fail_after(self.timeout):
+                with anyio.fail_after(self.timeout):
                     job.result = await self.scanner.scan(job.request)
         except ScanFailed as e:
             job.error = e
-        except trio.TooSlowError:
+        except TimeoutError:
             job.error = ScanFailed("timeout", f"the scan took over {self.timeout:g}s")
         except Exception as e:  # a bug in a scanner must not stop the adapter
             log.exception("scan %s crashed", scan_id)
             job.error = ScanFailed("crashed", f"{type(e).__name__}: {e}")
         finally:
-            job.finished = trio.current_time()
+            job.finished = anyio.current_time()
         if job.result is not None:
             if job.result.db_updated is not None:
                 self._db_updated = job.result.db_updated
@@ -473,7 +479,7 @@ class ScannerAdapter:
         ).encode()
 
     def _expire(self) -> None:
-        cutoff = trio.current_time() - self.settings.report_ttl
+        cutoff = anyio.current_time() - self.settings.report_ttl
         for scan_id in [
             i for i, j in self._jobs.items() if j.finished is not None and j.finished < cutoff
         ]:

@@ -39,8 +39,8 @@ import math
 from datetime import datetime
 from typing import Any
 
+import anyio
 import httpx
-import trio
 
 from dockyard import __version__
 from dockyard.config import SEVERITIES, HarborScannerSettings
@@ -307,7 +307,7 @@ class HarborScanner:
         }
 
     async def scan(self, request: ScanRequest) -> ScanResult:
-        with trio.move_on_after(self.timeout) as scope:
+        with anyio.move_on_after(self.timeout) as scope:
             return await self._scan(request)
         assert scope.cancelled_caught
         raise ScanFailed("timeout", f"no report from {self._base} within {self.timeout:g}s")
@@ -380,7 +380,7 @@ class HarborScanner:
                         raise failure(r, "report")
             except httpx.HTTPError as e:
                 raise ScanFailed("unavailable", f"GET {self._base}{path}: {e!r}") from None
-            await trio.sleep(wait)
+            await anyio.sleep(wait)
         try:
             report = json.loads(body)
             assert isinstance(report, dict)

@@ -27,7 +27,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.config import SEVERITIES, ScanPolicy
 from dockyard.core.common import RequestInfo
@@ -168,7 +169,7 @@ class PullPolicy:
         if not verdict.allowed:
             raise Denied(verdict.reason or "refused by a scanning policy")
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Drop a digest's cached verdict when a scan event names it."""
         wanted = EventFilter(actions=frozenset({"scan"}))
         started = False

@@ -54,7 +54,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from dockyard.config import ScanningSettings
 from dockyard.core.common import EventMaker, RequestInfo
@@ -220,8 +221,8 @@ class ScanQueue:
         self.events = EventMaker(instance, clock)
         # The instance name first: `dockyard serve` frees leases that start with it.
         self.lease = f"{instance}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._wakeup = trio.Event()
-        self._last_push = -float("inf")  # trio.current_time() of the last push seen
+        self._wakeup = anyio.Event()
+        self._last_push = -float("inf")  # anyio.current_time() of the last push seen
         self._depth_seen = 0.0
         # Called with a digest whose scan changed (the pull policy's cache).
         self.on_scanned: list[Callable[[str], None]] = []
@@ -229,14 +230,14 @@ class ScanQueue:
     def wake(self) -> None:
         """Tell idle workers a row may be due (after an enqueue in this process)."""
         self._wakeup.set()
-        self._wakeup = trio.Event()
+        self._wakeup = anyio.Event()
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         if s.on_push:
             # Before the server answers requests: every push from now on is scanned.
             await self.db.run(self.db.meta.webhook_init, [CONSUMER])
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             if s.on_push:
                 consumer = LogConsumer(
                     self.db,
@@ -305,7 +306,7 @@ class ScanQueue:
     # -- waiting for a quiet moment
 
     async def _watch_pushes(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         pushes = EventFilter(actions=frozenset({"push"}))
         started = False
@@ -317,22 +318,22 @@ class ScanQueue:
                         started = True
                     async for event in subscription:
                         if (event.body.get("request") or {}).get("method") != SCANNER_METHOD:
-                            self._last_push = trio.current_time()
+                            self._last_push = anyio.current_time()
             except SubscriberLagged:  # so many pushes that it fell behind: busy
-                self._last_push = trio.current_time()
+                self._last_push = anyio.current_time()
 
     async def _quiet_moment(self) -> None:
         """Return once no push came for ``quiet`` seconds, or after ``quiet_max``."""
         quiet = self.settings.quiet
         if quiet <= 0:
             return
-        give_up = trio.current_time() + self.settings.quiet_max
+        give_up = anyio.current_time() + self.settings.quiet_max
         while True:
-            now = trio.current_time()
+            now = anyio.current_time()
             wait = min(self._last_push + quiet, give_up) - now
             if wait <= 0:
                 return
-            await trio.sleep(wait)
+            await anyio.sleep(wait)
 
     # -- the workers
 
@@ -348,12 +349,12 @@ class ScanQueue:
             if not claimed:
                 await self._count_depth()
                 wakeup = self._wakeup
-                with trio.move_on_after(IDLE_CHECK):
+                with anyio.move_on_after(IDLE_CHECK):
                     await wakeup.wait()
                 continue
             row = claimed[0]
             try:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(
                         self._keep_row_lease, row.digest, lease, nursery.cancel_scope
                     )
@@ -361,7 +362,7 @@ class ScanQueue:
                     nursery.cancel_scope.cancel()
             except Exception:
                 log_failure(log, "scanning: %s: storing the outcome failed; will retry", row.digest)
-                await trio.sleep(IDLE_CHECK)
+                await anyio.sleep(IDLE_CHECK)
 
     async def _count_depth(self) -> None:
         if self.metrics is None or self.clock() - self._depth_seen < 5:
@@ -374,9 +375,9 @@ class ScanQueue:
         for status in ("queued", "retrying", "running"):
             self.metrics.queue_depth.labels(status).set(counts.get(status, 0))
 
-    async def _keep_row_lease(self, digest: str, lease: str, scope: trio.CancelScope) -> None:
+    async def _keep_row_lease(self, digest: str, lease: str, scope: anyio.CancelScope) -> None:
         while True:
-            await trio.sleep(self.lease_seconds / 3)
+            await anyio.sleep(self.lease_seconds / 3)
             try:
                 held = await self.db.run(
                     self.db.meta.scans_renew, digest, lease, self.lease_seconds
@@ -465,7 +466,7 @@ class ScanQueue:
             sbom=self.settings.sbom,
             local=local,
         )
-        with trio.move_on_after(timeout) as scope:
+        with anyio.move_on_after(timeout) as scope:
             return await self.scanner.scan(request)
         assert scope.cancelled_caught
         raise ScanFailed("timeout", f"the scan took longer than {timeout:g} seconds")
@@ -626,7 +627,7 @@ class ScanQueue:
         token = f"{self.lease}-rescan"
         meta = self.db.meta
         while True:
-            await trio.sleep(interval)
+            await anyio.sleep(interval)
             try:
                 # Held for the interval and never released: one look per interval.
                 if not await self.db.run(
@@ -651,7 +652,7 @@ class ScanQueue:
                 self.wake()
             if n < RESCAN_BATCH:
                 return total
-            await trio.sleep(RESCAN_PAUSE)
+            await anyio.sleep(RESCAN_PAUSE)
 
 
 class _PushConsumer:

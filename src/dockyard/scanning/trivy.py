@@ -65,7 +65,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import trio
+import anyio
+import anyio.to_thread
 
 from dockyard.config import SEVERITIES, ScanningSettings
 from dockyard.scanning.scanner import Finding, LocalImage, ScanFailed, ScanRequest, ScanResult
@@ -151,12 +152,6 @@ def _findings(report: dict[str, Any]) -> tuple[Finding, ...]:
     return tuple(found)
 
 
-async def _kill(process: trio.Process) -> None:
-    # trio's default sends SIGTERM and waits; trivy stuck on a silent registry may not
-    # stop for it, and nothing of a cancelled scan is worth keeping.
-    process.kill()
-
-
 def priority_prefix(priority: str) -> list[str]:
     """The command that starts trivy at ``priority`` ([scanning] priority). Both exec the
     scanner (same pid, so a kill reaches it) and set the priority before it starts, so
@@ -197,7 +192,7 @@ class TrivyScanner:
         if settings.db_repository:
             self._db_host, self._db_repo = _split_repository(settings.db_repository)
         self._db_insecure = _is_loopback(self._db_host) if db_insecure is None else db_insecure
-        self._db_lock = trio.Lock()
+        self._db_lock = anyio.Lock()
         self._version: str | None = None
 
     # -- the binary ---------------------------------------------------------------------
@@ -229,16 +224,12 @@ class TrivyScanner:
     ) -> tuple[int, bytes, str]:
         """(exit status, stdout, stderr) of trivy ``args``; kills it after ``timeout``."""
         command = [*priority_prefix(self.settings.priority), self._binary(), *args]
-        with trio.move_on_after(timeout) as scope:
+        with anyio.move_on_after(timeout) as scope:
             try:
-                done = await trio.run_process(
-                    command,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                    env=env,
-                    deliver_cancel=_kill,
-                )
+                # Cancelled (the timeout, a stop), anyio kills it (SIGKILL, not SIGTERM):
+                # trivy stuck on a silent registry may ignore SIGTERM, and nothing of a
+                # cancelled scan is worth keeping.
+                done = await anyio.run_process(command, check=False, env=env)
             except OSError as e:  # vanished or not executable since _binary() looked
                 raise ScanFailed("unavailable", f"cannot run {command[0]}: {e}") from e
         if scope.cancelled_caught:
@@ -395,7 +386,7 @@ class TrivyScanner:
             link.replace(self._scan_cache / "db")
             self._prune(keep=name)
         finally:
-            await trio.to_thread.run_sync(shutil.rmtree, incoming, True)
+            await anyio.to_thread.run_sync(shutil.rmtree, incoming, True)
         info = self.current_database()
         assert info is not None
         log.info("trivy database %s (updated %s) is in use", info.version, info.updated)
@@ -555,7 +546,7 @@ class TrivyScanner:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.cache_dir / f"report-{uuid.uuid4().hex}.json"
         try:
-            await trio.Path(path).write_bytes(report)
+            await anyio.Path(path).write_bytes(report)
             status, out, err = await self._run(
                 ["convert", "--format", "cyclonedx", "--quiet", str(path)],
                 self._env(),
