@@ -14,7 +14,8 @@ keep-alive connections, ``perf.rate``'s client) against, alternated in one run:
   (``gc.freeze()``, generation 0 threshold 50,000), with an access log written to a
   file; the asyncio worker; the uvloop worker (if uvloop is installed);
 - dockyard: ``dockyard serve --workers 1`` (access log off, as in ``perf.run``), manifest
-  HEAD by tag (with pull events recorded, the default, and off), and ``/healthz``;
+  HEAD by tag (with pull events recorded, the default, and off; on trio, and on uvloop
+  if it is installed), and ``/healthz``;
 - Distribution (``DOCKYARD_PERF_DISTRIBUTION``'s binary, or Debian's), manifest HEAD by
   tag.
 
@@ -32,7 +33,8 @@ of ``--size-mib`` each, one at a time. The HTTP stack's share of a push::
     python -m perf.profile_serve upload-floor [--repeats 5] [--size-mib 64] [--count 8]
 
 ``sample``: ``py-spy record`` (sampling, all threads, idle stacks left out) on the one
-worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``)
+worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``;
+``head-uvloop`` with ``[server] backend = "uvloop"``)
 or monolithic blob pushes (``push``), or of the trivial app under hypercorn's trio or
 asyncio worker with dockyard's settings answering HEADs (``trivial-trio``,
 ``trivial-asyncio``), then each sample is charged to the innermost frame of a known part
@@ -264,6 +266,15 @@ def subjects() -> list[Subject]:
         )
     else:
         print("uvloop is not installed: no trivial-uvloop row", flush=True)
+    if importlib.util.find_spec("uvloop") is not None:
+        found.append(
+            Subject(
+                "dockyard-head-tag-uvloop",
+                "dockyard serve --workers 1, [server] backend = uvloop, manifest HEAD by tag",
+                lambda work: _dockyard(work, {"DOCKYARD_SERVER_BACKEND": "uvloop"}),
+                "/v2/floor/manifests/v1",
+            )
+        )
     found += [
         Subject("dockyard-healthz", "dockyard serve --workers 1, /healthz", _dockyard, "/healthz"),
         Subject(
@@ -573,7 +584,8 @@ def sample(
             proc, port = _hypercorn(worker, DOCKYARD_HYPERCORN)(work)
             path = "/"
         else:
-            proc, port = _dockyard(work)
+            backend = {"DOCKYARD_SERVER_BACKEND": "uvloop"} if kind == "head-uvloop" else {}
+            proc, port = _dockyard(work, backend)
             path = "/v2/floor/manifests/v1"
         try:
             # hypercorn's one worker is a child process (dockyard's and the CLI's alike).
@@ -729,7 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--size-mib", type=int, default=64)
     u.add_argument("--count", type=int, default=8)
     s = sub.add_parser("sample", help="py-spy on dockyard's worker")
-    s.add_argument("kind", choices=["head", "push", "trivial-trio", "trivial-asyncio"])
+    s.add_argument(
+        "kind", choices=["head", "head-uvloop", "push", "trivial-trio", "trivial-asyncio"]
+    )
     s.add_argument("--duration", type=float, default=20.0, help="head: seconds sampled")
     s.add_argument("--size-mib", type=int, default=256, help="push: blob size")
     s.add_argument("--count", type=int, default=4, help="push: blobs")
