@@ -27,6 +27,14 @@ from tests.webhook_receiver import Receiver, hook, webhooks_toml
 TOOL_TIMEOUT = 120.0
 
 
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """End-to-end tests drive a server process: their own async code (a client) runs on
+    trio only; the loop under test is the server's (``DOCKYARD_TEST_SERVER_BACKEND``).
+    Running each client on both loops would only run every e2e test twice."""
+    return "trio"
+
+
 def _fail(
     what: Sequence[str], rc: int, stdout: bytes, stderr: bytes, server: DockyardServer
 ) -> None:
