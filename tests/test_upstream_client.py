@@ -25,6 +25,7 @@ from dockyard.upstream.client import (
     RegistryClient,
     Unavailable,
 )
+from tests.conftest import TEST_BACKENDS
 from tests.distribution import Distribution
 from tests.e2e.conftest import serving
 from tests.e2e.test_auth_e2e import PASSWORDS, write_auth_config
@@ -104,6 +105,12 @@ def source(data: bytes) -> AsyncIterator[bytes]:
     return chunks()
 
 
+def of_backend(seed: int, backend: str) -> int:
+    """An image seed of the test's own for each backend: the module's servers outlive a
+    test's first run, so its run on the other backend must push content not there yet."""
+    return seed + 100 * TEST_BACKENDS.index(backend)
+
+
 async def push_image(client: RegistryClient, repository: str, seed: int, tag: str) -> str:
     blobs, manifest = image(seed)
     for digest, data in blobs.items():
@@ -149,13 +156,15 @@ async def test_push_and_pull_an_image(remote: Remote) -> None:
         assert await client.head_manifest(repository, digest) is None
 
 
-async def test_referrers(dockyard_token: DockyardServer, distribution: Distribution) -> None:
+async def test_referrers(
+    dockyard_token: DockyardServer, distribution: Distribution, anyio_backend: str
+) -> None:
     empty = b"{}"
     async with RegistryClient(
         dockyard_token.url, username="root", password=PASSWORDS["root"]
     ) as client:
-        repository = "client/referred"
-        subject = await push_image(client, repository, 2, "v1")
+        repository = f"client/referred-{anyio_backend}"
+        subject = await push_image(client, repository, of_backend(2, anyio_backend), "v1")
         await client.push_blob(repository, str(digest_of(empty)), 2, lambda: source(empty))
         signature = {
             "schemaVersion": 2,
@@ -185,8 +194,9 @@ async def test_referrers(dockyard_token: DockyardServer, distribution: Distribut
         ]
     # Distribution 2.8 has no referrers API: nothing, not an error.
     async with RegistryClient(distribution.url) as plain:
-        digest = await push_image(plain, "client/plain", 3, "v1")
-        assert await plain.referrers("client/plain", digest) == []
+        plain_repository = f"client/plain-{anyio_backend}"
+        digest = await push_image(plain, plain_repository, of_backend(3, anyio_backend), "v1")
+        assert await plain.referrers(plain_repository, digest) == []
 
 
 async def test_what_is_not_there(remote: Remote) -> None:
@@ -240,18 +250,19 @@ async def test_tokens_are_reused_until_they_expire(dockyard_token: DockyardServe
 
 
 async def test_a_manifest_that_does_not_match_its_digest_is_corrupt(
-    distribution: Distribution,
+    distribution: Distribution, anyio_backend: str
 ) -> None:
     async with RegistryClient(distribution.url) as client:
-        digest = await push_image(client, "client/corrupt", 4, "v1")
+        repository = f"client/corrupt-{anyio_backend}"
+        digest = await push_image(client, repository, of_backend(4, anyio_backend), "v1")
         stored = distribution.blob_path(digest)
         stored.write_bytes(
             stored.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":2 ')
         )
         with pytest.raises(Corrupt):
-            await client.get_manifest("client/corrupt", digest)
+            await client.get_manifest(repository, digest)
         with pytest.raises(Corrupt):  # by tag, against Docker-Content-Digest
-            await client.get_manifest("client/corrupt", "v1")
+            await client.get_manifest(repository, "v1")
 
 
 class Flaky(http.server.BaseHTTPRequestHandler):
