@@ -27,20 +27,10 @@ from perf.servers import DiscardServer, Dockyard
 from perf.tls import ClientTLS, ProtocolMismatch, ServerTLS, make_certificates
 from perf.transport import main as transport_main
 
-TINY = Params.quick().with_overrides(
-    push_count=3,
-    push_size=1 * MiB + 17,
-    push_chunk=256 * 1024,
-    pull_count=2,
-    pull_size=2 * MiB,
-    range_size=256 * 1024,
-    range_requests=20,
-    rps_tags=3,
-    rps_connections=(4,),
-    rps_duration=0.3,
-    rps_max_requests=3000,
-    time_limit=60.0,
-)
+from tests.test_perf_quick import TINY as QUICK_TINY
+
+# The quick smoke's tiny sizes (its storm fields are unused here).
+TINY = QUICK_TINY
 
 
 @pytest.fixture(scope="module")
