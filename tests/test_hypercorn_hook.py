@@ -129,3 +129,26 @@ def test_memory_per_upload_is_bounded_whatever_the_read_size() -> None:
         assert app_queue_size(read_size) >= 2
         assert queued <= max(mib, 2 * read_size), read_size
     assert app_queue_size(mib) == 2 and app_queue_size(256 * 1024) == 4
+
+
+def test_server_config_dates_every_response_and_names_no_server() -> None:
+    """``ServerConfig`` formats Date once a second (hypercorn: once a response) and sends no
+    Server header; both as hypercorn's own Config would otherwise."""
+    from email.utils import parsedate_to_datetime
+    from time import time
+
+    from hypercorn.config import Config
+
+    from dockyard.http.worker import ServerConfig
+
+    before = int(time())
+    headers = dict(ServerConfig().response_headers("h11"))
+    after = time()
+    assert b"server" not in headers
+    assert before <= parsedate_to_datetime(headers[b"date"].decode()).timestamp() <= after
+    ours = ServerConfig().response_headers("h2")
+    theirs = Config().response_headers("h2")
+    assert [name for name, _ in ours] == [n for n, _ in theirs if n != b"server"]
+    config = ServerConfig()
+    config.include_date_header = False
+    assert config.response_headers("h11") == []

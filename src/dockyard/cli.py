@@ -56,7 +56,6 @@ def _users_file_ok(settings: Settings) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hypercorn.config import Config
     from hypercorn.run import run
 
     from dockyard.http import h2edge, websocket, worker
@@ -114,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     if released:
         log.info("released %d upload leases of a previous run", released)
 
-    config = Config()
+    config = worker.ServerConfig()
     if settings.tls.cert:
         from dockyard.tls import TLSConfig
 

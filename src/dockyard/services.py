@@ -38,6 +38,7 @@ from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
 from dockyard.http import edge, h2edge, websocket
+from dockyard.http.answers import AnswerCache
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.bodyrate import BodyPace
 from dockyard.http.guard import build_guard
@@ -409,7 +410,25 @@ def build(
         services.sampler = mount_metrics(
             app, settings, metrics, db, hub, pulls, lambda: services.webhooks
         )
+    app.answers = answer_cache(settings, app, registry, db)
     return services
+
+
+def answer_cache(
+    settings: Settings, app: RegistryApp, registry: Registry, db: Database
+) -> AnswerCache | None:
+    """The manifest answers kept in memory (http/answers.py), where nothing about the
+    caller can change an answer; None elsewhere."""
+    if not settings.server.answer_cache or db.change_marker() is None:
+        return None
+    anyone_pulls_anything = (
+        settings.auth.mode == "none"
+        and app.guard.is_open("pull")
+        and settings.tls.client_auth == "none"  # a certificate's user is the events' actor
+    )
+    if not anyone_pulls_anything or settings.upstreams or registry.manifests.pull_check:
+        return None
+    return AnswerCache(db.change_marker)
 
 
 def mount_token_endpoint(

@@ -30,11 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from hypercorn.config import Config
 
 from dockyard.config import Settings
 from dockyard.http.request import CLIENT_SUBJECT, SHORT_NAMES
-from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module
+from dockyard.http.worker import DEFAULT_BACKEND, ServerConfig, is_asyncio, run_module
 
 log = logging.getLogger("dockyard.tls")
 
@@ -222,8 +221,8 @@ def _with_tls_scope(app: Any, extension: dict[str, Any]) -> Callable[..., Any]:
     return call
 
 
-class TLSConfig(Config):
-    """hypercorn's Config with dockyard's SSLContext (pickled into every worker)."""
+class TLSConfig(ServerConfig):
+    """``ServerConfig`` with dockyard's SSLContext (pickled into every worker)."""
 
     dockyard_settings: Settings
 

@@ -59,6 +59,9 @@ class ServerSettings:
     # ("asyncio") or on uvloop's ("uvloop", the dockyard[uvloop] extra). Same registry on
     # each; the asyncio ones cost less CPU per request (docs/architecture.md).
     backend: str = "trio"
+    # Answer manifest GET and HEAD from memory while the database is unchanged, where
+    # nothing about the caller can change the answer (http/answers.py says when).
+    answer_cache: bool = True
 
 
 @dataclass

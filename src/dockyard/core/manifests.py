@@ -115,20 +115,34 @@ class Manifests:
         if self.pull_check is not None:
             await self.pull_check(ctx, repository, found)
         if record_pull:
-            tag = None if isinstance(ref, Digest) else ref
-            self.pulls.record(
-                self._event(
-                    ctx,
-                    "pull",
-                    repository,
-                    found.digest,
-                    found.media_type,
-                    found.size,
-                    tag,
-                    kind="manifest",
-                )
-            )
+            self.record_pull(ctx, repository, None if isinstance(ref, Digest) else ref, found)
         return found
+
+    def pull_recorder(
+        self, repository: str, reference: str, found: ManifestRecord
+    ) -> Callable[[RequestInfo], None]:
+        """What records the pull event of another GET of ``found`` by ``reference`` (a GET
+        answered again from memory, ``http/answers.py``)."""
+        ref = _manifest_reference(repository, reference)
+        tag = None if isinstance(ref, Digest) else ref
+        return lambda ctx: self.record_pull(ctx, repository, tag, found)
+
+    def record_pull(
+        self, ctx: RequestInfo, repository: str, tag: str | None, found: ManifestRecord
+    ) -> None:
+        """Record the pull event of ``found``, pulled by ``tag`` (None: by digest)."""
+        self.pulls.record(
+            self._event(
+                ctx,
+                "pull",
+                repository,
+                found.digest,
+                found.media_type,
+                found.size,
+                tag,
+                kind="manifest",
+            )
+        )
 
     async def _find_manifest(self, repository: str, ref: Digest | str) -> ManifestRecord | None:
         if isinstance(ref, Digest):

@@ -84,6 +84,7 @@ class Registry:
         self.purge_stale_uploads = self.uploads.purge_stale_uploads
         # manifests and listings
         self.get_manifest = self.manifests.get_manifest
+        self.manifest_pull_recorder = self.manifests.pull_recorder
         self.put_manifest = self.manifests.put_manifest
         self.delete_manifest = self.manifests.delete_manifest
         self.list_tags = self.manifests.list_tags

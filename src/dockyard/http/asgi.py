@@ -26,6 +26,7 @@ from dockyard.auth.tickets import FeedTickets
 from dockyard.core import errors as err
 from dockyard.core.registry import Registry, RequestInfo
 from dockyard.core.stats import Statistics
+from dockyard.http.answers import Answer, AnswerCache, AnswerKey
 from dockyard.http.bodyrate import BodyPace, BodyTooSlow, PacedReceive
 from dockyard.http.errors import (
     INTERNAL,
@@ -141,6 +142,9 @@ class RegistryApp:
         self.router = Router(registry_routes(*resources), health.authorize)
         # Bound once: the request path calls the router's method with no lookup between.
         self._dispatch = self.router.dispatch
+        # Manifest answers kept in memory (http/answers.py), where the composition root
+        # finds nothing about the caller can change them; None: every request is served.
+        self.answers: AnswerCache | None = None
 
     def add_routes(self, routes: list[Route], paths: Iterable[str]) -> None:
         """Serve ``routes`` at the exact ``paths`` outside /v2/ (the token service) in this
@@ -247,6 +251,17 @@ class RegistryApp:
                 body_pending = False
             return message
 
+        answers = self.answers
+        key: AnswerKey | None = None
+        made_under: int | None = None
+        if answers is not None and not body_pending and method in _KEPT_METHODS:
+            key = (method, scope["path"], scope.get("query_string", b""), headers.get("accept"))
+            answer = answers.get(key)
+            if answer is not None:
+                await self._answer_again(answer, scope, send, headers, client, request_id, started)
+                return
+            made_under = answers.marker()  # before the database is read
+
         user = certificate_user(scope, self._client_user) if self._client_user else None
         req = Request(
             method=method,
@@ -295,6 +310,21 @@ class RegistryApp:
                 error_code=INTERNAL.code.value if INTERNAL.code else None,
             )
         head = method == "HEAD"
+        if key is not None and response.keepable and response.status == 200:
+            assert answers is not None and response.stream is None
+            answers.keep(
+                key,
+                made_under,
+                Answer(
+                    response.status,
+                    _raw_headers(response),
+                    response.body,
+                    req.route,
+                    req.repository,
+                    req.reference,
+                    response.again,
+                ),
+            )
         if not body_pending:
             sent = await self._send(send, response, head, request_id)
         else:
@@ -302,30 +332,73 @@ class RegistryApp:
                 send, response, head, request_id, receive_tracked, scope.get("http_version") == "2"
             )
         if self.observers:
-            self._observe(req, response, sent, bytes_in, started)
+            duration = time.perf_counter() - started
+            self._observe(
+                RequestRecord(
+                    request_id=req.info.id,
+                    method=req.method,
+                    path=req.path,
+                    client=req.client,
+                    user_agent=req.info.user_agent,
+                    route=req.route,
+                    repository=req.repository,
+                    reference=req.reference,
+                    user=req.identity.name if req.identity is not None else None,
+                    status=response.status,
+                    error_code=response.error_code,
+                    bytes_in=bytes_in,
+                    bytes_out=sent,
+                    started=time.time() - duration,
+                    duration=duration,
+                    query=req.query,
+                )
+            )
 
-    def _observe(
-        self, req: Request, response: Response, sent: int, bytes_in: int, started: float
+    async def _answer_again(
+        self,
+        answer: Answer,
+        scope: Scope_,
+        send: Send,
+        headers: dict[str, str],
+        client: str,
+        request_id: str,
+        started: float,
     ) -> None:
-        duration = time.perf_counter() - started
-        record = RequestRecord(
-            request_id=req.info.id,
-            method=req.method,
-            path=req.path,
-            client=req.client,
-            user_agent=req.info.user_agent,
-            route=req.route,
-            repository=req.repository,
-            reference=req.reference,
-            user=req.identity.name if req.identity is not None else None,
-            status=response.status,
-            error_code=response.error_code,
-            bytes_in=bytes_in,
-            bytes_out=sent,
-            started=time.time() - duration,
-            duration=duration,
-            query=req.query,
-        )
+        """Give a kept answer (http/answers.py) as the request path would have given it."""
+        method = scope["method"]
+        user_agent = headers.get("user-agent", "")[:256]
+        if answer.record_pull is not None:
+            answer.record_pull(RequestInfo(request_id, client, user_agent, method))
+        raw = [_API_VERSION_RAW, (b"x-request-id", request_id.encode()), *answer.headers]
+        await send({"type": "http.response.start", "status": answer.status, "headers": raw})
+        body = b"" if method == "HEAD" else answer.body
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if self.observers:
+            duration = time.perf_counter() - started
+            self._observe(
+                RequestRecord(
+                    request_id=request_id,
+                    method=method,
+                    path=scope["path"],
+                    client=client,
+                    user_agent=user_agent,
+                    route=answer.route,
+                    repository=answer.repository,
+                    reference=answer.reference,
+                    user=None,
+                    status=answer.status,
+                    error_code=None,
+                    bytes_in=0,
+                    bytes_out=len(body),
+                    started=time.time() - duration,
+                    duration=duration,
+                    query=parse_qs(
+                        scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+                    ),
+                )
+            )
+
+    def _observe(self, record: RequestRecord) -> None:
         for observe in self.observers:
             try:
                 observe(record)
@@ -389,10 +462,7 @@ class RegistryApp:
     ) -> int:
         """Send ``response``; the number of body bytes sent. ``before_end``, if given, is
         awaited after the body is sent and before the response's end is."""
-        raw = [_API_VERSION_RAW, (b"x-request-id", request_id.encode())]
-        raw += [(k.encode(), v.encode("latin-1")) for k, v in response.headers]
-        if response.status not in (204, 304):
-            raw.append((b"content-length", str(response.length).encode()))
+        raw = [_API_VERSION_RAW, (b"x-request-id", request_id.encode()), *_raw_headers(response)]
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
         if head or response.status in (204, 304):
             if before_end is not None:
@@ -430,6 +500,18 @@ class RegistryApp:
             await before_end()
         await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         return sent + len(held or b"")
+
+
+# Requests whose answers may be kept (http/answers.py).
+_KEPT_METHODS = frozenset(("GET", "HEAD"))
+
+
+def _raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
+    """``response``'s headers as ASGI sends them, Content-Length included."""
+    raw = [(k.encode(), v.encode("latin-1")) for k, v in response.headers]
+    if response.status not in (204, 304):
+        raw.append((b"content-length", str(response.length).encode()))
+    return raw
 
 
 # How long an early answer's end waits for the rest of the body (a client that neither

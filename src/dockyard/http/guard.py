@@ -50,6 +50,10 @@ class Guard:
             if not network.restricts(name) and not limits.limits(name)
         )
 
+    def is_open(self, action: str) -> bool:
+        """Whether ``action``'s class has neither a network list nor a rate limit."""
+        return action in self._open
+
     def check(self, client: str, identity: Identity | None, action: str) -> None:
         """Raise ``Denied`` if ``client`` may not do ``action``, ``TooManyRequests`` if the
         caller (its identity, or its address when anonymous) is over the class's limit."""

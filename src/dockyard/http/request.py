@@ -159,6 +159,11 @@ class Response:
         self.stream = stream
         self.length = len(body) if length is None else length
         self.error_code = error_code  # the OCI code of an error answer, for metrics and logs
+        # The same request may be answered with this response again, from memory, while the
+        # database is unchanged (http/answers.py); ``again`` is what doing so must still do
+        # (a GET's pull event).
+        self.keepable = False
+        self.again: Callable[[RequestInfo], None] | None = None
 
 
 def json_response(

@@ -10,7 +10,11 @@ change: each hooks the modules of the worker named here.
 from __future__ import annotations
 
 import importlib
+import time
+from email.utils import formatdate
 from types import ModuleType
+
+from hypercorn.config import Config
 
 from dockyard.config.model import SERVER_BACKENDS as BACKENDS
 
@@ -37,6 +41,27 @@ def worker_context_module(backend: str) -> ModuleType:
     return importlib.import_module(f"hypercorn.{_package(backend)}.worker_context")
 
 
+class ServerConfig(Config):
+    """hypercorn's Config as ``dockyard serve`` uses it (pickled into every worker).
+
+    Every response's Date header is formatted once per second rather than per response
+    (hypercorn formats it anew each time: about 2% of a manifest HEAD on uvloop), and no
+    Server header is sent (it named hypercorn's version to every client)."""
+
+    include_server_header = False
+    _date_second = -1
+    _date_header: tuple[tuple[bytes, bytes], ...] = ()
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        if not self.include_date_header or self.alt_svc_headers or self._quic_addresses:
+            return super().response_headers(protocol)
+        now = int(time.time())
+        if now != self._date_second:
+            date = formatdate(now, usegmt=True).encode("ascii")
+            self._date_header, self._date_second = ((b"date", date),), now
+        return list(self._date_header)
+
+
 def check_available(backend: str) -> None:
     """Raise ``RuntimeError`` if ``backend`` cannot run here (uvloop not installed)."""
     if backend not in BACKENDS:
@@ -60,6 +85,7 @@ def _package(backend: str) -> str:
 __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
+    "ServerConfig",
     "check_available",
     "is_asyncio",
     "run_module",

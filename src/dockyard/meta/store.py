@@ -59,6 +59,11 @@ class Lifecycle(Protocol):
         """Calls in this block are point reads made on the event loop thread: they must
         not wait for locks, and raise ``StoreBusy`` instead."""
 
+    def change_marker(self) -> int | None:
+        """A value that differs once any connection of any process has committed a change
+        since the last call from this thread; None when the store cannot tell cheaply
+        (then nothing is answered from memory, ``http/answers.py``)."""
+
 
 class Repositories(Protocol):
     def repository_exists(self, name: str) -> bool: ...
@@ -468,6 +473,14 @@ class Database:
             raise
         finally:
             timer(getattr(fn, "__name__", "other"), time.perf_counter() - started, failed)
+
+    def change_marker(self) -> int | None:
+        """The store's change marker, read on this (the event loop's) thread; None if the
+        store cannot tell or the read failed."""
+        try:
+            return self.meta.change_marker()
+        except Exception:  # a store in trouble: answer from the database, which says so
+            return None
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A point read (one indexed lookup) run right here on the event loop thread.

@@ -34,7 +34,11 @@ class Manifests(Resource):
             ("docker-content-digest", found.digest),
             ("etag", f'"{found.digest}"'),
         ]
-        return Response(200, headers, found.payload)
+        response = Response(200, headers, found.payload)
+        response.keepable = True
+        if req.method == "GET":
+            response.again = self.registry.manifest_pull_recorder(name, p["reference"], found)
+        return response
 
     async def _read_body(self, req: Request) -> bytes:
         limit = self.max_bytes

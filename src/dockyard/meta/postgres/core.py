@@ -197,6 +197,11 @@ class PostgresCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, Colle
             # one error type for "the database did not answer", an outage, not a bug.
             raise StoreUnavailable(f"database unavailable: {type(e).__name__}: {e}") from e
 
+    def change_marker(self) -> None:
+        """None: other instances commit where this one cannot see it without a query (so
+        no answer is kept in memory on PostgreSQL)."""
+        return None
+
     @contextmanager
     def inline_reads(self) -> Iterator[None]:
         """Calls in this block use this thread's inline connection (short timeouts)."""
