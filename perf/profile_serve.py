@@ -106,6 +106,7 @@ class Subject:
     what: str
     start: Callable[[Path], tuple[subprocess.Popen[bytes], int]]
     path: str
+    method: str = "HEAD"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     port: int = 0
 
@@ -120,6 +121,21 @@ from dockyard.services import set_read_size
 set_read_size(256 * 1024)
 edge.install()
 h2edge.install()
+"""
+)
+
+
+# EDGE_APP's hooks on hypercorn's asyncio worker (uvloop), as create_app() installs them
+# there, with the feeds' stop notice (its per-connection send lock).
+EDGE_APP_UVLOOP = (
+    TRIVIAL_APP
+    + """
+from dockyard.http import edge, h2edge, websocket
+from dockyard.services import set_read_size
+set_read_size(1024 * 1024, "uvloop")
+edge.install()
+h2edge.install("uvloop")
+websocket.install_stop_notice("uvloop")
 """
 )
 
@@ -269,10 +285,27 @@ def subjects() -> list[Subject]:
     if importlib.util.find_spec("uvloop") is not None:
         found.append(
             Subject(
+                "trivial-uvloop-dockyardedge",
+                "uvloop worker, dockyard's settings and hooks (edge, guard, read size, send lock)",
+                _hypercorn("uvloop", DOCKYARD_HYPERCORN + TUNED, EDGE_APP_UVLOOP),
+                "/",
+            )
+        )
+        found.append(
+            Subject(
                 "dockyard-head-tag-uvloop",
                 "dockyard serve --workers 1, [server] backend = uvloop, manifest HEAD by tag",
                 lambda work: _dockyard(work, {"DOCKYARD_SERVER_BACKEND": "uvloop"}),
                 "/v2/floor/manifests/v1",
+            )
+        )
+        found.append(
+            Subject(
+                "dockyard-get-tag-uvloop",
+                "the same, manifest GET by tag (records a pull event)",
+                lambda work: _dockyard(work, {"DOCKYARD_SERVER_BACKEND": "uvloop"}),
+                "/v2/floor/manifests/v1",
+                "GET",
             )
         )
     found += [
@@ -300,6 +333,15 @@ def subjects() -> list[Subject]:
                 "/v2/floor/manifests/v1",
             )
         )
+        found.append(
+            Subject(
+                "distribution-get-tag",
+                "Distribution (perf/servers.py), manifest GET by tag",
+                _distribution,
+                "/v2/floor/manifests/v1",
+                "GET",
+            )
+        )
     except FileNotFoundError as e:
         print(f"no distribution-head-tag row: {e}", flush=True)
     return found
@@ -323,11 +365,11 @@ def floor(repeats: int, duration: float, only: list[str]) -> int:
                     time.sleep(0.3)
                     pids = process_tree([p.pid for p in s.procs])
                     requests = build_requests(
-                        "127.0.0.1", s.port, "HEAD", [s.path], [("Accept", ACCEPT)]
+                        "127.0.0.1", s.port, s.method, [s.path], [("Accept", ACCEPT)]
                     )
                     before = cpu_seconds(pids)
                     res = run_py(
-                        "127.0.0.1", s.port, requests, head=True, connections=16,
+                        "127.0.0.1", s.port, requests, head=s.method == "HEAD", connections=16,
                         duration=duration, max_requests=10**7,
                     )  # fmt: skip
                     cpu = cpu_seconds(process_tree([p.pid for p in s.procs])) - before
