@@ -152,3 +152,26 @@ def test_server_config_dates_every_response_and_names_no_server() -> None:
     config = ServerConfig()
     config.include_date_header = False
     assert config.response_headers("h11") == []
+
+
+def test_an_asyncio_tcp_server_without_its_idle_task_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """http/keepalive.py replaces the asyncio TCPServer's idle task: a hypercorn whose
+    TCPServer no longer has one stops ``dockyard serve`` (trio has nothing to check)."""
+    from dockyard.http.keepalive import check_idle_timer_hook
+
+    check_idle_timer_hook("uvloop")  # the installed hypercorn has it
+    check_idle_timer_hook("trio")
+
+    class TCPServer:  # a release that times idle connections some other way
+        async def run(self) -> None: ...
+
+    monkeypatch.setattr(tcp_server_module("asyncio"), "TCPServer", TCPServer)
+    with pytest.raises(RuntimeError, match="idle task"):
+        check_idle_timer_hook("asyncio")
+    monkeypatch.setenv("DOCKYARD_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("DOCKYARD_SERVER_PORT", "0")
+    monkeypatch.setenv("DOCKYARD_SERVER_BACKEND", "asyncio")
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
+    assert "dockyard.http.keepalive" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def _users_file_ok(settings: Settings) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     from hypercorn.run import run
 
-    from dockyard.http import h2edge, websocket, worker
+    from dockyard.http import h2edge, keepalive, websocket, worker
     from dockyard.meta.open import open_meta
     from dockyard.meta.records import StoreUnavailable
     from dockyard.observability.logs import configure_logging
@@ -73,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
         check_read_size_hook(backend)
         h2edge.check_hooks(backend)
         websocket.check_stop_notice_hook(backend)
+        keepalive.check_idle_timer_hook(backend)
     except RuntimeError as e:
         print(f"dockyard: {e}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ from dockyard.events.feed import FEED_PATH
 from dockyard.events.hub import EventHub
 from dockyard.events.pulls import PullEventWriter
 from dockyard.events.webhooks import WebhookDeliverer
-from dockyard.http import edge, h2edge, websocket
+from dockyard.http import edge, h2edge, keepalive, websocket
 from dockyard.http.answers import AnswerCache
 from dockyard.http.asgi import RegistryApp
 from dockyard.http.bodyrate import BodyPace
@@ -507,6 +507,8 @@ def create_app() -> RegistryApp:
     h2edge.install(backend)
     # Feeds hear of a graceful stop and close with 1001 (http/websocket.py).
     websocket.install_stop_notice(backend)
+    # An idle keep-alive connection timed by one loop timer, not tasks (http/keepalive.py).
+    keepalive.install_idle_timer(backend)
     return build(settings).app
 
 
