@@ -91,6 +91,8 @@ class StrictServerConnection(h11.Connection):
     """
 
     header_timeout = 10.0
+    # A response's head, held back until what follows it (see ``send``).
+    _held = b""
     # h11's max_incomplete_event_size only bounds a head still incomplete: one that
     # arrives whole in a single read passes at any size. This bounds every head.
     max_header_bytes = 16 * 1024
@@ -122,6 +124,22 @@ class StrictServerConnection(h11.Connection):
                 raise _refuse("too many header fields", 431)
             return check_request(event, raw_head)
         return event
+
+    def send(self, event: Any) -> Any:  # h11 types it by overloads, one per event class
+        """What h11 would send for ``event``, except that a final response's head is held
+        back and sent with what follows it (the body's first bytes, or its end): hypercorn
+        writes each h11 event to the socket at once, so a small answer (a manifest GET)
+        took two sends, each about 10 CPU-us on loopback, where one does."""
+        data = super().send(event)
+        if type(event) is h11.Response:
+            self._held = data or b""
+            return b""
+        if self._held:
+            held, self._held = self._held, b""
+            if data is None:  # the connection closed mid-answer: the head goes unsent
+                return None
+            return held + data
+        return data
 
 
 def install(
