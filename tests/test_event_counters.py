@@ -130,3 +130,35 @@ def test_the_dashboard_lists_the_same_actions() -> None:
 
     script = (Path(dockyard.__file__).parent / "dashboard" / "dashboard.js").read_text()
     assert f"const ACTIONS = {json.dumps(list(ACTIONS))};" in script
+
+
+async def test_a_hub_nobody_listens_to_reads_nothing(meta: SQLiteMeta) -> None:
+    """No subscriber and nobody waiting past an id: no reads of the log at all (it polled
+    40 times a second); a subscriber or a waiter that comes later misses nothing."""
+    reads: list[str] = []
+    hub = EventHub(Database(meta, 2, lambda name, _s, _f: reads.append(name)), poll_interval=0.01)
+    try:
+        async with anyio.create_task_group() as nursery:
+            await nursery.start(hub.run)
+            reads.clear()
+            meta.append_events([pull("sha256:while-unheard")])
+            hub.notify()
+            await anyio.sleep(0.3)  # 30 polls' worth
+            assert reads == []
+            with anyio.fail_after(5):
+                assert await hub.wait_past(0) == 1
+            async with hub.subscribe(EventFilter(), since=0) as sub:
+                got: list[str | None] = []
+
+                async def read() -> None:
+                    async with aclosing(sub.events()) as events:
+                        async for event in events:
+                            got.append(event.digest)
+
+                nursery.start_soon(read)
+                await wait_until(lambda: got == ["sha256:while-unheard"])
+                meta.append_events([pull("sha256:live")])  # another process's: no notify
+                await wait_until(lambda: got == ["sha256:while-unheard", "sha256:live"])
+                nursery.cancel_scope.cancel()
+    finally:
+        meta.close()
