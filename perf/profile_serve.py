@@ -33,9 +33,9 @@ of ``--size-mib`` each, one at a time. The HTTP stack's share of a push::
     python -m perf.profile_serve upload-floor [--repeats 5] [--size-mib 64] [--count 8]
 
 ``sample``: ``py-spy record`` (sampling, all threads, idle stacks left out) on the one
-worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``;
-``head-uvloop`` with ``[server] backend = "uvloop"``)
-or monolithic blob pushes (``push``), or of the trivial app under hypercorn's trio or
+worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``)
+or monolithic blob pushes (``push``) (``head-uvloop``, ``push-uvloop``: the same with
+``[server] backend = "uvloop"``), or of the trivial app under hypercorn's trio or
 asyncio worker with dockyard's settings answering HEADs (``trivial-trio``,
 ``trivial-asyncio``), then each sample is charged to the innermost frame of a known part
 (hypercorn, h11, trio's socket I/O, to_thread hand-off and scheduler, asyncio, dockyard's
@@ -46,6 +46,7 @@ cumulative samples are listed. Needs
 
     python -m perf.profile_serve sample head [--duration 20] [--top 15]
     python -m perf.profile_serve sample push [--size-mib 256] [--count 4] [--top 15]
+    python -m perf.profile_serve sample push-uvloop [--size-mib 256] [--count 4]
     python -m perf.profile_serve sample trivial-trio [--duration 20] [--raw FILE]
 
 ``cprofile``: cProfile of the main thread of one dockyard worker (built as
@@ -626,7 +627,9 @@ def sample(
             proc, port = _hypercorn(worker, DOCKYARD_HYPERCORN)(work)
             path = "/"
         else:
-            backend = {"DOCKYARD_SERVER_BACKEND": "uvloop"} if kind == "head-uvloop" else {}
+            uvloop = kind.endswith("-uvloop")
+            backend = {"DOCKYARD_SERVER_BACKEND": "uvloop"} if uvloop else {}
+            kind = kind.removesuffix("-uvloop")
             proc, port = _dockyard(work, backend)
             path = "/v2/floor/manifests/v1"
         try:
@@ -784,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--count", type=int, default=8)
     s = sub.add_parser("sample", help="py-spy on dockyard's worker")
     s.add_argument(
-        "kind", choices=["head", "head-uvloop", "push", "trivial-trio", "trivial-asyncio"]
+        "kind",
+        choices=["head", "head-uvloop", "push", "push-uvloop", "trivial-trio", "trivial-asyncio"],
     )
     s.add_argument("--duration", type=float, default=20.0, help="head: seconds sampled")
     s.add_argument("--size-mib", type=int, default=256, help="push: blob size")

@@ -8,6 +8,7 @@ same settings the ``dockyard serve`` parent validated (config file path in
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -46,7 +47,7 @@ from dockyard.http.handlers.feed import EventFeed
 from dockyard.http.handlers.token import TokenEndpoint, VerifyPassword
 from dockyard.http.routing import jwks_path, token_routes
 from dockyard.http.web import build_web
-from dockyard.http.worker import DEFAULT_BACKEND, tcp_server_module
+from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, tcp_server_module
 from dockyard.meta.open import open_meta
 from dockyard.meta.records import StoreUnavailable
 from dockyard.meta.store import Database, MetadataStore
@@ -458,7 +459,35 @@ def set_read_size(read_size: int, backend: str = DEFAULT_BACKEND) -> None:
     hypercorn's app queue (``max_app_queue_size`` messages of at most this size).
     """
     check_read_size_hook(backend)
-    setattr(tcp_server_module(backend), "MAX_RECV", read_size)  # noqa: B010 - checked above
+    module = tcp_server_module(backend)
+    setattr(module, "MAX_RECV", read_size)  # noqa: B010 - checked above
+    if is_asyncio(backend):
+        _buffer_reads(module.TCPServer, read_size)
+
+
+def _buffer_reads(server: Any, read_size: int) -> None:
+    """Let the asyncio worker's ``StreamReader`` buffer up to ``read_size`` bytes.
+
+    hypercorn reads each connection through an ``asyncio.StreamReader`` with its default
+    64 KiB limit, which stops reading the socket once it holds more than 128 KiB: every
+    body message was one transport read (256 KiB on uvloop), whatever ``read_size`` said.
+    With room for ``read_size`` bytes, most messages carry ``read_size``.
+    """
+    server._dockyard_read_size = read_size
+    if getattr(server, "_dockyard_buffered", False):
+        return
+    original_init = server.__init__
+
+    # wraps: other hooks check the connection class's signature (http/websocket.py).
+    @functools.wraps(original_init)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        reader = self.reader
+        # _limit is the StreamReader's pause threshold (it pauses above twice it).
+        reader._limit = max(reader._limit, server._dockyard_read_size // 2)
+
+    server.__init__ = init
+    server._dockyard_buffered = True
 
 
 def app_queue_size(read_size: int) -> int:

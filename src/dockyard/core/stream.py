@@ -8,6 +8,10 @@ Invariants:
 
 - Each chunk is hashed and written as it arrives, never buffered: memory per upload is
   the chunk in hand, whatever the blob size (hypercorn's queue bounds how many wait).
+- A chunk of ``THREAD_HASH_MIN`` bytes or more is hashed in a worker thread (the hashers
+  release the GIL), so the event loop meanwhile reads the next chunk from the socket and
+  serves other requests: a worker's uploads use a second core, and one blob's pipeline
+  (read, hash, write) no longer runs strictly in turn. Chunks are hashed in order.
 - A body longer than announced fails at the first chunk past ``expected``, one shorter
   at its end (``SizeInvalid``).
 - If anything fails, the writer is aborted (shielded from cancellation), so the bytes
@@ -27,6 +31,10 @@ from dockyard.core.common import Body
 from dockyard.core.errors import SizeInvalid
 from dockyard.oci.digest import Hasher
 from dockyard.storage.base import DriverState, UploadWriter
+
+# Below this, the thread hand-off costs more than hashing inline (about 50 us against
+# SHA-256's 0.6 us per KiB).
+THREAD_HASH_MIN = 128 * 1024
 
 
 @dataclass
@@ -64,7 +72,10 @@ async def receive(
                 continue
             if progress.writer is None:
                 progress.writer = await open_writer()
-            progress.hasher.update(chunk)
+            if len(chunk) >= THREAD_HASH_MIN:
+                await anyio.to_thread.run_sync(progress.hasher.update, chunk)
+            else:
+                progress.hasher.update(chunk)
             await progress.writer.write(chunk)
             progress.written += len(chunk)
             if expected is not None and progress.written > expected:
