@@ -41,4 +41,6 @@ Modules::
                 clients on one build, alternated; trio SSLStream's read sizes
     proxy       the pull-through cache: a cold pull through it vs a direct pull from
                 Distribution, a warm pull vs a pull of a normally pushed image
+    micro       per-request costs measured alone: hypercorn's idle task vs a loop
+                timer, SQLite's data_version vs a manifest lookup
 """
