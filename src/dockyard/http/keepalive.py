@@ -3,10 +3,9 @@
 hypercorn's asyncio ``TCPServer`` times an idle keep-alive connection with a task: at the
 start of every request it cancels that task (and waits for it to end), and at the end of
 every response it starts a new one, which runs ``asyncio.wait_for`` (a second task) on the
-worker's termination event. That is four tasks made or cancelled per request: 25 CPU-us of
-uvloop's time measured alone, against 2 for moving one ``loop.call_later`` timer
-(perf/RESULTS.md, "Manifest answers kept in memory"), on a manifest HEAD that costs about
-300 in all. ``IdleTimer`` takes the task's place (``TCPServer.idle_task``, which hypercorn
+worker's termination event. That is four tasks made or cancelled per request: 22.8 CPU-us
+of uvloop's time measured alone, against 0.9 for moving one ``loop.call_later`` timer
+(``python -m perf.micro idle-timer``), on a manifest HEAD that costs about 300 in all. ``IdleTimer`` takes the task's place (``TCPServer.idle_task``, which hypercorn
 only ever restarts and stops) and keeps hypercorn's two behaviours: a connection idle for
 ``keep_alive_timeout`` seconds is closed, and when the worker begins its graceful stop
 every idle connection is closed at once (one watcher per worker waits for that).

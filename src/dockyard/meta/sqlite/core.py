@@ -86,8 +86,8 @@ class SQLiteCore(JobLeases, EventPruning, StorageUsage, RepositoryAdmin, Collect
 
     def change_marker(self) -> int:
         """``PRAGMA data_version`` of this thread's inline connection: it changes when any
-        other connection, of this process or another, commits (about 6 us; the tag lookup
-        it can save costs about 30)."""
+        other connection, of this process or another, commits (4.6 CPU-us, against 9.1
+        for the tag lookup alone it saves, ``python -m perf.micro change-marker``)."""
         self._local.inline = True
         try:
             return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
