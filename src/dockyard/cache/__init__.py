@@ -52,8 +52,7 @@ class PullThroughCache:
             upstreams,
             registry.get_manifest,
             registry.blobs.db,
-            registry.blobs.pulls,
-            events,
+            registry.manifests.record_pull,
             counters,
             clock,
         )

@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable
 
 from dockyard.cache.common import CacheCounters, NoCounters, failure, log, reason_of
 from dockyard.cache.upstreams import Route, UpstreamMap
-from dockyard.core.common import EventMaker, RequestInfo
+from dockyard.core.common import RequestInfo
 from dockyard.core.errors import ManifestUnknown, UpstreamUnavailable
-from dockyard.events.pulls import PullEventWriter
 from dockyard.meta.records import ManifestRecord, NewManifest
 from dockyard.meta.store import Database
 from dockyard.oci.digest import Digest, DigestError
@@ -39,6 +38,8 @@ from dockyard.upstream.client import NotFound, UpstreamError
 GetManifest = Callable[
     [RequestInfo, str, str, bool, Callable[[str], bool] | None], Awaitable[ManifestRecord]
 ]
+# core's ``Manifests.record_pull``: (ctx, repository, tag, found, **target) records a pull.
+RecordPull = Callable[..., None]
 
 
 class CachedManifests:
@@ -47,8 +48,7 @@ class CachedManifests:
         upstreams: UpstreamMap,
         inner: GetManifest,
         db: Database,
-        pulls: PullEventWriter,
-        events: EventMaker,
+        record_pull: RecordPull,
         counters: CacheCounters | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -56,8 +56,7 @@ class CachedManifests:
         self.inner = inner
         self.db = db
         self.meta = db.meta
-        self.pulls = pulls
-        self._event = events
+        self._record_pull = record_pull
         self.counters = counters or NoCounters()
         self.clock = clock
 
@@ -201,18 +200,7 @@ class CachedManifests:
         found = await self.inner(ctx, repository, reference, False, accepts)
         self.counters.fill(route.upstream.name, "manifest")
         if record_pull:
-            self.pulls.record(
-                self._event(
-                    ctx,
-                    "pull",
-                    repository,
-                    found.digest,
-                    found.media_type,
-                    found.size,
-                    tag,
-                    kind="manifest",
-                    cache="fill",
-                    upstream=route.upstream.name,
-                )
+            self._record_pull(
+                ctx, repository, tag, found, cache="fill", upstream=route.upstream.name
             )
         return found

@@ -128,9 +128,15 @@ class Manifests:
         return lambda ctx: self.record_pull(ctx, repository, tag, found)
 
     def record_pull(
-        self, ctx: RequestInfo, repository: str, tag: str | None, found: ManifestRecord
+        self,
+        ctx: RequestInfo,
+        repository: str,
+        tag: str | None,
+        found: ManifestRecord,
+        **target: str,
     ) -> None:
-        """Record the pull event of ``found``, pulled by ``tag`` (None: by digest)."""
+        """Record the pull event of ``found``, pulled by ``tag`` (None: by digest);
+        ``target`` adds to the event's target (the pull-through cache's fill)."""
         self.pulls.record(
             self._event(
                 ctx,
@@ -141,6 +147,7 @@ class Manifests:
                 found.size,
                 tag,
                 kind="manifest",
+                **target,
             )
         )
 

@@ -5,8 +5,9 @@ start of every request it cancels that task (and waits for it to end), and at th
 every response it starts a new one, which runs ``asyncio.wait_for`` (a second task) on the
 worker's termination event. That is four tasks made or cancelled per request: 22.8 CPU-us
 of uvloop's time measured alone, against 0.9 for moving one ``loop.call_later`` timer
-(``python -m perf.micro idle-timer``), on a manifest HEAD that costs about 300 in all. ``IdleTimer`` takes the task's place (``TCPServer.idle_task``, which hypercorn
-only ever restarts and stops) and keeps hypercorn's two behaviours: a connection idle for
+(``python -m perf.micro idle-timer``), on a manifest HEAD that costs about 300 in all.
+``IdleTimer`` takes the task's place (``TCPServer.idle_task``, which hypercorn only ever
+restarts and stops) and keeps hypercorn's two behaviours: a connection idle for
 ``keep_alive_timeout`` seconds is closed, and when the worker begins its graceful stop
 every idle connection is closed at once (one watcher per worker waits for that).
 
