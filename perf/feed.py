@@ -8,10 +8,12 @@ latency. So this is a raw client: an epoll loop per process over non-blocking so
 RFC 6455 handshake and framing by hand (server frames are unmasked; the client only
 ever sends a masked pong or close), spread over ``procs`` spawned processes.
 
-Per frame the hot path is: ``recv``, one ``time.monotonic()`` right after it, frame
-header arithmetic, and for an event message a ``find`` of the digest in the JSON text
-(the full JSON is parsed only for other messages: welcome, heartbeat, lagged). An event
-"arrives" when the ``recv`` that completed its frame returned.
+While events are pushed, the hot path is only ``recv`` and one ``time.monotonic()``
+right after it: the data and its time are kept, and parsed (frame header arithmetic,
+and for an event message a ``find`` of the digest in the JSON text; the full JSON only
+for other messages: welcome, heartbeat, lagged) once the parent says the pushes are
+over, each chunk with its own time. An event "arrives" when the ``recv`` that completed
+its frame returned.
 
 Clock: ``time.monotonic()`` is CLOCK_MONOTONIC, one clock for every process of the
 machine, so a subscriber process's arrival time and the pushing process's time of the
@@ -336,8 +338,8 @@ class Channel:
 class _Sub:
     __slots__ = (
         "accept", "arrivals", "buf", "close_code", "dups", "eof", "event_times", "fd", "frag",
-        "heartbeats", "lagged", "others", "request", "sock", "state", "welcome_since",
-        "welcomed",
+        "heartbeats", "lagged", "others", "pending", "request", "sock", "state",
+        "welcome_since", "welcomed",
     )  # fmt: skip
 
     def __init__(
@@ -354,6 +356,8 @@ class _Sub:
         self.state = CONNECTING
         self.buf = bytearray()
         self.frag = bytearray()
+        # Live data not parsed yet, with its arrival (see ``_subscriber_loop``).
+        self.pending: list[tuple[tuple[float, float], bytes]] = []
         # digest -> (CLOCK_MONOTONIC after the recv, the kernel's receive stamp moved to
         # CLOCK_MONOTONIC, or the former without stamps)
         self.arrivals: dict[bytes, tuple[float, float]] = {}
@@ -588,6 +592,23 @@ def _subscriber_loop(
         mono = time.monotonic
         ctl_fd = ctl.fileno()
 
+        def parse(sub: _Sub) -> None:
+            """The frames of ``sub.pending``, each chunk with its own arrival."""
+            for t, data in sub.pending:
+                if sub.state == DEAD:
+                    break
+                sub.buf += data
+                try:
+                    _frames(sub, t)
+                except (ValueError, ProtocolError) as e:
+                    if len(errors) < 5:
+                        errors.append(f"{type(e).__name__}: {e}"[:300])
+                    sub.state = DEAD
+            sub.pending.clear()
+            if sub.state == DEAD:
+                with contextlib.suppress(OSError, FileNotFoundError):
+                    ep.unregister(sub.fd)
+
         def settle(sub: _Sub) -> None:
             if sub.state == DEAD or (expected is not None and expected <= sub.arrivals.keys()):
                 finished.add(sub.fd)
@@ -606,6 +627,7 @@ def _subscriber_loop(
                     stop_at = float(msg["stop_at"])
                     expected = frozenset(d.encode("latin-1") for d in msg["digests"])
                     for s in subs.values():
+                        parse(s)
                         settle(s)
                     continue
                 sub = subs[fd]
@@ -632,18 +654,16 @@ def _subscriber_loop(
                     sub.state = DEAD
                     ep.unregister(fd)
                 else:
-                    sub.buf += data
-                    try:
-                        _frames(sub, (t, t if stamp is None else stamp))
-                    except (ValueError, ProtocolError) as e:
-                        if len(errors) < 5:
-                            errors.append(f"{type(e).__name__}: {e}"[:300])
-                        sub.state = DEAD
-                    if sub.state == DEAD:
-                        with contextlib.suppress(OSError):
-                            ep.unregister(fd)
+                    # While events are pushed, only read and note when: the parsing waits
+                    # until the parent says the pushes are over (this process shares the
+                    # cores with the server it measures).
+                    sub.pending.append(((t, t if stamp is None else stamp), data))
+                    if expected is not None:
+                        parse(sub)
                 if expected is not None:
                     settle(sub)
+        for sub in subs.values():
+            parse(sub)  # when the parent's stop time never came
         cpu1 = os.times()
         for sub in subs.values():
             if sub.state != DEAD:
