@@ -12,8 +12,9 @@ While events are pushed, the hot path is only ``recv`` and one ``time.monotonic(
 right after it: the data and its time are kept, and parsed (frame header arithmetic,
 and for an event message a ``find`` of the digest in the JSON text; the full JSON only
 for other messages: welcome, heartbeat, lagged) once the parent says the pushes are
-over, each chunk with its own time. An event "arrives" when the ``recv`` that completed
-its frame returned.
+over and no data came for ``QUIET`` seconds, each chunk with its own time (parsing a
+whole run's messages takes seconds of CPU the server's fan-out would otherwise lose).
+An event "arrives" when the ``recv`` that completed its frame returned.
 
 Clock: ``time.monotonic()`` is CLOCK_MONOTONIC, one clock for every process of the
 machine, so a subscriber process's arrival time and the pushing process's time of the
@@ -60,6 +61,9 @@ from typing import Any
 FEED_PATH = "/v2/_dockyard/events"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 RECV = 65536
+# Seconds without data, once the pushes are over, after which the subscriber processes
+# parse what they read (see ``_subscriber_loop``).
+QUIET = 0.25
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -613,11 +617,21 @@ def _subscriber_loop(
             if sub.state == DEAD or (expected is not None and expected <= sub.arrivals.keys()):
                 finished.add(sub.fd)
 
+        parsed = False  # whether the data kept while events were pushed is parsed
         while True:
             now = mono()
             if now >= hard or now >= stop_at or (expected is not None and len(finished) >= live):
                 break
-            ready = ep.poll(min(0.5, stop_at - now, hard - now))
+            wait = min(0.5, stop_at - now, hard - now)
+            ready = ep.poll(QUIET if expected is not None and not parsed else wait)
+            if expected is not None and not parsed and not ready:
+                # The pushes are over and nothing came for QUIET s: the fan-out is done.
+                # Parsing earlier would take the cores from the server's last fan-outs.
+                for s in subs.values():
+                    parse(s)
+                    settle(s)
+                parsed = True
+                continue
             offset = time.time() - mono()  # for this batch's kernel stamps (CLOCK_REALTIME)
             for fd, _ev in ready:
                 if fd == ctl_fd:
@@ -626,9 +640,6 @@ def _subscriber_loop(
                         continue
                     stop_at = float(msg["stop_at"])
                     expected = frozenset(d.encode("latin-1") for d in msg["digests"])
-                    for s in subs.values():
-                        parse(s)
-                        settle(s)
                     continue
                 sub = subs[fd]
                 if sub.state == DEAD:
@@ -658,9 +669,9 @@ def _subscriber_loop(
                     # until the parent says the pushes are over (this process shares the
                     # cores with the server it measures).
                     sub.pending.append(((t, t if stamp is None else stamp), data))
-                    if expected is not None:
+                    if parsed:
                         parse(sub)
-                if expected is not None:
+                if parsed:
                     settle(sub)
         for sub in subs.values():
             parse(sub)  # when the parent's stop time never came
