@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -80,6 +79,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
     repo = "profile/feed"
     resource = f"{feed.FEED_PATH}?repository={repo}&action=push"
     shutdown = anyio.Event()
+    stopped = anyio.Event()  # the server returned after ``shutdown``
     app = cast(Any, _NoLifespan(services.app))
     async with anyio.create_task_group() as nursery:
         await services.start(nursery)
@@ -88,6 +88,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
 
             async def run_server(task_status: Any) -> None:
                 await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+                stopped.set()
 
             binds: list[str] = await nursery.start(run_server)
             port = int(binds[0].rsplit(":", 1)[1])
@@ -100,15 +101,17 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             for sock in sockets.insecure_sockets:
                 sock.listen(config.backlog)
             port = sockets.insecure_sockets[0].getsockname()[1]
-            nursery.start_soon(
-                partial(
-                    worker_serve,
+
+            async def run_asyncio_server() -> None:
+                await worker_serve(
                     wrap_app(app, config.wsgi_max_body_size, "asgi"),
                     config,
                     sockets=sockets,
                     shutdown_trigger=shutdown.wait,
                 )
-            )
+                stopped.set()
+
+            nursery.start_soon(run_asyncio_server)
         subs = feed.Subscribers(
             "127.0.0.1", port, resource, args.subscribers, args.procs, setup_timeout=300
         )
@@ -151,6 +154,10 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             stats = pstats.Stats(profiler, stream=sys.stdout)
             stats.sort_stats("tottime").print_stats(args.profile)
         shutdown.set()
+        # Let the server stop by itself: hypercorn's asyncio worker, cancelled while it
+        # stops, raises InvalidStateError.
+        with anyio.move_on_after(10):
+            await stopped.wait()
         await services.stop()
         nursery.cancel_scope.cancel()
     services.meta.close()
