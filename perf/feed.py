@@ -8,10 +8,13 @@ latency. So this is a raw client: an epoll loop per process over non-blocking so
 RFC 6455 handshake and framing by hand (server frames are unmasked; the client only
 ever sends a masked pong or close), spread over ``procs`` spawned processes.
 
-Per frame the hot path is: ``recv``, one ``time.monotonic()`` right after it, frame
-header arithmetic, and for an event message a ``find`` of the digest in the JSON text
-(the full JSON is parsed only for other messages: welcome, heartbeat, lagged). An event
-"arrives" when the ``recv`` that completed its frame returned.
+While events are pushed, the hot path is only ``recv`` and one ``time.monotonic()``
+right after it: the data and its time are kept, and parsed (frame header arithmetic,
+and for an event message a ``find`` of the digest in the JSON text; the full JSON only
+for other messages: welcome, heartbeat, lagged) once the parent says the pushes are
+over and no data came for ``QUIET`` seconds, each chunk with its own time (parsing a
+whole run's messages takes seconds of CPU the server's fan-out would otherwise lose).
+An event "arrives" when the ``recv`` that completed its frame returned.
 
 Clock: ``time.monotonic()`` is CLOCK_MONOTONIC, one clock for every process of the
 machine, so a subscriber process's arrival time and the pushing process's time of the
@@ -58,6 +61,9 @@ from typing import Any
 FEED_PATH = "/v2/_dockyard/events"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 RECV = 65536
+# Seconds without data, once the pushes are over, after which the subscriber processes
+# parse what they read (see ``_subscriber_loop``).
+QUIET = 0.25
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -336,8 +342,8 @@ class Channel:
 class _Sub:
     __slots__ = (
         "accept", "arrivals", "buf", "close_code", "dups", "eof", "event_times", "fd", "frag",
-        "heartbeats", "lagged", "others", "request", "sock", "state", "welcome_since",
-        "welcomed",
+        "heartbeats", "lagged", "others", "pending", "request", "sock", "state",
+        "welcome_since", "welcomed",
     )  # fmt: skip
 
     def __init__(
@@ -354,6 +360,8 @@ class _Sub:
         self.state = CONNECTING
         self.buf = bytearray()
         self.frag = bytearray()
+        # Live data not parsed yet, with its arrival (see ``_subscriber_loop``).
+        self.pending: list[tuple[tuple[float, float], bytes]] = []
         # digest -> (CLOCK_MONOTONIC after the recv, the kernel's receive stamp moved to
         # CLOCK_MONOTONIC, or the former without stamps)
         self.arrivals: dict[bytes, tuple[float, float]] = {}
@@ -588,15 +596,42 @@ def _subscriber_loop(
         mono = time.monotonic
         ctl_fd = ctl.fileno()
 
+        def parse(sub: _Sub) -> None:
+            """The frames of ``sub.pending``, each chunk with its own arrival."""
+            for t, data in sub.pending:
+                if sub.state == DEAD:
+                    break
+                sub.buf += data
+                try:
+                    _frames(sub, t)
+                except (ValueError, ProtocolError) as e:
+                    if len(errors) < 5:
+                        errors.append(f"{type(e).__name__}: {e}"[:300])
+                    sub.state = DEAD
+            sub.pending.clear()
+            if sub.state == DEAD:
+                with contextlib.suppress(OSError, FileNotFoundError):
+                    ep.unregister(sub.fd)
+
         def settle(sub: _Sub) -> None:
             if sub.state == DEAD or (expected is not None and expected <= sub.arrivals.keys()):
                 finished.add(sub.fd)
 
+        parsed = False  # whether the data kept while events were pushed is parsed
         while True:
             now = mono()
             if now >= hard or now >= stop_at or (expected is not None and len(finished) >= live):
                 break
-            ready = ep.poll(min(0.5, stop_at - now, hard - now))
+            wait = min(0.5, stop_at - now, hard - now)
+            ready = ep.poll(QUIET if expected is not None and not parsed else wait)
+            if expected is not None and not parsed and not ready:
+                # The pushes are over and nothing came for QUIET s: the fan-out is done.
+                # Parsing earlier would take the cores from the server's last fan-outs.
+                for s in subs.values():
+                    parse(s)
+                    settle(s)
+                parsed = True
+                continue
             offset = time.time() - mono()  # for this batch's kernel stamps (CLOCK_REALTIME)
             for fd, _ev in ready:
                 if fd == ctl_fd:
@@ -605,8 +640,6 @@ def _subscriber_loop(
                         continue
                     stop_at = float(msg["stop_at"])
                     expected = frozenset(d.encode("latin-1") for d in msg["digests"])
-                    for s in subs.values():
-                        settle(s)
                     continue
                 sub = subs[fd]
                 if sub.state == DEAD:
@@ -632,18 +665,16 @@ def _subscriber_loop(
                     sub.state = DEAD
                     ep.unregister(fd)
                 else:
-                    sub.buf += data
-                    try:
-                        _frames(sub, (t, t if stamp is None else stamp))
-                    except (ValueError, ProtocolError) as e:
-                        if len(errors) < 5:
-                            errors.append(f"{type(e).__name__}: {e}"[:300])
-                        sub.state = DEAD
-                    if sub.state == DEAD:
-                        with contextlib.suppress(OSError):
-                            ep.unregister(fd)
-                if expected is not None:
+                    # While events are pushed, only read and note when: the parsing waits
+                    # until the parent says the pushes are over (this process shares the
+                    # cores with the server it measures).
+                    sub.pending.append(((t, t if stamp is None else stamp), data))
+                    if parsed:
+                        parse(sub)
+                if parsed:
                     settle(sub)
+        for sub in subs.values():
+            parse(sub)  # when the parent's stop time never came
         cpu1 = os.times()
         for sub in subs.values():
             if sub.state != DEAD:

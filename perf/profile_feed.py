@@ -1,12 +1,14 @@
 """Where one worker's CPU goes when it fans events out to N websocket subscribers.
 
     python -m perf.profile_feed --subscribers 2000 --pushes 20 [--profile 30]
+                                [--backend trio|asyncio|uvloop]
 
 Builds a registry in this process (a temporary data directory), serves it with
-hypercorn's trio server on loopback (with the connection hooks ``dockyard serve``
-installs in each worker), connects N raw subscribers (``perf.feed.Subscribers``, in
-child processes), then pushes small blobs one at a time from a thread, each making one
-push event for every subscriber. It prints the trio thread's CPU per delivered message
+hypercorn's trio worker (or its asyncio one, on uvloop's loop with ``--backend uvloop``)
+on loopback (with the connection hooks ``dockyard serve`` installs in each worker),
+connects N raw subscribers (``perf.feed.Subscribers``, in child processes), then pushes
+small blobs one at a time from a thread, each making one push event for every
+subscriber. It prints the event loop thread's CPU per delivered message
 (``time.thread_time`` of the thread that runs the server, from before the first push to
 the first of its 10 ms samples after the last arrival, so the subscribers' closing
 handshakes are not counted: the pushes' own handling is, about 1 ms each; the database
@@ -28,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-import trio
+import anyio
+import anyio.to_thread
 from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from perf import feed
 
@@ -42,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="subscriber processes")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between pushes")
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions")
+    parser.add_argument("--backend", choices=("trio", "asyncio", "uvloop"), default="trio")
     args = parser.parse_args(argv)
+    if args.backend == "trio":
+        backend, options = "trio", {}
+    else:
+        backend, options = "asyncio", {"use_uvloop": args.backend == "uvloop"}
     with tempfile.TemporaryDirectory(prefix="dockyard-feed-profile-") as tmp:
-        return trio.run(_run, args, Path(tmp))
+        return anyio.run(_run, args, Path(tmp), backend=backend, backend_options=options)
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> int:
@@ -57,10 +64,11 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             "DOCKYARD_STORAGE_ROOT": str(tmp / "data"),
             "DOCKYARD_SERVER_INSTANCE": "profile",
             "DOCKYARD_LOG_ACCESS": "false",
+            "DOCKYARD_SERVER_BACKEND": args.backend,
         }
     )
-    h2edge.install()
-    websocket.install_stop_notice()
+    h2edge.install(args.backend)
+    websocket.install_stop_notice(args.backend)
     services = build(settings)
     config = Config()
     config.bind = ["127.0.0.1:0"]
@@ -70,21 +78,45 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
     config.graceful_timeout = 1.0
     repo = "profile/feed"
     resource = f"{feed.FEED_PATH}?repository={repo}&action=push"
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
+    shutdown = anyio.Event()
+    stopped = anyio.Event()  # the server returned after ``shutdown``
+    app = cast(Any, _NoLifespan(services.app))
+    async with anyio.create_task_group() as nursery:
         await services.start(nursery)
+        if args.backend == "trio":
+            from hypercorn.trio import serve
 
-        async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
-            app = cast(Any, _NoLifespan(services.app))
-            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+            async def run_server(task_status: Any) -> None:
+                await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+                stopped.set()
 
-        binds: list[str] = await nursery.start(run_server)
-        port = int(binds[0].rsplit(":", 1)[1])
+            binds: list[str] = await nursery.start(run_server)
+            port = int(binds[0].rsplit(":", 1)[1])
+        else:
+            from hypercorn.asyncio.run import worker_serve
+            from hypercorn.utils import wrap_app
+
+            # The asyncio worker does not report its port: bind and listen here.
+            sockets = config.create_sockets()
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+            port = sockets.insecure_sockets[0].getsockname()[1]
+
+            async def run_asyncio_server() -> None:
+                await worker_serve(
+                    wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                    config,
+                    sockets=sockets,
+                    shutdown_trigger=shutdown.wait,
+                )
+                stopped.set()
+
+            nursery.start_soon(run_asyncio_server)
         subs = feed.Subscribers(
             "127.0.0.1", port, resource, args.subscribers, args.procs, setup_timeout=300
         )
         try:
-            ready = await trio.to_thread.run_sync(subs.start)
+            ready = await anyio.to_thread.run_sync(subs.start)
             print(f"{ready.welcomed} subscribers welcomed in {ready.connect_s:.1f} s", flush=True)
             blobs = [os.urandom(64) for _ in range(args.pushes)]
             digests = ["sha256:" + hashlib.sha256(b).hexdigest() for b in blobs]
@@ -94,27 +126,27 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             async def sample() -> None:
                 while True:
                     samples.append((time.monotonic(), time.thread_time()))
-                    await trio.sleep(0.01)
+                    await anyio.sleep(0.01)
 
             nursery.start_soon(sample)
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
             cpu0 = samples[-1][1]
             if profiler is not None:
                 profiler.enable()
             pusher = threading.Thread(target=_push, args=(port, repo, blobs, args.interval))
             pusher.start()
-            await trio.to_thread.run_sync(pusher.join)
-            result = await trio.to_thread.run_sync(subs.finish, digests, time.monotonic() + 30.0)
+            await anyio.to_thread.run_sync(pusher.join)
+            result = await anyio.to_thread.run_sync(subs.finish, digests, time.monotonic() + 30.0)
             if profiler is not None:
                 profiler.disable()
             last = max((t for s in result.subs for t, _ in s["arrivals"].values()), default=0.0)
             cpu = next((c for t, c in samples if t >= last), samples[-1][1]) - cpu0
         finally:
-            await trio.to_thread.run_sync(subs.close)
+            await anyio.to_thread.run_sync(subs.close)
         got = sum(len(s["arrivals"]) for s in result.subs)
         expected = args.subscribers * args.pushes
         print(
-            f"delivered {got} of {expected}; server trio thread {cpu:.2f} CPU-s, "
+            f"delivered {got} of {expected}; server {args.backend} loop thread {cpu:.2f} CPU-s, "
             f"{1e6 * cpu / max(got, 1):.1f} CPU-us per delivered message",
             flush=True,
         )
@@ -122,6 +154,10 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             stats = pstats.Stats(profiler, stream=sys.stdout)
             stats.sort_stats("tottime").print_stats(args.profile)
         shutdown.set()
+        # Let the server stop by itself: hypercorn's asyncio worker, cancelled while it
+        # stops, raises InvalidStateError.
+        with anyio.move_on_after(10):
+            await stopped.wait()
         await services.stop()
         nursery.cancel_scope.cancel()
     services.meta.close()

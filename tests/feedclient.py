@@ -2,8 +2,8 @@
 
 ``serve_app`` runs a built registry's ASGI app under hypercorn in the test's own event
 loop (hypercorn's trio or asyncio worker, as the test's backend), on a loopback port, with
-the connection hooks ``dockyard serve`` installs (so on trio feeds write their frames
-straight to the socket, as in production); in-process tests use a real websocket client
+the connection hooks ``dockyard serve`` installs (so on either worker feeds write their
+frames straight to the socket, as in production); in-process tests use a real websocket client
 (wsproto over an anyio socket, on either backend) over a real TCP connection.
 ``open_feed`` connects one subscriber; its ``Feed`` reads the protocol's messages
 (``welcome``, ``event``, ``heartbeat``, ``lagged``) and the close code.
@@ -95,7 +95,7 @@ async def serve_app(app: ASGIApp) -> AsyncIterator[LoopbackServer]:
     """Serve ``app`` with hypercorn on 127.0.0.1 (a free port) until the block ends, with
     the worker of the test's backend (hypercorn's trio worker, or its asyncio one)."""
     backend = sniffio.current_async_library()
-    # As each dockyard worker does: on trio, feeds then write their frames straight to
+    # As each dockyard worker does: feeds then write their frames straight to
     # the socket (http/websocket.py), the way they are served in production.
     websocket.install_stop_notice(backend)
     config = Config()

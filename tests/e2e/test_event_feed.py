@@ -5,6 +5,9 @@
 - A subscriber that resumes with ``since`` after the server was killed (SIGKILL) and
   started again on the same port loses and duplicates nothing, including events made
   while it was away.
+- A plain-TCP feed's frames are written straight to its socket (``FrameWriter``) on
+  every worker, trio's and asyncio's (uvloop: scripts/test's second pass), not through
+  ASGI: the server's ``dockyard_feed_direct_subscribers`` gauge says so.
 - ``dockyard events tail --json`` as a subprocess prints pushes, survives such a restart,
   resumes by itself after being cut off as lagged (close code 4008), and exits quietly on
   Ctrl-C.
@@ -25,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from dockyard.events.schema import native
 from dockyard.meta.records import Event
@@ -126,6 +130,35 @@ async def test_events_reach_subscribers_on_every_worker(registry2: DockyardServe
         for feed, _ in feeds:
             assert await feed.events(len(digests), timeout=10) == expected
             assert await feed.quiet(0.1) == []
+
+
+# -- how frames are written
+
+
+def feed_gauges(server: DockyardServer) -> tuple[float, float]:
+    """The server's ``dockyard_feed_subscribers`` and ``dockyard_feed_direct_subscribers``."""
+    r = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert r.status_code == 200, r.text
+    found = {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
+    return (
+        found.get("dockyard_feed_subscribers", 0.0),
+        found.get("dockyard_feed_direct_subscribers", 0.0),
+    )
+
+
+async def test_plain_tcp_feeds_are_written_straight_to_their_socket(
+    own_server: DockyardServer,
+) -> None:
+    # Through ASGI ``websocket.send`` a message costs several times the server CPU
+    # (docs/events.md, Capacity): a worker that falls back to it must fail here.
+    server = own_server
+    async with open_feed(server.port, {"repository": "direct/*"}) as feed:
+        digest = await push(server, "direct/a")
+        assert (await feed.event())["target"]["digest"] == digest
+        with trio.fail_after(15):  # the gauges are sampled every second
+            while (gauges := feed_gauges(server))[0] != 1:  # noqa: ASYNC110 (a remote gauge)
+                await trio.sleep(0.2)
+        assert gauges == (1, 1), "the feed is sent through ASGI, not by a FrameWriter"
 
 
 # -- restarts

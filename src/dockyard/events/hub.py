@@ -67,6 +67,9 @@ class HubStatistics:
     # Events cut-off subscribers never got: those queued for them, and the one that did
     # not fit (they resume from their last id, so the events are not lost to them).
     dropped: int = 0
+    # Of ``subscribers``, those whose live events go to a ``deliver`` callback (the feed
+    # writes their frames straight to the socket) rather than through a channel.
+    direct: int = 0
 
 
 Deliver = Callable[[StoredEvent], bool]
@@ -367,4 +370,5 @@ class EventHub:
             self._lagged,
             self._read_failures,
             self._dropped,
+            sum(1 for subs in self._by_filter.values() for sub in subs if sub._deliver is not None),
         )

@@ -23,18 +23,22 @@ that fans an event out; a frame the socket cannot take whole, and everything aft
 is queued and written by the connection's writer task. hypercorn's own sends on the
 connection (the close frame, a pong) take its send lock, which ``install_stop_notice``
 replaces with one (``SendLock``) the fan-out can hold across a partly written frame, so
-frames never interleave. Only plain-TCP HTTP/1.1 websockets of the trio worker
-qualify; over TLS or HTTP/2, and on the asyncio worker (``server.backend`` asyncio or
-uvloop), the handler sends through ASGI.
+frames never interleave. On the trio worker a frame is ``os.write`` to the stream's
+socket; on the asyncio worker (``server.backend`` asyncio or uvloop) it is the
+connection's ``transport.write`` (uvloop's tries the send at once, in C). Only
+plain-TCP HTTP/1.1 websockets qualify; over TLS or HTTP/2 the handler sends through
+ASGI.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -257,7 +261,7 @@ def text_frame(text: str) -> bytes:
 
 
 def _trio() -> ModuleType:
-    # Only connections of hypercorn's trio worker get a FrameWriter: it writes to their
+    # Only connections of hypercorn's trio worker get a TrioFrameWriter: it writes to their
     # trio socket stream, so it uses trio itself (imported where it is the backend).
     import trio
 
@@ -270,29 +274,32 @@ class FrameWriter:
     ``offer`` (synchronous) writes a frame at once when nothing is queued and nobody
     holds the connection's send lock; otherwise, or for the rest of a frame the socket
     took only in part, it queues, and ``run`` (the connection's writer task) writes the
-    queue in order, in one ``send_all`` per wake-up. More than ``limit`` queued frames
-    is an overflow: the queue is dropped (the partly written frame is still finished),
+    queue in order, in one write per wake-up. More than ``limit`` queued frames is an
+    overflow: the queue is dropped (the partly written frame is still finished),
     ``overflowed`` is set and ``offer`` returns False.
+
+    ``of`` picks the subclass for the worker: ``TrioFrameWriter`` (``os.write`` to the
+    trio stream's socket) or ``AsyncioFrameWriter`` (the asyncio transport's ``write``).
     """
 
-    def __init__(self, connection: Any, limit: int) -> None:
-        trio = _trio()
-        self._stream: Any = connection.stream  # a trio.SocketStream (see ``of``)
-        self._event = trio.Event
-        self._broken = (trio.BrokenResourceError, trio.ClosedResourceError)
-        self._socket = self._stream.socket
+    def __init__(
+        self, connection: Any, limit: int, event: Callable[[], Any], now: Callable[[], float]
+    ) -> None:
+        # ``event`` and ``now``: the worker's own event class and clock (what anyio wraps;
+        # ``offer`` runs once per event and subscriber).
         self._lock: SendLock = connection.send_lock
         self._held = False
         self._partial = b""  # the rest of a frame the kernel took in part: goes first
         self._queue: deque[tuple[int, bytes]] = deque()
-        self._wake = trio.Event()
-        self._drained = trio.Event()
+        self._event = event
+        self._wake = event()
+        self._drained = event()
+        self._now = now
         self.limit = limit
-        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
         self.written_id = 0  # the last event whose frame is in the kernel (or finishing)
         self.dropped = 0  # queued frames dropped by an overflow
-        self.last_sent = trio.current_time()
-        self.overflowed = trio.Event()
+        self.last_sent = now()
+        self.overflowed = event()
         self.broken = False
         self._done = False  # broken or overflowed: offer does nothing more
 
@@ -302,17 +309,31 @@ class FrameWriter:
         (not served by a hooked hypercorn, TLS, HTTP/2)."""
         state = scope.get("state")
         connection = state.get(CONNECTION_KEY) if isinstance(state, dict) else None
-        # The asyncio worker's connections have no ``stream`` (a reader/writer pair): the
-        # handler sends through ASGI there (docs/events.md).
-        stream = getattr(connection, "stream", None)
         if (
-            stream is None
+            connection is None
             or scope.get("http_version") != "1.1"
             or not isinstance(getattr(connection, "send_lock", None), SendLock)
-            or not isinstance(stream, _trio().SocketStream)
         ):
             return None
-        return cls(connection, limit)
+        stream = getattr(connection, "stream", None)
+        if stream is not None:  # hypercorn's trio worker
+            if not isinstance(stream, _trio().SocketStream):  # TLS: a trio.SSLStream
+                return None
+            return TrioFrameWriter(connection, limit)
+        writer = getattr(connection, "writer", None)  # its asyncio worker (uvloop too)
+        if writer is None or writer.get_extra_info("ssl_object") is not None:
+            return None
+        return AsyncioFrameWriter(connection, limit)
+
+    def _write(self, frame: bytes) -> int:
+        """Write ``frame`` now, without waiting: the bytes the kernel took; -1 when the
+        client is gone."""
+        raise NotImplementedError
+
+    async def _flush(self, partial: bytes, frames: list[bytes]) -> None:
+        """Write the rest of a partly written frame, then ``frames``, whole; raises
+        ``ConnectionError`` when the client is gone."""
+        raise NotImplementedError
 
     def queued(self) -> int:
         return len(self._queue) + (1 if self._partial else 0)
@@ -334,18 +355,8 @@ class FrameWriter:
             self._drained = self._event() if self._drained.is_set() else self._drained
             self._wake.set()
             return True
-        # hypercorn closes the socket when the client's close frame or EOF arrives, and
-        # the handler hears of it only later: a closed socket's fileno() is -1 (its old
-        # number may already be another connection's).
-        fd = self._socket.fileno()
-        if fd < 0:
-            self.broken = self._done = True
-            return True
-        try:
-            n = os.write(fd, frame)
-        except BlockingIOError:
-            n = 0
-        except OSError:
+        n = self._write(frame)
+        if n < 0:
             self.broken = self._done = True  # the client is gone: its reader ends the handler
             return True
         if event_id:
@@ -369,13 +380,14 @@ class FrameWriter:
                     if not self._held:
                         await self._lock.acquire()
                         self._held = True
-                    chunks = [self._partial, *(f for _, f in self._queue)]
+                    partial = self._partial
+                    frames = [f for _, f in self._queue]
                     last = max((i for i, _ in self._queue), default=0)
                     self._partial = b""
                     self._queue.clear()
                     try:
-                        await self._stream.send_all(b"".join(chunks))
-                    except self._broken:
+                        await self._flush(partial, frames)
+                    except (ConnectionError, OSError, RuntimeError):
                         self.broken = self._done = True
                     if last:
                         self.written_id = last
@@ -394,3 +406,71 @@ class FrameWriter:
         """Until everything offered so far is in the kernel (or the client is gone)."""
         while (self._partial or self._queue or self._held) and not self.broken:
             await self._drained.wait()  # offer replaces it (unset) whenever it queues
+
+
+class TrioFrameWriter(FrameWriter):
+    """On hypercorn's trio worker: ``os.write`` to the stream's socket, ``send_all`` by
+    the writer task."""
+
+    def __init__(self, connection: Any, limit: int) -> None:
+        trio = _trio()
+        # trio.current_time, direct
+        super().__init__(connection, limit, trio.Event, trio.lowlevel.current_clock().current_time)
+        self._stream: Any = connection.stream  # a trio.SocketStream (see ``of``)
+        self._socket = self._stream.socket
+        # Busy: hypercorn's ``_close`` sends EOF without the send lock (the client left).
+        self._broken = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
+
+    def _write(self, frame: bytes) -> int:
+        # hypercorn closes the socket when the client's close frame or EOF arrives, and
+        # the handler hears of it only later: a closed socket's fileno() is -1 (its old
+        # number may already be another connection's).
+        fd = self._socket.fileno()
+        if fd < 0:
+            return -1
+        try:
+            return os.write(fd, frame)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return -1
+
+    async def _flush(self, partial: bytes, frames: list[bytes]) -> None:
+        try:
+            await self._stream.send_all(b"".join([partial, *frames]))
+        except self._broken as e:
+            raise ConnectionError(str(e)) from e
+
+
+class AsyncioFrameWriter(FrameWriter):
+    """On hypercorn's asyncio worker (uvloop included): the connection's transport.
+
+    Its write buffer limit is set to 0, so ``transport.write`` sends at once (uvloop
+    otherwise defers writes below the limit to the end of the loop's iteration) and
+    whatever the kernel did not take stays in the transport's buffer: that is the
+    partly written frame, which the writer task waits out (``drain``) before it writes
+    the queue. hypercorn's own sends on the connection then also wait until their bytes
+    are in the kernel, as they do on trio.
+    """
+
+    def __init__(self, connection: Any, limit: int) -> None:
+        super().__init__(connection, limit, asyncio.Event, asyncio.get_running_loop().time)
+        self._stream_writer: Any = connection.writer  # an asyncio.StreamWriter
+        self._transport: Any = self._stream_writer.transport
+        self._transport.set_write_buffer_limits(high=0)
+
+    def _write(self, frame: bytes) -> int:
+        transport = self._transport
+        if transport.is_closing():  # the client left (or hypercorn is closing it)
+            return -1
+        transport.write(frame)
+        # A failed send closes the transport (it raises nothing).
+        return -1 if transport.is_closing() else len(frame) - transport.get_write_buffer_size()
+
+    async def _flush(self, partial: bytes, frames: list[bytes]) -> None:
+        # ``partial`` is already in the transport's buffer.
+        if frames:
+            if self._transport.is_closing():
+                raise ConnectionError("the connection is closed")
+            self._transport.write(b"".join(frames))
+        await self._stream_writer.drain()

@@ -176,6 +176,11 @@ class RegistryMetrics:
         self.feed_subscribers = gauge(
             "dockyard_feed_subscribers", "Event-feed subscribers connected.", "livesum"
         )
+        self.feed_direct_subscribers = gauge(
+            "dockyard_feed_direct_subscribers",
+            "Event-feed subscribers whose frames are written straight to their socket.",
+            "livesum",
+        )
         self.feed_cutoffs = counter(
             "dockyard_feed_cutoffs_total", "Feed subscribers cut off for falling behind."
         )

@@ -84,6 +84,7 @@ class Sampler:
         m.batch.flush()
         hub = self.hub.statistics()
         m.feed_subscribers.set(hub.subscribers)
+        m.feed_direct_subscribers.set(hub.direct)
         m.feed_cutoffs.inc(grow(("hub", "lagged"), hub.lagged))
         m.feed_read_failures.inc(grow(("hub", "read_failures"), hub.read_failures))
         pulls = self.pulls.statistics()

@@ -5,13 +5,13 @@ the worker's ``EventHub``. A subscriber that falls ``buffer`` events behind is c
 (4008); when the worker begins a graceful stop every feed is closed with 1001.
 
 Two ways to send, one protocol. On a plain-TCP HTTP/1.1 connection served by dockyard's
-hooked hypercorn trio worker (``http/websocket.py``), live events are delivered in the hub's task:
-each event is encoded and framed once per worker, and the same bytes are written to
-every matching subscriber's socket (``FrameWriter``); per connection a writer task writes
-what a socket could not take at once, one sends heartbeats, one reads until the client
-leaves. Otherwise (TLS, HTTP/2, hypercorn's asyncio worker, another ASGI server) every
-message goes through ASGI ``websocket.send`` from a per-connection task fed by the hub's
-channel.
+hooked hypercorn (its trio or asyncio worker, ``http/websocket.py``), live events are
+delivered in the hub's task: each event is encoded and framed once per worker, and the
+same bytes are written to every matching subscriber's socket (``FrameWriter``); per
+connection a writer task writes what a socket could not take at once, one sends
+heartbeats, one reads until the client leaves. Otherwise (TLS, HTTP/2, another ASGI
+server) every message goes through ASGI ``websocket.send`` from a per-connection task fed
+by the hub's channel.
 
 The feed needs ``admin`` and sends only events of repositories the caller may pull. A
 caller proves who it is with an ``Authorization`` header or, from a browser, which cannot
