@@ -35,8 +35,10 @@ from perf.httpclient import (
     Connection,
     ConnectionClosed,
     HTTPError,
+    NotStarted,
     RepeatedBody,
     Response,
+    add_header,
 )
 
 STREAM_WINDOW = 4 << 20  # Go's transportDefaultStreamFlow
@@ -75,10 +77,6 @@ class _Stream:
         self.received = 0
         self.ended = False
         self.reset: int | None = None
-
-
-class NotStarted(ConnectionClosed):
-    """The server closed or went away before it took the request: safe to retry."""
 
 
 class H2Connection(Connection):
@@ -158,10 +156,8 @@ class H2Connection(Connection):
                     key, value = bytes(k).decode("latin-1"), bytes(v).decode("latin-1")
                     if key == ":status":
                         stream.status = int(value)
-                    elif key in stream.headers:
-                        stream.headers[key] = f"{stream.headers[key]}, {value}"
                     else:
-                        stream.headers[key] = value
+                        add_header(stream.headers, key, value)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
@@ -175,39 +171,20 @@ class H2Connection(Connection):
 
     # -- requests
 
-    def request(
+    def _exchange(
         self,
         method: str,
         target: str,
-        headers: Sequence[tuple[str, str]] = (),
-        body: Body | None = None,
-        keep_body: bool = False,
+        headers: Sequence[tuple[str, str]],
+        body: Body | None,
+        keep_body: bool,
     ) -> Response:
-        for attempt in (0, 1):
-            self.connect()
-            reused = self._used > 0
-            try:
-                return self._exchange(method, target, headers, body, keep_body)
-            except NotStarted:
-                self.close()
-                if attempt == 0:
-                    self.counters.reconnects += 1
-                    continue
-                raise
-            except ConnectionClosed:
-                self.close()
-                if attempt == 0 and reused and self._nothing_read:
-                    self.counters.reconnects += 1
-                    continue
-                raise
-            except (OSError, HTTPError, h2.exceptions.ProtocolError) as e:
-                self.close()
-                if isinstance(e, h2.exceptions.ProtocolError):
-                    raise HTTPError(f"HTTP/2: {e}") from e
-                raise
-        raise AssertionError("unreachable")
+        try:
+            return self._exchange_h2(method, target, headers, body, keep_body)
+        except h2.exceptions.ProtocolError as e:
+            raise HTTPError(f"HTTP/2: {e}") from e
 
-    def _exchange(
+    def _exchange_h2(
         self,
         method: str,
         target: str,
@@ -255,8 +232,6 @@ class H2Connection(Connection):
         if not stream.status:
             raise HTTPError(f"{method} {target}: no :status in the answer")
         self._used += 1
-        self.counters.requests += 1
-        self.counters.received += stream.received
         if self._goaway is not None:
             self.close()  # the server is done with this connection: the next one is new
         out = bytes(stream.body) if stream.body is not None else b""
