@@ -231,12 +231,16 @@ class WholeReads:
     ``_ssl_object``, a private name: ``wrap`` leaves a stream without it as it is) right
     after trio's ``receive_some`` returned, in the same task and before anything else
     runs, as trio itself calls it; an error (other than "needs more data") is left for
-    trio's next ``receive_some`` to meet and raise.
+    trio's next ``receive_some`` to meet and raise. trio fills its buffer of received
+    records by 64 KiB reads of the socket (``receive_some()`` without a size), so its
+    ``transport_stream`` is wrapped too (``SizedReads``): a socket read then takes as
+    much as the caller asked for (``server.read_size``).
     """
 
     def __init__(self, stream: Any, ssl_object: ssl.SSLObject) -> None:
         self.stream = stream
         self._ssl_object = ssl_object
+        self._transport = stream.transport_stream = SizedReads(stream.transport_stream)
 
     @classmethod
     def wrap(cls, stream: Any) -> Any:
@@ -249,6 +253,8 @@ class WholeReads:
         return getattr(self.stream, name)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes:
+            self._transport.size = max_bytes
         first: bytes | bytearray = await self.stream.receive_some(max_bytes)
         room = (max_bytes or 0) - len(first)
         if not first or room <= 0:
@@ -264,6 +270,22 @@ class WholeReads:
             parts.append(more)
             room -= len(more)
         return b"".join(parts) if len(parts) > 1 else first
+
+
+class SizedReads:
+    """A TLS stream's transport (trio's ``SocketStream``) whose ``receive_some()`` without
+    a size reads up to ``size`` bytes, not trio's default 64 KiB."""
+
+    def __init__(self, stream: Any, size: int = 1 << 16) -> None:
+        self.stream = stream
+        self.size = size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data: bytes | bytearray = await self.stream.receive_some(max_bytes or self.size)
+        return data
 
 
 def install_whole_reads_hook(backend: str = DEFAULT_BACKEND) -> None:
