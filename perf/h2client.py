@@ -82,6 +82,9 @@ class _Stream:
 class H2Connection(Connection):
     """One HTTP/2 connection over TLS; ``request`` sends one request and reads its answer."""
 
+    protocol = "HTTP/2"
+    protocol_errors = (h2.exceptions.ProtocolError,)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tls is None or not self.tls.http2:
@@ -172,19 +175,6 @@ class H2Connection(Connection):
     # -- requests
 
     def _exchange(
-        self,
-        method: str,
-        target: str,
-        headers: Sequence[tuple[str, str]],
-        body: Body | None,
-        keep_body: bool,
-    ) -> Response:
-        try:
-            return self._exchange_h2(method, target, headers, body, keep_body)
-        except h2.exceptions.ProtocolError as e:
-            raise HTTPError(f"HTTP/2: {e}") from e
-
-    def _exchange_h2(
         self,
         method: str,
         target: str,

@@ -23,6 +23,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from perf.tls import ClientTLS
@@ -137,6 +138,10 @@ class Connection:
     counters: Counters = field(default_factory=Counters)
     tls: ClientTLS | None = None
 
+    protocol: ClassVar[str] = "HTTP/1.1"
+    # Errors of a protocol library that mean the server broke the protocol (HTTPError).
+    protocol_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
     def __post_init__(self) -> None:
         self._sock: socket.socket | None = None
         self._buffer = bytearray(BUFFER)
@@ -218,6 +223,9 @@ class Connection:
             except (OSError, HTTPError):
                 self.close()
                 raise
+            except self.protocol_errors as e:  # the protocol library's own
+                self.close()
+                raise HTTPError(f"{self.protocol}: {e}") from e
             self.counters.requests += 1
             self.counters.received += response.received
             return response

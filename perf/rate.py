@@ -297,22 +297,36 @@ def run_py(
     with ``tls`` (for HTTP/2 use :func:`run_h2`)."""
     if tls is not None and tls.http2:
         raise ValueError("run_py speaks HTTP/1.1: use run_h2 for HTTP/2")
+    opener = _h1_opener(host, port, head, tls)
+    return _run(opener, requests, connections, duration, max_requests, procs, drain, "py")
+
+
+def _run(
+    opener: Callable[[int], Conn],
+    requests: Sequence[Any],
+    connections: int,
+    duration: float,
+    max_requests: int,
+    procs: int,
+    drain: float,
+    engine: str,
+) -> RateResult:
+    """:func:`_loop` in this process, or its share of the connections and requests in
+    each of ``procs`` forked ones."""
     procs = max(1, min(procs, connections))
     if procs == 1 or threading.active_count() > 1:
         return _loop(
-            _h1_opener(host, port, head, tls), requests, connections, max_requests, duration,
-            drain, lambda: None, 0, "py",
-        )  # fmt: skip
+            opener, requests, connections, max_requests, duration, drain, lambda: None, 0, engine
+        )
 
     def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
         n = connections // procs + (1 if index < connections % procs else 0)
         share = max_requests // procs + (1 if index < max_requests % procs else 0)
         return _loop(
-            _h1_opener(host, port, head, tls), requests, n, share, duration, drain,
-            wait_for_start, index * 131, "py",
-        )  # fmt: skip
+            opener, requests, n, share, duration, drain, wait_for_start, index * 131, engine
+        )
 
-    return _forked(procs, work, duration + drain + 30)
+    return _forked(procs, work, duration + drain + 30, engine)
 
 
 def _forked(
@@ -428,22 +442,8 @@ def run_h2(
 ) -> RateResult:
     """``requests`` (from :func:`build_h2_requests`) round-robin over HTTP/2 (ALPN h2 is
     checked on every connection), one stream at a time per connection."""
-    procs = max(1, min(procs, connections))
-    if procs == 1 or threading.active_count() > 1:
-        return _loop(
-            _h2_opener(host, port, tls), requests, connections, max_requests, duration, drain,
-            lambda: None, 0, "py-h2",
-        )  # fmt: skip
-
-    def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
-        n = connections // procs + (1 if index < connections % procs else 0)
-        share = max_requests // procs + (1 if index < max_requests % procs else 0)
-        return _loop(
-            _h2_opener(host, port, tls), requests, n, share, duration, drain, wait_for_start,
-            index * 131, "py-h2",
-        )  # fmt: skip
-
-    return _forked(procs, work, duration + drain + 30, engine="py-h2")
+    opener = _h2_opener(host, port, tls)
+    return _run(opener, requests, connections, duration, max_requests, procs, drain, "py-h2")
 
 
 WRK_SCRIPT = """
