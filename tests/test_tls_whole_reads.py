@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import hypercorn.trio.tcp_server
 import pytest
 import trio
 import trio.testing
@@ -89,7 +90,9 @@ def test_hypercorns_trio_connections_read_whole(
 ) -> None:
     """The hook wraps a TLS connection's stream and leaves a plain one as it is."""
     module = run_module("trio")
-    monkeypatch.setattr(module, "TCPServer", module.TCPServer)  # restored after the test
+    # hypercorn's own class (other tests may have left hooks of their own installed, as a
+    # worker does), put back after the test
+    monkeypatch.setattr(module, "TCPServer", hypercorn.trio.tcp_server.TCPServer)
     install_whole_reads_hook("trio")
     server_class: Any = module.TCPServer
     files = server_files(tmp_path / "pki")
