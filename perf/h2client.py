@@ -35,8 +35,10 @@ from perf.httpclient import (
     Connection,
     ConnectionClosed,
     HTTPError,
+    NotStarted,
     RepeatedBody,
     Response,
+    add_header,
 )
 
 STREAM_WINDOW = 4 << 20  # Go's transportDefaultStreamFlow
@@ -77,12 +79,11 @@ class _Stream:
         self.reset: int | None = None
 
 
-class NotStarted(ConnectionClosed):
-    """The server closed or went away before it took the request: safe to retry."""
-
-
 class H2Connection(Connection):
     """One HTTP/2 connection over TLS; ``request`` sends one request and reads its answer."""
+
+    protocol = "HTTP/2"
+    protocol_errors = (h2.exceptions.ProtocolError,)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,10 +159,8 @@ class H2Connection(Connection):
                     key, value = bytes(k).decode("latin-1"), bytes(v).decode("latin-1")
                     if key == ":status":
                         stream.status = int(value)
-                    elif key in stream.headers:
-                        stream.headers[key] = f"{stream.headers[key]}, {value}"
                     else:
-                        stream.headers[key] = value
+                        add_header(stream.headers, key, value)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
@@ -174,38 +173,6 @@ class H2Connection(Connection):
             self._goaway = event.last_stream_id if event.last_stream_id is not None else 0
 
     # -- requests
-
-    def request(
-        self,
-        method: str,
-        target: str,
-        headers: Sequence[tuple[str, str]] = (),
-        body: Body | None = None,
-        keep_body: bool = False,
-    ) -> Response:
-        for attempt in (0, 1):
-            self.connect()
-            reused = self._used > 0
-            try:
-                return self._exchange(method, target, headers, body, keep_body)
-            except NotStarted:
-                self.close()
-                if attempt == 0:
-                    self.counters.reconnects += 1
-                    continue
-                raise
-            except ConnectionClosed:
-                self.close()
-                if attempt == 0 and reused and self._nothing_read:
-                    self.counters.reconnects += 1
-                    continue
-                raise
-            except (OSError, HTTPError, h2.exceptions.ProtocolError) as e:
-                self.close()
-                if isinstance(e, h2.exceptions.ProtocolError):
-                    raise HTTPError(f"HTTP/2: {e}") from e
-                raise
-        raise AssertionError("unreachable")
 
     def _exchange(
         self,
@@ -255,8 +222,6 @@ class H2Connection(Connection):
         if not stream.status:
             raise HTTPError(f"{method} {target}: no :status in the answer")
         self._used += 1
-        self.counters.requests += 1
-        self.counters.received += stream.received
         if self._goaway is not None:
             self.close()  # the server is done with this connection: the next one is new
         out = bytes(stream.body) if stream.body is not None else b""

@@ -23,6 +23,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from perf.tls import ClientTLS
@@ -39,6 +40,10 @@ class HTTPError(Exception):
 
 class ConnectionClosed(HTTPError):
     """The server closed the connection before a complete response."""
+
+
+class NotStarted(ConnectionClosed):
+    """The server closed or went away before it took the request: safe to retry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,11 @@ class Counters:
     reconnects: int = 0
 
 
+def add_header(headers: dict[str, str], key: str, value: str) -> None:
+    """A response header; a repeated one is joined with ", " (RFC 9110 5.3)."""
+    headers[key] = f"{headers[key]}, {value}" if key in headers else value
+
+
 def split_url(url: str) -> tuple[str, int]:
     """(host, port) of an ``http://`` or ``https://host:port`` URL; loopback hosts only."""
     parts = urlsplit(url)
@@ -127,6 +137,10 @@ class Connection:
     timeout: float = 120.0
     counters: Counters = field(default_factory=Counters)
     tls: ClientTLS | None = None
+
+    protocol: ClassVar[str] = "HTTP/1.1"
+    # Errors of a protocol library that mean the server broke the protocol (HTTPError).
+    protocol_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __post_init__(self) -> None:
         self._sock: socket.socket | None = None
@@ -188,24 +202,33 @@ class Connection:
         body: Body | None = None,
         keep_body: bool = False,
     ) -> Response:
-        """Send one request and read its whole response.
+        """Send one request and read its whole response (``_exchange``, per protocol).
 
-        ``keep_body`` keeps the body in ``Response.body``; otherwise it is drained.
+        ``keep_body`` keeps the body in ``Response.body``; otherwise it is drained. A
+        request the server never took (``NotStarted``, or nothing read on a reused
+        connection it closed while idle) is sent once more on a new connection.
         """
         for attempt in (0, 1):
             self.connect()
             reused = self._used > 0
             try:
-                return self._exchange(method, target, headers, body, keep_body)
-            except ConnectionClosed:
+                response = self._exchange(method, target, headers, body, keep_body)
+            except ConnectionClosed as e:
                 self.close()
-                if attempt == 0 and reused and self._nothing_read:
+                retry = isinstance(e, NotStarted) or (reused and self._nothing_read)
+                if attempt == 0 and retry:
                     self.counters.reconnects += 1
                     continue
                 raise
             except (OSError, HTTPError):
                 self.close()
                 raise
+            except self.protocol_errors as e:  # the protocol library's own
+                self.close()
+                raise HTTPError(f"{self.protocol}: {e}") from e
+            self.counters.requests += 1
+            self.counters.received += response.received
+            return response
         raise AssertionError("unreachable")
 
     def _exchange(
@@ -252,8 +275,6 @@ class Connection:
             if send_failed is not None:
                 raise HTTPError(f"{method} {target}: {send_failed}") from send_failed
             raise
-        self.counters.requests += 1
-        self.counters.received += response.received
         self._used += 1
         if send_failed is not None:
             self.close()
@@ -337,9 +358,7 @@ class Connection:
                 key, sep, value = line.partition(":")
                 if not sep:
                     raise HTTPError(f"bad header line {line[:80]!r}")
-                key = key.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+                add_header(headers, key.strip().lower(), value.strip())
             if 100 <= status < 200:
                 continue  # interim response: the real one follows
             break

@@ -10,7 +10,8 @@ Over TLS (``tls``) the same loop runs on TLS sockets (non-blocking, so a record 
 not application data never stalls the loop; ALPN must choose http/1.1). With
 ``tls.http2`` :func:`run_h2` runs it over HTTP/2 instead: one h2 state machine per
 connection (``perf.h2client``'s settings), one stream at a time on each, so the number
-of requests in flight is the number of connections as over HTTP/1.1.
+of requests in flight is the number of connections as over HTTP/1.1. One loop
+(:func:`_loop`) serves both, with a connection object per protocol (``_H1``, ``_H2``).
 
 ``wrk``: Debian's wrk 4.1 driven by a generated Lua script (GET only: wrk 4.1 waits for
 a body after a HEAD response that has a Content-Length, so HEAD hangs). Lighter than
@@ -79,18 +80,6 @@ def build_requests(
     ]
 
 
-class _Conn:
-    __slots__ = ("buf", "close", "need", "next", "sock", "t0")
-
-    def __init__(self, sock: socket.socket, start: int) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        self.need = 0  # 0: head not parsed; >0: total bytes; -1: chunked
-        self.close = False  # the server said Connection: close
-        self.next = start
-        self.t0 = 0.0
-
-
 def _connect(
     host: str, port: int, tls: ClientTLS | None = None, context: ssl.SSLContext | None = None
 ) -> socket.socket:
@@ -118,254 +107,90 @@ def _recv(sock: socket.socket) -> bytes | None:
     return data
 
 
-def _loop(
-    host: str,
-    port: int,
-    requests: Sequence[bytes],
-    head: bool,
-    conns: int,
-    max_requests: int,
-    duration: float,
-    drain: float,
-    wait: Callable[[], Any],
-    offset: int,
-    tls: ClientTLS | None = None,
-) -> RateResult:
-    result = RateResult()
-    lat = array("d")
-    ep = select.epoll()
-    states: dict[int, _Conn] = {}
-    context = tls.context() if tls is not None else None
-    try:
-        for i in range(conns):
-            sock = _connect(host, port, tls, context)
-            states[sock.fileno()] = _Conn(sock, (offset + i * 7) % len(requests))
-            ep.register(sock.fileno(), select.EPOLLIN)
-        wait()
-        cpu0 = own_cpu_seconds()
-        result.started = now = time.monotonic()
-        deadline = now + duration
-        hard_deadline = deadline + drain
-        issued = 0
-        inflight = 0
-        nreq = len(requests)
-        perf = time.perf_counter
-        for st in states.values():
-            if issued >= max_requests:
-                break
-            st.t0 = perf()
-            st.sock.send(requests[st.next])
-            issued += 1
-            inflight += 1
-        while inflight > 0:
-            events = ep.poll(0.5)
-            if time.monotonic() > hard_deadline:
-                result.failed += inflight
-                result.errors.append(f"{inflight} requests still open after the drain time")
-                break
-            for fd, _ in events:
-                st = states[fd]
-                try:
-                    got = _recv(st.sock)
-                except OSError as e:
-                    got = b""
-                    if len(result.errors) < 5:
-                        result.errors.append(str(e)[:200])
-                if got is None:
-                    continue
-                data = got
-                if not data:
-                    result.failed += 1
-                    inflight -= 1
-                    if len(result.errors) < 5:
-                        result.errors.append("connection closed by the server")
-                    ep.unregister(fd)
-                    st.sock.close()
-                    del states[fd]
-                    continue
-                buf = st.buf
-                buf += data
-                if st.need == 0:
-                    h = buf.find(b"\r\n\r\n")
-                    if h < 0:
-                        continue
-                    block = bytes(buf[:h]).lower()
-                    st.close = b"\r\nconnection: close" in block
-                    if head:
-                        st.need = h + 4
-                    else:
-                        i = block.find(b"\r\ncontent-length:")
-                        if i >= 0:
-                            j = block.find(b"\r\n", i + 2)
-                            st.need = h + 4 + int(block[i + 17 : j if j >= 0 else None])
-                        elif b"chunked" in block:
-                            st.need = -1
-                        else:
-                            st.need = len(buf)  # no body framing: take what came
-                if st.need > 0:
-                    if len(buf) < st.need:
-                        continue
-                elif not buf.endswith(b"\r\n0\r\n\r\n"):
-                    continue
-                t1 = perf()
-                status = int(buf[9:12])
-                result.received += len(buf)
-                if 200 <= status < 400:
-                    result.ok += 1
-                    lat.append(t1 - st.t0)
-                else:
-                    result.failed += 1
-                    if len(result.errors) < 5:
-                        result.errors.append(bytes(buf[:200]).decode("latin-1"))
-                if st.close:
-                    # The server will close this connection: continue on a new one.
-                    ep.unregister(fd)
-                    st.sock.close()
-                    del states[fd]
-                    st.sock = _connect(host, port, tls, context)
-                    states[st.sock.fileno()] = st
-                    ep.register(st.sock.fileno(), select.EPOLLIN)
-                st.buf = bytearray()
-                st.need = 0
-                if issued < max_requests and time.monotonic() < deadline:
-                    st.next = (st.next + 1) % nreq
-                    st.t0 = perf()
-                    st.sock.send(requests[st.next])
-                    issued += 1
-                else:
-                    inflight -= 1
-        result.ended = time.monotonic()
-        result.client_cpu_s = own_cpu_seconds() - cpu0
-    finally:
-        for st in states.values():
-            st.sock.close()
-        ep.close()
-    result.latencies = lat.tolist()
-    return result
+PENDING, DONE, RETRY = 0, 1, 2  # what a connection's ``feed`` makes of what arrived
 
 
-def run_py(
-    host: str,
-    port: int,
-    requests: Sequence[bytes],
-    *,
-    head: bool,
-    connections: int,
-    duration: float,
-    max_requests: int,
-    procs: int = 1,
-    drain: float = 10.0,
-    tls: ClientTLS | None = None,
-) -> RateResult:
-    """``requests`` (from :func:`build_requests`) round-robin over HTTP/1.1, over TLS
-    with ``tls`` (for HTTP/2 use :func:`run_h2`)."""
-    if tls is not None and tls.http2:
-        raise ValueError("run_py speaks HTTP/1.1: use run_h2 for HTTP/2")
-    procs = max(1, min(procs, connections))
-    if procs == 1 or threading.active_count() > 1:
-        return _loop(
-            host, port, requests, head, connections, max_requests, duration, drain,
-            lambda: None, 0, tls,
-        )  # fmt: skip
+class _H1:
+    """An HTTP/1.1 keep-alive connection of :func:`_loop`, one request at a time."""
 
-    def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
-        n = connections // procs + (1 if index < connections % procs else 0)
-        share = max_requests // procs + (1 if index < max_requests % procs else 0)
-        return _loop(
-            host, port, requests, head, n, share, duration, drain, wait_for_start, index * 131,
-            tls,
-        )  # fmt: skip
+    __slots__ = ("buf", "head", "need", "next", "reconnect", "sock", "status", "t0")
 
-    return _forked(procs, work, duration + drain + 30)
-
-
-def _forked(
-    procs: int,
-    work: Callable[[int, Callable[[], Any]], RateResult],
-    join_timeout: float,
-    engine: str = "py",
-) -> RateResult:
-
-    def failed(e: BaseException) -> RateResult:
-        result = RateResult(failed=1, errors=[f"{type(e).__name__}: {e}"])
-        result.ended = time.monotonic()
-        return result
-
-    total = RateResult(engine=engine)
-    return run_forked(procs, work, failed, total, join_timeout=join_timeout)
-
-
-H2Request = list[tuple[bytes, bytes]]
-
-
-def build_h2_requests(
-    host: str, port: int, method: str, targets: Sequence[str], headers: Sequence[tuple[str, str]]
-) -> list[H2Request]:
-    """HTTP/2 header lists (pseudo-headers first), built before the clock starts."""
-    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    return [
-        [
-            (b":method", method.encode()),
-            (b":scheme", b"https"),
-            (b":authority", f"{host}:{port}".encode()),
-            (b":path", t.encode("latin-1")),
-            *extra,
-        ]
-        for t in targets
-    ]
-
-
-class _H2Conn:
-    __slots__ = ("next", "received", "sid", "sock", "state", "status", "t0", "terminated")
-
-    def __init__(self, sock: socket.socket, start: int) -> None:
-        from perf.h2client import client_state
-
+    def __init__(self, sock: socket.socket, start: int, head: bool) -> None:
         self.sock = sock
-        self.state = client_state()
+        self.head = head  # HEAD requests: no body follows a head
         self.next = start
-        self.sid = 0
-        self.status = 0
-        self.received = 0
         self.t0 = 0.0
-        self.terminated: int | None = None  # a GOAWAY's last stream id
-        sock.sendall(self.state.data_to_send())
-
-    def send(self, request: H2Request) -> None:
-        self.sid = self.state.get_next_available_stream_id()
+        self.buf = bytearray()
+        self.need = 0  # 0: head not parsed; >0: total bytes; -1: chunked
         self.status = 0
-        self.received = 0
-        self.state.send_headers(self.sid, request, end_stream=True)
-        self.sock.sendall(self.state.data_to_send())
+        self.reconnect = False  # the server said Connection: close
+
+    def send(self, request: bytes) -> None:
+        self.buf = bytearray()
+        self.need = 0
+        self.sock.send(request)
+
+    def feed(self, data: bytes) -> int:
+        buf = self.buf
+        buf += data
+        if self.need == 0:
+            h = buf.find(b"\r\n\r\n")
+            if h < 0:
+                return PENDING
+            block = bytes(buf[:h]).lower()
+            self.reconnect = b"\r\nconnection: close" in block
+            if self.head:
+                self.need = h + 4
+            else:
+                i = block.find(b"\r\ncontent-length:")
+                if i >= 0:
+                    j = block.find(b"\r\n", i + 2)
+                    self.need = h + 4 + int(block[i + 17 : j if j >= 0 else None])
+                elif b"chunked" in block:
+                    self.need = -1
+                else:
+                    self.need = len(buf)  # no body framing: take what came
+        if self.need > 0:
+            if len(buf) < self.need:
+                return PENDING
+        elif not buf.endswith(b"\r\n0\r\n\r\n"):
+            return PENDING
+        self.status = int(buf[9:12])
+        return DONE
+
+    def failure(self) -> str:
+        return bytes(self.buf[:200]).decode("latin-1")
 
 
-def _loop_h2(
-    host: str,
-    port: int,
-    requests: Sequence[H2Request],
+Conn = Any  # _H1 or _H2: sock, next, t0, status, reconnect, send, feed, failure
+
+
+def _loop(
+    open_conn: Callable[[int], Conn],
+    requests: Sequence[Any],
     conns: int,
     max_requests: int,
     duration: float,
     drain: float,
     wait: Callable[[], Any],
     offset: int,
-    tls: ClientTLS,
+    engine: str,
 ) -> RateResult:
-    import h2.events
-
-    result = RateResult(engine="py-h2")
+    """The epoll loop of both protocols: ``open_conn(start)`` connects a connection that
+    begins at ``requests[start]``; its ``feed`` takes what arrived (PENDING, DONE with
+    its ``status``, or RETRY: the server went away before taking the request)."""
+    result = RateResult(engine=engine)
     lat = array("d")
     ep = select.epoll()
-    states: dict[int, _H2Conn] = {}
-    context = tls.context()
+    states: dict[int, Conn] = {}
 
-    def connect(start: int) -> _H2Conn:
-        st = _H2Conn(_connect(host, port, tls, context), start)
+    def connect(start: int) -> Conn:
+        st = open_conn(start)
         states[st.sock.fileno()] = st
         ep.register(st.sock.fileno(), select.EPOLLIN)
         return st
 
-    def drop(fd: int, st: _H2Conn) -> None:
+    def drop(fd: int, st: Conn) -> None:
         ep.unregister(fd)
         st.sock.close()
         del states[fd]
@@ -414,30 +239,14 @@ def _loop_h2(
                     drop(fd, st)
                     continue
                 result.received += len(data)
-                done = retry = False
-                for ev in st.state.receive_data(data):
-                    if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == st.sid:
-                        st.status = int(dict(ev.headers)[b":status"])
-                    elif isinstance(ev, h2.events.DataReceived):
-                        st.state.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == st.sid:
-                        done = True
-                    elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == st.sid:
-                        done = True
-                        error(f"stream reset ({ev.error_code})")
-                    elif isinstance(ev, h2.events.ConnectionTerminated):
-                        st.terminated = ev.last_stream_id or 0
-                        retry = not done and st.sid > st.terminated
-                pending = st.state.data_to_send()
-                if pending:
-                    st.sock.sendall(pending)
-                if retry:  # the server went away before this request: send it anew
+                got = st.feed(data)
+                if got == PENDING:
+                    continue
+                if got == RETRY:  # send it anew on a new connection
                     drop(fd, st)
                     new = connect(st.next)
                     new.t0 = st.t0
                     new.send(requests[new.next])
-                    continue
-                if not done:
                     continue
                 t1 = perf()
                 if 200 <= st.status < 400:
@@ -445,8 +254,8 @@ def _loop_h2(
                     lat.append(t1 - st.t0)
                 else:
                     result.failed += 1
-                    error(f"HTTP {st.status or 'reset'}")
-                if st.terminated is not None:  # GOAWAY: continue on a new connection
+                    error(st.failure())
+                if st.reconnect:  # the server closes this one: continue on a new one
                     drop(fd, st)
                     st = connect(st.next)
                 if issued < max_requests and time.monotonic() < deadline:
@@ -466,6 +275,159 @@ def _loop_h2(
     return result
 
 
+def _h1_opener(host: str, port: int, head: bool, tls: ClientTLS | None) -> Callable[[int], Conn]:
+    context = tls.context() if tls is not None else None
+    return lambda start: _H1(_connect(host, port, tls, context), start, head)
+
+
+def run_py(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    head: bool,
+    connections: int,
+    duration: float,
+    max_requests: int,
+    procs: int = 1,
+    drain: float = 10.0,
+    tls: ClientTLS | None = None,
+) -> RateResult:
+    """``requests`` (from :func:`build_requests`) round-robin over HTTP/1.1, over TLS
+    with ``tls`` (for HTTP/2 use :func:`run_h2`)."""
+    if tls is not None and tls.http2:
+        raise ValueError("run_py speaks HTTP/1.1: use run_h2 for HTTP/2")
+    opener = _h1_opener(host, port, head, tls)
+    return _run(opener, requests, connections, duration, max_requests, procs, drain, "py")
+
+
+def _run(
+    opener: Callable[[int], Conn],
+    requests: Sequence[Any],
+    connections: int,
+    duration: float,
+    max_requests: int,
+    procs: int,
+    drain: float,
+    engine: str,
+) -> RateResult:
+    """:func:`_loop` in this process, or its share of the connections and requests in
+    each of ``procs`` forked ones."""
+    procs = max(1, min(procs, connections))
+    if procs == 1 or threading.active_count() > 1:
+        return _loop(
+            opener, requests, connections, max_requests, duration, drain, lambda: None, 0, engine
+        )
+
+    def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
+        n = connections // procs + (1 if index < connections % procs else 0)
+        share = max_requests // procs + (1 if index < max_requests % procs else 0)
+        return _loop(
+            opener, requests, n, share, duration, drain, wait_for_start, index * 131, engine
+        )
+
+    return _forked(procs, work, duration + drain + 30, engine)
+
+
+def _forked(
+    procs: int,
+    work: Callable[[int, Callable[[], Any]], RateResult],
+    join_timeout: float,
+    engine: str = "py",
+) -> RateResult:
+
+    def failed(e: BaseException) -> RateResult:
+        result = RateResult(failed=1, errors=[f"{type(e).__name__}: {e}"])
+        result.ended = time.monotonic()
+        return result
+
+    total = RateResult(engine=engine)
+    return run_forked(procs, work, failed, total, join_timeout=join_timeout)
+
+
+H2Request = list[tuple[bytes, bytes]]
+
+
+def build_h2_requests(
+    host: str, port: int, method: str, targets: Sequence[str], headers: Sequence[tuple[str, str]]
+) -> list[H2Request]:
+    """HTTP/2 header lists (pseudo-headers first), built before the clock starts."""
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return [
+        [
+            (b":method", method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", f"{host}:{port}".encode()),
+            (b":path", t.encode("latin-1")),
+            *extra,
+        ]
+        for t in targets
+    ]
+
+
+class _H2:
+    """An HTTP/2 connection of :func:`_loop` (``perf.h2client``'s settings), one stream
+    at a time."""
+
+    __slots__ = ("next", "reset", "sid", "sock", "state", "status", "t0", "terminated")
+
+    def __init__(self, sock: socket.socket, start: int) -> None:
+        from perf.h2client import client_state
+
+        self.sock = sock
+        self.state = client_state()
+        self.next = start
+        self.sid = 0
+        self.status = 0
+        self.reset: int | None = None  # the stream's RST_STREAM error code
+        self.t0 = 0.0
+        self.terminated: int | None = None  # a GOAWAY's last stream id
+        sock.sendall(self.state.data_to_send())
+
+    @property
+    def reconnect(self) -> bool:
+        return self.terminated is not None  # GOAWAY: continue on a new connection
+
+    def send(self, request: H2Request) -> None:
+        self.sid = self.state.get_next_available_stream_id()
+        self.status = 0
+        self.reset = None
+        self.state.send_headers(self.sid, request, end_stream=True)
+        self.sock.sendall(self.state.data_to_send())
+
+    def feed(self, data: bytes) -> int:
+        import h2.events
+
+        done = retry = False
+        for ev in self.state.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == self.sid:
+                self.status = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                self.state.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == self.sid:
+                done = True
+            elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == self.sid:
+                done = True
+                self.reset = ev.error_code
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.terminated = ev.last_stream_id or 0
+                retry = not done and self.sid > self.terminated
+        pending = self.state.data_to_send()
+        if pending:
+            self.sock.sendall(pending)
+        return RETRY if retry else DONE if done else PENDING
+
+    def failure(self) -> str:
+        if self.reset is not None:
+            return f"stream reset ({self.reset})"
+        return f"HTTP {self.status}"
+
+
+def _h2_opener(host: str, port: int, tls: ClientTLS) -> Callable[[int], Conn]:
+    context = tls.context()
+    return lambda start: _H2(_connect(host, port, tls, context), start)
+
+
 def run_h2(
     host: str,
     port: int,
@@ -480,21 +442,8 @@ def run_h2(
 ) -> RateResult:
     """``requests`` (from :func:`build_h2_requests`) round-robin over HTTP/2 (ALPN h2 is
     checked on every connection), one stream at a time per connection."""
-    procs = max(1, min(procs, connections))
-    if procs == 1 or threading.active_count() > 1:
-        return _loop_h2(
-            host, port, requests, connections, max_requests, duration, drain, lambda: None, 0,
-            tls,
-        )  # fmt: skip
-
-    def work(index: int, wait_for_start: Callable[[], Any]) -> RateResult:
-        n = connections // procs + (1 if index < connections % procs else 0)
-        share = max_requests // procs + (1 if index < max_requests % procs else 0)
-        return _loop_h2(
-            host, port, requests, n, share, duration, drain, wait_for_start, index * 131, tls
-        )
-
-    return _forked(procs, work, duration + drain + 30, engine="py-h2")
+    opener = _h2_opener(host, port, tls)
+    return _run(opener, requests, connections, duration, max_requests, procs, drain, "py-h2")
 
 
 WRK_SCRIPT = """

@@ -12,9 +12,10 @@ h2, tls, plain, ...). Prints the median of each headline figure per transport an
 ratio to plain: the share of ``perf.run --tls``/``--http2`` figures that is the transport.
 
 First it counts how many bytes trio's ``SSLStream.receive_some`` returns per call when
-asked for 1 MiB while 64 MiB stream in over loopback TLS: hypercorn's trio worker reads
-every TLS connection that way, so this is the size of the body messages dockyard's upload
-path gets over TLS (``dockyard serve`` asks hypercorn for 1 MiB reads on plain sockets).
+asked for 1 MiB while 64 MiB stream in over loopback TLS, alone (one TLS record) and
+wrapped in ``dockyard.tls.WholeReads`` as hypercorn's trio worker reads every TLS
+connection (every record already received): the size of the body messages dockyard's
+upload path gets over TLS (``dockyard serve`` asks hypercorn for 1 MiB reads).
 
 Prints only; nothing is appended to ``perf/RESULTS.md``.
 """
@@ -27,9 +28,11 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from dockyard.tls import WholeReads
 from perf.run import run_scenarios
 from perf.scenarios import Params, Record, Target
 from perf.servers import Dockyard
@@ -41,9 +44,11 @@ KEYS = {
 }
 
 
-def sslstream_reads(files: ServerTLS, total: int = 64 << 20, ask: int = 1 << 20) -> list[int]:
+def sslstream_reads(
+    files: ServerTLS, total: int = 64 << 20, ask: int = 1 << 20, whole: bool = False
+) -> list[int]:
     """The sizes trio's SSLStream.receive_some(``ask``) returned while ``total`` bytes
-    arrived over loopback TLS."""
+    arrived over loopback TLS (through ``WholeReads`` if ``whole``)."""
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(files.cert, files.key)
     client_context = ssl.create_default_context(cafile=str(files.ca))
@@ -53,7 +58,9 @@ def sslstream_reads(files: ServerTLS, total: int = 64 << 20, ask: int = 1 << 20)
         done = trio.Event()
 
         async def serve(stream: trio.SocketStream) -> None:
-            tls = trio.SSLStream(stream, server_context, server_side=True)
+            tls: Any = trio.SSLStream(stream, server_context, server_side=True)
+            if whole:
+                tls = WholeReads.wrap(tls)
             while sum(sizes) < total:
                 sizes.append(len(await tls.receive_some(ask)))
             done.set()
@@ -107,13 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory(prefix="perf-tls-") as directory:
         certs = make_certificates(Path(directory))
-        sizes = sslstream_reads(certs)
-        print(
-            f"trio SSLStream.receive_some(1 MiB): {len(sizes)} reads for "
-            f"{sum(sizes) >> 20} MiB, largest {max(sizes)} B, median "
-            f"{statistics.median(sizes):.0f} B",
-            flush=True,
-        )
+        for whole in (False, True):
+            sizes = sslstream_reads(certs, whole=whole)
+            print(
+                f"trio SSLStream.receive_some(1 MiB){' in WholeReads' if whole else ''}: "
+                f"{len(sizes)} reads for {sum(sizes) >> 20} MiB, largest {max(sizes)} B, "
+                f"median {statistics.median(sizes):.0f} B",
+                flush=True,
+            )
         with (
             Dockyard(workers=args.workers) as plain,
             Dockyard(workers=args.workers, tls=certs) as tls,

@@ -57,15 +57,76 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 BASE_URL = "http://registry"
 
-# -- the async backends every in-process test runs on (anyio's pytest plugin, auto mode)
+# -- the async backends the in-process tests run on (anyio's pytest plugin, auto mode)
 
 TEST_BACKENDS = ("trio", "asyncio")
 
+# The modules whose async tests run on asyncio as well as trio: those that exercise code
+# whose behaviour depends on the event loop: sockets, streams and network clients (the
+# storage drivers with one, upstream, replication, webhooks, token fetches, trivy's
+# server), request and response bodies streamed through the app, task groups, timeouts
+# and cancellation of background tasks (events, feed, scans, janitors, schedules), the
+# dashboard app built for the loop (http/web.py). Every other module (configuration, OCI
+# parsing, metadata SQL, retention plans, rules, error bodies, listings...) runs on trio
+# only: what it tests is the same on either loop. So does the shared storage conformance
+# suite (the drivers' semantics through the same client code, about a third of the
+# suite's time on asyncio): a network driver's own tests (retries, restarts, credentials,
+# large and streamed blobs) run on both loops, its conformance class on trio only.
+# DOCKYARD_TEST_BACKENDS (comma-separated) runs every async test on exactly the backends
+# it names instead, e.g. "trio,asyncio" for all on both. The servers of the e2e tests run
+# on DOCKYARD_TEST_SERVER_BACKEND (scripts/test runs the HTTP, client and life-cycle e2e
+# modules again on uvloop).
+BOTH_LOOPS = frozenset(
+    {
+        # (a module, or one test of a module: "module::test")
+        # the lifespan's background tasks; concurrent requests racing for a quota
+        "test_api_errors::test_lifespan_protocol",
+        "test_api_repositories::test_concurrent_pushes_cannot_both_pass",
+        # bodies streamed through the app, disconnects, early answers
+        "test_api_uploads",
+        "test_api_blobs",
+        "test_core_parts",
+        # events, the feed, webhooks: task groups, timeouts, websockets, HTTP clients
+        "test_api_events",
+        "test_events",
+        "test_event_counters",
+        "test_event_pruning",
+        "test_feed_asgi_path",
+        "test_feed_connect",
+        "test_feed_hooks",
+        "test_webhooks",
+        "test_metrics",
+        "test_dashboard_api",
+        # storage drivers with network clients
+        "test_storage_s3",
+        "test_storage_gcs",
+        "test_storage_gcs_auth",
+        "test_storage_azure",
+        "test_meta_postgres_outage",
+        # upstream, pull-through cache, replication, scanners: HTTP clients
+        "test_upstream_client",
+        "test_cache",
+        "test_replication_copy",
+        "test_trivy",
+        "test_harbor",
+        "test_scan_queue",
+        "test_scan_auth",
+        # background tasks and the auth paths that fetch over the network or time out
+        "test_gc",
+        "test_gc_schedule",
+        "test_upload_janitor",
+        "test_token_endpoint",
+        "test_auth_cache",
+        "test_connection_guard",
+        "test_request_records",
+        "test_logs",
+    }
+)
+
 
 def chosen_backends() -> list[str]:
-    """The backends to run async tests on: ``DOCKYARD_TEST_BACKENDS`` (comma-separated),
-    by default both: the server runs on either (``[server] backend``; uvloop's loop is
-    the asyncio worker's, run by the e2e pass ``scripts/test`` makes on it)."""
+    """The backends to run async tests on: ``DOCKYARD_TEST_BACKENDS`` if set (every async
+    test on each), by default both (asyncio then only for ``BOTH_LOOPS`` modules)."""
     chosen = os.environ.get("DOCKYARD_TEST_BACKENDS", "")
     names = [n.strip() for n in chosen.split(",") if n.strip()]
     unknown = set(names) - set(TEST_BACKENDS)
@@ -77,6 +138,35 @@ def chosen_backends() -> list[str]:
 @pytest.fixture(scope="module", params=chosen_backends())
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def _conformance(item: pytest.Item) -> bool:
+    """A test of the shared storage conformance suite (tests/storage_conformance.py)."""
+    from tests.storage_conformance import StorageConformance
+
+    cls = getattr(item, "cls", None)
+    return cls is not None and issubclass(cls, StorageConformance)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without DOCKYARD_TEST_BACKENDS, leave out the asyncio run of async tests outside
+    ``BOTH_LOOPS`` and of the storage conformance suite (reported as deselected)."""
+    if os.environ.get("DOCKYARD_TEST_BACKENDS", "").strip():
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_asyncio = callspec is not None and callspec.params.get("anyio_backend") == "asyncio"
+        module = item.path.stem
+        listed = (
+            module in BOTH_LOOPS
+            or f"{module}::{getattr(item, 'originalname', item.name)}" in BOTH_LOOPS
+        ) and not _conformance(item)
+        (dropped if on_asyncio and not listed else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 # -- settings and the running registry

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 
+from dockyard.http.h2edge import CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW
 from tests.e2e.conftest import serving
 from tests.h2client import H2Client
 from tests.pki import ServerFiles, server_files
@@ -214,3 +215,26 @@ def test_oversized_header_block_closes_the_connection(
     finally:
         client.close()
     assert httpx.get(f"{h2_registry.url}/v2/", verify=pki.client_context()).status_code == 200
+
+
+def test_uploads_come_in_big_frames(h2_registry: DockyardServer, pki: ServerFiles) -> None:
+    """The server's SETTINGS let a client send 1 MiB frames against a 1 MiB stream window
+    and a wider connection window (h2's defaults, which hypercorn advertised: 16 KiB
+    frames, 64 KiB windows); an upload in such frames is taken."""
+    client = H2Client(h2_registry.port, pki.client_context())
+    try:
+        assert client.get("/v2/").status == 200  # the server's preamble has been read
+        settings = client.conn.remote_settings
+        assert settings.max_frame_size == MAX_FRAME_SIZE > 16_384
+        assert settings.initial_window_size == STREAM_WINDOW > 65_535
+        assert client.conn.outbound_flow_control_window == CONNECTION_WINDOW > STREAM_WINDOW
+        data = bytes(range(256)) * (3 * MAX_FRAME_SIZE // 256 + 1000)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = f"/v2/h2/frames/blobs/uploads/?digest={digest}"
+        stream = client.request("POST", path, [("content-length", str(len(data)))], end=False)
+        assert client.conn.max_outbound_frame_size == MAX_FRAME_SIZE  # what send_body uses
+        client.send_body(stream, data, end=True)  # 3 MiB and a bit: 4 frames
+        answer = client.wait(stream)
+        assert answer.status == 201, answer
+    finally:
+        client.close()

@@ -16,6 +16,17 @@ sets it to ``server.max_header_bytes``) is advertised to clients but was never e
 the initial value); ``install`` gives it to h2's header decoder, which then refuses a
 larger header block as a connection error (GOAWAY). The count of header fields
 (``server.max_headers``) is checked by the app (``http/asgi.py``): 431 on that stream.
+
+Bodies in bigger pieces: hypercorn advertises h2's defaults, a 64 KiB window (stream and
+connection) and 16 KiB frames, so an upload over HTTP/2 came in 16 KiB frames with a
+WINDOW_UPDATE every 32 KiB, each a trip through h2 and hypercorn (about 9x the CPU per
+GiB of HTTP/1.1). ``install`` advertises what Go's HTTP/2 server does (the CNCF
+Distribution's, golang.org/x/net/http2 server.go): frames of up to 1 MiB, and a 1 MiB
+window per stream; the connection window is opened wider (``CONNECTION_WINDOW``) so that
+parallel uploads on one connection do not share one stream's worth. These bound what a
+client may send ahead of the app, which reads one connection's frames in order
+(hypercorn); a frame is buffered whole before it is handed on, so ``MAX_FRAME_SIZE`` is
+also the most a connection's parser holds.
 """
 
 from __future__ import annotations
@@ -28,6 +39,10 @@ from typing import Any
 from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module
 
 log = logging.getLogger("dockyard.http")
+
+MAX_FRAME_SIZE = 1 << 20  # Go's defaultMaxReadFrameSize
+STREAM_WINDOW = 1 << 20  # Go's server: MaxUploadBufferPerStream (1 MiB)
+CONNECTION_WINDOW = 16 << 20  # room for several streams' windows at once
 
 
 class _DroppedStream:
@@ -70,6 +85,7 @@ def check_hooks(backend: str = DEFAULT_BACKEND) -> None:
             inspect.iscoroutinefunction(server.run)
             and "self.streams[event.stream_id]" in source
             and "self.connection = h2.connection.H2Connection(" in source
+            and "self.connection.initiate_connection()" in source
         )
     except (ImportError, AttributeError, OSError, TypeError):
         ok = False
@@ -82,21 +98,41 @@ def check_hooks(backend: str = DEFAULT_BACKEND) -> None:
 
 
 def _install_h2() -> None:
+    import h2.settings
     from hypercorn.protocol import h2 as hypercorn_h2
 
     protocol = hypercorn_h2.H2Protocol
     if getattr(protocol, "_dockyard_guarded", False):
         return
     original_init = protocol.__init__
+    original_initiate = protocol.initiate
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         self.streams = StreamTable()
+        connection = self.connection
         # hypercorn passes its limit to h2 as an initial setting, which h2 only advertises:
         # the decoder enforces a setting when the client acknowledges a change of it.
-        self.connection.decoder.max_header_list_size = self.config.h2_max_header_list_size
+        connection.decoder.max_header_list_size = self.config.h2_max_header_list_size
+        # The same goes for the frame size h2's parser accepts; the stream window of a
+        # stream is taken from the settings when the stream opens.
+        codes = h2.settings.SettingCodes
+        values = dict(connection.local_settings)
+        values[codes.INITIAL_WINDOW_SIZE] = STREAM_WINDOW
+        values[codes.MAX_FRAME_SIZE] = MAX_FRAME_SIZE
+        connection.local_settings = h2.settings.Settings(client=False, initial_values=values)
+        connection.max_inbound_frame_size = MAX_FRAME_SIZE
+
+    async def initiate(self: Any, *args: Any, **kwargs: Any) -> None:
+        await original_initiate(self, *args, **kwargs)  # sends the SETTINGS frame first
+        # The connection window is not a setting: only a WINDOW_UPDATE opens it.
+        opened = CONNECTION_WINDOW - self.connection.inbound_flow_control_window
+        if opened > 0:
+            self.connection.increment_flow_control_window(opened)
+            await self._flush()
 
     protocol.__init__ = init  # type: ignore[method-assign]
+    protocol.initiate = initiate  # type: ignore[method-assign]
     protocol._dockyard_guarded = True  # type: ignore[attr-defined]
 
 
