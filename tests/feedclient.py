@@ -103,6 +103,9 @@ async def serve_app(app: ASGIApp) -> AsyncIterator[LoopbackServer]:
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
+    # hypercorn's 5 s would close a test's idle connection between two of its requests on
+    # a loaded machine (tests/test_connection_guard.py's bystander, once in a whole run).
+    config.keep_alive_timeout = 60
     served = _Served(app)
     # hypercorn's ASGI types are narrower TypedDicts than this module's mappings.
     wrapped = cast(Any, served)

@@ -78,7 +78,14 @@ async def test_requests_get_503_and_background_tasks_log_one_line(
         DOCKYARD_EVENTS_FALLBACK_POLL_INTERVAL="0.2",
     )
     caplog.set_level(logging.WARNING, logger="dockyard")
-    async with open_services(settings) as svc, make_client(svc) as client:
+    async with (
+        open_services(settings) as svc,
+        make_client(svc) as client,
+        anyio.create_task_group() as listeners,
+    ):
+        # Someone waiting for events (as a webhook deliverer does): a hub nobody listens
+        # to reads nothing, so its reads could not fail.
+        listeners.start_soon(svc.hub.wait_past, 10**12)
         r = await client.get("/v2/outage/tags/list")
         assert r.status_code == 404, r.text  # the database answers
         await anyio.to_thread.run_sync(tcp.cut)
@@ -98,6 +105,7 @@ async def test_requests_get_503_and_background_tasks_log_one_line(
                 break
             await anyio.sleep(0.2)
         assert r.status_code == 404, r.text
+        listeners.cancel_scope.cancel()
     assert any("reading the event log failed" in m for m in caplog.messages)
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert any("database failed in GET /v2/outage/tags/list" in r.getMessage() for r in failures)
