@@ -175,3 +175,18 @@ def test_an_asyncio_tcp_server_without_its_idle_task_stops_start_up(
     monkeypatch.setenv("DOCKYARD_SERVER_BACKEND", "asyncio")
     assert main(["serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
     assert "dockyard.http.keepalive" in capsys.readouterr().err
+
+
+def test_the_client_certificate_hook_still_finds_its_class_after_the_idle_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tls.py checks the worker's TCPServer signature (a ``writer`` parameter) after
+    http/keepalive.py has subclassed it: the subclass keeps hypercorn's parameters (with
+    ``*args`` client certificates stopped start-up on uvloop)."""
+    from dockyard.http.keepalive import install_idle_timer
+    from dockyard.tls import check_tls_hook
+
+    module = run_module("uvloop")
+    monkeypatch.setattr(module, "TCPServer", tcp_server_module("uvloop").TCPServer)
+    install_idle_timer("uvloop")
+    check_tls_hook("uvloop")

@@ -118,8 +118,18 @@ def install_idle_timer(backend: str) -> None:
     class IdleTimerTCPServer(base):  # type: ignore[misc]
         dockyard_idle_timer = True
 
-        def __init__(self, app: Any, loop: Any, config: Any, *args: Any) -> None:
-            super().__init__(app, loop, config, *args)
+        # hypercorn's own parameters, by name: later hooks (tls.py) check the signature.
+        def __init__(
+            self,
+            app: Any,
+            loop: Any,
+            config: Any,
+            context: Any,
+            state: Any,
+            reader: Any,
+            writer: Any,
+        ) -> None:
+            super().__init__(app, loop, config, context, state, reader, writer)
             self.idle_task = IdleTimer(self, loop, config.keep_alive_timeout)
 
     setattr(module, "TCPServer", IdleTimerTCPServer)  # noqa: B010
