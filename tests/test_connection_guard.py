@@ -15,6 +15,7 @@ import logging
 import anyio
 import pytest
 import sniffio
+from hypercorn.protocol.h2 import H2Protocol
 
 from dockyard.http import h2edge
 from dockyard.http.worker import run_module
@@ -40,6 +41,13 @@ async def test_one_connections_error_closes_only_it(
     original = getattr(module, "TCPServer")  # noqa: B009 - not exported
     monkeypatch.setattr(module, "TCPServer", original)
     h2edge.install_connection_guard(backend)
+    # hypercorn's own HTTP/2 protocol, which raises the KeyError: an earlier test's
+    # in-process server may have installed h2edge's fix of it for this whole process.
+    unguarded = getattr(H2Protocol, "_dockyard_unguarded", None)
+    if unguarded is not None:
+        monkeypatch.setattr(H2Protocol, "__init__", unguarded[0])
+        monkeypatch.setattr(H2Protocol, "initiate", unguarded[1])
+        monkeypatch.setattr(H2Protocol, "_dockyard_guarded", False)
     caplog.set_level(logging.ERROR, logger="dockyard.http")
     # Heard on the logger itself: whatever an earlier test did to the root logger's
     # handlers or to this logger (configure_logging, dictConfig) cannot hide the line.

@@ -134,6 +134,8 @@ def _install_h2() -> None:
     protocol.__init__ = init  # type: ignore[method-assign]
     protocol.initiate = initiate  # type: ignore[method-assign]
     protocol._dockyard_guarded = True  # type: ignore[attr-defined]
+    # Kept for a test that needs hypercorn's own protocol in a process that installed this.
+    protocol._dockyard_unguarded = (original_init, original_initiate)  # type: ignore[attr-defined]
 
 
 def install_connection_guard(backend: str = DEFAULT_BACKEND) -> None:
