@@ -33,16 +33,16 @@ of ``--size-mib`` each, one at a time. The HTTP stack's share of a push::
     python -m perf.profile_serve upload-floor [--repeats 5] [--size-mib 64] [--count 8]
 
 ``sample``: ``py-spy record`` (sampling, all threads, idle stacks left out) on the one
-worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag (``head``)
-or monolithic blob pushes (``push``) (``head-uvloop``, ``push-uvloop``: the same with
-``[server] backend = "uvloop"``), or of the trivial app under hypercorn's trio or
-asyncio worker with dockyard's settings answering HEADs (``trivial-trio``,
-``trivial-asyncio``), then each sample is charged to the innermost frame of a known part
-(hypercorn, h11, trio's socket I/O, to_thread hand-off and scheduler, asyncio, dockyard's
-HTTP middleware/auth/logging, dockyard's registry logic, dockyard's SQLite layer; other
-frames are charged to the part that called them) and the functions with the most own and
-cumulative samples are listed. Needs
-``pip install py-spy`` (root, or ptrace allowed). Usage::
+worker of ``dockyard serve --workers 1`` while it answers manifest HEADs by tag
+(``head``), GETs by tag (``get``) or monolithic blob pushes (``push``) (``head-uvloop``,
+``get-uvloop``, ``push-uvloop``: the same with ``[server] backend = "uvloop"``), or of the
+trivial app under hypercorn's trio or asyncio worker with dockyard's settings answering
+HEADs (``trivial-trio``, ``trivial-asyncio``), then each sample is charged to the
+innermost frame of a known part (hypercorn, h11, trio's socket I/O, to_thread hand-off and
+scheduler, asyncio, dockyard's HTTP middleware/auth/logging, dockyard's registry logic,
+dockyard's SQLite layer; other frames are charged to the part that called them) and the
+functions with the most own and cumulative samples are listed. Needs ``pip install
+py-spy`` (root, or ptrace allowed). Usage::
 
     python -m perf.profile_serve sample head [--duration 20] [--top 15]
     python -m perf.profile_serve sample push [--size-mib 256] [--count 4] [--top 15]
@@ -654,9 +654,10 @@ def sample(
             cpu0 = cpu_seconds([workers[0]])
             t0 = time.monotonic()
             if kind != "push":
-                requests = build_requests("127.0.0.1", port, "HEAD", [path], [("Accept", ACCEPT)])
+                method = "GET" if kind == "get" else "HEAD"
+                requests = build_requests("127.0.0.1", port, method, [path], [("Accept", ACCEPT)])
                 res = run_py(
-                    "127.0.0.1", port, requests, head=True, connections=16,
+                    "127.0.0.1", port, requests, head=method == "HEAD", connections=16,
                     duration=duration - 2, max_requests=10**7,
                 )  # fmt: skip
                 done, unit = res.ok, "requests"
@@ -788,7 +789,16 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("sample", help="py-spy on dockyard's worker")
     s.add_argument(
         "kind",
-        choices=["head", "head-uvloop", "push", "push-uvloop", "trivial-trio", "trivial-asyncio"],
+        choices=[
+            "head",
+            "head-uvloop",
+            "get",
+            "get-uvloop",
+            "push",
+            "push-uvloop",
+            "trivial-trio",
+            "trivial-asyncio",
+        ],
     )
     s.add_argument("--duration", type=float, default=20.0, help="head: seconds sampled")
     s.add_argument("--size-mib", type=int, default=256, help="push: blob size")

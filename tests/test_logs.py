@@ -40,6 +40,24 @@ def test_request_id_replaced_when_hostile(hostile: str) -> None:
     assert made != hostile and len(made) == 32 and made.isalnum()
 
 
+def test_made_ids_differ_in_a_forked_child() -> None:
+    # The generator's state is copied by fork: without a reseed the child would make the
+    # parent's next id, and two processes would give the same ids.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, request_id("").encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    mine = {request_id("") for _ in range(100)}
+    assert len(child) == 32 and child not in mine and len(mine) == 100
+
+
 async def test_response_carries_the_sanitised_id(
     services: Services, client: httpx.AsyncClient
 ) -> None:
