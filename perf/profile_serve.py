@@ -309,6 +309,17 @@ def subjects() -> list[Subject]:
                 "GET",
             )
         )
+        found.append(
+            Subject(
+                "dockyard-get-tag-uvloop-nopulls",
+                "the same with pull events off (DOCKYARD_EVENTS_RECORD_PULLS=false)",
+                lambda work: _dockyard(
+                    work, {"DOCKYARD_SERVER_BACKEND": "uvloop", **PULL_EVENTS_OFF}
+                ),
+                "/v2/floor/manifests/v1",
+                "GET",
+            )
+        )
     found += [
         Subject("dockyard-healthz", "dockyard serve --workers 1, /healthz", _dockyard, "/healthz"),
         Subject(

@@ -11,6 +11,17 @@ answers its status (400 or 505) with ``Connection: close`` and reads nothing mor
 Absolute-form targets (RFC 9112 3.2.2) are rewritten to their path here too: hypercorn
 would otherwise route ``http://host/v2/`` as a path.
 
+Responses skip h11's second look at headers the app already had checked: hypercorn
+builds each ``h11.Response`` with h11's validation of every header (two regular
+expressions each, through Python helpers), and h11's ``send`` then rebuilds it, validated
+again, to add framing headers it almost never needs (a manifest HEAD's answer: 19 + 17 us
+of the 86 h11 costs per request, ``python -m perf.micro h11-cycle``). ``response`` checks
+each name and value with h11's own expressions once and builds the event as h11's parser
+does (``_parsed``); ``StrictServerConnection`` keeps the response as it is when it is
+already framed (a ``Content-Length``, no ``Transfer-Encoding``) on a kept-alive
+connection, and lets h11 rewrite it otherwise. Same bytes on the wire
+(tests/test_http1_send.py compares them with h11's).
+
 ``StrictServerConnection`` also hands a ``Content-Length`` body's reads through as they
 came: h11 appends every read to its bytearray buffer and slices each ``Data`` out of it
 (three copies of every body byte, plus hypercorn's ``bytes()`` of the slice), which cost
@@ -25,6 +36,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+from h11._connection import _body_framing
+from h11._headers import _field_name_re, _field_value_re
 from h11._readers import ContentLengthReader
 
 METHODS = frozenset(
@@ -86,6 +99,28 @@ def check_request(request: h11.Request, raw_head: bytes) -> h11.Request:
             http_version=request.http_version,
         )
     return request
+
+
+# Header names the app and hypercorn send, checked once (h11's field-name grammar).
+_CHECKED_NAMES: set[bytes] = set()
+
+
+def response(headers: list[tuple[bytes, bytes]], status_code: int) -> h11.Response:
+    """``h11.Response(headers=headers, status_code=status_code)``, the same event or the
+    same ``LocalProtocolError``, for less: names and values are checked with h11's own
+    expressions once, not through its helpers, then h11 normalizes them as it does what
+    its parser read."""
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            return h11.Response(headers=headers, status_code=status_code)  # h11 converts
+        if name not in _CHECKED_NAMES:
+            if not _field_name_re.fullmatch(name):
+                raise h11.LocalProtocolError(f"Illegal header name {name!r}")
+            if len(_CHECKED_NAMES) < 256:  # names the app makes up are few; not grown by clients
+                _CHECKED_NAMES.add(name)
+        if not _field_value_re.fullmatch(value):
+            raise h11.LocalProtocolError(f"Illegal header value {value!r}")
+    return h11.Response(headers=headers, status_code=status_code, _parsed=True)
 
 
 class StrictServerConnection(h11.Connection):
@@ -175,6 +210,16 @@ class StrictServerConnection(h11.Connection):
             return check_request(event, raw_head)
         return event
 
+    def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
+        # What h11 would change: framing headers for a body of unknown length, and
+        # ``Connection: close`` when the connection will not be kept. Neither applies to a
+        # framed response on a kept-alive connection, which h11 would only rebuild as it is.
+        method = b"GET" if self._request_method == b"HEAD" else self._request_method
+        framed = _body_framing(method, response)[0] == "content-length"  # type: ignore[arg-type]
+        if self._cstate.keep_alive and framed:
+            return response
+        return super()._clean_up_response_headers_for_sending(response)
+
     def send(self, event: Any) -> Any:  # h11 types it by overloads, one per event class
         """What h11 would send for ``event``, except that a final response's head is held
         back and sent with what follows it (the body's first bytes, or its end): hypercorn
@@ -200,11 +245,14 @@ def install(
     StrictServerConnection.max_header_bytes = max_header_bytes
     StrictServerConnection.max_headers = max_headers
     from hypercorn.protocol import h11 as hypercorn_h11
+    from hypercorn.protocol.events import Response as StreamResponse
 
     protocol = hypercorn_h11.H11Protocol
     if getattr(protocol, "_dockyard_strict", False):
         return
+    _check_stream_send(protocol)
     original_init = protocol.__init__
+    original_stream_send = protocol.stream_send
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
@@ -212,8 +260,42 @@ def install(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
         )
 
+    async def stream_send(self: Any, event: Any) -> None:
+        # hypercorn's own lines for a final response, with ``response`` for its
+        # ``h11.Response`` (checked by _check_stream_send); everything else is its own.
+        if type(event) is StreamResponse and event.status_code >= 200:
+            headers = [*event.headers, *self.config.response_headers("h11")]
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            await self._send_h11_event(response(headers, event.status_code))
+        else:
+            await original_stream_send(self, event)
+
     protocol.__init__ = init  # type: ignore[method-assign]
+    protocol.stream_send = stream_send  # type: ignore[method-assign]
     protocol._dockyard_strict = True  # type: ignore[attr-defined]
+
+
+def _check_stream_send(protocol: Any) -> None:
+    """Fail fast if hypercorn's HTTP/1 ``stream_send`` no longer makes a final response
+    the way ``install``'s copy of it does."""
+    import inspect
+    from importlib.metadata import version
+
+    source = inspect.getsource(protocol.stream_send)
+    expected = (
+        'headers = list(chain(event.headers, self.config.response_headers("h11")))',
+        "if self.keep_alive_requests >= self.config.keep_alive_max_requests:",
+        'headers.append((b"connection", b"close"))',
+        "h11.Response(\n                        headers=headers,\n"
+        "                        status_code=event.status_code,\n                    )",
+    )
+    if not all(line in source for line in expected):
+        raise RuntimeError(
+            f"hypercorn {version('hypercorn')}'s H11Protocol.stream_send is not the one "
+            "dockyard.http.edge copies; install the hypercorn version in constraints.txt "
+            "or update dockyard.http.edge"
+        )
 
 
 __all__ = ["METHODS", "VERSIONS", "StrictServerConnection", "check_request", "install"]
