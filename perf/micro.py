@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable
 
 N = 20000
 
@@ -127,8 +128,12 @@ def pull_events() -> None:
 
 def h11_cycle() -> None:
     """What h11 (hypercorn's HTTP/1 parser and state machine) costs for one manifest HEAD
-    and its answer on a kept-alive connection, step by step, without any I/O."""
+    and its answer on a kept-alive connection, step by step, without any I/O: plain h11 as
+    hypercorn drives it, then through dockyard's edge (``http/edge.py``: the strict
+    connection, and the response checked once)."""
     import h11
+
+    from dockyard.http import edge
 
     request = (
         b"HEAD /v2/floor/manifests/v1 HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n"
@@ -144,28 +149,40 @@ def h11_cycle() -> None:
         (b"etag", b'"' + digest + b'"'),
         (b"date", b"Sun, 06 Dec 2026 16:00:00 GMT"),
     ]
-    conn = h11.Connection(h11.SERVER)
     steps = ["parse the request", "make the Response", "send it", "send its end", "next cycle"]
-    spent = [0.0] * len(steps)
-    clock = time.perf_counter
-    for _ in range(N):
-        t0 = clock()
-        conn.receive_data(request)
-        conn.next_event()  # the Request
-        conn.next_event()  # its EndOfMessage
-        t1 = clock()
-        response = h11.Response(status_code=200, headers=headers)
-        t2 = clock()
-        conn.send(response)
-        t3 = clock()
-        conn.send(h11.EndOfMessage())
-        t4 = clock()
-        conn.start_next_cycle()
-        t5 = clock()
-        for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
-            spent[i] += b - a
-    parts = ", ".join(f"{name} {t / N * 1e6:.1f}" for name, t in zip(steps, spent, strict=True))
-    print(f"us per request cycle: {sum(spent) / N * 1e6:.1f} ({parts})")
+
+    def plain() -> h11.Response:
+        return h11.Response(status_code=200, headers=headers)
+
+    def checked_once() -> h11.Response:
+        return edge.response(headers, 200)
+
+    ways: list[tuple[str, type[h11.Connection], Callable[[], h11.Response]]] = [
+        ("h11", h11.Connection, plain),
+        ("edge", edge.StrictServerConnection, checked_once),
+    ]
+    for label, connection, make_response in ways:
+        conn = connection(h11.SERVER)
+        spent = [0.0] * len(steps)
+        clock = time.perf_counter
+        for _ in range(N):
+            t0 = clock()
+            conn.receive_data(request)
+            conn.next_event()  # the Request
+            conn.next_event()  # its EndOfMessage
+            t1 = clock()
+            response = make_response()
+            t2 = clock()
+            conn.send(response)
+            t3 = clock()
+            conn.send(h11.EndOfMessage())
+            t4 = clock()
+            conn.start_next_cycle()
+            t5 = clock()
+            for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
+                spent[i] += b - a
+        parts = ", ".join(f"{name} {t / N * 1e6:.1f}" for name, t in zip(steps, spent, strict=True))
+        print(f"{label}: us per request cycle {sum(spent) / N * 1e6:.1f} ({parts})")
 
 
 def main() -> None:

@@ -110,9 +110,11 @@ def test_bad_headers_are_still_refused() -> None:
     for headers in BAD_HEADER_SETS:
         with pytest.raises(h11.LocalProtocolError):
             edge.response(headers, 200)
-    edge.response([(b"x-fine", b"v")], 200)  # a good name is remembered ...
+    edge.response([(b"x-fine", b"v")], 200)  # a good name and value are remembered ...
     with pytest.raises(h11.LocalProtocolError):
-        edge.response([(b"x-fine", b"v\r\n")], 200)  # ... its values are still checked
+        edge.response([(b"x-fine", b"v\r\n")], 200)  # ... other values still checked
+    with pytest.raises(h11.LocalProtocolError):
+        edge.response([(b"x fine", b"v")], 200)  # ... and other names
 
 
 def test_str_headers_are_converted_as_h11_does() -> None:
