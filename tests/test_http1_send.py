@@ -166,3 +166,17 @@ def test_an_answer_goes_out_as_h11_sends_it(
         body,
     )
     assert ours == theirs
+
+
+def test_hypercorns_final_response_lines_are_the_ones_copied() -> None:
+    from hypercorn.protocol.h11 import H11Protocol
+
+    edge._check_stream_send(H11Protocol)  # the pinned hypercorn: nothing raised
+
+    class Changed:
+        async def stream_send(self, event: object) -> None:
+            headers: list[tuple[bytes, bytes]] = []
+            await self.send(h11.Response(headers=headers, status_code=200))  # type: ignore[attr-defined]
+
+    with pytest.raises(RuntimeError, match="stream_send"):
+        edge._check_stream_send(Changed)
