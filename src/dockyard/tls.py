@@ -41,7 +41,13 @@ import anyio
 
 from dockyard.config import Settings
 from dockyard.http.request import CLIENT_SUBJECT, SHORT_NAMES
-from dockyard.http.worker import DEFAULT_BACKEND, ServerConfig, is_asyncio, run_module
+from dockyard.http.worker import (
+    DEFAULT_BACKEND,
+    ServerConfig,
+    connection_class,
+    extend_connection_class,
+    is_asyncio,
+)
 
 log = logging.getLogger("dockyard.tls")
 
@@ -152,11 +158,6 @@ def tls_extension(stream: Any) -> dict[str, Any]:
     }
 
 
-def _tcp_server_class(backend: str) -> type[Any]:
-    cls: type[Any] = getattr(run_module(backend), "TCPServer")  # noqa: B009 - private name
-    return cls
-
-
 def check_tls_hook(backend: str = DEFAULT_BACKEND) -> None:
     """Fail fast if hypercorn no longer has the connection class client certificates need."""
     from importlib.metadata import version
@@ -164,7 +165,7 @@ def check_tls_hook(backend: str = DEFAULT_BACKEND) -> None:
     # The trio worker's connection has the TLS stream; the asyncio one a stream writer.
     needed = "writer" if is_asyncio(backend) else "stream"
     try:
-        cls = _tcp_server_class(backend)
+        cls = connection_class(backend)
         params = list(inspect.signature(cls.__init__).parameters)
         ok = inspect.iscoroutinefunction(cls.run) and "app" in params and needed in params
     except (ImportError, AttributeError, TypeError, ValueError):
@@ -180,31 +181,30 @@ def check_tls_hook(backend: str = DEFAULT_BACKEND) -> None:
 def install_client_certificate_hook(backend: str = DEFAULT_BACKEND) -> None:
     """Make this worker's connections put the client certificate into each request scope."""
     check_tls_hook(backend)
-    base = _tcp_server_class(backend)
-    if getattr(base, "dockyard_tls_hook", False):
-        return
+    extend_connection_class(
+        backend,
+        "dockyard_tls_hook",
+        _asyncio_client_certificates if is_asyncio(backend) else _trio_client_certificates,
+    )
 
-    if is_asyncio(backend):
 
-        class AsyncioClientCertificateTCPServer(base):  # type: ignore[misc,valid-type]
-            dockyard_tls_hook = True
+def _asyncio_client_certificates(base: type[Any]) -> type[Any]:
+    class AsyncioClientCertificateTCPServer(base):  # type: ignore[misc]
+        async def run(self) -> None:
+            # asyncio's server did the handshake (within ssl_handshake_timeout).
+            ssl_object = self.writer.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                app: Any = getattr(self, "app")  # noqa: B009 - typed by hypercorn only
+                self.app = _with_tls_scope(app, tls_extension(ssl_object))
+            await super().run()
 
-            async def run(self) -> None:
-                # asyncio's server did the handshake (within ssl_handshake_timeout).
-                ssl_object = self.writer.get_extra_info("ssl_object")
-                if ssl_object is not None:
-                    app: Any = getattr(self, "app")  # noqa: B009 - typed by hypercorn only
-                    self.app = _with_tls_scope(app, tls_extension(ssl_object))
-                await super().run()
+    return AsyncioClientCertificateTCPServer
 
-        setattr(run_module(backend), "TCPServer", AsyncioClientCertificateTCPServer)  # noqa: B010
-        return
 
+def _trio_client_certificates(base: type[Any]) -> type[Any]:
     import trio  # the trio worker's connection: a trio.SSLStream to finish first
 
-    class ClientCertificateTCPServer(base):  # type: ignore[misc,valid-type]
-        dockyard_tls_hook = True
-
+    class ClientCertificateTCPServer(base):  # type: ignore[misc]
         async def run(self) -> None:
             if isinstance(self.stream, trio.SSLStream | WholeReads):
                 try:
@@ -218,7 +218,7 @@ def install_client_certificate_hook(backend: str = DEFAULT_BACKEND) -> None:
                 self.app = _with_tls_scope(app, tls_extension(self.stream))
             await super().run()
 
-    setattr(run_module(backend), "TCPServer", ClientCertificateTCPServer)  # noqa: B010
+    return ClientCertificateTCPServer
 
 
 class WholeReads:
@@ -292,20 +292,18 @@ def install_whole_reads_hook(backend: str = DEFAULT_BACKEND) -> None:
     asyncio's transports hand over all that was received)."""
     if is_asyncio(backend):
         return
-    base = _tcp_server_class(backend)
-    if getattr(base, "dockyard_whole_reads", False):
-        return
 
-    class WholeReadsTCPServer(base):  # type: ignore[misc,valid-type]
-        dockyard_whole_reads = True
+    def whole_reads(base: type[Any]) -> type[Any]:
+        class WholeReadsTCPServer(base):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                stream = getattr(self, "stream", None)  # hypercorn's name: wrapped if there
+                if stream is not None:
+                    self.stream = WholeReads.wrap(stream)
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            stream = getattr(self, "stream", None)  # hypercorn's name: wrapped if there
-            if stream is not None:
-                self.stream = WholeReads.wrap(stream)
+        return WholeReadsTCPServer
 
-    setattr(run_module(backend), "TCPServer", WholeReadsTCPServer)  # noqa: B010
+    extend_connection_class(backend, "dockyard_whole_reads", whole_reads)
 
 
 def _with_tls_scope(app: Any, extension: dict[str, Any]) -> Callable[..., Any]:

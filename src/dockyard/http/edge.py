@@ -11,15 +11,15 @@ answers its status (400 or 505) with ``Connection: close`` and reads nothing mor
 Absolute-form targets (RFC 9112 3.2.2) are rewritten to their path here too: hypercorn
 would otherwise route ``http://host/v2/`` as a path.
 
-Responses skip h11's second look at headers the app already had checked: hypercorn
-builds each ``h11.Response`` with h11's validation of every header (two regular
-expressions each, through Python helpers), and h11's ``send`` then rebuilds it, validated
-again, to add framing headers it almost never needs (a manifest HEAD's answer: 19 + 17 us
-of the 86 h11 costs per request, ``python -m perf.micro h11-cycle``). ``response`` checks
-each name and value with h11's own expressions once and builds the event as h11's parser
-does (``_parsed``); ``StrictServerConnection`` keeps the response as it is when it is
-already framed (a ``Content-Length``, no ``Transfer-Encoding``) on a kept-alive
-connection, and lets h11 rewrite it otherwise. Same bytes on the wire
+Responses skip h11's repeated looks at their headers: hypercorn builds each
+``h11.Response`` with h11's validation of every header (two regular expressions each,
+through Python helpers), and h11's ``send`` then rebuilds it to add framing headers it
+almost never needs. ``response`` checks each name and value with h11's own expressions,
+remembers those that passed, and builds the event as h11's parser does (``_parsed``);
+``StrictServerConnection`` keeps the response as it is when it is already framed (a
+``Content-Length``, no ``Transfer-Encoding``) on a kept-alive connection, and lets h11
+rewrite it otherwise. A manifest HEAD's answer is made in 9 us instead of 19 (the rebuild
+skipped saves about 2 more; ``python -m perf.micro h11-cycle``). Same bytes on the wire
 (tests/test_http1_send.py compares them with h11's).
 
 ``StrictServerConnection`` also hands a ``Content-Length`` body's reads through as they

@@ -36,7 +36,12 @@ import inspect
 import logging
 from typing import Any
 
-from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module
+from dockyard.http.worker import (
+    DEFAULT_BACKEND,
+    connection_class,
+    extend_connection_class,
+    is_asyncio,
+)
 
 log = logging.getLogger("dockyard.http")
 
@@ -79,7 +84,7 @@ def check_hooks(backend: str = DEFAULT_BACKEND) -> None:
     try:
         from hypercorn.protocol.h2 import H2Protocol
 
-        server = getattr(run_module(backend), "TCPServer")  # noqa: B009 - private name
+        server = connection_class(backend)
         source = inspect.getsource(H2Protocol)
         ok = (
             inspect.iscoroutinefunction(server.run)
@@ -141,34 +146,31 @@ def _install_h2() -> None:
 def install_connection_guard(backend: str = DEFAULT_BACKEND) -> None:
     """Wrap hypercorn's connection class (``hypercorn.trio.run.TCPServer``, or the asyncio
     worker's) in the guard."""
-    module = run_module(backend)
-    base: type[Any] = getattr(module, "TCPServer")  # noqa: B009 - private name
-    if getattr(base, "dockyard_guarded", False):
-        return
-
     asyncio_worker = is_asyncio(backend)
 
-    class GuardedTCPServer(base):  # type: ignore[misc]
-        dockyard_guarded = True
+    def guarded(base: type[Any]) -> type[Any]:
+        class GuardedTCPServer(base):  # type: ignore[misc]
+            async def run(self) -> None:
+                try:
+                    await super().run()  # closes the stream on the way out, whatever happened
+                # Not Cancelled (trio) nor CancelledError (asyncio, a BaseException too): a
+                # stopping worker must still stop.
+                except Exception as e:
+                    error = _describe(e)
+                    log.error("connection closed after an error inside hypercorn: %s", error)
+                except asyncio.CancelledError:
+                    if not asyncio_worker:
+                        raise
+                    # Only the asyncio worker's stop cancels a connection's task (one still
+                    # open after graceful_timeout), and Python 3.11's asyncio then logs it
+                    # as an unhandled error with a traceback (its client_connected_cb
+                    # callback asks the cancelled task for its exception; 3.12 checks
+                    # first). The task ends here, quietly, as it would have.
+                    return
 
-        async def run(self) -> None:
-            try:
-                await super().run()  # closes the stream on the way out, whatever happened
-            # Not Cancelled (trio) nor CancelledError (asyncio, a BaseException too): a
-            # stopping worker must still stop.
-            except Exception as e:
-                log.error("connection closed after an error inside hypercorn: %s", _describe(e))
-            except asyncio.CancelledError:
-                if not asyncio_worker:
-                    raise
-                # Only the asyncio worker's stop cancels a connection's task (one still
-                # open after graceful_timeout), and Python 3.11's asyncio then logs it as
-                # an unhandled error with a traceback (its client_connected_cb callback
-                # asks the cancelled task for its exception; 3.12 checks first). The task
-                # ends here, quietly, as it would have.
-                return
+        return GuardedTCPServer
 
-    setattr(module, "TCPServer", GuardedTCPServer)  # noqa: B010
+    extend_connection_class(backend, "dockyard_guarded", guarded)
 
 
 def install(backend: str = DEFAULT_BACKEND) -> None:

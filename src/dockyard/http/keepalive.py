@@ -22,7 +22,7 @@ import inspect
 from importlib.metadata import version
 from typing import Any
 
-from dockyard.http.worker import is_asyncio, run_module, tcp_server_module
+from dockyard.http.worker import extend_connection_class, is_asyncio, tcp_server_module
 
 
 class IdleTimer:
@@ -110,29 +110,26 @@ def install_idle_timer(backend: str) -> None:
     if not is_asyncio(backend):
         return
     check_idle_timer_hook(backend)
-    module = run_module(backend)
-    base: type[Any] = getattr(module, "TCPServer")  # noqa: B009 - private name
-    if getattr(base, "dockyard_idle_timer", False):
-        return
 
-    class IdleTimerTCPServer(base):  # type: ignore[misc]
-        dockyard_idle_timer = True
+    def timed(base: type[Any]) -> type[Any]:
+        class IdleTimerTCPServer(base):  # type: ignore[misc]
+            # hypercorn's own parameters, by name: later hooks (tls.py) check the signature.
+            def __init__(
+                self,
+                app: Any,
+                loop: Any,
+                config: Any,
+                context: Any,
+                state: Any,
+                reader: Any,
+                writer: Any,
+            ) -> None:
+                super().__init__(app, loop, config, context, state, reader, writer)
+                self.idle_task = IdleTimer(self, loop, config.keep_alive_timeout)
 
-        # hypercorn's own parameters, by name: later hooks (tls.py) check the signature.
-        def __init__(
-            self,
-            app: Any,
-            loop: Any,
-            config: Any,
-            context: Any,
-            state: Any,
-            reader: Any,
-            writer: Any,
-        ) -> None:
-            super().__init__(app, loop, config, context, state, reader, writer)
-            self.idle_task = IdleTimer(self, loop, config.keep_alive_timeout)
+        return IdleTimerTCPServer
 
-    setattr(module, "TCPServer", IdleTimerTCPServer)  # noqa: B010
+    extend_connection_class(backend, "dockyard_idle_timer", timed)
 
 
 __all__ = ["IdleTimer", "check_idle_timer_hook", "install_idle_timer"]

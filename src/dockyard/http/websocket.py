@@ -47,7 +47,14 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from dockyard.http.request import Receive, Scope_, Send
-from dockyard.http.worker import DEFAULT_BACKEND, is_asyncio, run_module, worker_context_module
+from dockyard.http.worker import (
+    DEFAULT_BACKEND,
+    connection_class,
+    extend_connection_class,
+    is_asyncio,
+    run_module,
+    worker_context_module,
+)
 
 # The standard code for "policy violation": the nearest to "no such endpoint".
 CLOSE_NO_ENDPOINT = 1008
@@ -92,7 +99,7 @@ def check_stop_notice_hook(backend: str = DEFAULT_BACKEND) -> None:
     try:
         module = run_module(backend)
         context = getattr(worker_context_module(backend), "WorkerContext")  # noqa: B009
-        server = getattr(module, "TCPServer")  # noqa: B009 - private name
+        server = connection_class(backend)
         params = list(inspect.signature(server.__init__).parameters)
         source = inspect.getsource(module.worker_serve)
         ok = (
@@ -116,45 +123,40 @@ def install_stop_notice(backend: str = DEFAULT_BACKEND) -> None:
     """Give every hypercorn connection of this worker its ``terminated`` event in the
     connection state (idempotent; after ``h2edge.install``, whose class it extends)."""
     check_stop_notice_hook(backend)
-    module = run_module(backend)
-    base: type[Any] = getattr(module, "TCPServer")  # noqa: B009 - private name
-    if getattr(base, "dockyard_stop_notice", False):
-        return
+    asyncio_worker = is_asyncio(backend)
 
-    if is_asyncio(backend):
+    def noticed(base: type[Any]) -> type[Any]:
+        if asyncio_worker:
 
-        class AsyncioStopNoticeTCPServer(base):  # type: ignore[misc]
-            dockyard_stop_notice = True
+            class AsyncioStopNoticeTCPServer(base):  # type: ignore[misc]
+                def __init__(
+                    self,
+                    app: Any,
+                    loop: Any,
+                    config: Any,
+                    context: Any,
+                    state: dict[str, Any],
+                    reader: Any,
+                    writer: Any,
+                ) -> None:
+                    state = {**state, STOPPING_KEY: context.terminated, CONNECTION_KEY: self}
+                    super().__init__(app, loop, config, context, state, reader, writer)
+                    self.send_lock = SendLock()
+                    limit_unsent(writer.get_extra_info("socket"))
 
+            return AsyncioStopNoticeTCPServer
+
+        class StopNoticeTCPServer(base):  # type: ignore[misc]
             def __init__(
-                self,
-                app: Any,
-                loop: Any,
-                config: Any,
-                context: Any,
-                state: dict[str, Any],
-                reader: Any,
-                writer: Any,
+                self, app: Any, config: Any, context: Any, state: dict[str, Any], stream: Any
             ) -> None:
                 state = {**state, STOPPING_KEY: context.terminated, CONNECTION_KEY: self}
-                super().__init__(app, loop, config, context, state, reader, writer)
+                super().__init__(app, config, context, state, stream)
                 self.send_lock = SendLock()
-                limit_unsent(writer.get_extra_info("socket"))
 
-        setattr(module, "TCPServer", AsyncioStopNoticeTCPServer)  # noqa: B010
-        return
+        return StopNoticeTCPServer
 
-    class StopNoticeTCPServer(base):  # type: ignore[misc]
-        dockyard_stop_notice = True
-
-        def __init__(
-            self, app: Any, config: Any, context: Any, state: dict[str, Any], stream: Any
-        ) -> None:
-            state = {**state, STOPPING_KEY: context.terminated, CONNECTION_KEY: self}
-            super().__init__(app, config, context, state, stream)
-            self.send_lock = SendLock()
-
-    setattr(module, "TCPServer", StopNoticeTCPServer)  # noqa: B010
+    extend_connection_class(backend, "dockyard_stop_notice", noticed)
 
 
 # What trio's socket streams set (16 KiB): the kernel then holds at most this much not

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from types import ModuleType
+from typing import Any
 
 from hypercorn.config import Config
 
@@ -30,6 +32,27 @@ def run_module(backend: str) -> ModuleType:
     """``hypercorn.trio.run`` or ``hypercorn.asyncio.run``: where the worker looks up its
     connection class (``TCPServer``, a private name) for each connection."""
     return importlib.import_module(f"hypercorn.{_package(backend)}.run")
+
+
+def connection_class(backend: str) -> type[Any]:
+    """The class the worker makes each connection with (``run_module``'s ``TCPServer``),
+    as the hooks installed so far have extended it."""
+    cls: type[Any] = getattr(run_module(backend), "TCPServer")  # noqa: B009 - private name
+    return cls
+
+
+def extend_connection_class(
+    backend: str, marker: str, extend: Callable[[type[Any]], type[Any]]
+) -> None:
+    """Make the worker's connections with ``extend(connection_class(backend))``, a
+    subclass, once per process: nothing is done when a class already carries ``marker``
+    (the hooks run again in every worker and test)."""
+    base = connection_class(backend)
+    if getattr(base, marker, False):
+        return
+    extended = extend(base)
+    setattr(extended, marker, True)
+    setattr(run_module(backend), "TCPServer", extended)  # noqa: B010 - private name
 
 
 def tcp_server_module(backend: str) -> ModuleType:
