@@ -35,6 +35,7 @@ import anyio.to_thread
 from hypercorn.config import Config
 
 from perf import feed
+from perf.inprocess import start_hypercorn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,35 +84,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
     app = cast(Any, _NoLifespan(services.app))
     async with anyio.create_task_group() as nursery:
         await services.start(nursery)
-        if args.backend == "trio":
-            from hypercorn.trio import serve
-
-            async def run_server(task_status: Any) -> None:
-                await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
-                stopped.set()
-
-            binds: list[str] = await nursery.start(run_server)
-            port = int(binds[0].rsplit(":", 1)[1])
-        else:
-            from hypercorn.asyncio.run import worker_serve
-            from hypercorn.utils import wrap_app
-
-            # The asyncio worker does not report its port: bind and listen here.
-            sockets = config.create_sockets()
-            for sock in sockets.insecure_sockets:
-                sock.listen(config.backlog)
-            port = sockets.insecure_sockets[0].getsockname()[1]
-
-            async def run_asyncio_server() -> None:
-                await worker_serve(
-                    wrap_app(app, config.wsgi_max_body_size, "asgi"),
-                    config,
-                    sockets=sockets,
-                    shutdown_trigger=shutdown.wait,
-                )
-                stopped.set()
-
-            nursery.start_soon(run_asyncio_server)
+        port = await start_hypercorn(nursery, app, config, args.backend, shutdown, stopped)
         subs = feed.Subscribers(
             "127.0.0.1", port, resource, args.subscribers, args.procs, setup_timeout=300
         )

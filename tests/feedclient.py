@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -28,6 +27,7 @@ import anyio.abc
 import sniffio
 import trio_websocket  # its exception classes only: what the tests already expect
 from hypercorn.config import Config
+from perf.inprocess import start_hypercorn
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -111,35 +111,7 @@ async def serve_app(app: ASGIApp) -> AsyncIterator[LoopbackServer]:
     wrapped = cast(Any, served)
     shutdown = anyio.Event()
     async with anyio.create_task_group() as tasks:
-        if backend == "trio":
-            from hypercorn.trio import serve
-
-            async def run(task_status: Any) -> None:  # trio's TaskStatus, through anyio
-                await serve(
-                    wrapped, config, shutdown_trigger=shutdown.wait, task_status=task_status
-                )
-
-            binds: list[str] = await tasks.start(run)
-            port = int(binds[0].rsplit(":", 1)[1])
-        else:
-            from hypercorn.asyncio.run import worker_serve
-            from hypercorn.utils import wrap_app
-
-            # The asyncio worker does not report its port: bind (and listen) here, so
-            # connections wait in the backlog until it serves.
-            sockets = config.create_sockets()
-            for sock in sockets.insecure_sockets:
-                sock.listen(config.backlog)
-            port = sockets.insecure_sockets[0].getsockname()[1]
-            tasks.start_soon(
-                partial(
-                    worker_serve,
-                    wrap_app(wrapped, config.wsgi_max_body_size, "asgi"),
-                    config,
-                    sockets=sockets,
-                    shutdown_trigger=shutdown.wait,
-                )
-            )
+        port = await start_hypercorn(tasks, wrapped, config, backend, shutdown)
         server = LoopbackServer(port, served)
         try:
             yield server
